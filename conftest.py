@@ -1,0 +1,55 @@
+"""Test fixtures shared by every test in the repository (the one place test helpers live).
+
+Integration tests run against the real RabbitMQ (nameko's `rabbit_config` gives each test its own
+vhost through the management API) and real emulators started here on free ports: moto for S3 and
+fake-gcs-server for GCS, so a running `make up` stack is never touched.
+"""
+import eventlet
+
+eventlet.monkey_patch()  # must precede every other import (nameko >= 2.14 no longer does it)
+
+import pytest  # noqa: E402
+
+from shared.config import Settings  # noqa: E402
+from shared import local_cloud  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def local_cloud_settings(tmp_path_factory):
+    """Start moto and fake-gcs-server for the session; yield the settings that point at them."""
+    logs = tmp_path_factory.mktemp("emulator-logs")
+    moto = local_cloud.start_moto(log_path=str(logs / "moto.log"))
+    gcs = local_cloud.start_fake_gcs(log_path=str(logs / "fake-gcs.log"))
+    overrides = {
+        "DSS_S3_ENDPOINT": moto.url,
+        "DSS_GCS_ENDPOINT": gcs.url,
+        "DSS_S3_ACCESS_KEY_ID": "test",
+        "DSS_S3_SECRET_ACCESS_KEY": "test",
+    }
+    settings = Settings.from_config(overrides, environ={})
+    local_cloud.create_buckets(settings)
+    yield overrides
+    moto.stop()
+    gcs.stop()
+
+
+@pytest.fixture(scope="session")
+def dss_settings(local_cloud_settings):
+    """Settings resolved only from defaults and the emulator overrides (the environment is ignored)."""
+    return Settings.from_config(local_cloud_settings, environ={})
+
+
+@pytest.fixture
+def service_config(rabbit_config, local_cloud_settings, tmp_path):
+    """A nameko config for a service under test: its own vhost, the emulators, metrics off."""
+    config = dict(rabbit_config)
+    config.update(local_cloud_settings)
+    config["METRICS_PORT"] = 0
+    return config
+
+
+@pytest.fixture(scope="session")
+def blobstores(dss_settings):
+    from shared.blobstore import open_blobstore
+    return {replica: open_blobstore(replica, dss_settings) for replica in ("aws", "gcp")}
+

@@ -1,0 +1,138 @@
+"""The one blob-store interface that every replica's storage implements.
+
+Implementations: ``S3BlobStore`` (boto3; S3 or an S3 emulator) and ``GCSBlobStore``
+(google-cloud-storage; GCS or fake-gcs-server). Both are checked by the conformance suite in
+``tests/conformance/test_blobstore.py``. All transfers stream: memory stays bounded by the part
+size whatever the object size.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime
+from typing import Iterable, Iterator, Mapping
+
+from nameko.exceptions import deserialize_to_instance
+
+from shared.exceptions import Unavailable
+
+
+class BlobStoreError(Exception):
+    """A storage call failed for a reason other than those below."""
+
+
+class BlobNotFound(BlobStoreError):
+    """The bucket or key does not exist."""
+
+
+class BlobAlreadyExists(BlobStoreError):
+    """A write with ``if_absent=True`` found the key already present."""
+
+
+class BlobPreconditionFailed(BlobStoreError):
+    """A conditional copy found the source changed since it was inspected."""
+
+
+@deserialize_to_instance
+class BlobStoreUnavailable(Unavailable, BlobStoreError):
+    """The storage endpoint could not be reached (connection refused, timeout, 5xx).
+
+    A ``shared.exceptions.Unavailable``, so it reaches clients as a 503 with Retry-After."""
+
+    code = "storage_unavailable"
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobInfo:
+    key: str
+    size: int
+    content_type: str | None
+    # User metadata (S3 `x-amz-meta-*`, GCS object metadata), keys lower-cased.
+    metadata: Mapping[str, str]
+    # Identifies this exact content for conditional operations: the S3 ETag or the GCS generation.
+    revision: str
+    # CRC32C as 8 lower-case hex digits when the store keeps it (GCS), else None.
+    crc32c: str | None
+    last_modified: datetime.datetime | None
+
+
+class BlobStore(abc.ABC):
+    """A bucket-and-key object store of one replica."""
+
+    replica: str  # "aws" or "gcp"
+    scheme: str   # "s3" or "gs"
+
+    # --- reading -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def stat(self, bucket: str, key: str) -> BlobInfo:
+        """Size, content type, metadata and revision; raises BlobNotFound."""
+
+    @abc.abstractmethod
+    def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        """Object tags (S3 tagging). Stores without tags return {}. Raises BlobNotFound."""
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.stat(bucket, key)
+        except BlobNotFound:
+            return False
+        return True
+
+    @abc.abstractmethod
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        """The whole object; for small objects (metadata JSON). Raises BlobNotFound."""
+
+    @abc.abstractmethod
+    def iter_chunks(self, bucket: str, key: str, chunk_size: int, revision: str | None = None) -> Iterator[bytes]:
+        """Stream the object in chunks of at most ``chunk_size`` bytes.
+
+        With ``revision``, fail with BlobPreconditionFailed if the object is no longer that revision.
+        """
+
+    @abc.abstractmethod
+    def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` in lexicographic order, strictly after ``start_after`` if given."""
+
+    # --- writing -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+        """Write a small object. With ``if_absent``, raise BlobAlreadyExists rather than overwrite."""
+
+    @abc.abstractmethod
+    def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
+                   content_type: str = "application/octet-stream",
+                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+        """Write ``size`` bytes from an iterable of chunks (multipart / resumable above ``part_size``)."""
+
+    @abc.abstractmethod
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+             if_source_revision: str | None = None, content_type: str | None = None,
+             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+        """Server-side copy within this store (multipart / rewrite for large objects).
+
+        ``if_source_revision``: copy only if the source is still that revision (BlobPreconditionFailed
+        otherwise). ``content_type``/``metadata`` replace the source's when given.
+        """
+
+    @abc.abstractmethod
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove the key; removing an absent key is not an error."""
+
+    # --- addressing --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def presigned_url(self, bucket: str, key: str, expires_in: int,
+                      content_disposition: str | None = None) -> str:
+        """An https URL anyone can GET the bytes from until it expires."""
+
+    def direct_url(self, bucket: str, key: str) -> str:
+        return f"{self.scheme}://{bucket}/{key}"
+
+    # --- buckets (used by `make up`, the tests and health checks) ------------------------------
+    @abc.abstractmethod
+    def bucket_exists(self, bucket: str) -> bool:
+        """True if the bucket exists; raises BlobStoreUnavailable if the store cannot be reached."""
+
+    @abc.abstractmethod
+    def create_bucket(self, bucket: str) -> None:
+        """Create the bucket if it does not exist (idempotent)."""

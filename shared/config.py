@@ -1,0 +1,126 @@
+"""Every setting the store reads, with its default and meaning, in one table.
+
+A service never reads the environment at import time. Its dependency providers call
+``Settings.from_config(self.container.config)`` in ``setup()``; each setting is taken from the
+nameko config (the service's ``config.yml`` or a test's dict) if present there, else from the
+environment variable of the same name, else from the default below. The defaults run the store
+against the local emulators that ``make up`` starts; pointing it at real AWS / GCP / OpenSearch is
+only a matter of setting these variables. README.md documents this table (a test keeps them equal).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+MiB = 1024 * 1024
+
+
+def _as_list(value: Any) -> tuple[str, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    doc: str
+    parse: Callable[[Any], Any] = str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- storage: one main, checkout and staging bucket per replica -------------------------
+    Setting("DSS_S3_ENDPOINT", "http://127.0.0.1:9000",
+            "S3 API endpoint. Empty for real AWS S3."),
+    Setting("DSS_S3_REGION", "us-east-1", "AWS region of the S3 buckets."),
+    Setting("DSS_S3_ACCESS_KEY_ID", "",
+            "S3 access key. Empty: boto3's usual credential chain (or `test` against an emulator endpoint)."),
+    Setting("DSS_S3_SECRET_ACCESS_KEY", "", "S3 secret key, paired with DSS_S3_ACCESS_KEY_ID."),
+    Setting("DSS_S3_BUCKET", "dss-main", "Main bucket of the `aws` replica."),
+    Setting("DSS_S3_CHECKOUT_BUCKET", "dss-checkout", "Checkout bucket of the `aws` replica."),
+    Setting("DSS_S3_STAGING_BUCKET", "dss-staging", "Staging bucket clients upload to on S3 (created by `make up`)."),
+    Setting("DSS_GCS_ENDPOINT", "http://127.0.0.1:4443",
+            "Google Cloud Storage JSON API endpoint. Empty for real GCS (Application Default Credentials)."),
+    Setting("DSS_GCP_PROJECT", "dss-local", "Google Cloud project that owns the GCS buckets."),
+    Setting("DSS_GS_BUCKET", "dss-main", "Main bucket of the `gcp` replica."),
+    Setting("DSS_GS_CHECKOUT_BUCKET", "dss-checkout", "Checkout bucket of the `gcp` replica."),
+    Setting("DSS_GS_STAGING_BUCKET", "dss-staging", "Staging bucket clients upload to on GCS (created by `make up`)."),
+    Setting("DSS_MULTIPART_CHUNK_BYTES", 64 * MiB,
+            "Part size for multipart / resumable writes and for streaming reads (bounds memory).", int),
+    Setting("DSS_PRESIGNED_URL_TTL", 3600, "Lifetime in seconds of the presigned URLs GET /files redirects to.", int),
+    # --- files service ----------------------------------------------------------------------
+    Setting("DSS_ASYNC_COPY_THRESHOLD", 64 * MiB,
+            "PUT /files copies larger than this many bytes answer 202 and finish in the background.", int),
+    # --- gateway ----------------------------------------------------------------------------
+    Setting("DSS_PUBLIC_URL", "",
+            "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
+    Setting("DSS_MAX_REQUEST_BYTES", 8 * MiB, "Largest request body the gateway accepts (413 above).", int),
+    Setting("DSS_RPC_TIMEOUT", 60, "Seconds the gateway waits for a service to answer an RPC.", int),
+    # --- auth -------------------------------------------------------------------------------
+    Setting("DSS_AUTH_AUDIENCE", "https://dss.local/",
+            "Required `aud` of bearer tokens (comma-separated for several)."),
+    Setting("DSS_AUTH_ISSUERS", "https://dss.local/=var/auth/jwks.json",
+            "Trusted token issuers: comma-separated `issuer=JWKS` pairs, JWKS being an https URL or a file path."),
+    Setting("DSS_AUTH_EMAIL_CLAIM", "email",
+            "Claim holding the caller's e-mail (falls back to `sub` when it is an e-mail)."),
+    Setting("DSS_AUTH_GROUP_CLAIM", "https://auth.data.humancellatlas.org/group",
+            "Claim holding the caller's group."),
+    Setting("DSS_AUTH_ALLOWED_GROUPS", "dbio,hca,dss", "Groups allowed to write (comma-separated).", _as_list),
+    Setting("DSS_ADMIN_EMAILS", "admin@example.org", "E-mails of administrators (comma-separated).", _as_list),
+    Setting("DSS_LOCAL_ISSUER_KEY", "var/auth/local-issuer.pem",
+            "Private key of the local development issuer (`make up` creates it, `make token` signs with it)."),
+    Setting("DSS_LOCAL_ISSUER", "https://dss.local/", "Issuer (`iss`) of the tokens `make token` mints."),
+)
+
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def _field_name(setting_name: str) -> str:
+    return setting_name.removeprefix("DSS_").lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings; attribute names are the variable names without `DSS_`, lower-cased."""
+
+    values: Mapping[str, Any]
+
+    def __getattr__(self, item: str) -> Any:
+        try:
+            return self.values[item]
+        except KeyError:
+            raise AttributeError(item) from None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None = None,
+                    environ: Mapping[str, str] | None = None) -> "Settings":
+        config = config or {}
+        environ = os.environ if environ is None else environ
+        values = {}
+        for setting in SETTINGS:
+            if setting.name in config:
+                raw = config[setting.name]
+            elif setting.name in environ:
+                raw = environ[setting.name]
+            else:
+                raw = setting.default
+            values[_field_name(setting.name)] = setting.parse(raw)
+        return cls(values)
+
+    def bucket(self, replica: str, kind: str = "main") -> str:
+        """Name of the `main`, `checkout` or `staging` bucket of a replica."""
+        prefix = {"aws": "s3", "gcp": "gs"}[replica]
+        suffix = "" if kind == "main" else f"_{kind}"
+        return self.values[f"{prefix}{suffix}_bucket"]
+
+
+def describe(name: str) -> Setting:
+    return _BY_NAME[name]

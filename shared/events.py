@@ -1,0 +1,12 @@
+"""Names of the facts services dispatch on the bus (see docs/architecture.md for payloads).
+
+Events are dispatched only after the write they report is durable; handlers must be idempotent
+because an identical repeat of a write dispatches its event again (at-least-once delivery).
+"""
+
+FILE_CREATED = "file_created"
+FILE_UPLOAD_ACCEPTED = "file_upload_accepted"
+BUNDLE_CREATED = "bundle_created"
+BUNDLE_TOMBSTONED = "bundle_tombstoned"
+COLLECTION_CREATED = "collection_created"
+COLLECTION_TOMBSTONED = "collection_tombstoned"

