@@ -1,0 +1,114 @@
+"""Marshmallow schemas of what crosses the bus or is stored: metadata documents and event payloads.
+
+HTTP parameter and body schemas live with the gateway (``services/gateway/schemas.py``); these
+describe the store's own documents (see docs/architecture.md, "Storage layout") and the facts
+services dispatch ("Events").
+"""
+from marshmallow import Schema, fields, validate
+
+from shared.identifiers import REPLICAS
+
+FILE_FORMAT = "0.0.1"
+BUNDLE_FORMAT = "0.0.1"
+
+Replica = fields.String(required=True, validate=validate.OneOf(REPLICAS))
+
+
+class StoredChecksums(Schema):
+    sha256 = fields.String(required=True)
+    sha1 = fields.String(required=True)
+    s3_etag = fields.String(required=True, data_key="s3-etag")
+    crc32c = fields.String(required=True)
+
+
+class FileMetadata(StoredChecksums):
+    """`files/{uuid}.{version}`."""
+    format = fields.String(load_default=FILE_FORMAT, dump_default=FILE_FORMAT)
+    creator_uid = fields.Integer(required=True)
+    version = fields.String(required=True)
+    content_type = fields.String(required=True, data_key="content-type")
+    size = fields.Integer(required=True)
+
+
+class ManifestFile(StoredChecksums):
+    name = fields.String(required=True)
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+    content_type = fields.String(required=True, data_key="content-type")
+    size = fields.Integer(required=True)
+    indexed = fields.Boolean(required=True)
+
+
+class BundleManifest(Schema):
+    """`bundles/{uuid}.{version}`."""
+    format = fields.String(load_default=BUNDLE_FORMAT, dump_default=BUNDLE_FORMAT)
+    version = fields.String(required=True)
+    creator_uid = fields.Integer(required=True)
+    files = fields.List(fields.Nested(ManifestFile), required=True)
+
+
+class Tombstone(Schema):
+    """`bundles/{uuid}[.{version}].dead` and `collections/{uuid}.dead`."""
+    email = fields.String(required=True)
+    reason = fields.String(required=True)
+    details = fields.Raw(load_default=None, allow_none=True)
+    admin_deleted = fields.Boolean(load_default=True)
+
+
+class ChecksumsPayload(Schema):
+    sha256 = fields.String(required=True)
+    sha1 = fields.String(required=True)
+    s3_etag = fields.String(required=True)
+    crc32c = fields.String(required=True)
+
+
+# --- event payloads (names in shared/events.py) -----------------------------------------------
+
+class FileUploadAccepted(Schema):
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+    source_url = fields.String(required=True)
+    creator_uid = fields.Integer(required=True)
+    task_id = fields.String(required=True)
+    checksums = fields.Nested(ChecksumsPayload, required=True)
+
+
+class FileCreated(Schema):
+    replica = Replica
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+    key = fields.String(required=True)
+    blob_key = fields.String(required=True)
+    size = fields.Integer(required=True)
+    content_type = fields.String(required=True)
+
+
+class BundleCreated(Schema):
+    replica = Replica
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+    key = fields.String(required=True)
+    file_count = fields.Integer(required=True)
+
+
+class BundleTombstoned(Schema):
+    replica = Replica
+    uuid = fields.String(required=True)
+    version = fields.String(allow_none=True, load_default=None)
+    key = fields.String(required=True)
+    reason = fields.String(required=True)
+
+
+class CollectionCreated(Schema):
+    replica = Replica
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+    key = fields.String(required=True)
+    owner = fields.String(required=True)
+
+
+class CollectionTombstoned(Schema):
+    replica = Replica
+    uuid = fields.String(required=True)
+    key = fields.String(required=True)
+    owner = fields.String(required=True)
