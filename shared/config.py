@@ -55,6 +55,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_GS_STAGING_BUCKET", "dss-staging", "Staging bucket clients upload to on GCS (created by `make up`)."),
     Setting("DSS_MULTIPART_CHUNK_BYTES", 64 * MiB,
             "Part size for multipart / resumable writes and for streaming reads (bounds memory).", int),
+    Setting("DSS_STREAM_CHUNK_BYTES", 8 * MiB,
+            "Chunk size of streaming reads; at most two chunks per copy are held in memory.", int),
     Setting("DSS_PRESIGNED_URL_TTL", 3600, "Lifetime in seconds of the presigned URLs GET /files redirects to.", int),
     # --- files service ----------------------------------------------------------------------
     Setting("DSS_ASYNC_COPY_THRESHOLD", 64 * MiB,

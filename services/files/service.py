@@ -1,0 +1,121 @@
+"""The files service: ingests files from staging buckets and answers file metadata queries.
+
+PUT /files copies the staged object into the replica's main bucket under its content address,
+after checking its bytes against the checksums the client declared. Copies above
+`DSS_ASYNC_COPY_THRESHOLD` are accepted at once and finished by ``handle_file_upload_accepted``,
+whose message is acknowledged only after the file metadata is written, so a crash mid-copy means
+the copy runs again rather than being lost.
+"""
+import logging
+import uuid as uuid_module
+
+from nameko.events import SERVICE_POOL, EventDispatcher, event_handler
+from nameko.rpc import rpc
+
+from shared import events
+from shared.checksums import Checksums
+from shared.exceptions import DSSError, Unavailable, Unprocessable
+from shared.identifiers import Keys
+from shared.metrics import Metrics
+from shared.schemas import FileCreated, FileUploadAccepted
+
+from services.files.dependencies import FileStore, file_metadata_doc
+from services.files.exceptions import FileAlreadyExists
+
+logger = logging.getLogger(__name__)
+
+# Fields that make two PUTs of one uuid+version the same file.
+IDENTITY_FIELDS = ("creator_uid", "content-type", "size", "sha256", "sha1", "s3-etag", "crc32c")
+
+
+def _task_id(uuid: str, version: str, source_url: str, checksums: Checksums) -> str:
+    # Deterministic, so a retried PUT names the same background task.
+    name = "|".join([uuid, version, source_url, checksums.blob_key()])
+    return str(uuid_module.uuid5(uuid_module.NAMESPACE_URL, name))
+
+
+class FilesService:
+    name = "files"
+
+    store = FileStore()
+    metrics = Metrics()
+    dispatch = EventDispatcher()
+
+    @rpc
+    def put_file(self, uuid, version, source_url, creator_uid, caller=None):
+        source = self.store.inspect_source(source_url)
+        checksums = source.checksums()
+        doc = file_metadata_doc(version, creator_uid, source.content_type, source.size, checksums)
+        existing = self.store.find_file(source.replica, uuid, version)
+        if existing is not None:
+            return self._repeat(source.replica, uuid, doc, existing)
+        if source.size > self.store.settings.async_copy_threshold:
+            task_id = _task_id(uuid, version, source_url, checksums)
+            self.dispatch(events.FILE_UPLOAD_ACCEPTED, FileUploadAccepted().dump({
+                "uuid": uuid, "version": version, "source_url": source_url, "creator_uid": creator_uid,
+                "task_id": task_id, "checksums": checksums.as_api()}))
+            logger.info("accepted %s (%d bytes) for background copy as task %s", source_url, source.size, task_id)
+            return {"status": "accepted", "version": version, "task_id": task_id}
+        return self._ingest(source, uuid, doc)
+
+    @event_handler("files", events.FILE_UPLOAD_ACCEPTED, handler_type=SERVICE_POOL, reliable_delivery=True,
+                   requeue_on_error=True)
+    def handle_file_upload_accepted(self, payload):
+        accepted = FileUploadAccepted().load(payload)
+        try:
+            source = self.store.inspect_source(accepted["source_url"])
+            checksums = Checksums.parse(accepted["checksums"])
+            if source.checksums() != checksums:
+                raise Unprocessable(f"{accepted['source_url']} was re-tagged after it was accepted", "source_changed")
+            doc = file_metadata_doc(accepted["version"], accepted["creator_uid"], source.content_type,
+                                    source.size, checksums)
+            existing = self.store.find_file(source.replica, accepted["uuid"], accepted["version"])
+            if existing is not None:
+                self._repeat(source.replica, accepted["uuid"], doc, existing)
+            else:
+                self._ingest(source, accepted["uuid"], doc)
+        except DSSError as error:
+            if isinstance(error, Unavailable):
+                raise  # transient: requeued for another attempt
+            # Permanent: the client polls HEAD, which stays 404; retrying cannot help.
+            logger.warning("background copy %s of %s failed: %s", accepted["task_id"], accepted["source_url"], error)
+
+    @rpc
+    def head_file(self, replica, uuid, version=None):
+        return self.store.get_file(replica, uuid, version)
+
+    @rpc
+    def get_file(self, replica, uuid, version=None, directurl=False, content_disposition=None):
+        doc = self.store.get_file(replica, uuid, version)
+        return {**doc, "url": self.store.blob_url(replica, doc, directurl, content_disposition)}
+
+    @rpc
+    def health(self):
+        return self.store.health()
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _ingest(self, source, uuid, doc):
+        checksums = Checksums.from_stored(doc)
+        with self.metrics.copy_in_progress():
+            self.store.verify_source(source, checksums,
+                                     on_chunk=lambda count: self.metrics.bytes_hashed(source.replica, count))
+            if self.store.store_blob(source, checksums):
+                self.metrics.bytes_copied(source.replica, "blob", source.size)
+        existing = self.store.put_file(source.replica, uuid, doc)
+        if existing is not None:  # a concurrent PUT of the same uuid+version won the race
+            return self._repeat(source.replica, uuid, doc, existing)
+        self.metrics.object_written(source.replica, "file")
+        self._file_created(source.replica, uuid, doc)
+        return {"status": "created", "version": doc["version"]}
+
+    def _repeat(self, replica, uuid, doc, existing):
+        if any(existing.get(field) != doc.get(field) for field in IDENTITY_FIELDS):
+            raise FileAlreadyExists(f"file {uuid} version {doc['version']} already exists with other content")
+        self._file_created(replica, uuid, existing)  # at-least-once: a retried write re-announces itself
+        return {"status": "exists", "version": doc["version"]}
+
+    def _file_created(self, replica, uuid, doc):
+        self.dispatch(events.FILE_CREATED, FileCreated().dump({
+            "replica": replica, "uuid": uuid, "version": doc["version"], "key": Keys.file(uuid, doc["version"]),
+            "blob_key": Checksums.from_stored(doc).blob_key(), "size": doc["size"],
+            "content_type": doc["content-type"]}))
