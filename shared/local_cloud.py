@@ -87,10 +87,20 @@ def fake_gcs_command(port: int, host: str = "127.0.0.1", data_dir: str | None = 
 
 
 def start_process(name: str, command: list[str], url: str, probe: str, log_path: str | None = None,
-                  env: dict | None = None) -> Emulator:
+                  env: dict | None = None, detach: bool = False) -> Emulator:
+    """Start an emulator and wait until ``probe`` answers.
+
+    Always in its own session, so a Ctrl-C at the terminal does not reach it. ``detach=True`` (for
+    `make up`) also cuts it off from our stdin, so it outlives the starting process and holds
+    nothing of the caller's terminal or of make's pipes open.
+    """
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
+    try:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   stdin=subprocess.DEVNULL if detach else None, start_new_session=True)
+    finally:
+        if log is not subprocess.DEVNULL:
+            log.close()  # the child has its own copy of the descriptor
     try:
         wait_for_http(probe)
     except TimeoutError:
@@ -99,18 +109,18 @@ def start_process(name: str, command: list[str], url: str, probe: str, log_path:
     return Emulator(name, url, process)
 
 
-def start_moto(port: int | None = None, log_path: str | None = None) -> Emulator:
+def start_moto(port: int | None = None, log_path: str | None = None, detach: bool = False) -> Emulator:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
-    return start_process("moto", moto_command(port), url, f"{url}/moto-api/", log_path)
+    return start_process("moto", moto_command(port), url, f"{url}/moto-api/", log_path, detach=detach)
 
 
 def start_fake_gcs(port: int | None = None, log_path: str | None = None, data_dir: str | None = None,
-                   extra_args: tuple[str, ...] = (), env: dict | None = None) -> Emulator:
+                   extra_args: tuple[str, ...] = (), env: dict | None = None, detach: bool = False) -> Emulator:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     return start_process("fake-gcs-server", fake_gcs_command(port, data_dir=data_dir, extra_args=extra_args),
-                         url, f"{url}/storage/v1/b", log_path, env=env)
+                         url, f"{url}/storage/v1/b", log_path, env=env, detach=detach)
 
 
 def create_buckets(settings) -> None:

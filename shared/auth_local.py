@@ -1,0 +1,111 @@
+"""The local development token issuer: one RSA key, its JWKS, and tokens signed with it.
+
+`make up` calls ``ensure_local_issuer`` so the gateway finds the JWKS named by the default
+``DSS_AUTH_ISSUERS``; `make token` and the tests call ``mint_token``. The key id is the key's
+RFC 7638 thumbprint, so the JWKS and the tokens agree without storing the kid anywhere.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Iterable
+
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM = "RS256"
+KEY_BITS = 2048
+
+
+def _load_key(key_path: str | os.PathLike) -> RSAKey:
+    return RSAKey.import_key(pathlib.Path(key_path).read_bytes())
+
+
+def key_id(key: RSAKey) -> str:
+    return key.thumbprint()
+
+
+def _write_private(path: pathlib.Path, data: bytes) -> None:
+    """Write ``data`` readable by the owner only, atomically (a reader never sees half a key)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def jwks_document(key: RSAKey, kid: str | None = None) -> dict:
+    """The public JWKS of ``key`` (private parts never included)."""
+    public = key.as_dict(private=False)
+    public.update({"kid": kid or key_id(key), "use": "sig", "alg": ALGORITHM})
+    return {"keys": [public]}
+
+
+def ensure_local_issuer(key_path: str | os.PathLike, jwks_path: str | os.PathLike,
+                        kid: str | None = None) -> str:
+    """Create the issuer key once and (re)write its JWKS when it differs; returns the key id.
+
+    Idempotent: an existing key is kept, so tokens minted earlier stay valid across `make up`s.
+    """
+    key_path, jwks_path = pathlib.Path(key_path), pathlib.Path(jwks_path)
+    if not key_path.exists():
+        key = RSAKey.generate_key(KEY_BITS, private=True)
+        _write_private(key_path, key.as_pem(private=True))
+        logger.info("created local issuer key %s", key_path)
+    key = _load_key(key_path)
+    kid = kid or key_id(key)
+    wanted = json.dumps(jwks_document(key, kid), indent=2, sort_keys=True) + "\n"
+    current = jwks_path.read_text() if jwks_path.exists() else None
+    if current != wanted:
+        jwks_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = jwks_path.with_name(f".{jwks_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(wanted)
+        os.replace(tmp, jwks_path)
+        logger.info("wrote JWKS %s (kid %s)", jwks_path, kid)
+    return kid
+
+
+def mint_token(key_path: str | os.PathLike, issuer: str, audience: str, email: str,
+               groups: Iterable[str] = (), group_claim: str = "https://auth.data.humancellatlas.org/group",
+               email_claim: str = "email", lifetime_s: int = 3600, kid: str | None = None,
+               now: int | None = None) -> str:
+    """An RS256 JWT for ``email`` in ``groups`` signed with the local issuer key.
+
+    ``audience`` may be comma-separated (as DSS_AUTH_AUDIENCE is): the first entry is used.
+    """
+    key = _load_key(key_path)
+    now = int(time.time()) if now is None else int(now)
+    aud = next((a.strip() for a in str(audience).split(",") if a.strip()), audience)
+    claims = {
+        "iss": issuer,
+        "sub": email,
+        "aud": aud,
+        "iat": now,
+        "exp": now + int(lifetime_s),
+        email_claim: email,
+        group_claim: [g for g in groups if g],
+    }
+    header = {"alg": ALGORITHM, "typ": "JWT", "kid": kid or key_id(key)}
+    return jwt.encode(header, claims, key, algorithms=[ALGORITHM])
+
+
+def local_jwks_path(issuers: str, issuer: str) -> str | None:
+    """The JWKS file path that ``DSS_AUTH_ISSUERS`` names for ``issuer`` (None if a URL or absent)."""
+    for pair in str(issuers).split(","):
+        name, sep, source = pair.strip().partition("=")
+        if sep and name.strip() == issuer and not source.strip().startswith(("http://", "https://")):
+            return source.strip()
+    return None
+
+
+def mint_token_for_settings(settings, email: str, groups: Iterable[str] = (), lifetime_s: int = 3600) -> str:
+    """``mint_token`` with issuer, audience and claim names taken from ``shared.config.Settings``."""
+    return mint_token(settings.local_issuer_key, settings.local_issuer, settings.auth_audience, email,
+                      groups, group_claim=settings.auth_group_claim, email_claim=settings.auth_email_claim,
+                      lifetime_s=lifetime_s)
