@@ -1,0 +1,45 @@
+import pytest
+
+from shared.config import Settings
+from shared.exceptions import InvalidParameter
+from shared.identifiers import Keys, Replica, is_version, new_version, normalize_uuid, parse_version, split_fqid
+
+
+def test_uuids_are_lower_cased_and_validated():
+    assert normalize_uuid("2B1E6E0A-0C55-4B5E-8F0F-1A2B3C4D5E6F") == "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
+    for bad in ("", "not-a-uuid", "2b1e6e0a0c554b5e8f0f1a2b3c4d5e6f", "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6g"):
+        with pytest.raises(InvalidParameter) as error:
+            normalize_uuid(bad)
+        assert error.value.error_code == "illegal_uuid"
+
+
+def test_versions_must_round_trip_the_dss_format():
+    assert is_version("2017-06-20T214506.766634Z")
+    for bad in ("2017-06-20T214506Z", "2017-06-20T21:45:06.766634Z", "2017-13-20T214506.766634Z",
+                "2017-06-20T214506.7666Z", "x"):
+        with pytest.raises(InvalidParameter) as error:
+            parse_version(bad)
+        assert error.value.error_code == "illegal_version"
+    first, second = new_version(), new_version()
+    assert is_version(first) and first <= second
+
+
+def test_keys_and_fqids():
+    uuid = "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
+    assert Keys.bundle_tombstone(uuid) == f"bundles/{uuid}.dead"
+    assert Keys.bundle_tombstone(uuid, "v") == f"bundles/{uuid}.v.dead"
+    assert split_fqid(f"{uuid.upper()}.2017-06-20T214506.766634Z") == (uuid, "2017-06-20T214506.766634Z")
+    assert Replica.from_scheme("gs") is Replica.gcp and Replica.aws.other is Replica.gcp
+    # a tombstone sorts after every version of the same uuid
+    assert f"bundles/{uuid}.dead" > f"bundles/{uuid}.2099-01-01T000000.000000Z"
+
+
+def test_settings_precedence_config_then_environment_then_default():
+    settings = Settings.from_config({"DSS_S3_BUCKET": "from-config"},
+                                    environ={"DSS_S3_BUCKET": "from-env", "DSS_GS_BUCKET": "gs-env",
+                                             "DSS_ADMIN_EMAILS": "a@x.org, b@x.org"})
+    assert settings.bucket("aws") == "from-config"
+    assert settings.bucket("gcp") == "gs-env"
+    assert settings.bucket("gcp", "checkout") == "dss-checkout"
+    assert settings.admin_emails == ("a@x.org", "b@x.org")
+    assert settings.async_copy_threshold == 64 * 1024 * 1024
