@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from nameko.extensions import DependencyProvider
 
@@ -21,6 +21,21 @@ from shared.identifiers import REPLICAS, TOMBSTONE_SUFFIX
 logger = logging.getLogger(__name__)
 
 JSON = "application/json"
+
+
+def split_versions(suffixes: Iterable[str]) -> tuple[list[str], set[str]]:
+    """Sort the key suffixes of one uuid (what follows ``{kind}/{uuid}.``), in listing order, into
+    its versions and its tombstoned versions (``"*"`` for the bare ``dead`` of every version)."""
+    versions: list[str] = []
+    dead: set[str] = set()
+    for suffix in suffixes:
+        if suffix == TOMBSTONE_SUFFIX:
+            dead.add("*")
+        elif suffix.endswith("." + TOMBSTONE_SUFFIX):
+            dead.add(suffix[: -len(TOMBSTONE_SUFFIX) - 1])
+        else:
+            versions.append(suffix)
+    return versions, dead
 
 
 class ReplicaStorage:
@@ -66,17 +81,7 @@ class ReplicaStorage:
         """Versions stored under ``{prefix}`` (e.g. ``bundles/{uuid}.``) in ascending order, and the
         versions carrying a versioned tombstone (``{version}.dead``; a bare ``dead`` key is reported
         as the version ``"*"``)."""
-        versions: list[str] = []
-        dead: set[str] = set()
-        for key in self.list_keys(prefix):
-            suffix = key[len(prefix):]
-            if suffix == TOMBSTONE_SUFFIX:
-                dead.add("*")
-            elif suffix.endswith("." + TOMBSTONE_SUFFIX):
-                dead.add(suffix[: -len(TOMBSTONE_SUFFIX) - 1])
-            else:
-                versions.append(suffix)
-        return versions, dead
+        return split_versions(key[len(prefix):] for key in self.list_keys(prefix))
 
     # --- addressing ----------------------------------------------------------------------------
     def presigned_url(self, key: str, content_disposition: str | None = None, bucket: str | None = None) -> str:
