@@ -30,7 +30,7 @@ import requests
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.auth_local import mint_token  # noqa: E402
+from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import new_uuid, new_version  # noqa: E402
@@ -86,9 +86,7 @@ class Bench:
         self.s3 = boto3.client("s3", endpoint_url=self.settings.s3_endpoint or None, region_name=self.settings.s3_region,
                                aws_access_key_id=self.settings.s3_access_key_id or "test",
                                aws_secret_access_key=self.settings.s3_secret_access_key or "test")
-        token = mint_token(self.settings.local_issuer_key, self.settings.local_issuer,
-                           self.settings.auth_audience.split(",")[0], "bench@example.org", ["dbio"],
-                           self.settings.auth_group_claim, self.settings.auth_email_claim)
+        token = mint_token_for_settings(self.settings, "bench@example.org", ["dbio"])
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
 
