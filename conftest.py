@@ -39,11 +39,34 @@ def dss_settings(local_cloud_settings):
     return Settings.from_config(local_cloud_settings, environ={})
 
 
+@pytest.fixture(scope="session")
+def local_issuer_settings(tmp_path_factory):
+    """A token issuer of the tests' own (key + JWKS in a temp dir) that services under test trust."""
+    from shared.auth_local import ensure_local_issuer
+    directory = tmp_path_factory.mktemp("auth")
+    key, jwks = directory / "issuer.pem", directory / "jwks.json"
+    ensure_local_issuer(key, jwks)
+    return {"DSS_LOCAL_ISSUER_KEY": str(key), "DSS_AUTH_ISSUERS": f"https://dss.local/={jwks}"}
+
+
+@pytest.fixture(scope="session")
+def mint_token(local_cloud_settings, local_issuer_settings):
+    """``mint_token(email, groups, lifetime_s=3600)`` -> a bearer token the services under test accept."""
+    from shared.auth_local import mint_token_for_settings
+    settings = Settings.from_config({**local_cloud_settings, **local_issuer_settings}, environ={})
+
+    def mint(email="user@example.org", groups=("dbio",), lifetime_s=3600):
+        return mint_token_for_settings(settings, email, groups, lifetime_s=lifetime_s)
+    return mint
+
+
 @pytest.fixture
-def service_config(rabbit_config, local_cloud_settings, tmp_path):
-    """A nameko config for a service under test: its own vhost, the emulators, metrics off."""
+def service_config(rabbit_config, local_cloud_settings, local_issuer_settings):
+    """A nameko config for a service under test: its own vhost, the emulators, the test issuer,
+    metrics off."""
     config = dict(rabbit_config)
     config.update(local_cloud_settings)
+    config.update(local_issuer_settings)
     config["METRICS_PORT"] = 0
     return config
 
