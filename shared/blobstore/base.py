@@ -30,7 +30,7 @@ class BlobAlreadyExists(BlobStoreError):
 
 
 class BlobPreconditionFailed(BlobStoreError):
-    """A conditional copy found the source changed since it was inspected."""
+    """A conditional read or copy found the object changed since it was inspected."""
 
 
 @deserialize_to_instance
@@ -82,12 +82,23 @@ class BlobStore(abc.ABC):
     def get_bytes(self, bucket: str, key: str) -> bytes:
         """The whole object; for small objects (metadata JSON). Raises BlobNotFound."""
 
-    @abc.abstractmethod
     def iter_chunks(self, bucket: str, key: str, chunk_size: int, revision: str | None = None) -> Iterator[bytes]:
         """Stream the object in chunks of at most ``chunk_size`` bytes.
 
         With ``revision``, fail with BlobPreconditionFailed if the object is no longer that revision.
+        Raises BlobNotFound at once (not on the first chunk). Each chunk is its own ranged read
+        pinned to the revision seen first, so a slow consumer never holds a connection open and an
+        object replaced mid-stream fails (BlobPreconditionFailed) instead of mixing two contents.
         """
+        info = self.stat(bucket, key)
+        if revision is not None and info.revision != revision:
+            raise BlobPreconditionFailed(f"{self.scheme}://{bucket}/{key} is no longer revision {revision}")
+        return (self._read_range(bucket, key, start, min(start + chunk_size, info.size), info.revision)
+                for start in range(0, info.size, chunk_size))
+
+    @abc.abstractmethod
+    def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
+        """Bytes ``[start, end)`` of the object if it is still ``revision`` (else BlobPreconditionFailed)."""
 
     @abc.abstractmethod
     def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
@@ -136,3 +147,49 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def create_bucket(self, bucket: str) -> None:
         """Create the bucket if it does not exist (idempotent)."""
+
+
+class ChunkReader:
+    """A read-only stream over an iterable of chunks that must add up to exactly ``size`` bytes.
+
+    Uploads read it a part at a time, so it holds no more than one part plus one incoming chunk.
+    A chunk that is exactly the size asked for is handed on without a copy. Too few or too many
+    bytes raise BlobStoreError before the last part is sent, so a bad stream never completes an
+    object.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], size: int):
+        self._chunks = iter(chunks)
+        self._size = size
+        self._position = 0
+        self._pending = memoryview(b"")
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self._size - self._position
+        n = remaining if n is None or n < 0 else min(n, remaining)
+        pieces: list[memoryview] = []
+        end = self._position + n
+        while self._position < end:
+            if not self._pending:
+                self._pending = memoryview(self._next_chunk())
+            piece, self._pending = self._pending[:end - self._position], self._pending[end - self._position:]
+            pieces.append(piece)
+            self._position += len(piece)
+        if self._position == self._size:
+            self._check_exhausted()
+        if len(pieces) == 1 and isinstance(pieces[0].obj, bytes) and len(pieces[0].obj) == n:
+            return pieces[0].obj
+        return b"".join(pieces)
+
+    def _next_chunk(self) -> bytes:
+        for chunk in self._chunks:
+            if chunk:
+                return chunk
+        raise BlobStoreError(f"the stream ended after {self._position} of {self._size} bytes")
+
+    def _check_exhausted(self) -> None:
+        if self._pending or any(len(chunk) for chunk in self._chunks):
+            raise BlobStoreError(f"the stream has more than the {self._size} bytes announced")

@@ -1,0 +1,205 @@
+"""The ``gcp`` replica: Google Cloud Storage (or fake-gcs-server) through google-cloud-storage."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import http.client
+import logging
+from typing import Iterable, Iterator, Mapping
+from urllib.parse import quote
+
+import google.auth
+import google.auth.credentials
+import google.auth.exceptions
+import google.auth.transport.requests
+import requests
+import urllib3.exceptions
+from google.api_core import exceptions as api_exceptions
+from google.cloud import storage
+from google.cloud.storage.exceptions import DataCorruption
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from shared.blobstore.base import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
+                                   BlobStoreError, BlobStoreUnavailable, ChunkReader)
+
+logger = logging.getLogger(__name__)
+
+# Resumable upload chunks must be multiples of 256 KiB.
+RESUMABLE_CHUNK_MULTIPLE = 256 * 1024
+# (connect, read) seconds per request.
+TIMEOUT = (3.05, 60)
+# The library's default keeps retrying a refused connection for two minutes; five seconds of
+# retries rides out a blip yet reports an unreachable endpoint in seconds.
+RETRY = DEFAULT_RETRY.with_timeout(5.0)
+
+_TRANSIENT = (api_exceptions.ServerError, api_exceptions.TooManyRequests, api_exceptions.RetryError,
+              requests.RequestException, ConnectionError, http.client.HTTPException, urllib3.exceptions.HTTPError,
+              google.auth.exceptions.TransportError)
+
+
+@contextlib.contextmanager
+def _errors(what: str, precondition: type[BlobStoreError] = BlobPreconditionFailed):
+    """Translate google-cloud-storage and transport errors into the blob-store errors."""
+    try:
+        yield
+    except api_exceptions.NotFound as error:
+        raise BlobNotFound(f"{what}: {error.message}") from error
+    except api_exceptions.PreconditionFailed as error:
+        raise precondition(f"{what}: {error.message}") from error
+    except _TRANSIENT as error:
+        raise BlobStoreUnavailable(f"{what}: {error}") from error
+    except (api_exceptions.GoogleAPICallError, DataCorruption) as error:
+        raise BlobStoreError(f"{what}: {error}") from error
+
+
+class GCSBlobStore(BlobStore):
+    replica = "gcp"
+    scheme = "gs"
+
+    def __init__(self, client: storage.Client, endpoint: str = "", list_page_size: int = 1000):
+        self._client = client
+        # Set only for an emulator: it cannot sign URLs (see presigned_url).
+        self._endpoint = endpoint.rstrip("/")
+        self.list_page_size = list_page_size
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> "GCSBlobStore":
+        endpoint = settings.gcs_endpoint
+        if endpoint:
+            client = storage.Client(project=settings.gcp_project,
+                                    credentials=google.auth.credentials.AnonymousCredentials(),
+                                    client_options={"api_endpoint": endpoint})
+        else:
+            client = storage.Client(project=settings.gcp_project or None)
+        return cls(client, endpoint, **kwargs)
+
+    def _blob(self, bucket: str, key: str, **kwargs) -> storage.Blob:
+        return self._client.bucket(bucket).blob(key, **kwargs)
+
+    # --- reading -----------------------------------------------------------------------------
+    def stat(self, bucket: str, key: str) -> BlobInfo:
+        with _errors(f"stat gs://{bucket}/{key}"):
+            blob = self._client.bucket(bucket).get_blob(key, timeout=TIMEOUT, retry=RETRY)
+        if blob is None:
+            raise BlobNotFound(f"gs://{bucket}/{key} does not exist")
+        return BlobInfo(
+            key=key,
+            size=blob.size,
+            content_type=blob.content_type,
+            metadata={k.lower(): v for k, v in (blob.metadata or {}).items()},
+            revision=str(blob.generation),
+            # The API gives the big-endian CRC32C in base64; the DSS writes it as 8 hex digits.
+            crc32c=base64.b64decode(blob.crc32c).hex() if blob.crc32c else None,
+            last_modified=blob.updated,
+        )
+
+    def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        self.stat(bucket, key)  # GCS has no object tags; still report a missing object
+        return {}
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        with _errors(f"get gs://{bucket}/{key}"):
+            return self._blob(bucket, key).download_as_bytes(timeout=TIMEOUT, retry=RETRY)
+
+    def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
+        with _errors(f"get gs://{bucket}/{key} bytes {start}-{end - 1}"):
+            # raw_download: the stored bytes even if gzip-encoded, as the size counts them; a range
+            # has no whole-object checksum to validate.
+            return self._blob(bucket, key).download_as_bytes(
+                start=start, end=end - 1, if_generation_match=int(revision), raw_download=True, checksum=None,
+                timeout=TIMEOUT, retry=RETRY)
+
+    def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        with _errors(f"list gs://{bucket}/{prefix}"):
+            blobs = self._client.list_blobs(bucket, prefix=prefix or None, start_offset=start_after,
+                                            page_size=self.list_page_size, fields="items(name),nextPageToken",
+                                            timeout=TIMEOUT, retry=RETRY)
+            for blob in blobs:
+                if blob.name != start_after:  # start_offset is inclusive
+                    yield blob.name
+
+    # --- writing -----------------------------------------------------------------------------
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+        blob = self._blob(bucket, key)
+        blob.metadata = dict(metadata or {})
+        with _errors(f"put gs://{bucket}/{key}", precondition=BlobAlreadyExists):
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=0 if if_absent else None,
+                                    timeout=TIMEOUT, retry=RETRY)
+
+    def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
+                   content_type: str = "application/octet-stream",
+                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+        # The library sends up to 8 MiB in one request and anything larger as a resumable upload
+        # reading ``chunk_size`` bytes from the stream per request, so memory holds one part.
+        chunk_size = -(-part_size // RESUMABLE_CHUNK_MULTIPLE) * RESUMABLE_CHUNK_MULTIPLE
+        blob = self._blob(bucket, key, chunk_size=chunk_size)
+        blob.metadata = dict(metadata or {})
+        with _errors(f"put gs://{bucket}/{key}"):
+            blob.upload_from_file(ChunkReader(chunks, size), size=size, content_type=content_type,
+                                  timeout=TIMEOUT, retry=RETRY)
+
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+             if_source_revision: str | None = None, content_type: str | None = None,
+             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+        # A rewrite is server-side and chunked by the server (``part_size`` has no say): loop on its
+        # token until done. The destination's properties, when set, replace the source's.
+        source = self._blob(src_bucket, src_key)
+        destination = self._blob(dst_bucket, dst_key)
+        revision = if_source_revision
+        if content_type is not None or metadata is not None:
+            info = self.stat(src_bucket, src_key)
+            if revision is not None and info.revision != revision:
+                raise BlobPreconditionFailed(f"gs://{src_bucket}/{src_key} is no longer revision {revision}")
+            revision = info.revision  # copy the very content whose properties were just read
+            destination.content_type = content_type or info.content_type
+            destination.metadata = dict(info.metadata if metadata is None else metadata)
+        token = None
+        with _errors(f"copy gs://{src_bucket}/{src_key} to gs://{dst_bucket}/{dst_key}"):
+            while True:
+                token, _, _ = destination.rewrite(
+                    source, token=token, if_source_generation_match=int(revision) if revision else None,
+                    timeout=TIMEOUT, retry=RETRY)
+                if token is None:
+                    return
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            with _errors(f"delete gs://{bucket}/{key}"):
+                self._blob(bucket, key).delete(timeout=TIMEOUT, retry=RETRY)
+        except BlobNotFound:
+            pass
+
+    # --- addressing --------------------------------------------------------------------------
+    def presigned_url(self, bucket: str, key: str, expires_in: int,
+                      content_disposition: str | None = None) -> str:
+        if self._endpoint:
+            # An emulator runs with anonymous credentials: there is no key to sign with, and
+            # fake-gcs-server serves any object at its plain download URL without one.
+            return f"{self._endpoint}/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
+        credentials = self._client._credentials
+        signer = {}
+        if not isinstance(credentials, google.auth.credentials.Signing):
+            # Compute Engine / workload identity credentials hold no private key: have the IAM API
+            # sign for the service account with the current access token.
+            credentials.refresh(google.auth.transport.requests.Request())
+            signer = {"service_account_email": credentials.service_account_email,
+                      "access_token": credentials.token}
+        return self._blob(bucket, key).generate_signed_url(
+            version="v4", expiration=datetime.timedelta(seconds=expires_in), method="GET",
+            response_disposition=content_disposition, **signer)
+
+    # --- buckets -----------------------------------------------------------------------------
+    def bucket_exists(self, bucket: str) -> bool:
+        with _errors(f"get bucket gs://{bucket}"):
+            return self._client.bucket(bucket).exists(timeout=TIMEOUT, retry=RETRY)
+
+    def create_bucket(self, bucket: str) -> None:
+        if self.bucket_exists(bucket):
+            return
+        with _errors(f"create bucket gs://{bucket}"):
+            try:
+                self._client.create_bucket(bucket, timeout=TIMEOUT, retry=RETRY)
+            except api_exceptions.Conflict:  # created meanwhile
+                pass

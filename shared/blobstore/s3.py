@@ -1,0 +1,268 @@
+"""The ``aws`` replica: S3 (or an S3 emulator such as moto) through boto3."""
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+from typing import Iterable, Iterator, Mapping
+
+import boto3
+import eventlet
+from botocore.config import Config
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+
+from shared.blobstore.base import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
+                                   BlobStoreError, BlobStoreUnavailable, ChunkReader)
+
+logger = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+MAX_PARTS = 10000
+MAX_SINGLE_COPY = 5 * GiB  # CopyObject's limit; above it only UploadPartCopy works
+COPY_CONCURRENCY = 8
+# Refused connections fail at once; a black-holed endpoint fails after the connect timeout of
+# each of the 3 attempts, so an unreachable S3 is reported in seconds rather than minutes.
+CONNECT_TIMEOUT = 3
+READ_TIMEOUT = 60
+MAX_ATTEMPTS = 3
+
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_PRECONDITION = {"412", "PreconditionFailed"}
+# 409 ConditionalRequestConflict: a concurrent conditional write; AWS says to retry.
+_TRANSIENT = {"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "ConditionalRequestConflict"}
+
+
+def _quoted(etag: str) -> str:
+    # moto's HEAD compares If-Match with the quoted ETag verbatim; real S3 accepts either form.
+    return f'"{etag}"'
+
+
+def _part_size(size: int, part_size: int) -> int:
+    """``part_size``, grown if needed so that ``size`` bytes fit in S3's 10,000 parts."""
+    return max(part_size, -(-size // MAX_PARTS))
+
+
+@contextlib.contextmanager
+def _errors(what: str, precondition: type[BlobStoreError] = BlobPreconditionFailed):
+    """Translate botocore errors into the blob-store errors."""
+    try:
+        yield
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        message = f"{what}: {code or status} {error.response.get('Error', {}).get('Message', '')}".rstrip()
+        if code in _NOT_FOUND or status == 404:
+            raise BlobNotFound(message) from error
+        if code in _PRECONDITION or status == 412:
+            raise precondition(message) from error
+        if code in _TRANSIENT or status >= 500:
+            raise BlobStoreUnavailable(message) from error
+        raise BlobStoreError(message) from error
+    except (HTTPClientError, IncompleteReadError) as error:
+        # Connection refused / reset, connect or read timeouts, truncated bodies.
+        raise BlobStoreUnavailable(f"{what}: {error}") from error
+
+
+class S3BlobStore(BlobStore):
+    replica = "aws"
+    scheme = "s3"
+
+    def __init__(self, client, region: str = "us-east-1", list_page_size: int = 1000):
+        self._client = client
+        self._region = region
+        self.list_page_size = list_page_size
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> "S3BlobStore":
+        endpoint = settings.s3_endpoint
+        config = Config(
+            region_name=settings.s3_region,
+            signature_version="s3v4",
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+            max_pool_connections=COPY_CONCURRENCY * 2,
+            # Emulators and custom endpoints rarely resolve virtual-host bucket names.
+            s3={"addressing_style": "path"} if endpoint else {},
+            # The DSS verifies its own four checksums; botocore's extra CRC32 of every body would
+            # only cost CPU on the service's event loop.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        credentials = {}
+        key_id, secret = settings.s3_access_key_id, settings.s3_secret_access_key
+        if not key_id and endpoint:
+            key_id, secret = "test", "test"  # an emulator accepts any keys: work with no setup
+        if key_id:
+            credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        # A session per store: boto3's default session is not safe to share between threads.
+        client = boto3.session.Session().client("s3", endpoint_url=endpoint or None, config=config, **credentials)
+        return cls(client, settings.s3_region, **kwargs)
+
+    # --- reading -----------------------------------------------------------------------------
+    def _head(self, bucket: str, key: str, revision: str | None = None) -> dict:
+        conditions = {"IfMatch": _quoted(revision)} if revision else {}
+        with _errors(f"head s3://{bucket}/{key}"):
+            return self._client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED", **conditions)
+
+    def stat(self, bucket: str, key: str) -> BlobInfo:
+        head = self._head(bucket, key)
+        crc32c = None
+        # A multipart object's checksum may be COMPOSITE (a checksum of checksums): not the CRC32C.
+        if head.get("ChecksumCRC32C") and head.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            crc32c = base64.b64decode(head["ChecksumCRC32C"]).hex()
+        return BlobInfo(
+            key=key,
+            size=head["ContentLength"],
+            content_type=head.get("ContentType"),
+            metadata={k.lower(): v for k, v in head.get("Metadata", {}).items()},
+            revision=head["ETag"].strip('"'),
+            crc32c=crc32c,
+            last_modified=head.get("LastModified"),
+        )
+
+    def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        with _errors(f"get tags of s3://{bucket}/{key}"):
+            tag_set = self._client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
+        return {tag["Key"]: tag["Value"] for tag in tag_set}
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        with _errors(f"get s3://{bucket}/{key}"):
+            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
+        with _errors(f"get s3://{bucket}/{key} bytes {start}-{end - 1}"):
+            response = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                                               IfMatch=_quoted(revision))
+            return response["Body"].read()
+
+    def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        params = {"Bucket": bucket, "Prefix": prefix, "PaginationConfig": {"PageSize": self.list_page_size}}
+        if start_after:
+            params["StartAfter"] = start_after
+        with _errors(f"list s3://{bucket}/{prefix}"):
+            for page in paginator.paginate(**params):
+                for item in page.get("Contents", ()):
+                    yield item["Key"]
+
+    # --- writing -----------------------------------------------------------------------------
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
+                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+        conditions = {"IfNoneMatch": "*"} if if_absent else {}
+        with _errors(f"put s3://{bucket}/{key}", precondition=BlobAlreadyExists):
+            self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                                    Metadata=dict(metadata or {}), **conditions)
+
+    def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
+                   content_type: str = "application/octet-stream",
+                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+        reader = ChunkReader(chunks, size)
+        if size <= part_size:
+            self.put_bytes(bucket, key, reader.read(), content_type, metadata)
+            return
+        part_size = _part_size(size, part_size)
+        with self._multipart_upload(bucket, key, content_type, metadata) as upload_id:
+            parts = []
+            for number in range(1, -(-size // part_size) + 1):
+                with _errors(f"upload part {number} of s3://{bucket}/{key}"):
+                    response = self._client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                        PartNumber=number, Body=reader.read(part_size))
+                parts.append({"PartNumber": number, "ETag": response["ETag"]})
+            self._complete(bucket, key, upload_id, parts)
+
+    @contextlib.contextmanager
+    def _multipart_upload(self, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]):
+        """Yield a new upload id; abort the upload if the body of the ``with`` fails."""
+        with _errors(f"start multipart upload of s3://{bucket}/{key}"):
+            upload_id = self._client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type,
+                                                             Metadata=dict(metadata or {}))["UploadId"]
+        try:
+            yield upload_id
+        except BaseException:
+            try:
+                self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            except Exception:  # the original error matters more; S3 lifecycle rules clean up leftovers
+                logger.warning("could not abort multipart upload %s of s3://%s/%s", upload_id, bucket, key,
+                               exc_info=True)
+            raise
+
+    def _complete(self, bucket: str, key: str, upload_id: str, parts: list[dict]) -> None:
+        with _errors(f"complete multipart upload of s3://{bucket}/{key}"):
+            self._client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                   MultipartUpload={"Parts": parts})
+
+    def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
+             if_source_revision: str | None = None, content_type: str | None = None,
+             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+        # The HEAD checks the revision (moto ignores CopySourceIfMatch) and gives the size; every
+        # later request is pinned to the ETag it saw so the copy is of one consistent content.
+        head = self._head(src_bucket, src_key, if_source_revision)
+        source = {"Bucket": src_bucket, "Key": src_key}
+        pinned = _quoted(head["ETag"].strip('"'))
+        what = f"copy s3://{src_bucket}/{src_key} to s3://{dst_bucket}/{dst_key}"
+        if head["ContentLength"] <= min(part_size, MAX_SINGLE_COPY):
+            replace = {}
+            if content_type is not None or metadata is not None:
+                replace = {"MetadataDirective": "REPLACE",
+                           "ContentType": content_type or head.get("ContentType", "application/octet-stream"),
+                           "Metadata": dict(head.get("Metadata", {}) if metadata is None else metadata)}
+            with _errors(what):
+                self._client.copy_object(CopySource=source, Bucket=dst_bucket, Key=dst_key,
+                                         CopySourceIfMatch=pinned, **replace)
+            return
+        size = head["ContentLength"]
+        part_size = _part_size(size, part_size)
+
+        def copy_part(number: int) -> dict:
+            start = (number - 1) * part_size
+            end = min(start + part_size, size) - 1
+            with _errors(f"{what} (part {number})"):
+                response = self._client.upload_part_copy(
+                    CopySource=source, Bucket=dst_bucket, Key=dst_key, UploadId=upload_id, PartNumber=number,
+                    CopySourceRange=f"bytes={start}-{end}", CopySourceIfMatch=pinned)
+            return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
+
+        with self._multipart_upload(dst_bucket, dst_key,
+                                    content_type or head.get("ContentType", "application/octet-stream"),
+                                    head.get("Metadata", {}) if metadata is None else metadata) as upload_id:
+            pool = eventlet.GreenPool(COPY_CONCURRENCY)
+            try:
+                parts = list(pool.imap(copy_part, range(1, -(-size // part_size) + 1)))
+            finally:
+                pool.waitall()  # no part copy may still be running when the upload is aborted
+            self._complete(dst_bucket, dst_key, upload_id, parts)
+
+    def delete(self, bucket: str, key: str) -> None:
+        with _errors(f"delete s3://{bucket}/{key}"):
+            self._client.delete_object(Bucket=bucket, Key=key)
+
+    # --- addressing --------------------------------------------------------------------------
+    def presigned_url(self, bucket: str, key: str, expires_in: int,
+                      content_disposition: str | None = None) -> str:
+        params = {"Bucket": bucket, "Key": key}
+        if content_disposition:
+            params["ResponseContentDisposition"] = content_disposition
+        return self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_in)
+
+    # --- buckets -----------------------------------------------------------------------------
+    def bucket_exists(self, bucket: str) -> bool:
+        try:
+            with _errors(f"head bucket s3://{bucket}"):
+                self._client.head_bucket(Bucket=bucket)
+        except BlobNotFound:
+            return False
+        return True
+
+    def create_bucket(self, bucket: str) -> None:
+        if self.bucket_exists(bucket):
+            return
+        # us-east-1 is the one region that refuses an explicit LocationConstraint.
+        location = {} if self._region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": self._region}}
+        with _errors(f"create bucket s3://{bucket}"):
+            try:
+                self._client.create_bucket(Bucket=bucket, **location)
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # ours: fine
+                    raise
