@@ -1,0 +1,63 @@
+# Developer entry points. CI runs `bash .ci/run`, which ends in `make test`.
+# Targets that print something meant for capture (token) keep make's own output off stdout:
+# recipes are silent (@) and installation chatter goes to stderr.
+SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+LOCK_FILE ?= constraints.txt
+
+EMAIL ?= dev@example.org
+GROUPS ?= dbio
+LIFETIME ?= 3600
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: install up down restart status token test lock bench
+
+install: $(STAMP)
+
+# Reinstalls only when the dependency declarations change (the package itself is editable).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV) >&2
+	@$(VPY) -m pip install -q -c constraints.txt -e '.[dev]' >&2
+	@touch $@
+
+up: install
+	@$(VPY) deploy/local.py up
+
+down: install
+	@$(VPY) deploy/local.py down
+
+# `make restart` restarts every service, `make restart SERVICE="files bundles"` only those named.
+restart: install
+	@$(VPY) deploy/local.py restart $(SERVICE)
+
+status: install
+	@$(VPY) deploy/local.py status
+
+token: install
+	@$(VPY) deploy/local.py token --email '$(EMAIL)' --groups '$(GROUPS)' --lifetime '$(LIFETIME)'
+
+test: install
+	@deploy/ensure-rabbitmq.sh
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Re-resolve every dependency from scratch in a throwaway venv and pin the result.
+lock:
+	@set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install -q -e '.[dev]' >&2; \
+	{ echo "# Pinned versions for every install (pip install -c constraints.txt ...)."; \
+	  echo "# Regenerate: make lock  (pip freeze of a fresh venv with .[dev])"; \
+	  "$$tmp/venv/bin/pip" freeze --exclude-editable; } > "$(LOCK_FILE).tmp"; \
+	mv "$(LOCK_FILE).tmp" "$(LOCK_FILE)"; \
+	echo "wrote $(LOCK_FILE)" >&2
+
+bench: install
+	@set -euo pipefail; shopt -s nullglob; scripts=(bench/*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmarks in bench/" >&2; exit 0; fi; \
+	for script in "$${scripts[@]}"; do echo "== $$script" >&2; $(VPY) "$$script" $(BENCH_ARGS); done

@@ -1,0 +1,605 @@
+#!/usr/bin/env python3
+"""Run the whole store on this machine: ``up``, ``down``, ``restart``, ``status``, ``token``.
+
+The Makefile targets of the same names call this with the project's virtualenv. ``up`` starts, in
+the background and each only if not already there: RabbitMQ (only when AMQP_URI does not answer),
+moto (S3) and fake-gcs-server (GCS) on the ports of DSS_S3_ENDPOINT / DSS_GCS_ENDPOINT, the buckets,
+the local token issuer, then one ``nameko run`` process per service; it returns once the gateway's
+health check passes. Everything it starts is recorded in ``var/run/<name>.pid`` (pid and start
+time, so a recycled pid is never mistaken for ours) and logs to ``var/log/<name>.log``; ``down``
+stops exactly those process groups.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import logging
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: import `shared` from this checkout
+
+import psutil  # noqa: E402
+import requests  # noqa: E402
+import yaml  # noqa: E402
+
+from shared import auth_local, local_cloud  # noqa: E402
+from shared.config import Settings  # noqa: E402
+
+logger = logging.getLogger("dss.local")
+
+# The services `make up` runs, in start order. Adding a service is adding its name here.
+SERVICES = ("files", "bundles", "gateway")
+
+VAR = ROOT / "var"
+RUN_DIR = VAR / "run"
+LOG_DIR = VAR / "log"
+GCS_DATA = VAR / "gcs"
+RABBIT_DIR = VAR / "rabbitmq"
+DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
+GATEWAY_URL = "http://127.0.0.1:8080"
+HEALTH_URL = f"{GATEWAY_URL}/internal/health"
+HEALTH_TIMEOUT_S = 60
+BROKER_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 20
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+VENV_BIN = pathlib.Path(sys.executable).parent  # not resolved: a venv's python is a symlink
+
+
+class Failed(Exception):
+    """`up` cannot continue; the message says why and what to do."""
+
+
+# --- processes we own ---------------------------------------------------------------------------
+
+def _pid_file(name: str) -> pathlib.Path:
+    return RUN_DIR / f"{name}.pid"
+
+
+def _log_file(name: str) -> pathlib.Path:
+    return LOG_DIR / f"{name}.log"
+
+
+def owned_pid(name: str) -> int | None:
+    """Pid of the process `up` started as ``name`` if it still runs, else None (stale files go)."""
+    path = _pid_file(name)
+    try:
+        pid_text, _, started_text = path.read_text().partition("\n")
+        pid, started = int(pid_text), float(started_text or 0)
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        process = psutil.Process(pid)
+        alive = abs(process.create_time() - started) < 1 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        alive = False
+    if not alive:
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _record(name: str, pid: int) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    _pid_file(name).write_text(f"{pid}\n{psutil.Process(pid).create_time()}\n")
+
+
+def _open_log(name: str):
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = open(_log_file(name), "ab")
+    log.write(f"\n=== {name} starting {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
+    log.flush()
+    return log
+
+
+def spawn(name: str, command: list[str], env: dict | None = None) -> int:
+    """Start ``command`` detached (own session and process group, stdin closed), logging to var/log."""
+    log = _open_log(name)
+    try:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+    _record(name, process.pid)
+    return process.pid
+
+
+def _group(pgid: int) -> list[int]:
+    members = []
+    for pid in psutil.pids():
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pgid:
+                members.append(pid)
+    return members
+
+
+def stop(name: str, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop the process group `up` started as ``name``: TERM, then KILL after ``timeout``."""
+    pid = owned_pid(name)
+    if pid is None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group(pid):
+        logger.warning("%s did not stop within %ss: killing it", name, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    _pid_file(name).unlink(missing_ok=True)
+    return True
+
+
+def tail(path: pathlib.Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+# --- RabbitMQ -----------------------------------------------------------------------------------
+
+def amqp_uri() -> str:
+    return os.environ.get("AMQP_URI") or DEFAULT_AMQP_URI
+
+
+def redact(uri: str) -> str:
+    """The URI without its password (safe to print)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def broker_error(uri: str) -> str | None:
+    """None if an AMQP connection to ``uri`` succeeds, else why not."""
+    from kombu import Connection
+    try:
+        with Connection(uri, connect_timeout=3) as connection:
+            connection.connect()
+        return None
+    except Exception as error:  # any failure means "not usable"; the message is shown to the user
+        return f"{type(error).__name__}: {error}"
+
+
+def _rabbitmq_server() -> str | None:
+    # Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the rabbitmq user; the real
+    # scripts under /usr/lib/rabbitmq/bin run as the caller, which a private instance needs.
+    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _epmd() -> str | None:
+    found = shutil.which("epmd") or shutil.which("epmd", path="/usr/lib/erlang/bin")
+    if not found:
+        found = next(iter(sorted(pathlib.Path("/usr/lib/erlang").glob("erts-*/bin/epmd"), reverse=True)), None)
+    return str(found) if found else None
+
+
+def _rabbit_env(uri: str) -> tuple[dict, int]:
+    """Environment of a private broker whose every file lives under var/ (no system config read)."""
+    parts = urllib.parse.urlsplit(uri)
+    port = parts.port or 5672
+    management_port = 15672 if port == 5672 else port + 10000  # the test fixtures expect 15672
+    user = urllib.parse.unquote(parts.username or "guest")
+    password = urllib.parse.unquote(parts.password or "guest")
+    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    RABBIT_DIR.mkdir(parents=True, exist_ok=True)
+    conf = RABBIT_DIR / "rabbitmq.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
+    with os.fdopen(fd, "w") as handle:
+        handle.write(
+            "# Written by deploy/local.py for the broker `make up` runs; default_* apply at first boot.\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
+            f"default_user = {user}\ndefault_pass = {password}\ndefault_vhost = {vhost}\n"
+            "default_user_tags.administrator = true\n")
+    (RABBIT_DIR / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    (RABBIT_DIR / "rabbitmq-env.conf").write_text("# Empty on purpose: keeps /etc/rabbitmq/rabbitmq-env.conf out.\n")
+    env = dict(os.environ)
+    env.update({
+        "HOME": str(RABBIT_DIR),  # the Erlang cookie goes here, not into the caller's home
+        "RABBITMQ_NODENAME": f"dss{port}@localhost",
+        "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+        "RABBITMQ_NODE_PORT": str(port),
+        "RABBITMQ_DIST_PORT": str(port + 20000),
+        "RABBITMQ_CONF_ENV_FILE": str(RABBIT_DIR / "rabbitmq-env.conf"),
+        "RABBITMQ_CONFIG_FILE": str(conf),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(RABBIT_DIR / "advanced.config"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBIT_DIR / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(RABBIT_DIR / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(LOG_DIR / "rabbitmq"),
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+    })
+    return env, management_port
+
+
+def ensure_broker() -> str:
+    """Use the broker at AMQP_URI, or start a private one under var/ when it is local and absent."""
+    uri = amqp_uri()
+    parts = urllib.parse.urlsplit(uri)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5672
+    if owned_pid("rabbitmq"):
+        _wait_broker(uri)
+        return "running (started by make up)"
+    if local_cloud.port_open(host, port):
+        error = broker_error(uri)
+        if error:
+            raise Failed(f"something listens on {host}:{port} but an AMQP connection to {redact(uri)} "
+                         f"fails ({error}). Fix AMQP_URI or that broker.")
+        return "already running (not started by make up)"
+    if host not in LOCAL_HOSTS:
+        raise Failed(f"no RabbitMQ answers at {redact(uri)}. Start it there, or unset AMQP_URI to use a local one.")
+    server = _rabbitmq_server()
+    if not server:
+        raise Failed(f"no RabbitMQ answers at {redact(uri)} and rabbitmq-server is not installed. "
+                     "Install it (as root: apt-get update && apt-get install -y rabbitmq-server) "
+                     "or point AMQP_URI at a running broker.")
+    env, management_port = _rabbit_env(uri)
+    for busy in (management_port, port + 20000):
+        if local_cloud.port_open("127.0.0.1", busy):
+            raise Failed(f"cannot start RabbitMQ for {redact(uri)}: port {busy} is already in use.")
+    epmd = _epmd()
+    if epmd and not local_cloud.port_open("127.0.0.1", 4369) and not owned_pid("epmd"):
+        # Started by us (not by erl's own `-daemon`), so `down` can stop it again.
+        spawn("epmd", [epmd], env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"})
+        _wait(lambda: local_cloud.port_open("127.0.0.1", 4369), 10, "epmd")
+    logger.info("starting RabbitMQ on %s (private node, data in %s)", redact(uri), RABBIT_DIR.relative_to(ROOT))
+    spawn("rabbitmq", [server], env=env)
+    _wait_broker(uri)
+    return f"started by make up (management on 127.0.0.1:{management_port})"
+
+
+def _wait_broker(uri: str) -> None:
+    """Wait for the broker `up` started to accept AMQP (~5 s after start)."""
+    deadline = time.monotonic() + BROKER_TIMEOUT_S
+    while (error := broker_error(uri)) is not None:
+        if not owned_pid("rabbitmq") or time.monotonic() > deadline:
+            raise Failed(f"RabbitMQ did not come up ({error}). Its log:\n{tail(_log_file('rabbitmq'))}\n"
+                         f"(node logs in {LOG_DIR.relative_to(ROOT)}/rabbitmq/)")
+        time.sleep(0.5)
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise Failed(f"{what} did not come up within {timeout}s")
+        time.sleep(0.2)
+
+
+def stop_epmd() -> None:
+    """Stop the epmd `up` started, unless another Erlang node (not ours) registered with it since."""
+    pid = owned_pid("epmd")
+    if pid is None:
+        return
+    names = subprocess.run([_epmd() or "epmd", "-names"], capture_output=True, text=True,
+                           env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"}).stdout
+    others = [line for line in names.splitlines() if line.startswith("name ")]
+    if others:
+        logger.info("epmd: left running, still used by %s", ", ".join(o.split()[1] for o in others))
+        return
+    stop("epmd")
+    logger.info("epmd: stopped")
+
+
+# --- emulators ----------------------------------------------------------------------------------
+
+def _local_endpoint(endpoint: str) -> tuple[str, int] | None:
+    parts = urllib.parse.urlsplit(endpoint)
+    if not endpoint or parts.hostname not in LOCAL_HOSTS:
+        return None
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _answers_like_moto(url: str) -> bool:
+    with contextlib.suppress(requests.RequestException):
+        return requests.get(f"{url}/moto-api/", timeout=3).status_code == 200
+    return False
+
+
+def _answers_like_gcs(url: str) -> bool:
+    with contextlib.suppress(requests.RequestException, ValueError):
+        return requests.get(f"{url}/storage/v1/b", timeout=3).json().get("kind") == "storage#buckets"
+    return False
+
+
+def ensure_emulator(name: str, endpoint: str, answers, start) -> str:
+    """Start the emulator for a local ``endpoint`` unless ours runs or a compatible one is there."""
+    local = _local_endpoint(endpoint)
+    if local is None:
+        return "remote endpoint: not managed by make up" if endpoint else "not configured (real cloud)"
+    host, port = local
+    url = f"http://{host}:{port}"
+    if owned_pid(name):
+        return "running (started by make up)"
+    if local_cloud.port_open(host, port):
+        if answers(url):
+            return "already running (not started by make up): reused"
+        raise Failed(f"port {port} is taken by something that does not answer like {name}; "
+                     f"free it or change the endpoint setting.")
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    emulator = start(port)
+    _record(name, emulator.process.pid)
+    return "started by make up"
+
+
+def _start_moto(port: int):
+    return local_cloud.start_moto(port, log_path=str(_log_file("moto")), detach=True)
+
+
+def _start_gcs(port: int):
+    # Filesystem backend: buckets and objects survive `make down` / `make up`.
+    GCS_DATA.mkdir(parents=True, exist_ok=True)
+    return local_cloud.start_fake_gcs(port, log_path=str(_log_file("fake-gcs")), data_dir=str(GCS_DATA),
+                                      detach=True)
+
+
+def ensure_buckets(settings: Settings, replicas: list[str]) -> None:
+    if not replicas:
+        return
+    try:
+        if set(replicas) == {"aws", "gcp"}:
+            local_cloud.create_buckets(settings)
+        else:  # never create buckets in a real cloud account behind the user's back
+            from shared.blobstore import open_blobstore
+            for replica in replicas:
+                store = open_blobstore(replica, settings)
+                for kind in ("main", "checkout", "staging"):
+                    store.create_bucket(settings.bucket(replica, kind))
+    except Exception as error:
+        raise Failed(f"creating the buckets failed: {type(error).__name__}: {error}") from error
+
+
+# --- token issuer -------------------------------------------------------------------------------
+
+def ensure_issuer(settings: Settings) -> str:
+    jwks = auth_local.local_jwks_path(settings.auth_issuers, settings.local_issuer)
+    if jwks is None:
+        logger.warning("DSS_AUTH_ISSUERS names no JWKS file for %s: the gateway will not trust local tokens",
+                       settings.local_issuer)
+        jwks = str(VAR / "auth" / "jwks.json")
+    auth_local.ensure_local_issuer(settings.local_issuer_key, jwks)
+    return jwks
+
+
+# --- services -----------------------------------------------------------------------------------
+
+def metrics_port(service: str) -> int | None:
+    """The METRICS_PORT default in the service's config.yml (`${METRICS_PORT:9101}`)."""
+    try:
+        raw = str(yaml.safe_load((ROOT / "services" / service / "config.yml").read_text()).get("METRICS_PORT", ""))
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    match = re.search(r"(\d+)\}?\s*$", raw)
+    return int(match.group(1)) if match else None
+
+
+def _nameko() -> str:
+    candidate = VENV_BIN / "nameko"
+    return str(candidate) if candidate.exists() else (shutil.which("nameko") or "nameko")
+
+
+def service_env(uri: str) -> dict:
+    env = dict(os.environ)
+    env["AMQP_URI"] = uri
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach var/log at once
+    # One METRICS_PORT in the caller's environment would give every service the same port: each
+    # service takes its own default from its config.yml instead.
+    env.pop("METRICS_PORT", None)
+    return env
+
+
+def start_services(uri: str, names=SERVICES) -> dict[str, str]:
+    states = {}
+    for name in names:
+        folder = ROOT / "services" / name
+        if not (folder / "service.py").exists() or not (folder / "config.yml").exists():
+            raise Failed(f"services/{name}/service.py or config.yml is missing: cannot run {name}.")
+    for name in names:
+        if owned_pid(name):
+            states[name] = "running"
+            continue
+        port = metrics_port(name)
+        busy = [p for p in ((port,) if port else ()) + ((8080,) if name == "gateway" else ())
+                if local_cloud.port_open("127.0.0.1", p)]
+        if busy:
+            raise Failed(f"cannot start {name}: port {busy[0]} is already in use by another process.")
+        command = [_nameko(), "run", "--config", f"services/{name}/config.yml", f"services.{name}.service"]
+        pid = spawn(name, command, env=service_env(uri))
+        states[name] = f"started (pid {pid})"
+    return states
+
+
+def wait_healthy(names=SERVICES, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        dead = [name for name in names if not owned_pid(name)]
+        if dead:
+            raise Failed("exited during start-up: " + ", ".join(dead) + "\n" + _log_tails(dead))
+        try:
+            answer = requests.get(HEALTH_URL, timeout=5)
+            if answer.status_code == 200:
+                return
+            last = f"HTTP {answer.status_code}: {answer.text[:1000]}"
+        except requests.RequestException as error:
+            last = f"{type(error).__name__}"
+        time.sleep(0.5)
+    raise Failed(f"{HEALTH_URL} not healthy within {timeout}s (last: {last}). The services are left "
+                 f"running for inspection (`make down` stops them).\n" + _log_tails(names))
+
+
+def _log_tails(names) -> str:
+    return "\n".join(f"--- tail of {_log_file(n).relative_to(ROOT)} ---\n{tail(_log_file(n))}" for n in names)
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _exclusive():
+    """One `up`/`down` at a time, so two concurrent `make up`s cannot both start a copy."""
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RUN_DIR / "local.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def cmd_up(args) -> int:
+    with _exclusive():
+        settings = Settings.from_config({})
+        uri = amqp_uri()
+        broker = ensure_broker()
+        logger.info("RabbitMQ: %s", broker)
+        s3 = ensure_emulator("moto", settings.s3_endpoint, _answers_like_moto, _start_moto)
+        logger.info("S3 (moto): %s", s3)
+        gcs = ensure_emulator("fake-gcs", settings.gcs_endpoint, _answers_like_gcs, _start_gcs)
+        logger.info("GCS (fake-gcs-server): %s", gcs)
+        replicas = [r for r, e in (("aws", settings.s3_endpoint), ("gcp", settings.gcs_endpoint))
+                    if _local_endpoint(e)]
+        ensure_buckets(settings, replicas)
+        logger.info("buckets: %s", ", ".join(sorted({settings.bucket(r, k) for r in replicas
+                                                    for k in ("main", "checkout", "staging")})) or "-")
+        jwks = ensure_issuer(settings)
+        logger.info("token issuer: %s (key %s, JWKS %s)", settings.local_issuer, settings.local_issuer_key, jwks)
+        states = start_services(uri)
+        for name, state in states.items():
+            logger.info("%s: %s", name, state)
+        if not args.no_wait:
+            wait_healthy()
+    print_endpoints(settings, uri, broker)
+    return 0
+
+
+def print_endpoints(settings: Settings, uri: str, broker: str) -> None:
+    metrics = ", ".join(f"{n} :{metrics_port(n)}" for n in SERVICES)
+    print(f"""DSS is up.
+  API        {GATEWAY_URL}/v1   (Swagger: {GATEWAY_URL}/v1/swagger.json)
+  health     {HEALTH_URL}
+  S3         {settings.s3_endpoint or 'AWS'}   (buckets {settings.s3_bucket}, {settings.s3_checkout_bucket}, {settings.s3_staging_bucket})
+  GCS        {settings.gcs_endpoint or 'Google Cloud'}   (buckets {settings.gs_bucket}, {settings.gs_checkout_bucket}, {settings.gs_staging_bucket})
+  AMQP       {redact(uri)}   ({broker})
+  metrics    {metrics}
+  logs       {LOG_DIR.relative_to(ROOT)}/
+  token      TOKEN=$(make -s token EMAIL=you@example.org GROUPS=dbio)
+  stop       make down""")
+
+
+def cmd_down(args) -> int:
+    with _exclusive():
+        infrastructure = ("fake-gcs", "moto", "rabbitmq", "epmd")
+        # Pid files of services dropped from SERVICES since the last `up` would otherwise be orphaned.
+        others = sorted(p.stem for p in RUN_DIR.glob("*.pid") if p.stem not in (*SERVICES, *infrastructure))
+        stopped = []
+        for name in (*others, *reversed(SERVICES), *infrastructure[:-1]):
+            if stop(name):
+                stopped.append(name)
+                logger.info("%s: stopped", name)
+        stop_epmd()
+    print("stopped: " + ", ".join(stopped) if stopped else "nothing started by make up was running")
+    return 0
+
+
+def cmd_restart(args) -> int:
+    names = args.services or list(SERVICES)
+    unknown = sorted(set(names) - set(SERVICES))
+    if unknown:
+        raise Failed(f"unknown service(s): {', '.join(unknown)} (known: {', '.join(SERVICES)})")
+    with _exclusive():
+        for name in names:
+            if stop(name):
+                logger.info("%s: stopped", name)
+        for name, state in start_services(amqp_uri(), names).items():
+            logger.info("%s: %s", name, state)
+        wait_healthy(names)
+    print(f"restarted: {', '.join(names)}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    settings = Settings.from_config({})
+    uri = amqp_uri()
+    healthy = True
+
+    def line(name: str, state: str, ok: bool) -> None:
+        nonlocal healthy
+        healthy &= ok
+        print(f"  {name:<10} {state}")
+
+    def owner(name: str) -> str:
+        pid = owned_pid(name)
+        return f"started by make up, pid {pid}" if pid else "not started by make up"
+
+    broker = broker_error(uri)
+    line("rabbitmq", f"{'up' if broker is None else 'DOWN'} at {redact(uri)} ({owner('rabbitmq')})", broker is None)
+    for name, endpoint, answers in (("moto", settings.s3_endpoint, _answers_like_moto),
+                                    ("fake-gcs", settings.gcs_endpoint, _answers_like_gcs)):
+        if _local_endpoint(endpoint) is None:
+            line(name, f"not managed ({endpoint or 'real cloud'})", True)
+            continue
+        up = answers(endpoint.rstrip("/"))
+        line(name, f"{'up' if up else 'DOWN'} at {endpoint} ({owner(name)})", up)
+    for name in SERVICES:
+        pid = owned_pid(name)
+        line(name, f"running, pid {pid}, metrics :{metrics_port(name)}" if pid else "stopped", bool(pid))
+    try:
+        answer = requests.get(HEALTH_URL, timeout=5)
+        line("health", f"HTTP {answer.status_code} {answer.text[:300]}", answer.status_code == 200)
+    except requests.RequestException as error:
+        line("health", f"no answer from {HEALTH_URL} ({type(error).__name__})", False)
+    return 0 if healthy else 3
+
+
+def cmd_token(args) -> int:
+    settings = Settings.from_config({})
+    ensure_issuer(settings)
+    groups = [g.strip() for g in args.groups.split(",") if g.strip()]
+    # stdout carries the token and nothing else: `TOKEN=$(make -s token ...)`.
+    print(auth_local.mint_token_for_settings(settings, args.email, groups, lifetime_s=args.lifetime))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="deploy/local.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start everything in the background; return once healthy")
+    up.add_argument("--no-wait", action="store_true", help="do not wait for the gateway's health check")
+    up.set_defaults(run=cmd_up)
+    commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
+    restart = commands.add_parser("restart", help="restart services (all by default) after a code change")
+    restart.add_argument("services", nargs="*")
+    restart.set_defaults(run=cmd_restart)
+    commands.add_parser("status", help="what runs, and the gateway's health").set_defaults(run=cmd_status)
+    token = commands.add_parser("token", help="print a bearer token signed by the local issuer")
+    token.add_argument("--email", required=True)
+    token.add_argument("--groups", default="dbio", help="comma-separated")
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds")
+    token.set_defaults(run=cmd_token)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("botocore", "boto3", "urllib3", "google", "amqp", "kombu"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.chdir(ROOT)  # relative settings (key, JWKS) resolve against the repo root, as in the services
+    try:
+        return args.run(args)
+    except Failed as error:
+        logger.error("%s: %s", args.command, error)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
