@@ -1,0 +1,76 @@
+"""Shapes the bundles service reads from RPC callers and the collection document it stores.
+
+Stored bundle manifests and tombstones, and the event payloads, are in ``shared/schemas.py``.
+"""
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from shared.identifiers import normalize_uuid, normalize_version
+from shared.schemas import ManifestFile
+
+MAX_ITEMS = 1000  # per bundle PATCH list and per collection (the v1 contract's limit)
+
+
+class UuidField(fields.String):
+    """A uuid, lower-cased; a malformed one raises ``InvalidParameter`` ``illegal_uuid``."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return normalize_uuid(super()._deserialize(value, attr, data, **kwargs))
+
+
+class VersionField(fields.String):
+    """A DSS version; a malformed one raises ``InvalidParameter`` ``illegal_version``."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return normalize_version(super()._deserialize(value, attr, data, **kwargs))
+
+
+class BundleFileRef(Schema):
+    """One entry of ``files`` / ``add_files`` in put_bundle and patch_bundle."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    uuid = UuidField(required=True)
+    version = VersionField(required=True)
+    name = fields.String(required=True)
+    indexed = fields.Boolean(required=True)
+
+
+class BundleFileId(Schema):
+    """One entry of ``remove_files`` in patch_bundle: a file is removed when all three match."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    uuid = UuidField(required=True)
+    version = VersionField(required=True)
+    name = fields.String(required=True)
+
+
+class BundleFileView(ManifestFile):
+    """A manifest entry as GET /bundles returns it: the stored form but `s3_etag` with an underscore."""
+
+    s3_etag = fields.String(required=True, data_key="s3_etag")
+
+
+class CollectionItem(Schema):
+    """One entry of a collection's ``contents``; an unknown ``type`` resolves as a file."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.Length(min=1))
+    uuid = UuidField(required=True)
+    version = VersionField(required=True)
+    path = fields.String()
+    fragment = fields.String()
+
+
+class CollectionDocument(Schema):
+    """`collections/{uuid}.{version}`."""
+
+    name = fields.String(required=True)
+    description = fields.String(load_default=None, allow_none=True)
+    details = fields.Raw(load_default=None, allow_none=True)
+    contents = fields.List(fields.Nested(CollectionItem), required=True)
+    owner = fields.String(required=True)
