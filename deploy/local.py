@@ -24,6 +24,10 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import warnings
+
+# eventlet (imported by the blob stores) warns about its own deprecation on import: noise here.
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script: import `shared` from this checkout
@@ -114,30 +118,33 @@ def spawn(name: str, command: list[str], env: dict | None = None) -> int:
 
 
 def _group(pgid: int) -> list[int]:
+    """Live members of a process group (zombies excluded: our init may reap them only later)."""
     members = []
-    for pid in psutil.pids():
-        with contextlib.suppress(OSError):
-            if os.getpgid(pid) == pgid:
-                members.append(pid)
+    for process in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError, psutil.Error):
+            if process.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(process.pid) == pgid:
+                members.append(process.pid)
     return members
 
 
-def stop(name: str, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """Stop the process group `up` started as ``name``: TERM, then KILL after ``timeout``."""
-    pid = owned_pid(name)
-    if pid is None:
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _group(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if _group(pid):
-        logger.warning("%s did not stop within %ss: killing it", name, timeout)
+def stop(*names: str, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+    """Stop the process groups `up` started under ``names`` together: TERM, KILL after ``timeout``.
+
+    Returns the names that were running."""
+    groups = {name: pid for name in names if (pid := owned_pid(name)) is not None}
+    for pid in groups.values():
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-    _pid_file(name).unlink(missing_ok=True)
-    return True
+            os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_group(pid) for pid in groups.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for name, pid in groups.items():
+        if _group(pid):
+            logger.warning("%s did not stop within %ss: killing it", name, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        _pid_file(name).unlink(missing_ok=True)
+    return list(groups)
 
 
 def tail(path: pathlib.Path, lines: int = 40) -> str:
@@ -379,13 +386,14 @@ def ensure_issuer(settings: Settings) -> str:
 # --- services -----------------------------------------------------------------------------------
 
 def metrics_port(service: str) -> int | None:
-    """The METRICS_PORT default in the service's config.yml (`${METRICS_PORT:9101}`)."""
+    """The METRICS_PORT the service will use: its config.yml's `${VARIABLE:default}`, resolved."""
     try:
         raw = str(yaml.safe_load((ROOT / "services" / service / "config.yml").read_text()).get("METRICS_PORT", ""))
     except (OSError, AttributeError, yaml.YAMLError):
         return None
-    match = re.search(r"(\d+)\}?\s*$", raw)
-    return int(match.group(1)) if match else None
+    match = re.fullmatch(r"\s*\$\{(\w+):(\d*)\}\s*", raw)
+    value = os.environ.get(match.group(1), match.group(2)) if match else raw
+    return int(value) if str(value).strip().isdigit() else None
 
 
 def _nameko() -> str:
@@ -397,18 +405,22 @@ def service_env(uri: str) -> dict:
     env = dict(os.environ)
     env["AMQP_URI"] = uri
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach var/log at once
-    # One METRICS_PORT in the caller's environment would give every service the same port: each
-    # service takes its own default from its config.yml instead.
+    # A shared METRICS_PORT in the caller's environment would give every service that reads it the
+    # same port; each takes its own default (or DSS_<SERVICE>_METRICS_PORT) from its config.yml.
     env.pop("METRICS_PORT", None)
     return env
 
 
-def start_services(uri: str, names=SERVICES) -> dict[str, str]:
-    states = {}
+def check_services(names=SERVICES) -> None:
     for name in names:
         folder = ROOT / "services" / name
         if not (folder / "service.py").exists() or not (folder / "config.yml").exists():
             raise Failed(f"services/{name}/service.py or config.yml is missing: cannot run {name}.")
+
+
+def start_services(uri: str, names=SERVICES) -> dict[str, str]:
+    check_services(names)
+    states = {}
     for name in names:
         if owned_pid(name):
             states[name] = "running"
@@ -460,6 +472,7 @@ def _exclusive():
 
 def cmd_up(args) -> int:
     with _exclusive():
+        check_services()  # before starting anything
         settings = Settings.from_config({})
         uri = amqp_uri()
         broker = ensure_broker()
@@ -503,11 +516,10 @@ def cmd_down(args) -> int:
         infrastructure = ("fake-gcs", "moto", "rabbitmq", "epmd")
         # Pid files of services dropped from SERVICES since the last `up` would otherwise be orphaned.
         others = sorted(p.stem for p in RUN_DIR.glob("*.pid") if p.stem not in (*SERVICES, *infrastructure))
-        stopped = []
-        for name in (*others, *reversed(SERVICES), *infrastructure[:-1]):
-            if stop(name):
-                stopped.append(name)
-                logger.info("%s: stopped", name)
+        # Services first (in parallel), so none of them sees its broker or storage vanish.
+        stopped = stop(*others, *SERVICES) + stop(*infrastructure[:-1])
+        for name in stopped:
+            logger.info("%s: stopped", name)
         stop_epmd()
     print("stopped: " + ", ".join(stopped) if stopped else "nothing started by make up was running")
     return 0
@@ -519,9 +531,8 @@ def cmd_restart(args) -> int:
     if unknown:
         raise Failed(f"unknown service(s): {', '.join(unknown)} (known: {', '.join(SERVICES)})")
     with _exclusive():
-        for name in names:
-            if stop(name):
-                logger.info("%s: stopped", name)
+        for name in stop(*names):
+            logger.info("%s: stopped", name)
         for name, state in start_services(amqp_uri(), names).items():
             logger.info("%s: %s", name, state)
         wait_healthy(names)
