@@ -58,7 +58,9 @@ def _load(schema: Schema, data, what: str):
     try:
         return schema.load(data)
     except ValidationError as error:
-        raise errors.illegal_arguments(f"invalid {what}: {error.messages}") from None
+        detail = str(error.messages)
+        # A thousand bad entries would make an unreadable title: the first few say enough.
+        raise errors.illegal_arguments(f"invalid {what}: {detail[:300]}{'...' if len(detail) > 300 else ''}") from None
 
 
 def _uuid_version(uuid: str, version: str | None) -> tuple[str, str | None]:

@@ -66,7 +66,8 @@ class MemoryBlobStore(BlobStore):
 
     def list_keys(self, bucket, prefix="", start_after=None):
         objects = self._objects(bucket, "list_keys")
-        return iter(sorted(key for key in objects if key.startswith(prefix) and (start_after is None or key > start_after)))
+        return iter(sorted(key for key in objects
+                           if key.startswith(prefix) and (start_after is None or key > start_after)))
 
     def put_bytes(self, bucket, key, data, content_type="application/octet-stream", metadata=None, if_absent=False):
         objects = self._objects(bucket, "put_bytes")
