@@ -50,8 +50,7 @@ LOG_DIR = VAR / "log"
 GCS_DATA = VAR / "gcs"
 RABBIT_DIR = VAR / "rabbitmq"
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
-GATEWAY_URL = "http://127.0.0.1:8080"
-HEALTH_URL = f"{GATEWAY_URL}/internal/health"
+DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:8080"
 HEALTH_TIMEOUT_S = 60
 BROKER_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 20
@@ -385,15 +384,35 @@ def ensure_issuer(settings: Settings) -> str:
 
 # --- services -----------------------------------------------------------------------------------
 
-def metrics_port(service: str) -> int | None:
-    """The METRICS_PORT the service will use: its config.yml's `${VARIABLE:default}`, resolved."""
+def config_value(service: str, key: str) -> str | None:
+    """A key of the service's config.yml as nameko will see it (`${VARIABLE:default}` resolved)."""
     try:
-        raw = str(yaml.safe_load((ROOT / "services" / service / "config.yml").read_text()).get("METRICS_PORT", ""))
+        raw = (yaml.safe_load((ROOT / "services" / service / "config.yml").read_text()) or {}).get(key)
     except (OSError, AttributeError, yaml.YAMLError):
         return None
-    match = re.fullmatch(r"\s*\$\{(\w+):(\d*)\}\s*", raw)
-    value = os.environ.get(match.group(1), match.group(2)) if match else raw
-    return int(value) if str(value).strip().isdigit() else None
+    if raw is None:
+        return None
+    match = re.fullmatch(r"\s*\$\{(\w+)(?::([^}]*))?\}\s*", str(raw))
+    return os.environ.get(match.group(1), match.group(2)) if match else str(raw)
+
+
+def metrics_port(service: str) -> int | None:
+    value = config_value(service, "METRICS_PORT")
+    return int(value) if value and value.strip().isdigit() else None
+
+
+def gateway_address() -> tuple[str, int]:
+    host, _, port = (config_value("gateway", "WEB_SERVER_ADDRESS") or DEFAULT_GATEWAY_ADDRESS).rpartition(":")
+    return ("127.0.0.1" if host in ("", "0.0.0.0") else host), int(port)
+
+
+def gateway_url() -> str:
+    host, port = gateway_address()
+    return f"http://{host}:{port}"
+
+
+def health_url() -> str:
+    return f"{gateway_url()}/internal/health"
 
 
 def _nameko() -> str:
@@ -426,10 +445,12 @@ def start_services(uri: str, names=SERVICES) -> dict[str, str]:
             states[name] = "running"
             continue
         port = metrics_port(name)
-        busy = [p for p in ((port,) if port else ()) + ((8080,) if name == "gateway" else ())
-                if local_cloud.port_open("127.0.0.1", p)]
+        ports = [("127.0.0.1", port)] if port else []
+        if name == "gateway":
+            ports.append(gateway_address())
+        busy = [f"{h}:{p}" for h, p in ports if local_cloud.port_open(h, p)]
         if busy:
-            raise Failed(f"cannot start {name}: port {busy[0]} is already in use by another process.")
+            raise Failed(f"cannot start {name}: {busy[0]} is already in use by another process.")
         command = [_nameko(), "run", "--config", f"services/{name}/config.yml", f"services.{name}.service"]
         pid = spawn(name, command, env=service_env(uri))
         states[name] = f"started (pid {pid})"
@@ -444,14 +465,14 @@ def wait_healthy(names=SERVICES, timeout: float = HEALTH_TIMEOUT_S) -> None:
         if dead:
             raise Failed("exited during start-up: " + ", ".join(dead) + "\n" + _log_tails(dead))
         try:
-            answer = requests.get(HEALTH_URL, timeout=5)
+            answer = requests.get(health_url(), timeout=5)
             if answer.status_code == 200:
                 return
             last = f"HTTP {answer.status_code}: {answer.text[:1000]}"
         except requests.RequestException as error:
             last = f"{type(error).__name__}"
         time.sleep(0.5)
-    raise Failed(f"{HEALTH_URL} not healthy within {timeout}s (last: {last}). The services are left "
+    raise Failed(f"{health_url()} not healthy within {timeout}s (last: {last}). The services are left "
                  f"running for inspection (`make down` stops them).\n" + _log_tails(names))
 
 
@@ -500,8 +521,8 @@ def cmd_up(args) -> int:
 def print_endpoints(settings: Settings, uri: str, broker: str) -> None:
     metrics = ", ".join(f"{n} :{metrics_port(n)}" for n in SERVICES)
     print(f"""DSS is up.
-  API        {GATEWAY_URL}/v1   (Swagger: {GATEWAY_URL}/v1/swagger.json)
-  health     {HEALTH_URL}
+  API        {gateway_url()}/v1   (Swagger: {gateway_url()}/v1/swagger.json)
+  health     {health_url()}
   S3         {settings.s3_endpoint or 'AWS'}   (buckets {settings.s3_bucket}, {settings.s3_checkout_bucket}, {settings.s3_staging_bucket})
   GCS        {settings.gcs_endpoint or 'Google Cloud'}   (buckets {settings.gs_bucket}, {settings.gs_checkout_bucket}, {settings.gs_staging_bucket})
   AMQP       {redact(uri)}   ({broker})
@@ -567,10 +588,10 @@ def cmd_status(args) -> int:
         pid = owned_pid(name)
         line(name, f"running, pid {pid}, metrics :{metrics_port(name)}" if pid else "stopped", bool(pid))
     try:
-        answer = requests.get(HEALTH_URL, timeout=5)
+        answer = requests.get(health_url(), timeout=5)
         line("health", f"HTTP {answer.status_code} {answer.text[:300]}", answer.status_code == 200)
     except requests.RequestException as error:
-        line("health", f"no answer from {HEALTH_URL} ({type(error).__name__})", False)
+        line("health", f"no answer from {health_url()} ({type(error).__name__})", False)
     return 0 if healthy else 3
 
 
