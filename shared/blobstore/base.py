@@ -176,6 +176,8 @@ class ChunkReader:
             if not self._pending:
                 self._pending = memoryview(self._next_chunk())
             piece, self._pending = self._pending[:end - self._position], self._pending[end - self._position:]
+            if not self._pending:
+                self._pending = memoryview(b"")  # an empty slice would still keep the whole chunk alive
             pieces.append(piece)
             self._position += len(piece)
         if self._position == self._size:

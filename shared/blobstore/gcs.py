@@ -103,12 +103,15 @@ class GCSBlobStore(BlobStore):
             return self._blob(bucket, key).download_as_bytes(timeout=TIMEOUT, retry=RETRY)
 
     def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
-        with _errors(f"get gs://{bucket}/{key} bytes {start}-{end - 1}"):
-            # raw_download: the stored bytes even if gzip-encoded, as the size counts them; a range
-            # has no whole-object checksum to validate.
-            return self._blob(bucket, key).download_as_bytes(
-                start=start, end=end - 1, if_generation_match=int(revision), raw_download=True, checksum=None,
-                timeout=TIMEOUT, retry=RETRY)
+        # Reading the pinned generation (fake-gcs-server ignores ifGenerationMatch on downloads):
+        # once replaced or deleted it is gone. raw_download: the stored bytes even if gzip-encoded,
+        # as the size counts them; a range has no whole-object checksum to validate.
+        try:
+            with _errors(f"get gs://{bucket}/{key} bytes {start}-{end - 1}"):
+                return self._blob(bucket, key, generation=int(revision)).download_as_bytes(
+                    start=start, end=end - 1, raw_download=True, checksum=None, timeout=TIMEOUT, retry=RETRY)
+        except BlobNotFound as error:
+            raise BlobPreconditionFailed(f"gs://{bucket}/{key} is no longer generation {revision}") from error
 
     def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
         with _errors(f"list gs://{bucket}/{prefix}"):
@@ -131,14 +134,25 @@ class GCSBlobStore(BlobStore):
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
                    metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
-        # The library sends up to 8 MiB in one request and anything larger as a resumable upload
-        # reading ``chunk_size`` bytes from the stream per request, so memory holds one part.
         chunk_size = -(-part_size // RESUMABLE_CHUNK_MULTIPLE) * RESUMABLE_CHUNK_MULTIPLE
         blob = self._blob(bucket, key, chunk_size=chunk_size)
         blob.metadata = dict(metadata or {})
+        reader = ChunkReader(chunks, size)
         with _errors(f"put gs://{bucket}/{key}"):
-            blob.upload_from_file(ChunkReader(chunks, size), size=size, content_type=content_type,
-                                  timeout=TIMEOUT, retry=RETRY)
+            if size <= chunk_size:
+                blob.upload_from_file(reader, size=size, content_type=content_type, timeout=TIMEOUT, retry=RETRY)
+                return
+            # A resumable upload reading one chunk per request. Driven here rather than by
+            # upload_from_file, whose loop keeps each response (and through it the chunk sent)
+            # alive while it reads the next chunk: one chunk more in memory.
+            upload, transport = blob._initiate_resumable_upload(
+                self._client, reader, content_type, size, chunk_size=chunk_size, timeout=TIMEOUT, retry=RETRY)
+            try:
+                while not upload.finished:
+                    upload.transmit_next_chunk(transport, timeout=TIMEOUT)
+            except DataCorruption:
+                self.delete(bucket, key)  # the crc32c of what arrived differs from what was sent
+                raise
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
              if_source_revision: str | None = None, content_type: str | None = None,
@@ -147,14 +161,16 @@ class GCSBlobStore(BlobStore):
         # token until done. The destination's properties, when set, replace the source's.
         source = self._blob(src_bucket, src_key)
         destination = self._blob(dst_bucket, dst_key)
-        revision = if_source_revision
-        if content_type is not None or metadata is not None:
+        revision = None
+        if if_source_revision is not None or content_type is not None or metadata is not None:
+            # Checked here too, as fake-gcs-server ignores ifSourceGenerationMatch on a rewrite.
             info = self.stat(src_bucket, src_key)
-            if revision is not None and info.revision != revision:
-                raise BlobPreconditionFailed(f"gs://{src_bucket}/{src_key} is no longer revision {revision}")
-            revision = info.revision  # copy the very content whose properties were just read
-            destination.content_type = content_type or info.content_type
-            destination.metadata = dict(info.metadata if metadata is None else metadata)
+            if if_source_revision is not None and info.revision != if_source_revision:
+                raise BlobPreconditionFailed(f"gs://{src_bucket}/{src_key} is no longer revision {if_source_revision}")
+            revision = info.revision  # copy the very content that was checked and described
+            if content_type is not None or metadata is not None:
+                destination.content_type = content_type or info.content_type
+                destination.metadata = dict(info.metadata if metadata is None else metadata)
         token = None
         with _errors(f"copy gs://{src_bucket}/{src_key} to gs://{dst_bucket}/{dst_key}"):
             while True:

@@ -10,6 +10,7 @@ import boto3
 import eventlet
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from shared.blobstore.base import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
                                    BlobStoreError, BlobStoreUnavailable, ChunkReader)
@@ -58,7 +59,7 @@ def _errors(what: str, precondition: type[BlobStoreError] = BlobPreconditionFail
         if code in _TRANSIENT or status >= 500:
             raise BlobStoreUnavailable(message) from error
         raise BlobStoreError(message) from error
-    except (HTTPClientError, IncompleteReadError) as error:
+    except (BotoConnectionError, HTTPClientError, IncompleteReadError) as error:
         # Connection refused / reset, connect or read timeouts, truncated bodies.
         raise BlobStoreUnavailable(f"{what}: {error}") from error
 
