@@ -1,0 +1,130 @@
+"""The gateway's dependencies: settings, authentication, the services over RPC, the broker."""
+from __future__ import annotations
+
+import logging
+
+import eventlet
+from kombu import Connection
+from kombu.exceptions import KombuError
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.exceptions import UnknownService
+from nameko.extensions import DependencyProvider
+from nameko.rpc import RpcProxy
+
+from shared.auth import Authenticator
+from shared.config import Settings
+from shared.exceptions import Unavailable
+
+logger = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT_S = 5
+
+
+class GatewaySettings(DependencyProvider):
+    """The resolved ``shared.config.Settings``."""
+
+    def setup(self):
+        self.settings = Settings.from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.settings
+
+
+class AuthAPI:
+    def __init__(self, authenticator: Authenticator):
+        self._authenticator = authenticator
+
+    def caller(self, request) -> dict:
+        """The authenticated caller of ``request`` (401 without a valid token)."""
+        return self._authenticator.authenticate(request.headers.get("Authorization"))
+
+    def writer(self, request) -> dict:
+        """As ``caller``, and allowed to write (403 otherwise)."""
+        return self._authenticator.require_writer(self.caller(request))
+
+
+class Auth(DependencyProvider):
+    def setup(self):
+        # Built once per container: the key sets it holds cache their JWKS across requests.
+        self.authenticator = Authenticator.from_settings(Settings.from_config(self.container.config))
+
+    def get_dependency(self, worker_ctx):
+        return AuthAPI(self.authenticator)
+
+
+class TimedServiceProxy:
+    """A nameko service proxy whose calls give up after ``timeout`` seconds.
+
+    nameko 2's proxy waits for a reply for ever; a service that is down or stuck must instead
+    become a 503 the client can retry. Broker failures become 503s too.
+    """
+
+    def __init__(self, proxy, service_name: str, timeout: float):
+        self._proxy = proxy
+        self._service_name = service_name
+        self._timeout = timeout
+
+    def with_timeout(self, timeout: float) -> "TimedServiceProxy":
+        return TimedServiceProxy(self._proxy, self._service_name, timeout)
+
+    def __getattr__(self, method_name: str):
+        if method_name.startswith("_"):
+            raise AttributeError(method_name)
+
+        def call(*args, **kwargs):
+            return self._call(method_name, args, kwargs)
+        return call
+
+    def _call(self, method_name, args, kwargs):
+        name = self._service_name
+        try:
+            with eventlet.Timeout(self._timeout) as timer:
+                return getattr(self._proxy, method_name)(*args, **kwargs)
+        except eventlet.Timeout as timeout:
+            if timeout is not timer:
+                raise
+            logger.warning("%s.%s did not answer within %ss", name, method_name, self._timeout)
+            raise Unavailable(f"the {name} service did not answer in time", "service_timeout") from None
+        except UnknownService:
+            raise Unavailable(f"the {name} service is not running", "service_unavailable") from None
+        except (KombuError, OSError) as error:
+            logger.warning("RPC %s.%s failed on the broker: %s", name, method_name, error)
+            raise Unavailable("the message broker is unreachable", "broker_unavailable") from None
+
+
+class ServiceRpc(RpcProxy):
+    """nameko's ``RpcProxy`` with ``DSS_RPC_TIMEOUT`` applied to every call."""
+
+    def setup(self):
+        super().setup()
+        self.timeout = Settings.from_config(self.container.config).rpc_timeout
+
+    def get_dependency(self, worker_ctx):
+        return TimedServiceProxy(super().get_dependency(worker_ctx), self.target_service, self.timeout)
+
+
+class BrokerAPI:
+    def __init__(self, amqp_uri: str):
+        self._amqp_uri = amqp_uri
+
+    def health(self, timeout: float = HEALTH_TIMEOUT_S) -> dict:
+        try:
+            with eventlet.Timeout(timeout) as timer:
+                with Connection(self._amqp_uri, connect_timeout=timeout) as connection:
+                    connection.connect()
+            return {"ok": True, "detail": "reachable"}
+        except eventlet.Timeout as error:
+            if error is not timer:
+                raise
+            return {"ok": False, "detail": "unreachable (timed out)"}
+        except Exception as error:  # a probe: any failure is an answer
+            # The type only: the URI (with its password) may appear in the message.
+            return {"ok": False, "detail": f"unreachable ({type(error).__name__})"}
+
+
+class Broker(DependencyProvider):
+    def setup(self):
+        self.amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+
+    def get_dependency(self, worker_ctx):
+        return BrokerAPI(self.amqp_uri)

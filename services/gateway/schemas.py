@@ -1,0 +1,291 @@
+"""Marshmallow schemas of every query string and JSON body the gateway accepts.
+
+``load()`` turns marshmallow's errors into one 400 ``InvalidParameter`` whose title names the
+offending fields and whose code is the field's own (``illegal_uuid``, ``illegal_version``,
+``unknown_replica``) or ``illegal_arguments``. Unknown query parameters and body fields are errors,
+not silently ignored: a misspelt ``per_page`` should not quietly become the default.
+Domain rules (file-name syntax, item limits, ownership) belong to the services.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+from urllib.parse import urlparse
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+from shared.exceptions import InvalidParameter
+from shared.identifiers import REPLICAS, normalize_uuid, normalize_version
+
+GENERIC_CODE = "illegal_arguments"
+SOURCE_SCHEMES = ("s3", "gs")
+_MAX_SHOWN_ERRORS = 5
+
+
+# --- fields ----------------------------------------------------------------------------------------
+class UUID(fields.String):
+    error_code = "illegal_uuid"
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return normalize_uuid(text)
+        except InvalidParameter as error:
+            raise ValidationError(error.title) from None
+
+
+class Version(fields.String):
+    error_code = "illegal_version"
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return normalize_version(text)
+        except InvalidParameter as error:
+            raise ValidationError(error.title) from None
+
+
+class Replica(fields.String):
+    error_code = "unknown_replica"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", True)
+        super().__init__(validate=validate.OneOf(REPLICAS, error="must be one of {choices}"), **kwargs)
+
+
+class LowerString(fields.String):
+    def _deserialize(self, value, attr, data, **kwargs):
+        return super()._deserialize(value, attr, data, **kwargs).lower()
+
+
+def per_page(default: int) -> fields.Integer:
+    return fields.Integer(load_default=default, validate=validate.Range(10, 500, error="must be between 10 and 500"))
+
+
+def start_at() -> fields.Integer:
+    return fields.Integer(load_default=0, validate=validate.Range(min=0, error="must not be negative"))
+
+
+def opaque(max_length: int = 1024, **kwargs) -> fields.String:
+    return fields.String(validate=validate.Length(max=max_length), **kwargs)
+
+
+# --- query strings ----------------------------------------------------------------------------------
+class PutFileQuery(Schema):
+    version = Version()
+
+
+class HeadFileQuery(Schema):
+    replica = Replica()
+    version = Version()
+
+
+class GetFileQuery(HeadFileQuery):
+    directurl = fields.Boolean(load_default=False)
+    content_disposition = opaque()
+    token = opaque(4096)  # opaque continuation token of a redirect loop; accepted, not needed yet
+
+
+class PutBundleQuery(Schema):
+    replica = Replica()
+    version = Version()
+
+
+class GetBundleQuery(Schema):
+    replica = Replica()
+    version = Version()
+    directurls = fields.Boolean(load_default=False)
+    presignedurls = fields.Boolean(load_default=False)
+    per_page = per_page(500)
+    start_at = start_at()
+    token = opaque(4096)
+
+
+class PatchBundleQuery(Schema):
+    replica = Replica()
+    version = Version(required=True)
+
+
+class DeleteBundleQuery(Schema):
+    replica = Replica()
+    version = Version()
+
+
+class ListBundlesQuery(Schema):
+    replica = Replica()
+    prefix = LowerString(load_default="", validate=validate.Length(max=36))
+    per_page = per_page(100)
+    search_after = opaque(256)
+    token = opaque(4096)
+
+
+class PutCollectionQuery(Schema):
+    replica = Replica()
+    uuid = UUID(required=True)
+    version = Version()
+
+
+class ListCollectionsQuery(Schema):
+    per_page = per_page(500)
+    start_at = start_at()
+
+
+class GetCollectionQuery(Schema):
+    replica = Replica()
+    version = Version()
+
+
+class PatchCollectionQuery(Schema):
+    replica = Replica()
+    version = Version(required=True)
+
+
+class DeleteCollectionQuery(Schema):
+    replica = Replica()
+    version = Version()  # accepted for compatibility; a collection tombstone covers every version
+
+
+class NoQuery(Schema):
+    pass
+
+
+# --- bodies ----------------------------------------------------------------------------------------
+class PutFileBody(Schema):
+    source_url = fields.String(required=True, validate=validate.Length(min=1, max=4096))
+    creator_uid = fields.Integer(required=True, strict=True)
+    bundle_uuid = UUID()  # sent by older clients; not needed by this store
+
+    @post_load
+    def check_source(self, data, **kwargs):
+        url = urlparse(data["source_url"])
+        if url.scheme not in SOURCE_SCHEMES:
+            raise InvalidParameter("source_url must be an s3:// or gs:// URL", "unknown_source_scheme")
+        if not url.netloc or not url.path.strip("/"):
+            raise InvalidParameter("source_url must name a bucket and an object key", GENERIC_CODE)
+        return data
+
+
+class BundleFile(Schema):
+    uuid = UUID(required=True)
+    version = Version(required=True)
+    name = fields.String(required=True)
+    indexed = fields.Boolean(required=True)
+
+
+class BundleFileRef(Schema):
+    uuid = UUID(required=True)
+    version = Version(required=True)
+    name = fields.String(required=True)
+    indexed = fields.Boolean()
+
+
+class PutBundleBody(Schema):
+    creator_uid = fields.Integer(required=True, strict=True)
+    files = fields.List(fields.Nested(BundleFile), required=True)
+
+
+class PatchBundleBody(Schema):
+    add_files = fields.List(fields.Nested(BundleFile), load_default=list)
+    remove_files = fields.List(fields.Nested(BundleFileRef), load_default=list)
+
+
+class DeleteBundleBody(Schema):
+    reason = fields.String(required=True, validate=validate.Length(min=1))
+    details = fields.Dict(load_default=None, allow_none=True)
+
+
+class CollectionItem(Schema):
+    type = fields.String(required=True, validate=validate.Length(min=1))
+    uuid = UUID(required=True)
+    version = Version(required=True)
+    path = fields.String()
+    fragment = fields.String()
+
+
+class PutCollectionBody(Schema):
+    name = fields.String(required=True)
+    description = fields.String(load_default="")
+    details = fields.Dict(load_default=dict)
+    contents = fields.List(fields.Nested(CollectionItem), required=True)
+
+
+class PatchCollectionBody(Schema):
+    add_contents = fields.List(fields.Nested(CollectionItem))
+    remove_contents = fields.List(fields.Nested(CollectionItem))
+    name = fields.String()
+    description = fields.String()
+    details = fields.Dict()
+
+
+# --- loading ---------------------------------------------------------------------------------------
+def load(schema: Schema, data: Any, where: str) -> dict:
+    """``schema.load(data)``, or a 400 naming the fields at fault. ``where``: "query" or "body"."""
+    try:
+        return schema.load(data)
+    except ValidationError as error:
+        raise _invalid(schema, error.messages, where) from None
+
+
+def _invalid(schema: Schema, messages: Any, where: str) -> InvalidParameter:
+    problems = list(_flatten(messages, ()))
+    unknown = [path for path, message in problems if message == "Unknown field."]
+    if unknown:
+        names = ", ".join(_render(path) for path in unknown)
+        if where == "query":
+            return InvalidParameter(f"unknown query parameter(s): {names}", GENERIC_CODE)
+        return InvalidParameter(f"unknown field(s) in the request body: {names}", GENERIC_CODE)
+    shown = []
+    for path, message in problems[:_MAX_SHOWN_ERRORS]:
+        if path in ((), ("_schema",)):
+            shown.append("the request body must be a JSON object" if where == "body" else message)
+        else:
+            text = "is required" if message == "Missing data for required field." else message
+            shown.append(f"{_render(path)}: {text}")
+    more = len(problems) - len(shown)
+    title = f"invalid {'query parameter' if where == 'query' else 'request body'}: " + "; ".join(shown)
+    if more > 0:
+        title += f" (and {more} more)"
+    first_path, first_message = problems[0] if problems else ((), "")
+    # A missing parameter is not a malformed one: it keeps the generic code.
+    code = GENERIC_CODE if first_message == "Missing data for required field." else _field_code(schema, first_path)
+    return InvalidParameter(title, code)
+
+
+def _flatten(messages: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            yield from _flatten(value, path + (key,))
+    elif isinstance(messages, (list, tuple)):
+        for item in messages:
+            if isinstance(item, (Mapping, list, tuple)):
+                yield from _flatten(item, path)
+            else:
+                yield path, str(item)
+    else:
+        yield path, str(messages)
+
+
+def _render(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _field_code(schema: Schema, path: tuple) -> str:
+    """The error code of the field at ``path`` (list indices skipped), else the generic one."""
+    current: Any = schema
+    field = None
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, fields.List):
+            current = current.inner
+        if isinstance(current, fields.Nested):
+            current = current.schema
+        if not isinstance(current, Schema):
+            return GENERIC_CODE
+        field = current.fields.get(part)
+        if field is None:
+            return GENERIC_CODE
+        current = field
+    return getattr(field, "error_code", GENERIC_CODE)

@@ -1,0 +1,283 @@
+"""The gateway service: the DSS v1 HTTP API, answered by the files and bundles services over RPC.
+
+Each entrypoint authenticates (where the API asks for a token), validates its query string and
+body, makes one RPC call and shapes the answer; errors of any kind become problem+json (see
+``errors.py``). Parts of the API that later issues implement answer 501 ``not_implemented``.
+"""
+from __future__ import annotations
+
+import logging
+
+import eventlet
+from nameko.exceptions import RemoteError
+from werkzeug.wrappers import Response
+
+from services.gateway import apidoc, schemas
+from services.gateway.dependencies import HEALTH_TIMEOUT_S, Auth, Broker, GatewaySettings, ServiceRpc
+from services.gateway.exceptions import NotImplementedYet
+from services.gateway.web import api, file_headers, json_body, json_response, next_link, paged, query
+from shared.exceptions import DSSError, InvalidParameter
+from shared.identifiers import Keys, Replica, new_version, normalize_uuid
+from shared.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+PUT_STATUS = {"created": 201, "exists": 200, "accepted": 202}
+
+# (swagger path, method) -> what will serve it. Routed here to a 501 until its issue lands; a test
+# keeps this list and the swagger document in step.
+NOT_YET_SERVED = {
+    ("/search", "post"): "search (the indexer service)",
+    ("/subscriptions", "get"): "subscriptions (the notifier service)",
+    ("/subscriptions", "put"): "subscriptions (the notifier service)",
+    ("/subscriptions/{uuid}", "get"): "subscriptions (the notifier service)",
+    ("/subscriptions/{uuid}", "delete"): "subscriptions (the notifier service)",
+    ("/events", "get"): "the bundle event journal",
+    ("/events/{uuid}", "get"): "the bundle event journal",
+    ("/bundles/{uuid}/checkout", "post"): "bundle checkout (the checkout service)",
+    ("/bundles/checkout/{checkout_job_id}", "get"): "bundle checkout (the checkout service)",
+    ("/ga4gh/drs/v1/objects/{object_id}", "get"): "GA4GH DRS (needs the checkout service)",
+}
+
+
+def not_yet(path: str, method: str) -> NotImplementedYet:
+    method = "get" if method == "head" else method  # werkzeug routes HEAD to GET rules
+    area = NOT_YET_SERVED[(path, method)]
+    return NotImplementedYet(f"{method.upper()} /v1{path} is not served yet: {area} arrives in a later release",
+                             "not_implemented")
+
+
+def api_file(entry: dict) -> dict:
+    """A manifest entry in API form (``s3_etag``, not the stored ``s3-etag``)."""
+    entry = dict(entry)
+    if "s3-etag" in entry:
+        entry.setdefault("s3_etag", entry.pop("s3-etag"))
+    return entry
+
+
+def direct_url(settings, replica: str, entry: dict) -> str:
+    blob = Keys.blob(entry["sha256"], entry["sha1"], entry["s3_etag"], entry["crc32c"])
+    return f"{Replica(replica).scheme}://{settings.bucket(replica)}/{blob}"
+
+
+def _healthy(report: dict) -> bool:
+    if "ok" in report:
+        return report["ok"] is True
+    return bool(report) and all(isinstance(part, dict) and part.get("ok") is True for part in report.values())
+
+
+class GatewayService:
+    name = "gateway"
+
+    settings = GatewaySettings()
+    auth = Auth()
+    files = ServiceRpc("files")
+    bundles = ServiceRpc("bundles")
+    broker = Broker()
+    metrics = Metrics()
+
+    # --- documentation and health --------------------------------------------------------------
+    @api("GET", "/")
+    def index(self, request):
+        page = apidoc.html_page(apidoc.swagger_document(self.settings, request))
+        return Response(page, content_type="text/html; charset=utf-8")
+
+    @api("GET", "/v1/swagger.json")
+    def swagger(self, request):
+        query(request, schemas.NoQuery())
+        return json_response(apidoc.swagger_document(self.settings, request))
+
+    @api("GET", "/internal/health")
+    def health(self, request):
+        def probe(proxy, name):
+            try:
+                return proxy.with_timeout(HEALTH_TIMEOUT_S).health()
+            except DSSError as error:
+                return {"ok": False, "detail": error.title}
+            except RemoteError as error:
+                logger.warning("%s health check failed: %s", name, error.exc_type)
+                return {"ok": False, "detail": f"the health check failed ({error.exc_type})"}
+
+        files = eventlet.spawn(probe, self.files, "files")
+        bundles = eventlet.spawn(probe, self.bundles, "bundles")
+        dependencies = {"broker": self.broker.health(), "files": files.wait(), "bundles": bundles.wait()}
+        failing = sorted(name for name, report in dependencies.items() if not _healthy(report))
+        if not failing:
+            return json_response({"status": "ok", "dependencies": dependencies})
+        return json_response({"status": "unhealthy", "failing": failing, "dependencies": dependencies}, 503,
+                             {"Retry-After": "10"})
+
+    # --- files -----------------------------------------------------------------------------------
+    @api("PUT", "/v1/files/<uuid>")
+    def put_file(self, request, uuid):
+        caller = self.auth.writer(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.PutFileQuery())
+        body = json_body(request, schemas.PutFileBody(), self.settings.max_request_bytes)
+        version = params.get("version") or new_version()
+        result = self.files.put_file(uuid, version, body["source_url"], body["creator_uid"], caller)
+        answer = {"version": result["version"]}
+        if result["status"] == "accepted":
+            answer["task_id"] = result["task_id"]
+        return json_response(answer, PUT_STATUS[result["status"]])
+
+    @api("GET", "/v1/files/<uuid>")  # werkzeug routes HEAD to GET rules
+    def get_file(self, request, uuid):
+        uuid = normalize_uuid(uuid)
+        if request.method == "HEAD":
+            params = query(request, schemas.HeadFileQuery())
+            metadata = self.files.head_file(params["replica"], uuid, params.get("version"))
+            return Response(status=200, headers=file_headers(metadata))
+        params = query(request, schemas.GetFileQuery())
+        metadata = self.files.get_file(params["replica"], uuid, params.get("version"), params["directurl"],
+                                       params.get("content_disposition"))
+        headers = file_headers(metadata)
+        headers["Location"] = metadata["url"]
+        return Response(status=302, headers=headers)
+
+    # --- bundles ---------------------------------------------------------------------------------
+    @api("GET", "/v1/bundles/all")
+    def list_bundles(self, request):
+        params = query(request, schemas.ListBundlesQuery())
+        result = self.bundles.list_bundles(params["replica"], params["prefix"], params["per_page"],
+                                           params.get("search_after"))
+        cursor = result.get("search_after")
+        body = {"bundles": result["bundles"], "has_more": cursor is not None, "page_count": len(result["bundles"]),
+                "per_page": params["per_page"], "search_prefix": params["prefix"]}
+        link = None
+        if cursor is not None:
+            link = next_link(self.settings, request, search_after=cursor)
+            body.update(search_after=cursor, link=link)
+        return paged(body, "bundles", link)
+
+    @api("PUT", "/v1/bundles/<uuid>")
+    def put_bundle(self, request, uuid):
+        caller = self.auth.writer(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.PutBundleQuery())
+        body = json_body(request, schemas.PutBundleBody(), self.settings.max_request_bytes)
+        result = self.bundles.put_bundle(params["replica"], uuid, params.get("version") or new_version(),
+                                         body["creator_uid"], body["files"], caller)
+        return json_response({"version": result["version"], "manifest": result["manifest"]},
+                             PUT_STATUS[result["status"]])
+
+    @api("GET", "/v1/bundles/<uuid>")
+    def get_bundle(self, request, uuid):
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.GetBundleQuery())
+        if params["directurls"] and params["presignedurls"]:
+            raise InvalidParameter("ask for directurls or presignedurls, not both", "only_one_urltype")
+        if params["presignedurls"]:
+            raise NotImplementedYet("presigned bundle URLs need the checkout service, which is not served yet",
+                                    "not_implemented")
+        replica = params["replica"]
+        result = self.bundles.get_bundle(replica, uuid, params.get("version"), params["start_at"],
+                                         params["per_page"])
+        bundle = dict(result["bundle"])
+        bundle["files"] = [api_file(entry) for entry in bundle["files"]]
+        if params["directurls"]:
+            for entry in bundle["files"]:
+                entry["url"] = direct_url(self.settings, replica, entry)
+        link = None
+        if result.get("next_start_at") is not None:
+            # Pinned to the version read, so a version written meanwhile cannot mix into the pages.
+            link = next_link(self.settings, request, start_at=result["next_start_at"], version=bundle["version"])
+        return paged({"bundle": bundle}, "bundle.files", link)
+
+    @api("PATCH", "/v1/bundles/<uuid>")
+    def patch_bundle(self, request, uuid):
+        caller = self.auth.writer(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.PatchBundleQuery())
+        body = json_body(request, schemas.PatchBundleBody(), self.settings.max_request_bytes)
+        result = self.bundles.patch_bundle(params["replica"], uuid, params["version"], body["add_files"],
+                                           body["remove_files"], caller)
+        return json_response({"uuid": result["uuid"], "version": result["version"]})
+
+    @api("DELETE", "/v1/bundles/<uuid>")
+    def delete_bundle(self, request, uuid):
+        caller = self.auth.writer(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.DeleteBundleQuery())
+        body = json_body(request, schemas.DeleteBundleBody(), self.settings.max_request_bytes)
+        self.bundles.delete_bundle(params["replica"], uuid, params.get("version"), body["reason"],
+                                   body["details"], caller)
+        return json_response({})
+
+    # --- collections -----------------------------------------------------------------------------
+    @api("PUT", "/v1/collections")
+    def put_collection(self, request):
+        caller = self.auth.writer(request)
+        params = query(request, schemas.PutCollectionQuery())
+        body = json_body(request, schemas.PutCollectionBody(), self.settings.max_request_bytes)
+        result = self.bundles.put_collection(params["replica"], params["uuid"], params.get("version") or new_version(),
+                                             body["name"], body["description"], body["details"], body["contents"],
+                                             caller)
+        return json_response({"uuid": result["uuid"], "version": result["version"]}, 201)
+
+    @api("GET", "/v1/collections")
+    def list_collections(self, request):
+        caller = self.auth.caller(request)
+        params = query(request, schemas.ListCollectionsQuery())
+        result = self.bundles.list_collections(caller, params["per_page"], params["start_at"])
+        link = None
+        if result.get("next_start_at") is not None:
+            link = next_link(self.settings, request, start_at=result["next_start_at"])
+        return paged({"collections": result["collections"]}, "collections", link)
+
+    @api("GET", "/v1/collections/<uuid>")
+    def get_collection(self, request, uuid):
+        caller = self.auth.caller(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.GetCollectionQuery())
+        return json_response(self.bundles.get_collection(params["replica"], uuid, params.get("version"), caller))
+
+    @api("PATCH", "/v1/collections/<uuid>")
+    def patch_collection(self, request, uuid):
+        caller = self.auth.writer(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.PatchCollectionQuery())
+        changes = json_body(request, schemas.PatchCollectionBody(), self.settings.max_request_bytes)
+        result = self.bundles.patch_collection(params["replica"], uuid, params["version"], changes, caller)
+        return json_response({"uuid": result["uuid"], "version": result["version"]})
+
+    @api("DELETE", "/v1/collections/<uuid>")
+    def delete_collection(self, request, uuid):
+        caller = self.auth.writer(request)
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.DeleteCollectionQuery())
+        self.bundles.delete_collection(params["replica"], uuid, caller)
+        return json_response({})
+
+    # --- published, served by later issues -------------------------------------------------------
+    @api("POST", "/v1/search")
+    def search(self, request):
+        raise not_yet("/search", "post")
+
+    @api("GET,PUT", "/v1/subscriptions")
+    def subscriptions(self, request):
+        raise not_yet("/subscriptions", request.method.lower())
+
+    @api("GET,DELETE", "/v1/subscriptions/<uuid>")
+    def subscription(self, request, uuid):
+        raise not_yet("/subscriptions/{uuid}", request.method.lower())
+
+    @api("GET", "/v1/events")
+    def events(self, request):
+        raise not_yet("/events", "get")
+
+    @api("GET", "/v1/events/<uuid>")
+    def event(self, request, uuid):
+        raise not_yet("/events/{uuid}", "get")
+
+    @api("POST", "/v1/bundles/<uuid>/checkout")
+    def checkout_bundle(self, request, uuid):
+        raise not_yet("/bundles/{uuid}/checkout", "post")
+
+    @api("GET", "/v1/bundles/checkout/<checkout_job_id>")
+    def checkout_status(self, request, checkout_job_id):
+        raise not_yet("/bundles/checkout/{checkout_job_id}", "get")
+
+    @api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>")
+    def drs_object(self, request, object_id):
+        raise not_yet("/ga4gh/drs/v1/objects/{object_id}", "get")

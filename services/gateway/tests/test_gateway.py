@@ -1,0 +1,828 @@
+"""The gateway over real HTTP, with the files and bundles services replaced by mocks.
+
+The mocks sit behind the gateway's own ``TimedServiceProxy``, so the RPC timeout and error
+handling are exercised too; errors are passed through nameko's (de)serialisation to arrive as
+they would over the broker.
+"""
+import json
+import time
+import types
+import uuid as uuid_module
+from unittest import mock
+from urllib.parse import urljoin
+
+import eventlet
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import OctKey, RSAKey
+from nameko.exceptions import RemoteError, UnknownService, deserialize, serialize
+from nameko.testing.services import replace_dependencies
+from werkzeug.routing import Map
+
+from services.files.exceptions import FileAlreadyExists, SourceNotFound
+from services.gateway import apidoc, schemas
+from services.gateway.dependencies import TimedServiceProxy
+from services.gateway.service import NOT_YET_SERVED, GatewayService
+from shared.auth_local import ensure_local_issuer, mint_token
+from shared.exceptions import Forbidden, InvalidRequest, NotFound, Unavailable
+from shared.identifiers import is_version
+
+ISSUER = "https://issuer.test/"
+AUDIENCE = "https://dss.test/"
+GROUP_CLAIM = "https://auth.data.humancellatlas.org/group"
+SA_EMAIL = "robot@project.iam.gserviceaccount.com"
+MAX_BODY = 4096
+RPC_TIMEOUT = 1
+
+UUID = "0b4b4cd4-a3b4-4bb6-9aa2-000000000001"
+VERSION = "2017-06-20T214506.766634Z"
+SHA256 = "a" * 64
+SHA1 = "b" * 40
+ETAG = "c" * 32
+CRC = "d" * 8
+FILE_META = {"uuid": UUID, "version": VERSION, "creator_uid": 7, "content-type": "application/json", "size": 12,
+             "sha256": SHA256, "sha1": SHA1, "s3-etag": ETAG, "crc32c": CRC, "format": "0.0.1"}
+
+
+def remote(error):
+    """``error`` as it arrives from a service over RPC."""
+    return deserialize(serialize(error))
+
+
+@pytest.fixture
+def web_session(web_config_port):
+    """nameko's ``web_session``, which imports ``werkzeug.urls.url_join`` (gone in werkzeug 3)."""
+    class WebSession(requests.Session):
+        def request(self, method, url, *args, **kwargs):
+            url = urljoin(f"http://127.0.0.1:{web_config_port}/", url)
+            return super().request(method, url, *args, **kwargs)
+
+    with WebSession() as session:
+        yield session
+
+
+@pytest.fixture
+def issuer(tmp_path):
+    key, jwks = tmp_path / "issuer.pem", tmp_path / "jwks.json"
+    ensure_local_issuer(key, jwks)
+    return types.SimpleNamespace(key=key, jwks=jwks, dir=tmp_path)
+
+
+@pytest.fixture
+def gateway_config(rabbit_config, web_config, issuer):
+    config = dict(rabbit_config)
+    config.update(web_config)
+    config.update({
+        "METRICS_PORT": 0,
+        "DSS_PUBLIC_URL": "",
+        "DSS_AUTH_ISSUERS": f"{ISSUER}={issuer.jwks},{SA_EMAIL}={issuer.jwks}",
+        "DSS_AUTH_AUDIENCE": AUDIENCE,
+        "DSS_AUTH_EMAIL_CLAIM": "email",
+        "DSS_AUTH_GROUP_CLAIM": GROUP_CLAIM,
+        "DSS_AUTH_ALLOWED_GROUPS": "dbio,hca",
+        "DSS_ADMIN_EMAILS": "admin@example.org",
+        "DSS_MAX_REQUEST_BYTES": MAX_BODY,
+        "DSS_RPC_TIMEOUT": RPC_TIMEOUT,
+        "DSS_S3_BUCKET": "main-s3",
+        "DSS_GS_BUCKET": "main-gs",
+    })
+    return config
+
+
+def start_gateway(container_factory, config):
+    container = container_factory(GatewayService, config)
+    files, bundles = mock.Mock(name="files"), mock.Mock(name="bundles")
+    replace_dependencies(container, files=TimedServiceProxy(files, "files", RPC_TIMEOUT),
+                         bundles=TimedServiceProxy(bundles, "bundles", RPC_TIMEOUT))
+    container.start()
+    return types.SimpleNamespace(container=container, files=files, bundles=bundles)
+
+
+@pytest.fixture
+def gateway(container_factory, gateway_config):
+    return start_gateway(container_factory, gateway_config)
+
+
+@pytest.fixture
+def token(issuer):
+    def make(email="writer@example.org", groups=("dbio",), lifetime_s=3600, audience=AUDIENCE, iss=ISSUER, **kw):
+        return mint_token(issuer.key, iss, audience, email, groups, group_claim=GROUP_CLAIM, email_claim="email",
+                          lifetime_s=lifetime_s, **kw)
+    return make
+
+
+def bearer(value):
+    return {"Authorization": f"Bearer {value}"}
+
+
+def assert_problem(response, status, code=None):
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = response.json()
+    assert set(body) == {"status", "code", "title"}
+    assert body["status"] == status
+    if code is not None:
+        assert body["code"] == code, body
+    assert "Traceback" not in response.text and "<html" not in response.text.lower()
+    if status >= 500:
+        assert int(response.headers["Retry-After"]) > 0
+    return body
+
+
+# --- malformed input ----------------------------------------------------------------------------------
+class TestBadInput:
+    def test_malformed_uuid(self, gateway, web_session):
+        body = assert_problem(web_session.get("/v1/files/not-a-uuid?replica=aws"), 400, "illegal_uuid")
+        assert "not-a-uuid" in body["title"]
+        assert_problem(web_session.get("/v1/bundles/1234?replica=aws"), 400, "illegal_uuid")
+        gateway.files.get_file.assert_not_called()
+
+    def test_upper_case_uuid_is_lower_cased(self, gateway, web_session):
+        gateway.files.get_file.return_value = {**FILE_META, "url": "https://example.org/x"}
+        response = web_session.get(f"/v1/files/{UUID.upper()}?replica=aws", allow_redirects=False)
+        assert response.status_code == 302
+        gateway.files.get_file.assert_called_once_with("aws", UUID, None, False, None)
+
+    @pytest.mark.parametrize("version", ["2017-06-20", "2017-06-20T214506.766634", "2017-06-20T21:45:06.766634Z",
+                                         "2017-13-20T214506.766634Z"])
+    def test_malformed_version(self, gateway, web_session, version):
+        response = web_session.head(f"/v1/files/{UUID}", params={"replica": "aws", "version": version})
+        assert response.status_code == 400  # HEAD: no body to check
+        assert_problem(web_session.get(f"/v1/bundles/{UUID}", params={"replica": "aws", "version": version}),
+                       400, "illegal_version")
+
+    def test_unknown_and_missing_replica(self, gateway, web_session):
+        body = assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=azure"), 400, "unknown_replica")
+        assert "replica" in body["title"]
+        body = assert_problem(web_session.get(f"/v1/bundles/{UUID}"), 400, "illegal_arguments")
+        assert "replica" in body["title"]
+
+    @pytest.mark.parametrize("path", [f"/v1/bundles/{UUID}?replica=aws", "/v1/bundles/all?replica=aws"])
+    @pytest.mark.parametrize("per_page", ["9", "501", "ten", "-1"])
+    def test_per_page_out_of_range(self, gateway, web_session, path, per_page):
+        body = assert_problem(web_session.get(f"{path}&per_page={per_page}"), 400, "illegal_arguments")
+        assert "per_page" in body["title"]
+        gateway.bundles.get_bundle.assert_not_called()
+        gateway.bundles.list_bundles.assert_not_called()
+
+    def test_per_page_of_collections(self, gateway, web_session, token):
+        body = assert_problem(web_session.get("/v1/collections?per_page=1000", headers=bearer(token())), 400)
+        assert "per_page" in body["title"]
+
+    def test_unknown_query_parameters_are_named(self, gateway, web_session):
+        body = assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&perpage=10&colour=red"),
+                              400, "illegal_arguments")
+        assert "perpage" in body["title"] and "colour" in body["title"]
+
+    def test_repeated_query_parameter(self, gateway, web_session):
+        body = assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&replica=gcp"), 400)
+        assert "replica" in body["title"]
+
+    def test_malformed_json(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/files/{UUID}", data=b'{"source_url": ', headers={
+            **bearer(token()), "Content-Type": "application/json"})
+        assert_problem(response, 400, "invalid_json")
+
+    def test_empty_body(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/files/{UUID}", data=b"", headers={
+            **bearer(token()), "Content-Type": "application/json"})
+        assert_problem(response, 400, "invalid_json")
+
+    def test_body_must_be_an_object(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/files/{UUID}", json=["s3://b/k"], headers=bearer(token()))
+        body = assert_problem(response, 400, "illegal_arguments")
+        assert "JSON object" in body["title"]
+
+    def test_wrong_content_type(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/files/{UUID}", data=json.dumps({"source_url": "s3://b/k", "creator_uid": 1}),
+                                   headers={**bearer(token()), "Content-Type": "text/plain"})
+        assert_problem(response, 415, "unsupported_media_type")
+
+    def test_body_over_the_limit(self, gateway, web_session, token):
+        big = {"source_url": "s3://b/" + "k" * MAX_BODY, "creator_uid": 1}
+        assert_problem(web_session.put(f"/v1/files/{UUID}", json=big, headers=bearer(token())), 413,
+                       "payload_too_large")
+
+    def test_chunked_body_over_the_limit(self, gateway, web_session, token):
+        def chunks():
+            yield b'{"source_url": "s3://b/'
+            for _ in range(MAX_BODY // 512 + 1):
+                yield b"k" * 512
+            yield b'", "creator_uid": 1}'
+        response = web_session.put(f"/v1/files/{UUID}", data=chunks(), headers={
+            **bearer(token()), "Content-Type": "application/json"})
+        assert_problem(response, 413, "payload_too_large")
+        gateway.files.put_file.assert_not_called()
+
+    def test_chunked_body_under_the_limit(self, gateway, web_session, token):
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        chunks = iter([b'{"source_url": "s3://b/k",', b' "creator_uid": 1}'])
+        response = web_session.put(f"/v1/files/{UUID}?version={VERSION}", data=chunks, headers={
+            **bearer(token()), "Content-Type": "application/json"})
+        assert response.status_code == 201, response.text
+
+    def test_body_schema_errors_name_the_fields(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()), json={
+            "creator_uid": "seven", "files": [{"uuid": UUID, "version": VERSION, "name": "a"}]})
+        body = assert_problem(response, 400, "illegal_arguments")
+        assert "creator_uid" in body["title"] and "files[0].indexed" in body["title"]
+
+    def test_nested_uuid_error_keeps_its_code(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()), json={
+            "creator_uid": 1, "files": [{"uuid": "nope", "version": VERSION, "name": "a", "indexed": False}]})
+        body = assert_problem(response, 400, "illegal_uuid")
+        assert "files[0].uuid" in body["title"]
+
+    def test_unknown_body_fields(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
+                                   json={"source_url": "s3://b/k", "creator_uid": 1, "colour": "red"})
+        body = assert_problem(response, 400, "illegal_arguments")
+        assert "colour" in body["title"]
+
+    @pytest.mark.parametrize("url", ["https://bucket/key", "file:///etc/passwd", "bucket/key"])
+    def test_source_url_scheme(self, gateway, web_session, token, url):
+        response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
+                                   json={"source_url": url, "creator_uid": 1})
+        assert_problem(response, 400, "unknown_source_scheme")
+        gateway.files.put_file.assert_not_called()
+
+    def test_both_url_types(self, gateway, web_session):
+        assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&directurls=true&presignedurls=true"),
+                       400, "only_one_urltype")
+
+    def test_presigned_bundle_urls_need_checkout(self, gateway, web_session):
+        body = assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&presignedurls=true"),
+                              501, "not_implemented")
+        assert "checkout" in body["title"]
+
+
+# --- authentication and authorisation -----------------------------------------------------------------
+class TestAuth:
+    def put_file(self, web_session, headers):
+        return web_session.put(f"/v1/files/{UUID}?version={VERSION}", headers=headers,
+                               json={"source_url": "s3://staging/key", "creator_uid": 1})
+
+    def test_missing_token(self, gateway, web_session):
+        response = self.put_file(web_session, {})
+        assert_problem(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        gateway.files.put_file.assert_not_called()
+
+    def test_not_a_bearer_token(self, gateway, web_session, token):
+        assert_problem(self.put_file(web_session, {"Authorization": f"Basic {token()}"}), 401, "unauthorized")
+
+    @pytest.mark.parametrize("value", ["garbage", "a.b.c", "e30.e30.", ""])
+    def test_garbage_token(self, gateway, web_session, value):
+        response = self.put_file(web_session, {"Authorization": f"Bearer {value}"})
+        assert_problem(response, 401, "unauthorized")
+
+    def test_token_signed_by_another_key(self, gateway, web_session, issuer, tmp_path):
+        other = tmp_path / "other.pem"
+        ensure_local_issuer(other, tmp_path / "other-jwks.json")
+        forged = mint_token(other, ISSUER, AUDIENCE, "writer@example.org", ["dbio"], group_claim=GROUP_CLAIM,
+                            kid=None)
+        assert_problem(self.put_file(web_session, bearer(forged)), 401, "unauthorized")
+        # the same key id as the trusted key, still a different key
+        trusted_kid = json.loads(issuer.jwks.read_text())["keys"][0]["kid"]
+        forged = mint_token(other, ISSUER, AUDIENCE, "writer@example.org", ["dbio"], group_claim=GROUP_CLAIM,
+                            kid=trusted_kid)
+        assert_problem(self.put_file(web_session, bearer(forged)), 401, "unauthorized")
+
+    def test_expired_token(self, gateway, web_session, token):
+        expired = token(now=time.time() - 7200, lifetime_s=3600)
+        body = assert_problem(self.put_file(web_session, bearer(expired)), 401, "unauthorized")
+        assert "expired" in body["title"]
+        assert expired not in json.dumps(body)
+
+    def test_token_from_the_future(self, gateway, web_session, token):
+        assert_problem(self.put_file(web_session, bearer(token(now=time.time() + 3600))), 401, "unauthorized")
+
+    def test_wrong_audience_and_issuer(self, gateway, web_session, token):
+        assert_problem(self.put_file(web_session, bearer(token(audience="https://elsewhere/"))), 401)
+        assert_problem(self.put_file(web_session, bearer(token(iss="https://untrusted/"))), 401)
+
+    def test_only_rs256(self, gateway, web_session, issuer):
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "x@example.org", "email": "x@example.org",
+                  GROUP_CLAIM: ["dbio"], "iat": int(time.time()), "exp": int(time.time()) + 600}
+        hs = jwt.encode({"alg": "HS256"}, claims, OctKey.generate_key(256), algorithms=["HS256"])
+        assert_problem(self.put_file(web_session, bearer(hs)), 401, "unauthorized")
+        public = json.loads(issuer.jwks.read_text())["keys"][0]  # the classic RS256->HS256 confusion
+        confused = jwt.encode({"alg": "HS256"}, claims, OctKey.import_key(json.dumps(public)),
+                              algorithms=["HS256"])
+        assert_problem(self.put_file(web_session, bearer(confused)), 401, "unauthorized")
+
+    def test_wrong_group(self, gateway, web_session, token):
+        assert_problem(self.put_file(web_session, bearer(token(groups=["visitors"]))), 403, "forbidden")
+        assert_problem(self.put_file(web_session, bearer(token(groups=[]))), 403, "forbidden")
+        gateway.files.put_file.assert_not_called()
+
+    def test_caller_is_passed_to_the_service(self, gateway, web_session, token):
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        response = self.put_file(web_session, bearer(token(email="admin@example.org", groups=["hca", "other"])))
+        assert response.status_code == 201
+        caller = gateway.files.put_file.call_args[0][4]
+        assert caller == {"email": "admin@example.org", "groups": ["hca", "other"], "is_admin": True}
+
+    def test_group_claim_may_be_a_string(self, gateway, web_session, issuer):
+        now = int(time.time())
+        key = RSAKey.import_key(issuer.key.read_bytes())
+        claims = {"iss": ISSUER, "aud": [AUDIENCE, "other"], "sub": "w@example.org", "email": "w@example.org",
+                  GROUP_CLAIM: "dbio", "iat": now, "exp": now + 600}
+        value = jwt.encode({"alg": "RS256", "kid": key.thumbprint()}, claims, key, algorithms=["RS256"])
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        assert self.put_file(web_session, bearer(value)).status_code == 201
+
+    def test_google_service_account_style_token(self, gateway, web_session, issuer):
+        # As dbio-cli signs with a service account: iss = sub = client_email, kid header, float times.
+        key = RSAKey.import_key(issuer.key.read_bytes())
+        iat = time.time()
+        claims = {"iss": SA_EMAIL, "sub": SA_EMAIL, "aud": AUDIENCE, "iat": iat, "exp": iat + 3600,
+                  "email": SA_EMAIL, "scope": ["email", "openid", "offline_access"], GROUP_CLAIM: "dbio"}
+        value = jwt.encode({"alg": "RS256", "kid": key.thumbprint()}, claims, key, algorithms=["RS256"])
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        assert self.put_file(web_session, bearer(value)).status_code == 201
+        assert gateway.files.put_file.call_args[0][4]["email"] == SA_EMAIL
+
+    def test_rotated_key_is_trusted_without_restart(self, gateway, web_session, issuer, tmp_path):
+        new_key = tmp_path / "rotated.pem"
+        time.sleep(0.01)  # a distinct mtime
+        ensure_local_issuer(new_key, issuer.jwks)  # replaces the JWKS file
+        value = mint_token(new_key, ISSUER, AUDIENCE, "w@example.org", ["dbio"], group_claim=GROUP_CLAIM)
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        assert self.put_file(web_session, bearer(value)).status_code == 201
+
+    def test_reads_are_anonymous(self, gateway, web_session):
+        gateway.files.head_file.return_value = FILE_META
+        assert web_session.head(f"/v1/files/{UUID}?replica=aws").status_code == 200
+
+    def test_collections_need_a_token(self, gateway, web_session):
+        assert_problem(web_session.get("/v1/collections"), 401, "unauthorized")
+        assert_problem(web_session.get(f"/v1/collections/{UUID}?replica=aws"), 401, "unauthorized")
+
+    def test_token_is_not_logged(self, gateway, web_session, token, caplog):
+        value = token(now=time.time() - 7200)
+        self.put_file(web_session, bearer(value))
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        self.put_file(web_session, bearer(token()))
+        assert value not in caplog.text
+
+
+# --- errors coming back from the services -------------------------------------------------------------
+class TestServiceErrors:
+    def test_typed_errors_map_to_statuses(self, gateway, web_session, token):
+        gateway.files.put_file.side_effect = remote(FileAlreadyExists("file exists with other content"))
+        response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
+                                   json={"source_url": "s3://staging/key", "creator_uid": 1})
+        body = assert_problem(response, 409, "file_already_exists")
+        assert body["title"] == "file exists with other content"
+
+        gateway.files.put_file.side_effect = remote(SourceNotFound("no such object", "source_not_found"))
+        response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
+                                   json={"source_url": "s3://staging/key", "creator_uid": 1})
+        assert_problem(response, 422, "source_not_found")
+
+    def test_duplicate_filename(self, gateway, web_session, token):
+        gateway.bundles.put_bundle.side_effect = remote(InvalidRequest("names repeat: a", "duplicate_filename"))
+        files = [{"uuid": UUID, "version": VERSION, "name": "a", "indexed": False}] * 2
+        response = web_session.put(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()),
+                                   json={"creator_uid": 1, "files": files})
+        assert_problem(response, 400, "duplicate_filename")
+
+    def test_not_found_and_forbidden(self, gateway, web_session, token):
+        gateway.files.head_file.side_effect = remote(NotFound("no such file", "not_found"))
+        response = web_session.head(f"/v1/files/{UUID}?replica=gcp")
+        assert response.status_code == 404
+        gateway.files.get_file.side_effect = remote(NotFound("no such file", "not_found"))
+        assert_problem(web_session.get(f"/v1/files/{UUID}?replica=gcp"), 404, "not_found")
+        gateway.bundles.delete_bundle.side_effect = remote(Forbidden("not an administrator", "forbidden"))
+        response = web_session.delete(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()),
+                                      json={"reason": "oops"})
+        assert_problem(response, 403, "forbidden")
+
+    def test_unknown_remote_error_is_a_generic_500(self, gateway, web_session):
+        gateway.files.get_file.side_effect = RemoteError("KeyError", "'secret-internal-detail'")
+        body = assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 500, "internal_error")
+        assert "secret-internal-detail" not in body["title"] and "KeyError" not in body["title"]
+
+    def test_gateway_bug_is_a_generic_500(self, gateway, web_session):
+        gateway.files.get_file.return_value = {"no": "url"}  # a malformed answer
+        assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 500, "internal_error")
+
+    def test_unavailable_is_503_with_retry_after(self, gateway, web_session):
+        gateway.bundles.get_bundle.side_effect = remote(Unavailable("S3 is unreachable", "storage_unavailable"))
+        assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws"), 503, "storage_unavailable")
+
+    def test_rpc_timeout_is_503(self, gateway, web_session):
+        gateway.files.get_file.side_effect = lambda *args: eventlet.sleep(RPC_TIMEOUT + 2)
+        began = time.monotonic()
+        assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 503, "service_timeout")
+        assert time.monotonic() - began < RPC_TIMEOUT + 1.5
+
+    def test_service_not_running_is_503(self, gateway, web_session):
+        gateway.bundles.list_bundles.side_effect = UnknownService("bundles")
+        assert_problem(web_session.get("/v1/bundles/all?replica=aws"), 503, "service_unavailable")
+
+    def test_broker_failure_is_503(self, gateway, web_session):
+        gateway.bundles.list_bundles.side_effect = ConnectionRefusedError(111, "Connection refused")
+        assert_problem(web_session.get("/v1/bundles/all?replica=aws"), 503, "broker_unavailable")
+
+
+# --- routes -----------------------------------------------------------------------------------------
+class TestRoutes:
+    def test_unknown_route_is_problem_json(self, gateway, web_session):
+        assert_problem(web_session.get("/v2/files"), 404, "not_found")
+        assert_problem(web_session.get(f"/v1/files/{UUID}/extra"), 404, "not_found")
+
+    def test_wrong_method_is_problem_json(self, gateway, web_session):
+        response = web_session.post(f"/v1/files/{UUID}")
+        assert_problem(response, 405, "method_not_allowed")
+        assert {"GET", "HEAD", "PUT"} <= {m.strip() for m in response.headers["Allow"].split(",")}
+
+    def test_not_yet_served_answer_501(self, gateway, web_session):
+        for (path, method), area in NOT_YET_SERVED.items():
+            url = "/v1" + path.replace("{uuid}", UUID).replace("{checkout_job_id}", "job-1") \
+                .replace("{object_id}", UUID)
+            body = assert_problem(web_session.request(method.upper(), url), 501, "not_implemented")
+            assert area in body["title"]
+
+    def test_every_swagger_operation_is_routed(self, gateway, web_session):
+        """Each (path, method) of the swagger document has a route; those that only answer 501 are the
+        explicit not-yet-served list, and nothing in that list is served for real."""
+        doc = web_session.get("/v1/swagger.json").json()
+        url_map = Map()
+        for entrypoint in gateway.container.entrypoints:
+            rule = entrypoint.get_url_rule()
+            rule.endpoint = entrypoint.method_name
+            url_map.add(rule)
+        adapter = url_map.bind("localhost")
+        stubs = {"search", "subscriptions", "subscription", "events", "event", "checkout_bundle",
+                 "checkout_status", "drs_object"}
+        swagger_ops = set()
+        for path, method, _ in apidoc.operations(doc):
+            swagger_ops.add((path, method))
+            concrete = "/v1" + path.replace("{uuid}", UUID).replace("{checkout_job_id}", "j") \
+                .replace("{object_id}", UUID)
+            endpoint, _ = adapter.match(concrete, method=method.upper())
+            assert (endpoint in stubs) == ((path, method) in NOT_YET_SERVED), (path, method, endpoint)
+        assert set(NOT_YET_SERVED) <= swagger_ops
+
+
+# --- successful answers ---------------------------------------------------------------------------
+class TestFiles:
+    def put(self, web_session, token, params=""):
+        return web_session.put(f"/v1/files/{UUID}{params}", headers=bearer(token()),
+                               json={"source_url": "gs://staging/dir/key", "creator_uid": 3})
+
+    def test_put_statuses(self, gateway, web_session, token):
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        response = self.put(web_session, token, f"?version={VERSION}")
+        assert (response.status_code, response.json()) == (201, {"version": VERSION})
+        args = gateway.files.put_file.call_args[0]
+        assert args[:4] == (UUID, VERSION, "gs://staging/dir/key", 3)
+
+        gateway.files.put_file.return_value = {"status": "exists", "version": VERSION}
+        response = self.put(web_session, token, f"?version={VERSION}")
+        assert (response.status_code, response.json()) == (200, {"version": VERSION})
+
+        gateway.files.put_file.return_value = {"status": "accepted", "version": VERSION, "task_id": "t-1"}
+        response = self.put(web_session, token, f"?version={VERSION}")
+        assert (response.status_code, response.json()) == (202, {"version": VERSION, "task_id": "t-1"})
+
+    def test_put_without_version_makes_one(self, gateway, web_session, token):
+        gateway.files.put_file.side_effect = lambda u, v, *rest: {"status": "created", "version": v}
+        response = self.put(web_session, token)
+        assert response.status_code == 201
+        assert is_version(response.json()["version"])
+
+    def test_put_accepts_bundle_uuid_from_old_clients(self, gateway, web_session, token):
+        gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
+        response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()), json={
+            "source_url": "s3://staging/key", "creator_uid": 3, "bundle_uuid": UUID})
+        assert response.status_code == 201
+
+    def test_head_headers(self, gateway, web_session):
+        gateway.files.head_file.return_value = FILE_META
+        response = web_session.head(f"/v1/files/{UUID}?replica=gcp&version={VERSION}")
+        assert response.status_code == 200
+        assert response.content == b""
+        expected = {"X-DSS-VERSION": VERSION, "X-DSS-CREATOR-UID": "7", "X-DSS-CONTENT-TYPE": "application/json",
+                    "X-DSS-SIZE": "12", "X-DSS-CRC32C": CRC, "X-DSS-S3-ETAG": ETAG, "X-DSS-SHA1": SHA1,
+                    "X-DSS-SHA256": SHA256}
+        assert {k: response.headers[k] for k in expected} == expected
+        gateway.files.head_file.assert_called_once_with("gcp", UUID, VERSION)
+
+    def test_get_redirects(self, gateway, web_session):
+        gateway.files.get_file.return_value = {**FILE_META, "url": "s3://main-s3/blobs/x"}
+        response = web_session.get(f"/v1/files/{UUID}?replica=aws&directurl=true&content_disposition=attachment",
+                                   allow_redirects=False)
+        assert response.status_code == 302
+        assert response.headers["Location"] == "s3://main-s3/blobs/x"
+        assert response.headers["X-DSS-SHA256"] == SHA256
+        gateway.files.get_file.assert_called_once_with("aws", UUID, None, True, "attachment")
+
+
+def manifest_file(i):
+    return {"name": f"f{i}.json", "uuid": UUID, "version": VERSION, "content-type": "application/json",
+            "size": i, "indexed": True, "sha256": SHA256, "sha1": SHA1, "s3_etag": ETAG, "crc32c": CRC}
+
+
+class TestBundles:
+    def test_get_last_page(self, gateway, web_session):
+        gateway.bundles.get_bundle.return_value = {
+            "bundle": {"uuid": UUID, "version": VERSION, "creator_uid": 1, "files": [manifest_file(0)]},
+            "next_start_at": None}
+        response = web_session.get(f"/v1/bundles/{UUID}?replica=aws")
+        assert response.status_code == 200
+        assert response.json()["bundle"]["files"] == [manifest_file(0)]
+        assert response.headers["X-OpenAPI-Pagination"] == "true"
+        assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "bundle.files"
+        assert "Link" not in response.headers
+        gateway.bundles.get_bundle.assert_called_once_with("aws", UUID, None, 0, 500)
+
+    def test_partial_page_links_to_the_next(self, gateway, web_session, web_config_port):
+        gateway.bundles.get_bundle.return_value = {
+            "bundle": {"uuid": UUID, "version": VERSION, "creator_uid": 1, "files": [manifest_file(0)]},
+            "next_start_at": 10}
+        response = web_session.get(f"/v1/bundles/{UUID}?replica=gcp&per_page=10")
+        assert response.status_code == 206
+        assert response.links["next"]["url"] == (f"http://127.0.0.1:{web_config_port}/v1/bundles/{UUID}"
+                                                 f"?replica=gcp&per_page=10&start_at=10&version={VERSION}")
+        assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "bundle.files"
+
+    def test_next_link_follows(self, gateway, web_session):
+        pages = {0: {"bundle": {"uuid": UUID, "version": VERSION, "creator_uid": 1,
+                                "files": [manifest_file(i) for i in range(10)]}, "next_start_at": 10},
+                 10: {"bundle": {"uuid": UUID, "version": VERSION, "creator_uid": 1,
+                                 "files": [manifest_file(10)]}, "next_start_at": None}}
+        gateway.bundles.get_bundle.side_effect = lambda r, u, v, start_at, per_page: pages[start_at]
+        response = web_session.get(f"/v1/bundles/{UUID}?replica=aws&per_page=10")
+        files = response.json()["bundle"]["files"]
+        while "next" in response.links:
+            response = web_session.get(response.links["next"]["url"])
+            files += response.json()["bundle"]["files"]
+        assert [f["size"] for f in files] == list(range(11))
+        assert gateway.bundles.get_bundle.call_args_list[-1] == mock.call("aws", UUID, VERSION, 10, 10)
+
+    def test_direct_urls(self, gateway, web_session):
+        stored_form = {**manifest_file(0)}
+        stored_form["s3-etag"] = stored_form.pop("s3_etag")
+        gateway.bundles.get_bundle.return_value = {
+            "bundle": {"uuid": UUID, "version": VERSION, "creator_uid": 1, "files": [stored_form]},
+            "next_start_at": None}
+        files = web_session.get(f"/v1/bundles/{UUID}?replica=gcp&directurls=True").json()["bundle"]["files"]
+        assert files[0]["url"] == f"gs://main-gs/blobs/{SHA256}.{SHA1}.{ETAG}.{CRC}"
+        assert files[0]["s3_etag"] == ETAG and "s3-etag" not in files[0]
+
+    def test_public_url_is_the_link_base(self, container_factory, gateway_config, web_session):
+        gateway_config["DSS_PUBLIC_URL"] = "https://dss.example.org/"
+        gw = start_gateway(container_factory, gateway_config)
+        gw.bundles.list_bundles.return_value = {"bundles": [{"uuid": UUID, "version": VERSION}],
+                                                "search_after": f"{UUID}.{VERSION}"}
+        response = web_session.get("/v1/bundles/all?replica=aws&per_page=10")
+        assert response.links["next"]["url"].startswith("https://dss.example.org/v1/bundles/all?")
+        doc = web_session.get("/v1/swagger.json").json()
+        assert (doc["host"], doc["schemes"], doc["basePath"]) == ("dss.example.org", ["https"], "/v1")
+
+    def test_list_all(self, gateway, web_session, web_config_port):
+        gateway.bundles.list_bundles.return_value = {"bundles": [{"uuid": UUID, "version": VERSION}] * 10,
+                                                     "search_after": f"{UUID}.{VERSION}"}
+        response = web_session.get("/v1/bundles/all?replica=aws&per_page=10&prefix=0B4")
+        assert response.status_code == 206
+        body = response.json()
+        link = (f"http://127.0.0.1:{web_config_port}/v1/bundles/all?replica=aws&per_page=10&prefix=0B4"
+                f"&search_after={UUID}.{VERSION}")
+        assert body == {"bundles": [{"uuid": UUID, "version": VERSION}] * 10, "has_more": True, "page_count": 10,
+                        "per_page": 10, "search_prefix": "0b4", "search_after": f"{UUID}.{VERSION}", "link": link}
+        assert response.links["next"]["url"] == link
+        assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "bundles"
+        gateway.bundles.list_bundles.assert_called_once_with("aws", "0b4", 10, None)
+
+        gateway.bundles.list_bundles.return_value = {"bundles": [], "search_after": None}
+        response = web_session.get(link)
+        assert response.status_code == 200 and "Link" not in response.headers
+        assert response.json() == {"bundles": [], "has_more": False, "page_count": 0, "per_page": 10,
+                                   "search_prefix": "0b4"}
+
+    def test_put(self, gateway, web_session, token):
+        manifest = {"format": "0.0.1", "version": VERSION, "creator_uid": 1, "files": [manifest_file(0)]}
+        gateway.bundles.put_bundle.return_value = {"status": "created", "version": VERSION, "manifest": manifest}
+        files = [{"uuid": UUID.upper(), "version": VERSION, "name": "f0.json", "indexed": True}]
+        response = web_session.put(f"/v1/bundles/{UUID}?replica=aws&version={VERSION}", headers=bearer(token()),
+                                   json={"creator_uid": 1, "files": files})
+        assert (response.status_code, response.json()) == (201, {"version": VERSION, "manifest": manifest})
+        args = gateway.bundles.put_bundle.call_args[0]
+        assert args[:5] == ("aws", UUID, VERSION, 1, [{"uuid": UUID, "version": VERSION, "name": "f0.json",
+                                                         "indexed": True}])
+        gateway.bundles.put_bundle.return_value = {"status": "exists", "version": VERSION, "manifest": manifest}
+        response = web_session.put(f"/v1/bundles/{UUID}?replica=aws&version={VERSION}", headers=bearer(token()),
+                                   json={"creator_uid": 1, "files": files})
+        assert response.status_code == 200
+
+    def test_patch(self, gateway, web_session, token):
+        gateway.bundles.patch_bundle.return_value = {"uuid": UUID, "version": VERSION}
+        add = [{"uuid": UUID, "version": VERSION, "name": "n", "indexed": False}]
+        response = web_session.patch(f"/v1/bundles/{UUID}?replica=aws&version={VERSION}", headers=bearer(token()),
+                                     json={"add_files": add})
+        assert (response.status_code, response.json()) == (200, {"uuid": UUID, "version": VERSION})
+        assert gateway.bundles.patch_bundle.call_args[0][:5] == ("aws", UUID, VERSION, add, [])
+        response = web_session.patch(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()), json={})
+        assert_problem(response, 400, "illegal_arguments")  # version is required
+
+    def test_delete(self, gateway, web_session, token):
+        gateway.bundles.delete_bundle.return_value = {"status": "created"}
+        response = web_session.delete(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token(
+            email="admin@example.org")), json={"reason": "withdrawn", "details": {"ticket": 4}})
+        assert (response.status_code, response.json()) == (200, {})
+        args = gateway.bundles.delete_bundle.call_args[0]
+        assert args[:5] == ("aws", UUID, None, "withdrawn", {"ticket": 4})
+        assert args[5]["is_admin"] is True
+        response = web_session.delete(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()), json={})
+        assert_problem(response, 400, "illegal_arguments")  # reason is required
+
+
+class TestCollections:
+    item = {"type": "file", "uuid": UUID, "version": VERSION}
+
+    def test_put(self, gateway, web_session, token):
+        other = str(uuid_module.uuid4())
+        gateway.bundles.put_collection.return_value = {"uuid": other, "version": VERSION}
+        response = web_session.put(f"/v1/collections?replica=aws&uuid={other.upper()}&version={VERSION}",
+                                   headers=bearer(token()), json={"name": "c", "contents": [self.item]})
+        assert (response.status_code, response.json()) == (201, {"uuid": other, "version": VERSION})
+        args = gateway.bundles.put_collection.call_args[0]
+        assert args[:7] == ("aws", other, VERSION, "c", "", {}, [self.item])
+        assert_problem(web_session.put("/v1/collections?replica=aws", headers=bearer(token()),
+                                       json={"name": "c", "contents": []}), 400, "illegal_arguments")
+
+    def test_list_pages(self, gateway, web_session, token):
+        gateway.bundles.list_collections.return_value = {"collections": [{"uuid": UUID, "version": VERSION}] * 10,
+                                                         "next_start_at": 10}
+        response = web_session.get("/v1/collections?per_page=10", headers=bearer(token()))
+        assert response.status_code == 206
+        assert response.links["next"]["url"].endswith("/v1/collections?per_page=10&start_at=10")
+        assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "collections"
+        assert gateway.bundles.list_collections.call_args[0][1:] == (10, 0)
+
+    def test_get_patch_delete(self, gateway, web_session, token):
+        doc = {"uuid": UUID, "version": VERSION, "name": "c", "contents": [self.item], "owner": "w@example.org"}
+        gateway.bundles.get_collection.return_value = doc
+        response = web_session.get(f"/v1/collections/{UUID}?replica=aws", headers=bearer(token()))
+        assert (response.status_code, response.json()) == (200, doc)
+
+        gateway.bundles.patch_collection.return_value = {"uuid": UUID, "version": VERSION}
+        response = web_session.patch(f"/v1/collections/{UUID}?replica=aws&version={VERSION}",
+                                     headers=bearer(token()), json={"name": "d", "add_contents": [self.item]})
+        assert response.status_code == 200
+        assert gateway.bundles.patch_collection.call_args[0][3] == {"name": "d", "add_contents": [self.item]}
+
+        gateway.bundles.delete_collection.return_value = {"status": "created"}
+        response = web_session.delete(f"/v1/collections/{UUID}?replica=aws", headers=bearer(token()))
+        assert (response.status_code, response.json()) == (200, {})
+
+        gateway.bundles.get_collection.side_effect = remote(Forbidden("not the owner", "forbidden"))
+        assert_problem(web_session.get(f"/v1/collections/{UUID}?replica=aws", headers=bearer(token())), 403)
+
+
+# --- documents ---------------------------------------------------------------------------------------
+CONTRACT_OPERATIONS = {
+    ("/files/{uuid}", "put"), ("/files/{uuid}", "head"), ("/files/{uuid}", "get"),
+    ("/bundles/{uuid}", "put"), ("/bundles/{uuid}", "get"), ("/bundles/{uuid}", "patch"),
+    ("/bundles/{uuid}", "delete"), ("/bundles/all", "get"), ("/bundles/{uuid}/checkout", "post"),
+    ("/bundles/checkout/{checkout_job_id}", "get"), ("/search", "post"), ("/subscriptions", "put"),
+    ("/subscriptions", "get"), ("/subscriptions/{uuid}", "get"), ("/subscriptions/{uuid}", "delete"),
+    ("/collections", "put"), ("/collections", "get"), ("/collections/{uuid}", "get"),
+    ("/collections/{uuid}", "patch"), ("/collections/{uuid}", "delete"), ("/events", "get"),
+    ("/events/{uuid}", "get"), ("/ga4gh/drs/v1/objects/{object_id}", "get"), ("/swagger.json", "get"),
+}
+JWT_OPERATIONS = {op for op in CONTRACT_OPERATIONS
+                  if op[0].startswith(("/subscriptions", "/collections"))
+                  or op in {("/files/{uuid}", "put"), ("/bundles/{uuid}", "put"), ("/bundles/{uuid}", "patch"),
+                            ("/bundles/{uuid}", "delete")}}
+
+# operationId -> (query schema, body schema) the gateway validates it with
+VALIDATED_BY = {
+    "putFile": (schemas.PutFileQuery, schemas.PutFileBody),
+    "headFile": (schemas.HeadFileQuery, None),
+    "getFile": (schemas.GetFileQuery, None),
+    "listBundles": (schemas.ListBundlesQuery, None),
+    "getBundle": (schemas.GetBundleQuery, None),
+    "putBundle": (schemas.PutBundleQuery, schemas.PutBundleBody),
+    "patchBundle": (schemas.PatchBundleQuery, schemas.PatchBundleBody),
+    "deleteBundle": (schemas.DeleteBundleQuery, schemas.DeleteBundleBody),
+    "putCollection": (schemas.PutCollectionQuery, schemas.PutCollectionBody),
+    "listCollections": (schemas.ListCollectionsQuery, None),
+    "getCollection": (schemas.GetCollectionQuery, None),
+    "patchCollection": (schemas.PatchCollectionQuery, schemas.PatchCollectionBody),
+    "deleteCollection": (schemas.DeleteCollectionQuery, None),
+    "getSwagger": (schemas.NoQuery, None),
+}
+
+
+class TestDocuments:
+    def test_swagger_structure(self, gateway, web_session, web_config_port):
+        response = web_session.get("/v1/swagger.json")
+        assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
+        doc = response.json()
+        assert doc["swagger"] == "2.0"
+        assert doc["host"] == f"127.0.0.1:{web_config_port}"
+        assert doc["basePath"] == "/v1"
+        assert doc["info"]["description"]
+        security = doc["securityDefinitions"]["OauthSecurity"]
+        assert security["x-audience"] == AUDIENCE
+        assert security["x-email-claim"] == "email"
+        assert security["x-group-claim"] == GROUP_CLAIM
+        operations = {(path, method): op for path, method, op in apidoc.operations(doc)}
+        assert set(operations) == CONTRACT_OPERATIONS
+        ids = [op["operationId"] for op in operations.values()]
+        assert len(ids) == len(set(ids))
+        for key, op in operations.items():
+            assert bool(op.get("security")) == (key in JWT_OPERATIONS), key
+            if op.get("security"):
+                assert op["security"] == [{"OauthSecurity": []}]
+        for key in [("/bundles/{uuid}", "get"), ("/bundles/all", "get"), ("/collections", "get"),
+                    ("/search", "post"), ("/events", "get")]:
+            assert "206" in operations[key]["responses"], key  # how the clients detect paging
+        assert "302" in operations[("/files/{uuid}", "get")]["responses"]
+
+    def test_swagger_is_valid(self, gateway, web_session):
+        from openapi_spec_validator import OpenAPIV2SpecValidator
+        OpenAPIV2SpecValidator(web_session.get("/v1/swagger.json").json()).validate()
+
+    def test_swagger_parameters(self, gateway, web_session):
+        doc = web_session.get("/v1/swagger.json").json()
+        operations = {(path, method): apidoc.resolve(doc, op) for path, method, op in apidoc.operations(doc)}
+        params = {key: {p["name"]: p for p in op.get("parameters", [])} for key, op in operations.items()}
+        replica = params[("/bundles/{uuid}", "get")]["replica"]
+        assert (replica["in"], replica["type"], replica["required"], replica["enum"]) == \
+            ("query", "string", True, ["aws", "gcp"])
+        per_page = params[("/bundles/{uuid}", "get")]["per_page"]
+        assert (per_page["minimum"], per_page["maximum"], per_page["default"]) == (10, 500, 500)
+        assert params[("/bundles/all", "get")]["per_page"]["default"] == 100
+        assert params[("/files/{uuid}", "get")]["uuid"]["in"] == "path"
+        for op in operations.values():
+            for param in op.get("parameters", []):
+                assert {"name", "in"} <= set(param)
+                if param["in"] == "body":  # the CLIs need a type for every body property
+                    assert all("type" in prop or "enum" in prop for prop in param["schema"]["properties"].values())
+                else:
+                    assert "type" in param and "required" in param
+
+    def test_swagger_matches_the_validation(self, gateway, web_session):
+        doc = web_session.get("/v1/swagger.json").json()
+        by_id = {op["operationId"]: apidoc.resolve(doc, op) for _, _, op in apidoc.operations(doc)}
+        for operation_id, (query_schema, body_schema) in VALIDATED_BY.items():
+            op = by_id[operation_id]
+            documented = {p["name"] for p in op.get("parameters", []) if p["in"] == "query"}
+            assert documented == set(query_schema().fields), operation_id
+            required = {p["name"] for p in op.get("parameters", []) if p["in"] == "query" and p["required"]}
+            assert required == {n for n, f in query_schema().fields.items() if f.required}, operation_id
+            body = [p for p in op.get("parameters", []) if p["in"] == "body"]
+            if body_schema is None:
+                assert not body, operation_id
+            else:
+                assert set(body[0]["schema"]["properties"]) == set(body_schema().fields), operation_id
+                assert set(body[0]["schema"].get("required", [])) == \
+                    {n for n, f in body_schema().fields.items() if f.required}, operation_id
+
+    def test_html_page(self, gateway, web_session):
+        response = web_session.get("/")
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/html")
+        page = response.text
+        doc = web_session.get("/v1/swagger.json").json()
+        for path, method, op in apidoc.operations(doc):
+            assert f"/v1{path}" in page
+            assert op["summary"] in page.replace("&#x27;", "'")
+        assert "per_page" in page and "source_url" in page
+
+
+# --- health ------------------------------------------------------------------------------------------
+HEALTHY = {"aws": {"ok": True, "detail": "ok"}, "gcp": {"ok": True, "detail": "ok"}}
+
+
+class TestHealth:
+    def test_healthy(self, gateway, web_session):
+        gateway.files.health.return_value = HEALTHY
+        gateway.bundles.health.return_value = HEALTHY
+        response = web_session.get("/internal/health")
+        assert response.status_code == 200, response.text
+        assert response.json() == {"status": "ok", "dependencies": {
+            "broker": {"ok": True, "detail": "reachable"}, "files": HEALTHY, "bundles": HEALTHY}}
+
+    def test_failing_replica(self, gateway, web_session):
+        gateway.files.health.return_value = {**HEALTHY, "gcp": {"ok": False, "detail": "GCS unreachable"}}
+        gateway.bundles.health.return_value = HEALTHY
+        response = web_session.get("/internal/health")
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) > 0
+        body = response.json()
+        assert body["failing"] == ["files"]
+        assert body["dependencies"]["files"]["gcp"] == {"ok": False, "detail": "GCS unreachable"}
+
+    def test_service_down(self, gateway, web_session):
+        gateway.files.health.return_value = HEALTHY
+        gateway.bundles.health.side_effect = UnknownService("bundles")
+        response = web_session.get("/internal/health")
+        assert response.status_code == 503
+        assert response.json()["dependencies"]["bundles"]["ok"] is False

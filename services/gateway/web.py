@@ -1,0 +1,152 @@
+"""The gateway's HTTP entrypoint: nameko's ``http`` with problem+json for every error.
+
+Nameko's handler answers an exception with a ``text/plain`` traceback-ish line and its WSGI app
+lets werkzeug render unmatched routes as HTML pages. Here both become problem+json: a worker's
+exception through ``errors.response_for_exception`` and an unmatched route or method as a 404 or
+405 (with ``Allow``) before any worker runs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import RequestRedirect
+from werkzeug.wrappers import Request, Response
+
+from services.gateway import apidoc, errors, schemas
+from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+
+class ProblemWsgiApp(WsgiApp):
+    def __call__(self, environ, start_response):
+        try:
+            response = self._dispatch(environ)
+        except Exception:  # a bug in routing or a handler: still no HTML, no traceback
+            logger.exception("unhandled error serving %s", environ.get("PATH_INFO"))
+            response = errors.internal_error()
+        return response(environ, start_response)
+
+    def _dispatch(self, environ):
+        # shallow: nothing reads the body before the worker does (see nameko's WsgiApp)
+        request = Request(environ, shallow=True)
+        adapter = self.url_map.bind_to_environ(environ)
+        try:
+            provider, values = adapter.match()
+        except RequestRedirect as redirect:
+            return Response(status=redirect.code, headers={"Location": redirect.new_url})
+        except WerkzeugMethodNotAllowed as error:
+            allowed = ", ".join(sorted(error.valid_methods or ()))
+            return errors.problem(405, "method_not_allowed",
+                                  f"{request.method} is not supported on {request.path}; use {allowed}",
+                                  headers={"Allow": allowed})
+        except WerkzeugNotFound:
+            return errors.problem(404, "not_found", f"no such resource: {request.path}")
+        except HTTPException as error:
+            return errors.problem(error.code or 400, "bad_request", error.name)
+        request.path_values = values
+        return provider.handle_request(request)
+
+
+class GatewayWebServer(WebServer):
+    def get_wsgi_app(self):
+        return ProblemWsgiApp(self)
+
+
+class ApiEndpoint(HttpRequestHandler):
+    """``@api("GET", "/v1/...")``: a route whose errors are rendered as problem+json."""
+
+    server = GatewayWebServer()
+
+    def __init__(self, method, url, expected_exceptions=(DSSError,), **kwargs):
+        # Typed errors are answers, not failures: nameko logs them as warnings.
+        super().__init__(method, url, expected_exceptions=expected_exceptions, **kwargs)
+
+    def response_from_exception(self, exc):
+        return errors.response_for_exception(exc)
+
+
+api = ApiEndpoint.decorator
+
+
+# --- request and response helpers ------------------------------------------------------------------
+JSON = "application/json"
+
+
+def query(request, schema) -> dict:
+    """The validated query string (a parameter given twice is ambiguous, so an error)."""
+    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    if repeated:
+        raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}",
+                               "illegal_arguments")
+    return schemas.load(schema, request.args.to_dict(), "query")
+
+
+def json_body(request, schema, limit: int) -> dict:
+    """The validated JSON body, read at most ``limit`` bytes far (413 beyond)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes", "payload_too_large")
+    if request.mimetype != JSON:
+        raise UnsupportedMediaType(f"the request body must be {JSON}", "unsupported_media_type")
+    # Without a Content-Length (chunked) werkzeug's stream reads nothing: read the raw input.
+    stream = request.stream if request.content_length is not None else request.environ["wsgi.input"]
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes", "payload_too_large")
+    if not data.strip():
+        raise InvalidParameter("the request body is empty; a JSON object is required", "invalid_json")
+    try:
+        document = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidParameter("the request body is not valid JSON", "invalid_json") from None
+    return schemas.load(schema, document, "body")
+
+
+def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(json.dumps(body), status=status, headers=headers, content_type=JSON)
+
+
+def next_link(settings, request, **cursor) -> str:
+    """Absolute URL of the next page: this request's URL with ``cursor`` replacing its parameters."""
+    params = request.args.to_dict()
+    params.update({name: str(value) for name, value in cursor.items()})
+    return f"{apidoc.base_url(settings, request)}{request.path}?{urlencode(params)}"
+
+
+def paged(body: Any, content_key: str, link: str | None) -> Response:
+    """200 for a last page, 206 + ``Link: <next>; rel="next"`` when more follow."""
+    headers = {"X-OpenAPI-Pagination": "true", "X-OpenAPI-Paginated-Content-Key": content_key}
+    if link is None:
+        return json_response(body, 200, headers)
+    headers["Link"] = f'<{link}>; rel="next"'
+    return json_response(body, 206, headers)
+
+
+# API header name -> field of the stored file metadata
+FILE_HEADERS = {
+    "X-DSS-VERSION": "version",
+    "X-DSS-CREATOR-UID": "creator_uid",
+    "X-DSS-CONTENT-TYPE": "content-type",
+    "X-DSS-SIZE": "size",
+    "X-DSS-CRC32C": "crc32c",
+    "X-DSS-S3-ETAG": "s3-etag",
+    "X-DSS-SHA1": "sha1",
+    "X-DSS-SHA256": "sha256",
+}
+
+
+def file_headers(metadata: dict) -> dict:
+    headers = {}
+    for header, field in FILE_HEADERS.items():
+        value = metadata.get(field, metadata.get(field.replace("-", "_")))
+        if value is not None:
+            headers[header] = str(value)
+    return headers
