@@ -57,7 +57,7 @@ lock:
 	mv "$(LOCK_FILE).tmp" "$(LOCK_FILE)"; \
 	echo "wrote $(LOCK_FILE)" >&2
 
-bench: install
+bench: up
 	@set -euo pipefail; shopt -s nullglob; scripts=(bench/*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmarks in bench/" >&2; exit 0; fi; \
 	for script in "$${scripts[@]}"; do echo "== $$script" >&2; $(VPY) "$$script" $(BENCH_ARGS); done

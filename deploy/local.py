@@ -5,9 +5,9 @@ The Makefile targets of the same names call this with the project's virtualenv. 
 the background and each only if not already there: RabbitMQ (only when AMQP_URI does not answer),
 moto (S3) and fake-gcs-server (GCS) on the ports of DSS_S3_ENDPOINT / DSS_GCS_ENDPOINT, the buckets,
 the local token issuer, then one ``nameko run`` process per service; it returns once the gateway's
-health check passes. Everything it starts is recorded in ``var/run/<name>.pid`` (pid and start
-time, so a recycled pid is never mistaken for ours) and logs to ``var/log/<name>.log``; ``down``
-stops exactly those process groups.
+health check passes. Everything it starts is recorded in ``var/run/<name>.pid`` (with its start
+time in ``<name>.started``, so a recycled pid is never mistaken for ours) and logs to
+``var/log/<name>.log``; ``down`` stops exactly those process groups.
 """
 from __future__ import annotations
 
@@ -72,28 +72,46 @@ def _log_file(name: str) -> pathlib.Path:
     return LOG_DIR / f"{name}.log"
 
 
+def _start_file(name: str) -> pathlib.Path:
+    return RUN_DIR / f"{name}.started"
+
+
 def owned_pid(name: str) -> int | None:
-    """Pid of the process `up` started as ``name`` if it still runs, else None (stale files go)."""
+    """Pid of the process `up` started as ``name`` if it still runs, else None (stale files go).
+
+    The pid file holds only the pid (what other tools expect); ``<name>.started`` next to it holds
+    the process's start time, so a pid recycled by an unrelated process is not mistaken for ours.
+    """
     path = _pid_file(name)
     try:
-        pid_text, _, started_text = path.read_text().partition("\n")
-        pid, started = int(pid_text), float(started_text or 0)
-    except (FileNotFoundError, ValueError):
+        pid = int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
         return None
     try:
+        started = float(_start_file(name).read_text())
+    except (FileNotFoundError, ValueError):
+        started = None
+    try:
         process = psutil.Process(pid)
-        alive = abs(process.create_time() - started) < 1 and process.status() != psutil.STATUS_ZOMBIE
+        alive = process.status() != psutil.STATUS_ZOMBIE and (
+            started is None or abs(process.create_time() - started) < 1)
     except psutil.Error:
         alive = False
     if not alive:
-        path.unlink(missing_ok=True)
+        _forget(name)
         return None
     return pid
 
 
+def _forget(name: str) -> None:
+    _pid_file(name).unlink(missing_ok=True)
+    _start_file(name).unlink(missing_ok=True)
+
+
 def _record(name: str, pid: int) -> None:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    _pid_file(name).write_text(f"{pid}\n{psutil.Process(pid).create_time()}\n")
+    _start_file(name).write_text(f"{psutil.Process(pid).create_time()}\n")
+    _pid_file(name).write_text(f"{pid}\n")
 
 
 def _open_log(name: str):
@@ -142,7 +160,7 @@ def stop(*names: str, timeout: float = STOP_TIMEOUT_S) -> list[str]:
             logger.warning("%s did not stop within %ss: killing it", name, timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        _pid_file(name).unlink(missing_ok=True)
+        _forget(name)
     return list(groups)
 
 
