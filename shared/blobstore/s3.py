@@ -73,6 +73,11 @@ class S3BlobStore(BlobStore):
         self._region = region
         self.list_page_size = list_page_size
 
+    @property
+    def client(self):
+        """The underlying boto3 S3 client, for what the interface does not cover (object tagging in tests)."""
+        return self._client
+
     @classmethod
     def from_settings(cls, settings, **kwargs) -> "S3BlobStore":
         endpoint = settings.s3_endpoint
