@@ -5,6 +5,7 @@ import copy
 import functools
 import html
 import pathlib
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -13,6 +14,7 @@ import yaml
 SWAGGER_PATH = pathlib.Path(__file__).with_name("swagger.yml")
 HTTP_METHODS = ("get", "head", "put", "post", "patch", "delete", "options")
 SECURITY_NAME = "OauthSecurity"
+_BACKTICKS = re.compile(r"`([^`]+)`")
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +74,11 @@ def resolve(doc: dict, node: Any) -> Any:
     return node
 
 
+def _text(value: str) -> str:
+    """Escaped prose, with the documents' `code` spans as <code>."""
+    return _BACKTICKS.sub(r"<code>\1</code>", html.escape(value))
+
+
 def html_page(doc: dict) -> str:
     """A human-readable list of the endpoints of ``doc``: summaries, parameters, auth."""
     esc = html.escape
@@ -86,7 +93,7 @@ def html_page(doc: dict) -> str:
         ".method{font-weight:bold;text-transform:uppercase}.auth{color:#a40}</style>",
         "</head><body>",
         f"<h1>{esc(doc['info']['title'])} API {esc(doc['info']['version'])}</h1>",
-        f"<p>{esc(doc['info']['description'])}</p>",
+        f"<p>{_text(doc['info']['description'])}</p>",
         f'<p>Base URL: <code>{esc(base)}</code>. Machine-readable description: '
         f'<a href="{esc(doc["basePath"])}/swagger.json">swagger.json</a>.</p>',
     ]
@@ -95,9 +102,9 @@ def html_page(doc: dict) -> str:
         anchor = esc(operation.get("operationId", f"{method}-{path}"))
         parts.append(f'<h2 id="{anchor}"><span class="method">{esc(method)}</span> '
                      f"<code>{esc(doc['basePath'] + path)}</code></h2>")
-        parts.append(f"<p>{esc(operation.get('summary', ''))}</p>")
+        parts.append(f"<p>{_text(operation.get('summary', ''))}</p>")
         if operation.get("description"):
-            parts.append(f"<p>{esc(operation['description'])}</p>")
+            parts.append(f"<p>{_text(operation['description'])}</p>")
         if operation.get("security"):
             parts.append('<p class="auth">Requires <code>Authorization: Bearer &lt;JWT&gt;</code>.</p>')
         rows = []
@@ -127,4 +134,4 @@ def _row(name, where, type_, required, description, enum, default) -> str:
     if default is not None:
         extra += f" Default <code>{esc(str(default))}</code>."
     return (f"<tr><td><code>{esc(name)}</code></td><td>{esc(where)}</td><td>{esc(str(type_))}</td>"
-            f"<td>{'yes' if required else 'no'}</td><td>{esc(description)}{extra}</td></tr>")
+            f"<td>{'yes' if required else 'no'}</td><td>{_text(description)}{extra}</td></tr>")

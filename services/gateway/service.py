@@ -14,6 +14,7 @@ from werkzeug.wrappers import Response
 
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import HEALTH_TIMEOUT_S, Auth, Broker, GatewaySettings, ServiceRpc
+from services.gateway.errors import RETRY_AFTER_S
 from services.gateway.exceptions import NotImplementedYet
 from services.gateway.web import api, file_headers, json_body, json_response, next_link, paged, query
 from shared.exceptions import DSSError, InvalidParameter
@@ -105,7 +106,7 @@ class GatewayService:
         if not failing:
             return json_response({"status": "ok", "dependencies": dependencies})
         return json_response({"status": "unhealthy", "failing": failing, "dependencies": dependencies}, 503,
-                             {"Retry-After": "10"})
+                             {"Retry-After": str(RETRY_AFTER_S)})
 
     # --- files -----------------------------------------------------------------------------------
     @api("PUT", "/v1/files/<uuid>")
