@@ -3,7 +3,8 @@
 Nameko's handler answers an exception with a ``text/plain`` traceback-ish line and its WSGI app
 lets werkzeug render unmatched routes as HTML pages. Here both become problem+json: a worker's
 exception through ``errors.response_for_exception`` and an unmatched route or method as a 404 or
-405 (with ``Allow``) before any worker runs.
+405 (with ``Allow``) before any worker runs. Below it, the helpers every entrypoint uses to read
+a request (query string, bounded JSON body) and to shape an answer (JSON, paging, file headers).
 """
 from __future__ import annotations
 
