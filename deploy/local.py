@@ -165,10 +165,13 @@ def stop(*names: str, timeout: float = STOP_TIMEOUT_S) -> list[str]:
 
 
 def tail(path: pathlib.Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log, from its latest start only (earlier runs are noise)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return f"({path} does not exist)"
+    starts = [i for i, line in enumerate(text) if line.startswith("=== ") and " starting " in line]
+    return "\n".join(text[starts[-1] if starts else 0:][-lines:])
 
 
 # --- RabbitMQ -----------------------------------------------------------------------------------
@@ -475,7 +478,8 @@ def start_services(uri: str, names=SERVICES) -> dict[str, str]:
     return states
 
 
-def wait_healthy(names=SERVICES, timeout: float = HEALTH_TIMEOUT_S) -> None:
+def wait_healthy(names=SERVICES, timeout: float | None = None) -> None:
+    timeout = timeout or HEALTH_TIMEOUT_S
     deadline = time.monotonic() + timeout
     last = "no answer yet"
     while time.monotonic() < deadline:
@@ -531,7 +535,7 @@ def cmd_up(args) -> int:
         for name, state in states.items():
             logger.info("%s: %s", name, state)
         if not args.no_wait:
-            wait_healthy()
+            wait_healthy(timeout=args.timeout)
     print_endpoints(settings, uri, broker)
     return 0
 
@@ -627,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start everything in the background; return once healthy")
     up.add_argument("--no-wait", action="store_true", help="do not wait for the gateway's health check")
+    up.add_argument("--timeout", type=float, default=HEALTH_TIMEOUT_S,
+                    help="seconds to wait for the health check (default %(default)s)")
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
     restart = commands.add_parser("restart", help="restart services (all by default) after a code change")
