@@ -71,6 +71,22 @@ def service_config(rabbit_config, local_cloud_settings, local_issuer_settings):
     return config
 
 
+@pytest.fixture
+def web_session(web_config_port):
+    """nameko's ``web_session`` (which imports ``werkzeug.urls.url_join``, gone in werkzeug 3):
+    a requests session whose relative URLs go to the service under test."""
+    from urllib.parse import urljoin
+
+    import requests
+
+    class WebSession(requests.Session):
+        def request(self, method, url, *args, **kwargs):
+            return super().request(method, urljoin(f"http://127.0.0.1:{web_config_port}/", url), *args, **kwargs)
+
+    with WebSession() as session:
+        yield session
+
+
 @pytest.fixture(scope="session")
 def blobstores(dss_settings):
     from shared.blobstore import open_blobstore

@@ -4,14 +4,37 @@ HTTP parameter and body schemas live with the gateway (``services/gateway/schema
 describe the store's own documents (see docs/architecture.md, "Storage layout") and the facts
 services dispatch ("Events").
 """
-from marshmallow import Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
-from shared.identifiers import REPLICAS
+from shared.exceptions import InvalidParameter
+from shared.identifiers import REPLICAS, normalize_uuid, normalize_version
 
 FILE_FORMAT = "0.0.1"
 BUNDLE_FORMAT = "0.0.1"
 
 Replica = fields.String(required=True, validate=validate.OneOf(REPLICAS))
+
+
+class UuidField(fields.String):
+    """A uuid, lower-cased. ``error_code`` names the problem when the gateway reports it."""
+    error_code = "illegal_uuid"
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return normalize_uuid(super()._deserialize(value, attr, data, **kwargs))
+        except InvalidParameter as error:
+            raise ValidationError(error.title) from None
+
+
+class VersionField(fields.String):
+    """A DSS version (`YYYY-MM-DDTHHMMSS.ffffffZ`)."""
+    error_code = "illegal_version"
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return normalize_version(super()._deserialize(value, attr, data, **kwargs))
+        except InvalidParameter as error:
+            raise ValidationError(error.title) from None
 
 
 class StoredChecksums(Schema):
@@ -53,6 +76,19 @@ class Tombstone(Schema):
     reason = fields.String(required=True)
     details = fields.Raw(load_default=None, allow_none=True)
     admin_deleted = fields.Boolean(load_default=True)
+
+
+class CollectionItem(Schema):
+    """One entry of a collection's ``contents``; an unknown ``type`` resolves as a file."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(required=True, validate=validate.Length(min=1))
+    uuid = UuidField(required=True)
+    version = VersionField(required=True)
+    path = fields.String()
+    fragment = fields.String()
 
 
 class ChecksumsPayload(Schema):

@@ -2,26 +2,11 @@
 
 Stored bundle manifests and tombstones, and the event payloads, are in ``shared/schemas.py``.
 """
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields
 
-from shared.identifiers import normalize_uuid, normalize_version
-from shared.schemas import ManifestFile
+from shared.schemas import CollectionItem, ManifestFile, UuidField, VersionField
 
 MAX_ITEMS = 1000  # per bundle PATCH list and per collection (the v1 contract's limit)
-
-
-class UuidField(fields.String):
-    """A uuid, lower-cased; a malformed one raises ``InvalidParameter`` ``illegal_uuid``."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        return normalize_uuid(super()._deserialize(value, attr, data, **kwargs))
-
-
-class VersionField(fields.String):
-    """A DSS version; a malformed one raises ``InvalidParameter`` ``illegal_version``."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        return normalize_version(super()._deserialize(value, attr, data, **kwargs))
 
 
 class BundleFileRef(Schema):
@@ -51,19 +36,6 @@ class BundleFileView(ManifestFile):
     """A manifest entry as GET /bundles returns it: the stored form but `s3_etag` with an underscore."""
 
     s3_etag = fields.String(required=True, data_key="s3_etag")
-
-
-class CollectionItem(Schema):
-    """One entry of a collection's ``contents``; an unknown ``type`` resolves as a file."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    type = fields.String(required=True, validate=validate.Length(min=1))
-    uuid = UuidField(required=True)
-    version = VersionField(required=True)
-    path = fields.String()
-    fragment = fields.String()
 
 
 class CollectionDocument(Schema):

@@ -14,7 +14,8 @@ from urllib.parse import urlparse
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from shared.exceptions import InvalidParameter
-from shared.identifiers import REPLICAS, normalize_uuid, normalize_version
+from shared.identifiers import REPLICAS
+from shared.schemas import CollectionItem, UuidField, VersionField
 
 GENERIC_CODE = "illegal_arguments"
 SOURCE_SCHEMES = ("s3", "gs")
@@ -22,28 +23,6 @@ _MAX_SHOWN_ERRORS = 5
 
 
 # --- fields ----------------------------------------------------------------------------------------
-class UUID(fields.String):
-    error_code = "illegal_uuid"
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            return normalize_uuid(text)
-        except InvalidParameter as error:
-            raise ValidationError(error.title) from None
-
-
-class Version(fields.String):
-    error_code = "illegal_version"
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        text = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            return normalize_version(text)
-        except InvalidParameter as error:
-            raise ValidationError(error.title) from None
-
-
 class Replica(fields.String):
     error_code = "unknown_replica"
 
@@ -71,12 +50,12 @@ def opaque(max_length: int = 1024, **kwargs) -> fields.String:
 
 # --- query strings ----------------------------------------------------------------------------------
 class PutFileQuery(Schema):
-    version = Version()
+    version = VersionField()
 
 
 class HeadFileQuery(Schema):
     replica = Replica()
-    version = Version()
+    version = VersionField()
 
 
 class GetFileQuery(HeadFileQuery):
@@ -87,12 +66,12 @@ class GetFileQuery(HeadFileQuery):
 
 class PutBundleQuery(Schema):
     replica = Replica()
-    version = Version()
+    version = VersionField()
 
 
 class GetBundleQuery(Schema):
     replica = Replica()
-    version = Version()
+    version = VersionField()
     directurls = fields.Boolean(load_default=False)
     presignedurls = fields.Boolean(load_default=False)
     per_page = per_page(500)
@@ -102,12 +81,12 @@ class GetBundleQuery(Schema):
 
 class PatchBundleQuery(Schema):
     replica = Replica()
-    version = Version(required=True)
+    version = VersionField(required=True)
 
 
 class DeleteBundleQuery(Schema):
     replica = Replica()
-    version = Version()
+    version = VersionField()
 
 
 class ListBundlesQuery(Schema):
@@ -120,8 +99,8 @@ class ListBundlesQuery(Schema):
 
 class PutCollectionQuery(Schema):
     replica = Replica()
-    uuid = UUID(required=True)
-    version = Version()
+    uuid = UuidField(required=True)
+    version = VersionField()
 
 
 class ListCollectionsQuery(Schema):
@@ -131,17 +110,17 @@ class ListCollectionsQuery(Schema):
 
 class GetCollectionQuery(Schema):
     replica = Replica()
-    version = Version()
+    version = VersionField()
 
 
 class PatchCollectionQuery(Schema):
     replica = Replica()
-    version = Version(required=True)
+    version = VersionField(required=True)
 
 
 class DeleteCollectionQuery(Schema):
     replica = Replica()
-    version = Version()  # accepted for compatibility; a collection tombstone covers every version
+    version = VersionField()  # accepted for compatibility; a collection tombstone covers every version
 
 
 class NoQuery(Schema):
@@ -152,7 +131,7 @@ class NoQuery(Schema):
 class PutFileBody(Schema):
     source_url = fields.String(required=True, validate=validate.Length(min=1, max=4096))
     creator_uid = fields.Integer(required=True, strict=True)
-    bundle_uuid = UUID()  # sent by older clients; not needed by this store
+    bundle_uuid = UuidField()  # sent by older clients; not needed by this store
 
     @post_load
     def check_source(self, data, **kwargs):
@@ -165,15 +144,15 @@ class PutFileBody(Schema):
 
 
 class BundleFile(Schema):
-    uuid = UUID(required=True)
-    version = Version(required=True)
+    uuid = UuidField(required=True)
+    version = VersionField(required=True)
     name = fields.String(required=True)
     indexed = fields.Boolean(required=True)
 
 
 class BundleFileRef(Schema):
-    uuid = UUID(required=True)
-    version = Version(required=True)
+    uuid = UuidField(required=True)
+    version = VersionField(required=True)
     name = fields.String(required=True)
     indexed = fields.Boolean()
 
@@ -191,14 +170,6 @@ class PatchBundleBody(Schema):
 class DeleteBundleBody(Schema):
     reason = fields.String(required=True, validate=validate.Length(min=1))
     details = fields.Dict(load_default=None, allow_none=True)
-
-
-class CollectionItem(Schema):
-    type = fields.String(required=True, validate=validate.Length(min=1))
-    uuid = UUID(required=True)
-    version = Version(required=True)
-    path = fields.String()
-    fragment = fields.String()
 
 
 class PutCollectionBody(Schema):

@@ -11,11 +11,9 @@ import time
 import types
 import uuid as uuid_module
 from unittest import mock
-from urllib.parse import urljoin
 
 import eventlet
 import pytest
-import requests
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
 from nameko.exceptions import RemoteError, UnknownService, deserialize, serialize
@@ -50,18 +48,6 @@ FILE_META = {"uuid": UUID, "version": VERSION, "creator_uid": 7, "content-type":
 def remote(error):
     """``error`` as it arrives from a service over RPC."""
     return deserialize(serialize(error))
-
-
-@pytest.fixture
-def web_session(web_config_port):
-    """nameko's ``web_session``, which imports ``werkzeug.urls.url_join`` (gone in werkzeug 3)."""
-    class WebSession(requests.Session):
-        def request(self, method, url, *args, **kwargs):
-            url = urljoin(f"http://127.0.0.1:{web_config_port}/", url)
-            return super().request(method, url, *args, **kwargs)
-
-    with WebSession() as session:
-        yield session
 
 
 @pytest.fixture
