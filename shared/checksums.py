@@ -20,6 +20,7 @@ from shared.exceptions import Unprocessable
 MiB = 1024 * 1024
 S3_MIN_PART_SIZE = 64 * MiB
 S3_MAX_PARTS = 10000
+INLINE_BYTES = 256 * 1024  # chunks smaller than this are hashed on the calling thread
 
 CHECKSUM_NAMES = ("sha256", "sha1", "s3_etag", "crc32c")
 _PATTERNS = {
@@ -151,6 +152,11 @@ class ChecksumPass:
         self.size += len(chunk)
         view = memoryview(chunk)
         sha256, sha1, etag, crc = self._hashers
+        if len(chunk) < INLINE_BYTES:  # a thread hop costs more than hashing a small chunk
+            sha256.update(view)
+            sha1.update(view)
+            _update_both(etag, crc, view)
+            return
         self._pending = [
             self._submit(sha256.update, view),
             self._submit(sha1.update, view),

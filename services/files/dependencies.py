@@ -5,8 +5,8 @@ import dataclasses
 import logging
 import urllib.parse
 
-from shared.blobstore import BlobInfo, BlobNotFound, BlobPreconditionFailed
-from shared.checksums import CHECKSUM_NAMES, Checksums, ChecksumPass
+from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed
+from shared.checksums import CHECKSUM_NAMES, Checksums, ChecksumPass, checksum_bytes
 from shared.exceptions import NotFound, Unprocessable
 from shared.identifiers import Keys, Replica
 from shared.schemas import FileMetadata
@@ -65,6 +65,12 @@ def _declared_checksums(*sources: dict[str, str]) -> dict[str, str]:
     return declared
 
 
+def _check(source: Source, declared: Checksums, actual: Checksums) -> None:
+    wrong = declared.mismatches(actual)
+    if wrong:
+        raise ChecksumMismatch(f"the bytes of {source.url} do not match the declared {', '.join(wrong)}")
+
+
 def file_metadata_doc(version: str, creator_uid: int, content_type: str, size: int, checksums: Checksums) -> dict:
     return FileMetadata().dump({"creator_uid": creator_uid, "version": version, "content_type": content_type,
                                 "size": size, **checksums.as_api()})
@@ -107,14 +113,42 @@ class FileStoreAPI:
         return checksum_pass.result()
 
     def verify_source(self, source: Source, declared: Checksums, on_chunk=lambda count: None) -> None:
-        actual = self.checksum_source(source, on_chunk)
-        wrong = declared.mismatches(actual)
-        if wrong:
-            raise ChecksumMismatch(f"the bytes of {source.url} do not match the declared {', '.join(wrong)}")
+        _check(source, declared, self.checksum_source(source, on_chunk))
 
     # --- blobs -----------------------------------------------------------------------------------
-    def store_blob(self, source: Source, checksums: Checksums) -> bool:
-        """Copy the verified source to its content-addressed key; False if those bytes were already there."""
+    def ingest_blob(self, source: Source, checksums: Checksums, on_chunk=lambda count: None) -> bool:
+        """Verify the source's bytes against ``checksums`` and store them under their content
+        address; False if those bytes were already stored.
+
+        An object of one chunk is written from the very bytes that were verified (one read, one
+        write, no window for the source to change); larger ones are streamed through the
+        checksummer and then copied server-side, conditional on the verified revision.
+        """
+        if source.size > self.settings.stream_chunk_bytes:
+            self.verify_source(source, checksums, on_chunk)
+            return self._copy_blob(source, checksums)
+        replica = self.replicas[source.replica]
+        data = self._read_whole(source)
+        on_chunk(len(data))
+        _check(source, checksums, checksum_bytes(data))
+        try:
+            replica.store.put_bytes(replica.bucket, checksums.blob_key(), data, content_type=source.content_type,
+                                    if_absent=True)
+        except BlobAlreadyExists:
+            return False
+        return True
+
+    def _read_whole(self, source: Source) -> bytes:
+        store = self.replicas[source.replica].store
+        try:
+            return b"".join(store.iter_chunks(source.bucket, source.key, self.settings.stream_chunk_bytes,
+                                              revision=source.info.revision))
+        except BlobNotFound:
+            raise SourceNotFound(f"source object {source.url} disappeared while being read") from None
+        except BlobPreconditionFailed:
+            raise Unprocessable(f"source object {source.url} changed while being read", "source_changed") from None
+
+    def _copy_blob(self, source: Source, checksums: Checksums) -> bool:
         replica = self.replicas[source.replica]
         blob_key = checksums.blob_key()
         try:

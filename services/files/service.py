@@ -46,10 +46,11 @@ class FilesService:
         source = self.store.inspect_source(source_url)
         checksums = source.checksums()
         doc = file_metadata_doc(version, creator_uid, source.content_type, source.size, checksums)
-        existing = self.store.find_file(source.replica, uuid, version)
-        if existing is not None:
-            return self._repeat(source.replica, uuid, doc, existing)
         if source.size > self.store.settings.async_copy_threshold:
+            # A large repeat must not start a second background copy: look before accepting.
+            existing = self.store.find_file(source.replica, uuid, version)
+            if existing is not None:
+                return self._repeat(source.replica, uuid, doc, existing)
             task_id = _task_id(uuid, version, source_url, checksums)
             self.dispatch(events.FILE_UPLOAD_ACCEPTED, FileUploadAccepted().dump({
                 "uuid": uuid, "version": version, "source_url": source_url, "creator_uid": creator_uid,
@@ -97,9 +98,8 @@ class FilesService:
     def _ingest(self, source, uuid, doc):
         checksums = Checksums.from_stored(doc)
         with self.metrics.copy_in_progress():
-            self.store.verify_source(source, checksums,
-                                     on_chunk=lambda count: self.metrics.bytes_hashed(source.replica, count))
-            if self.store.store_blob(source, checksums):
+            if self.store.ingest_blob(source, checksums,
+                                      on_chunk=lambda count: self.metrics.bytes_hashed(source.replica, count)):
                 self.metrics.bytes_copied(source.replica, "blob", source.size)
         existing = self.store.put_file(source.replica, uuid, doc)
         if existing is not None:  # a concurrent PUT of the same uuid+version won the race

@@ -82,23 +82,15 @@ class BlobStore(abc.ABC):
     def get_bytes(self, bucket: str, key: str) -> bytes:
         """The whole object; for small objects (metadata JSON). Raises BlobNotFound."""
 
+    @abc.abstractmethod
     def iter_chunks(self, bucket: str, key: str, chunk_size: int, revision: str | None = None) -> Iterator[bytes]:
-        """Stream the object in chunks of at most ``chunk_size`` bytes.
+        """Stream the object in chunks of at most ``chunk_size`` bytes, all of one revision.
 
         With ``revision``, fail with BlobPreconditionFailed if the object is no longer that revision.
-        Raises BlobNotFound at once (not on the first chunk). Each chunk is its own ranged read
-        pinned to the revision seen first, so a slow consumer never holds a connection open and an
-        object replaced mid-stream fails (BlobPreconditionFailed) instead of mixing two contents.
+        Raises BlobNotFound / BlobPreconditionFailed at once (not on the first chunk). An object
+        replaced mid-stream either fails (BlobPreconditionFailed) or is delivered whole as the
+        revision the read began with; two contents are never mixed.
         """
-        info = self.stat(bucket, key)
-        if revision is not None and info.revision != revision:
-            raise BlobPreconditionFailed(f"{self.scheme}://{bucket}/{key} is no longer revision {revision}")
-        return (self._read_range(bucket, key, start, min(start + chunk_size, info.size), info.revision)
-                for start in range(0, info.size, chunk_size))
-
-    @abc.abstractmethod
-    def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
-        """Bytes ``[start, end)`` of the object if it is still ``revision`` (else BlobPreconditionFailed)."""
 
     @abc.abstractmethod
     def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:

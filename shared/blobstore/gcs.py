@@ -102,6 +102,15 @@ class GCSBlobStore(BlobStore):
         with _errors(f"get gs://{bucket}/{key}"):
             return self._blob(bucket, key).download_as_bytes(timeout=TIMEOUT, retry=RETRY)
 
+    def iter_chunks(self, bucket: str, key: str, chunk_size: int, revision: str | None = None) -> Iterator[bytes]:
+        """Ranged reads pinned to the generation seen first: a slow consumer holds no connection
+        open, and a replaced object fails instead of mixing two contents."""
+        info = self.stat(bucket, key)
+        if revision is not None and info.revision != revision:
+            raise BlobPreconditionFailed(f"gs://{bucket}/{key} is no longer revision {revision}")
+        return (self._read_range(bucket, key, start, min(start + chunk_size, info.size), info.revision)
+                for start in range(0, info.size, chunk_size))
+
     def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
         # Reading the pinned generation (fake-gcs-server ignores ifGenerationMatch on downloads):
         # once replaced or deleted it is gone. raw_download: the stored bytes even if gzip-encoded,

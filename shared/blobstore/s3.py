@@ -136,11 +136,28 @@ class S3BlobStore(BlobStore):
         with _errors(f"get s3://{bucket}/{key}"):
             return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
-    def _read_range(self, bucket: str, key: str, start: int, end: int, revision: str) -> bytes:
-        with _errors(f"get s3://{bucket}/{key} bytes {start}-{end - 1}"):
-            response = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}",
-                                               IfMatch=_quoted(revision))
-            return response["Body"].read()
+    def iter_chunks(self, bucket: str, key: str, chunk_size: int, revision: str | None = None) -> Iterator[bytes]:
+        """One streaming GET (one response is one version of the object, so it cannot mix two).
+
+        Ranged reads per chunk would also be consistent, but an S3 emulator (moto) serves each
+        range in time proportional to the whole object: 8 MiB ranges of 1 GiB took 70 s against
+        0.7 s for one stream. The request is made here, so a missing object or a stale revision
+        raises before the first chunk.
+        """
+        conditions = {"IfMatch": _quoted(revision)} if revision else {}
+        with _errors(f"get s3://{bucket}/{key}"):
+            body = self._client.get_object(Bucket=bucket, Key=key, **conditions)["Body"]
+        return self._stream(body, chunk_size, f"s3://{bucket}/{key}")
+
+    @staticmethod
+    def _stream(body, chunk_size: int, what: str) -> Iterator[bytes]:
+        with contextlib.closing(body):
+            while True:
+                with _errors(f"read {what}"):
+                    chunk = body.read(chunk_size)
+                if not chunk:
+                    return
+                yield chunk
 
     def list_keys(self, bucket: str, prefix: str = "", start_after: str | None = None) -> Iterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")

@@ -28,7 +28,7 @@ def make_service(source):
     service.store.settings.async_copy_threshold = 64 * 1024 * 1024
     service.store.find_file.return_value = None
     service.store.put_file.return_value = None
-    service.store.store_blob.return_value = True
+    service.store.ingest_blob.return_value = True
     return service
 
 
@@ -36,8 +36,7 @@ def test_small_file_is_verified_copied_and_announced():
     service = make_service(make_source())
     result = service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)
     assert result == {"status": "created", "version": VERSION}
-    service.store.verify_source.assert_called_once()
-    service.store.store_blob.assert_called_once()
+    service.store.ingest_blob.assert_called_once()
     doc = service.store.put_file.call_args[0][2]
     assert doc["sha256"] == SUMS.sha256 and doc["s3-etag"] == SUMS.s3_etag and doc["creator_uid"] == 7
     name, payload = service.dispatch.call_args[0]
@@ -47,18 +46,24 @@ def test_small_file_is_verified_copied_and_announced():
 
 def test_identical_repeat_is_200_and_reannounced():
     service = make_service(make_source())
-    service.store.find_file.return_value = file_metadata_doc(VERSION, 7, "text/plain", len(DATA), SUMS)
+    service.store.put_file.return_value = file_metadata_doc(VERSION, 7, "text/plain", len(DATA), SUMS)
     assert service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)["status"] == "exists"
-    service.store.verify_source.assert_not_called()
     assert service.dispatch.call_args[0][0] == events.FILE_CREATED
 
 
 def test_different_content_under_same_version_is_409():
     service = make_service(make_source())
-    service.store.find_file.return_value = file_metadata_doc(VERSION, 8, "text/plain", len(DATA), SUMS)
+    service.store.put_file.return_value = file_metadata_doc(VERSION, 8, "text/plain", len(DATA), SUMS)
     with pytest.raises(FileAlreadyExists):
         service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)
     service.dispatch.assert_not_called()
+
+
+def test_large_repeat_is_answered_without_a_second_background_copy():
+    service = make_service(make_source(size=65 * 1024 * 1024))
+    service.store.find_file.return_value = file_metadata_doc(VERSION, 7, "text/plain", 65 * 1024 * 1024, SUMS)
+    assert service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)["status"] == "exists"
+    assert service.dispatch.call_args[0][0] == events.FILE_CREATED
 
 
 def test_large_file_is_accepted_with_a_stable_task_id():
@@ -68,17 +73,17 @@ def test_large_file_is_accepted_with_a_stable_task_id():
     assert first["status"] == "accepted" and first["task_id"] == second["task_id"]
     name, payload = service.dispatch.call_args[0]
     assert name == events.FILE_UPLOAD_ACCEPTED and payload["checksums"] == SUMS.as_api()
-    service.store.verify_source.assert_not_called()
+    service.store.ingest_blob.assert_not_called()
 
 
 def test_background_copy_drops_permanent_failures_and_requeues_transient_ones():
     service = make_service(make_source())
     payload = {"uuid": UUID, "version": VERSION, "source_url": "s3://dss-staging/x", "creator_uid": 7,
                "task_id": "t", "checksums": SUMS.as_api()}
-    service.store.verify_source.side_effect = ChecksumMismatch("bytes differ")
+    service.store.ingest_blob.side_effect = ChecksumMismatch("bytes differ")
     service.handle_file_upload_accepted(payload)  # logged, acknowledged
     service.store.put_file.assert_not_called()
-    service.store.verify_source.side_effect = Unavailable("s3 down")
+    service.store.ingest_blob.side_effect = Unavailable("s3 down")
     with pytest.raises(Unavailable):
         service.handle_file_upload_accepted(payload)
 
