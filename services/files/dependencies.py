@@ -161,7 +161,7 @@ class FileStoreAPI:
             # can never land under the checksums of the old bytes.
             replica.store.copy(source.bucket, source.key, replica.bucket, blob_key,
                                if_source_revision=source.info.revision, content_type=source.content_type,
-                               part_size=self.settings.multipart_chunk_bytes)
+                               part_size=self.settings.copy_part_bytes)
         except BlobPreconditionFailed:
             raise Unprocessable(f"source object {source.url} changed while being copied", "source_changed") from None
         except BlobNotFound:
