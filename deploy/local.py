@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pathlib
@@ -626,6 +627,30 @@ def cmd_token(args) -> int:
     return 0
 
 
+def cmd_dead_letters(args) -> int:
+    """List, show or replay the messages that background work gave up on (shared.retry)."""
+    from shared import retry
+    uri = amqp_uri()
+    if args.action == "list":
+        management = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+        vhost = urllib.parse.unquote(urllib.parse.urlsplit(uri).path.lstrip("/")) or "/"
+        queues = retry.dead_letter_queues(management, vhost)
+        for queue, count in sorted(queues.items()):
+            print(f"{count:8d}  {queue}")
+        if not queues:
+            print("no dead-letter queues", file=sys.stderr)
+        return 0
+    if not args.queue:
+        raise Failed(f"dead-letters {args.action} needs the handler queue (see `dead-letters list`)")
+    if args.action == "show":
+        for letter in retry.peek_dead_letters(uri, args.queue, args.limit or 20):
+            print(json.dumps(letter, sort_keys=True))
+        return 0
+    moved = retry.replay_dead_letters(uri, args.queue, args.limit)
+    print(f"replayed {moved} message(s) into {args.queue}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -644,6 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--groups", default="dbio", help="comma-separated")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
     token.set_defaults(run=cmd_token)
+    letters = commands.add_parser("dead-letters", help="list, show or replay dead-lettered background work")
+    letters.add_argument("action", choices=("list", "show", "replay"))
+    letters.add_argument("queue", nargs="?", help="the handler queue, as `list` prints it")
+    letters.add_argument("--limit", type=int, default=None, help="at most this many messages")
+    letters.set_defaults(run=cmd_dead_letters)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

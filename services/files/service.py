@@ -3,26 +3,31 @@
 PUT /files copies the staged object into the replica's main bucket under its content address,
 after checking its bytes against the checksums the client declared. Copies above
 `DSS_ASYNC_COPY_THRESHOLD` are accepted at once and finished by ``handle_file_upload_accepted``,
-whose message is acknowledged only after the file metadata is written, so a crash mid-copy means
-the copy runs again rather than being lost.
+whose message is acknowledged only after the file metadata is written (or the failure is
+scheduled for a retry or dead-lettered), so a crash mid-copy means the copy runs again rather
+than being lost.
 """
 import logging
 import uuid as uuid_module
 
-from nameko.events import SERVICE_POOL, EventDispatcher, event_handler
+from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
 from shared import events
 from shared.checksums import Checksums
-from shared.exceptions import DSSError, Unavailable, Unprocessable
+from shared.exceptions import Conflict, InvalidParameter, InvalidRequest, NotFound, Unprocessable
 from shared.identifiers import Keys
 from shared.metrics import Metrics
+from shared.retry import retrying_event_handler
 from shared.schemas import FileCreated, FileUploadAccepted
 
 from services.files.dependencies import FileStore, file_metadata_doc
 from services.files.exceptions import FileAlreadyExists
 
 logger = logging.getLogger(__name__)
+
+# Errors that another attempt of a background copy cannot cure.
+PERMANENT_ERRORS = (Unprocessable, Conflict, InvalidParameter, InvalidRequest, NotFound)
 
 # Fields that make two PUTs of one uuid+version the same file.
 IDENTITY_FIELDS = ("creator_uid", "content-type", "size", "sha256", "sha1", "s3-etag", "crc32c")
@@ -59,27 +64,23 @@ class FilesService:
             return {"status": "accepted", "version": version, "task_id": task_id}
         return self._ingest(source, uuid, doc)
 
-    @event_handler("files", events.FILE_UPLOAD_ACCEPTED, handler_type=SERVICE_POOL, reliable_delivery=True,
-                   requeue_on_error=True)
+    @retrying_event_handler("files", events.FILE_UPLOAD_ACCEPTED, give_up_on=PERMANENT_ERRORS)
     def handle_file_upload_accepted(self, payload):
+        """Finish an accepted copy. Transient failures retry with backoff on the broker; permanent
+        ones (the source changed or vanished, its bytes do not match) are dead-lettered at once for
+        an operator to inspect (`dss-ops dead-letters`); HEAD stays 404 for the client."""
         accepted = FileUploadAccepted().load(payload)
-        try:
-            source = self.store.inspect_source(accepted["source_url"])
-            checksums = Checksums.parse(accepted["checksums"])
-            if source.checksums() != checksums:
-                raise Unprocessable(f"{accepted['source_url']} was re-tagged after it was accepted", "source_changed")
-            doc = file_metadata_doc(accepted["version"], accepted["creator_uid"], source.content_type,
-                                    source.size, checksums)
-            existing = self.store.find_file(source.replica, accepted["uuid"], accepted["version"])
-            if existing is not None:
-                self._repeat(source.replica, accepted["uuid"], doc, existing)
-            else:
-                self._ingest(source, accepted["uuid"], doc)
-        except DSSError as error:
-            if isinstance(error, Unavailable):
-                raise  # transient: requeued for another attempt
-            # Permanent: the client polls HEAD, which stays 404; retrying cannot help.
-            logger.warning("background copy %s of %s failed: %s", accepted["task_id"], accepted["source_url"], error)
+        source = self.store.inspect_source(accepted["source_url"])
+        checksums = Checksums.parse(accepted["checksums"])
+        if source.checksums() != checksums:
+            raise Unprocessable(f"{accepted['source_url']} was re-tagged after it was accepted", "source_changed")
+        doc = file_metadata_doc(accepted["version"], accepted["creator_uid"], source.content_type, source.size,
+                                checksums)
+        existing = self.store.find_file(source.replica, accepted["uuid"], accepted["version"])
+        if existing is not None:
+            self._repeat(source.replica, accepted["uuid"], doc, existing)
+        else:
+            self._ingest(source, accepted["uuid"], doc)
 
     @rpc
     def head_file(self, replica, uuid, version=None):

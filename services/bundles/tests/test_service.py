@@ -61,8 +61,9 @@ class MemoryBlobStore(BlobStore):
     def get_bytes(self, bucket, key):
         return self._object(bucket, key, "get_bytes")[0]
 
-    def _read_range(self, bucket, key, start, end, revision):
-        return self._object(bucket, key, "read_range")[0][start:end]
+    def iter_chunks(self, bucket, key, chunk_size, revision=None):
+        data = self._object(bucket, key, "iter_chunks")[0]
+        return iter([data[start:start + chunk_size] for start in range(0, len(data), chunk_size)])
 
     def list_keys(self, bucket, prefix="", start_after=None):
         objects = self._objects(bucket, "list_keys")

@@ -9,7 +9,7 @@ from shared.checksums import checksum_bytes
 from shared.exceptions import Unavailable
 from services.files.dependencies import Source, _declared_checksums, file_metadata_doc, parse_source_url
 from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, UnknownSourceScheme
-from services.files.service import FilesService
+from services.files.service import PERMANENT_ERRORS, FilesService
 
 UUID = "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
 VERSION = "2026-11-25T010203.000004Z"
@@ -76,16 +76,17 @@ def test_large_file_is_accepted_with_a_stable_task_id():
     service.store.ingest_blob.assert_not_called()
 
 
-def test_background_copy_drops_permanent_failures_and_requeues_transient_ones():
+def test_background_copy_finishes_an_accepted_upload_and_raises_on_failure():
     service = make_service(make_source())
     payload = {"uuid": UUID, "version": VERSION, "source_url": "s3://dss-staging/x", "creator_uid": 7,
                "task_id": "t", "checksums": SUMS.as_api()}
+    service.handle_file_upload_accepted(payload)
+    service.store.put_file.assert_called_once()
+    # failures propagate to the retrying handler, which retries or dead-letters them
     service.store.ingest_blob.side_effect = ChecksumMismatch("bytes differ")
-    service.handle_file_upload_accepted(payload)  # logged, acknowledged
-    service.store.put_file.assert_not_called()
-    service.store.ingest_blob.side_effect = Unavailable("s3 down")
-    with pytest.raises(Unavailable):
+    with pytest.raises(ChecksumMismatch):
         service.handle_file_upload_accepted(payload)
+    assert issubclass(ChecksumMismatch, PERMANENT_ERRORS) and not issubclass(Unavailable, PERMANENT_ERRORS)
 
 
 def test_source_urls():
