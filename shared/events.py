@@ -10,3 +10,5 @@ BUNDLE_CREATED = "bundle_created"
 BUNDLE_TOMBSTONED = "bundle_tombstoned"
 COLLECTION_CREATED = "collection_created"
 COLLECTION_TOMBSTONED = "collection_tombstoned"
+OBJECT_CHANGED = "object_changed"      # a main bucket's change notification, bridged onto the bus
+OBJECT_REPLICATED = "object_replicated"  # a copy to the other replica was written and verified

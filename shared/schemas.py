@@ -148,3 +148,27 @@ class CollectionTombstoned(Schema):
     uuid = fields.String(required=True)
     key = fields.String(required=True)
     owner = fields.String(required=True)
+
+
+class ObjectChanged(Schema):
+    """A change in a main bucket, normalised from an S3 (SQS) or GCS (Pub/Sub) notification.
+
+    ``key`` is decoded (S3 notifications carry it URL-encoded). ``checksums`` holds what the
+    notification carried, in lower-case hex: S3 ``etag`` (and ``sequencer``); GCS ``crc32c``,
+    ``md5`` and ``generation``. ``kind`` is ``created`` or ``deleted``."""
+    replica = Replica
+    bucket = fields.String(required=True)
+    key = fields.String(required=True)
+    kind = fields.String(required=True, validate=validate.OneOf(("created", "deleted")))
+    size = fields.Integer(allow_none=True, load_default=None)
+    checksums = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    event_time = fields.String(allow_none=True, load_default=None)
+
+
+class ObjectReplicated(Schema):
+    source_replica = Replica
+    destination_replica = fields.String(required=True, validate=validate.OneOf(REPLICAS))
+    key = fields.String(required=True)
+    size = fields.Integer(allow_none=True, load_default=None)
+    copied = fields.Boolean(required=True)  # False: it was already there, verified
+    lag_seconds = fields.Float(allow_none=True, load_default=None)
