@@ -38,6 +38,25 @@ def start_exporter(port: int) -> None:
         logger.info("metrics exporter listening on :%s", port)
 
 
+class Progress:
+    """Logs how far a long operation has got, each time another ``1/steps`` of it is done."""
+
+    def __init__(self, what: str, total: int, steps: int = 10, log: logging.Logger = logger):
+        self.what, self.total, self.steps, self.log = what, max(total, 1), steps, log
+        self.done, self.reported = 0, 0
+        self.started = time.monotonic()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        reached = min(self.done * self.steps // self.total, self.steps)
+        if reached > self.reported:
+            self.reported = reached
+            elapsed = time.monotonic() - self.started
+            rate = self.done / elapsed / 1024 / 1024 if elapsed > 0 else 0.0
+            self.log.info("%s: %d%% (%d of %d bytes, %.0f MiB/s)", self.what, reached * 100 // self.steps,
+                          self.done, self.total, rate)
+
+
 class MetricsAPI:
     def __init__(self, service: str):
         self.service = service

@@ -17,7 +17,7 @@ from shared import events
 from shared.checksums import Checksums
 from shared.exceptions import Conflict, InvalidParameter, InvalidRequest, NotFound, Unprocessable
 from shared.identifiers import Keys
-from shared.metrics import Metrics
+from shared.metrics import Metrics, Progress
 from shared.retry import retrying_event_handler
 from shared.schemas import FileCreated, FileUploadAccepted
 
@@ -98,9 +98,17 @@ class FilesService:
     # --- helpers ---------------------------------------------------------------------------------
     def _ingest(self, source, uuid, doc):
         checksums = Checksums.from_stored(doc)
+        # Only objects read in several chunks are long enough to be worth progress lines.
+        progress = Progress(f"checksumming {source.url}", source.size) \
+            if source.size > self.store.settings.stream_chunk_bytes else None
+
+        def on_chunk(count):
+            self.metrics.bytes_hashed(source.replica, count)
+            if progress:
+                progress.advance(count)
+
         with self.metrics.copy_in_progress():
-            if self.store.ingest_blob(source, checksums,
-                                      on_chunk=lambda count: self.metrics.bytes_hashed(source.replica, count)):
+            if self.store.ingest_blob(source, checksums, on_chunk=on_chunk):
                 self.metrics.bytes_copied(source.replica, "blob", source.size)
         existing = self.store.put_file(source.replica, uuid, doc)
         if existing is not None:  # a concurrent PUT of the same uuid+version won the race

@@ -43,3 +43,15 @@ def test_settings_precedence_config_then_environment_then_default():
     assert settings.bucket("gcp", "checkout") == "dss-checkout"
     assert settings.admin_emails == ("a@x.org", "b@x.org")
     assert settings.async_copy_threshold == 64 * 1024 * 1024
+
+
+def test_progress_reports_each_tenth_once(caplog):
+    import logging
+
+    from shared.metrics import Progress
+    progress = Progress("copying x", 1000, log=logging.getLogger("progress-test"))
+    with caplog.at_level(logging.INFO, logger="progress-test"):
+        for _ in range(40):
+            progress.advance(25)
+    percents = [record.getMessage().split(": ")[1].split("%")[0] for record in caplog.records]
+    assert percents == [str(p) for p in range(10, 101, 10)]
