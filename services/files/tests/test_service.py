@@ -26,6 +26,7 @@ def make_service(source):
     service = worker_factory(FilesService)
     service.store.inspect_source.return_value = source
     service.store.settings.async_copy_threshold = 64 * 1024 * 1024
+    service.store.settings.stream_chunk_bytes = 8 * 1024 * 1024
     service.store.find_file.return_value = None
     service.store.put_file.return_value = None
     service.store.ingest_blob.return_value = True
