@@ -63,6 +63,21 @@ SETTINGS: tuple[Setting, ...] = (
     # --- files service ----------------------------------------------------------------------
     Setting("DSS_ASYNC_COPY_THRESHOLD", 64 * MiB,
             "PUT /files copies larger than this many bytes answer 202 and finish in the background.", int),
+    # --- replication: change notifications of the main buckets ------------------------------
+    Setting("DSS_SQS_ENDPOINT", "http://127.0.0.1:9000",
+            "SQS API endpoint the S3 notifications are read from (moto serves SQS on its S3 port). "
+            "Empty for real AWS SQS."),
+    Setting("DSS_S3_NOTIFICATION_QUEUE", "dss-main-notifications",
+            "SQS queue (name or URL) the S3 main bucket sends its change notifications to."),
+    Setting("DSS_PUBSUB_EMULATOR_HOST", "127.0.0.1:8085",
+            "`host:port` of a Pub/Sub emulator. Empty for real Pub/Sub (Application Default Credentials)."),
+    Setting("DSS_GCS_NOTIFICATION_TOPIC", "dss-main-notifications",
+            "Pub/Sub topic (in DSS_GCP_PROJECT) the GCS main bucket publishes its change notifications to."),
+    Setting("DSS_GCS_NOTIFICATION_SUBSCRIPTION", "dss-main-notifications",
+            "Pub/Sub subscription (name in DSS_GCP_PROJECT, or `projects/P/subscriptions/S`) GCS notifications "
+            "are pulled from."),
+    Setting("DSS_NOTIFICATION_RETRY_DELAY", 10,
+            "Seconds before a notification whose worker failed is delivered again.", int),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
