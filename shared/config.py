@@ -22,6 +22,10 @@ def _as_list(value: Any) -> tuple[str, ...]:
     return tuple(v.strip() for v in str(value).split(",") if v.strip())
 
 
+def _as_ints(value: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in _as_list(value))
+
+
 def _as_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -78,6 +82,18 @@ SETTINGS: tuple[Setting, ...] = (
             "are pulled from."),
     Setting("DSS_NOTIFICATION_RETRY_DELAY", 10,
             "Seconds before a notification whose worker failed is delivered again.", int),
+    # --- replicator -------------------------------------------------------------------------
+    Setting("DSS_REPLICATION_PART_BYTES", 16 * MiB,
+            "Part size of the replicator's cross-cloud copies (S3 multipart parts, GCS composite parts).", int),
+    Setting("DSS_REPLICATION_CONCURRENCY", 4,
+            "Parts of one cross-cloud copy uploaded in parallel (a copy holds this many parts plus one).", int),
+    Setting("DSS_REPLICATION_FANOUT", 8,
+            "Files of a bundle, or items of a collection, the replicator copies concurrently.", int),
+    Setting("DSS_REPLICATION_MEMORY_BYTES", 256 * MiB,
+            "Blob bytes one replicator process holds at most over all its copies; further copies wait.", int),
+    Setting("DSS_REPLICATION_RETRY_DELAYS", "1,5,30,120,600,3600",
+            "Seconds before each new attempt of a failed replication (broker delay queues); then dead-lettered.",
+            _as_ints),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
