@@ -1,12 +1,16 @@
 """Test fixtures shared by every test in the repository (the one place test helpers live).
 
 Integration tests run against the real RabbitMQ (nameko's `rabbit_config` gives each test its own
-vhost through the management API) and real emulators started here on free ports: moto for S3 and
-fake-gcs-server for GCS, so a running `make up` stack is never touched.
+vhost through the management API) and real emulators started here on free ports: moto for S3 (and
+SQS) and fake-gcs-server for GCS, so a running `make up` stack is never touched. The main buckets
+send change notifications as in `make up`: S3 to an SQS queue on moto, GCS (when the Pub/Sub
+emulator is installed; tests that need it ask for `pubsub_emulator_host`) to a Pub/Sub topic.
 """
 import eventlet
 
 eventlet.monkey_patch()  # must precede every other import (nameko >= 2.14 no longer does it)
+
+import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -16,21 +20,73 @@ from shared import local_cloud  # noqa: E402
 
 @pytest.fixture(scope="session")
 def local_cloud_settings(tmp_path_factory):
-    """Start moto and fake-gcs-server for the session; yield the settings that point at them."""
+    """Start moto, the Pub/Sub emulator (if installed) and fake-gcs-server for the session, with
+    the main buckets' notifications wired; yield the settings that point at them."""
     logs = tmp_path_factory.mktemp("emulator-logs")
     moto = local_cloud.start_moto(log_path=str(logs / "moto.log"))
-    gcs = local_cloud.start_fake_gcs(log_path=str(logs / "fake-gcs.log"))
+    pubsub = None
+    if local_cloud.pubsub_emulator_binary():
+        pubsub = local_cloud.start_pubsub_emulator(log_path=str(logs / "pubsub.log"))
     overrides = {
         "DSS_S3_ENDPOINT": moto.url,
-        "DSS_GCS_ENDPOINT": gcs.url,
+        "DSS_SQS_ENDPOINT": moto.url,
         "DSS_S3_ACCESS_KEY_ID": "test",
         "DSS_S3_SECRET_ACCESS_KEY": "test",
+        # Without the emulator: a closed port, so nothing reaches a `make up` stack's 8085.
+        "DSS_PUBSUB_EMULATOR_HOST": pubsub.url.removeprefix("http://") if pubsub else
+        f"127.0.0.1:{local_cloud.free_port()}",
     }
+    event_args, env = (), None
+    if pubsub:
+        settings = Settings.from_config(overrides, environ={})
+        local_cloud.configure_gcs_notifications(settings)  # the topic first: fake-gcs publishes at once
+        event_args, env = local_cloud.fake_gcs_event_args(settings), local_cloud.fake_gcs_event_env(settings)
+    gcs = local_cloud.start_fake_gcs(log_path=str(logs / "fake-gcs.log"), extra_args=event_args, env=env)
+    overrides["DSS_GCS_ENDPOINT"] = gcs.url
     settings = Settings.from_config(overrides, environ={})
     local_cloud.create_buckets(settings)
+    local_cloud.configure_s3_notifications(settings)
     yield overrides
     moto.stop()
     gcs.stop()
+    if pubsub:
+        pubsub.stop()
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator_host(local_cloud_settings):
+    """``host:port`` of the session's Pub/Sub emulator; fails (never skips) when it is not installed."""
+    if not local_cloud.pubsub_emulator_binary():
+        pytest.fail("this test needs the Pub/Sub emulator (Google Cloud SDK component `pubsub-emulator`, "
+                    f"and Java), looked for at {', '.join(local_cloud.PUBSUB_EMULATOR_PATHS)}; CI has it. "
+                    "Install it: apt-get install google-cloud-cli-pubsub-emulator", pytrace=False)
+    return local_cloud_settings["DSS_PUBSUB_EMULATOR_HOST"]
+
+
+@pytest.fixture
+def s3_notification_settings(local_cloud_settings):
+    """Config overrides for a test reading S3 notifications: the session queue, drained of what
+    earlier tests' writes left there, and a retry delay of 1 s."""
+    settings = Settings.from_config(local_cloud_settings, environ={})
+    sqs = local_cloud.sqs_client(settings)
+    url = sqs.get_queue_url(QueueName=settings.s3_notification_queue)["QueueUrl"]
+    # Not PurgeQueue: SQS (and moto) allow one a minute.
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+        sqs.delete_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)])
+    return {"DSS_NOTIFICATION_RETRY_DELAY": 1}
+
+
+@pytest.fixture
+def gcs_notification_settings(local_cloud_settings, pubsub_emulator_host):
+    """Config overrides for a test reading GCS notifications: a subscription of its own on the
+    session topic (so it sees only later events; deleted afterwards) and a retry delay of 1 s."""
+    settings = Settings.from_config(local_cloud_settings, environ={})
+    subscription = f"test-{uuid.uuid4().hex[:12]}"
+    local_cloud.ensure_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription,
+                                           settings.gcs_notification_topic)
+    yield {"DSS_GCS_NOTIFICATION_SUBSCRIPTION": subscription, "DSS_NOTIFICATION_RETRY_DELAY": 1}
+    local_cloud.delete_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,12 @@
-"""Start and stop the local cloud emulators (moto for S3/SQS, fake-gcs-server for GCS).
+"""Start and stop the local cloud emulators (moto for S3/SQS, fake-gcs-server for GCS, the Pub/Sub
+emulator for GCS notifications), and wire the main buckets' change notifications.
 
 Used by `make up` (deploy/local.py) and by the test fixtures (conftest.py), so both run the
-emulators the same way.
+emulators the same way. Notifications: moto's S3 main bucket notifies an SQS queue on moto itself
+(``configure_s3_notifications``); fake-gcs-server cannot be configured through the notifications
+API, so it is started with ``fake_gcs_event_args`` to publish to a topic of the Pub/Sub emulator
+(``configure_gcs_notifications`` creates the topic and subscription; the topic must exist before
+fake-gcs-server publishes, or the event is lost).
 """
 from __future__ import annotations
 
@@ -121,6 +126,128 @@ def start_fake_gcs(port: int | None = None, log_path: str | None = None, data_di
     url = f"http://127.0.0.1:{port}"
     return start_process("fake-gcs-server", fake_gcs_command(port, data_dir=data_dir, extra_args=extra_args),
                          url, f"{url}/storage/v1/b", log_path, env=env, detach=detach)
+
+
+# --- Pub/Sub emulator (Java; shipped with the Google Cloud SDK, not installable from PyPI) --------
+
+PUBSUB_EMULATOR_PATHS = ("/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+                         "/usr/share/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator")
+
+
+def pubsub_emulator_binary() -> pathlib.Path | None:
+    """The Pub/Sub emulator's start script, or None when it (or Java) is not installed."""
+    candidates = [pathlib.Path(p) for p in PUBSUB_EMULATOR_PATHS]
+    gcloud = shutil.which("gcloud")
+    if gcloud:  # .../google-cloud-sdk/bin/gcloud -> .../google-cloud-sdk/platform/...
+        sdk = pathlib.Path(gcloud).resolve().parent.parent
+        candidates.append(sdk / "platform" / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator")
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate if shutil.which("java") else None
+    return None
+
+
+def pubsub_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    binary = pubsub_emulator_binary()
+    if binary is None:
+        raise FileNotFoundError("the Pub/Sub emulator is not installed (looked for "
+                                f"{', '.join(PUBSUB_EMULATOR_PATHS)} and next to gcloud; it needs Java)")
+    return [str(binary), f"--host={host}", f"--port={port}"]
+
+
+def start_pubsub_emulator(port: int | None = None, log_path: str | None = None, detach: bool = False) -> Emulator:
+    """Start the Pub/Sub emulator; its ``url`` is ``http://127.0.0.1:PORT`` (``PUBSUB_EMULATOR_HOST``
+    is that without the scheme). Raises FileNotFoundError when it is not installed."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    return start_process("pubsub-emulator", pubsub_command(port), url, f"{url}/", log_path, detach=detach)
+
+
+def _pubsub_put(emulator_host: str, path: str, body: dict | None = None) -> None:
+    """Create a Pub/Sub resource on the emulator; one that exists already is fine."""
+    answer = requests.put(f"http://{emulator_host}/v1/{path}", json=body or {}, timeout=10)
+    if answer.status_code not in (200, 409):
+        raise RuntimeError(f"creating {path} on the Pub/Sub emulator at {emulator_host}: "
+                           f"HTTP {answer.status_code} {answer.text[:300]}")
+
+
+def subscription_path(project: str, subscription: str) -> str:
+    return subscription if subscription.startswith("projects/") else f"projects/{project}/subscriptions/{subscription}"
+
+
+def ensure_pubsub_topic(emulator_host: str, project: str, topic: str) -> None:
+    _pubsub_put(emulator_host, f"projects/{project}/topics/{topic}")
+
+
+def ensure_pubsub_subscription(emulator_host: str, project: str, subscription: str, topic: str,
+                               ack_deadline: int = 10) -> None:
+    _pubsub_put(emulator_host, subscription_path(project, subscription),
+                {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": ack_deadline})
+
+
+def delete_pubsub_subscription(emulator_host: str, project: str, subscription: str) -> None:
+    requests.delete(f"http://{emulator_host}/v1/{subscription_path(project, subscription)}", timeout=10)
+
+
+def fake_gcs_event_args(settings, events: tuple[str, ...] = ("finalize", "delete")) -> tuple[str, ...]:
+    """fake-gcs-server flags that publish the main bucket's object events to the notification topic
+    (run it with ``fake_gcs_event_env``). Metadata updates are left out: the bridge ignores them."""
+    return ("-event.pubsub-project-id", settings.gcp_project, "-event.pubsub-topic", settings.gcs_notification_topic,
+            "-event.bucket", settings.gs_bucket, "-event.list", ",".join(events))
+
+
+def fake_gcs_event_env(settings, base: dict | None = None) -> dict:
+    """The environment fake-gcs-server finds the Pub/Sub emulator through."""
+    return {**(os.environ if base is None else base), "PUBSUB_EMULATOR_HOST": settings.pubsub_emulator_host}
+
+
+def configure_gcs_notifications(settings, ack_deadline: int = 10) -> None:
+    """Create the notification topic and subscription on the Pub/Sub emulator (idempotent).
+
+    Never touches real Pub/Sub: with ``DSS_PUBSUB_EMULATOR_HOST`` empty this raises ValueError."""
+    host = settings.pubsub_emulator_host
+    if not host:
+        raise ValueError("DSS_PUBSUB_EMULATOR_HOST is empty: real Pub/Sub is configured by hand (see README)")
+    ensure_pubsub_topic(host, settings.gcp_project, settings.gcs_notification_topic)
+    ensure_pubsub_subscription(host, settings.gcp_project, settings.gcs_notification_subscription,
+                               settings.gcs_notification_topic, ack_deadline)
+
+
+# --- S3 notifications to SQS (moto serves both) ----------------------------------------------------
+
+def _aws_client(service: str, endpoint: str, settings):
+    import boto3
+    key_id = settings.s3_access_key_id or "test"  # an emulator accepts any keys
+    secret = settings.s3_secret_access_key or "test"
+    return boto3.session.Session().client(service, endpoint_url=endpoint, region_name=settings.s3_region,
+                                          aws_access_key_id=key_id, aws_secret_access_key=secret)
+
+
+def sqs_client(settings):
+    """An SQS client for the emulator at ``DSS_SQS_ENDPOINT``."""
+    if not settings.sqs_endpoint:
+        raise ValueError("DSS_SQS_ENDPOINT is empty: real SQS is configured by hand (see README)")
+    return _aws_client("sqs", settings.sqs_endpoint, settings)
+
+
+def configure_s3_notifications(settings) -> str:
+    """Create the notification queue on the SQS emulator and make the S3 main bucket send its
+    ``s3:ObjectCreated:*`` and ``s3:ObjectRemoved:*`` events there (idempotent). Returns the
+    queue's URL. Refuses real AWS (empty endpoints): that is configured by hand (see README)."""
+    if not settings.s3_endpoint:
+        raise ValueError("DSS_S3_ENDPOINT is empty: real S3 notifications are configured by hand (see README)")
+    sqs = sqs_client(settings)
+    queue = settings.s3_notification_queue
+    if queue.startswith(("http://", "https://")):
+        url = queue
+    else:
+        url = sqs.create_queue(QueueName=queue)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3 = _aws_client("s3", settings.s3_endpoint, settings)
+    s3.put_bucket_notification_configuration(Bucket=settings.s3_bucket, NotificationConfiguration={
+        "QueueConfigurations": [{"Id": "dss-replication", "QueueArn": arn,
+                                 "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
+    return url
 
 
 def create_buckets(settings) -> None:
