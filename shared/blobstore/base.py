@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from nameko.exceptions import deserialize_to_instance
 
@@ -105,8 +105,15 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
-                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
-        """Write ``size`` bytes from an iterable of chunks (multipart / resumable above ``part_size``)."""
+                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
+                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
+        """Write ``size`` bytes from an iterable of chunks (multipart / resumable above ``part_size``).
+
+        ``concurrency`` > 1 uploads that many parts in parallel (S3 multipart parts; GCS parts
+        composed into the object), holding up to ``concurrency + 1`` parts in memory.
+        ``before_commit`` is called once every byte has been taken from ``chunks`` and before the
+        object can become visible; if it raises, nothing is written (the error propagates).
+        """
 
     @abc.abstractmethod
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
@@ -150,11 +157,14 @@ class ChunkReader:
     object.
     """
 
-    def __init__(self, chunks: Iterable[bytes], size: int):
+    def __init__(self, chunks: Iterable[bytes], size: int, before_last: Callable[[], None] | None = None):
         self._chunks = iter(chunks)
         self._size = size
         self._position = 0
         self._pending = memoryview(b"")
+        # Called when the last byte has been read, before it is handed to the upload that would
+        # commit the object: raising there keeps the object from ever becoming visible.
+        self._before_last = before_last
 
     def tell(self) -> int:
         return self._position
@@ -173,7 +183,7 @@ class ChunkReader:
             pieces.append(piece)
             self._position += len(piece)
         if self._position == self._size:
-            self._check_exhausted()
+            self.finish()
         if len(pieces) == 1 and isinstance(pieces[0].obj, bytes) and len(pieces[0].obj) == n:
             return pieces[0].obj
         return b"".join(pieces)
@@ -184,6 +194,12 @@ class ChunkReader:
                 return chunk
         raise BlobStoreError(f"the stream ended after {self._position} of {self._size} bytes")
 
-    def _check_exhausted(self) -> None:
+    def finish(self) -> None:
+        """Check that the stream held exactly the bytes announced, then run ``before_last`` (once)."""
+        if self._position != self._size:
+            raise BlobStoreError(f"only {self._position} of the {self._size} bytes were sent")
         if self._pending or any(len(chunk) for chunk in self._chunks):
             raise BlobStoreError(f"the stream has more than the {self._size} bytes announced")
+        callback, self._before_last = self._before_last, None
+        if callback is not None:
+            callback()

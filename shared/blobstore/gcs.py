@@ -6,9 +6,11 @@ import contextlib
 import datetime
 import http.client
 import logging
-from typing import Iterable, Iterator, Mapping
+import uuid
+from typing import Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote
 
+import eventlet
 import google.auth
 import google.auth.credentials
 import google.auth.exceptions
@@ -32,6 +34,10 @@ TIMEOUT = (3.05, 60)
 # The library's default keeps retrying a refused connection for two minutes; five seconds of
 # retries rides out a blip yet reports an unreachable endpoint in seconds.
 RETRY = DEFAULT_RETRY.with_timeout(5.0)
+# Parallel uploads write their parts here, in the same bucket (compose needs that), and delete
+# them once composed. Keys outside the DSS layout: readers and the replicator ignore them.
+COMPOSE_PREFIX = "tmp/compose/"
+MAX_COMPOSE_SOURCES = 32  # GCS's limit per compose request
 
 _TRANSIENT = (api_exceptions.ServerError, api_exceptions.TooManyRequests, api_exceptions.RetryError,
               requests.RequestException, ConnectionError, http.client.HTTPException, urllib3.exceptions.HTTPError,
@@ -142,18 +148,23 @@ class GCSBlobStore(BlobStore):
 
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
-                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
+                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
         chunk_size = -(-part_size // RESUMABLE_CHUNK_MULTIPLE) * RESUMABLE_CHUNK_MULTIPLE
+        reader = ChunkReader(chunks, size, before_last=before_commit)
+        if concurrency > 1 and size > part_size:
+            self._put_composite(bucket, key, reader, size, part_size, concurrency, content_type, metadata)
+            return
         blob = self._blob(bucket, key, chunk_size=chunk_size)
         blob.metadata = dict(metadata or {})
-        reader = ChunkReader(chunks, size)
         with _errors(f"put gs://{bucket}/{key}"):
             if size <= chunk_size:
                 blob.upload_from_file(reader, size=size, content_type=content_type, timeout=TIMEOUT, retry=RETRY)
                 return
             # A resumable upload reading one chunk per request. Driven here rather than by
             # upload_from_file, whose loop keeps each response (and through it the chunk sent)
-            # alive while it reads the next chunk: one chunk more in memory.
+            # alive while it reads the next chunk: one chunk more in memory. The request carrying
+            # the last chunk commits the object, and reading that chunk runs ``before_commit``.
             upload, transport = blob._initiate_resumable_upload(
                 self._client, reader, content_type, size, chunk_size=chunk_size, timeout=TIMEOUT, retry=RETRY)
             try:
@@ -162,6 +173,68 @@ class GCSBlobStore(BlobStore):
             except DataCorruption:
                 self.delete(bucket, key)  # the crc32c of what arrived differs from what was sent
                 raise
+
+    def _put_composite(self, bucket: str, key: str, reader: ChunkReader, size: int, part_size: int,
+                       concurrency: int, content_type: str, metadata: Mapping[str, str] | None) -> None:
+        """A parallel composite upload: parts are uploaded at once as temporary objects under
+        ``COMPOSE_PREFIX`` (a resumable upload is strictly sequential), then composed into ``key``
+        only after ``before_commit`` passed, and deleted whatever happens."""
+        prefix = f"{COMPOSE_PREFIX}{uuid.uuid4().hex}/"
+        written: list[str] = []
+        failures: list[BaseException] = []
+
+        def upload(name: str, data: bytes) -> None:
+            try:
+                with _errors(f"put gs://{bucket}/{name}"):
+                    self._blob(bucket, name).upload_from_string(data, timeout=TIMEOUT, retry=RETRY)
+            except Exception as error:  # noqa: BLE001 - re-raised in the caller below
+                failures.append(error)
+
+        pool = eventlet.GreenPool(concurrency)
+        try:
+            try:
+                for number in range(-(-size // part_size)):
+                    if failures:
+                        break
+                    written.append(f"{prefix}{number:05d}")
+                    pool.spawn_n(upload, written[-1], reader.read(part_size))  # blocks while the pool is full
+            finally:
+                pool.waitall()
+            if failures:
+                raise failures[0]
+            reader.finish()  # the last read ran it already; this only re-checks
+            self._compose(bucket, key, written, prefix, content_type, metadata)
+        finally:
+            self._delete_all(bucket, written)
+
+    def _compose(self, bucket: str, key: str, names: list[str], prefix: str, content_type: str,
+                 metadata: Mapping[str, str] | None, level: int = 0) -> None:
+        """Compose ``names`` into ``key``, in rounds of intermediate objects above 32 sources."""
+        if len(names) > MAX_COMPOSE_SOURCES:
+            groups = [names[i:i + MAX_COMPOSE_SOURCES] for i in range(0, len(names), MAX_COMPOSE_SOURCES)]
+            intermediates = [f"{prefix}level{level}-{i:05d}" for i in range(len(groups))]
+            try:
+                for group, name in zip(groups, intermediates):
+                    self._compose(bucket, name, group, prefix, "application/octet-stream", None, level + 1)
+                self._compose(bucket, key, intermediates, prefix, content_type, metadata, level + 1)
+            finally:
+                self._delete_all(bucket, intermediates)
+            return
+        destination = self._blob(bucket, key)
+        destination.content_type = content_type
+        destination.metadata = dict(metadata or {})
+        with _errors(f"compose gs://{bucket}/{key}"):
+            destination.compose([self._blob(bucket, name) for name in names], timeout=TIMEOUT, retry=RETRY)
+
+    def _delete_all(self, bucket: str, names: list[str]) -> None:
+        def delete(name: str) -> None:
+            try:
+                self.delete(bucket, name)
+            except BlobStoreError:  # a lifecycle rule on COMPOSE_PREFIX is the backstop
+                logger.warning("could not delete the temporary gs://%s/%s", bucket, name, exc_info=True)
+
+        for _ in eventlet.GreenPool(8).imap(delete, names):
+            pass
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
              if_source_revision: str | None = None, content_type: str | None = None,

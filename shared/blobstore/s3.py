@@ -4,7 +4,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import boto3
 import eventlet
@@ -179,20 +179,53 @@ class S3BlobStore(BlobStore):
 
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
-                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
-        reader = ChunkReader(chunks, size)
+                   metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
+                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
+        reader = ChunkReader(chunks, size, before_last=before_commit)
         if size <= part_size:
             self.put_bytes(bucket, key, reader.read(), content_type, metadata)
             return
         part_size = _part_size(size, part_size)
+        count = -(-size // part_size)
         with self._multipart_upload(bucket, key, content_type, metadata) as upload_id:
-            parts = []
-            for number in range(1, -(-size // part_size) + 1):
-                with _errors(f"upload part {number} of s3://{bucket}/{key}"):
-                    response = self._client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
-                                                        PartNumber=number, Body=reader.read(part_size))
-                parts.append({"PartNumber": number, "ETag": response["ETag"]})
+            if concurrency > 1:
+                parts = self._upload_parts_in_parallel(bucket, key, upload_id, reader, part_size, count, concurrency)
+            else:
+                parts = [self._upload_part(bucket, key, upload_id, number, reader.read(part_size))
+                         for number in range(1, count + 1)]
+            reader.finish()  # the last read ran it already; this only re-checks
             self._complete(bucket, key, upload_id, parts)
+
+    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, body: bytes) -> dict:
+        with _errors(f"upload part {number} of s3://{bucket}/{key}"):
+            response = self._client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                                Body=body)
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    def _upload_parts_in_parallel(self, bucket: str, key: str, upload_id: str, reader: ChunkReader,
+                                  part_size: int, count: int, concurrency: int) -> list[dict]:
+        """Read parts in order (the stream is sequential) and upload up to ``concurrency`` at once:
+        ``spawn`` blocks while the pool is full, which bounds memory to ``concurrency + 1`` parts."""
+        parts: dict[int, dict] = {}
+        failures: list[BaseException] = []
+
+        def upload(number: int, body: bytes) -> None:
+            try:
+                parts[number] = self._upload_part(bucket, key, upload_id, number, body)
+            except Exception as error:  # noqa: BLE001 - re-raised in the caller below
+                failures.append(error)
+
+        pool = eventlet.GreenPool(concurrency)
+        try:
+            for number in range(1, count + 1):
+                if failures:
+                    break
+                pool.spawn_n(upload, number, reader.read(part_size))
+        finally:
+            pool.waitall()  # no part upload may still be running when the upload is aborted
+        if failures:
+            raise failures[0]
+        return [parts[number] for number in range(1, count + 1)]
 
     @contextlib.contextmanager
     def _multipart_upload(self, bucket: str, key: str, content_type: str, metadata: Mapping[str, str]):

@@ -15,7 +15,7 @@ import requests
 from shared import local_cloud
 from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionFailed, BlobStoreError,
                               BlobStoreUnavailable, open_blobstore)
-from shared.blobstore.gcs import GCSBlobStore
+from shared.blobstore.gcs import COMPOSE_PREFIX, GCSBlobStore
 from shared.config import Settings
 
 KiB = 1024
@@ -197,6 +197,68 @@ def test_put_stream_of_the_wrong_size_writes_nothing(store, prefix, actual, anno
     assert not store.exists(BUCKET, key)
     if store.replica == "aws":  # the multipart upload was aborted, not left behind
         assert "Uploads" not in s3_client(dss_settings).list_multipart_uploads(Bucket=BUCKET, Prefix=key)
+
+
+def leftovers(store, dss_settings, key):
+    """What an interrupted upload could leave behind: S3 multipart uploads, GCS composite parts."""
+    if store.replica == "aws":
+        return s3_client(dss_settings).list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
+    return list(store.list_keys(BUCKET, COMPOSE_PREFIX))
+
+
+@pytest.mark.parametrize("size", [12 * MiB + 123, 40 * MiB + 5])  # GCS: one compose, then rounds of 32
+def test_put_stream_in_parallel_parts(store, prefix, size, dss_settings):
+    key = prefix + "parallel"
+    data = os.urandom(size)
+    part = SMALL_PART[store.replica]
+    seen = []
+
+    def chunks():
+        for piece in pieces(data, MiB + 7):
+            seen.append(len(piece))
+            yield piece
+
+    committed = []
+    store.put_stream(BUCKET, key, chunks(), size, content_type="application/x-test", metadata={"Part": "yes"},
+                     part_size=part, concurrency=3, before_commit=lambda: committed.append(sum(seen)))
+
+    assert committed == [size]  # once, after every byte was read
+    info = store.stat(BUCKET, key)
+    assert (info.size, info.content_type, info.metadata) == (size, "application/x-test", {"part": "yes"})
+    assert store.get_bytes(BUCKET, key) == data
+    if store.replica == "aws":
+        assert info.revision.endswith(f"-{-(-size // part)}")
+    else:
+        assert info.crc32c == google_crc32c.Checksum(data).digest().hex()
+    assert leftovers(store, dss_settings, key) == []
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+@pytest.mark.parametrize("size", [1000, 12 * MiB + 1])
+def test_put_stream_refused_before_commit_writes_nothing(store, prefix, size, concurrency, dss_settings):
+    key = prefix + "refused"
+
+    def refuse():
+        raise ValueError("checksum mismatch")
+
+    with pytest.raises(ValueError):
+        store.put_stream(BUCKET, key, pieces(os.urandom(size), MiB), size, part_size=SMALL_PART[store.replica],
+                         concurrency=concurrency, before_commit=refuse)
+    assert not store.exists(BUCKET, key)
+    assert leftovers(store, dss_settings, key) == []
+
+
+def test_put_stream_failing_source_in_parallel_writes_nothing(store, prefix, dss_settings):
+    key = prefix + "broken"
+
+    def chunks():
+        yield os.urandom(11 * MiB)
+        raise BlobStoreUnavailable("the source went away")
+
+    with pytest.raises(BlobStoreUnavailable):
+        store.put_stream(BUCKET, key, chunks(), 20 * MiB, part_size=SMALL_PART[store.replica], concurrency=3)
+    assert not store.exists(BUCKET, key)
+    assert leftovers(store, dss_settings, key) == []
 
 
 def test_copy_small_keeps_content_type_and_metadata(store, prefix):
