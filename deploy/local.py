@@ -5,7 +5,10 @@ The Makefile targets of the same names call this with the project's virtualenv. 
 the background and each only if not already there: RabbitMQ (only when AMQP_URI does not answer),
 moto (S3) and fake-gcs-server (GCS) on the ports of DSS_S3_ENDPOINT / DSS_GCS_ENDPOINT, the buckets,
 the local token issuer, then one ``nameko run`` process per service; it returns once the gateway's
-health check passes. Everything it starts is recorded in ``var/run/<name>.pid`` (with its start
+health check passes. For replication it also wires the main buckets' change notifications: moto's
+S3 bucket notifies an SQS queue on moto, and fake-gcs-server publishes to a topic of the Pub/Sub
+emulator (on the port of DSS_PUBSUB_EMULATOR_HOST) when that is installed; without it only
+GCS-originated replication is off. Everything it starts is recorded in ``var/run/<name>.pid`` (with its start
 time in ``<name>.started``, so a recycled pid is never mistaken for ours) and logs to
 ``var/log/<name>.log``; ``down`` stops exactly those process groups.
 """
@@ -369,11 +372,88 @@ def _start_moto(port: int):
     return local_cloud.start_moto(port, log_path=str(_log_file("moto")), detach=True)
 
 
-def _start_gcs(port: int):
+def _start_gcs(port: int, settings: Settings | None = None):
+    """fake-gcs-server; with ``settings``, publishing the main bucket's events to the Pub/Sub emulator."""
     # Filesystem backend: buckets and objects survive `make down` / `make up`.
     GCS_DATA.mkdir(parents=True, exist_ok=True)
+    if settings is not None:
+        return local_cloud.start_fake_gcs(port, log_path=str(_log_file("fake-gcs")), data_dir=str(GCS_DATA),
+                                          extra_args=local_cloud.fake_gcs_event_args(settings),
+                                          env=local_cloud.fake_gcs_event_env(settings), detach=True)
     return local_cloud.start_fake_gcs(port, log_path=str(_log_file("fake-gcs")), data_dir=str(GCS_DATA),
                                       detach=True)
+
+
+# --- change notifications (replication) ---------------------------------------------------------
+
+GCS_EVENTS_OFF = "GCS-originated replication is OFF (S3 → GCS still works)"
+
+
+def _answers_like_pubsub(url: str) -> bool:
+    with contextlib.suppress(requests.RequestException, ValueError):
+        answer = requests.get(f"{url}/v1/projects/dss-probe/topics", timeout=3)
+        return answer.status_code == 200 and isinstance(answer.json(), dict)
+    return False
+
+
+def _start_pubsub(port: int):
+    return local_cloud.start_pubsub_emulator(port, log_path=str(_log_file("pubsub")), detach=True)
+
+
+def ensure_pubsub(settings: Settings) -> tuple[str, bool]:
+    """Run the Pub/Sub emulator and create the notification topic and subscription on it.
+
+    Returns (state, whether fake-gcs-server can publish to it). A missing emulator is not an error:
+    the store works, only changes made on the GCS side are not replicated."""
+    host = settings.pubsub_emulator_host
+    if not host:
+        return "not configured (real Pub/Sub: set up by hand, see README)", False
+    endpoint = f"http://{host}"
+    if _local_endpoint(endpoint) is None:
+        return "remote emulator: not managed by make up", False
+    if (not owned_pid("pubsub") and not local_cloud.port_open(*_local_endpoint(endpoint))
+            and local_cloud.pubsub_emulator_binary() is None):
+        logger.warning("Pub/Sub emulator not installed (apt-get install google-cloud-cli-pubsub-emulator; it needs "
+                       "Java): %s", GCS_EVENTS_OFF)
+        return f"not installed: {GCS_EVENTS_OFF}", False
+    state = ensure_emulator("pubsub", endpoint, _answers_like_pubsub, _start_pubsub)
+    try:
+        local_cloud.configure_gcs_notifications(settings)
+    except (requests.RequestException, RuntimeError) as error:
+        raise Failed(f"creating the notification topic / subscription on {host} failed: {error}") from error
+    return f"{state}; topic {settings.gcs_notification_topic}, subscription {settings.gcs_notification_subscription}", True
+
+
+def ensure_gcs(settings: Settings, publish_events: bool) -> str:
+    """fake-gcs-server, publishing the main bucket's events when ``publish_events``. One of ours that
+    runs without the event flags (started before the Pub/Sub emulator was there) is restarted:
+    its objects are on disk."""
+    pid = owned_pid("fake-gcs")
+    if pid and publish_events:
+        with contextlib.suppress(psutil.Error):
+            if " ".join(local_cloud.fake_gcs_event_args(settings)) not in " ".join(psutil.Process(pid).cmdline()):
+                stop("fake-gcs")
+                logger.info("fake-gcs-server: restarting it to publish change notifications")
+    state = ensure_emulator("fake-gcs", settings.gcs_endpoint, _answers_like_gcs,
+                            lambda port: _start_gcs(port, settings if publish_events else None))
+    if publish_events and "reused" in state:
+        state += " (started elsewhere: it publishes notifications only if started with the -event.* flags)"
+    return state
+
+
+def ensure_s3_notifications(settings: Settings) -> str:
+    """Make moto's S3 main bucket notify the SQS queue (on moto too); idempotent."""
+    if _local_endpoint(settings.s3_endpoint) is None or _local_endpoint(settings.sqs_endpoint) is None:
+        return "not managed (real AWS: set up by hand, see README)"
+    if settings.sqs_endpoint.rstrip("/") != settings.s3_endpoint.rstrip("/"):
+        logger.warning("DSS_SQS_ENDPOINT differs from DSS_S3_ENDPOINT: moto notifies only queues of its own; "
+                       "S3-originated replication is OFF")
+        return "off (DSS_SQS_ENDPOINT is not the moto of DSS_S3_ENDPOINT)"
+    try:
+        local_cloud.configure_s3_notifications(settings)
+    except Exception as error:  # boto3's errors; shown to the user
+        raise Failed(f"configuring S3 notifications failed: {type(error).__name__}: {error}") from error
+    return f"bucket {settings.s3_bucket} → SQS queue {settings.s3_notification_queue}"
 
 
 def ensure_buckets(settings: Settings, replicas: list[str]) -> None:
@@ -523,13 +603,17 @@ def cmd_up(args) -> int:
         logger.info("RabbitMQ: %s", broker)
         s3 = ensure_emulator("moto", settings.s3_endpoint, _answers_like_moto, _start_moto)
         logger.info("S3 (moto): %s", s3)
-        gcs = ensure_emulator("fake-gcs", settings.gcs_endpoint, _answers_like_gcs, _start_gcs)
+        pubsub, gcs_events = ensure_pubsub(settings)  # its topic must exist before fake-gcs publishes
+        logger.info("Pub/Sub emulator: %s", pubsub)
+        gcs = ensure_gcs(settings, gcs_events and _local_endpoint(settings.gcs_endpoint) is not None)
         logger.info("GCS (fake-gcs-server): %s", gcs)
         replicas = [r for r, e in (("aws", settings.s3_endpoint), ("gcp", settings.gcs_endpoint))
                     if _local_endpoint(e)]
         ensure_buckets(settings, replicas)
         logger.info("buckets: %s", ", ".join(sorted({settings.bucket(r, k) for r in replicas
                                                     for k in ("main", "checkout", "staging")})) or "-")
+        s3_events = ensure_s3_notifications(settings)
+        logger.info("S3 notifications: %s", s3_events)
         jwks = ensure_issuer(settings)
         logger.info("token issuer: %s (key %s, JWKS %s)", settings.local_issuer, settings.local_issuer_key, jwks)
         states = start_services(uri)
@@ -537,17 +621,26 @@ def cmd_up(args) -> int:
             logger.info("%s: %s", name, state)
         if not args.no_wait:
             wait_healthy(timeout=args.timeout)
-    print_endpoints(settings, uri, broker)
+    print_endpoints(settings, uri, broker, gcs_events)
     return 0
 
 
-def print_endpoints(settings: Settings, uri: str, broker: str) -> None:
+def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool = True) -> None:
     metrics = ", ".join(f"{n} :{metrics_port(n)}" for n in SERVICES)
+    subscription = f"subscription {settings.gcs_notification_subscription}: GCS main bucket notifications"
+    if not settings.pubsub_emulator_host:
+        pubsub = f"Google Cloud   ({subscription})"
+    elif gcs_events:
+        pubsub = f"{settings.pubsub_emulator_host} (emulator)   ({subscription})"
+    else:
+        pubsub = f"none at {settings.pubsub_emulator_host}: {GCS_EVENTS_OFF}"
     print(f"""DSS is up.
   API        {gateway_url()}/v1   (Swagger: {gateway_url()}/v1/swagger.json)
   health     {health_url()}
   S3         {settings.s3_endpoint or 'AWS'}   (buckets {settings.s3_bucket}, {settings.s3_checkout_bucket}, {settings.s3_staging_bucket})
   GCS        {settings.gcs_endpoint or 'Google Cloud'}   (buckets {settings.gs_bucket}, {settings.gs_checkout_bucket}, {settings.gs_staging_bucket})
+  SQS        {settings.sqs_endpoint or 'AWS'}   (queue {settings.s3_notification_queue}: S3 main bucket notifications)
+  Pub/Sub    {pubsub}
   AMQP       {redact(uri)}   ({broker})
   metrics    {metrics}
   logs       {LOG_DIR.relative_to(ROOT)}/
@@ -557,7 +650,7 @@ def print_endpoints(settings: Settings, uri: str, broker: str) -> None:
 
 def cmd_down(args) -> int:
     with _exclusive():
-        infrastructure = ("fake-gcs", "moto", "rabbitmq", "epmd")
+        infrastructure = ("fake-gcs", "pubsub", "moto", "rabbitmq", "epmd")
         # Pid files of services dropped from SERVICES since the last `up` would otherwise be orphaned.
         others = sorted(p.stem for p in RUN_DIR.glob("*.pid") if p.stem not in (*SERVICES, *infrastructure))
         # Services first (in parallel), so none of them sees its broker or storage vanish.
@@ -601,9 +694,15 @@ def cmd_status(args) -> int:
     broker = broker_error(uri)
     line("rabbitmq", f"{'up' if broker is None else 'DOWN'} at {redact(uri)} ({owner('rabbitmq')})", broker is None)
     for name, endpoint, answers in (("moto", settings.s3_endpoint, _answers_like_moto),
-                                    ("fake-gcs", settings.gcs_endpoint, _answers_like_gcs)):
+                                    ("fake-gcs", settings.gcs_endpoint, _answers_like_gcs),
+                                    ("pubsub", settings.pubsub_emulator_host and f"http://{settings.pubsub_emulator_host}",
+                                     _answers_like_pubsub)):
         if _local_endpoint(endpoint) is None:
             line(name, f"not managed ({endpoint or 'real cloud'})", True)
+            continue
+        if name == "pubsub" and not owned_pid(name) and local_cloud.pubsub_emulator_binary() is None \
+                and not local_cloud.port_open(*_local_endpoint(endpoint)):
+            line(name, f"not installed: {GCS_EVENTS_OFF}", True)
             continue
         up = answers(endpoint.rstrip("/"))
         line(name, f"{'up' if up else 'DOWN'} at {endpoint} ({owner(name)})", up)
