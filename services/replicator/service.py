@@ -1,0 +1,83 @@
+"""The replicator: makes every object written to one replica's main bucket appear, verified, in
+the other's.
+
+``handle_object_changed`` consumes ``object_changed`` events (a main bucket's change
+notifications, bridged onto the bus by the replicator itself) and copies the object with
+everything it depends on, in dependency order, each copy verified against its checksums before
+it counts. Its message is acknowledged only after that, or once a failure is scheduled for a
+retry on the broker (``DSS_REPLICATION_RETRY_DELAYS``) or dead-lettered (permanent errors: a
+malformed key, an invalid source document, source bytes that do not match their key), so a crash
+at any point means the work is redone, never lost. Every success dispatches ``object_replicated``.
+"""
+import logging
+
+from marshmallow import ValidationError
+from nameko.events import EventDispatcher
+from nameko.rpc import rpc
+
+from shared import events
+from shared.exceptions import InvalidParameter, Unprocessable
+from shared.metrics import Metrics
+from shared.schemas import ObjectChanged, ObjectReplicated
+
+from services.replicator.dependencies import QueueMonitor, ReplicaStore
+from services.replicator.entrypoints import replication_event_handler
+from services.replicator.schemas import ReplicateCall, VerifyCall
+
+logger = logging.getLogger(__name__)
+
+# Errors another attempt cannot cure: they go to the dead-letter queue at once.
+PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
+
+
+def _arguments(schema, **values) -> dict:
+    try:
+        return schema().load(values)
+    except ValidationError as error:
+        raise InvalidParameter(f"invalid arguments: {error.messages}") from None
+
+
+class ReplicatorService:
+    name = "replicator"
+
+    replicator = ReplicaStore()
+    queues = QueueMonitor()
+    metrics = Metrics()
+    dispatch = EventDispatcher()
+
+    # The notification bridges (S3 via SQS, GCS via Pub/Sub) arrive here as two more entrypoints
+    # that only `self.dispatch(events.OBJECT_CHANGED, <ObjectChanged payload>)`.
+
+    @replication_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS)
+    def handle_object_changed(self, payload):
+        change = ObjectChanged().load(payload)
+        if self.replicator.ignored(change):
+            return None
+        outcome = self.replicator.replicate(change["key"], change["replica"])
+        return self._replicated(outcome, change["event_time"])
+
+    @rpc
+    def replicate(self, key, source_replica):
+        """Copy ``key`` from ``source_replica`` to the other replica now (repairs, tests)."""
+        call = _arguments(ReplicateCall, key=key, source_replica=source_replica)
+        return self._replicated(self.replicator.replicate(call["key"], call["source_replica"]), None)
+
+    @rpc
+    def verify(self, key, deep=False):
+        """Compare ``key`` in both replicas: ``{key, status, source, detail}``."""
+        call = _arguments(VerifyCall, key=key, deep=deep)
+        return self.replicator.verify(call["key"], call["deep"])
+
+    @rpc
+    def health(self):
+        return {**self.replicator.health(), "queues": self.queues.health()}
+
+    def _replicated(self, outcome, event_time):
+        lag = self.replicator.observe_lag(outcome, event_time)
+        payload = ObjectReplicated().dump({
+            "source_replica": outcome.source, "destination_replica": outcome.destination, "key": outcome.key,
+            "size": outcome.size, "copied": outcome.copied, "lag_seconds": lag})
+        self.dispatch(events.OBJECT_REPLICATED, payload)
+        logger.info("%s %s from %s to %s (%d bytes)", "copied" if outcome.copied else "already had", outcome.key,
+                    outcome.source, outcome.destination, outcome.size)
+        return payload
