@@ -46,7 +46,7 @@ from shared.config import Settings  # noqa: E402
 logger = logging.getLogger("dss.local")
 
 # The services `make up` runs, in start order. Adding a service is adding its name here.
-SERVICES = ("files", "bundles", "gateway")
+SERVICES = ("files", "bundles", "replicator", "gateway")
 
 VAR = ROOT / "var"
 RUN_DIR = VAR / "run"
@@ -750,6 +750,13 @@ def cmd_dead_letters(args) -> int:
     return 0
 
 
+def cmd_replicas(args) -> int:
+    """Compare the two main buckets key by key (shared.replication); `repair` re-enqueues what differs."""
+    from shared import replication
+    return replication.run_command(args.action, Settings.from_config({}), amqp_uri(), prefix=args.prefix,
+                                   deep=args.deep, wait=args.wait)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -773,6 +780,12 @@ def main(argv: list[str] | None = None) -> int:
     letters.add_argument("queue", nargs="?", help="the handler queue, as `list` prints it")
     letters.add_argument("--limit", type=int, default=None, help="at most this many messages")
     letters.set_defaults(run=cmd_dead_letters)
+    replicas = commands.add_parser("replicas", help="compare the replicas' main buckets; repair what differs")
+    replicas.add_argument("action", choices=("verify", "repair"))
+    replicas.add_argument("--prefix", default="", help="only keys starting with this (e.g. files/)")
+    replicas.add_argument("--deep", action="store_true", help="hash every blob, compare documents byte for byte")
+    replicas.add_argument("--wait", type=float, default=0, help="repair: seconds to wait for the copies to match")
+    replicas.set_defaults(run=cmd_replicas)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
