@@ -161,3 +161,190 @@ def test_multipart_blob_is_copied_in_parallel_parts(cluster, source, blobstores)
     assert (info.size, info.content_type) == (len(data), "application/x-test")
     assert cluster.get(destination, sums.blob_key()) == data
     assert not list(blobstores["gcp"].list_keys(cluster.bucket("gcp"), "tmp/compose/"))  # parts cleaned up
+
+
+# --- bundles, collections, tombstones ------------------------------------------------------------
+
+def test_bundle_of_100_files_brings_every_file_and_blob_first(cluster):
+    pool = eventlet.GreenPool(16)
+    files = list(pool.imap(lambda i: cluster.put_file("aws", f"file {i} ".encode() + os.urandom(16))[:3], range(100)))
+    uuid, version = cluster.put_bundle("aws", files)
+    key = Keys.bundle(uuid, version)
+    copied_files = counter(OBJECTS, "aws", "gcp", "file", "copied")
+    copied_blobs = counter(OBJECTS, "aws", "gcp", "blob", "copied")
+
+    replicated = cluster.replicate("aws", key)  # only the bundle is announced
+
+    assert replicated["copied"] is True
+    assert counter(OBJECTS, "aws", "gcp", "file", "copied") == copied_files + 100
+    assert counter(OBJECTS, "aws", "gcp", "blob", "copied") == copied_blobs + 100
+    gcp, bucket = cluster.stores["gcp"], cluster.bucket("gcp")
+    manifest_written = gcp.stat(bucket, key).last_modified
+    for file_uuid, file_version, doc in files:
+        file_key = Keys.file(file_uuid, file_version)
+        assert cluster.get("gcp", file_key) == cluster.get("aws", file_key)
+        blob_key = f"blobs/{doc['sha256']}.{doc['sha1']}.{doc['s3-etag']}.{doc['crc32c']}"
+        # Written in dependency order: blob, then the file naming it, then the manifest.
+        assert gcp.stat(bucket, blob_key).last_modified <= gcp.stat(bucket, file_key).last_modified <= manifest_written
+    assert cluster.get("gcp", key) == cluster.get("aws", key)
+    assert cluster.replicate("aws", key)["copied"] is False
+
+
+def test_collection_brings_its_files_bundles_and_collections(cluster):
+    loose = cluster.put_file("gcp", b"loose file")
+    in_bundle = cluster.put_file("gcp", b"file in a bundle")
+    bundle_uuid, bundle_version = cluster.put_bundle("gcp", [in_bundle[:3]])
+    odd_type = cluster.put_file("gcp", b"named by an item of an unknown type")
+
+    def collection(contents):
+        uuid, version = new_uuid(), new_version()
+        doc = {"name": "c", "description": None, "details": {}, "owner": "owner@example.org", "contents": contents}
+        assert cluster.replicas["gcp"].write_json_once(Keys.collection(uuid, version), doc) is None
+        return uuid, version
+
+    inner = collection([{"type": "file", "uuid": loose[0], "version": loose[1]}])
+    outer = collection([
+        {"type": "file", "uuid": loose[0], "version": loose[1]},
+        {"type": "bundle", "uuid": bundle_uuid, "version": bundle_version},
+        {"type": "collection", "uuid": inner[0], "version": inner[1]},
+        {"type": "notebook", "uuid": odd_type[0], "version": odd_type[1]},
+    ])
+
+    assert cluster.replicate("gcp", Keys.collection(*outer))["copied"] is True
+
+    for key in (Keys.collection(*outer), Keys.collection(*inner), Keys.bundle(bundle_uuid, bundle_version),
+                Keys.file(*loose[:2]), Keys.file(*in_bundle[:2]), Keys.file(*odd_type[:2]),
+                loose[3].blob_key(), in_bundle[3].blob_key(), odd_type[3].blob_key()):
+        assert cluster.get("aws", key) == cluster.get("gcp", key), key
+
+
+def test_tombstones_are_copied_as_they_are(cluster):
+    uuid, version = new_uuid(), new_version()
+    tombstone = {"email": "admin@example.org", "reason": "withdrawn", "details": None, "admin_deleted": True}
+    keys = [Keys.bundle_tombstone(uuid, version), Keys.bundle_tombstone(uuid), Keys.collection_tombstone(uuid)]
+    for key in keys:
+        cluster.replicas["aws"].write_json_once(key, tombstone)
+    for key in keys:
+        assert cluster.replicate("aws", key)["copied"] is True
+        assert json.loads(cluster.get("gcp", key)) == tombstone
+    assert not cluster.has("gcp", Keys.bundle(uuid, version))  # nothing else was needed
+
+
+# --- what differs is overwritten, what is broken is not spread -------------------------------------
+
+def test_a_different_destination_document_is_replaced_by_the_valid_source(cluster):
+    uuid, version, doc, _ = cluster.put_file("aws", b"the truth")
+    key = Keys.file(uuid, version)
+    cluster.stores["gcp"].put_bytes(cluster.bucket("gcp"), key, b'{"damaged": true}', content_type="application/json")
+
+    assert cluster.replicate("aws", key)["copied"] is True
+    assert cluster.get("gcp", key) == cluster.get("aws", key)
+
+
+def test_a_corrupt_destination_blob_is_replaced(cluster):
+    sums = cluster.put_blob("aws", b"x" * 1000)
+    cluster.stores["gcp"].put_bytes(cluster.bucket("gcp"), sums.blob_key(), b"y" * 1000)  # same size
+
+    assert cluster.replicate("aws", sums.blob_key())["copied"] is True
+    assert cluster.get("gcp", sums.blob_key()) == b"x" * 1000
+
+
+def dead_letter_of(cluster, key, timeout=10):
+    queue = replication.HANDLER_QUEUE
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for letter in peek_dead_letters(cluster.config["AMQP_URI"], queue, limit=100):
+            if letter["payload"]["key"] == key:
+                return letter
+        time.sleep(0.2)
+    raise AssertionError(f"no dead letter for {key}")
+
+
+def test_an_invalid_source_document_is_dead_lettered_at_once(cluster):
+    key = Keys.file(new_uuid(), new_version())
+    cluster.stores["aws"].put_bytes(cluster.bucket("aws"), key, b"not json", content_type="application/json")
+    cluster.stores["gcp"].put_bytes(cluster.bucket("gcp"), key, b"{}", content_type="application/json")
+
+    with entrypoint_waiter(cluster.replicator, "handle_object_changed") as result:
+        cluster.announce("aws", key)
+    with pytest.raises(Exception, match="invalid_document"):
+        result.get()
+    letter = dead_letter_of(cluster, key)
+    assert letter["attempts"] == 1 and "invalid_document" in letter["error"]
+    assert cluster.get("gcp", key) == b"{}"  # the destination is left as it was
+
+
+def test_a_corrupt_source_blob_is_never_made_visible(cluster):
+    data = os.urandom(40 * MiB)
+    sums = checksum_bytes(data)
+    wrong = data[:-1] + bytes([data[-1] ^ 1])  # the last byte differs: seen only after every part was sent
+    cluster.stores["aws"].put_stream(cluster.bucket("aws"), sums.blob_key(), iter([wrong]), len(wrong),
+                                     part_size=64 * MiB)
+    dead = counter(DEAD_LETTERS, replication.HANDLER_QUEUE)
+
+    with entrypoint_waiter(cluster.replicator, "handle_object_changed") as result:
+        cluster.announce("aws", sums.blob_key())
+    with pytest.raises(Exception, match="source_corrupt"):
+        result.get()
+    assert not cluster.has("gcp", sums.blob_key())
+    assert not list(cluster.stores["gcp"].list_keys(cluster.bucket("gcp"), "tmp/compose/"))
+    dead_letter_of(cluster, sums.blob_key())
+    assert counter(DEAD_LETTERS, replication.HANDLER_QUEUE) == dead + 1
+
+
+# --- retries -------------------------------------------------------------------------------------------
+
+def test_a_missing_dependency_is_retried_on_the_broker_until_it_arrives(cluster):
+    data = b"the blob arrives late " + os.urandom(8)
+    uuid, version, doc, sums = cluster.put_file("aws", data, with_blob=False)
+    key = Keys.file(uuid, version)
+    retries = counter(RETRIES, replication.HANDLER_QUEUE)
+
+    with cluster.expect(key, timeout=30) as replicated:
+        with entrypoint_waiter(cluster.replicator, "handle_object_changed") as first:
+            cluster.announce("aws", key)
+        with pytest.raises(Exception, match="dependency_missing"):
+            first.get()
+        assert not cluster.has("gcp", key)  # nothing is written before its blob
+        cluster.put_blob("aws", data)  # meanwhile, the delay queue holds the event for a second
+
+    assert replicated.get()["copied"] is True
+    assert counter(RETRIES, replication.HANDLER_QUEUE) >= retries + 1
+    assert cluster.get("gcp", sums.blob_key()) == data
+    assert cluster.has("gcp", key)
+
+
+# --- what is ignored -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change,reason", [
+    ({"kind": "deleted"}, "deleted"),
+    ({"bucket": "dss-staging"}, "other_bucket"),
+    ({"key": "tmp/compose/0123/00001"}, "not_dss_key"),
+])
+def test_changes_that_need_no_copy_are_ignored(cluster, change, reason):
+    sums = cluster.put_blob("aws", os.urandom(100))
+    before = counter(IGNORED, "aws", reason)
+    with entrypoint_waiter(cluster.replicator, "handle_object_changed") as result:
+        cluster.announce("aws", change.get("key", sums.blob_key()), kind=change.get("kind", "created"),
+                         bucket=change.get("bucket"))
+    assert result.get() is None
+    assert counter(IGNORED, "aws", reason) == before + 1
+    assert not cluster.has("gcp", sums.blob_key())
+
+
+# --- RPC -----------------------------------------------------------------------------------------------
+
+def test_replicate_verify_and_health_over_rpc(cluster):
+    sums = cluster.put_blob("gcp", os.urandom(5000))
+    with ServiceRpcProxy("replicator", cluster.config, timeout=60) as rpc:
+        assert rpc.verify(sums.blob_key())["status"] == "missing_in_aws"
+        with cluster.expect(sums.blob_key()):
+            result = rpc.replicate(sums.blob_key(), "gcp")
+        assert result["copied"] is True and result["destination_replica"] == "aws" and result["size"] == 5000
+        assert rpc.verify(sums.blob_key(), deep=True)["status"] == "same"
+        with pytest.raises(InvalidParameter):
+            rpc.replicate("tmp/compose/x", "gcp")
+        with pytest.raises(InvalidParameter):
+            rpc.replicate(sums.blob_key(), "azure")
+        health = rpc.health()
+    assert health["aws"]["ok"] and health["gcp"]["ok"] and health["queues"]["ok"]
