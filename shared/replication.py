@@ -358,8 +358,9 @@ class Progress:
 
     WIDTH = 30
 
-    def __init__(self, stream: TextIO = sys.stderr, prefixes: tuple[str, ...] = PREFIXES, interval: float | None = None):
-        self.stream = stream
+    def __init__(self, stream: TextIO | None = None, prefixes: tuple[str, ...] = PREFIXES,
+                 interval: float | None = None):
+        self.stream = stream or sys.stderr
         self.tty = stream.isatty()
         self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
         self.prefixes = prefixes
@@ -425,7 +426,7 @@ def _handler_queue_exists(amqp_uri: str) -> bool:
 
 
 def run_command(action: str, settings, amqp_uri: str, prefix: str = "", deep: bool = False, wait: float = 0,
-                out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+                out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``verify``: print every difference (``status<TAB>key<TAB>detail``) and a summary; exit 1 if
     there are any. ``repair``: also dispatch an ``object_changed`` event for each from the replica
     holding the correct copy, and with ``wait`` re-check those keys until they match (or time out)."""
@@ -436,6 +437,7 @@ def run_command(action: str, settings, amqp_uri: str, prefix: str = "", deep: bo
 
     if action not in ("verify", "repair"):
         raise ValueError(action)
+    out, err = out or sys.stdout, err or sys.stderr
     stores = {name: open_blobstore(name, settings) for name in REPLICAS}
     buckets = {name: settings.bucket(name) for name in REPLICAS}
     dispatch = None

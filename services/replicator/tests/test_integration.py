@@ -348,3 +348,132 @@ def test_replicate_verify_and_health_over_rpc(cluster):
             rpc.replicate(sums.blob_key(), "azure")
         health = rpc.health()
     assert health["aws"]["ok"] and health["gcp"]["ok"] and health["queues"]["ok"]
+
+
+# --- dss-ops replicas verify | repair ------------------------------------------------------------------
+
+@pytest.fixture
+def dss_ops(cluster, local_cloud_settings, monkeypatch, capsys):
+    """``dss_ops(*args)`` -> (exit code, stdout lines): the command as an operator runs it, against the
+    emulators and the test's broker vhost."""
+    from shared import cli
+
+    for name, value in local_cloud_settings.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AMQP_URI", cluster.config["AMQP_URI"])
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main(["replicas", *args])
+        out, err = capsys.readouterr()
+        return code, [line.split("\t") for line in out.splitlines()], err
+    return run
+
+
+def test_verify_finds_a_same_size_corruption_only_deep_and_repair_fixes_it(cluster, dss_ops, blobstores):
+    data = os.urandom(20 * MiB)
+    sums = cluster.put_blob("gcp", data)
+    key = sums.blob_key()
+    assert cluster.replicate("gcp", key)["copied"] is True
+    # The S3 copy went up in 16 MiB parts: its ETag cannot be checked against the key's single-part
+    # s3_etag. Damage it with other bytes of the same size, the same way.
+    damaged = data[:MiB] + os.urandom(MiB) + data[2 * MiB:]
+    blobstores["aws"].put_stream(cluster.bucket("aws"), key, iter([damaged]), len(damaged), part_size=16 * MiB)
+
+    code, lines, err = dss_ops("verify", "--prefix", key)
+    assert (code, lines) == (0, [])
+    assert "1 keys compared" in err and "1 blobs checked by size only" in err
+
+    code, lines, err = dss_ops("verify", "--prefix", key, "--deep")
+    assert code == 1
+    assert [line[:2] for line in lines] == [["different", key]] and "aws does not match" in lines[0][2]
+
+    code, lines, err = dss_ops("repair", "--prefix", key, "--deep", "--wait", "30")
+    assert code == 0, err
+    assert "re-enqueued 1 keys" in err and "1 of 1 repaired" in err
+    assert cluster.get("aws", key) == data
+    assert dss_ops("verify", "--prefix", key, "--deep")[0] == 0
+
+
+def test_verify_reports_missing_and_cheaply_detectable_differences(cluster, dss_ops):
+    uuid, version, _, _ = cluster.put_file("aws", b"only in aws")
+    file_key = Keys.file(uuid, version)
+    sums = cluster.put_blob("aws", b"a" * 64)
+    cluster.stores["gcp"].put_bytes(cluster.bucket("gcp"), sums.blob_key(), b"b" * 64)  # GCS's crc32c tells
+
+    code, lines, _ = dss_ops("verify", "--prefix", file_key)
+    assert code == 1 and [line[:2] for line in lines] == [["missing_in_gcp", file_key]]
+    code, lines, _ = dss_ops("verify", "--prefix", sums.blob_key())
+    assert code == 1 and [line[:2] for line in lines] == [["different", sums.blob_key()]]
+    assert "gcp does not match" in lines[0][2]
+
+    for prefix in (file_key, sums.blob_key()):
+        assert dss_ops("repair", "--prefix", prefix, "--wait", "30")[0] == 0
+    assert cluster.get("gcp", file_key) == cluster.get("aws", file_key)
+    assert cluster.get("gcp", sums.blob_key()) == b"a" * 64
+
+
+# --- large blobs: bounded memory ---------------------------------------------------------------------
+
+def put_large_blob(store, bucket, size, block=16 * MiB):
+    """Stream ``size`` pseudo-random bytes to their blob key (hashed first, then uploaded)."""
+    pattern = os.urandom(block)
+
+    def chunks():
+        for start in range(0, size, block):
+            yield pattern[: min(block, size - start)]
+
+    checksum_pass = ChecksumPass(size)
+    for chunk in chunks():
+        checksum_pass.update(chunk)
+    sums = checksum_pass.result()
+    store.put_stream(bucket, sums.blob_key(), chunks(), size, part_size=64 * MiB)
+    return sums
+
+
+class PeakRss:
+    """The peak RSS growth of this process (the replicator runs in it) while the block runs."""
+
+    def __init__(self):
+        self.process = psutil.Process()
+        self.peak = self.baseline = 0
+
+    def __enter__(self):
+        self.baseline = self.peak = self.process.memory_info().rss
+        self.done = threading.Event()
+        self.sampler = eventlet.spawn(self._sample)
+        return self
+
+    def _sample(self):
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            eventlet.sleep(0.01)
+
+    def __exit__(self, *exc_info):
+        self.done.set()
+        self.sampler.wait()
+
+    @property
+    def growth_mib(self):
+        return (self.peak - self.baseline) / MiB
+
+
+@pytest.mark.slow
+def test_512_mib_blob_both_ways_in_bounded_memory(cluster, blobstores):
+    size = 512 * MiB
+    sums = put_large_blob(blobstores["aws"], cluster.bucket("aws"), size)
+    key = sums.blob_key()
+
+    for source in ("aws", "gcp"):
+        destination = OTHER[source]
+        started = time.monotonic()
+        with PeakRss() as rss:
+            replicated = cluster.replicate(source, key, timeout=120)
+        took = time.monotonic() - started
+        print(f"{source} -> {destination}: {size / MiB / took:.0f} MiB/s, RSS +{rss.growth_mib:.0f} MiB")
+        assert replicated["copied"] is True and replicated["size"] == size
+        assert rss.growth_mib < 200, f"RSS grew by {rss.growth_mib:.0f} MiB"
+        actual, copied = replication.hash_object(blobstores[destination], cluster.bucket(destination), key, 16 * MiB)
+        assert (actual, copied) == (sums, size)
+        if source == "aws":  # the way back starts from the copy alone
+            blobstores["aws"].delete(cluster.bucket("aws"), key)
