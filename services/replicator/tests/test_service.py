@@ -1,0 +1,334 @@
+"""Unit tests of the replicator: the service's decisions with its dependencies mocked
+(worker_factory), and its storage API over in-memory stores that record every write."""
+import datetime
+import hashlib
+import json
+from unittest import mock
+
+import eventlet
+import google_crc32c
+import pytest
+from marshmallow import ValidationError
+from nameko.containers import ServiceContainer
+from nameko.testing.services import worker_factory
+from nameko.testing.utils import get_extension
+
+from shared import events, replication
+from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore
+from shared.blobstore.base import ChunkReader
+from shared.checksums import checksum_bytes
+from shared.config import Settings
+from shared.exceptions import InvalidParameter, Unprocessable
+from shared.identifiers import Keys
+from shared.metrics import MetricsAPI
+from shared.schemas import FileMetadata
+from shared.storage import ReplicaStorage, Replicas
+
+from services.replicator.dependencies import MemoryBudget, Outcome, ReplicatorAPI
+from services.replicator.entrypoints import ReplicationEventHandler
+from services.replicator.exceptions import CopyMismatch, DependencyMissing, SourceCorrupt, SourceMissing
+from services.replicator.service import PERMANENT_ERRORS, ReplicatorService
+
+UUIDS = [f"2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d{i:04x}" for i in range(200)]
+VERSION = "2026-11-25T010203.000004Z"
+SETTINGS = Settings.from_config({}, environ={})
+
+
+# --- the service -------------------------------------------------------------------------------------
+
+def change(**overrides):
+    return {"replica": "aws", "bucket": "dss-main", "key": "files/x", "kind": "created", "size": None,
+            "checksums": {}, "event_time": "2026-11-25T01:02:03+00:00", **overrides}
+
+
+def test_a_change_that_needs_no_copy_is_not_replicated_nor_announced():
+    service = worker_factory(ReplicatorService)
+    service.replicator.ignored.return_value = "deleted"
+    assert service.handle_object_changed(change(kind="deleted")) is None
+    service.replicator.replicate.assert_not_called()
+    service.dispatch.assert_not_called()
+
+
+def test_a_replicated_change_is_announced_with_its_lag():
+    service = worker_factory(ReplicatorService)
+    service.replicator.ignored.return_value = None
+    service.replicator.replicate.return_value = Outcome("aws", "gcp", "files/x", "file", 12, True)
+    service.replicator.observe_lag.return_value = 1.5
+
+    service.handle_object_changed(change())
+
+    service.replicator.replicate.assert_called_once_with("files/x", "aws")
+    assert service.replicator.observe_lag.call_args[0][1] == "2026-11-25T01:02:03+00:00"
+    name, payload = service.dispatch.call_args[0]
+    assert name == events.OBJECT_REPLICATED
+    assert payload == {"source_replica": "aws", "destination_replica": "gcp", "key": "files/x", "size": 12,
+                       "copied": True, "lag_seconds": 1.5}
+
+
+def test_a_malformed_change_is_permanent():
+    service = worker_factory(ReplicatorService)
+    with pytest.raises(ValidationError) as error:
+        service.handle_object_changed(change(replica="azure"))
+    assert isinstance(error.value, PERMANENT_ERRORS)
+
+
+@pytest.mark.parametrize("error,permanent", [
+    (SourceCorrupt("bytes differ"), True), (Unprocessable("bad doc", "invalid_document"), True),
+    (InvalidParameter("bad key", "illegal_key"), True), (DependencyMissing("later"), False),
+    (SourceMissing("later"), False), (CopyMismatch("again"), False), (ConnectionError(), False),
+])
+def test_only_what_another_attempt_cannot_cure_is_permanent(error, permanent):
+    assert isinstance(error, PERMANENT_ERRORS) is permanent
+
+
+def test_replicate_rpc_checks_its_arguments_first():
+    service = worker_factory(ReplicatorService)
+    with pytest.raises(InvalidParameter):
+        service.replicate("blobs/x", "azure")
+    service.replicator.replicate.assert_not_called()
+
+
+def test_health_reports_storage_and_queues():
+    service = worker_factory(ReplicatorService)
+    service.replicator.health.return_value = {"aws": {"ok": True, "detail": ""}, "gcp": {"ok": True, "detail": ""}}
+    service.queues.health.return_value = {"ok": True, "detail": "q: 3"}
+    assert service.health()["queues"] == {"ok": True, "detail": "q: 3"}
+
+
+def test_handler_queue_and_retry_delays_come_from_config():
+    container = ServiceContainer(ReplicatorService, {"AMQP_URI": "memory://", "DSS_REPLICATION_RETRY_DELAYS": "2, 3"})
+    handler = get_extension(container, ReplicationEventHandler)
+    handler.setup()
+    assert handler.queue.name == replication.HANDLER_QUEUE  # what `dss-ops replicas repair` checks for
+    assert handler.delays == (2, 3)
+
+
+# --- the storage API over recording in-memory stores ---------------------------------------------------
+
+class MemoryStore(BlobStore):
+    """A main bucket in memory that keeps metadata as its cloud does (S3: the MD5 ETag of a single
+    upload; GCS: a CRC32C) and logs every write."""
+
+    def __init__(self, replica, log):
+        self.replica, self.scheme = replica, {"aws": "s3", "gcp": "gs"}[replica]
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.log = log
+
+    def stat(self, bucket, key):
+        if key not in self.objects:
+            raise BlobNotFound(key)
+        data, content_type = self.objects[key]
+        crc = google_crc32c.Checksum(data).digest().hex() if self.replica == "gcp" else None
+        return BlobInfo(key, len(data), content_type, {}, hashlib.md5(data).hexdigest(), crc, None)
+
+    def get_tags(self, bucket, key):
+        return {}
+
+    def get_bytes(self, bucket, key):
+        return self.stat(bucket, key) and self.objects[key][0]
+
+    def iter_chunks(self, bucket, key, chunk_size, revision=None):
+        data = self.get_bytes(bucket, key)
+        return (data[i:i + chunk_size] for i in range(0, len(data), chunk_size))
+
+    def list_keys(self, bucket, prefix="", start_after=None):
+        return iter(sorted(k for k in self.objects if k.startswith(prefix) and (not start_after or k > start_after)))
+
+    def put_bytes(self, bucket, key, data, content_type="application/octet-stream", metadata=None, if_absent=False):
+        if if_absent and key in self.objects:
+            raise BlobAlreadyExists(key)
+        eventlet.sleep(0)  # let concurrent copies interleave, as real requests would
+        self.objects[key] = (bytes(data), content_type)
+        self.log.append((self.replica, key))
+
+    def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
+                   part_size=64, *, concurrency=1, before_commit=None):
+        reader = ChunkReader(chunks, size, before_last=before_commit)
+        data = b"".join(iter(lambda: reader.read(part_size), b"")) if size else reader.read()
+        reader.finish()
+        self.put_bytes(bucket, key, data, content_type)
+
+    def copy(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def delete(self, bucket, key):
+        self.objects.pop(key, None)
+
+    def presigned_url(self, bucket, key, expires_in, content_disposition=None):
+        raise NotImplementedError
+
+    def bucket_exists(self, bucket):
+        return True
+
+    def create_bucket(self, bucket):
+        pass
+
+
+class World:
+    def __init__(self):
+        self.log = []
+        self.stores = {name: MemoryStore(name, self.log) for name in ("aws", "gcp")}
+        self.api = ReplicatorAPI(Replicas({name: ReplicaStorage(name, store, SETTINGS)
+                                           for name, store in self.stores.items()}),
+                                 SETTINGS, MemoryBudget(SETTINGS.replication_memory_bytes), MetricsAPI("replicator"))
+
+    def put(self, replica, key, data):
+        self.stores[replica].objects[key] = (data, "application/octet-stream")
+
+    def put_file(self, replica, uuid, content, blob=True):
+        sums = checksum_bytes(content)
+        if blob:
+            self.put(replica, sums.blob_key(), content)
+        doc = FileMetadata().dump({"creator_uid": 1, "version": VERSION, "content_type": "text/plain",
+                                   "size": len(content), **sums.as_api()})
+        self.put(replica, Keys.file(uuid, VERSION), json.dumps(doc).encode())
+        return doc, sums
+
+    def contents(self, replica):
+        return {key: data for key, (data, _) in self.stores[replica].objects.items()}
+
+    def writes(self, replica):
+        return [key for name, key in self.log if name == replica]
+
+
+def manifest(entries):
+    return json.dumps({"format": "0.0.1", "version": VERSION, "creator_uid": 1, "files": [
+        {"name": f"f{i}", "uuid": uuid, "version": VERSION, "content-type": "text/plain", "size": doc["size"],
+         "indexed": False, "sha256": doc["sha256"], "sha1": doc["sha1"], "s3-etag": doc["s3-etag"],
+         "crc32c": doc["crc32c"]} for i, (uuid, doc) in enumerate(entries)]}).encode()
+
+
+def test_a_bundle_is_written_after_its_files_and_each_file_after_its_blob():
+    world = World()
+    entries = [(uuid, world.put_file("aws", uuid, f"content {i % 90}".encode())[0])
+               for i, uuid in enumerate(UUIDS[:100])]  # ten blobs are shared by two files
+    bundle_key = Keys.bundle(UUIDS[150], VERSION)
+    world.put("aws", bundle_key, manifest(entries))
+
+    outcome = world.api.replicate(bundle_key, "aws")
+
+    assert (outcome.copied, outcome.destination) == (True, "gcp")
+    order = world.writes("gcp")
+    assert order[-1] == bundle_key
+    for uuid, doc in entries:
+        blob = replication.parse_key(f"blobs/{doc['sha256']}.{doc['sha1']}.{doc['s3-etag']}.{doc['crc32c']}")
+        assert order.index(blob.key) < order.index(Keys.file(uuid, VERSION))
+    assert len(order) == len(set(order)) == 100 + 90 + 1  # each shared blob copied once
+    assert world.contents("gcp") == world.contents("aws")
+
+    world.log.clear()
+    assert world.api.replicate(bundle_key, "aws").copied is False
+    assert world.log == []
+
+
+def test_a_missing_dependency_writes_nothing():
+    world = World()
+    world.put_file("aws", UUIDS[0], b"no blob", blob=False)
+    with pytest.raises(DependencyMissing):
+        world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws")
+    assert world.log == []
+    with pytest.raises(SourceMissing):
+        world.api.replicate(Keys.file(UUIDS[1], VERSION), "aws")
+
+
+@pytest.mark.parametrize("destination_has", [None, b"y" * 9])
+def test_bytes_that_do_not_match_their_key_are_never_written(destination_has):
+    world = World()
+    sums = checksum_bytes(b"x" * 9)
+    world.put("gcp", sums.blob_key(), b"z" * 9)  # corrupt at the source
+    if destination_has is not None:
+        world.put("aws", sums.blob_key(), destination_has)
+    with pytest.raises(SourceCorrupt):
+        world.api.replicate(sums.blob_key(), "gcp")
+    assert world.log == []
+
+
+def test_a_corrupt_destination_blob_is_replaced_and_an_intact_one_kept():
+    world = World()
+    sums = checksum_bytes(b"x" * 9)
+    world.put("gcp", sums.blob_key(), b"x" * 9)
+    world.put("aws", sums.blob_key(), b"y" * 9)  # S3's MD5 ETag shows it
+    assert world.api.replicate(sums.blob_key(), "gcp").copied is True
+    assert world.stores["aws"].objects[sums.blob_key()][0] == b"x" * 9
+    assert world.api.replicate(sums.blob_key(), "gcp").copied is False
+
+
+def test_documents_invalid_at_the_source_are_refused_and_valid_ones_replace_what_differs():
+    world = World()
+    key = Keys.file(UUIDS[0], VERSION)
+    world.put("aws", key, b"{not json")
+    with pytest.raises(Unprocessable):
+        world.api.replicate(key, "aws")
+    assert world.log == []
+
+    doc, _ = world.put_file("gcp", UUIDS[1], b"right")
+    other = Keys.file(UUIDS[1], VERSION)
+    world.put("aws", other, b'{"format": "0.0.1"}')
+    world.put("aws", checksum_bytes(b"right").blob_key(), b"right")
+    assert world.api.replicate(other, "gcp").copied is True
+    assert world.contents("aws")[other] == world.contents("gcp")[other]
+    assert world.writes("aws") == [other]  # the blob was already there
+
+
+def test_collections_naming_each_other_terminate():
+    world = World()
+    first, second = Keys.collection(UUIDS[0], VERSION), Keys.collection(UUIDS[1], VERSION)
+
+    def collection(other_uuid):
+        return json.dumps({"name": "c", "owner": "o@example.org", "contents": [
+            {"type": "collection", "uuid": other_uuid, "version": VERSION}]}).encode()
+
+    world.put("aws", first, collection(UUIDS[1]))
+    world.put("aws", second, collection(UUIDS[0]))
+    assert world.api.replicate(first, "aws").copied is True
+    assert world.writes("gcp") == [second, first]
+
+
+def test_observed_lag():
+    world = World()
+    outcome = Outcome("aws", "gcp", "k", "blob", 1, True)
+    seen = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=3)).isoformat()
+    assert 3 <= world.api.observe_lag(outcome, seen) < 10
+    assert world.api.observe_lag(outcome, "2026-11-25T01:02:03.000Z") > 0  # S3's format
+    assert world.api.observe_lag(outcome, None) is None
+    assert world.api.observe_lag(outcome, "yesterday") is None
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (change(bucket="dss-staging"), "other_bucket"),
+    (change(kind="deleted", key="files/not-a-key"), "deleted"),
+    (change(key="tmp/compose/abc/00001"), "not_dss_key"),
+    (change(key=Keys.file(UUIDS[0], VERSION)), None),
+])
+def test_ignored(payload, reason):
+    assert World().api.ignored(payload) == reason
+
+
+def test_a_malformed_dss_key_is_an_error_not_ignored():
+    with pytest.raises(InvalidParameter):
+        World().api.ignored(change(key="blobs/not-four-checksums"))
+
+
+def test_memory_budget_is_shared_in_arrival_order():
+    budget = MemoryBudget(100)
+    order = []
+
+    def copy(name, amount, hold_for):
+        with budget.hold(amount):
+            order.append(("start", name))
+            eventlet.sleep(hold_for)
+        order.append(("end", name))
+
+    pool = eventlet.GreenPool()
+    pool.spawn(copy, "a", 60, 0.05)
+    eventlet.sleep(0)
+    pool.spawn(copy, "big", 80, 0)    # waits for a
+    eventlet.sleep(0)
+    pool.spawn(copy, "small", 10, 0)  # would fit now, but waits its turn behind big
+    eventlet.sleep(0)
+    pool.spawn(copy, "huge", 500, 0)  # more than the budget: runs alone
+    pool.waitall()
+    assert [step for step in order if step[0] == "start"] == [
+        ("start", "a"), ("start", "big"), ("start", "small"), ("start", "huge")]
+    assert order.index(("end", "a")) < order.index(("start", "big"))
+    assert budget.free == 100
