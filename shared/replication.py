@@ -103,7 +103,8 @@ def load_document(target: ReplicaKey, data: bytes) -> dict:
             raise ValueError("not a JSON object")
         _SCHEMAS[target.kind]().load(doc, unknown=INCLUDE)
     except (ValueError, ValidationError) as error:  # json.JSONDecodeError is a ValueError
-        raise Unprocessable(f"{target.key} is not a valid {target.kind} document: {error}", "invalid_document") from None
+        raise Unprocessable(f"{target.key} is not a valid {target.kind} document: {error}",
+                            "invalid_document") from None
     return doc
 
 

@@ -27,7 +27,7 @@ from shared.checksums import ChecksumPass, Checksums
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
-from shared.replication import (BLOB, BUNDLE, COLLECTION, FILE, TOMBSTONE, Comparer, ReplicaKey, blob_verdict,
+from shared.replication import (BLOB, BUNDLE, COLLECTION, FILE, Comparer, ReplicaKey, blob_verdict,
                                 document_verdict, hash_object, load_document, parse_key)
 from shared.retry import DEAD_SUFFIX
 from shared.storage import ReplicaStorage, Replicas, StorageProvider
@@ -132,7 +132,9 @@ class _Run:
 
     def missing(self, key: str, dependency: bool) -> Exception:
         where = f"{key} is not in {self.source.replica}"
-        return DependencyMissing(f"{where} (needed in {self.destination.replica})") if dependency else SourceMissing(where)
+        if dependency:
+            return DependencyMissing(f"{where} (needed in {self.destination.replica})")
+        return SourceMissing(where)
 
     def each(self, function, items: list) -> None:
         """``function`` over ``items``, ``DSS_REPLICATION_FANOUT`` at a time; the first error is

@@ -2,7 +2,6 @@
 events dispatched as the notification bridge does, after objects were written into a main bucket
 in the real storage layout; ``object_replicated`` is received by a listener service on the bus."""
 import datetime
-import io
 import json
 import os
 import threading
@@ -19,7 +18,6 @@ from nameko.testing.utils import get_container
 
 from shared import events, replication
 from shared.checksums import ChecksumPass, checksum_bytes
-from shared.config import Settings
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_LETTERS, RETRIES, peek_dead_letters

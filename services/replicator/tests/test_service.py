@@ -3,7 +3,6 @@
 import datetime
 import hashlib
 import json
-from unittest import mock
 
 import eventlet
 import google_crc32c
