@@ -65,16 +65,16 @@ def pubsub_emulator_host(local_cloud_settings):
 
 @pytest.fixture
 def s3_notification_settings(local_cloud_settings):
-    """Config overrides for a test reading S3 notifications: the session queue, drained of what
-    earlier tests' writes left there, and a retry delay of 1 s."""
+    """Config overrides for a test reading S3 notifications: a queue of its own, which the S3 main
+    bucket notifies for the test's duration (so it sees only later events; the session queue is
+    notified again afterwards), and a retry delay of 1 s."""
     settings = Settings.from_config(local_cloud_settings, environ={})
-    sqs = local_cloud.sqs_client(settings)
-    url = sqs.get_queue_url(QueueName=settings.s3_notification_queue)["QueueUrl"]
-    # Not PurgeQueue: SQS (and moto) allow one a minute.
-    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
-        sqs.delete_message_batch(QueueUrl=url, Entries=[
-            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)])
-    return {"DSS_NOTIFICATION_RETRY_DELAY": 1}
+    queue = f"test-{uuid.uuid4().hex[:12]}"
+    url = local_cloud.configure_s3_notifications(
+        Settings.from_config({**local_cloud_settings, "DSS_S3_NOTIFICATION_QUEUE": queue}, environ={}))
+    yield {"DSS_S3_NOTIFICATION_QUEUE": queue, "DSS_NOTIFICATION_RETRY_DELAY": 1}
+    local_cloud.configure_s3_notifications(settings)
+    local_cloud.sqs_client(settings).delete_queue(QueueUrl=url)
 
 
 @pytest.fixture

@@ -45,6 +45,7 @@ import eventlet
 import requests
 from botocore.config import Config
 from eventlet.semaphore import Semaphore
+from greenlet import GreenletExit
 from marshmallow import ValidationError
 from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import Entrypoint
@@ -247,7 +248,10 @@ class _NotificationEntrypoint(Entrypoint):
                 # message received by an interrupted fetch comes back after its timeout).
                 poller.kill()
             else:
-                poller.wait()  # let it hand over the batch it holds
+                try:
+                    poller.wait()  # let it hand over the batch it holds
+                except GreenletExit:  # killed meanwhile (by kill()); the slots tell the rest
+                    pass
         if self._slots is None:  # never set up
             return
         for _ in range(self.limit):  # every slot back: every in-flight message settled

@@ -306,6 +306,24 @@ def test_s3_other_buckets_are_not_bridged(start_bridge, s3_config, blobstores, d
     assert not collected(key)
 
 
+def test_s3_malformed_messages_are_dropped_and_free_their_slot(start_bridge, s3_config, blobstores, dss_settings):
+    start_bridge(S3Bridge, {**s3_config, "max_workers": 1})
+    settings = Settings.from_config(s3_config, environ={})
+    sqs = local_cloud.sqs_client(settings)
+    url = sqs.get_queue_url(QueueName=settings.s3_notification_queue)["QueueUrl"]
+    labels = {"replica": "aws", "reason": "malformed"}
+    dropped = REGISTRY.get_sample_value("dss_notifications_ignored_total", labels) or 0.0
+    for _ in range(3):
+        sqs.send_message(QueueUrl=url, MessageBody="not a notification")
+    key = f"{unique_prefix()}/after-garbage"
+    blobstores["aws"].put_bytes(dss_settings.bucket("aws"), key, b"x")
+    wait_until(lambda: collected(key), what="the change among the garbage")
+    wait_until(lambda: REGISTRY.get_sample_value("dss_notifications_ignored_total", labels) == dropped + 3,
+               what="the garbage to be dropped")
+    eventlet.sleep(1.2)  # past the visibility timeout: deleted, not left to come back
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages") is None
+
+
 def test_s3_failed_worker_leaves_the_message_for_redelivery(start_bridge, s3_config, blobstores, dss_settings):
     start_bridge(S3Bridge, s3_config)
     key = f"{unique_prefix()}/flaky"
