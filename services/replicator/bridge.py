@@ -420,7 +420,7 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
             self._queue_url = self.sqs.get_queue_url(QueueName=self.settings.s3_notification_queue)["QueueUrl"]
         answer = self.sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=max_messages,
                                           WaitTimeSeconds=SQS_WAIT_SECONDS,
-                                          VisibilityTimeout=max(1, self.retry_delay))
+                                          VisibilityTimeout=min(max(1, self.retry_delay), 43200))  # SQS's range
         return answer.get("Messages", [])
 
     def _normalise(self, message) -> list[dict]:
@@ -493,7 +493,7 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
         self._call("acknowledge", {"ackIds": [message["ackId"]]})
 
     def _retry_later(self, message) -> None:
-        self._call("modifyAckDeadline", {"ackIds": [message["ackId"]], "ackDeadlineSeconds": self.retry_delay})
+        self._call("modifyAckDeadline", {"ackIds": [message["ackId"]], "ackDeadlineSeconds": min(self.retry_delay, 600)})
 
     def _close(self) -> None:
         if self.session is not None:
