@@ -126,14 +126,18 @@ def peek_dead_letters(amqp_uri: str, queue_name: str, limit: int = 20) -> list[d
 
 
 def replay_dead_letters(amqp_uri: str, queue_name: str, limit: int | None = None) -> int:
-    """Move dead letters back into the handler's queue for a fresh round of attempts."""
+    """Move dead letters back into the handler's queue for a fresh round of attempts.
+
+    Only the letters present when the call starts are moved: one that fails again at once comes
+    back to the dead-letter queue while this runs, and must not be replayed twice."""
     moved = 0
     with Connection(amqp_uri) as connection:
         channel = connection.channel()
         queue = dead_letter_queue(queue_name)(channel)
-        queue.declare()
+        present = queue.queue_declare().message_count
+        limit = present if limit is None else min(limit, present)
         producer = connection.Producer(channel)
-        while limit is None or moved < limit:
+        while moved < limit:
             message = queue.get(no_ack=False)
             if message is None:
                 break
