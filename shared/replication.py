@@ -161,11 +161,14 @@ DIFFERENT = "different"
 @dataclasses.dataclass(frozen=True)
 class Finding:
     """A key that is not the same in both replicas. ``source`` is the replica holding the correct
-    copy (None: neither can be trusted, an operator must look)."""
+    copy (None: neither can be trusted, an operator must look). ``remove`` names a damaged blob
+    copy that only reading reveals: the replicator judges a copy by its metadata, so a repair
+    deletes that one before asking for it again."""
     key: str
     status: str  # missing_in_aws, missing_in_gcp or different
     source: str | None
     detail: str = ""
+    remove: str | None = None
 
 
 @dataclasses.dataclass
@@ -242,10 +245,11 @@ class Comparer:
         return actual == target.checksums
 
     def _compare_blob(self, target: ReplicaKey, infos: dict[str, BlobInfo]) -> tuple[Finding | None, bool]:
+        cheap = {name: blob_verdict(info, target.checksums) for name, info in infos.items()}
         if self.deep:
             verdicts = {name: self._hash_verdict(name, target) for name in REPLICAS}
         else:
-            verdicts = {name: blob_verdict(info, target.checksums) for name, info in infos.items()}
+            verdicts = cheap
         same_size = infos["aws"].size == infos["gcp"].size
         if same_size and False not in verdicts.values():
             return None, None in verdicts.values()
@@ -257,7 +261,10 @@ class Comparer:
         if not bad:  # both hash right yet sizes differ: impossible for real stores; report it
             return Finding(target.key, DIFFERENT, None, "sizes differ, checksums match"), False
         detail = ", ".join(f"{name} does not match the key ({infos[name].size} bytes)" for name in bad)
-        return Finding(target.key, DIFFERENT, good[0] if good else None, detail), False
+        if not good:
+            return Finding(target.key, DIFFERENT, None, detail), False
+        hidden = same_size and cheap[bad[0]] is not False  # its size and metadata look right
+        return Finding(target.key, DIFFERENT, good[0], detail, remove=bad[0] if hidden else None), False
 
     def _compare_document(self, target: ReplicaKey, infos: dict[str, BlobInfo]) -> Finding | None:
         if infos["aws"].size == infos["gcp"].size and not self.deep:
@@ -458,6 +465,9 @@ def run_command(action: str, settings, amqp_uri: str, prefix: str = "", deep: bo
         if finding.source is None:
             stuck += 1
             continue
+        if finding.remove is not None:
+            stores[finding.remove].delete(buckets[finding.remove], finding.key)
+            err.write(f"removed the damaged {finding.remove} copy of {finding.key}\n")
         dispatch("replicator", OBJECT_CHANGED, repair_event(finding, buckets))
         queued.append(finding.key)
     out.flush()

@@ -104,10 +104,11 @@ class _Run:
     """One replication of one key, with everything it needs: each object is handled once even
     when several parents name it (two files with the same bytes share a blob)."""
 
-    def __init__(self, api: "ReplicatorAPI", source: ReplicaStorage, destination: ReplicaStorage):
+    def __init__(self, api: "ReplicatorAPI", source: ReplicaStorage, destination: ReplicaStorage, deep: bool):
         self.api = api
         self.source = source
         self.destination = destination
+        self.deep = deep
         self.handled: dict[str, Event] = {}
         self.writes = 0
 
@@ -170,9 +171,10 @@ class _Run:
             info = self.source.store.stat(self.source.bucket, target.key)
         except BlobNotFound:
             raise self.missing(target.key, dependency) from None
-        # A blob's own event (or a repair) reads an S3 copy whose ETag cannot be judged; a blob
-        # checked as a dependency only needs to be there.
-        same = self.api.blob_present(self.destination, target, info.size, thorough=not dependency)
+        # An S3 copy whose ETag cannot be judged is taken on its size, unless asked to read it: every
+        # copy made is echoed by the destination's own notification, and re-reading large blobs
+        # for each would double the transfer. `dss-ops replicas verify --deep` finds such damage.
+        same = self.api.blob_present(self.destination, target, info.size, deep=self.deep and not dependency)
         if same:
             self.counted(target, False)
             return info.size
@@ -264,14 +266,15 @@ class ReplicatorAPI:
             logger.debug("ignoring %s of %s in %s/%s: %s", change["kind"], key, replica, change["bucket"], reason)
         return reason
 
-    def replicate(self, key: str, source_replica: str) -> Outcome:
-        """Make the other replica hold ``key`` as ``source_replica`` does, dependencies first."""
+    def replicate(self, key: str, source_replica: str, deep: bool = False) -> Outcome:
+        """Make the other replica hold ``key`` as ``source_replica`` does, dependencies first.
+        ``deep``: a blob already there whose metadata cannot vouch for it is read and hashed."""
         target = parse_key(key)
         if target is None:
             raise InvalidParameter(f"`{key}` is not a key of the DSS storage layout", "illegal_key")
         source = self.replicas[source_replica]
         destination = self.replicas[Replica(source_replica).other.value]
-        run = _Run(self, source, destination)
+        run = _Run(self, source, destination, deep)
         size = run.object(target)
         return Outcome(source.replica, destination.replica, key, target.kind, size, run.writes > 0)
 
@@ -284,7 +287,7 @@ class ReplicatorAPI:
         return lag
 
     # --- blobs -------------------------------------------------------------------------------------
-    def blob_present(self, replica: ReplicaStorage, target: ReplicaKey, size: int, thorough: bool) -> bool | None:
+    def blob_present(self, replica: ReplicaStorage, target: ReplicaKey, size: int, deep: bool) -> bool | None:
         """True if ``replica`` holds the blob intact, False if it holds something else, None if absent."""
         try:
             info = replica.store.stat(replica.bucket, target.key)
@@ -294,7 +297,7 @@ class ReplicatorAPI:
             return False
         verdict = blob_verdict(info, target.checksums)
         if verdict is None:
-            verdict = self.verify_blob(replica, target) if thorough else True
+            verdict = self.verify_blob(replica, target) if deep else True
         return verdict
 
     def verify_blob(self, replica: ReplicaStorage, target: ReplicaKey) -> bool:

@@ -10,6 +10,7 @@ class ReplicateCall(Schema):
     """Arguments of the ``replicate`` RPC."""
     key = fields.String(required=True, validate=validate.Length(min=1, max=1024))
     source_replica = fields.String(required=True, validate=validate.OneOf(REPLICAS))
+    deep = fields.Boolean(load_default=False)
 
 
 class VerifyCall(Schema):

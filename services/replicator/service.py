@@ -57,10 +57,11 @@ class ReplicatorService:
         return self._replicated(outcome, change["event_time"])
 
     @rpc
-    def replicate(self, key, source_replica):
-        """Copy ``key`` from ``source_replica`` to the other replica now (repairs, tests)."""
-        call = _arguments(ReplicateCall, key=key, source_replica=source_replica)
-        return self._replicated(self.replicator.replicate(call["key"], call["source_replica"]), None)
+    def replicate(self, key, source_replica, deep=False):
+        """Copy ``key`` from ``source_replica`` to the other replica now (repairs, tests); ``deep``
+        reads a blob already there when its metadata cannot tell whether it is intact."""
+        call = _arguments(ReplicateCall, key=key, source_replica=source_replica, deep=deep)
+        return self._replicated(self.replicator.replicate(call["key"], call["source_replica"], call["deep"]), None)
 
     @rpc
     def verify(self, key, deep=False):

@@ -388,6 +388,7 @@ def test_verify_finds_a_same_size_corruption_only_deep_and_repair_fixes_it(clust
 
     code, lines, err = dss_ops("repair", "--prefix", key, "--deep", "--wait", "30")
     assert code == 0, err
+    assert f"removed the damaged aws copy of {key}" in err  # else its size and ETag would pass
     assert "re-enqueued 1 keys" in err and "1 of 1 repaired" in err
     assert cluster.get("aws", key) == data
     assert dss_ops("verify", "--prefix", key, "--deep")[0] == 0

@@ -113,6 +113,7 @@ def test_compare_replicas_reports_each_difference_with_its_correct_side():
         Keys.bundle_tombstone(UUIDS[2]): ("missing_in_aws", "gcp"),
     }
     assert (summary.compared, summary.differences) == (7, 4)
+    assert findings[bad_in_gcp.blob_key()].remove is None  # the replicator sees it is damaged
     # Same-length documents are compared byte for byte only when deep; both are valid here.
     deep = {f.key: f for f in replication.compare_replicas(stores, buckets, "files/", deep=True)}
     assert deep[doc].status == "different" and deep[doc].source is None
@@ -130,3 +131,18 @@ def test_progress_line():
     assert last.startswith("[" + "#" * 30 + "] 100%")
     assert replication.walk_prefixes("b") == ("blobs/", "bundles/")
     assert replication.walk_prefixes("files/ab") == ("files/ab",)
+
+
+def test_damage_only_reading_shows_is_marked_for_removal():
+    world = World()
+    stores, buckets = world.stores, {"aws": "dss-main", "gcp": "dss-main"}
+    sums = checksum_bytes(b"good")
+    world.put("gcp", sums.blob_key(), b"good")
+    world.put("aws", sums.blob_key(), b"evil")
+    stores["aws"].etags[sums.blob_key()] = "0" * 32 + "-2"  # uploaded in parts: says nothing
+
+    summary = replication.Summary()
+    assert list(replication.compare_replicas(stores, buckets, "blobs/", summary=summary)) == []
+    assert summary.unverified == 1
+    (finding,) = replication.compare_replicas(stores, buckets, "blobs/", deep=True)
+    assert (finding.status, finding.source, finding.remove) == ("different", "gcp", "aws")

@@ -111,6 +111,7 @@ class MemoryStore(BlobStore):
     def __init__(self, replica, log):
         self.replica, self.scheme = replica, {"aws": "s3", "gcp": "gs"}[replica]
         self.objects: dict[str, tuple[bytes, str]] = {}
+        self.etags: dict[str, str] = {}  # as if uploaded in parts: an ETag that is not the MD5
         self.log = log
 
     def stat(self, bucket, key):
@@ -118,7 +119,8 @@ class MemoryStore(BlobStore):
             raise BlobNotFound(key)
         data, content_type = self.objects[key]
         crc = google_crc32c.Checksum(data).digest().hex() if self.replica == "gcp" else None
-        return BlobInfo(key, len(data), content_type, {}, hashlib.md5(data).hexdigest(), crc, None)
+        etag = self.etags.get(key) or hashlib.md5(data).hexdigest()
+        return BlobInfo(key, len(data), content_type, {}, etag, crc, None)
 
     def get_tags(self, bucket, key):
         return {}
@@ -138,6 +140,7 @@ class MemoryStore(BlobStore):
             raise BlobAlreadyExists(key)
         eventlet.sleep(0)  # let concurrent copies interleave, as real requests would
         self.objects[key] = (bytes(data), content_type)
+        self.etags.pop(key, None)
         self.log.append((self.replica, key))
 
     def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
@@ -250,6 +253,17 @@ def test_a_corrupt_destination_blob_is_replaced_and_an_intact_one_kept():
     assert world.api.replicate(sums.blob_key(), "gcp").copied is True
     assert world.stores["aws"].objects[sums.blob_key()][0] == b"x" * 9
     assert world.api.replicate(sums.blob_key(), "gcp").copied is False
+
+
+def test_damage_that_s3_metadata_cannot_show_is_read_only_when_asked():
+    world = World()
+    sums = checksum_bytes(b"x" * 9)
+    world.put("gcp", sums.blob_key(), b"x" * 9)
+    world.put("aws", sums.blob_key(), b"y" * 9)
+    world.stores["aws"].etags[sums.blob_key()] = "0" * 32 + "-2"
+    assert world.api.replicate(sums.blob_key(), "gcp").copied is False  # an event: judged by size
+    assert world.api.replicate(sums.blob_key(), "gcp", deep=True).copied is True
+    assert world.contents("aws")[sums.blob_key()] == b"x" * 9
 
 
 def test_documents_invalid_at_the_source_are_refused_and_valid_ones_replace_what_differs():
