@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Iterator, TextIO
 import google_crc32c
 from marshmallow import INCLUDE, Schema, ValidationError, fields
 
-from shared.blobstore import BlobInfo, BlobNotFound, BlobStore
+from shared.blobstore import BlobInfo, BlobNotFound, BlobStore, BlobStoreError
 from shared.checksums import ChecksumPass, Checksums
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS, TOMBSTONE_SUFFIX, Replica, split_fqid
@@ -436,8 +436,9 @@ def _handler_queue_exists(amqp_uri: str) -> bool:
 def run_command(action: str, settings, amqp_uri: str, prefix: str = "", deep: bool = False, wait: float = 0,
                 out: TextIO | None = None, err: TextIO | None = None) -> int:
     """``verify``: print every difference (``status<TAB>key<TAB>detail``) and a summary; exit 1 if
-    there are any. ``repair``: also dispatch an ``object_changed`` event for each from the replica
-    holding the correct copy, and with ``wait`` re-check those keys until they match (or time out)."""
+    there are any (3 if a store failed on the way). ``repair``: also dispatch an ``object_changed``
+    event for each from the replica holding the correct copy, and with ``wait`` re-check those
+    keys until they match (or time out)."""
     from nameko.standalone.events import event_dispatcher
 
     from shared.blobstore import open_blobstore
@@ -457,19 +458,24 @@ def run_command(action: str, settings, amqp_uri: str, prefix: str = "", deep: bo
         dispatch = event_dispatcher({"AMQP_URI": amqp_uri})
     summary, queued, stuck = Summary(), [], 0
     progress = Progress(err, walk_prefixes(prefix))
-    for finding in compare_replicas(stores, buckets, prefix, deep=deep, chunk_size=settings.stream_chunk_bytes,
-                                    progress=progress, summary=summary):
-        out.write(f"{finding.status}\t{finding.key}\t{finding.detail}\n")
-        if dispatch is None:
-            continue
-        if finding.source is None:
-            stuck += 1
-            continue
-        if finding.remove is not None:
-            stores[finding.remove].delete(buckets[finding.remove], finding.key)
-            err.write(f"removed the damaged {finding.remove} copy of {finding.key}\n")
-        dispatch("replicator", OBJECT_CHANGED, repair_event(finding, buckets))
-        queued.append(finding.key)
+    try:
+        for finding in compare_replicas(stores, buckets, prefix, deep=deep, chunk_size=settings.stream_chunk_bytes,
+                                        progress=progress, summary=summary):
+            out.write(f"{finding.status}\t{finding.key}\t{finding.detail}\n")
+            if dispatch is None:
+                continue
+            if finding.source is None:
+                stuck += 1
+                continue
+            if finding.remove is not None:
+                stores[finding.remove].delete(buckets[finding.remove], finding.key)
+                err.write(f"removed the damaged {finding.remove} copy of {finding.key}\n")
+            dispatch("replicator", OBJECT_CHANGED, repair_event(finding, buckets))
+            queued.append(finding.key)
+    except BlobStoreError as error:  # an operator needs the reason, not a traceback
+        out.flush()
+        err.write(f"\nstopped after {summary.compared} keys: {error}\n{summary}\n")
+        return 3
     out.flush()
     err.write(f"{summary}\n")
     if action == "verify":

@@ -346,6 +346,7 @@ def test_replicate_verify_and_health_over_rpc(cluster):
             rpc.replicate(sums.blob_key(), "azure")
         health = rpc.health()
     assert health["aws"]["ok"] and health["gcp"]["ok"] and health["queues"]["ok"]
+    assert f"{replication.HANDLER_QUEUE}: " in health["queues"]["detail"]  # polled at start
 
 
 # --- dss-ops replicas verify | repair ------------------------------------------------------------------
