@@ -28,11 +28,12 @@ from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
 from shared.replication import (BLOB, BUNDLE, COLLECTION, FILE, Comparer, ReplicaKey, blob_verdict,
-                                document_verdict, hash_object, load_document, parse_key)
+                                document_verdict, hash_object, is_valid_document, load_document, parse_key)
 from shared.retry import DEAD_SUFFIX
 from shared.storage import ReplicaStorage, Replicas, StorageProvider
 
-from services.replicator.exceptions import CopyMismatch, DependencyMissing, SourceCorrupt, SourceMissing
+from services.replicator.exceptions import (ConflictingDocuments, CopyMismatch, DependencyMissing, SourceCorrupt,
+                                            SourceMissing)
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,8 @@ class _Run:
         if existing == data:
             self.counted(target, False)
             return len(data)
+        if existing is not None:
+            self.api.check_replaceable(self.source, self.destination, target, existing)
         self.dependencies(target, doc, ancestors | {target.key})
         self.counted(target, self.api.write_document(self.destination, target, data, replace=existing is not None))
         return len(data)
@@ -347,23 +350,32 @@ class ReplicatorAPI:
 
     # --- documents ---------------------------------------------------------------------------------
     def write_document(self, replica: ReplicaStorage, target: ReplicaKey, data: bytes, replace: bool) -> bool:
-        """Write a (valid) document; replace a different one already there. False if an identical
-        one appeared meanwhile."""
+        """Write a (valid) document; with ``replace``, over a damaged one already there. False if an
+        identical one appeared meanwhile."""
         store, bucket = replica.store, replica.bucket
         try:
             store.put_bytes(bucket, target.key, data, content_type=JSON, if_absent=not replace)
-        except BlobAlreadyExists:  # a concurrent delivery of the same change won
+        except BlobAlreadyExists:  # a concurrent write won
             existing = store.get_bytes(bucket, target.key)
             if existing == data:
                 return False
+            self.check_replaceable(None, replica, target, existing)
             replace = True
             store.put_bytes(bucket, target.key, data, content_type=JSON)
         if replace:
-            logger.warning("replaced %s in %s: it differed from the valid source", target.key, replica.replica)
+            logger.warning("replaced %s in %s: it was not a valid document", target.key, replica.replica)
         if not document_verdict(store.stat(bucket, target.key), data):
             raise CopyMismatch(f"{target.key} in {replica.replica} does not hold what was written")
         self.metrics.bytes_copied(replica.replica, target.kind, len(data))
         return True
+
+    @staticmethod
+    def check_replaceable(source: ReplicaStorage | None, destination: ReplicaStorage, target: ReplicaKey,
+                          existing: bytes) -> None:
+        """A (valid) source replaces a different destination document only if that one is damaged."""
+        if is_valid_document(target, existing):
+            where = f"{source.replica} and {destination.replica}" if source else "the two replicas"
+            raise ConflictingDocuments(f"{target.key} differs between {where}, and both are valid documents")
 
     # --- checks ------------------------------------------------------------------------------------
     def verify(self, key: str, deep: bool = False) -> dict:

@@ -28,6 +28,14 @@ class CopyMismatch(Unavailable):
 
 
 @deserialize_to_instance
+class ConflictingDocuments(Unprocessable):
+    """Both replicas hold a valid document under the key, with different bytes (two writes of one
+    uuid and version, one per replica). Replacing either could flip back and forth between the
+    replicas' events forever; an operator chooses (``dss-ops replicas verify --deep`` lists them)."""
+    code = "conflicting_documents"
+
+
+@deserialize_to_instance
 class SourceCorrupt(Unprocessable):
     """The source's bytes do not match the checksums their key names: copying them would spread
     the damage. An operator repairs the source (``dss-ops replicas repair``) and replays."""

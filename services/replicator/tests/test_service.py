@@ -25,7 +25,8 @@ from shared.storage import ReplicaStorage, Replicas
 
 from services.replicator.dependencies import MemoryBudget, Outcome, ReplicatorAPI
 from services.replicator.entrypoints import ReplicationEventHandler
-from services.replicator.exceptions import CopyMismatch, DependencyMissing, SourceCorrupt, SourceMissing
+from services.replicator.exceptions import (ConflictingDocuments, CopyMismatch, DependencyMissing, SourceCorrupt,
+                                            SourceMissing)
 from services.replicator.service import PERMANENT_ERRORS, ReplicatorService
 
 UUIDS = [f"2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d{i:04x}" for i in range(200)]
@@ -281,6 +282,16 @@ def test_documents_invalid_at_the_source_are_refused_and_valid_ones_replace_what
     assert world.api.replicate(other, "gcp").copied is True
     assert world.contents("aws")[other] == world.contents("gcp")[other]
     assert world.writes("aws") == [other]  # the blob was already there
+
+
+def test_two_valid_documents_that_differ_are_a_conflict_for_an_operator():
+    world = World()
+    world.put_file("aws", UUIDS[0], b"one")
+    world.put_file("gcp", UUIDS[0], b"two")  # the same uuid and version written in each replica
+    with pytest.raises(ConflictingDocuments) as error:
+        world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws")
+    assert isinstance(error.value, PERMANENT_ERRORS)  # else the two replicas' events would flip it forever
+    assert world.log == []
 
 
 def test_collections_naming_each_other_terminate():
