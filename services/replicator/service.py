@@ -20,6 +20,7 @@ from shared.exceptions import InvalidParameter, Unprocessable
 from shared.metrics import Metrics
 from shared.schemas import ObjectChanged, ObjectReplicated
 
+from services.replicator.bridge import gcs_notifications, s3_notifications
 from services.replicator.dependencies import QueueMonitor, ReplicaStore
 from services.replicator.entrypoints import replication_event_handler
 from services.replicator.schemas import ReplicateCall, VerifyCall
@@ -45,8 +46,16 @@ class ReplicatorService:
     metrics = Metrics()
     dispatch = EventDispatcher()
 
-    # The notification bridges (S3 via SQS, GCS via Pub/Sub) arrive here as two more entrypoints
-    # that only `self.dispatch(events.OBJECT_CHANGED, <ObjectChanged payload>)`.
+    # The notification bridge: each cloud's change notifications become one `object_changed`
+    # fact on the bus. The cloud message is acknowledged only once this worker has returned,
+    # i.e. once the event is on the bus (the dispatcher waits for the broker's confirm).
+    @s3_notifications
+    def handle_s3_notification(self, change):
+        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+
+    @gcs_notifications
+    def handle_gcs_notification(self, change):
+        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
 
     @replication_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS)
     def handle_object_changed(self, payload):
