@@ -5,41 +5,11 @@ Every request goes through a real socket to the gateway, which calls the service
 import hashlib
 import json
 
-import pytest
 import requests
 
 from shared.identifiers import new_uuid, new_version
-from shared.testing import stage_object
-from services.bundles.service import BundlesService
-from services.files.service import FilesService
-from services.gateway.service import GatewayService
 
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def api(service_config, web_config, runner_factory):
-    config = {**service_config, **web_config, "DSS_MAX_REQUEST_BYTES": 64 * 1024}
-    runner = runner_factory(config, GatewayService, FilesService, BundlesService)
-    runner.start()
-    return f"http://{web_config['WEB_SERVER_ADDRESS']}/v1"
-
-
-@pytest.fixture
-def auth(mint_token):
-    return {"Authorization": f"Bearer {mint_token('user@example.org', ['dbio'])}"}
-
-
-@pytest.fixture
-def admin(mint_token):
-    return {"Authorization": f"Bearer {mint_token('admin@example.org', ['dbio'])}"}
-
-
-@pytest.fixture
-def stage(blobstores, dss_settings):
-    def stage(data=b"hello", replica="aws", **kwargs):
-        return stage_object(blobstores[replica], dss_settings.bucket(replica, "staging"), data, **kwargs)
-    return stage
 
 
 def put_file(api, auth, source_url, uuid=None, version=None):
