@@ -94,6 +94,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_REPLICATION_RETRY_DELAYS", "1,5,30,120,600,3600",
             "Seconds before each new attempt of a failed replication (broker delay queues); then dead-lettered.",
             _as_ints),
+    # --- notifier: webhook delivery ---------------------------------------------------------
+    Setting("DSS_NOTIFY_ALLOWED_HOSTS", "",
+            "Callback hosts (names) or CIDRs that webhooks may reach although they are loopback, private, "
+            "link-local or otherwise non-public (comma-separated; empty: only public addresses).", _as_list),
+    Setting("DSS_NOTIFY_CONNECT_TIMEOUT", 10, "Seconds a webhook delivery waits to connect.", float),
+    Setting("DSS_NOTIFY_READ_TIMEOUT", 30,
+            "Seconds a webhook delivery waits for each read of the answer.", float),
+    Setting("DSS_NOTIFY_RETRY_DELAYS", "60,600,3600,21600,61200,86400,86400,86400,86400,86400,86400",
+            "Seconds before each new attempt of a failed webhook delivery, the first being at once "
+            "(broker delay queues); then dead-lettered.", _as_ints),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
