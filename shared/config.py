@@ -104,6 +104,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_NOTIFY_RETRY_DELAYS", "60,600,3600,21600,61200,86400,86400,86400,86400,86400,86400",
             "Seconds before each new attempt of a failed webhook delivery, the first being at once "
             "(broker delay queues); then dead-lettered.", _as_ints),
+    # --- search index (shared.search) ---------------------------------------------------------
+    Setting("DSS_INDEX_BACKEND", "embedded",
+            "Search index of each replica: `embedded` (tantivy on disk under DSS_INDEX_DIR) or `opensearch`."),
+    Setting("DSS_INDEX_DIR", "var/index",
+            "Directory of the embedded search indexes (one subdirectory per replica)."),
+    Setting("DSS_OPENSEARCH_URL", "",
+            "OpenSearch endpoint (e.g. `https://search.example.org:9200`) when DSS_INDEX_BACKEND is `opensearch`."),
+    Setting("DSS_OPENSEARCH_INDEX_PREFIX", "dss",
+            "Prefix of the OpenSearch indexes and aliases: `{prefix}-{replica}` (documents), "
+            "`{prefix}-{replica}-subscriptions`."),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
