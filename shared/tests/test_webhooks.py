@@ -1,0 +1,643 @@
+"""Webhook payloads and delivery (shared.subscriptions, shared.webhooks) against a real local receiver.
+
+The receiver is a threaded http.server on 127.0.0.1 that verifies what it gets the way a
+subscriber would, independently of the code under test: the draft-cavage Authorization signature
+and the Digest header are recomputed here with hmac/hashlib; the RFC 9421 signature is checked
+with the library's verifier and recomputed by hand from the RFC's signature-base rules; the
+Content-Digest is recomputed. A request whose signatures do not verify gets a 401, so a delivery
+only succeeds when they do. The only stand-ins are DNS answers (to give a name a chosen address).
+"""
+import base64
+import datetime
+import email
+import email.policy
+import email.utils
+import hashlib
+import hmac
+import http.server
+import json
+import logging
+import re
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
+
+from shared.config import Settings
+from shared.exceptions import InvalidParameter, Unavailable
+from shared.subscriptions import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments, jmespath_matches,
+                                  validate_attachments, validate_jmespath_query)
+from shared.webhooks import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
+                             retry_schedule, validate_callback_url, validate_subscription)
+
+SECRET = "s3cr3t-hmac-key-for-tests"
+KEY_ID = "subscriber-key-1"
+
+
+# --- the receiver ------------------------------------------------------------------------------------
+
+def verify_cavage(method, path, headers, body, keys):
+    """Check ``Authorization: Signature ...`` (draft-cavage-http-signatures-10, hmac-sha256) and the
+    Digest it covers; return the key id."""
+    authorization = headers["authorization"]
+    assert authorization.startswith("Signature ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', authorization[len("Signature "):]))
+    assert params["algorithm"] == "hmac-sha256"
+    assert params["headers"] == "(request-target) host date digest"
+    assert headers["digest"] == "SHA-256=" + base64.b64encode(hashlib.sha256(body).digest()).decode()
+    date = email.utils.parsedate_to_datetime(headers["date"])
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 300
+    signing_string = "\n".join([f"(request-target): {method.lower()} {path}", f"host: {headers['host']}",
+                                f"date: {headers['date']}", f"digest: {headers['digest']}"])
+    expected = hmac.new(keys[params["keyId"]], signing_string.encode(), hashlib.sha256).digest()
+    assert hmac.compare_digest(base64.b64decode(params["signature"]), expected), "draft-cavage signature mismatch"
+    return params["keyId"]
+
+
+class _Message:
+    """What http_message_signatures reads from a request: method, absolute URL, headers."""
+
+    def __init__(self, method, url, headers):
+        self.method, self.url, self.headers = method, url, headers
+
+
+def verify_rfc9421(method, url, headers, body, keys):
+    """Check Signature-Input / Signature with the library's verifier, and again by hand (RFC 9421
+    section 2.5 signature base, HMAC-SHA256), plus Content-Digest (RFC 9530); return the key id."""
+    assert headers["content-digest"] == "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256,
+                                   key_resolver=MappingKeyResolver(public_keys=keys, private_keys={}))
+    [result] = verifier.verify(_Message(method, url, headers), expect_tag="dss-webhook", body=body,
+                               require_components=("@method", "@target-uri", "content-type", "content-digest"))
+    assert result.label == "dss" and result.parameters["alg"] == "hmac-sha256"
+
+    label, params = headers["signature-input"].split("=", 1)
+    assert label == "dss"
+    components = re.match(r'\(([^)]*)\)', params).group(1).split()
+    values = {'"@method"': method, '"@target-uri"': url, '"content-type"': headers["content-type"],
+              '"content-digest"': headers["content-digest"]}
+    base = "\n".join(f"{c}: {values[c]}" for c in components) + f'\n"@signature-params": {params}'
+    key_id = re.search(r';keyid="([^"]*)"', params).group(1)
+    signature = re.fullmatch(r"dss=:([A-Za-z0-9+/=]+):", headers["signature"]).group(1)
+    expected = hmac.new(keys[key_id], base.encode(), hashlib.sha256).digest()
+    assert hmac.compare_digest(base64.b64decode(signature), expected), "RFC 9421 signature mismatch"
+    return key_id
+
+
+class Received:
+    def __init__(self, method, path, headers, body):
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+        self.key_ids = None  # (cavage, rfc9421) when both signatures verified
+
+    def form(self):
+        """The parts of a multipart/form-data body, parsed with the e-mail package."""
+        raw = f"Content-Type: {self.headers['content-type']}\r\nMIME-Version: 1.0\r\n\r\n".encode() + self.body
+        message = email.message_from_bytes(raw, policy=email.policy.HTTP)
+        assert message.is_multipart()
+        return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+                for part in message.iter_parts()}
+
+    def payload(self):
+        if self.headers["content-type"] == "application/json":
+            return json.loads(self.body)
+        return json.loads(self.form()["payload"])
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # the test output is not the place for an access log
+        pass
+
+    def do_POST(self):
+        receiver = self.server.receiver
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        record = Received(self.command, self.path, headers, body)
+        receiver.requests.append(record)
+        if "signature" in headers or "authorization" in headers:
+            url = f"http://{headers['host']}{self.path}"
+            try:
+                record.key_ids = (verify_cavage(self.command, self.path, headers, body, receiver.keys),
+                                  verify_rfc9421(self.command, url, headers, body, receiver.keys))
+            except Exception as error:  # a subscriber refuses what does not verify
+                record.error = repr(error)
+                return self._answer(401, b"bad signature")
+        path = self.path.split("?", 1)[0]
+        if path == "/redirect":
+            return self._answer(302, b"", {"Location": f"http://{headers['host']}/ok?token=do-not-log"})
+        if path.startswith("/status/"):
+            return self._answer(int(path.rsplit("/", 1)[1]), b"nope")
+        if path == "/slow":
+            time.sleep(1.5)
+        if path == "/flaky" and sum(r.path == "/flaky" for r in receiver.requests) <= 2:
+            return self._answer(503, b"busy")
+        self._answer(200, b"ok")
+
+    do_PUT = do_POST
+
+    def _answer(self, status, body, headers=()):
+        self.send_response(status)
+        for name, value in dict(headers).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Receiver:
+    def __init__(self, keys):
+        self.keys = keys
+        self.requests: list[Received] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.receiver = self
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path="/ok", host="127.0.0.1"):
+        return f"http://{host}:{self.port}{path}"
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver({KEY_ID: SECRET.encode()})
+    yield server
+    server.stop()
+
+
+def settings(**overrides):
+    config = {"DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1/32", "DSS_NOTIFY_CONNECT_TIMEOUT": 2,
+              "DSS_NOTIFY_READ_TIMEOUT": 2}
+    config.update(overrides)
+    return Settings.from_config(config, environ={})
+
+
+def subscription(url, **fields):
+    return {"uuid": str(uuid.uuid4()), "callback_url": url, "jmespath_query": "event_type=='CREATE'", **fields}
+
+
+BUNDLE_UUID = "11111111-2222-4333-8444-555555555555"
+BUNDLE_VERSION = "2024-01-02T030405.000000Z"
+
+
+def event_document(**extra):
+    return {
+        "event_type": "CREATE",
+        "bundle_info": {"uuid": BUNDLE_UUID, "version": BUNDLE_VERSION},
+        "manifest": {"version": BUNDLE_VERSION, "files": [{"name": "cell_suspension_0.json", "size": 12}]},
+        "files": {"cell_suspension_json": [{"organ": "heart", "count": 0, "donors": ["d1", "d2"]}]},
+        **extra,
+    }
+
+
+def payload_for(sub):
+    return build_payload(sub, event_document(), "tx-1", "2024-01-02T03:04:05.000000Z",
+                         f"https://dss.example/v1/bundles/{BUNDLE_UUID}?version={BUNDLE_VERSION}&replica=aws")
+
+
+# --- delivery: encodings, methods, headers, signatures -----------------------------------------------
+
+def test_signed_json_post_verifies_in_both_forms(receiver):
+    sub = subscription(receiver.url("/hook?channel=a%20b"), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    payload = payload_for(sub)
+    result = deliver(sub, payload, 1, settings())
+    assert (result.status, result.attempt, result.address, result.signed) == (200, 1, "127.0.0.1", True)
+    [got] = receiver.requests
+    assert got.key_ids == (KEY_ID, KEY_ID)
+    assert got.method == "POST" and got.path == "/hook?channel=a%20b"
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers[ATTEMPT_HEADER.lower()] == "1"
+    assert got.headers["user-agent"].startswith("dss-notifier/")
+    assert got.payload() == payload
+
+
+def test_key_id_defaults_to_the_subscription_uuid(receiver):
+    sub = subscription(receiver.url(), hmac_secret_key=SECRET)
+    receiver.keys[sub["uuid"]] = SECRET.encode()
+    deliver(sub, payload_for(sub), 1, settings())
+    assert receiver.requests[0].key_ids == (sub["uuid"], sub["uuid"])
+
+
+def test_a_wrong_key_is_refused_by_the_receiver(receiver):
+    """The receiver's checks are not vacuous: signed with another key, the delivery is a 401."""
+    sub = subscription(receiver.url(), hmac_secret_key="another key", hmac_key_id=KEY_ID)
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings())
+    assert (failure.value.code, failure.value.status) == ("http_status", 401)
+    assert "signature mismatch" in receiver.requests[0].error
+
+
+def test_signed_multipart_put_with_form_fields(receiver):
+    sub = subscription(receiver.url("/upload"), method="PUT", encoding="multipart/form-data",
+                       form_fields={"token": "abc", "note": "grüße"}, payload_form_field="data",
+                       hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    payload = payload_for(sub)
+    deliver(sub, payload, 2, settings())
+    [got] = receiver.requests
+    assert got.method == "PUT" and got.key_ids == (KEY_ID, KEY_ID)
+    assert got.headers["content-type"].startswith("multipart/form-data; boundary=")
+    assert got.headers[ATTEMPT_HEADER.lower()] == "2"
+    form = got.form()
+    assert list(form) == ["token", "note", "data"]
+    assert form["token"] == "abc" and form["note"] == "grüße"
+    assert json.loads(form["data"]) == payload
+
+
+def test_unsigned_multipart_post_uses_the_default_payload_field(receiver):
+    sub = subscription(receiver.url(), encoding="multipart/form-data", form_fields={"a": "1"})
+    result = deliver(sub, payload_for(sub), 1, settings())
+    assert result.signed is False
+    [got] = receiver.requests
+    assert "authorization" not in got.headers and "signature" not in got.headers
+    assert got.key_ids is None
+    assert got.method == "POST" and set(got.form()) == {"a", "payload"}
+    assert got.payload()["subscription_id"] == sub["uuid"]
+
+
+def test_the_attempt_number_is_sent(receiver):
+    sub = subscription(receiver.url())
+    for attempt in (1, 5, 12):
+        deliver(sub, payload_for(sub), attempt, settings())
+    assert [r.headers[ATTEMPT_HEADER.lower()] for r in receiver.requests] == ["1", "5", "12"]
+
+
+def test_a_receiver_failing_twice_gets_one_accepted_delivery(receiver):
+    sub = subscription(receiver.url("/flaky"), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    payload = payload_for(sub)
+    outcomes = []
+    for attempt in (1, 2, 3):
+        try:
+            outcomes.append(deliver(sub, payload, attempt, settings()).status)
+        except RetryableDeliveryError as error:
+            outcomes.append(error.status)
+    assert outcomes == [503, 503, 200]
+    assert [r.headers[ATTEMPT_HEADER.lower()] for r in receiver.requests] == ["1", "2", "3"]
+
+
+# --- what does not count -------------------------------------------------------------------------
+
+def test_redirects_are_not_followed(receiver, caplog):
+    sub = subscription(receiver.url("/redirect"))
+    with caplog.at_level(logging.DEBUG), pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings())
+    assert (failure.value.code, failure.value.status, failure.value.retryable) == ("redirected", 302, True)
+    assert [r.path for r in receiver.requests] == ["/redirect"]  # the Location was never requested
+    assert "do-not-log" not in str(failure.value) and "do-not-log" not in caplog.text
+
+
+@pytest.mark.parametrize("status", [500, 503, 408, 429, 404])
+def test_non_2xx_answers_are_retryable(receiver, status):
+    sub = subscription(receiver.url(f"/status/{status}"))
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings())
+    assert (failure.value.code, failure.value.status, failure.value.retryable) == ("http_status", status, True)
+    assert "nope" in failure.value.title  # an excerpt of the answer, for whoever reads the dead letter
+
+
+def test_a_slow_answer_times_out_and_is_retryable(receiver):
+    sub = subscription(receiver.url("/slow"))
+    started = time.monotonic()
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_READ_TIMEOUT=0.3))
+    assert failure.value.code == "read_timeout"
+    assert time.monotonic() - started < 1.2
+
+
+def test_a_connect_timeout_is_retryable():
+    # A listener whose backlog is full: the kernel drops further SYNs, so connecting hangs.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(filler)
+        time.sleep(0.1)
+        sub = subscription(f"http://127.0.0.1:{port}/hook")
+        started = time.monotonic()
+        with pytest.raises(RetryableDeliveryError) as failure:
+            deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_CONNECT_TIMEOUT=0.3))
+        assert failure.value.code == "connect_timeout"
+        assert time.monotonic() - started < 1.5
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_a_refused_connection_is_retryable():
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens there now
+    sub = subscription(f"http://127.0.0.1:{port}/hook")
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings())
+    assert failure.value.code == "connection_failed"
+
+
+def test_secrets_are_not_logged(receiver, caplog):
+    sub = subscription(receiver.url("/status/500?token=query-secret"), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    with caplog.at_level(logging.DEBUG, logger="shared"), pytest.raises(RetryableDeliveryError):
+        deliver(sub, payload_for(sub), 1, settings())
+    deliver(subscription(receiver.url(), hmac_secret_key=SECRET, hmac_key_id=KEY_ID), {"x": 1}, 1, settings())
+    sent = [r.headers for r in receiver.requests]
+    signatures = [h["signature"] for h in sent] + [h["authorization"].rsplit("signature=", 1)[1] for h in sent]
+    assert caplog.records  # the attempts were logged ...
+    for secret in [SECRET, "query-secret", *signatures]:
+        assert secret not in caplog.text  # ... without the key, the signatures or the URL's query
+
+
+# --- SSRF: where deliveries may go -------------------------------------------------------------
+
+def test_loopback_is_refused_unless_allowed(receiver):
+    sub = subscription(receiver.url())
+    with pytest.raises(PermanentDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS=""))
+    assert failure.value.code == "callback_url_forbidden_address" and failure.value.retryable is False
+    assert "loopback" in failure.value.title
+    assert receiver.requests == []
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_callback_url(sub["callback_url"], settings(DSS_NOTIFY_ALLOWED_HOSTS=""))
+    assert invalid.value.error_code == "callback_url_forbidden_address"
+    # A CIDR that covers it, or the host's name, permits it.
+    assert deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS="10.0.0.0/8, 127.0.0.0/8")).status == 200
+    assert validate_callback_url(sub["callback_url"], settings()) == sub["callback_url"]
+
+
+def test_localhost_allowed_by_name(receiver):
+    # If localhost resolves to ::1 first, where nothing listens, the next permitted address is tried.
+    sub = subscription(receiver.url(host="localhost"), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    with pytest.raises(PermanentDeliveryError):
+        deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS="other.example,10.0.0.0/8"))
+    result = deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS="localhost"))
+    assert result.status == 200 and result.address == "127.0.0.1"
+    [got] = receiver.requests
+    assert got.headers["host"] == f"localhost:{receiver.port}" and got.key_ids == (KEY_ID, KEY_ID)
+
+
+@pytest.mark.parametrize("url, category", [
+    ("http://10.1.2.3/hook", "private"),
+    ("http://172.16.0.1/hook", "private"),
+    ("http://192.168.1.1:8080/hook", "private"),
+    ("http://[fd00::1]/hook", "private"),
+    ("http://169.254.169.254/latest/meta-data/", "link-local"),
+    ("http://[fe80::1]/hook", "link-local"),
+    ("http://127.0.0.2/hook", "loopback"),
+    ("http://[::1]/hook", "loopback"),
+    ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+    ("http://[::ffff:169.254.169.254]/hook", "link-local"),
+    ("http://[64:ff9b::a00:1]/hook", "private"),
+    ("http://0.0.0.0/hook", "unspecified"),
+    ("http://224.0.0.1/hook", "multicast"),
+    ("http://240.0.0.1/hook", "private"),
+    ("http://100.64.0.1/hook", "non-public"),
+])
+def test_non_public_addresses_are_refused(url, category):
+    sub = subscription(url)
+    started = time.monotonic()
+    with pytest.raises(PermanentDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS="localhost"))
+    assert failure.value.code == "callback_url_forbidden_address"
+    assert f"a {category} address" in failure.value.title
+    assert time.monotonic() - started < 0.5  # refused before any connection attempt
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_callback_url(url, settings(DSS_NOTIFY_ALLOWED_HOSTS=""))
+    assert invalid.value.error_code == "callback_url_forbidden_address"
+
+
+class FakeDNS:
+    """A stand-in for DNS: chosen answers per name, counting lookups."""
+
+    def __init__(self, answers):
+        self.answers, self.lookups = answers, []
+
+    def __call__(self, host, port):
+        self.lookups.append(host)
+        answer = self.answers[host]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def test_names_resolving_to_private_addresses_are_refused():
+    dns = FakeDNS({"metadata.internal": ["169.254.169.254"], "intranet.example": ["10.0.0.5", "fd00::5"],
+                   "public.example": ["93.184.215.14"]})
+    for name in ("metadata.internal", "intranet.example"):
+        sub = subscription(f"https://{name}/hook")
+        with pytest.raises(PermanentDeliveryError) as failure:
+            deliver(sub, payload_for(sub), 1, settings(), resolve=dns)
+        assert failure.value.code == "callback_url_forbidden_address"
+        with pytest.raises(InvalidParameter):
+            validate_callback_url(sub["callback_url"], settings(), resolve=dns)
+    assert validate_callback_url("https://PUBLIC.example./hook", settings(), resolve=dns) == "https://public.example/hook"
+
+
+def test_the_checked_address_is_the_one_connected_to(receiver):
+    """DNS is asked once; the connection goes to the address that was checked while Host (and so
+    the signed target URI) keeps the name: a second, different DNS answer could not be used."""
+    dns = FakeDNS({"hooks.example": ["10.9.9.9", "127.0.0.1"]})  # the first is refused, the second allowed
+    sub = subscription(f"http://hooks.example:{receiver.port}/hook", hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    result = deliver(sub, payload_for(sub), 1, settings(), resolve=dns)
+    assert result.address == "127.0.0.1" and dns.lookups == ["hooks.example"]
+    [got] = receiver.requests
+    assert got.headers["host"] == f"hooks.example:{receiver.port}"
+    assert got.key_ids == (KEY_ID, KEY_ID)  # verified over http://hooks.example:PORT/hook
+
+
+def test_dns_failures():
+    dns = FakeDNS({"gone.example": socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+                   "flaky.example": socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")})
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_callback_url("https://gone.example/", settings(), resolve=dns)
+    assert invalid.value.error_code == "callback_url_unresolvable"
+    with pytest.raises(Unavailable):
+        validate_callback_url("https://flaky.example/", settings(), resolve=dns)
+    sub = subscription("https://gone.example/")
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings(), resolve=dns)
+    assert failure.value.code == "dns_failed"
+
+
+@pytest.mark.parametrize("url, code", [
+    ("ftp://example.org/x", "callback_url_scheme"),
+    ("file:///etc/passwd", "callback_url_scheme"),
+    ("gopher://127.0.0.1:70/", "callback_url_scheme"),
+    ("example.org/hook", "callback_url_scheme"),
+    ("http:///nohost", "callback_url_invalid"),
+    ("http://user:pw@example.org/", "callback_url_invalid"),
+    ("http://example.org/a b", "callback_url_invalid"),
+    ("http://example.org:99999/", "callback_url_invalid"),
+    ("http://exa_mple.org/", "callback_url_invalid"),
+    ("http://example.org/" + "a" * 2100, "callback_url_invalid"),
+    (None, "callback_url_invalid"),
+])
+def test_malformed_callback_urls(url, code):
+    dns = FakeDNS({"example.org": ["93.184.215.14"]})
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_callback_url(url, settings(), resolve=dns)
+    assert invalid.value.error_code == code
+    with pytest.raises(PermanentDeliveryError) as failure:
+        deliver(subscription(url), {"x": 1}, 1, settings(), resolve=dns)
+    assert failure.value.code == code
+    assert dns.lookups == []
+
+
+# --- subscriptions: validation -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fields, code", [
+    ({"method": "GET"}, "invalid_method"),
+    ({"encoding": "text/plain"}, "invalid_encoding"),
+    ({"form_fields": ["a"]}, "invalid_form_fields"),
+    ({"form_fields": {"a": 1}}, "invalid_form_fields"),
+    ({"form_fields": {"payload": "x"}}, "invalid_payload_form_field"),
+    ({"payload_form_field": ""}, "invalid_payload_form_field"),
+    ({"hmac_secret_key": ""}, "invalid_hmac_secret_key"),
+    ({"hmac_key_id": 'a"b'}, "invalid_hmac_key_id"),
+    ({"jmespath_query": "files.["}, "invalid_jmespath_query"),
+    ({"attachments": {"x": {"type": "jmespath", "expression": "nope("}}}, "invalid_attachment_expression"),
+])
+def test_bad_subscriptions_are_400(fields, code):
+    sub = {"callback_url": "https://hooks.example/x", **fields}
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_subscription(sub, settings(), resolve=FakeDNS({"hooks.example": ["93.184.215.14"]}))
+    assert invalid.value.error_code == code
+
+
+def test_a_good_subscription_validates():
+    sub = {"callback_url": "https://Hooks.Example/x?y=1", "method": "PUT", "encoding": "multipart/form-data",
+           "form_fields": {"k": "v"}, "payload_form_field": "body", "hmac_secret_key": "k", "hmac_key_id": "id-1",
+           "jmespath_query": "event_type=='CREATE' && files.cell_suspension_json[0].organ=='heart'",
+           "attachments": {"organs": {"type": "jmespath", "expression": "files.*[].organ"}}}
+    assert validate_subscription(sub, settings(), resolve=FakeDNS({"hooks.example": ["93.184.215.14"]})) == \
+        "https://hooks.example/x?y=1"
+    # An Elasticsearch subscription's jmespath_query is not judged here (the search backend judges es_query).
+    validate_subscription({"callback_url": "https://8.8.8.8/", "es_query": {"match_all": {}}}, settings())
+
+
+@pytest.mark.parametrize("expression", ["", "   ", "foo[", "foo ||", "unknown_fn(@)", "length(@, @)", "merge()",
+                                        "a" * 5000, 42, None])
+def test_bad_jmespath_queries(expression):
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_jmespath_query(expression)
+    assert invalid.value.error_code == "invalid_jmespath_query"
+
+
+@pytest.mark.parametrize("attachments, code", [
+    (["not", "an", "object"], "invalid_attachments"),
+    ({f"a{i}": {"type": "jmespath", "expression": "a"} for i in range(65)}, "invalid_attachments"),
+    ({"_errors": {"type": "jmespath", "expression": "a"}}, "invalid_attachment_name"),
+    ({"": {"type": "jmespath", "expression": "a"}}, "invalid_attachment_name"),
+    ({"has space": {"type": "jmespath", "expression": "a"}}, "invalid_attachment_name"),
+    ({"x": "a"}, "invalid_attachment"),
+    ({"x": {"type": "jmespath", "expression": "a", "extra": 1}}, "invalid_attachment"),
+    ({"x": {"type": "es", "expression": "a"}}, "invalid_attachment_type"),
+    ({"x": {"expression": "a"}}, "invalid_attachment_type"),
+    ({"x": {"type": "jmespath"}}, "invalid_attachment_expression"),
+    ({"x": {"type": "jmespath", "expression": "a[?"}}, "invalid_attachment_expression"),
+    ({"x": {"type": "jmespath", "expression": "sort_by(a)"}}, "invalid_attachment_expression"),
+])
+def test_bad_attachments(attachments, code):
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_attachments(attachments)
+    assert invalid.value.error_code == code
+
+
+def test_good_attachments_validate():
+    validate_attachments(None)
+    validate_attachments({})
+    validate_attachments({"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[].organ"},
+                          "n-files.v2": {"type": "jmespath", "expression": "length(manifest.files)"},
+                          "merged": {"type": "jmespath", "expression": "merge(`{}`, bundle_info)"}})
+
+
+# --- payloads and attachments ---------------------------------------------------------------------------
+
+def test_payload_of_a_jmespath_subscription():
+    sub = subscription("https://hooks.example/", attachments={
+        "organs": {"type": "jmespath", "expression": "files.cell_suspension_json[].organ"},
+        "donor_count": {"type": "jmespath", "expression": "length(files.cell_suspension_json[0].donors)"},
+        "missing": {"type": "jmespath", "expression": "files.nothing_here"},
+        "broken": {"type": "jmespath", "expression": "abs(event_type)"},
+    })
+    timestamp = datetime.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=datetime.timezone.utc)
+    payload = build_payload(sub, event_document(), "tx-42", timestamp, "https://dss.example/v1/bundles/x")
+    assert payload == {
+        "transaction_id": "tx-42",
+        "subscription_id": sub["uuid"],
+        "event_type": "CREATE",
+        "event_timestamp": "2024-01-02T03:04:05.000006Z",
+        "bundle_url": "https://dss.example/v1/bundles/x",
+        "match": {"bundle_uuid": BUNDLE_UUID, "bundle_version": BUNDLE_VERSION},
+        "jmespath_query": "event_type=='CREATE'",
+        "attachments": {"organs": ["heart"], "donor_count": 2, "missing": None,
+                        "_errors": {"broken": payload["attachments"]["_errors"]["broken"]}},
+    }
+    assert "abs()" in payload["attachments"]["_errors"]["broken"]
+    json.dumps(payload)  # it must serialise as it is
+
+
+def test_payload_of_an_elasticsearch_subscription():
+    es_query = {"query": {"match": {"files.cell_suspension_json.organ": "heart"}}}
+    sub = {"uuid": "sub-1", "callback_url": "https://hooks.example/", "es_query": es_query}
+    index_document = {"uuid": BUNDLE_UUID, "manifest": {"version": BUNDLE_VERSION}, "files": {}}
+    payload = build_payload(sub, index_document, "tx", "t", "u")
+    assert payload["es_query"] == es_query and "jmespath_query" not in payload
+    assert payload["match"] == {"bundle_uuid": BUNDLE_UUID, "bundle_version": BUNDLE_VERSION}
+    assert payload["attachments"] == {}
+    tombstone = event_document(event_type="TOMBSTONE")
+    assert build_payload(sub, tombstone, "tx", "t", "u")["event_type"] == "TOMBSTONE"
+
+
+def test_oversized_attachments_become_errors():
+    document = {"big": "x" * (ATTACHMENT_MAX_BYTES + 1), "half": "y" * (ATTACHMENT_MAX_BYTES // 2 + 100),
+                "small": "z"}
+    definitions = {name: {"type": "jmespath", "expression": name} for name in ("big", "small")}
+    attachments = evaluate_attachments(definitions, document)
+    assert attachments["small"] == "z" and "big" not in attachments
+    assert "too large" in attachments["_errors"]["big"] and str(ATTACHMENT_MAX_BYTES) in attachments["_errors"]["big"]
+    # Each under the limit, together over it: the largest go until the rest fit.
+    definitions = {"a": {"type": "jmespath", "expression": "half"},
+                   "b": {"type": "jmespath", "expression": "[half, small]"},
+                   "c": {"type": "jmespath", "expression": "small"}}
+    attachments = evaluate_attachments(definitions, document)
+    assert set(attachments) == {"a", "c", "_errors"} and list(attachments["_errors"]) == ["b"]
+    assert len(json.dumps(attachments)) < ATTACHMENT_MAX_BYTES + 1024
+
+
+@pytest.mark.parametrize("query, expected", [
+    (None, True),
+    ("event_type=='CREATE'", True),
+    ("event_type=='DELETE'", False),
+    ("files.cell_suspension_json[0].count", True),  # 0 is true in JMESPath
+    ("files.cell_suspension_json[?organ=='liver']", False),  # []
+    ("files.cell_suspension_json[?organ=='heart']", True),
+    ("files.nothing", False),  # null
+    ("`{}`", False),
+    ("''", False),
+    ("`false`", False),
+    ("abs(event_type)", False),  # an error on this document: no match
+])
+def test_jmespath_matches_with_jmespath_truthiness(query, expected):
+    assert jmespath_matches(query, event_document()) is expected
+
+
+def test_retry_schedule():
+    assert retry_schedule(settings()) == (60, 600, 3600, 21600, 61200) + (86400,) * 6
+    assert retry_schedule(settings(DSS_NOTIFY_RETRY_DELAYS="1,2,3")) == (1, 2, 3)
