@@ -101,6 +101,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_NOTIFY_CONNECT_TIMEOUT", 10, "Seconds a webhook delivery waits to connect.", float),
     Setting("DSS_NOTIFY_READ_TIMEOUT", 30,
             "Seconds a webhook delivery waits for each read of the answer.", float),
+    Setting("DSS_NOTIFY_CA_BUNDLE", "",
+            "PEM file of the CAs webhook receivers' TLS certificates must chain to. Empty: certifi's public CAs."),
     Setting("DSS_NOTIFY_RETRY_DELAYS", "60,600,3600,21600,61200,86400,86400,86400,86400,86400,86400",
             "Seconds before each new attempt of a failed webhook delivery, the first being at once "
             "(broker delay queues); then dead-lettered.", _as_ints),
