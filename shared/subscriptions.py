@@ -59,6 +59,13 @@ def to_json_bytes(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+def _message(error: BaseException, limit: int = 500) -> str:
+    # jmespath's messages quote the offending value, which may be a whole subdocument: keep the
+    # first line's worth so that an error entry cannot outgrow the attachment it replaces.
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 # --- JMESPath ----------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4096)
@@ -96,8 +103,7 @@ def _compile_checked(expression: Any, what: str, code: str):
         _check_functions(compiled.parsed)
     except (jmespath.exceptions.JMESPathError, ValueError, RecursionError) as error:
         # The parser's message points at the offending column: worth passing on to the client.
-        message = " ".join(str(error).split())
-        raise InvalidParameter(f"{what} is not a valid JMESPath expression: {message}", code) from None
+        raise InvalidParameter(f"{what} is not a valid JMESPath expression: {_message(error)}", code) from None
     return compiled
 
 
@@ -125,7 +131,9 @@ def jmespath_matches(query: str | None, document: Any) -> bool:
     try:
         return is_truthy(_compile(query).search(document))
     except jmespath.exceptions.JMESPathError as error:
-        logger.info("jmespath query failed on a document, no match: %s", " ".join(str(error).split()))
+        # Debug only: percolation runs every subscription on every event, and the message quotes
+        # document values.
+        logger.debug("jmespath query failed on a document, no match: %s", _message(error))
         return False
 
 
@@ -181,7 +189,7 @@ def evaluate_attachments(definitions: Mapping[str, Mapping[str, Any]] | None, do
                 raise ValueError(f"unsupported attachment type {definition.get('type')!r}")
             value = _compile(definition["expression"]).search(document)
         except (jmespath.exceptions.JMESPathError, ValueError, KeyError, TypeError) as error:
-            errors[name] = " ".join(str(error).split()) or type(error).__name__
+            errors[name] = _message(error)
             continue
         size = len(to_json_bytes(value))
         if size > max_bytes:

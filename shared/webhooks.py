@@ -317,14 +317,20 @@ def _key_id(subscription: Mapping[str, Any]) -> str:
     return subscription.get("hmac_key_id") or str(subscription["uuid"])
 
 
+def _option(subscription: Mapping[str, Any], name: str, default: str) -> Any:
+    # A stored subscription may carry an optional field as null: that means its default.
+    value = subscription.get(name)
+    return default if value is None else value
+
+
 def validate_delivery_options(subscription: Mapping[str, Any]) -> None:
     """InvalidParameter unless method, encoding, form fields and HMAC fields are usable. Codes:
     ``invalid_method``, ``invalid_encoding``, ``invalid_form_fields``, ``invalid_payload_form_field``,
     ``invalid_hmac_secret_key``, ``invalid_hmac_key_id``."""
-    method = subscription.get("method", "POST")
+    method = _option(subscription, "method", "POST")
     if method not in METHODS:
         raise InvalidParameter(f"method must be one of {', '.join(METHODS)}", "invalid_method")
-    encoding = subscription.get("encoding", "application/json")
+    encoding = _option(subscription, "encoding", "application/json")
     if encoding not in ENCODINGS:
         raise InvalidParameter(f"encoding must be one of {', '.join(ENCODINGS)}", "invalid_encoding")
     form_fields = subscription.get("form_fields")
@@ -339,7 +345,7 @@ def validate_delivery_options(subscription: Mapping[str, Any]) -> None:
                 raise InvalidParameter(
                     f"form field {str(name)[:64]!r} must have a non-empty name without quotes or line breaks and a "
                     f"string value (at most {MAX_FORM_FIELD_BYTES} bytes together)", "invalid_form_fields")
-    payload_field = subscription.get("payload_form_field", DEFAULT_PAYLOAD_FORM_FIELD)
+    payload_field = _option(subscription, "payload_form_field", DEFAULT_PAYLOAD_FORM_FIELD)
     if not isinstance(payload_field, str) or not payload_field or any(c in payload_field for c in '"\r\n'):
         raise InvalidParameter("payload_form_field must be a non-empty name without quotes or line breaks",
                                "invalid_payload_form_field")
@@ -375,9 +381,9 @@ def validate_subscription(subscription: Mapping[str, Any], settings: Settings, *
 def encode_body(subscription: Mapping[str, Any], payload: Any) -> tuple[bytes, str]:
     """(body, content type) of ``payload`` in the subscription's encoding."""
     payload_json = to_json_bytes(payload)
-    if subscription.get("encoding", "application/json") == "multipart/form-data":
+    if _option(subscription, "encoding", "application/json") == "multipart/form-data":
         fields = list((subscription.get("form_fields") or {}).items())
-        fields.append((subscription.get("payload_form_field") or DEFAULT_PAYLOAD_FORM_FIELD,
+        fields.append((_option(subscription, "payload_form_field", DEFAULT_PAYLOAD_FORM_FIELD),
                        payload_json.decode("utf-8")))
         return urllib3.encode_multipart_formdata(fields)
     return payload_json, "application/json"
@@ -404,7 +410,7 @@ def build_request(subscription: Mapping[str, Any], payload: Any, attempt: int, t
     """The request of one attempt, signed when the subscription has a key. ``now`` (epoch seconds)
     fixes the clock of ``Date`` and ``created``."""
     now = time.time() if now is None else now
-    method = subscription.get("method", "POST")
+    method = _option(subscription, "method", "POST")
     body, content_type = encode_body(subscription, payload)
     headers = {
         "Host": target.authority,
@@ -437,13 +443,13 @@ def build_request(subscription: Mapping[str, Any], payload: Any, attempt: int, t
 
 # --- one attempt -----------------------------------------------------------------------------------
 
-def _pool(target: CallbackTarget, address, timeout: urllib3.Timeout):
+def _pool(target: CallbackTarget, address, timeout: urllib3.Timeout, ca_bundle: str):
     # The pool's host is the checked IP: urllib3 connects there without resolving anything. The
     # name stays in Host (set by build_request), in TLS SNI and in the certificate check.
     if target.scheme == "https":
         return urllib3.HTTPSConnectionPool(str(address), target.port, maxsize=1, timeout=timeout, retries=False,
                                            server_hostname=target.host, assert_hostname=target.host,
-                                           cert_reqs="CERT_REQUIRED", ca_certs=certifi.where())
+                                           cert_reqs="CERT_REQUIRED", ca_certs=ca_bundle or certifi.where())
     return urllib3.HTTPConnectionPool(str(address), target.port, maxsize=1, timeout=timeout, retries=False)
 
 
@@ -456,8 +462,9 @@ def _excerpt(response) -> str:
     return "".join(c if c.isprintable() else " " for c in text).strip()
 
 
-def _send(target: CallbackTarget, address, request: requests.PreparedRequest, timeout: urllib3.Timeout) -> tuple:
-    pool = _pool(target, address, timeout)
+def _send(target: CallbackTarget, address, request: requests.PreparedRequest, timeout: urllib3.Timeout,
+          ca_bundle: str) -> tuple:
+    pool = _pool(target, address, timeout, ca_bundle)
     try:
         response = pool.urlopen(request.method, target.target, body=request.body, headers=dict(request.headers),
                                 redirect=False, retries=False, assert_same_host=False, preload_content=False,
@@ -498,7 +505,7 @@ def deliver(subscription: Mapping[str, Any], payload: Any, attempt: int, setting
         status = location = excerpt = None
         for index, address in enumerate(addresses):
             try:
-                status, location, excerpt = _send(target, address, request, timeout)
+                status, location, excerpt = _send(target, address, request, timeout, settings.notify_ca_bundle)
                 break
             except NewConnectionError as error:  # nothing was sent: the next address may answer
                 last_error = RetryableDeliveryError(f"could not connect to {address}: {_reason(error)}",

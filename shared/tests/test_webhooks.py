@@ -19,11 +19,16 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
 
 from shared.config import Settings
@@ -119,7 +124,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         record = Received(self.command, self.path, headers, body)
         receiver.requests.append(record)
         if "signature" in headers or "authorization" in headers:
-            url = f"http://{headers['host']}{self.path}"
+            url = f"{receiver.scheme}://{headers['host']}{self.path}"
             try:
                 record.key_ids = (verify_cavage(self.command, self.path, headers, body, receiver.keys),
                                   verify_rfc9421(self.command, url, headers, body, receiver.keys))
@@ -149,10 +154,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Receiver:
-    def __init__(self, keys):
+    def __init__(self, keys, tls: ssl.SSLContext | None = None):
         self.keys = keys
         self.requests: list[Received] = []
+        self.server_names: list[str | None] = []  # TLS SNI of each handshake
+        self.scheme = "https" if tls else "http"
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        if tls:
+            tls.sni_callback = lambda sock, name, context: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.server.receiver = self
         self.port = self.server.server_address[1]
@@ -160,7 +170,7 @@ class Receiver:
         self.thread.start()
 
     def url(self, path="/ok", host="127.0.0.1"):
-        return f"http://{host}:{self.port}{path}"
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def stop(self):
         self.server.shutdown()
@@ -261,6 +271,27 @@ def test_unsigned_multipart_post_uses_the_default_payload_field(receiver):
     assert got.key_ids is None
     assert got.method == "POST" and set(got.form()) == {"a", "payload"}
     assert got.payload()["subscription_id"] == sub["uuid"]
+
+
+def test_null_options_mean_their_defaults(receiver):
+    sub = subscription(receiver.url(), method=None, encoding=None, payload_form_field=None, form_fields=None,
+                       hmac_key_id=None, attachments=None)
+    validate_subscription(sub, settings())
+    deliver(sub, payload_for(sub), 1, settings())
+    [got] = receiver.requests
+    assert got.method == "POST" and got.headers["content-type"] == "application/json"
+
+
+def test_the_signing_clock(receiver):
+    """Date and the RFC 9421 ``created`` come from the clock given (here two minutes ago, which both
+    verifications still accept)."""
+    now = int(time.time()) - 120
+    sub = subscription(receiver.url(), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    deliver(sub, payload_for(sub), 1, settings(), now=now)
+    [got] = receiver.requests
+    assert got.key_ids == (KEY_ID, KEY_ID)
+    assert got.headers["date"] == email.utils.formatdate(now, usegmt=True)
+    assert f";created={now};" in got.headers["signature-input"]
 
 
 def test_the_attempt_number_is_sent(receiver):
@@ -446,7 +477,8 @@ def test_names_resolving_to_private_addresses_are_refused():
         assert failure.value.code == "callback_url_forbidden_address"
         with pytest.raises(InvalidParameter):
             validate_callback_url(sub["callback_url"], settings(), resolve=dns)
-    assert validate_callback_url("https://PUBLIC.example./hook", settings(), resolve=dns) == "https://public.example/hook"
+    normalised = validate_callback_url("https://PUBLIC.example./hook", settings(), resolve=dns)
+    assert normalised == "https://public.example/hook"
 
 
 def test_the_checked_address_is_the_one_connected_to(receiver):
@@ -459,6 +491,13 @@ def test_the_checked_address_is_the_one_connected_to(receiver):
     [got] = receiver.requests
     assert got.headers["host"] == f"hooks.example:{receiver.port}"
     assert got.key_ids == (KEY_ID, KEY_ID)  # verified over http://hooks.example:PORT/hook
+
+
+def test_the_next_permitted_address_is_tried_when_one_refuses_connections(receiver):
+    dns = FakeDNS({"hooks.example": ["127.0.0.3", "127.0.0.1"]})  # nothing listens on 127.0.0.3
+    sub = subscription(f"http://hooks.example:{receiver.port}/hook")
+    result = deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS="127.0.0.0/8"), resolve=dns)
+    assert result.address == "127.0.0.1" and len(receiver.requests) == 1
 
 
 def test_dns_failures():
@@ -497,6 +536,64 @@ def test_malformed_callback_urls(url, code):
         deliver(subscription(url), {"x": 1}, 1, settings(), resolve=dns)
     assert failure.value.code == code
     assert dns.lookups == []
+
+
+# --- HTTPS ---------------------------------------------------------------------------------------------
+
+def _certificate(subject, issuer, public_key, signing_key, *, ca, names=()):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+                              critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                        critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+@pytest.fixture
+def tls_receiver(tmp_path):
+    """A receiver on 127.0.0.1 with a certificate for hooks.example from a CA of the test's own."""
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("test CA", "test CA", ca_key.public_key(), ca_key, ca=True)
+    leaf = _certificate("hooks.example", "test CA", server_key.public_key(), ca_key, ca=False,
+                        names=["hooks.example"])
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "server.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem")
+    server = Receiver({KEY_ID: SECRET.encode()}, tls=context)
+    server.ca_bundle = str(tmp_path / "ca.pem")
+    yield server
+    server.stop()
+
+
+def test_https_keeps_the_name_for_sni_and_the_certificate_check(tls_receiver):
+    dns = FakeDNS({"hooks.example": ["127.0.0.1"], "other.example": ["127.0.0.1"]})
+    sub = subscription(tls_receiver.url("/tls", host="hooks.example"), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
+    result = deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_CA_BUNDLE=tls_receiver.ca_bundle), resolve=dns)
+    assert (result.status, result.address) == (200, "127.0.0.1")
+    assert tls_receiver.server_names == ["hooks.example"]
+    [got] = tls_receiver.requests
+    assert got.headers["host"] == f"hooks.example:{tls_receiver.port}"
+    assert got.key_ids == (KEY_ID, KEY_ID)  # verified over https://hooks.example:PORT/tls
+    # A certificate the public CAs did not issue, or one for another name, is a (retryable) TLS failure.
+    for url, ca_bundle in [(sub["callback_url"], ""),
+                           (tls_receiver.url("/tls", host="other.example"), tls_receiver.ca_bundle)]:
+        with pytest.raises(RetryableDeliveryError) as failure:
+            deliver(subscription(url), {"x": 1}, 1, settings(DSS_NOTIFY_CA_BUNDLE=ca_bundle), resolve=dns)
+        assert failure.value.code == "tls_failed"
+    assert len(tls_receiver.requests) == 1
 
 
 # --- subscriptions: validation -------------------------------------------------------------------------
