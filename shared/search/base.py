@@ -1,0 +1,147 @@
+"""The one search-index interface of a replica, with two interchangeable implementations.
+
+``EmbeddedIndex`` (``embedded.py``: tantivy, on disk under ``DSS_INDEX_DIR``; the default) and
+``OpenSearchIndex`` (``opensearch.py``: an OpenSearch cluster at ``DSS_OPENSEARCH_URL``). Both are
+checked by the conformance suite in ``tests/conformance/test_search_backends.py``.
+
+Documents are the index documents of the contract (``{uuid, manifest, files: {...}}``) under the
+id ``{uuid}.{version}``. A document replaced by tombstone fields (``documents.is_tombstone``) stays
+readable by ``get`` but is never returned by ``search`` nor ``percolate``.
+
+Queries are Elasticsearch `es_query` bodies (``{"query": {...}}``) in the subset of ``query.py``;
+anything else raises ``ElasticsearchBadRequest`` (400 ``elasticsearch_bad_request``).
+
+Results are ordered by document id descending, i.e. uuid descending then version descending
+(uuids are fixed width); paging is by cursor (``search_after``: the id of the last hit of the
+previous page), never by offset. A hit's score is None: the order is not by relevance.
+
+Writes are durable when the call returns. They are visible to searches after ``refresh()`` (the
+embedded engine: at once to its own process, to another process's search on its next call;
+OpenSearch: within its refresh interval, or at once after ``refresh()``).
+
+Reindexing without downtime: ``new_generation()`` returns an index bound to a new, empty,
+not-yet-live generation; fill it, then ``switch_to(builder.generation)`` makes it the one every
+search and write of the replica uses, atomically (an alias swap on OpenSearch, an atomically
+replaced pointer file on the embedded engine); ``drop_generation`` removes an old one. Stored
+subscriptions are not part of a generation: a reindex keeps them.
+
+One process writes an index (the indexer); any number of processes search it.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterable, TypedDict
+
+from nameko.exceptions import deserialize_to_instance
+
+from shared.exceptions import InvalidParameter, Unavailable
+from shared.search.query import ElasticsearchBadRequest
+
+MAX_PAGE_SIZE = 10_000
+
+
+@deserialize_to_instance
+class SearchUnavailable(Unavailable):
+    """The search engine cannot be reached or failed (503, worth retrying)."""
+
+    code = "search_unavailable"
+
+
+class Hit(TypedDict, total=False):
+    id: str
+    score: float | None
+    source: dict  # only with include_source
+
+
+class SearchPage(TypedDict):
+    hits: list[Hit]
+    total: int           # every live match of the query, whatever the cursor
+    next: str | None     # cursor of the next page; None on the last page
+
+
+class IndexBackend(abc.ABC):
+    """The search index of one replica."""
+
+    replica: str
+    generation: str | None  # the generation this object is bound to; None: whichever is live
+
+    # --- documents -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def put(self, doc_id: str, document: dict) -> None:
+        """Index (or replace) one document."""
+
+    @abc.abstractmethod
+    def bulk_put(self, items: Iterable[tuple[str, dict]]) -> int:
+        """Index many documents in as few engine round trips / commits as possible; the count."""
+
+    @abc.abstractmethod
+    def delete(self, doc_id: str) -> None:
+        """Remove a document; removing an absent one is not an error."""
+
+    @abc.abstractmethod
+    def get(self, doc_id: str) -> dict | None:
+        """The stored document (tombstone fields for a tombstoned one), or None."""
+
+    @abc.abstractmethod
+    def refresh(self) -> None:
+        """Make every write so far visible to searches."""
+
+    # --- searching -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def search(self, es_query: dict, size: int = 100, search_after: str | None = None,
+               include_source: bool = False) -> SearchPage:
+        """One page of live documents matching ``es_query``, ids descending, after the cursor."""
+
+    # --- subscriptions (percolation) ---------------------------------------------------------
+    @abc.abstractmethod
+    def put_subscription(self, sub_id: str, es_query: dict) -> None:
+        """Store (or replace) a subscription's query; ElasticsearchBadRequest if unsupported."""
+
+    @abc.abstractmethod
+    def delete_subscription(self, sub_id: str) -> bool:
+        """Forget a subscription; False if it was not there."""
+
+    @abc.abstractmethod
+    def percolate(self, document: dict) -> list[str]:
+        """Ids (sorted) of the subscriptions whose query matches ``document``; [] for a tombstone."""
+
+    # --- generations -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def current_generation(self) -> str:
+        """The live generation."""
+
+    @abc.abstractmethod
+    def generations(self) -> list[str]:
+        """Every generation that exists, oldest first."""
+
+    @abc.abstractmethod
+    def new_generation(self) -> "IndexBackend":
+        """A new empty generation, not live, and an index bound to it to fill."""
+
+    @abc.abstractmethod
+    def switch_to(self, generation: str) -> None:
+        """Make ``generation`` the live one, atomically."""
+
+    @abc.abstractmethod
+    def drop_generation(self, generation: str) -> None:
+        """Delete a generation that is not live (ValueError for the live one)."""
+
+    def close(self) -> None:
+        """Release the engine (the embedded writer's lock, connections)."""
+
+    # --- helpers shared by the implementations ----------------------------------------------------
+    @staticmethod
+    def _check_page(size: int, search_after: str | None) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE:
+            raise InvalidParameter(f"size must be an integer from 1 to {MAX_PAGE_SIZE}", "illegal_size")
+        if search_after is not None and (not isinstance(search_after, str) or not search_after):
+            raise InvalidParameter("search_after must be a document id", "illegal_search_after")
+
+    @staticmethod
+    def _check_id(doc_id: Any) -> str:
+        if not isinstance(doc_id, str) or not doc_id or doc_id != doc_id.strip():
+            raise InvalidParameter(f"illegal document id {doc_id!r}", "illegal_document_id")
+        return doc_id
+
+
+__all__ = ["ElasticsearchBadRequest", "Hit", "IndexBackend", "MAX_PAGE_SIZE", "SearchPage", "SearchUnavailable"]
