@@ -196,6 +196,17 @@ def field_kind(field: str) -> tuple[str, str]:
     return field, "keyword"
 
 
+def on_field(field: str, build) -> Node:
+    """``build(path, kind)`` for a field name. `a.b.text` is ambiguous: the analysed subfield of the
+    string `a.b`, or the keyword leaf `text` of the object `a.b` (HCA's ontology terms are
+    `{"text": ..., "ontology": ...}`). Elasticsearch knows which from its mapping, where one field
+    cannot be both; here either may match, which gives the same answers."""
+    path, kind = field_kind(field)
+    if kind == "keyword":
+        return build(path, kind)
+    return Bool(should=(build(field, "keyword"), build(path, kind)), minimum_should_match=1)
+
+
 def _options(clause: str, body: Any, allowed: set[str]) -> dict:
     if not isinstance(body, dict):
         raise bad(f"[{clause}] expects an object, got {_show(body)}")
@@ -276,11 +287,13 @@ def _term(body: Any) -> Node:
 def term_node(field: str, value: Any) -> Node:
     if field == "_id":
         return Ids((str(value),))
-    path, kind = field_kind(field)
-    if kind == "text":
-        # A term is not analysed: on text it must equal one indexed (lower-cased) token.
-        return TokenTerm(path, value if isinstance(value, str) else _keyword(value))
-    return KeywordTerm(path, _keyword(value))
+
+    def build(path, kind):
+        if kind == "text":
+            # A term is not analysed: on text it must equal one indexed (lower-cased) token.
+            return TokenTerm(path, value if isinstance(value, str) else _keyword(value))
+        return KeywordTerm(path, _keyword(value))
+    return on_field(field, build)
 
 
 def _keyword(value: Any) -> Any:
@@ -316,11 +329,13 @@ def _match(body: Any) -> Node:
 def match_node(field: str, query: Any, operator: str = "or", msm: Any = None, zero: str = "none") -> Node:
     if field == "_id":
         return Ids((str(query),))
-    path, kind = field_kind(field)
-    if kind == "keyword" or not isinstance(query, str):
-        # The keyword normaliser turns the whole query into one term.
-        return KeywordTerm(path, _keyword(query)) if kind == "keyword" else TokenTerm(path, _keyword(query))
-    return token_query(path, analyze(query), operator, msm, zero)
+
+    def build(path, kind):
+        if kind == "keyword" or not isinstance(query, str):
+            # The keyword normaliser turns the whole query into one term.
+            return KeywordTerm(path, _keyword(query)) if kind == "keyword" else TokenTerm(path, _keyword(query))
+        return token_query(path, analyze(query), operator, msm, zero)
+    return on_field(field, build)
 
 
 def token_query(path: str | None, tokens: list[str], operator: str = "or", msm: Any = None,
@@ -348,15 +363,16 @@ def _slop(value: Any) -> int:
 
 
 def phrase_node(field: str, query: Any, slop: int = 0) -> Node:
-    path, kind = field_kind(field)
-    if kind == "keyword" or not isinstance(query, str):
-        return KeywordTerm(path, _keyword(query)) if kind == "keyword" else TokenTerm(path, _keyword(query))
-    tokens = analyze(query)
-    if not tokens:
-        return MatchNone()
-    if len(tokens) == 1:
-        return TokenTerm(path, tokens[0])
-    return Phrase(path, tuple(tokens), slop)
+    def build(path, kind):
+        if kind == "keyword" or not isinstance(query, str):
+            return KeywordTerm(path, _keyword(query)) if kind == "keyword" else TokenTerm(path, _keyword(query))
+        tokens = analyze(query)
+        if not tokens:
+            return MatchNone()
+        if len(tokens) == 1:
+            return TokenTerm(path, tokens[0])
+        return Phrase(path, tuple(tokens), slop)
+    return on_field(field, build)
 
 
 def _multi_match(body: Any) -> Node:
@@ -401,7 +417,10 @@ def _range(body: Any) -> Node:
 
 
 def range_node(field: str, lower: Any, include_lower: bool, upper: Any, include_upper: bool) -> Node:
-    path, kind = field_kind(field)
+    return on_field(field, lambda path, kind: _range_on(path, kind, lower, include_lower, upper, include_upper))
+
+
+def _range_on(path: str, kind: str, lower: Any, include_lower: bool, upper: Any, include_upper: bool) -> Node:
     bounds = [b for b in (lower, upper) if b is not None]
     for bound in bounds:
         _scalar("range", bound)
@@ -431,16 +450,14 @@ def _exists(body: Any) -> Node:
         raise bad("[exists] needs 'field'")
     if options["field"] == "_id":
         return MatchAll()
-    path, kind = field_kind(options["field"])
-    return Exists(path, kind)
+    return on_field(options["field"], Exists)
 
 
 def _prefix(body: Any) -> Node:
     field, value, _ = _single_field("prefix", body, "value", {"case_insensitive", "rewrite"})
     if not isinstance(value, str):
         raise bad(f"[prefix] expects a string, got {_show(value)}")
-    path, kind = field_kind(field)
-    return Prefix(path, kind, value.lower())
+    return on_field(field, lambda path, kind: Prefix(path, kind, value.lower()))
 
 
 def _wildcard(body: Any) -> Node:
@@ -452,8 +469,7 @@ def _wildcard(body: Any) -> Node:
     field, value, _ = _single_field("wildcard", body, "value", {"case_insensitive", "rewrite"})
     if not isinstance(value, str):
         raise bad(f"[wildcard] expects a string, got {_show(value)}")
-    path, kind = field_kind(field)
-    return Wildcard(path, kind, value.lower())
+    return on_field(field, lambda path, kind: Wildcard(path, kind, value.lower()))
 
 
 def _ids(body: Any) -> Node:
@@ -606,8 +622,7 @@ class LuceneParser:
                 kind, value = self.take()
                 if kind != "term":
                     raise bad(f"[query_string] _exists_ needs a field name in {self.text!r}")
-                path, field_type = field_kind(_unescape(value))
-                return Exists(path, field_type)
+                return on_field(_unescape(value), Exists)
             fields = [None if name == "*" else name]
         token = self.take()
         kind, value = token
@@ -677,14 +692,16 @@ class LuceneParser:
                                 token_query(None, analyze(value), self.operator)), minimum_should_match=1)
         if field == "_id":
             return Ids((value,))
-        path, kind = field_kind(field)
-        if wildcard:
-            if raw.endswith("*") and not _has_wildcard(raw[:-1]):
-                return Prefix(path, kind, _unescape(raw[:-1]).lower())
-            return Wildcard(path, kind, raw.lower())
-        if kind == "keyword":
-            return KeywordTerm(path, value.lower())
-        return token_query(path, analyze(value), self.operator)
+
+        def build(path, kind):
+            if wildcard:
+                if raw.endswith("*") and not _has_wildcard(raw[:-1]):
+                    return Prefix(path, kind, _unescape(raw[:-1]).lower())
+                return Wildcard(path, kind, raw.lower())
+            if kind == "keyword":
+                return KeywordTerm(path, value.lower())
+            return token_query(path, analyze(value), self.operator)
+        return on_field(field, build)
 
     def _phrase(self, field: str | None, text: str, slop: int) -> Node:
         tokens = analyze(text)
