@@ -134,8 +134,18 @@ class IndexBackend(abc.ABC):
     def _check_page(size: int, search_after: str | None) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_PAGE_SIZE:
             raise InvalidParameter(f"size must be an integer from 1 to {MAX_PAGE_SIZE}", "illegal_size")
-        if search_after is not None and (not isinstance(search_after, str) or not search_after):
-            raise InvalidParameter("search_after must be a document id", "illegal_search_after")
+        from shared.search.documents import fqid_key
+        if search_after is not None and fqid_key(search_after) is None:
+            raise InvalidParameter(f"search_after must be a document id {{uuid}}.{{version}}: {search_after!r}",
+                                   "illegal_search_after")
+
+    @staticmethod
+    def _check_doc_id(doc_id: Any) -> str:
+        """Document ids are `{uuid}.{version}`: the sort order and the cursors rely on it."""
+        from shared.search.documents import fqid_key
+        if fqid_key(doc_id) is None:
+            raise InvalidParameter(f"a document id is {{uuid}}.{{version}}, not {doc_id!r}", "illegal_document_id")
+        return doc_id
 
     @staticmethod
     def _check_id(doc_id: Any) -> str:

@@ -206,3 +206,32 @@ def _mark_exists(exists: set[str], path: str) -> None:
     while path and path not in exists:
         exists.add(path)
         path = path.rpartition(".")[0]
+
+
+_FQID_RE = re.compile(r"^([0-9a-f]{8})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{4})-([0-9a-f]{12})\.(.+)$")
+
+
+def fqid_key(doc_id: str) -> tuple[int, int, int] | None:
+    """(uuid high 64 bits, uuid low 64 bits, version in epoch microseconds) of a document id
+    `{uuid}.{version}`, ordered exactly like the id string; None for any other id.
+
+    The embedded engine sorts and pages on these integers: sorting on the id text itself costs
+    microseconds per hit (milliseconds per query at 100,000 bundles)."""
+    from shared.identifiers import VERSION_FORMAT, is_version
+    match = _FQID_RE.match(doc_id) if isinstance(doc_id, str) else None
+    if not match or not is_version(match.group(6)):
+        return None
+    hexdigits = "".join(match.groups()[:5])
+    when = datetime.datetime.strptime(match.group(6), VERSION_FORMAT).replace(tzinfo=datetime.timezone.utc)
+    micros = (when - _EPOCH) // datetime.timedelta(microseconds=1)
+    if micros < 0:
+        return None
+    return int(hexdigits[:16], 16), int(hexdigits[16:], 16), micros
+
+
+def fqid_from_key(high: int, low: int, micros: int) -> str:
+    from shared.identifiers import VERSION_FORMAT
+    digits = f"{high:016x}{low:016x}"
+    uuid = f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    when = _EPOCH + datetime.timedelta(microseconds=micros)
+    return f"{uuid}.{when.strftime(VERSION_FORMAT)}"

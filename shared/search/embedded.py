@@ -10,7 +10,8 @@ the Python evaluator of percolation and this engine agree):
 
 | field | tokens | serves |
 |---|---|---|
-| ``id`` | the doc id (raw, fast) | ids, delete/replace, the sort and the search_after cursor |
+| ``id`` | the doc id (raw) | ids, delete / replace |
+| ``k1 k2 k3`` | the id as integers (uuid high, low; version µs), fast | sort and search_after cursor |
 | ``st`` | ``live`` / ``dead`` | tombstones never returned |
 | ``ex`` | every path holding a value (and its parents) | exists |
 | ``pv`` | ``{path}\\x1f{lower-cased value}`` | keyword term, prefix, wildcard, string range |
@@ -43,10 +44,11 @@ from typing import Iterable
 
 import tantivy
 
+from shared.exceptions import InvalidParameter
 from shared.search import query as q
 from shared.search.base import IndexBackend, SearchPage, SearchUnavailable
-from shared.search.documents import (canonical_number, flatten, is_tombstone, number_value,
-                                     sortable_int)
+from shared.search.documents import (canonical_number, flatten, fqid_from_key, fqid_key, is_tombstone,
+                                     number_value, sortable_int)
 from shared.search.evaluate import matches, wildcard_to_regex
 from shared.search.query import bad, parse_search
 
@@ -54,14 +56,15 @@ logger = logging.getLogger(__name__)
 
 SEP = "\x1f"  # between a path and its value in pv / pt: a character no path or query contains
 _GEN_RE = re.compile(r"^g(\d{6})$")
-_SAFE_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 WRITER_HEAP_BYTES = 128_000_000
 BULK_COMMIT_EVERY = 5_000  # documents per commit in bulk_put: bounds the work a crash loses
 
 
 def _schema() -> tantivy.Schema:
     builder = tantivy.SchemaBuilder()
-    builder.add_text_field("id", stored=True, fast=True, tokenizer_name="raw")
+    builder.add_text_field("id", tokenizer_name="raw", index_option="basic")
+    for key in ("k1", "k2", "k3"):
+        builder.add_unsigned_field(key, indexed=True, fast=True)
     builder.add_text_field("st", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("ex", tokenizer_name="raw", index_option="basic")
     builder.add_text_field("pv", tokenizer_name="raw", index_option="basic")
@@ -97,6 +100,8 @@ def _parser_escape(path: str) -> str:
 def to_tantivy_document(doc_id: str, document: dict) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_text("id", doc_id)
+    for name, value in zip(("k1", "k2", "k3"), fqid_key(doc_id)):
+        doc.add_unsigned(name, value)
     doc.add_bytes("src", json.dumps(document, separators=(",", ":")).encode())
     if is_tombstone(document):
         doc.add_text("st", "dead")
@@ -468,21 +473,15 @@ class EmbeddedIndex(IndexBackend):
                 writer.commit()
         return count
 
-    def _check_doc_id(self, doc_id: str) -> None:
-        self._check_id(doc_id)
-        if not _SAFE_ID_RE.match(doc_id):
-            # Ids are also search_after cursors, written into a query-parser range.
-            raise bad(f"document ids are letters, digits and '_.-' only: {doc_id!r}")
-
     def delete(self, doc_id: str) -> None:
         with self._lock:
             writer = self._writer_of()
-            writer.delete_documents_by_term("id", self._check_id(doc_id))
+            writer.delete_documents_by_term("id", self._check_doc_id(doc_id))
             writer.commit()
 
     def get(self, doc_id: str) -> dict | None:
         index, searcher = self._searcher()
-        result = searcher.search(tantivy.Query.term_query(SCHEMA, "id", self._check_id(doc_id)), 1)
+        result = searcher.search(tantivy.Query.term_query(SCHEMA, "id", self._check_doc_id(doc_id)), 1)
         if not result.hits:
             return None
         return json.loads(bytes(searcher.doc(result.hits[0][1])["src"][0]))
@@ -507,23 +506,54 @@ class EmbeddedIndex(IndexBackend):
         live = tantivy.Query.boolean_query([(tantivy.Occur.Must, query),
                                             (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, "st", "live"))])
         total = searcher.search(live, 1, count=True).count
-        page_query = live
-        if search_after is not None:
-            if not _SAFE_ID_RE.match(search_after):
-                raise bad(f"illegal search_after {search_after!r}")
-            # Ids descending: the next page is every id strictly below the cursor.
-            page_query = tantivy.Query.boolean_query([(tantivy.Occur.Must, live),
-                                                      (tantivy.Occur.Must, index.parse_query(f"id:{{* TO {search_after}}}"))])
-        result = searcher.search(page_query, size + 1, count=False, order_by_field="id", order=tantivy.Order.Desc)
-        page = result.hits[:size]
+        keys = self._page_keys(searcher, live, size + 1, search_after)
         hits = []
-        for doc_id, address in page:
-            hit = {"id": doc_id, "score": None}
+        for key, address in keys[:size]:
+            hit = {"id": fqid_from_key(*key), "score": None}
             if include_source:
                 hit["source"] = json.loads(bytes(searcher.doc(address)["src"][0]))
             hits.append(hit)
-        more = len(result.hits) > size
+        more = len(keys) > size
         return {"hits": hits, "total": total, "next": hits[-1]["id"] if more and hits else None}
+
+    @staticmethod
+    def _keys(searcher, addresses: list) -> list[tuple[tuple[int, int, int], object]]:
+        if not addresses:
+            return []
+        columns = [searcher.fast_field_values(name, addresses) for name in ("k1", "k2", "k3")]
+        return [((a, b, c), address) for a, b, c, address in zip(*columns, addresses)]
+
+    def _page_keys(self, searcher, query, limit: int, search_after: str | None):
+        """The first ``limit`` matches in id order (descending) after the cursor, as (key, address).
+
+        tantivy sorts on one fast field: k1 (the uuid's high half) does the work; documents that
+        share a k1 value with the page's boundary (versions of one bundle) are all fetched and
+        ordered on the whole key here, so the order is exact."""
+        must, unsigned = tantivy.Occur.Must, tantivy.FieldType.Unsigned
+        candidates = []
+        page_query = query
+        if search_after is not None:
+            cursor = fqid_key(search_after)
+            if cursor is None:
+                raise InvalidParameter(f"search_after must be a document id {{uuid}}.{{version}}: {search_after!r}",
+                                       "illegal_search_after")
+            before = tantivy.Query.range_query(SCHEMA, "k1", unsigned, upper_bound=cursor[0], include_upper=False)
+            page_query = tantivy.Query.boolean_query([(must, query), (must, before)])
+            candidates += [item for item in self._with_k1(searcher, query, cursor[0]) if item[0] < cursor]
+        top = searcher.search(page_query, limit, count=False, order_by_field="k1", order=tantivy.Order.Desc).hits
+        if top:
+            boundary = top[-1][0]
+            candidates += [item for item in self._keys(searcher, [address for k1, address in top])
+                           if item[0][0] != boundary]
+            candidates += [item for item in self._with_k1(searcher, page_query, boundary)]
+        candidates.sort(key=lambda item: item[0], reverse=True)
+        return candidates[:limit]
+
+    def _with_k1(self, searcher, query, k1: int):
+        same = tantivy.Query.boolean_query([(tantivy.Occur.Must, query),
+                                            (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, "k1", k1))])
+        result = searcher.search(same, 1000, count=False)
+        return self._keys(searcher, [address for _, address in result.hits])
 
     # --- subscriptions ---------------------------------------------------------------------------
     def put_subscription(self, sub_id: str, es_query: dict) -> None:

@@ -153,13 +153,13 @@ class OpenSearchIndex(IndexBackend):
 
     # --- documents ---------------------------------------------------------------------------------
     def put(self, doc_id: str, document: dict) -> None:
-        self._call(f"index {doc_id}", self.client.index, index=self._concrete(), id=self._check_id(doc_id),
+        self._call(f"index {doc_id}", self.client.index, index=self._concrete(), id=self._check_doc_id(doc_id),
                    body=self._indexed(doc_id, document))
 
     def bulk_put(self, items: Iterable[tuple[str, dict]]) -> int:
         count, actions, target = 0, [], self._concrete()
         for doc_id, document in items:
-            actions.append({"index": {"_index": target, "_id": self._check_id(doc_id)}})
+            actions.append({"index": {"_index": target, "_id": self._check_doc_id(doc_id)}})
             actions.append(self._indexed(doc_id, document))
             count += 1
             if len(actions) >= 2 * BULK_CHUNK:
@@ -178,13 +178,13 @@ class OpenSearchIndex(IndexBackend):
 
     def delete(self, doc_id: str) -> None:
         try:
-            self._call(f"delete {doc_id}", self.client.delete, index=self._concrete(), id=self._check_id(doc_id))
+            self._call(f"delete {doc_id}", self.client.delete, index=self._concrete(), id=self._check_doc_id(doc_id))
         except _errors().NotFoundError:
             pass
 
     def get(self, doc_id: str) -> dict | None:
         try:
-            found = self._call(f"get {doc_id}", self.client.get, index=self._concrete(), id=self._check_id(doc_id))
+            found = self._call(f"get {doc_id}", self.client.get, index=self._concrete(), id=self._check_doc_id(doc_id))
         except _errors().NotFoundError:
             return None
         return self._source(found["_source"]) if found.get("found", True) else None

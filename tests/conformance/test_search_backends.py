@@ -308,6 +308,14 @@ def test_search_after_pages_through_everything_once(loaded):
     assert seen == sorted((doc_id for doc_id, _ in BUNDLES.values()), reverse=True)
     # A page that is exactly full still says whether more follow.
     assert loaded.search({}, size=len(LIVE))["next"] is None
+    # Pages of one across the versions of one bundle (one uuid: the cursor falls between them).
+    query = {"query": {"ids": {"values": [BUNDLES[n][0] for n in ("b01", "b01v1", "b02", "b03")]}}}
+    seen, cursor = [], None
+    for _ in range(4):
+        page = loaded.search(query, size=1, search_after=cursor)
+        seen += names(page)
+        cursor = page["next"]
+    assert seen == ["b03", "b02", "b01", "b01v1"] and cursor is None
 
 
 def test_tombstoned_documents_are_never_returned(fresh):
@@ -320,7 +328,7 @@ def test_tombstoned_documents_are_never_returned(fresh):
     assert fresh.search({"query": {"match_all": {}}})["total"] == 0
     assert fresh.search({"query": {"exists": {"field": "reason"}}})["hits"] == []
     assert fresh.get(doc_id) == TOMBSTONE
-    fresh.put("x.1", {"tombstone": True, "uuid": "x"})
+    fresh.put(f"{bundle_uuid(40)}.{V1}", {"tombstone": True, "uuid": bundle_uuid(40)})
     fresh.refresh()
     assert fresh.search({})["total"] == 0
 
