@@ -69,21 +69,29 @@ def _phrase(node: q.Phrase, doc, doc_id) -> bool:
 
 
 def phrase_in(phrase: tuple[str, ...], tokens: list[str], slop: int) -> bool:
-    """The phrase occurs in one value's tokens, in order; with ``slop``, each next word may come up
-    to ``slop`` positions later than the one right after the previous word (tantivy's sloppy
-    phrase, checked against the engine in the tests). Slop 0 is Elasticsearch's exact phrase."""
+    """The phrase occurs in one value's tokens with Lucene's sloppy-phrase rule: a distinct position
+    p_i for each word i such that max(p_i - i) - min(p_i - i) <= slop. Slop 0 is the exact phrase;
+    swapping two adjacent words costs 2. tantivy agrees for the phrases the parser lets through
+    (any exact phrase, two words with slop; the tests check it against the engine)."""
     positions: dict[str, list[int]] = {}
     for position, token in enumerate(tokens):
         positions.setdefault(token, []).append(position)
     if any(word not in positions for word in phrase):
         return False
 
-    def follows(index: int, previous: int) -> bool:
+    def search(index: int, used: tuple[int, ...], low: int, high: int) -> bool:
         if index == len(phrase):
             return True
-        return any(follows(index + 1, p) for p in positions[phrase[index]] if previous < p <= previous + 1 + slop)
+        for position in positions[phrase[index]]:
+            if position in used:
+                continue
+            offset = position - index
+            new_low, new_high = min(low, offset), max(high, offset)
+            if new_high - new_low <= slop and search(index + 1, used + (position,), new_low, new_high):
+                return True
+        return False
 
-    return any(follows(1, p) for p in positions[phrase[0]])
+    return search(0, (), 1 << 30, -(1 << 30))
 
 
 def _range(node: q.Range, doc, doc_id) -> bool:

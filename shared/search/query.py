@@ -17,7 +17,8 @@ parser and sends the original query unchanged.
 
 Known differences from Elasticsearch (documented in the README's search section): number-like
 strings are numbers for `range` and `term` (ES compares a keyword "9" with "10" as text); a string
-of four digits is a number, not a year; date math (`now-1d`, `||`) is refused.
+of four digits is a number, not a year; date math (`now-1d`, `||`) is refused; a phrase with slop
+has at most two distinct words.
 """
 from __future__ import annotations
 
@@ -371,6 +372,11 @@ def phrase_node(field: str, query: Any, slop: int = 0) -> Node:
             return MatchNone()
         if len(tokens) == 1:
             return TokenTerm(path, tokens[0])
+        if slop and (len(tokens) > 2 or tokens[0] == tokens[1]):
+            # tantivy chains sloppy positions in its own term order (and lets one position serve
+            # a repeated word), unlike Lucene beyond two distinct words: refused rather than
+            # answered differently from percolation.
+            raise bad(f"slop on a phrase of more than two (distinct) words is not supported: {query!r}")
         return Phrase(path, tuple(tokens), slop)
     return on_field(field, build)
 
@@ -706,6 +712,8 @@ class LuceneParser:
     def _phrase(self, field: str | None, text: str, slop: int) -> Node:
         tokens = analyze(text)
         if field is None:
+            if slop and (len(tokens) > 2 or tokens[0] == tokens[1]):
+                raise bad(f"slop on a phrase of more than two (distinct) words is not supported: {text!r}")
             phrase = Phrase(None, tuple(tokens), slop) if len(tokens) > 1 else (
                 TokenTerm(None, tokens[0]) if tokens else MatchNone())
             return Bool(should=(KeywordTerm(None, text.lower()), phrase), minimum_should_match=1)
