@@ -552,8 +552,10 @@ class EmbeddedIndex(IndexBackend):
     def _with_k1(self, searcher, query, k1: int):
         same = tantivy.Query.boolean_query([(tantivy.Occur.Must, query),
                                             (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, "k1", k1))])
-        result = searcher.search(same, 1000, count=False)
-        return self._keys(searcher, [address for _, address in result.hits])
+        count = searcher.search(same, 1, count=True).count  # every version of the bundle, however many
+        if not count:
+            return []
+        return self._keys(searcher, [address for _, address in searcher.search(same, count, count=False).hits])
 
     # --- subscriptions ---------------------------------------------------------------------------
     def put_subscription(self, sub_id: str, es_query: dict) -> None:

@@ -238,34 +238,45 @@ class OpenSearchIndex(IndexBackend):
                    refresh=True)
 
     def _fields_to_map(self, node, es_query: dict) -> dict:
-        """Mapping (nested `properties`) of every field the query names, as the documents map it
-        or, for fields no document has yet, as the query's values suggest."""
+        """Mapping (nested `properties`) of the fields the query names that the percolator index
+        does not map yet: as the documents map them or, for fields no document has yet, as the
+        query's values suggest."""
         paths = set(_compared_paths(node))
         if not paths:
             return {}
-        known: dict[str, dict] = {}
+        mapped = self._mapped(self.subscription_index, paths)
+        paths -= mapped.keys()
+        known = self._mapped(self.alias, paths)
+        values = _values_by_path(es_query)
+        chosen = dict(known)
+        # `a.b.text` is the analysed subfield of the string `a.b`, or the leaf `text` of the object
+        # `a.b` (HCA's ontology terms): a path is never mapped both as a leaf and as an object.
+        # Unknown, the deeper reading (HCA's) wins.
+        taken = set(mapped) | set(known)
+        for path in sorted(paths - known.keys(), key=lambda p: (-p.count("."), p)):
+            if any(other.startswith(path + ".") or path.startswith(other + ".") for other in taken):
+                continue
+            chosen[path] = _guess_mapping(values.get(path, []))
+            taken.add(path)
+        properties: dict = {}
+        for path, mapping in chosen.items():
+            _insert(properties, path, mapping)
+        return properties
+
+    def _mapped(self, index: str, paths: set[str]) -> dict[str, dict]:
+        """The leaf mappings among ``paths`` that ``index`` has; object paths count as mapped too."""
         try:
-            found = self._call("mappings", self.client.indices.get_mapping, index=self.alias)
+            found = self._call("mappings", self.client.indices.get_mapping, index=index)
         except _errors().NotFoundError:
-            found = {}
+            return {}
+        result = {}
         for index_mapping in (found or {}).values():
             properties = index_mapping.get("mappings", {}).get("properties", {})
             for path in paths:
                 mapping = _lookup(properties, path)
                 if mapping is not None:
-                    known[path] = mapping
-        values = _values_by_path(es_query)
-        chosen = dict(known)
-        # `a.b.text` names either the analysed subfield of `a.b` or a leaf of the object `a.b`:
-        # never map a path both as a leaf and as an object.
-        for path in sorted(paths - known.keys(), key=lambda p: (p.count("."), p)):
-            if any(other.startswith(path + ".") or path.startswith(other + ".") for other in chosen):
-                continue
-            chosen[path] = _guess_mapping(values.get(path, []))
-        properties: dict = {}
-        for path, mapping in chosen.items():
-            _insert(properties, path, mapping)
-        return properties
+                    result[path] = mapping
+        return result
 
     def delete_subscription(self, sub_id: str) -> bool:
         try:
@@ -386,14 +397,14 @@ def _guess_mapping(values: list) -> dict:
 
 
 def _lookup(properties: dict, path: str) -> dict | None:
-    """The mapping of a leaf field at a dotted path of a mapping's `properties`, else None."""
+    """The mapping of the field at a dotted path of a mapping's `properties` (an object's too),
+    else None."""
     parts = path.split(".")
     for part in parts[:-1]:
         properties = properties.get(part, {}).get("properties")
         if properties is None:
             return None
-    mapping = properties.get(parts[-1])
-    return mapping if mapping and "properties" not in mapping else None
+    return properties.get(parts[-1]) or None
 
 
 def _insert(properties: dict, path: str, mapping: dict) -> None:

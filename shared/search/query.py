@@ -15,7 +15,7 @@ The embedded engine translates the tree to tantivy (``embedded.py``); the evalua
 (``evaluate.py``) runs it over one document in Python. The OpenSearch backend validates with this
 parser and sends the original query unchanged.
 
-Known differences from Elasticsearch (documented in the README's search section): number-like
+Known differences from Elasticsearch: number-like
 strings are numbers for `range` and `term` (ES compares a keyword "9" with "10" as text); a string
 of four digits is a number, not a year; date math (`now-1d`, `||`) is refused; a phrase with slop
 has at most two distinct words.

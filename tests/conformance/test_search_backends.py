@@ -212,7 +212,9 @@ def make_backend(kind: str, directory):
         backend = OpenSearchIndex(OPENSEARCH_URL, "aws", prefix=prefix)
 
         def cleanup():
-            backend.client.indices.delete(index=f"{prefix}-*", ignore=[404])
+            # By name: clusters may refuse wildcard deletes (action.destructive_requires_name).
+            for name in [f"{prefix}-aws-{g}" for g in backend.generations()] + [f"{prefix}-aws-subscriptions"]:
+                backend.client.indices.delete(index=name, ignore=[404])
         return backend, cleanup
     import openmock
     fake = openmock.FakeOpenSearch()
