@@ -20,7 +20,8 @@ embedded engine: at once to its own process, to another process's search on its 
 OpenSearch: within its refresh interval, or at once after ``refresh()``).
 
 Reindexing without downtime: ``new_generation()`` returns an index bound to a new, empty,
-not-yet-live generation; fill it, then ``switch_to(builder.generation)`` makes it the one every
+not-yet-live generation; fill it, ``close()`` it (the embedded engine's writer lock), then
+``switch_to(builder.generation)`` makes it the one every
 search and write of the replica uses, atomically (an alias swap on OpenSearch, an atomically
 replaced pointer file on the embedded engine); ``drop_generation`` removes an old one. Stored
 subscriptions are not part of a generation: a reindex keeps them.

@@ -50,7 +50,7 @@ from shared.search.base import IndexBackend, SearchPage, SearchUnavailable
 from shared.search.documents import (canonical_number, flatten, fqid_from_key, fqid_key, is_tombstone,
                                      number_value, sortable_int)
 from shared.search.evaluate import matches, wildcard_to_regex
-from shared.search.query import bad, parse_search
+from shared.search.query import parse_search
 
 logger = logging.getLogger(__name__)
 
