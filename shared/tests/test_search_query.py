@@ -285,3 +285,56 @@ def test_dates_numbers_and_strings_agree_with_the_engine(tmp_path):
             assert engine == python, clause
     finally:
         index.close()
+
+
+# --- choosing a backend; the percolator's mappings -----------------------------------------------
+
+def test_open_index_backend_follows_the_settings(tmp_path, monkeypatch):
+    import openmock
+
+    from shared.config import Settings
+    from shared.search import open_index_backend
+    from shared.search.opensearch import OpenSearchIndex
+
+    embedded = open_index_backend(Settings.from_config({"DSS_INDEX_DIR": str(tmp_path)}, environ={}), "gcp")
+    try:
+        assert isinstance(embedded, EmbeddedIndex) and embedded.root == tmp_path / "gcp"
+    finally:
+        embedded.close()
+    fake = openmock.FakeOpenSearch()
+    monkeypatch.setattr("opensearchpy.OpenSearch", lambda *args, **kwargs: fake)
+    settings = Settings.from_config({"DSS_INDEX_BACKEND": "opensearch", "DSS_OPENSEARCH_URL": "http://os.invalid:9200",
+                                     "DSS_OPENSEARCH_INDEX_PREFIX": "t"}, environ={})
+    backend = open_index_backend(settings, "aws")
+    assert isinstance(backend, OpenSearchIndex) and backend.alias == "t-aws"
+    with pytest.raises(ValueError):
+        open_index_backend(Settings.from_config({"DSS_INDEX_BACKEND": "opensearch"}, environ={}), "aws")
+    with pytest.raises(ValueError):
+        open_index_backend(Settings.from_config({"DSS_INDEX_BACKEND": "sqlite"}, environ={}), "aws")
+    with pytest.raises(ValueError):
+        open_index_backend(Settings.from_config({}, environ={}), "azure")
+
+
+def test_percolator_mappings_are_complete_and_never_conflict(monkeypatch):
+    import openmock
+
+    from shared.search.opensearch import KEYWORD, OpenSearchIndex
+
+    fake = openmock.FakeOpenSearch()
+    monkeypatch.setattr("opensearchpy.OpenSearch", lambda *args, **kwargs: fake)
+    backend = OpenSearchIndex("http://os.invalid:9200", "aws", prefix="m")
+    backend.put_subscription("s1", {"query": {"bool": {"must": [
+        {"term": {"files.donor.genus_species.text": "homo sapiens"}},
+        {"range": {"files.cells.total": {"gte": 10}}},
+        {"range": {"files.project.date": {"lt": "2019-01-01"}}},
+        {"exists": {"field": "files.library"}}]}}})
+    properties = fake.indices.get_mapping(index="m-aws-subscriptions")["m-aws-subscriptions"]["mappings"]["properties"]
+    files = properties["files"]["properties"]
+    # HCA's ontology leaf `text`, not a keyword `genus_species` with a `.text` subfield.
+    assert files["donor"]["properties"]["genus_species"]["properties"]["text"] == KEYWORD
+    assert files["cells"]["properties"]["total"] == {"type": "double"}
+    assert files["project"]["properties"]["date"] == {"type": "date"}
+    assert "library" not in files and properties["query"] == {"type": "percolator"}
+    # Mapped fields are not mapped again (a second mapping of a field could conflict).
+    backend.put_subscription("s2", {"query": {"match": {"files.donor.genus_species.text": "mus"}}})
+    assert backend.delete_subscription("s2") is True
