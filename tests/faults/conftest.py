@@ -1,0 +1,381 @@
+"""Fixtures of the fault tests: the replicator as a real `nameko run` process, a batch of objects
+written into the aws main bucket in the real storage layout, the oracle that says whether every
+one of them arrived intact in gcp, and control of the system RabbitMQ.
+
+The whole notification path is live: the S3 main bucket notifies an SQS queue of the test's own
+(``s3_notification_settings``), the replicator's bridge turns each notification into an
+``object_changed`` event, and ``handle_object_changed`` copies the object to gcp, whose own
+notifications (a Pub/Sub subscription of the test's own) echo back as gcp -> aws events that must
+copy nothing. The tests inject a fault in the middle of that and then require that nothing was
+lost: every key present in gcp with its bytes, judged by our own hashes and by
+``shared.replication`` (the logic of ``dss-ops replicas verify --deep``), and no dead letters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import time
+import urllib.parse
+
+import eventlet
+import pytest
+import requests
+from kombu import Connection
+
+from shared import local_cloud, replication
+from shared.checksums import checksum_bytes
+from shared.identifiers import Keys, new_uuid, new_version
+from shared.retry import DEAD_SUFFIX
+from shared.schemas import FileMetadata
+from shared.storage import ReplicaStorage
+from shared.testing import ServiceProcess
+
+HANDLER_QUEUE = replication.HANDLER_QUEUE
+DEAD_LETTER_QUEUE = HANDLER_QUEUE + DEAD_SUFFIX
+# Short broker-side delays: a test waits seconds for a retry, not minutes. Their sum (7 s) is less
+# than the outages the tests cause, so a retry loop that burns attempts on an outage would show.
+RETRY_DELAYS = "1,2,4"
+MiB = 1024 * 1024
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, on_timeout=lambda: ""):
+    """Poll ``predicate`` until it returns something true (returned), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s\n{on_timeout()}")
+        time.sleep(interval)
+
+
+# --- the broker, as the test's vhost sees it ----------------------------------------------------------
+
+def queue_state(amqp_uri: str, name: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of queue ``name``, or None if it does not exist (a passive
+    declare, which creates nothing). Raises if the broker cannot be reached."""
+    from amqp.exceptions import NotFound as QueueNotFound
+
+    with Connection(amqp_uri, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+        except QueueNotFound:
+            return None
+        channel.close()
+        return messages, consumers
+
+
+def dead_letters(amqp_uri: str) -> int:
+    """Messages in the replicator's dead-letter queue (which exists only once one was sent there)."""
+    state = queue_state(amqp_uri, DEAD_LETTER_QUEUE)
+    return state[0] if state else 0
+
+
+# --- the replicator process ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Replicator:
+    """The replicator as `make up` runs it: ``nameko run`` in a process of its own."""
+    process: ServiceProcess
+    amqp_uri: str
+
+    def start(self, timeout: float = 60.0) -> "Replicator":
+        """Start it and wait until it consumes its queue (its bridges poll from then on too)."""
+        self.process.start()
+
+        def consuming():
+            if not self.process.alive:
+                raise AssertionError(f"the replicator exited ({self.process.returncode}) while starting:\n"
+                                     f"{self.process.tail()}")
+            try:
+                state = queue_state(self.amqp_uri, HANDLER_QUEUE)
+            except OSError:  # the broker is still coming back (after a restart test's outage)
+                return False
+            return state is not None and state[1] >= 1
+
+        wait_until(consuming, timeout, "the replicator consuming its queue", on_timeout=self.process.tail)
+        return self
+
+    def assert_alive(self, during: str) -> None:
+        assert self.process.alive, (f"the replicator process died {during} (exit {self.process.returncode}):\n"
+                                    f"{self.process.tail(120)}")
+
+    def count(self, text: str) -> int:
+        """How many lines of its log contain ``text`` (retries, reconnections: for the report)."""
+        return sum(text in line for line in self.process.log().splitlines())
+
+
+@pytest.fixture
+def replicator_env(rabbit_config, local_cloud_settings, s3_notification_settings, gcs_notification_settings):
+    """The environment of the replicator process: the test's vhost, the emulators, the test's own
+    notification queue and subscription, short retry delays, no metrics port."""
+    # Settings come from the environment in a `nameko run` process; a developer's own DSS_* (or a
+    # shared METRICS_PORT) must not leak in and point it at a `make up` stack.
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("DSS_") and name not in ("AMQP_URI", "METRICS_PORT")}
+    env.update({name: str(value) for name, value in local_cloud_settings.items()})
+    env.update({name: str(value) for name, value in s3_notification_settings.items()})
+    env.update({name: str(value) for name, value in gcs_notification_settings.items()})
+    env.update({
+        "AMQP_URI": rabbit_config["AMQP_URI"],
+        "DSS_REPLICATOR_METRICS_PORT": "0",
+        "DSS_REPLICATION_RETRY_DELAYS": RETRY_DELAYS,
+        "DSS_LOG_LEVEL": "INFO",
+    })
+    return env
+
+
+@pytest.fixture
+def replicator_factory(replicator_env, rabbit_config, tmp_path):
+    """``replicator_factory(**env)`` -> the replicator process with ``env`` on top of
+    ``replicator_env``, started and consuming; every one is stopped after the test (before the
+    test's vhost goes)."""
+    started = []
+
+    def start(**env) -> Replicator:
+        log = tmp_path / f"replicator-{len(started)}.log"
+        replicator = Replicator(ServiceProcess("replicator", {**replicator_env, **env}, log), rabbit_config["AMQP_URI"])
+        started.append(replicator)
+        return replicator.start()
+
+    try:
+        yield start
+    finally:
+        for replicator in started:
+            replicator.process.stop()
+
+
+@pytest.fixture
+def replicator(replicator_factory):
+    """The replicator process as the defaults and ``replicator_env`` make it."""
+    return replicator_factory()
+
+
+# --- a batch of objects in the real storage layout -------------------------------------------------------
+
+class Batch:
+    """``files`` files written into the aws main bucket as the files and bundles services write
+    them (each blob under its content-address key before the ``files/`` document naming it), and
+    one bundle naming them all, written last. The replicator learns of them only through the
+    bucket's notifications. ``large`` of the blobs are 20 MiB, above the replicator's 16 MiB part
+    size, so that a fault can hit a copy streamed in parallel parts (S3 multipart / GCS compose);
+    they are the files at 10%, 20%, ... of the batch, around where the tests inject their faults."""
+
+    def __init__(self, blobstores, settings, files: int = 500, large: int = 0, small_bytes: int = 2048):
+        self.stores = blobstores
+        self.buckets = {name: settings.bucket(name) for name in ("aws", "gcp")}
+        self.aws = ReplicaStorage("aws", blobstores["aws"], settings)
+        self.files, self.small_bytes = files, small_bytes
+        self.large = {files * (k + 1) // 10 for k in range(large)}
+        self.blobs: dict[str, str] = {}  # blob key -> sha256 of the bytes written
+        self.documents: dict[str, dict] = {}  # document key -> the document written
+        self.writer = None
+        self.written_at: float | None = None
+
+    @property
+    def keys(self) -> set[str]:
+        return set(self.blobs) | set(self.documents)
+
+    @property
+    def total(self) -> int:
+        return 2 * self.files + 1  # a blob and a document per file, and the bundle
+
+    def _write_file(self, index: int) -> tuple[str, str, dict]:
+        size = 20 * MiB if index in self.large else self.small_bytes
+        data = f"fault test file {index}\n".encode() + os.urandom(size)
+        sums = checksum_bytes(data)
+        blob_key = sums.blob_key()
+        self.stores["aws"].put_bytes(self.buckets["aws"], blob_key, data, if_absent=True)
+        self.blobs[blob_key] = hashlib.sha256(data).hexdigest()
+        uuid, version = new_uuid(), new_version()
+        doc = FileMetadata().dump({"creator_uid": 1, "version": version, "content_type": "application/octet-stream",
+                                   "size": len(data), **sums.as_api()})
+        key = Keys.file(uuid, version)
+        assert self.aws.write_json_once(key, doc) is None
+        self.documents[key] = doc
+        return uuid, version, doc
+
+    def _write_all(self) -> None:
+        pool = eventlet.GreenPool(16)
+        files = list(pool.imap(self._write_file, range(self.files)))
+        uuid, version = new_uuid(), new_version()
+        manifest = {"format": "0.0.1", "version": version, "creator_uid": 1, "files": [
+            {"name": f"file-{i}.bin", "uuid": file_uuid, "version": file_version,
+             "content-type": doc["content-type"], "size": doc["size"], "indexed": False, "sha256": doc["sha256"],
+             "sha1": doc["sha1"], "s3-etag": doc["s3-etag"], "crc32c": doc["crc32c"]}
+            for i, (file_uuid, file_version, doc) in enumerate(files)]}
+        key = Keys.bundle(uuid, version)
+        assert self.aws.write_json_once(key, manifest) is None
+        self.documents[key] = manifest
+        self.written_at = time.monotonic()
+
+    def start_writing(self) -> "Batch":
+        """Write the batch in the background, so that faults can hit it while it is being written."""
+        self.writer = eventlet.spawn(self._write_all)
+        return self
+
+    def wait_written(self, timeout: float = 120.0) -> None:
+        with eventlet.Timeout(timeout, AssertionError(f"writing the batch took more than {timeout}s")):
+            self.writer.wait()  # re-raises a write's failure
+
+    # --- arrival --------------------------------------------------------------------------------------
+    def arrived(self) -> set[str]:
+        """Our keys the gcp main bucket lists (present, not yet judged)."""
+        gcp, bucket = self.stores["gcp"], self.buckets["gcp"]
+        listed = set()
+        for prefix in ("blobs/", "bundles/", "files/"):
+            listed.update(gcp.list_keys(bucket, prefix))
+        return listed & self.keys
+
+    def wait_arrived(self, minimum: int, timeout: float, replicator: Replicator | None = None) -> int:
+        """Wait until at least ``minimum`` of our keys are in gcp; returns how many are."""
+        def enough():
+            if replicator is not None:
+                replicator.assert_alive("while the batch was replicating")
+            count = len(self.arrived())
+            return count if count >= minimum else 0
+
+        return wait_until(enough, timeout, f"{minimum} of {self.total} objects arriving in gcp", interval=0.5,
+                          on_timeout=lambda: (f"{len(self.arrived())} arrived\n"
+                                              + (replicator.process.tail() if replicator else "")))
+
+    def wait_all_arrived(self, timeout: float, replicator: Replicator | None = None) -> float:
+        """Wait until the batch is written and every key of it is in gcp; returns the seconds it took."""
+        started = time.monotonic()
+        self.wait_written(timeout)
+        self.wait_arrived(self.total, max(1.0, timeout - (time.monotonic() - started)), replicator)
+        return time.monotonic() - started
+
+    # --- the oracle -----------------------------------------------------------------------------------
+    def assert_nothing_lost(self) -> None:
+        """Every key of the batch is in gcp with the bytes written to aws: by our own hashes, and by
+        ``shared.replication``'s comparison of the replicas (``dss-ops replicas verify``, metadata
+        and --deep)."""
+        gcp = self.stores["gcp"]
+        assert len(self.keys) == self.total
+        missing = self.keys - self.arrived()
+        assert not missing, f"{len(missing)} objects never arrived in gcp, e.g. {sorted(missing)[:5]}"
+
+        def check(key):
+            data = gcp.get_bytes(self.buckets["gcp"], key)
+            if key in self.blobs:
+                if hashlib.sha256(data).hexdigest() != self.blobs[key]:
+                    return f"{key}: the gcp copy's sha256 is not that of the bytes written"
+            elif json.loads(data) != self.documents[key]:  # --deep below compares the bytes with aws's
+                return f"{key}: the gcp document differs from the one written"
+            return None
+
+        problems = [problem for problem in eventlet.GreenPool(16).imap(check, sorted(self.keys)) if problem]
+        assert not problems, f"{len(problems)} damaged copies: {problems[:5]}"
+
+        # The operators' tool, as `dss-ops replicas verify` runs it (merge-walk of both buckets, by
+        # metadata), restricted to our keys: the session's buckets hold other tests' objects too.
+        summary = replication.Summary()
+        findings = [finding for prefix in ("blobs/", "bundles/", "files/")
+                    for finding in replication.compare_replicas(self.stores, self.buckets, prefix, summary=summary)
+                    if finding.key in self.keys]
+        assert findings == [], f"replicas verify: {findings[:5]}"
+        # And --deep on our keys: every blob hashed in both replicas, every document compared bytewise
+        # (key by key, 16 at a time: `recheck` alone walks them one after the other).
+        findings = [finding for found in eventlet.GreenPool(16).imap(
+            lambda key: replication.recheck(self.stores, self.buckets, [key], deep=True), sorted(self.keys))
+            for finding in found]
+        assert findings == [], f"replicas verify --deep: {findings[:5]}"
+
+
+@pytest.fixture
+def batch_factory(blobstores, dss_settings):
+    def make(files: int = 500, large: int = 0) -> Batch:
+        return Batch(blobstores, dss_settings, files=files, large=large)
+    return make
+
+
+# --- the system RabbitMQ ----------------------------------------------------------------------------------
+
+RABBITMQ_SCRIPTS = "/usr/lib/rabbitmq/bin"
+
+
+class SystemBroker:
+    """Stops and starts the RabbitMQ application of the machine's broker (the one nameko's test
+    fixtures use), the way an operator restarts it: ``rabbitmqctl stop_app`` / ``start_app``. The
+    Erlang node keeps running; vhosts, durable queues and persistent messages are on disk.
+
+    ``rabbitmqctl`` runs with HOME=/var/lib/rabbitmq (the system node's Erlang cookie); a private
+    node (``--amqp-uri``/``--rabbit-api-uri`` pointing at it, ``RABBITMQ_NODENAME`` set) is
+    controlled with ``RABBITMQ_CTL_HOME`` naming the home of its cookie, which spares the shared
+    broker while working on these tests."""
+
+    def __init__(self, amqp_uri: str, api_uri: str):
+        self.amqp = urllib.parse.urlsplit(amqp_uri)
+        self.api_uri = api_uri.rstrip("/")
+        self.stopped = False
+
+    def rabbitmqctl(self, *args: str, timeout: float = 120) -> str:
+        # Run as root, Debian's /usr/sbin wrapper switches users and misses the Erlang cookie; the
+        # script itself, with the broker's HOME, reaches the node (see the local toolchain notes).
+        home = os.environ.get("RABBITMQ_CTL_HOME", "/var/lib/rabbitmq")
+        answer = subprocess.run([f"{RABBITMQ_SCRIPTS}/rabbitmqctl", *args], capture_output=True, text=True,
+                                env={**os.environ, "HOME": home}, timeout=timeout)
+        if answer.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: exit {answer.returncode}\n{answer.stdout}{answer.stderr}")
+        return answer.stdout
+
+    def amqp_answers(self) -> bool:
+        return local_cloud.port_open(self.amqp.hostname or "127.0.0.1", self.amqp.port or 5672)
+
+    def management_answers(self) -> bool:
+        try:
+            return requests.get(f"{self.api_uri}/api/overview", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def controls_the_tests_broker(self) -> tuple[str, str]:
+        """(the node rabbitmqctl reaches, the node behind the tests' management API): stopping
+        one that the tests do not use would test nothing and disturb someone else."""
+        controlled = self.rabbitmqctl("eval", "node().", timeout=30).strip()
+        used = requests.get(f"{self.api_uri}/api/overview", timeout=10).json()["node"]
+        return controlled, used
+
+    def stop_app(self) -> None:
+        self.stopped = True
+        self.rabbitmqctl("stop_app")
+
+    def start_app(self) -> None:
+        self.rabbitmqctl("start_app")
+        self.stopped = False
+
+    def ensure_up(self, timeout: float = 120.0) -> None:
+        """Whatever happened, leave the broker as the other tests need it: AMQP and management up."""
+        if self.stopped or not self.amqp_answers():
+            self.start_app()
+        wait_until(lambda: self.amqp_answers() and self.management_answers(), timeout,
+                   "RabbitMQ (AMQP and management) answering again", interval=0.5)
+
+
+@pytest.fixture
+def system_broker(request, rabbit_config):
+    """The machine's RabbitMQ, if this test may restart it: its control script must reach it (as
+    root) and it must be the broker nameko's fixtures use. Brought back up after the test, even
+    when the test fails, and before the test's vhost is deleted (hence ``rabbit_config``)."""
+    amqp_uri = request.config.getoption("RABBIT_AMQP_URI")
+    api_uri = request.config.getoption("RABBIT_API_URI")
+    broker = SystemBroker(amqp_uri, api_uri)
+    if not os.access(f"{RABBITMQ_SCRIPTS}/rabbitmqctl", os.X_OK):
+        pytest.fail(f"restarting RabbitMQ needs {RABBITMQ_SCRIPTS}/rabbitmqctl (Debian's rabbitmq-server)",
+                    pytrace=False)
+    try:
+        controlled, used = broker.controls_the_tests_broker()
+    except (RuntimeError, subprocess.TimeoutExpired, requests.RequestException, ValueError, KeyError) as error:
+        pytest.fail(f"cannot control the local RabbitMQ node (run the tests as root?): {error}", pytrace=False)
+    if controlled != used:
+        pytest.fail(f"rabbitmqctl controls {controlled}, but the tests use {used}: set RABBITMQ_NODENAME "
+                    "(and RABBITMQ_CTL_HOME) for that node", pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.ensure_up()

@@ -1,0 +1,145 @@
+"""Replication under faults (issue 3): the replicator runs as a real `nameko run` process on the
+real broker against both emulators, a batch of 500 files (a blob and a ``files/`` document each)
+and a bundle naming them is written into the aws main bucket, and the bucket's own notifications
+drive everything (S3 -> SQS -> the replicator's bridge -> ``object_changed`` -> the copy). A fault
+is injected once some but not all of the batch has arrived in gcp; the test then requires that
+nothing was lost (``Batch.assert_nothing_lost``: every key in gcp with the bytes written, by our
+hashes and by ``shared.replication``'s verify, metadata and --deep) and that nothing was
+dead-lettered.
+
+A corrupted copy of unchanged size found by ``verify --deep`` and fixed by ``repair`` is covered by
+services/replicator/tests/test_integration.py
+(``test_verify_finds_a_same_size_corruption_only_deep_and_repair_fixes_it``), not repeated here.
+"""
+import time
+import urllib.parse
+
+from shared.testing import TcpProxy, child_listening_on, paused
+
+from tests.faults.conftest import RETRY_DELAYS, dead_letters
+
+# Each fault hits the batch once at least this share of it is in gcp (and before all of it is).
+FAULT_AT = 0.2
+# Files of the batches of the broker and emulator outages: the emulators copy ~15-25 objects/s on a
+# 2-core machine, so 200 files (401 objects) keep each test around a minute, outage included.
+OUTAGE_BATCH = 200
+BROKER_DOWN_SECONDS = 5
+EMULATOR_DOWN_SECONDS = 15
+
+
+def fault_point(batch) -> int:
+    return int(batch.total * FAULT_AT)
+
+
+def assert_mid_batch(batch, arrived: int) -> None:
+    # A fault after the last copy would prove nothing: the batch is sized so that this never happens.
+    assert arrived < batch.total, f"the whole batch ({batch.total}) had arrived before the fault: make it larger"
+
+
+def test_replicator_killed_mid_batch_then_restarted_loses_nothing(replicator, batch_factory):
+    # Three 20 MiB blobs among the small ones: a kill may also hit a copy streamed in parts.
+    batch = batch_factory(files=500, large=3).start_writing()
+    started = time.monotonic()
+    batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
+
+    replicator.process.kill()  # SIGKILL: no shutdown, in-flight copies and unacked messages abandoned
+    arrived = len(batch.arrived())
+    assert_mid_batch(batch, arrived)
+    # Parts of a composite GCS upload the kill interrupted stay under tmp/compose/ (documented: a
+    # lifecycle rule removes them); reported, not required.
+    orphans = len(list(batch.stores["gcp"].list_keys(batch.buckets["gcp"], "tmp/compose/")))
+    replicator.start()
+
+    batch.wait_all_arrived(timeout=120, replicator=replicator)
+    took = time.monotonic() - started
+    batch.assert_nothing_lost()
+    assert dead_letters(replicator.amqp_uri) == 0
+    print(f"killed at {arrived}/{batch.total} arrived ({orphans} composite parts left in gcp tmp/compose/); "
+          f"all {batch.total} verified {took:.1f}s after the first write")
+
+
+def test_rabbitmq_restarted_mid_batch_the_replicator_reconnects_and_loses_nothing(replicator, batch_factory,
+                                                                                  system_broker):
+    batch = batch_factory(files=OUTAGE_BATCH).start_writing()
+    started = time.monotonic()
+    batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
+
+    # The whole broker goes away (every connection closed, nothing answers) while copies, their
+    # acks, the bridge's dispatches and retries are in flight; the batch is still being written
+    # meanwhile, so notifications pile up in SQS / Pub/Sub and the bridge's dispatches fail.
+    system_broker.stop_app()
+    arrived = len(batch.arrived())
+    assert_mid_batch(batch, arrived)
+    time.sleep(BROKER_DOWN_SECONDS)
+    replicator.assert_alive("while RabbitMQ was down")
+    system_broker.start_app()
+    system_broker.ensure_up()
+    outage = time.monotonic() - started
+
+    # No restart of the replicator: it must reconnect by itself.
+    batch.wait_all_arrived(timeout=150, replicator=replicator)
+    took = time.monotonic() - started
+    replicator.assert_alive("after RabbitMQ came back")
+    batch.assert_nothing_lost()
+    assert dead_letters(replicator.amqp_uri) == 0
+    print(f"broker stopped at {arrived}/{batch.total} arrived, back {outage:.1f}s after the first write; "
+          f"all {batch.total} verified after {took:.1f}s; the replicator logged "
+          f"{replicator.count('Connection to broker lost')} lost broker connections")
+
+
+def test_gcs_hung_for_15s_mid_batch_replication_catches_up(replicator, batch_factory, local_cloud_settings):
+    # The session's fake-gcs-server, found among this process's own children by its port (never a
+    # `make up` stack's). Stopped, it still accepts connections (the kernel does) but answers
+    # nothing: every request to it hangs, as behind a black-holed network path.
+    gcs = child_listening_on(urllib.parse.urlsplit(local_cloud_settings["DSS_GCS_ENDPOINT"]).port)
+    batch = batch_factory(files=OUTAGE_BATCH).start_writing()
+    started = time.monotonic()
+    arrived = batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
+    assert_mid_batch(batch, arrived)  # counted just before: gcp cannot be listed while it is stopped
+
+    with paused(gcs):
+        time.sleep(EMULATOR_DOWN_SECONDS)
+        replicator.assert_alive("while GCS hung")
+
+    batch.wait_all_arrived(timeout=150, replicator=replicator)
+    took = time.monotonic() - started
+    batch.assert_nothing_lost()
+    assert dead_letters(replicator.amqp_uri) == 0
+    print(f"GCS hung at {arrived}/{batch.total} arrived for {EMULATOR_DOWN_SECONDS}s; all {batch.total} "
+          f"verified after {took:.1f}s; {replicator.count('retrying in')} broker retries")
+
+
+def test_gcs_refusing_connections_for_15s_mid_batch_replication_catches_up(replicator_factory, batch_factory,
+                                                                           local_cloud_settings):
+    # The replicator reaches GCS through a proxy that goes down: open connections reset, new ones
+    # refused, as when the endpoint crashed or its address is unreachable. Requests fail fast, so
+    # the copies fail (after the GCS client's own 5 s of retries) and go round the broker's delay
+    # queues. The bucket's data and its notifications are untouched, and this test still lists it.
+    target = urllib.parse.urlsplit(local_cloud_settings["DSS_GCS_ENDPOINT"])
+    proxy = TcpProxy(target.hostname, target.port).up()
+    try:
+        replicator = replicator_factory(DSS_GCS_ENDPOINT=proxy.url)
+        batch = batch_factory(files=OUTAGE_BATCH).start_writing()
+        started = time.monotonic()
+        batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
+
+        proxy.down()
+        arrived = len(batch.arrived())
+        assert_mid_batch(batch, arrived)
+        time.sleep(EMULATOR_DOWN_SECONDS)
+        replicator.assert_alive("while GCS refused connections")
+        during = len(batch.arrived()) - arrived
+        proxy.up()
+
+        batch.wait_all_arrived(timeout=150, replicator=replicator)
+        took = time.monotonic() - started
+    finally:
+        proxy.close()
+    batch.assert_nothing_lost()
+    retries = replicator.count("retrying in")
+    assert dead_letters(replicator.amqp_uri) == 0, (
+        f"dead letters after a {EMULATOR_DOWN_SECONDS}s outage ({retries} retries with delays {RETRY_DELAYS}):\n"
+        f"{replicator.process.tail()}")
+    assert retries > 0, "the outage failed no copy: it tested nothing"
+    print(f"GCS refused connections at {arrived}/{batch.total} arrived for {EMULATOR_DOWN_SECONDS}s "
+          f"({during} arrived meanwhile); all {batch.total} verified after {took:.1f}s; {retries} broker retries")
