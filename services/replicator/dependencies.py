@@ -101,6 +101,35 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
 
 
+class SingleFlight:
+    """Concurrent calls for one key within a process share the first call's work. A blob's own
+    event and its file's event arrive together and would otherwise both copy it across clouds
+    (bench/replication.py saw every large blob copied twice)."""
+
+    def __init__(self):
+        self._running: dict = {}
+
+    def run(self, key, work):
+        running = self._running.get(key)
+        if running is not None:
+            try:
+                return running.wait()
+            except Exception:  # the first call failed: this one tries for itself
+                pass
+        event = self._running[key] = Event()
+        try:
+            result = work()
+        except Exception as error:
+            event.send_exception(error)
+            raise
+        else:
+            event.send(result)
+            return result
+        finally:
+            if self._running.get(key) is event:
+                del self._running[key]
+
+
 class _Run:
     """One replication of one key, with everything it needs: each object is handled once even
     when several parents name it (two files with the same bytes share a blob)."""
@@ -165,7 +194,8 @@ class _Run:
 
     # --- blobs -------------------------------------------------------------------------------------
     def blob(self, target: ReplicaKey, dependency: bool) -> int:
-        return self.once(target.key, lambda: self._blob(target, dependency))
+        flight = (self.destination.replica, target.key)
+        return self.once(target.key, lambda: self.api.blob_copies.run(flight, lambda: self._blob(target, dependency)))
 
     def _blob(self, target: ReplicaKey, dependency: bool) -> int:
         try:
@@ -244,11 +274,13 @@ def _child(key: str, parent: ReplicaKey) -> ReplicaKey:
 
 
 class ReplicatorAPI:
-    def __init__(self, replicas: Replicas, settings, budget: MemoryBudget, metrics: MetricsAPI):
+    def __init__(self, replicas: Replicas, settings, budget: MemoryBudget, metrics: MetricsAPI,
+                 blob_copies: SingleFlight | None = None):
         self.replicas = replicas
         self.settings = settings
         self.budget = budget
         self.metrics = metrics
+        self.blob_copies = blob_copies or SingleFlight()
 
     # --- events ------------------------------------------------------------------------------------
     def ignored(self, change: dict) -> str | None:
@@ -411,9 +443,10 @@ class ReplicaStore(StorageProvider):
         super().setup()
         self.budget = MemoryBudget(self.settings.replication_memory_bytes)
         self.metrics = MetricsAPI(self.container.service_name)
+        self.blob_copies = SingleFlight()  # shared by all workers of the process
 
     def get_dependency(self, worker_ctx):
-        return self.api_class(self.replicas, self.settings, self.budget, self.metrics)
+        return self.api_class(self.replicas, self.settings, self.budget, self.metrics, self.blob_copies)
 
 
 # --- queue depth -------------------------------------------------------------------------------------

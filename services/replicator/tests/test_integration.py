@@ -10,12 +10,10 @@ import time
 import eventlet
 import psutil
 import pytest
-from nameko.testing.services import restrict_entrypoints
-from nameko.testing.utils import get_container
 from nameko.events import event_handler
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
-from nameko.testing.services import entrypoint_waiter
+from nameko.testing.services import entrypoint_waiter, restrict_entrypoints
 from nameko.testing.utils import get_container
 
 from shared import events, replication

@@ -356,3 +356,32 @@ def test_memory_budget_is_shared_in_arrival_order():
         ("start", "a"), ("start", "big"), ("start", "small"), ("start", "huge")]
     assert order.index(("end", "a")) < order.index(("start", "big"))
     assert budget.free == 100
+
+
+def test_single_flight_shares_one_call_and_lets_a_failed_one_be_retried():
+    import eventlet
+
+    from services.replicator.dependencies import SingleFlight
+    flight, calls = SingleFlight(), []
+
+    def work():
+        calls.append(1)
+        eventlet.sleep(0.05)
+        return len(calls)
+
+    results = [thread.wait() for thread in [eventlet.spawn(flight.run, "k", work) for _ in range(5)]]
+    assert results == [1] * 5 and len(calls) == 1
+    assert flight.run("k", work) == 2  # finished flights are forgotten: a later call works again
+
+    def failing():
+        raise RuntimeError("boom")
+    first = eventlet.spawn(flight.run, "f", lambda: (eventlet.sleep(0.05), failing()))
+    second = eventlet.spawn(flight.run, "f", lambda: "recovered")
+    eventlet.sleep(0)
+    assert second.wait() == "recovered"
+    try:
+        first.wait()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the failing call must raise")
