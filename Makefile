@@ -58,6 +58,6 @@ lock:
 	echo "wrote $(LOCK_FILE)" >&2
 
 bench: up
-	@set -euo pipefail; shopt -s nullglob; scripts=(bench/*.py); \
+	@set -euo pipefail; shopt -s nullglob; scripts=(bench/[!_]*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmarks in bench/" >&2; exit 0; fi; \
 	for script in "$${scripts[@]}"; do echo "== $$script" >&2; $(VPY) "$$script" $(BENCH_ARGS); done

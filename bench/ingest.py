@@ -20,7 +20,6 @@ import os
 import pathlib
 import statistics
 import sys
-import threading
 import time
 
 import boto3
@@ -30,6 +29,7 @@ import requests
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import PeakRSS, percentile  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -39,40 +39,9 @@ from shared.testing import stage_large_object, stage_object  # noqa: E402
 MiB = 1024 * 1024
 
 
-def percentile(values, pct):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
-
-
 def summary(values):
     return {"p50_ms": percentile(values, 50) * 1000, "p99_ms": percentile(values, 99) * 1000,
             "mean_ms": statistics.fmean(values) * 1000, "n": len(values)}
-
-
-class PeakRSS:
-    """Samples a process's RSS (with its children) in a thread; ``peak`` in bytes."""
-
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.process = psutil.Process(pid)
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                rss = self.process.memory_info().rss + sum(c.memory_info().rss for c in self.process.children(True))
-                self.peak = max(self.peak, rss)
-            except psutil.Error:
-                pass
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 class Bench:

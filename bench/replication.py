@@ -50,6 +50,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.files.dependencies import file_metadata_doc  # noqa: E402
+from bench._common import PeakRSS, percentile  # noqa: E402
 from shared import events  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
@@ -68,46 +69,11 @@ TARGET_LAG_P50_S = 1.0
 TARGET_RSS_MIB = 300
 
 
-def percentile(values, pct):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
-
-
 def distribution(seconds):
     if not seconds:
         return None
     return {"p50_s": percentile(seconds, 50), "p99_s": percentile(seconds, 99), "max_s": max(seconds),
             "mean_s": statistics.fmean(seconds), "n": len(seconds)}
-
-
-class PeakRSS:
-    """Samples the RSS of a process and its children in a thread; ``peak`` in bytes."""
-
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.process = psutil.Process(pid)
-        self.interval, self.peak, self.samples = interval, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
-
-    def current(self) -> int:
-        return self.process.memory_info().rss + sum(c.memory_info().rss for c in self.process.children(True))
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.current())
-                self.samples += 1
-            except psutil.Error:  # a child that ended between listing and reading
-                pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 class BusWatch:
