@@ -57,6 +57,18 @@ class RetryingEventHandler(EventHandler):
         self.publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], use_confirms=True)
 
     def handle_message_processed(self, message, result=None, exc_info=None):
+        # A worker that finishes just as the broker drops the connection (a broker restart), before
+        # the consumer thread has noticed, acks or requeues on a dead socket. nameko's QueueConsumer
+        # swallows only amqp's ConnectionError there, not the socket's own (ConnectionResetError,
+        # BrokenPipeError), and an error raised here kills the container: `nameko run` exits. The
+        # broker took the message back when the connection dropped and delivers it again.
+        try:
+            self._settle(message, exc_info)
+        except OSError as error:
+            logger.warning("could not settle a message of %s: its broker connection is gone (%s); "
+                           "the broker delivers it again", self.queue.name, error)
+
+    def _settle(self, message, exc_info) -> None:
         if exc_info is None:
             self.queue_consumer.ack_message(message)
             return
