@@ -59,6 +59,14 @@ def number_value(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def term_forms(value: Any) -> tuple[str | None, float | None]:
+    """(text, number) a `term` value can match as: booleans as `true`/`false`, number-like strings
+    as both text and number, numbers as numbers only."""
+    if isinstance(value, bool):
+        return ("true" if value else "false"), None
+    return (value if isinstance(value, str) else None), number_value(value)
+
+
 def canonical_number(number: float) -> str:
     """One spelling per number (45 and 45.0 are both "45"), for the all-fields keyword set."""
     return str(int(number)) if number.is_integer() and abs(number) < 2 ** 63 else repr(number)

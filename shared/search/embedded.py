@@ -48,7 +48,7 @@ from shared.exceptions import InvalidParameter
 from shared.search import query as q
 from shared.search.base import IndexBackend, SearchPage, SearchUnavailable
 from shared.search.documents import (canonical_number, flatten, fqid_from_key, fqid_key, is_tombstone,
-                                     number_value, sortable_int)
+                                     sortable_int, term_forms)
 from shared.search.evaluate import matches, wildcard_to_regex
 from shared.search.query import parse_search
 
@@ -171,12 +171,7 @@ class Translator:
         return tantivy.Query.boolean_query(clauses)
 
     def _KeywordTerm(self, node: q.KeywordTerm):
-        value = node.value
-        if isinstance(value, bool):
-            text, number = ("true" if value else "false"), None
-        else:
-            number = number_value(value)
-            text = value if isinstance(value, str) else None
+        text, number = term_forms(node.value)
         queries = []
         if node.path is None:
             terms = {t for t in (text, None if number is None else canonical_number(number)) if t is not None}

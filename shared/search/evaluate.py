@@ -12,7 +12,7 @@ import functools
 import re
 
 from shared.search import query as q
-from shared.search.documents import FlatDocument, canonical_number, number_value
+from shared.search.documents import FlatDocument, canonical_number, term_forms
 
 
 def matches(node: q.Node, doc: FlatDocument, doc_id: str = "") -> bool:
@@ -43,12 +43,7 @@ def _bool(node: q.Bool, doc, doc_id) -> bool:
 
 
 def _keyword_term(node: q.KeywordTerm, doc, doc_id) -> bool:
-    value = node.value
-    if isinstance(value, bool):
-        text, number = ("true" if value else "false"), None
-    else:
-        number = number_value(value)
-        text = value if isinstance(value, str) else None
+    text, number = term_forms(node.value)
     if node.path is None:
         return (text is not None and text in doc.all_keywords) or (
             number is not None and canonical_number(number) in doc.all_keywords)
