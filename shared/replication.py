@@ -22,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TextIO
 
 import google_crc32c
-from marshmallow import INCLUDE, Schema, ValidationError, fields
+from marshmallow import INCLUDE, ValidationError
 
 from shared.blobstore import BlobInfo, BlobNotFound, BlobStore, BlobStoreError
 from shared.checksums import ChecksumPass, Checksums
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS, TOMBSTONE_SUFFIX, Replica, split_fqid
-from shared.schemas import BundleManifest, CollectionItem, FileMetadata, ObjectChanged, Tombstone
+from shared.schemas import BundleManifest, CollectionDocument, FileMetadata, ObjectChanged, Tombstone
 
 BLOB, FILE, BUNDLE, COLLECTION, TOMBSTONE = "blob", "file", "bundle", "collection", "tombstone"
 # Every DSS key lives under one of these, in listing order. Anything else in a main bucket (the
@@ -82,16 +82,7 @@ def parse_key(key: str) -> ReplicaKey | None:
 
 # --- documents -------------------------------------------------------------------------------------
 
-class StoredCollection(Schema):
-    """`collections/{uuid}.{version}` as the bundles service writes it."""
-    name = fields.String(required=True)
-    description = fields.String(load_default=None, allow_none=True)
-    details = fields.Raw(load_default=None, allow_none=True)
-    contents = fields.List(fields.Nested(CollectionItem), required=True)
-    owner = fields.String(required=True)
-
-
-_SCHEMAS = {FILE: FileMetadata, BUNDLE: BundleManifest, COLLECTION: StoredCollection, TOMBSTONE: Tombstone}
+_SCHEMAS = {FILE: FileMetadata, BUNDLE: BundleManifest, COLLECTION: CollectionDocument, TOMBSTONE: Tombstone}
 
 
 def load_document(target: ReplicaKey, data: bytes) -> dict:

@@ -91,6 +91,15 @@ class CollectionItem(Schema):
     fragment = fields.String()
 
 
+class CollectionDocument(Schema):
+    """`collections/{uuid}.{version}`."""
+    name = fields.String(required=True)
+    description = fields.String(load_default=None, allow_none=True)
+    details = fields.Raw(load_default=None, allow_none=True)
+    contents = fields.List(fields.Nested(CollectionItem), required=True)
+    owner = fields.String(required=True)
+
+
 class ChecksumsPayload(Schema):
     sha256 = fields.String(required=True)
     sha1 = fields.String(required=True)

@@ -17,12 +17,11 @@ from marshmallow import EXCLUDE, Schema, ValidationError
 
 from shared.identifiers import Keys, fqid, is_version, new_version, normalize_uuid, normalize_version, split_fqid
 from shared.exceptions import InvalidParameter, NotFound
-from shared.schemas import BundleManifest, FileMetadata, ManifestFile, Tombstone
+from shared.schemas import BundleManifest, CollectionDocument, CollectionItem, FileMetadata, ManifestFile, Tombstone
 from shared.storage import ReplicaStorage, Replicas, StorageProvider, split_versions
 
 from services.bundles import exceptions as errors
-from services.bundles.schemas import (MAX_ITEMS, BundleFileId, BundleFileRef, BundleFileView, CollectionDocument,
-                                      CollectionItem)
+from services.bundles.schemas import MAX_ITEMS, BundleFileId, BundleFileRef, BundleFileView
 
 logger = logging.getLogger(__name__)
 

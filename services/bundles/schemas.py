@@ -4,7 +4,7 @@ Stored bundle manifests and tombstones, and the event payloads, are in ``shared/
 """
 from marshmallow import EXCLUDE, Schema, fields
 
-from shared.schemas import CollectionItem, ManifestFile, UuidField, VersionField
+from shared.schemas import ManifestFile, UuidField, VersionField
 
 MAX_ITEMS = 1000  # per bundle PATCH list and per collection (the v1 contract's limit)
 
@@ -36,13 +36,3 @@ class BundleFileView(ManifestFile):
     """A manifest entry as GET /bundles returns it: the stored form but `s3_etag` with an underscore."""
 
     s3_etag = fields.String(required=True, data_key="s3_etag")
-
-
-class CollectionDocument(Schema):
-    """`collections/{uuid}.{version}`."""
-
-    name = fields.String(required=True)
-    description = fields.String(load_default=None, allow_none=True)
-    details = fields.Raw(load_default=None, allow_none=True)
-    contents = fields.List(fields.Nested(CollectionItem), required=True)
-    owner = fields.String(required=True)
