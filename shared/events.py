@@ -12,3 +12,5 @@ COLLECTION_CREATED = "collection_created"
 COLLECTION_TOMBSTONED = "collection_tombstoned"
 OBJECT_CHANGED = "object_changed"      # a main bucket's change notification, bridged onto the bus
 OBJECT_REPLICATED = "object_replicated"  # a copy to the other replica was written and verified
+BUNDLE_INDEXED = "bundle_indexed"        # a replica's index took in a bundle version or its tombstone
+SUBSCRIPTION_MATCHED = "subscription_matched"  # a bundle event matched a subscription: one webhook to deliver

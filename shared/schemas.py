@@ -181,3 +181,25 @@ class ObjectReplicated(Schema):
     size = fields.Integer(allow_none=True, load_default=None)
     copied = fields.Boolean(required=True)  # False: it was already there, verified
     lag_seconds = fields.Float(allow_none=True, load_default=None)
+
+
+class BundleIndexed(Schema):
+    """A replica's search index took in a bundle version (CREATE) or replaced it with its
+    tombstone (TOMBSTONE). ``document`` is the bundle event document (``shared.bundle_documents``);
+    ``event_timestamp`` is when the indexer processed it (ISO 8601 UTC)."""
+    replica = Replica
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+    event_type = fields.String(required=True, validate=validate.OneOf(("CREATE", "TOMBSTONE", "DELETE")))
+    event_timestamp = fields.String(required=True)
+    document = fields.Dict(required=True)
+
+
+class SubscriptionMatched(Schema):
+    """One webhook to deliver: ``subscription_id`` of ``replica`` matched a bundle event.
+    ``payload`` is the notification body (``shared.subscriptions.build_payload``); the secret key
+    is not carried: the notifier reads it from the stored subscription at delivery time."""
+    replica = Replica
+    subscription_id = fields.String(required=True)
+    transaction_id = fields.String(required=True)
+    payload = fields.Dict(required=True)
