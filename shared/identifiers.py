@@ -127,3 +127,9 @@ class Keys:
 
 def new_uuid() -> str:
     return str(uuid_module.uuid4())
+
+
+def bundle_url(base_url: str, uuid: str, version: str, replica: str) -> str:
+    """The API URL of one bundle version, as search results and notifications name it
+    (``base_url``: where clients reach the gateway, without the ``/v1``)."""
+    return f"{base_url.rstrip('/')}/v1/bundles/{uuid}?version={version}&replica={replica}"

@@ -123,6 +123,38 @@ class DeleteCollectionQuery(Schema):
     version = VersionField()  # accepted for compatibility; a collection tombstone covers every version
 
 
+class SearchQuery(Schema):
+    replica = Replica()
+    output_format = fields.String(load_default="summary", validate=validate.OneOf(("summary", "raw")))
+    per_page = per_page(100)
+    search_after = opaque(256)
+
+
+SUBSCRIPTION_TYPES = ("jmespath", "elasticsearch")
+
+
+class SubscriptionsQuery(Schema):
+    replica = Replica()
+    subscription_type = fields.String(load_default="jmespath", validate=validate.OneOf(SUBSCRIPTION_TYPES))
+
+
+class PutSubscriptionQuery(Schema):
+    replica = Replica()
+
+
+class ListEventsQuery(Schema):
+    replica = Replica()
+    from_date = opaque(64)
+    to_date = opaque(64)
+    per_page = fields.Integer(load_default=100, validate=validate.Range(1, 500, error="must be between 1 and 500"))
+    token = opaque(4096)
+
+
+class GetEventQuery(Schema):
+    replica = Replica()
+    version = VersionField(required=True)
+
+
 class NoQuery(Schema):
     pass
 
@@ -185,6 +217,24 @@ class PatchCollectionBody(Schema):
     name = fields.String()
     description = fields.String()
     details = fields.Dict()
+
+
+class SearchBody(Schema):
+    es_query = fields.Dict(required=True)
+
+
+class PutSubscriptionBody(Schema):
+    """The shape only; the notifier checks the rest (callback URL safety, queries, attachments)."""
+    callback_url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    es_query = fields.Dict()
+    jmespath_query = fields.String(validate=validate.Length(max=4096))
+    method = fields.String(validate=validate.OneOf(("POST", "PUT")))
+    encoding = fields.String(validate=validate.OneOf(("application/json", "multipart/form-data")))
+    form_fields = fields.Dict(keys=fields.String(), values=fields.String())
+    payload_form_field = fields.String(validate=validate.Length(min=1, max=256))
+    hmac_secret_key = fields.String(validate=validate.Length(min=1, max=1024))
+    hmac_key_id = fields.String(validate=validate.Length(min=1, max=256))
+    attachments = fields.Dict(keys=fields.String(), values=fields.Dict())
 
 
 # --- loading ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The gateway service: the DSS v1 HTTP API, answered by the files and bundles services over RPC.
+"""The gateway service: the DSS v1 HTTP API, answered by the other services over RPC.
 
 Each entrypoint authenticates (where the API asks for a token), validates its query string and
 body, makes one RPC call and shapes the answer; errors of any kind become problem+json (see
@@ -18,23 +18,19 @@ from services.gateway.errors import RETRY_AFTER_S
 from services.gateway.exceptions import NotImplementedYet
 from services.gateway.web import api, file_headers, json_body, json_response, next_link, paged, query
 from shared.exceptions import DSSError, InvalidParameter
-from shared.identifiers import Keys, Replica, new_version, normalize_uuid
+from shared.identifiers import Keys, Replica, bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+# The services whose health /internal/health reports (each one's `health` RPC).
+PROBED_SERVICES = ("files", "bundles", "indexer", "notifier")
 
 PUT_STATUS = {"created": 201, "exists": 200, "accepted": 202}
 
 # (swagger path, method) -> what will serve it. Routed here to a 501 until its issue lands; a test
 # keeps this list and the swagger document in step.
 NOT_YET_SERVED = {
-    ("/search", "post"): "search (the indexer service)",
-    ("/subscriptions", "get"): "subscriptions (the notifier service)",
-    ("/subscriptions", "put"): "subscriptions (the notifier service)",
-    ("/subscriptions/{uuid}", "get"): "subscriptions (the notifier service)",
-    ("/subscriptions/{uuid}", "delete"): "subscriptions (the notifier service)",
-    ("/events", "get"): "the bundle event journal",
-    ("/events/{uuid}", "get"): "the bundle event journal",
     ("/bundles/{uuid}/checkout", "post"): "bundle checkout (the checkout service)",
     ("/bundles/checkout/{checkout_job_id}", "get"): "bundle checkout (the checkout service)",
     ("/ga4gh/drs/v1/objects/{object_id}", "get"): "GA4GH DRS (needs the checkout service)",
@@ -74,6 +70,8 @@ class GatewayService:
     auth = Auth()
     files = ServiceRpc("files")
     bundles = ServiceRpc("bundles")
+    indexer = ServiceRpc("indexer")
+    notifier = ServiceRpc("notifier")
     broker = Broker()
     metrics = Metrics()
 
@@ -99,9 +97,8 @@ class GatewayService:
                 logger.warning("%s health check failed: %s", name, error.exc_type)
                 return {"ok": False, "detail": f"the health check failed ({error.exc_type})"}
 
-        files = eventlet.spawn(probe, self.files, "files")
-        bundles = eventlet.spawn(probe, self.bundles, "bundles")
-        dependencies = {"broker": self.broker.health(), "files": files.wait(), "bundles": bundles.wait()}
+        probes = {name: eventlet.spawn(probe, getattr(self, name), name) for name in PROBED_SERVICES}
+        dependencies = {"broker": self.broker.health(), **{name: done.wait() for name, done in probes.items()}}
         failing = sorted(name for name, report in dependencies.items() if not _healthy(report))
         if not failing:
             return json_response({"status": "ok", "dependencies": dependencies})
@@ -250,27 +247,68 @@ class GatewayService:
         self.bundles.delete_collection(params["replica"], uuid, caller)
         return json_response({})
 
-    # --- published, served by later issues -------------------------------------------------------
+    # --- search (the indexer) --------------------------------------------------------------------
     @api("POST", "/v1/search")
     def search(self, request):
-        raise not_yet("/search", "post")
+        params = query(request, schemas.SearchQuery())
+        body = json_body(request, schemas.SearchBody(), self.settings.max_request_bytes)
+        replica = params["replica"]
+        result = self.indexer.search(replica, body["es_query"], params["output_format"], params["per_page"],
+                                     params.get("search_after"))
+        base = apidoc.base_url(self.settings, request)
+        results = []
+        for hit in result["results"]:
+            uuid, version = split_fqid(hit["bundle_fqid"])
+            entry = {"bundle_fqid": hit["bundle_fqid"], "bundle_url": bundle_url(base, uuid, version, replica),
+                     "search_score": hit.get("search_score")}
+            if "metadata" in hit:
+                entry["metadata"] = hit["metadata"]
+            results.append(entry)
+        cursor = result.get("search_after")
+        link = next_link(self.settings, request, search_after=cursor) if cursor else None
+        return paged({"es_query": body["es_query"], "results": results, "total_hits": result["total_hits"]},
+                     "results", link)
 
+    # --- subscriptions (the notifier) ------------------------------------------------------------
     @api("GET,PUT", "/v1/subscriptions")
     def subscriptions(self, request):
-        raise not_yet("/subscriptions", request.method.lower())
+        caller = self.auth.caller(request)
+        if request.method == "PUT":
+            params = query(request, schemas.PutSubscriptionQuery())
+            body = json_body(request, schemas.PutSubscriptionBody(), self.settings.max_request_bytes)
+            result = self.notifier.put_subscription(params["replica"], body, caller)
+            return json_response({"uuid": result["uuid"]}, 201)
+        params = query(request, schemas.SubscriptionsQuery())
+        result = self.notifier.list_subscriptions(params["replica"], caller, params["subscription_type"])
+        return json_response({"subscriptions": result["subscriptions"]})
 
     @api("GET,DELETE", "/v1/subscriptions/<uuid>")
     def subscription(self, request, uuid):
-        raise not_yet("/subscriptions/{uuid}", request.method.lower())
+        caller = self.auth.caller(request)
+        uuid = normalize_uuid(uuid)
+        # subscription_type is accepted for compatibility; a uuid names one subscription of either kind.
+        params = query(request, schemas.SubscriptionsQuery())
+        if request.method == "DELETE":
+            result = self.notifier.delete_subscription(params["replica"], uuid, caller)
+            return json_response({"timeDeleted": result["timeDeleted"]})
+        return json_response(self.notifier.get_subscription(params["replica"], uuid, caller))
 
+    # --- the bundle event journal (the indexer) --------------------------------------------------
     @api("GET", "/v1/events")
     def events(self, request):
-        raise not_yet("/events", "get")
+        params = query(request, schemas.ListEventsQuery())
+        result = self.indexer.list_events(params["replica"], params.get("from_date"), params.get("to_date"),
+                                          params["per_page"], params.get("token"))
+        link = next_link(self.settings, request, token=result["token"]) if result.get("token") else None
+        return paged({"event_streams": result["event_streams"]}, "event_streams", link)
 
     @api("GET", "/v1/events/<uuid>")
     def event(self, request, uuid):
-        raise not_yet("/events/{uuid}", "get")
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.GetEventQuery())
+        return json_response(self.indexer.get_event(params["replica"], uuid, params["version"]))
 
+    # --- published, served by later issues -------------------------------------------------------
     @api("POST", "/v1/bundles/<uuid>/checkout")
     def checkout_bundle(self, request, uuid):
         raise not_yet("/bundles/{uuid}/checkout", "post")

@@ -23,9 +23,9 @@ from werkzeug.routing import Map
 from services.files.exceptions import FileAlreadyExists, SourceNotFound
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import TimedServiceProxy
-from services.gateway.service import NOT_YET_SERVED, GatewayService
+from services.gateway.service import NOT_YET_SERVED, PROBED_SERVICES, GatewayService
 from shared.auth_local import ensure_local_issuer, mint_token
-from shared.exceptions import Forbidden, InvalidRequest, NotFound, Unavailable
+from shared.exceptions import Forbidden, InvalidRequest, NotAcceptable, NotFound, Unavailable
 from shared.identifiers import is_version
 
 ISSUER = "https://issuer.test/"
@@ -80,11 +80,11 @@ def gateway_config(rabbit_config, web_config, issuer):
 
 def start_gateway(container_factory, config):
     container = container_factory(GatewayService, config)
-    files, bundles = mock.Mock(name="files"), mock.Mock(name="bundles")
-    replace_dependencies(container, files=TimedServiceProxy(files, "files", RPC_TIMEOUT),
-                         bundles=TimedServiceProxy(bundles, "bundles", RPC_TIMEOUT))
+    mocks = {name: mock.Mock(name=name) for name in PROBED_SERVICES}
+    replace_dependencies(container, **{name: TimedServiceProxy(proxy, name, RPC_TIMEOUT)
+                                       for name, proxy in mocks.items()})
     container.start()
-    return types.SimpleNamespace(container=container, files=files, bundles=bundles)
+    return types.SimpleNamespace(container=container, **mocks)
 
 
 @pytest.fixture
@@ -445,8 +445,7 @@ class TestRoutes:
             rule.endpoint = entrypoint.method_name
             url_map.add(rule)
         adapter = url_map.bind("localhost")
-        stubs = {"search", "subscriptions", "subscription", "events", "event", "checkout_bundle",
-                 "checkout_status", "drs_object"}
+        stubs = {"checkout_bundle", "checkout_status", "drs_object"}
         swagger_ops = set()
         for path, method, _ in apidoc.operations(doc):
             swagger_ops.add((path, method))
@@ -673,6 +672,142 @@ class TestCollections:
         assert_problem(web_session.get(f"/v1/collections/{UUID}?replica=aws", headers=bearer(token())), 403)
 
 
+class TestSearch:
+    query = {"query": {"match": {"files.project_json.title": "liver"}}}
+
+    def test_summary_page_with_a_next_link(self, gateway, web_session):
+        fqid = f"{UUID}.{VERSION}"
+        gateway.indexer.search.return_value = {"results": [{"bundle_fqid": fqid, "search_score": None}] * 10,
+                                               "total_hits": 25, "search_after": fqid}
+        response = web_session.post("/v1/search?replica=gcp&per_page=10", json={"es_query": self.query})
+        assert response.status_code == 206, response.text
+        body = response.json()
+        assert body["es_query"] == self.query and body["total_hits"] == 25
+        hit = body["results"][0]
+        assert (hit["bundle_fqid"], hit["search_score"]) == (fqid, None)
+        assert hit["bundle_url"].startswith("http://") and \
+            hit["bundle_url"].endswith(f"/v1/bundles/{UUID}?version={VERSION}&replica=gcp")
+        assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "results"
+        assert "search_after=" in response.links["next"]["url"]
+        assert gateway.indexer.search.call_args[0] == ("gcp", self.query, "summary", 10, None)
+
+    def test_raw_last_page(self, gateway, web_session):
+        fqid = f"{UUID}.{VERSION}"
+        gateway.indexer.search.return_value = {"results": [{"bundle_fqid": fqid, "search_score": 1.0,
+                                                            "metadata": {"uuid": UUID}}],
+                                               "total_hits": 1, "search_after": None}
+        response = web_session.post(f"/v1/search?replica=aws&output_format=raw&search_after={fqid}",
+                                    json={"es_query": {}})
+        assert response.status_code == 200 and "Link" not in response.headers
+        assert response.json()["results"][0]["metadata"] == {"uuid": UUID}
+        assert gateway.indexer.search.call_args[0] == ("aws", {}, "raw", 100, fqid)
+
+    @pytest.mark.parametrize("params,body,code", [
+        ("replica=aws&output_format=xml", {"es_query": {}}, "illegal_arguments"),
+        ("replica=aws&per_page=501", {"es_query": {}}, "illegal_arguments"),
+        ("replica=azure", {"es_query": {}}, "unknown_replica"),
+        ("replica=aws", {}, "illegal_arguments"),
+        ("replica=aws", {"es_query": "title:liver"}, "illegal_arguments"),
+    ])
+    def test_bad_input(self, gateway, web_session, params, body, code):
+        assert_problem(web_session.post(f"/v1/search?{params}", json=body), 400, code)
+        gateway.indexer.search.assert_not_called()
+
+    def test_a_query_the_engine_refuses_is_a_400(self, gateway, web_session):
+        from shared.search import ElasticsearchBadRequest
+        gateway.indexer.search.side_effect = remote(ElasticsearchBadRequest("unsupported clause `fuzzy`"))
+        body = assert_problem(web_session.post("/v1/search?replica=aws", json={"es_query": {"query": {"fuzzy": {}}}}),
+                              400, "elasticsearch_bad_request")
+        assert "fuzzy" in body["title"]
+
+
+class TestSubscriptions:
+    sub = {"callback_url": "https://hooks.example.org/dss", "jmespath_query": "event_type=='CREATE'",
+           "hmac_secret_key": "s3cret", "hmac_key_id": "k1"}
+
+    def test_put_get_list_delete(self, gateway, web_session, token):
+        sub_id = str(uuid_module.uuid4())
+        gateway.notifier.put_subscription.return_value = {"uuid": sub_id}
+        response = web_session.put("/v1/subscriptions?replica=aws", headers=bearer(token()), json=self.sub)
+        assert (response.status_code, response.json()) == (201, {"uuid": sub_id})
+        replica, body, caller = gateway.notifier.put_subscription.call_args[0]
+        assert (replica, body, caller["email"]) == ("aws", self.sub, "writer@example.org")
+
+        stored = {"uuid": sub_id, "callback_url": self.sub["callback_url"], "owner": "writer@example.org"}
+        gateway.notifier.list_subscriptions.return_value = {"subscriptions": [stored]}
+        response = web_session.get("/v1/subscriptions?replica=aws&subscription_type=elasticsearch",
+                                   headers=bearer(token()))
+        assert (response.status_code, response.json()) == (200, {"subscriptions": [stored]})
+        assert gateway.notifier.list_subscriptions.call_args[0][::2] == ("aws", "elasticsearch")
+
+        gateway.notifier.get_subscription.return_value = stored
+        response = web_session.get(f"/v1/subscriptions/{sub_id.upper()}?replica=aws", headers=bearer(token()))
+        assert (response.status_code, response.json()) == (200, stored)
+        assert gateway.notifier.get_subscription.call_args[0][:2] == ("aws", sub_id)
+
+        gateway.notifier.delete_subscription.return_value = {"timeDeleted": "2026-11-25T10:00:00.000000Z"}
+        response = web_session.delete(f"/v1/subscriptions/{sub_id}?replica=aws", headers=bearer(token()))
+        assert (response.status_code, response.json()) == (200, {"timeDeleted": "2026-11-25T10:00:00.000000Z"})
+
+    def test_a_token_is_required(self, gateway, web_session):
+        assert_problem(web_session.get("/v1/subscriptions?replica=aws"), 401)
+        assert_problem(web_session.put("/v1/subscriptions?replica=aws", json=self.sub), 401)
+        assert_problem(web_session.delete(f"/v1/subscriptions/{UUID}?replica=aws"), 401)
+        gateway.notifier.put_subscription.assert_not_called()
+
+    @pytest.mark.parametrize("change", [{"callback_url": None}, {"method": "GET"}, {"encoding": "text/xml"},
+                                        {"es_query": "x"}, {"attachments": {"a": "b"}}, {"colour": "red"}])
+    def test_malformed_bodies(self, gateway, web_session, token, change):
+        body = {**self.sub, **change}
+        if change.get("callback_url", "") is None:
+            del body["callback_url"]
+        assert_problem(web_session.put("/v1/subscriptions?replica=aws", headers=bearer(token()), json=body),
+                       400, "illegal_arguments")
+        gateway.notifier.put_subscription.assert_not_called()
+
+    @pytest.mark.parametrize("error,status", [(NotFound("no such subscription", "not_found"), 404),
+                                              (Forbidden("not yours", "forbidden"), 403),
+                                              (NotAcceptable("too many", "too_many_subscriptions"), 406)])
+    def test_service_errors_keep_their_status(self, gateway, web_session, token, error, status):
+        gateway.notifier.get_subscription.side_effect = remote(error)
+        gateway.notifier.put_subscription.side_effect = remote(error)
+        assert_problem(web_session.get(f"/v1/subscriptions/{UUID}?replica=aws", headers=bearer(token())),
+                       status, error.error_code)
+        assert_problem(web_session.put("/v1/subscriptions?replica=aws", headers=bearer(token()), json=self.sub),
+                       status, error.error_code)
+
+
+class TestEvents:
+    def test_list_pages_with_a_token(self, gateway, web_session):
+        event = {"event_id": "e1", "event_type": "CREATE", "event_timestamp": VERSION,
+                 "bundle_fqid": f"{UUID}.{VERSION}", "document": {}}
+        gateway.indexer.list_events.return_value = {"event_streams": [event], "token": "next-page"}
+        response = web_session.get(f"/v1/events?replica=aws&from_date={VERSION}&per_page=1")
+        assert response.status_code == 206
+        assert response.json() == {"event_streams": [event]}
+        assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "event_streams"
+        assert "token=next-page" in response.links["next"]["url"]
+        assert gateway.indexer.list_events.call_args[0] == ("aws", VERSION, None, 1, None)
+
+        gateway.indexer.list_events.return_value = {"event_streams": [], "token": None}
+        response = web_session.get("/v1/events?replica=aws&token=next-page")
+        assert (response.status_code, response.json()) == (200, {"event_streams": []})
+        assert gateway.indexer.list_events.call_args[0] == ("aws", None, None, 100, "next-page")
+
+    def test_get_one(self, gateway, web_session):
+        document = {"event_type": "CREATE", "bundle_info": {"uuid": UUID, "version": VERSION}, "manifest": {},
+                    "files": {}}
+        gateway.indexer.get_event.return_value = document
+        response = web_session.get(f"/v1/events/{UUID.upper()}?replica=aws&version={VERSION}")
+        assert (response.status_code, response.json()) == (200, document)
+        assert gateway.indexer.get_event.call_args[0] == ("aws", UUID, VERSION)
+        assert_problem(web_session.get(f"/v1/events/{UUID}?replica=aws"), 400, "illegal_arguments")
+        assert_problem(web_session.get(f"/v1/events/{UUID}?replica=aws&version=yesterday"), 400, "illegal_version")
+        assert_problem(web_session.get("/v1/events?replica=aws&per_page=0"), 400, "illegal_arguments")
+        gateway.indexer.get_event.side_effect = remote(NotFound("no such bundle", "not_found"))
+        assert_problem(web_session.get(f"/v1/events/{UUID}?replica=aws&version={VERSION}"), 404, "not_found")
+
+
 # --- documents ---------------------------------------------------------------------------------------
 CONTRACT_OPERATIONS = {
     ("/files/{uuid}", "put"), ("/files/{uuid}", "head"), ("/files/{uuid}", "get"),
@@ -704,6 +839,13 @@ VALIDATED_BY = {
     "getCollection": (schemas.GetCollectionQuery, None),
     "patchCollection": (schemas.PatchCollectionQuery, schemas.PatchCollectionBody),
     "deleteCollection": (schemas.DeleteCollectionQuery, None),
+    "search": (schemas.SearchQuery, schemas.SearchBody),
+    "putSubscription": (schemas.PutSubscriptionQuery, schemas.PutSubscriptionBody),
+    "listSubscriptions": (schemas.SubscriptionsQuery, None),
+    "getSubscription": (schemas.SubscriptionsQuery, None),
+    "deleteSubscription": (schemas.SubscriptionsQuery, None),
+    "listEvents": (schemas.ListEventsQuery, None),
+    "getEvent": (schemas.GetEventQuery, None),
     "getSwagger": (schemas.NoQuery, None),
 }
 
@@ -791,17 +933,21 @@ HEALTHY = {"aws": {"ok": True, "detail": "ok"}, "gcp": {"ok": True, "detail": "o
 
 
 class TestHealth:
+    @staticmethod
+    def all_healthy(gateway):
+        for name in PROBED_SERVICES:
+            getattr(gateway, name).health.return_value = HEALTHY
+
     def test_healthy(self, gateway, web_session):
-        gateway.files.health.return_value = HEALTHY
-        gateway.bundles.health.return_value = HEALTHY
+        self.all_healthy(gateway)
         response = web_session.get("/internal/health")
         assert response.status_code == 200, response.text
         assert response.json() == {"status": "ok", "dependencies": {
-            "broker": {"ok": True, "detail": "reachable"}, "files": HEALTHY, "bundles": HEALTHY}}
+            "broker": {"ok": True, "detail": "reachable"}, **{name: HEALTHY for name in PROBED_SERVICES}}}
 
     def test_failing_replica(self, gateway, web_session):
+        self.all_healthy(gateway)
         gateway.files.health.return_value = {**HEALTHY, "gcp": {"ok": False, "detail": "GCS unreachable"}}
-        gateway.bundles.health.return_value = HEALTHY
         response = web_session.get("/internal/health")
         assert response.status_code == 503
         assert int(response.headers["Retry-After"]) > 0
@@ -810,7 +956,7 @@ class TestHealth:
         assert body["dependencies"]["files"]["gcp"] == {"ok": False, "detail": "GCS unreachable"}
 
     def test_service_down(self, gateway, web_session):
-        gateway.files.health.return_value = HEALTHY
+        self.all_healthy(gateway)
         gateway.bundles.health.side_effect = UnknownService("bundles")
         response = web_session.get("/internal/health")
         assert response.status_code == 503
