@@ -106,6 +106,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_NOTIFY_RETRY_DELAYS", "60,600,3600,21600,61200,86400,86400,86400,86400,86400,86400",
             "Seconds before each new attempt of a failed webhook delivery, the first being at once "
             "(broker delay queues); then dead-lettered.", _as_ints),
+    # --- notifier: subscriptions ------------------------------------------------------------
+    Setting("DSS_NOTIFY_MAX_SUBSCRIPTIONS", 100,
+            "Subscriptions one owner may have in one replica (406 beyond).", int),
+    Setting("DSS_NOTIFY_SUBSCRIPTION_CACHE_SECONDS", 5,
+            "Seconds the notifier reuses its listing of a replica's subscriptions when matching bundle events "
+            "(a subscription made through another notifier process takes effect within this time).", float),
     # --- search index (shared.search) ---------------------------------------------------------
     Setting("DSS_INDEX_BACKEND", "embedded",
             "Search index of each replica: `embedded` (tantivy on disk under DSS_INDEX_DIR) or `opensearch`."),

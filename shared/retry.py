@@ -9,6 +9,9 @@ to the durable ``{queue}.dead`` with the error in ``x-dss-error``. The original 
 only after the republish is confirmed by the broker, so a crash at any point means redelivery,
 never loss: handlers must be idempotent.
 
+A worker that needs to know which attempt it is making (a webhook numbers its attempts) declares
+``attempt = AttemptNumber()``: 1 for the first delivery, then what the last retry wrote.
+
 ``dead_letter_queues`` / ``peek_dead_letters`` / ``replay_dead_letters`` back the
 ``dss-ops dead-letters`` command.
 """
@@ -19,6 +22,7 @@ import logging
 from kombu import Connection, Queue
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.contextdata import ContextDataProvider
 from nameko.events import SERVICE_POOL, EventHandler
 from prometheus_client import Counter
 
@@ -31,6 +35,11 @@ DEFAULT_DELAYS = (1, 5, 30, 120, 600, 3600)  # seconds before attempts 2, 3, ...
 
 RETRIES = Counter("dss_retries_total", "Failed deliveries scheduled for another attempt.", ["queue"])
 DEAD_LETTERS = Counter("dss_dead_letters_total", "Deliveries given up and dead-lettered.", ["queue"])
+
+
+def attempt_of(message) -> int:
+    """Which attempt this delivery of ``message`` is: 1, or the number the last retry wrote."""
+    return int((message.headers or {}).get(ATTEMPT_HEADER, 1))
 
 
 def delay_queue(queue_name: str, delay: int) -> Queue:
@@ -56,6 +65,14 @@ class RetryingEventHandler(EventHandler):
         super().setup()
         self.publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], use_confirms=True)
 
+    def unpack_message_headers(self, message):
+        context_data = super().unpack_message_headers(message)
+        # The worker's context carries the attempt number (``AttemptNumber``). Only the bare header
+        # counts: a ``nameko.x-dss-attempt`` that an upstream retried worker propagated through
+        # its context is that worker's attempt, not this message's.
+        context_data[ATTEMPT_HEADER] = attempt_of(message)
+        return context_data
+
     def handle_message_processed(self, message, result=None, exc_info=None):
         # A worker that finishes just as the broker drops the connection (a broker restart), before
         # the consumer thread has noticed, acks or requeues on a dead socket. nameko's QueueConsumer
@@ -73,7 +90,7 @@ class RetryingEventHandler(EventHandler):
             self.queue_consumer.ack_message(message)
             return
         error = exc_info[1]
-        attempt = int((message.headers or {}).get(ATTEMPT_HEADER, 1))
+        attempt = attempt_of(message)
         queue_name = self.queue.name
         try:
             if isinstance(error, self.give_up_on) or attempt > len(self.delays):
@@ -100,6 +117,16 @@ class RetryingEventHandler(EventHandler):
 
 
 retrying_event_handler = RetryingEventHandler.decorator
+
+
+class AttemptNumber(ContextDataProvider):
+    """Injects the attempt number (1 for the first) of the message a ``RetryingEventHandler``
+    worker is handling."""
+
+    context_key = ATTEMPT_HEADER
+
+    def get_dependency(self, worker_ctx):
+        return int(worker_ctx.data.get(self.context_key) or 1)
 
 
 # --- operating dead letters -------------------------------------------------------------------------

@@ -74,6 +74,11 @@ class ReplicaStorage:
     def exists(self, key: str) -> bool:
         return self.store.exists(self.bucket, key)
 
+    def delete(self, key: str) -> None:
+        """Remove ``key``; an absent key is not an error. Only for keys outside the write-once
+        layout (e.g. the notifier's ``subscriptions/``)."""
+        self.store.delete(self.bucket, key)
+
     def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         return self.store.list_keys(self.bucket, prefix, start_after)
 

@@ -1,9 +1,24 @@
 """Helpers for the project's tests (the one place they live), in the spirit of nameko.testing."""
 from __future__ import annotations
 
+import base64
+import collections
+import datetime
+import email
+import email.policy
+import email.utils
+import hashlib
+import hmac
+import http.server
+import json
 import os
+import re
+import ssl
+import threading
+import time
 import uuid as uuid_module
 
+from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobStoreUnavailable
 from shared.checksums import Checksums, checksum_bytes
 
 
@@ -45,6 +60,117 @@ def stage_large_object(store, bucket: str, size: int, *, chunk: int = 8 * 1024 *
     metadata = {f"dss-{name}": value for name, value in checksums.as_api().items()}
     store.put_stream(bucket, key, chunks(), size, metadata=metadata)
     return f"{store.scheme}://{bucket}/{key}", checksums
+
+
+# --- an in-memory blob store, for unit tests -----------------------------------------------------
+
+class MemoryBlobStore(BlobStore):
+    """A replica's buckets in a dict, counting calls; ``unavailable`` makes every call fail as an
+    unreachable endpoint would."""
+
+    def __init__(self, replica: str):
+        self.replica = replica
+        self.scheme = {"aws": "s3", "gcp": "gs"}[replica]
+        self.buckets: dict[str, dict[str, tuple[bytes, str, dict]]] = {}
+        self.calls = collections.Counter()
+        self.unavailable = False
+
+    def _objects(self, bucket: str, call: str) -> dict:
+        self.calls[call] += 1
+        if self.unavailable:
+            raise BlobStoreUnavailable(f"{self.replica} is unreachable")
+        try:
+            return self.buckets[bucket]
+        except KeyError:
+            raise BlobNotFound(bucket) from None
+
+    def _object(self, bucket: str, key: str, call: str) -> tuple[bytes, str, dict]:
+        try:
+            return self._objects(bucket, call)[key]
+        except KeyError:
+            raise BlobNotFound(f"{bucket}/{key}") from None
+
+    def stat(self, bucket, key):
+        data, content_type, metadata = self._object(bucket, key, "stat")
+        return BlobInfo(key, len(data), content_type, dict(metadata), hashlib.md5(data).hexdigest(), None, None)
+
+    def get_tags(self, bucket, key):
+        self._object(bucket, key, "get_tags")
+        return {}
+
+    def get_bytes(self, bucket, key):
+        return self._object(bucket, key, "get_bytes")[0]
+
+    def iter_chunks(self, bucket, key, chunk_size, revision=None):
+        data = self._object(bucket, key, "iter_chunks")[0]
+        return iter([data[start:start + chunk_size] for start in range(0, len(data), chunk_size)])
+
+    def list_keys(self, bucket, prefix="", start_after=None):
+        objects = self._objects(bucket, "list_keys")
+        return iter(sorted(key for key in objects
+                           if key.startswith(prefix) and (start_after is None or key > start_after)))
+
+    def put_bytes(self, bucket, key, data, content_type="application/octet-stream", metadata=None, if_absent=False):
+        objects = self._objects(bucket, "put_bytes")
+        if if_absent and key in objects:
+            raise BlobAlreadyExists(f"{bucket}/{key}")
+        objects[key] = (bytes(data), content_type, dict(metadata or {}))
+
+    def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
+                   part_size=64 * 1024 * 1024):
+        self.put_bytes(bucket, key, b"".join(chunks), content_type, metadata)
+
+    def copy(self, src_bucket, src_key, dst_bucket, dst_key, *, if_source_revision=None, content_type=None,
+             metadata=None, part_size=64 * 1024 * 1024):
+        data, source_type, source_metadata = self._object(src_bucket, src_key, "copy")
+        self.put_bytes(dst_bucket, dst_key, data, content_type or source_type,
+                       source_metadata if metadata is None else metadata)
+
+    def delete(self, bucket, key):
+        self._objects(bucket, "delete").pop(key, None)
+
+    def presigned_url(self, bucket, key, expires_in, content_disposition=None):
+        return f"memory://{bucket}/{key}?expires_in={expires_in}"
+
+    def bucket_exists(self, bucket):
+        try:
+            self._objects(bucket, "bucket_exists")
+        except BlobNotFound:
+            return False
+        return True
+
+    def create_bucket(self, bucket):
+        self.buckets.setdefault(bucket, {})
+
+
+# --- waiting, and the broker as a test's vhost sees it ---------------------------------------------
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, on_timeout=lambda: ""):
+    """Poll ``predicate`` until it returns something true (returned), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s\n{on_timeout()}")
+        time.sleep(interval)
+
+
+def queue_state(amqp_uri: str, name: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of queue ``name``, or None if it does not exist (a passive
+    declare, which creates nothing). Raises if the broker cannot be reached."""
+    from amqp.exceptions import NotFound as QueueNotFound
+    from kombu import Connection
+
+    with Connection(amqp_uri, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+        except QueueNotFound:
+            return None
+        channel.close()
+        return messages, consumers
 
 
 # --- real processes, for fault tests ------------------------------------------------------------
@@ -277,3 +403,160 @@ class TcpProxy:
             # One side ended: end the other, so that neither end waits on a half-open pair.
             self._close(sink, reset=False)
             self._close(source, reset=False)
+
+
+# --- webhook receivers ------------------------------------------------------------------------------
+# A threaded http.server on 127.0.0.1 that verifies what it gets the way a subscriber would,
+# independently of shared.webhooks: the draft-cavage Authorization signature and the Digest header
+# are recomputed with hmac/hashlib; the RFC 9421 signature is checked with the library's verifier
+# and recomputed by hand from the RFC's signature-base rules; the Content-Digest is recomputed. A
+# request whose signatures do not verify gets a 401, so a delivery only succeeds when they do.
+# Paths choose the answer: /redirect (302), /status/N (N), /slow (1.5 s), /flaky (503 twice, then
+# 200), /flaky/TIMES/STATUS (STATUS the first TIMES times), anything else 200.
+
+def verify_cavage(method, path, headers, body, keys):
+    """Check ``Authorization: Signature ...`` (draft-cavage-http-signatures-10, hmac-sha256) and the
+    Digest it covers; return the key id."""
+    authorization = headers["authorization"]
+    assert authorization.startswith("Signature ")
+    params = dict(re.findall(r'(\w+)="([^"]*)"', authorization[len("Signature "):]))
+    assert params["algorithm"] == "hmac-sha256"
+    assert params["headers"] == "(request-target) host date digest"
+    assert headers["digest"] == "SHA-256=" + base64.b64encode(hashlib.sha256(body).digest()).decode()
+    date = email.utils.parsedate_to_datetime(headers["date"])
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 300
+    signing_string = "\n".join([f"(request-target): {method.lower()} {path}", f"host: {headers['host']}",
+                                f"date: {headers['date']}", f"digest: {headers['digest']}"])
+    expected = hmac.new(keys[params["keyId"]], signing_string.encode(), hashlib.sha256).digest()
+    assert hmac.compare_digest(base64.b64decode(params["signature"]), expected), "draft-cavage signature mismatch"
+    return params["keyId"]
+
+
+class _Message:
+    """What http_message_signatures reads from a request: method, absolute URL, headers."""
+
+    def __init__(self, method, url, headers):
+        self.method, self.url, self.headers = method, url, headers
+
+
+def verify_rfc9421(method, url, headers, body, keys):
+    """Check Signature-Input / Signature with the library's verifier, and again by hand (RFC 9421
+    section 2.5 signature base, HMAC-SHA256), plus Content-Digest (RFC 9530); return the key id."""
+    assert headers["content-digest"] == "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
+    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256,
+                                   key_resolver=MappingKeyResolver(public_keys=keys, private_keys={}))
+    [result] = verifier.verify(_Message(method, url, headers), expect_tag="dss-webhook", body=body,
+                               require_components=("@method", "@target-uri", "content-type", "content-digest"))
+    assert result.label == "dss" and result.parameters["alg"] == "hmac-sha256"
+
+    label, params = headers["signature-input"].split("=", 1)
+    assert label == "dss"
+    components = re.match(r'\(([^)]*)\)', params).group(1).split()
+    values = {'"@method"': method, '"@target-uri"': url, '"content-type"': headers["content-type"],
+              '"content-digest"': headers["content-digest"]}
+    base = "\n".join(f"{c}: {values[c]}" for c in components) + f'\n"@signature-params": {params}'
+    key_id = re.search(r';keyid="([^"]*)"', params).group(1)
+    signature = re.fullmatch(r"dss=:([A-Za-z0-9+/=]+):", headers["signature"]).group(1)
+    expected = hmac.new(keys[key_id], base.encode(), hashlib.sha256).digest()
+    assert hmac.compare_digest(base64.b64decode(signature), expected), "RFC 9421 signature mismatch"
+    return key_id
+
+
+class Received:
+    def __init__(self, method, path, headers, body):
+        self.method, self.path, self.headers, self.body = method, path, headers, body
+        self.key_ids = None  # (cavage, rfc9421) when both signatures verified
+        self.status = None  # what the receiver answered
+
+    @property
+    def accepted(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def form(self):
+        """The parts of a multipart/form-data body, parsed with the e-mail package."""
+        raw = f"Content-Type: {self.headers['content-type']}\r\nMIME-Version: 1.0\r\n\r\n".encode() + self.body
+        message = email.message_from_bytes(raw, policy=email.policy.HTTP)
+        assert message.is_multipart()
+        return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
+                for part in message.iter_parts()}
+
+    def payload(self):
+        if self.headers["content-type"] == "application/json":
+            return json.loads(self.body)
+        return json.loads(self.form()["payload"])
+
+
+class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # the test output is not the place for an access log
+        pass
+
+    def do_POST(self):
+        receiver = self.server.receiver
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        record = self._record = Received(self.command, self.path, headers, body)
+        receiver.requests.append(record)
+        if "signature" in headers or "authorization" in headers:
+            url = f"{receiver.scheme}://{headers['host']}{self.path}"
+            try:
+                record.key_ids = (verify_cavage(self.command, self.path, headers, body, receiver.keys),
+                                  verify_rfc9421(self.command, url, headers, body, receiver.keys))
+            except Exception as error:  # a subscriber refuses what does not verify
+                record.error = repr(error)
+                return self._answer(401, b"bad signature")
+        path = self.path.split("?", 1)[0]
+        if path == "/redirect":
+            return self._answer(302, b"", {"Location": f"http://{headers['host']}/ok?token=do-not-log"})
+        if path.startswith("/status/"):
+            return self._answer(int(path.rsplit("/", 1)[1]), b"nope")
+        if path == "/slow":
+            time.sleep(1.5)
+        if path == "/flaky" or path.startswith("/flaky/"):
+            times, status = (int(part) for part in path.split("/")[2:4]) if path != "/flaky" else (2, 503)
+            if sum(r.path.split("?", 1)[0] == path for r in receiver.requests) <= times:
+                return self._answer(status, b"busy")
+        self._answer(200, b"ok")
+
+    do_PUT = do_POST
+
+    def _answer(self, status, body, headers=()):
+        self._record.status = status
+        self.send_response(status)
+        for name, value in dict(headers).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class Receiver:
+    """A webhook receiver (see above) trusting ``keys`` ({key id: secret bytes}); ``requests`` are
+    the ``Received`` in arrival order. ``tls``: serve https with that server context."""
+
+    def __init__(self, keys, tls: ssl.SSLContext | None = None):
+        self.keys = keys
+        self.requests: list[Received] = []
+        self.server_names: list[str | None] = []  # TLS SNI of each handshake
+        self.scheme = "https" if tls else "http"
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ReceiverHandler)
+        if tls:
+            tls.sni_callback = lambda sock, name, context: self.server_names.append(name)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        self.server.daemon_threads = True
+        self.server.receiver = self
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def url(self, path="/ok", host="127.0.0.1"):
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def accepted(self) -> list[Received]:
+        return [request for request in self.requests if request.accepted]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -7,11 +7,12 @@ from nameko.rpc import rpc
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from shared.exceptions import Unavailable, Unprocessable
-from shared.retry import dead_letter_queues, peek_dead_letters, replay_dead_letters, \
-    retrying_event_handler
+from shared.retry import AttemptNumber, RetryingEventHandler, dead_letter_queues, peek_dead_letters, \
+    replay_dead_letters, retrying_event_handler
 
 QUEUE = "evt-source-thing_happened--flaky.handle_thing_happened"
 attempts: dict[str, list] = {}
+attempt_numbers: dict[str, list] = {}  # what AttemptNumber told each worker
 
 
 class Source:
@@ -27,11 +28,13 @@ class Flaky:
     """Fails as the payload says: `transient:N` fails N times then succeeds; `permanent` fails once
     with a permanent error; `always` keeps failing."""
     name = "flaky"
+    attempt = AttemptNumber()
 
     @retrying_event_handler("source", "thing_happened", delays=(1, 1), give_up_on=(Unprocessable,))
     def handle_thing_happened(self, payload):
         key = payload["key"]
         attempts.setdefault(key, []).append(time.monotonic())
+        attempt_numbers.setdefault(key, []).append(self.attempt)
         kind, _, count = key.partition(":")
         if kind == "transient" and len(attempts[key]) <= int(count):
             raise Unavailable("storage is down")
@@ -61,6 +64,7 @@ def test_transient_failures_are_retried_with_backoff_until_they_succeed(bus):
     wait_until(lambda: len(attempts.get("transient:2", [])) == 3)
     first, second, third = attempts["transient:2"]
     assert second - first >= 0.9 and third - second >= 0.9  # waited on the broker, not hot-looped
+    assert attempt_numbers["transient:2"] == [1, 2, 3]
     time.sleep(1.5)
     assert len(attempts["transient:2"]) == 3  # and then acked: no further delivery
 
@@ -90,8 +94,6 @@ def test_settling_on_a_dropped_connection_is_logged_not_fatal(caplog):
     kill the container; the handler logs it and leaves the redelivery to the broker."""
     from unittest import mock
 
-    from shared.retry import RetryingEventHandler
-
     handler = RetryingEventHandler("source", "thing_happened")
     handler.queue = mock.Mock()
     handler.queue.name = "evt-source-thing_happened--flaky.handle_thing_happened"
@@ -100,3 +102,16 @@ def test_settling_on_a_dropped_connection_is_logged_not_fatal(caplog):
     with caplog.at_level("WARNING", logger="shared.retry"):
         handler.handle_message_processed(mock.Mock(headers={}), result=None, exc_info=None)
     assert "broker connection is gone" in caplog.text
+
+
+def test_the_attempt_number_comes_from_the_bare_header_only():
+    """A retried upstream worker propagates its context (``nameko.x-dss-attempt``) into the events
+    it dispatches; that is its attempt, not the attempt of the event it dispatched."""
+    from unittest import mock
+
+    handler = RetryingEventHandler("source", "thing_happened")
+    first = mock.Mock(headers={"nameko.x-dss-attempt": 4, "nameko.call_id_stack": ["a"]})
+    retried = mock.Mock(headers={"nameko.x-dss-attempt": 4, "x-dss-attempt": 2})
+    assert handler.unpack_message_headers(first)["x-dss-attempt"] == 1
+    assert handler.unpack_message_headers(retried)["x-dss-attempt"] == 2
+    assert AttemptNumber().get_dependency(mock.Mock(data={})) == 1

@@ -1,26 +1,16 @@
 """Webhook payloads and delivery (shared.subscriptions, shared.webhooks) against a real local receiver.
 
-The receiver is a threaded http.server on 127.0.0.1 that verifies what it gets the way a
-subscriber would, independently of the code under test: the draft-cavage Authorization signature
-and the Digest header are recomputed here with hmac/hashlib; the RFC 9421 signature is checked
-with the library's verifier and recomputed by hand from the RFC's signature-base rules; the
-Content-Digest is recomputed. A request whose signatures do not verify gets a 401, so a delivery
+The receiver (``shared.testing.Receiver``) is a threaded http.server on 127.0.0.1 that verifies
+what it gets the way a subscriber would, independently of the code under test (both signatures
+recomputed, digests checked); a request whose signatures do not verify gets a 401, so a delivery
 only succeeds when they do. The only stand-ins are DNS answers (to give a name a chosen address).
 """
-import base64
 import datetime
-import email
-import email.policy
 import email.utils
-import hashlib
-import hmac
-import http.server
 import json
 import logging
-import re
 import socket
 import ssl
-import threading
 import time
 import uuid
 
@@ -29,152 +19,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from http_message_signatures import HTTPMessageVerifier, MappingKeyResolver, algorithms
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
 from shared.subscriptions import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments, jmespath_matches,
                                   validate_attachments, validate_jmespath_query)
+from shared.testing import Receiver
 from shared.webhooks import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
                              retry_schedule, validate_callback_url, validate_subscription)
 
 SECRET = "s3cr3t-hmac-key-for-tests"
 KEY_ID = "subscriber-key-1"
-
-
-# --- the receiver ------------------------------------------------------------------------------------
-
-def verify_cavage(method, path, headers, body, keys):
-    """Check ``Authorization: Signature ...`` (draft-cavage-http-signatures-10, hmac-sha256) and the
-    Digest it covers; return the key id."""
-    authorization = headers["authorization"]
-    assert authorization.startswith("Signature ")
-    params = dict(re.findall(r'(\w+)="([^"]*)"', authorization[len("Signature "):]))
-    assert params["algorithm"] == "hmac-sha256"
-    assert params["headers"] == "(request-target) host date digest"
-    assert headers["digest"] == "SHA-256=" + base64.b64encode(hashlib.sha256(body).digest()).decode()
-    date = email.utils.parsedate_to_datetime(headers["date"])
-    assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 300
-    signing_string = "\n".join([f"(request-target): {method.lower()} {path}", f"host: {headers['host']}",
-                                f"date: {headers['date']}", f"digest: {headers['digest']}"])
-    expected = hmac.new(keys[params["keyId"]], signing_string.encode(), hashlib.sha256).digest()
-    assert hmac.compare_digest(base64.b64decode(params["signature"]), expected), "draft-cavage signature mismatch"
-    return params["keyId"]
-
-
-class _Message:
-    """What http_message_signatures reads from a request: method, absolute URL, headers."""
-
-    def __init__(self, method, url, headers):
-        self.method, self.url, self.headers = method, url, headers
-
-
-def verify_rfc9421(method, url, headers, body, keys):
-    """Check Signature-Input / Signature with the library's verifier, and again by hand (RFC 9421
-    section 2.5 signature base, HMAC-SHA256), plus Content-Digest (RFC 9530); return the key id."""
-    assert headers["content-digest"] == "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
-    verifier = HTTPMessageVerifier(signature_algorithm=algorithms.HMAC_SHA256,
-                                   key_resolver=MappingKeyResolver(public_keys=keys, private_keys={}))
-    [result] = verifier.verify(_Message(method, url, headers), expect_tag="dss-webhook", body=body,
-                               require_components=("@method", "@target-uri", "content-type", "content-digest"))
-    assert result.label == "dss" and result.parameters["alg"] == "hmac-sha256"
-
-    label, params = headers["signature-input"].split("=", 1)
-    assert label == "dss"
-    components = re.match(r'\(([^)]*)\)', params).group(1).split()
-    values = {'"@method"': method, '"@target-uri"': url, '"content-type"': headers["content-type"],
-              '"content-digest"': headers["content-digest"]}
-    base = "\n".join(f"{c}: {values[c]}" for c in components) + f'\n"@signature-params": {params}'
-    key_id = re.search(r';keyid="([^"]*)"', params).group(1)
-    signature = re.fullmatch(r"dss=:([A-Za-z0-9+/=]+):", headers["signature"]).group(1)
-    expected = hmac.new(keys[key_id], base.encode(), hashlib.sha256).digest()
-    assert hmac.compare_digest(base64.b64decode(signature), expected), "RFC 9421 signature mismatch"
-    return key_id
-
-
-class Received:
-    def __init__(self, method, path, headers, body):
-        self.method, self.path, self.headers, self.body = method, path, headers, body
-        self.key_ids = None  # (cavage, rfc9421) when both signatures verified
-
-    def form(self):
-        """The parts of a multipart/form-data body, parsed with the e-mail package."""
-        raw = f"Content-Type: {self.headers['content-type']}\r\nMIME-Version: 1.0\r\n\r\n".encode() + self.body
-        message = email.message_from_bytes(raw, policy=email.policy.HTTP)
-        assert message.is_multipart()
-        return {part.get_param("name", header="content-disposition"): part.get_payload(decode=True).decode()
-                for part in message.iter_parts()}
-
-    def payload(self):
-        if self.headers["content-type"] == "application/json":
-            return json.loads(self.body)
-        return json.loads(self.form()["payload"])
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):  # the test output is not the place for an access log
-        pass
-
-    def do_POST(self):
-        receiver = self.server.receiver
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        record = Received(self.command, self.path, headers, body)
-        receiver.requests.append(record)
-        if "signature" in headers or "authorization" in headers:
-            url = f"{receiver.scheme}://{headers['host']}{self.path}"
-            try:
-                record.key_ids = (verify_cavage(self.command, self.path, headers, body, receiver.keys),
-                                  verify_rfc9421(self.command, url, headers, body, receiver.keys))
-            except Exception as error:  # a subscriber refuses what does not verify
-                record.error = repr(error)
-                return self._answer(401, b"bad signature")
-        path = self.path.split("?", 1)[0]
-        if path == "/redirect":
-            return self._answer(302, b"", {"Location": f"http://{headers['host']}/ok?token=do-not-log"})
-        if path.startswith("/status/"):
-            return self._answer(int(path.rsplit("/", 1)[1]), b"nope")
-        if path == "/slow":
-            time.sleep(1.5)
-        if path == "/flaky" and sum(r.path == "/flaky" for r in receiver.requests) <= 2:
-            return self._answer(503, b"busy")
-        self._answer(200, b"ok")
-
-    do_PUT = do_POST
-
-    def _answer(self, status, body, headers=()):
-        self.send_response(status)
-        for name, value in dict(headers).items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-class Receiver:
-    def __init__(self, keys, tls: ssl.SSLContext | None = None):
-        self.keys = keys
-        self.requests: list[Received] = []
-        self.server_names: list[str | None] = []  # TLS SNI of each handshake
-        self.scheme = "https" if tls else "http"
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        if tls:
-            tls.sni_callback = lambda sock, name, context: self.server_names.append(name)
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.server.daemon_threads = True
-        self.server.receiver = self
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def url(self, path="/ok", host="127.0.0.1"):
-        return f"{self.scheme}://{host}:{self.port}{path}"
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

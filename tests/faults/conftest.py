@@ -23,7 +23,6 @@ import urllib.parse
 import eventlet
 import pytest
 import requests
-from kombu import Connection
 from kombu.exceptions import OperationalError
 
 from shared import local_cloud, replication
@@ -32,7 +31,7 @@ from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_SUFFIX
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage
-from shared.testing import ServiceProcess
+from shared.testing import ServiceProcess, queue_state, wait_until
 
 HANDLER_QUEUE = replication.HANDLER_QUEUE
 DEAD_LETTER_QUEUE = HANDLER_QUEUE + DEAD_SUFFIX
@@ -42,34 +41,7 @@ RETRY_DELAYS = "1,2,4"
 MiB = 1024 * 1024
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, on_timeout=lambda: ""):
-    """Poll ``predicate`` until it returns something true (returned), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not within {timeout:g}s\n{on_timeout()}")
-        time.sleep(interval)
-
-
 # --- the broker, as the test's vhost sees it ----------------------------------------------------------
-
-def queue_state(amqp_uri: str, name: str) -> tuple[int, int] | None:
-    """(messages ready, consumers) of queue ``name``, or None if it does not exist (a passive
-    declare, which creates nothing). Raises if the broker cannot be reached."""
-    from amqp.exceptions import NotFound as QueueNotFound
-
-    with Connection(amqp_uri, connect_timeout=5) as connection:
-        channel = connection.channel()
-        try:
-            _, messages, consumers = channel.queue_declare(queue=name, passive=True)
-        except QueueNotFound:
-            return None
-        channel.close()
-        return messages, consumers
-
 
 def dead_letters(amqp_uri: str) -> int:
     """Messages in the replicator's dead-letter queue (which exists only once one was sent there)."""

@@ -1,6 +1,5 @@
 """Unit tests of the bundles service's rules: the service built with worker_factory on an
 in-memory blob store (so only the cloud is faked; ReplicaStorage and the domain API are real)."""
-import collections
 import hashlib
 import json
 
@@ -8,13 +7,14 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from shared import events
-from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobStoreUnavailable
+from shared.blobstore import BlobStoreUnavailable
 from shared.config import Settings
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unauthorized, \
     Unprocessable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
+from shared.testing import MemoryBlobStore
 
 from services.bundles.dependencies import BundleStoreAPI
 from services.bundles.service import BundlesService
@@ -22,85 +22,6 @@ from services.bundles.service import BundlesService
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
 OTHER = {"email": "other@example.org", "groups": ["dbio"], "is_admin": False}
 ADMIN = {"email": "admin@example.org", "groups": ["dbio"], "is_admin": True}
-
-
-class MemoryBlobStore(BlobStore):
-    """A replica's buckets in a dict, counting calls; ``unavailable`` makes every call fail as an
-    unreachable endpoint would."""
-
-    def __init__(self, replica: str):
-        self.replica = replica
-        self.scheme = {"aws": "s3", "gcp": "gs"}[replica]
-        self.buckets: dict[str, dict[str, tuple[bytes, str, dict]]] = {}
-        self.calls = collections.Counter()
-        self.unavailable = False
-
-    def _objects(self, bucket: str, call: str) -> dict:
-        self.calls[call] += 1
-        if self.unavailable:
-            raise BlobStoreUnavailable(f"{self.replica} is unreachable")
-        try:
-            return self.buckets[bucket]
-        except KeyError:
-            raise BlobNotFound(bucket) from None
-
-    def _object(self, bucket: str, key: str, call: str) -> tuple[bytes, str, dict]:
-        try:
-            return self._objects(bucket, call)[key]
-        except KeyError:
-            raise BlobNotFound(f"{bucket}/{key}") from None
-
-    def stat(self, bucket, key):
-        data, content_type, metadata = self._object(bucket, key, "stat")
-        return BlobInfo(key, len(data), content_type, dict(metadata), hashlib.md5(data).hexdigest(), None, None)
-
-    def get_tags(self, bucket, key):
-        self._object(bucket, key, "get_tags")
-        return {}
-
-    def get_bytes(self, bucket, key):
-        return self._object(bucket, key, "get_bytes")[0]
-
-    def iter_chunks(self, bucket, key, chunk_size, revision=None):
-        data = self._object(bucket, key, "iter_chunks")[0]
-        return iter([data[start:start + chunk_size] for start in range(0, len(data), chunk_size)])
-
-    def list_keys(self, bucket, prefix="", start_after=None):
-        objects = self._objects(bucket, "list_keys")
-        return iter(sorted(key for key in objects
-                           if key.startswith(prefix) and (start_after is None or key > start_after)))
-
-    def put_bytes(self, bucket, key, data, content_type="application/octet-stream", metadata=None, if_absent=False):
-        objects = self._objects(bucket, "put_bytes")
-        if if_absent and key in objects:
-            raise BlobAlreadyExists(f"{bucket}/{key}")
-        objects[key] = (bytes(data), content_type, dict(metadata or {}))
-
-    def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
-                   part_size=64 * 1024 * 1024):
-        self.put_bytes(bucket, key, b"".join(chunks), content_type, metadata)
-
-    def copy(self, src_bucket, src_key, dst_bucket, dst_key, *, if_source_revision=None, content_type=None,
-             metadata=None, part_size=64 * 1024 * 1024):
-        data, source_type, source_metadata = self._object(src_bucket, src_key, "copy")
-        self.put_bytes(dst_bucket, dst_key, data, content_type or source_type,
-                       source_metadata if metadata is None else metadata)
-
-    def delete(self, bucket, key):
-        self._objects(bucket, "delete").pop(key, None)
-
-    def presigned_url(self, bucket, key, expires_in, content_disposition=None):
-        return f"memory://{bucket}/{key}?expires_in={expires_in}"
-
-    def bucket_exists(self, bucket):
-        try:
-            self._objects(bucket, "bucket_exists")
-        except BlobNotFound:
-            return False
-        return True
-
-    def create_bucket(self, bucket):
-        self.buckets.setdefault(bucket, {})
 
 
 class World:
