@@ -444,3 +444,37 @@ def test_gcs_unreachable_subscription_is_retried_without_crashing(start_bridge, 
     assert len(warnings) == 1 and "404" in warnings[0].getMessage()
     assert not bridge._died.ready()
     bridge.stop()
+
+
+class SelfBridge:
+    """A bridge whose own container consumes what it dispatches, as the replicator does."""
+    name = "bridge_self_test"
+    dispatch = EventDispatcher()
+
+    @s3_notifications
+    def on_s3_change(self, change):
+        self.dispatch(events.OBJECT_CHANGED, change)
+
+    @event_handler("bridge_self_test", events.OBJECT_CHANGED)
+    def collect(self, payload):
+        COLLECTED.append(payload)
+
+
+def test_notifications_waiting_at_the_first_start_are_not_lost(container_factory, s3_config, blobstores,
+                                                               dss_settings, monkeypatch):
+    """Each test has a fresh vhost, so the handler's queue does not exist yet: a notification already
+    waiting in SQS is fetched at once, and its event must not be published before that queue is
+    declared (it would be unroutable, and dropped). The consumer is made slow to start, as on a
+    loaded machine, so that the fetch wins the race."""
+    from nameko.messaging import QueueConsumer
+    original_start = QueueConsumer.start
+
+    def slow_start(consumer):
+        eventlet.sleep(3)
+        return original_start(consumer)
+    monkeypatch.setattr(QueueConsumer, "start", slow_start)
+    key = f"{unique_prefix()}/waiting.txt"
+    blobstores["aws"].put_bytes(dss_settings.bucket("aws"), key, b"waiting")
+    wait_until(lambda: sqs_messages_about(s3_config, key, wait=1), what="the notification in SQS")
+    container_factory(SelfBridge, s3_config).start()
+    wait_until(lambda: collected(key, "created"), what="the change that was waiting before the first start")
