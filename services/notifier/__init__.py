@@ -1,4 +1,3 @@
-"""The notifier service (skeleton).
-
-Owns subscriptions and delivers signed webhooks for matching bundle events, with durable retries. Arrives with issue 4.
-"""
+"""The notifier service: owns subscriptions (per replica, in the main bucket under
+``subscriptions/``) and delivers signed webhooks for matching bundle events, with durable retries.
+See service.py."""

@@ -1,0 +1,15 @@
+"""The notifier's webhook handler: ``shared.retry``'s broker-side retries, with the delays of
+``DSS_NOTIFY_RETRY_DELAYS`` (``shared.webhooks.retry_schedule``) taken when the container starts,
+so that a deployment, or a test, changes them without a code change. The first attempt is at once."""
+from shared.config import Settings
+from shared.retry import RetryingEventHandler
+from shared.webhooks import retry_schedule
+
+
+class DeliveryEventHandler(RetryingEventHandler):
+    def setup(self):
+        super().setup()
+        self.delays = retry_schedule(Settings.from_config(self.container.config))
+
+
+delivery_event_handler = DeliveryEventHandler.decorator
