@@ -122,6 +122,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_OPENSEARCH_INDEX_PREFIX", "dss",
             "Prefix of the OpenSearch indexes and aliases: `{prefix}-{replica}` (documents), "
             "`{prefix}-{replica}-subscriptions`."),
+    # --- indexer ----------------------------------------------------------------------------
+    Setting("DSS_INDEX_MAX_FILE_BYTES", 16 * MiB,
+            "Largest indexed JSON file the indexer reads into a bundle's document; larger ones are left out.", int),
+    Setting("DSS_INDEX_RETRY_DELAYS", "1,5,30,120,600,3600",
+            "Seconds before each new attempt of a failed indexing (broker delay queues); then dead-lettered.",
+            _as_ints),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),

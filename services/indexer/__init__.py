@@ -1,4 +1,2 @@
-"""The indexer service (skeleton).
-
-Indexes bundles' JSON metadata per replica for Elasticsearch-style search (embedded engine or OpenSearch). Arrives with issue 4.
-"""
+"""The indexer service: each replica's search index (POST /search) and bundle event journal
+(GET /events), kept from the bundles' and the replicator's events; see ``service.py``."""

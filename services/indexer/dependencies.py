@@ -1,0 +1,64 @@
+"""The indexer's dependency providers, one per external system, each injecting a small domain API:
+
+- ``BundleSource``: the replicas' main buckets as bundle versions and their documents
+  (``documents.BundleSourceAPI``);
+- ``EventJournal``: the bundle event journal in each replica's main bucket (``journal.EventJournalAPI``);
+- ``SearchIndexes``: each replica's search index (``shared.search``), with the reindex jobs
+  (``indexes.IndexesAPI``).
+"""
+from __future__ import annotations
+
+import logging
+
+from nameko.extensions import DependencyProvider
+
+from shared.config import Settings
+from shared.identifiers import REPLICAS
+from shared.search import open_index_backend
+from shared.storage import StorageProvider
+
+from services.indexer.documents import BundleSourceAPI
+from services.indexer.indexes import IndexesAPI, IndexState
+from services.indexer.journal import EventJournalAPI, JournalClock
+
+logger = logging.getLogger(__name__)
+
+
+class BundleSource(StorageProvider):
+    api_class = BundleSourceAPI
+
+
+class EventJournal(StorageProvider):
+    """Injects an ``EventJournalAPI``; its clock (stamps, entries being written) is the provider's,
+    shared by every worker."""
+
+    def setup(self):
+        super().setup()
+        self.clock = JournalClock()
+
+    def get_dependency(self, worker_ctx):
+        return EventJournalAPI(self.replicas, self.clock)
+
+
+class SearchIndexes(DependencyProvider):
+    """Opens both replicas' indexes when the container starts (the embedded engine's writer is
+    taken on the first write) and releases them when it stops."""
+
+    def setup(self):
+        settings = Settings.from_config(self.container.config)
+        backends = {replica: open_index_backend(settings, replica) for replica in REPLICAS}
+        self.state = IndexState(backends, offload=settings.index_backend == "embedded", spawn=self._spawn)
+        logger.info("search indexes: %s backend%s", settings.index_backend,
+                    f" under {settings.index_dir}" if settings.index_backend == "embedded" else "")
+
+    def _spawn(self, function, name: str):
+        return self.container.spawn_managed_thread(function, identifier=name)
+
+    def stop(self):
+        self.state.stop()
+
+    def kill(self):
+        self.state.kill()
+
+    def get_dependency(self, worker_ctx):
+        return IndexesAPI(self.state)

@@ -1,0 +1,26 @@
+"""The errors of the indexer: the shared typed errors with this service's codes.
+
+No new exception classes, as in the bundles service: the gateway rebuilds a remote error as its
+type only if it registered that type, and it imports ``shared.exceptions`` (and
+``shared.search``'s ``ElasticsearchBadRequest``, which ``search`` raises for a bad query).
+The ``bundle_not_readable`` errors of the handlers (``documents.not_readable``) are
+``Unavailable``: retried on the broker, then dead-lettered.
+"""
+from marshmallow import ValidationError
+
+from shared.exceptions import InvalidParameter, NotFound, Unprocessable
+
+# Errors another attempt of an event cannot cure: dead-lettered at once.
+PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
+
+
+def bundle_not_found(replica: str, uuid: str, version: str) -> NotFound:
+    return NotFound(f"bundle {uuid}.{version} not found in replica {replica}", "not_found")
+
+
+def invalid_arguments(error: ValidationError, schema) -> InvalidParameter:
+    """The first offending field names the code when it has one (``illegal_uuid``, ``illegal_version``)."""
+    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+    field = schema.fields.get(next(iter(messages), ""))
+    code = getattr(field, "error_code", None) or "illegal_arguments"
+    return InvalidParameter(f"invalid arguments: {messages}", code)

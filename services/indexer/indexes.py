@@ -1,0 +1,237 @@
+"""The search indexes of both replicas as the indexer's workers use them: serialized per bundle,
+written to the live generation and to a reindex's new one, searched, and reported on.
+
+The indexer is the one process that writes the indexes (``shared.search.base``); searches in the
+same process read the same engine objects.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Callable
+
+from eventlet import tpool
+from eventlet.semaphore import Semaphore
+from prometheus_client import Counter
+
+from shared.exceptions import InvalidParameter
+from shared.identifiers import REPLICAS
+from shared.search import IndexBackend, is_tombstone
+
+from services.indexer.documents import BundleSourceAPI
+from services.indexer.reindex import IDLE, ReindexJob
+
+logger = logging.getLogger(__name__)
+
+# How long a stopping service waits for a reindex to give up cleanly (it checks between batches).
+REINDEX_STOP_TIMEOUT_S = 30
+
+DOCUMENTS_WRITTEN = Counter("dss_index_documents_written_total", "Documents written to a replica's live index.",
+                            ["replica", "kind"])
+
+
+class GuardedIndex:
+    """An ``IndexBackend`` whose calls never overlap and, for the embedded engine, run on a native
+    thread: a tantivy commit takes tens of milliseconds (a bulk of hundreds of documents, most of
+    a second) and would stall every green thread meanwhile.
+
+    Why the calls must not overlap: the engine's own locks are ``threading`` locks, which eventlet
+    turns green, and a green lock released on a native thread never wakes a green waiter. With
+    this lock taken first (in the green thread), the engine's lock is never contended."""
+
+    def __init__(self, backend: IndexBackend, offload: bool):
+        self.backend = backend
+        self.offload = offload
+        # OpenSearch calls are HTTP on green sockets: neither serializing nor offloading helps.
+        self._lock = Semaphore() if offload else contextlib.nullcontext()
+
+    @property
+    def generation(self) -> str | None:
+        return self.backend.generation
+
+    def _call(self, method: str, *args, **kwargs):
+        with self._lock:
+            function = getattr(self.backend, method)
+            return tpool.execute(function, *args, **kwargs) if self.offload else function(*args, **kwargs)
+
+    def _here(self, method: str, *args, **kwargs):
+        """Quick calls that log: logging's locks are green too, so they stay on this thread."""
+        with self._lock:
+            return getattr(self.backend, method)(*args, **kwargs)
+
+    def put(self, doc_id: str, document: dict) -> None:
+        self._call("put", doc_id, document)
+
+    def bulk_put(self, items: list) -> int:
+        return self._call("bulk_put", items) if items else 0
+
+    def get(self, doc_id: str) -> dict | None:
+        return self._call("get", doc_id)
+
+    def search(self, es_query: dict, size: int, search_after: str | None, include_source: bool) -> dict:
+        return self._call("search", es_query, size, search_after, include_source)
+
+    def close(self) -> None:
+        self._call("close")
+
+    def drop_generation(self, generation: str) -> None:
+        self._call("drop_generation", generation)  # deletes a whole directory tree: off this thread
+
+    def current_generation(self) -> str:
+        return self._here("current_generation")
+
+    def generations(self) -> list[str]:
+        return self._here("generations")
+
+    def new_generation(self) -> "GuardedIndex":
+        return GuardedIndex(self._here("new_generation"), self.offload)
+
+    def switch_to(self, generation: str) -> None:
+        self._here("switch_to", generation)
+
+    def try_close(self) -> bool:
+        """Close unless a call is in progress (a killed container must not wait on one)."""
+        if isinstance(self._lock, Semaphore) and not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self.backend.close()
+        finally:
+            if isinstance(self._lock, Semaphore):
+                self._lock.release()
+        return True
+
+
+class KeyedLocks:
+    """One green lock per key, kept only while someone holds it or waits for it."""
+
+    def __init__(self):
+        self._locks: dict = {}
+
+    @contextlib.contextmanager
+    def hold(self, key):
+        entry = self._locks.setdefault(key, [Semaphore(), 0])
+        entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self._locks[key]
+
+
+class IndexState:
+    """What the workers of one indexer share: the replicas' indexes, the per-bundle locks and the
+    reindex jobs. ``spawn(function, name)`` runs a job in the background."""
+
+    def __init__(self, backends: dict[str, IndexBackend], offload: bool, spawn: Callable):
+        self.indexes = {replica: GuardedIndex(backend, offload) for replica, backend in backends.items()}
+        # Held by every write to a live index (with its copy to a reindex), and by the switch.
+        self.write_locks = {replica: Semaphore() for replica in backends}
+        self.bundle_locks = KeyedLocks()
+        self.jobs: dict[str, ReindexJob] = {}
+        self.spawn = spawn
+
+    def index(self, replica: str) -> GuardedIndex:
+        try:
+            return self.indexes[replica]
+        except KeyError:
+            raise InvalidParameter(f"unknown replica `{replica}`; use one of {', '.join(REPLICAS)}",
+                                   "unknown_replica") from None
+
+    def running_job(self, replica: str) -> ReindexJob | None:
+        job = self.jobs.get(replica)
+        return job if job is not None and job.running else None
+
+    def stop(self) -> None:
+        """Cancel running reindexes, wait for them to give up, then release the engines."""
+        for job in list(self.jobs.values()):
+            if job.running:
+                job.cancelled = True
+                with contextlib.suppress(Exception):
+                    job.finished.wait(REINDEX_STOP_TIMEOUT_S)
+        for index in self.indexes.values():
+            index.close()
+
+    def kill(self) -> None:
+        for job in self.jobs.values():
+            job.cancelled = True
+        for replica, index in self.indexes.items():
+            if not index.try_close():
+                logger.warning("the %s index was busy when the indexer was killed; not closed", replica)
+
+
+class IndexesAPI:
+    def __init__(self, state: IndexState):
+        self.state = state
+
+    def serialized(self, replica: str, uuid: str):
+        """A block in which no other worker of this process indexes any version of ``uuid`` in
+        ``replica`` (a create racing its tombstone could otherwise bring a bundle back)."""
+        return self.state.bundle_locks.hold((replica, uuid))
+
+    # --- documents --------------------------------------------------------------------------------
+    def get(self, replica: str, doc_id: str) -> dict | None:
+        return self.state.index(replica).get(doc_id)
+
+    def write(self, replica: str, doc_id: str, document: dict) -> None:
+        """Write to the live generation, and to the new one if a reindex is building it."""
+        index = self.state.index(replica)
+        with self.state.write_locks[replica]:
+            index.put(doc_id, document)
+            job = self.state.running_job(replica)
+            if job is not None:
+                job.apply(doc_id, document)
+        DOCUMENTS_WRITTEN.labels(replica, "tombstone" if is_tombstone(document) else "bundle").inc()
+
+    def search(self, replica: str, es_query: dict, per_page: int, search_after: str | None,
+               include_source: bool) -> dict:
+        return self.state.index(replica).search(es_query, per_page, search_after, include_source)
+
+    # --- reindexing -------------------------------------------------------------------------------
+    def start_reindex(self, replica: str, source: BundleSourceAPI) -> dict:
+        """Start a reindex of ``replica`` unless one runs; its status, with ``started``."""
+        live = self.state.index(replica)
+        running = self.state.running_job(replica)
+        if running is not None:
+            return {**running.status(), "started": False}
+        with self.state.write_locks[replica]:
+            self._drop_leftovers(live)
+            job = ReindexJob(replica, live, live.new_generation(), source, self.state.write_locks[replica])
+            self.state.jobs[replica] = job  # from here on, every live write reaches the new generation too
+        self.state.spawn(job.run, f"reindex-{replica}")
+        return {**job.status(), "started": True}
+
+    @staticmethod
+    def _drop_leftovers(live: GuardedIndex) -> None:
+        """Generations of reindexes that never finished (the process stopped meanwhile)."""
+        current = live.current_generation()
+        for generation in live.generations():
+            if generation != current:
+                logger.warning("dropping generation %s left over by an unfinished reindex", generation)
+                live.drop_generation(generation)
+
+    def reindex_status(self, replica: str) -> dict:
+        live = self.state.index(replica)
+        job = self.state.jobs.get(replica)
+        if job is None:
+            return {"replica": replica, "state": IDLE, "done": 0, "total": None,
+                    "generation": live.current_generation()}
+        return job.status()
+
+    # --- health -----------------------------------------------------------------------------------
+    def health(self) -> dict:
+        report = {}
+        for replica, index in self.state.indexes.items():
+            try:
+                live = index.search({}, 1, None, False)["total"]
+                generation = index.current_generation()
+            except Exception as error:  # noqa: BLE001 - reported, not raised: health must answer
+                report[replica] = {"ok": False, "detail": f"index unavailable: {error}"}
+                continue
+            job = self.state.running_job(replica)
+            detail = f"generation {generation}, {live} live documents"
+            if job is not None:
+                detail += f"; reindexing into {job.generation} ({job.done} of {job.total or '?'})"
+            report[replica] = {"ok": True, "detail": detail}
+        return report

@@ -1,0 +1,193 @@
+"""The indexer: each replica's search index and bundle event journal.
+
+Handlers (retried on the broker with ``DSS_INDEX_RETRY_DELAYS``, acked only once the index write
+is durable):
+
+- ``bundle_created`` (bundles): index the version's document (``{uuid, manifest, files}``) in
+  that replica, unless a tombstone already hides it (an index never brings a bundle back);
+- ``bundle_tombstoned`` (bundles): replace the version's document, or every version's (the
+  tombstone of all versions), with the tombstone fields, so searches stop returning it;
+- ``object_replicated`` (replicator): a bundle manifest or tombstone copied into the other replica
+  is indexed there as the two above: how one replica's index learns of what was written through
+  the other.
+
+Each change to an index is announced: journaled (``journal.py``; GET /events) and then dispatched
+as ``bundle_indexed`` with the bundle event document (the notifier matches subscriptions on it).
+A repeat of an event changes nothing and announces nothing when the index already holds the
+document and the announcement was made (``announced/`` marker), so a crash anywhere between the
+index write and the dispatch is redone by the redelivery, and echoes of replication are silent.
+"""
+import logging
+
+from marshmallow import ValidationError
+from nameko.events import EventDispatcher
+from nameko.rpc import rpc
+
+from shared import events
+from shared.bundle_documents import CREATE, TOMBSTONE, event_document
+from shared.identifiers import fqid, normalize_uuid, normalize_version
+from shared.metrics import Metrics
+from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
+from shared.schemas import BundleCreated, BundleIndexed, BundleTombstoned, ObjectReplicated
+from shared.search import is_tombstone
+
+from services.indexer import exceptions as errors
+from services.indexer.dependencies import BundleSource, EventJournal, SearchIndexes
+from services.indexer.documents import BundleVersion
+from services.indexer.entrypoints import index_event_handler
+from services.indexer.schemas import GetEventCall, ListEventsCall, ReplicaCall, SearchCall
+
+logger = logging.getLogger(__name__)
+
+
+def _arguments(schema_class, **values) -> dict:
+    # None stands for "not given" over RPC: the schema's default applies.
+    schema = schema_class()
+    try:
+        return schema.load({name: value for name, value in values.items() if value is not None})
+    except ValidationError as error:
+        raise errors.invalid_arguments(error, schema) from None
+
+
+class IndexerService:
+    name = "indexer"
+
+    bundles = BundleSource()
+    journal = EventJournal()
+    indexes = SearchIndexes()
+    metrics = Metrics()
+    dispatch = EventDispatcher()
+
+    # --- events ------------------------------------------------------------------------------------
+    @index_event_handler("bundles", events.BUNDLE_CREATED, give_up_on=errors.PERMANENT_ERRORS)
+    def handle_bundle_created(self, payload):
+        created = BundleCreated().load(payload)
+        return self._index_version(created["replica"], created["uuid"], created["version"])
+
+    @index_event_handler("bundles", events.BUNDLE_TOMBSTONED, give_up_on=errors.PERMANENT_ERRORS)
+    def handle_bundle_tombstoned(self, payload):
+        tombstoned = BundleTombstoned().load(payload)
+        return self._tombstone(tombstoned["replica"], tombstoned["uuid"], tombstoned["version"])
+
+    @index_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=errors.PERMANENT_ERRORS)
+    def handle_object_replicated(self, payload):
+        replicated = ObjectReplicated().load(payload)
+        key, replica = replicated["key"], replicated["destination_replica"]
+        if not key.startswith("bundles/"):
+            return []
+        target = parse_key(key)
+        if target.kind == BUNDLE:
+            return self._index_version(replica, target.uuid, target.version)
+        if target.kind == TOMBSTONE_KEY:
+            return self._tombstone(replica, target.uuid, target.version)
+        return []
+
+    # --- search ------------------------------------------------------------------------------------
+    @rpc
+    def search(self, replica, es_query, output_format="summary", per_page=100, search_after=None):
+        """``{results: [{bundle_fqid, search_score, metadata (raw only)}], total_hits, search_after}``;
+        ``search_after`` is the cursor of the next page, None on the last."""
+        call = _arguments(SearchCall, replica=replica, es_query=es_query, output_format=output_format,
+                          per_page=per_page, search_after=search_after)
+        raw = call["output_format"] == "raw"
+        page = self.indexes.search(call["replica"], call["es_query"], call["per_page"], call["search_after"], raw)
+        results = []
+        for hit in page["hits"]:
+            result = {"bundle_fqid": hit["id"], "search_score": hit["score"]}
+            if raw:
+                result["metadata"] = hit["source"]
+            results.append(result)
+        return {"results": results, "total_hits": page["total"], "search_after": page["next"]}
+
+    # --- the bundle event journal ------------------------------------------------------------------
+    @rpc
+    def list_events(self, replica, from_date=None, to_date=None, per_page=100, token=None):
+        """``{event_streams: [{event_id, event_type, event_timestamp, bundle_fqid, document}], token}``
+        in time order, ``from_date`` inclusive, ``to_date`` exclusive; ``token`` None at the end."""
+        call = _arguments(ListEventsCall, replica=replica, from_date=from_date, to_date=to_date,
+                          per_page=per_page, token=token)
+        return self.journal.page(call["replica"], call["from_date"], call["to_date"], call["per_page"],
+                                 call["token"])
+
+    @rpc
+    def get_event(self, replica, uuid, version):
+        """The bundle event document of a version as the bucket has it (TOMBSTONE if hidden)."""
+        call = _arguments(GetEventCall, replica=replica, uuid=uuid, version=version)
+        bundle = self.bundles.version(call["replica"], call["uuid"], call["version"])
+        if bundle.manifest is None:
+            raise errors.bundle_not_found(call["replica"], call["uuid"], call["version"])
+        return self.bundles.event_document(call["replica"], bundle)
+
+    # --- reindexing --------------------------------------------------------------------------------
+    @rpc
+    def start_reindex(self, replica):
+        """Rebuild ``replica``'s index into a new generation in the background, then make it live;
+        the job's status plus ``started`` (False: one was running already, that one is reported)."""
+        call = _arguments(ReplicaCall, replica=replica)
+        return self.indexes.start_reindex(call["replica"], self.bundles)
+
+    @rpc
+    def reindex_status(self, replica):
+        """``{replica, state: idle|running|succeeded|failed, done, total, generation, error?, ...}``"""
+        call = _arguments(ReplicaCall, replica=replica)
+        return self.indexes.reindex_status(call["replica"])
+
+    @rpc
+    def health(self):
+        indexes, buckets = self.indexes.health(), self.bundles.health()
+        report = {replica: {"ok": indexes[replica]["ok"] and buckets[replica]["ok"], "index": indexes[replica],
+                            "bucket": buckets[replica]} for replica in indexes}
+        return {"ok": all(part["ok"] for part in report.values()), **report}
+
+    # --- indexing ----------------------------------------------------------------------------------
+    def _index_version(self, replica: str, uuid: str, version: str) -> list[dict]:
+        uuid, version = normalize_uuid(uuid), normalize_version(version)
+        with self.indexes.serialized(replica, uuid):
+            bundle = self.bundles.version(replica, uuid, version)
+            if bundle.tombstone is not None:
+                logger.info("%s.%s is tombstoned in %s: not indexed as a live bundle", uuid, version, replica)
+                return []
+            document = self.bundles.index_document(replica, bundle)
+            announced = self._store(replica, bundle, CREATE, document, lambda stored: event_document(
+                CREATE, uuid, version, bundle.manifest, document["files"]))
+        return [announced] if announced else []
+
+    def _tombstone(self, replica: str, uuid: str, version: str | None) -> list[dict]:
+        uuid = normalize_uuid(uuid)
+        version = None if version is None else normalize_version(version)
+        announced = []
+        with self.indexes.serialized(replica, uuid):
+            for bundle in self.bundles.tombstoned(replica, uuid, version):
+                payload = self._store(replica, bundle, TOMBSTONE, bundle.tombstone,
+                                      lambda stored, bundle=bundle: self._tombstone_event(replica, bundle, stored))
+                if payload:
+                    announced.append(payload)
+        return announced
+
+    def _tombstone_event(self, replica: str, bundle: BundleVersion, stored: dict | None) -> dict:
+        """The TOMBSTONE event document carries what the version had when indexed; if the index
+        never had it live, what the bucket has."""
+        if stored is not None and not is_tombstone(stored):
+            return event_document(TOMBSTONE, bundle.uuid, bundle.version, stored.get("manifest"), stored.get("files"))
+        return self.bundles.event_document(replica, bundle)
+
+    def _store(self, replica: str, bundle: BundleVersion, event_type: str, document: dict, describe) -> dict | None:
+        """Write ``document`` unless the index holds it already, then announce the change: journal
+        first, dispatch next, then mark it announced. Returns the ``bundle_indexed`` payload, or
+        None when there was nothing to announce."""
+        doc_id = fqid(bundle.uuid, bundle.version)
+        stored = self.indexes.get(replica, doc_id)
+        if stored == document:
+            if self.journal.announced(replica, bundle.uuid, bundle.version, event_type):
+                logger.debug("%s in %s: already indexed and announced", doc_id, replica)
+                return None
+        else:
+            self.indexes.write(replica, doc_id, document)
+        entry = self.journal.append(replica, event_type, bundle.uuid, bundle.version, describe(stored))
+        payload = BundleIndexed().dump({
+            "replica": replica, "uuid": bundle.uuid, "version": bundle.version, "event_type": event_type,
+            "event_timestamp": entry["event_timestamp"], "document": entry["document"]})
+        self.dispatch(events.BUNDLE_INDEXED, payload)
+        self.journal.mark_announced(replica, bundle.uuid, bundle.version, event_type, entry["event_id"])
+        logger.info("indexed %s %s in %s", event_type, doc_id, replica)
+        return payload
