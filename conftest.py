@@ -116,13 +116,20 @@ def mint_token(local_cloud_settings, local_issuer_settings):
     return mint
 
 
+@pytest.fixture(scope="session")
+def search_index_dir(tmp_path_factory):
+    """Where the services under test keep embedded search indexes (never a `make up` stack's)."""
+    return str(tmp_path_factory.mktemp("search-index"))
+
+
 @pytest.fixture
-def service_config(rabbit_config, local_cloud_settings, local_issuer_settings):
+def service_config(rabbit_config, local_cloud_settings, local_issuer_settings, search_index_dir):
     """A nameko config for a service under test: its own vhost, the emulators, the test issuer,
-    metrics off."""
+    the session's search index directory, metrics off."""
     config = dict(rabbit_config)
     config.update(local_cloud_settings)
     config.update(local_issuer_settings)
+    config["DSS_INDEX_DIR"] = search_index_dir
     config["METRICS_PORT"] = 0
     return config
 

@@ -761,6 +761,12 @@ def cmd_replicas(args) -> int:
                                    deep=args.deep, wait=args.wait)
 
 
+def cmd_reindex(args) -> int:
+    """Rebuild a replica's search index on the running indexer, following it with a progress bar."""
+    from services.indexer.cli import run_reindex_command
+    return run_reindex_command(args.replica, amqp_uri())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -790,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     replicas.add_argument("--deep", action="store_true", help="hash every blob, compare documents byte for byte")
     replicas.add_argument("--wait", type=float, default=0, help="repair: seconds to wait for the copies to match")
     replicas.set_defaults(run=cmd_replicas)
+    reindex = commands.add_parser("reindex", help="rebuild a replica's search index without downtime")
+    reindex.add_argument("--replica", required=True, choices=("aws", "gcp"))
+    reindex.set_defaults(run=cmd_reindex)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
