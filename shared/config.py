@@ -85,11 +85,11 @@ SETTINGS: tuple[Setting, ...] = (
     # --- replicator -------------------------------------------------------------------------
     Setting("DSS_REPLICATION_PART_BYTES", 16 * MiB,
             "Part size of the replicator's cross-cloud copies (S3 multipart parts, GCS composite parts).", int),
-    Setting("DSS_REPLICATION_CONCURRENCY", 4,
+    Setting("DSS_REPLICATION_CONCURRENCY", 3,
             "Parts of one cross-cloud copy uploaded in parallel (a copy holds this many parts plus one).", int),
     Setting("DSS_REPLICATION_FANOUT", 8,
             "Files of a bundle, or items of a collection, the replicator copies concurrently.", int),
-    Setting("DSS_REPLICATION_MEMORY_BYTES", 256 * MiB,
+    Setting("DSS_REPLICATION_MEMORY_BYTES", 160 * MiB,
             "Blob bytes one replicator process holds at most over all its copies; further copies wait.", int),
     Setting("DSS_REPLICATION_RETRY_DELAYS", "1,5,30,120,600,3600",
             "Seconds before each new attempt of a failed replication (broker delay queues); then dead-lettered.",
