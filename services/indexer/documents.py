@@ -17,6 +17,7 @@ import logging
 from typing import Iterator
 
 import eventlet
+from eventlet import tpool
 from marshmallow import EXCLUDE, ValidationError
 from prometheus_client import Counter
 
@@ -33,6 +34,9 @@ logger = logging.getLogger(__name__)
 # Concurrent blob reads of one bundle: bundles list thousands of files, each one GET.
 FILE_READ_CONCURRENCY = 16
 ALL_VERSIONS = "*"  # what split_versions reports for the tombstone of every version
+# Parsing a few MiB of JSON takes tens of milliseconds: larger files are parsed on a native thread,
+# so the green threads (other bundles, searches) go on meanwhile.
+PARSE_OFF_THREAD_BYTES = 1024 * 1024
 
 SKIPPED_FILES = Counter("dss_index_files_skipped_total",
                         "Files marked indexed that were left out of a bundle's search document.",
@@ -214,7 +218,7 @@ class BundleSourceAPI:
         if len(data) > self.max_file_bytes:  # the manifest said otherwise: trust the bytes
             return Skipped("too_large")
         try:
-            content = json.loads(data)
+            content = tpool.execute(json.loads, data) if len(data) > PARSE_OFF_THREAD_BYTES else json.loads(data)
         except ValueError:  # also a UnicodeDecodeError
             return Skipped("unparseable")
         if not isinstance(content, (dict, list)):

@@ -19,7 +19,7 @@ index write and the dispatch is redone by the redelivery, and echoes of replicat
 """
 import logging
 
-from marshmallow import ValidationError
+from marshmallow import EXCLUDE, ValidationError
 from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
@@ -58,20 +58,20 @@ class IndexerService:
     metrics = Metrics()
     dispatch = EventDispatcher()
 
-    # --- events ------------------------------------------------------------------------------------
+    # --- events (payloads loaded leniently: a newer sender's extra fields are no reason to fail) ---
     @index_event_handler("bundles", events.BUNDLE_CREATED, give_up_on=errors.PERMANENT_ERRORS)
     def handle_bundle_created(self, payload):
-        created = BundleCreated().load(payload)
+        created = BundleCreated(unknown=EXCLUDE).load(payload)
         return self._index_version(created["replica"], created["uuid"], created["version"])
 
     @index_event_handler("bundles", events.BUNDLE_TOMBSTONED, give_up_on=errors.PERMANENT_ERRORS)
     def handle_bundle_tombstoned(self, payload):
-        tombstoned = BundleTombstoned().load(payload)
+        tombstoned = BundleTombstoned(unknown=EXCLUDE).load(payload)
         return self._tombstone(tombstoned["replica"], tombstoned["uuid"], tombstoned["version"])
 
     @index_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=errors.PERMANENT_ERRORS)
     def handle_object_replicated(self, payload):
-        replicated = ObjectReplicated().load(payload)
+        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
         key, replica = replicated["key"], replicated["destination_replica"]
         if not key.startswith("bundles/"):
             return []

@@ -162,6 +162,13 @@ def test_unreadable_and_oversized_files_are_left_out_and_counted(tmp_path):
     world.state.stop()
 
 
+def test_a_large_file_is_parsed_and_indexed(world):
+    big = {"sequence": "ACGT" * 300_000}  # 1.2 MiB: parsed off the event loop
+    uuid, version, _ = world.bundle([world.entry("matrix.json", big)])
+    world.created(uuid, version)
+    assert world.indexed(uuid, version)["files"]["matrix_json"] == [big]
+
+
 def test_an_event_seen_twice_changes_and_announces_nothing_more(world):
     uuid, version, _ = world.bundle([world.entry("a.json", {"a": 1})])
     assert len(world.created(uuid, version)) == 1
@@ -557,3 +564,4 @@ def test_reindex_status_and_health(world):
     assert health["ok"] is True and health["aws"]["index"]["ok"] is True and health["gcp"]["bucket"]["ok"] is True
     world.stores["gcp"].unavailable = True
     assert world.service.health()["ok"] is False
+
