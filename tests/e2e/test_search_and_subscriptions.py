@@ -1,0 +1,187 @@
+"""End to end over HTTP: search, subscriptions and the event journal, from a bundle written through
+the gateway to a signed webhook at a real local receiver. The gateway, files, bundles, indexer and
+notifier services run on the real broker and both emulators, with main buckets and a search index
+of this test's own (subscriptions are per bucket: another test's would fire on these events)."""
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from services.indexer.service import IndexerService
+from services.notifier.service import NotifierService
+from shared.identifiers import new_uuid, new_version
+from shared.testing import Receiver, wait_until
+from tests.e2e.conftest import start_api
+from tests.e2e.test_http_api import assert_problem, put_file
+
+KEY_ID, SECRET = "e2e-key", "e2e-secret"
+
+
+@pytest.fixture
+def search_api(service_config, web_config, runner_factory, blobstores, tmp_path):
+    bucket = f"e2e-search-{uuid.uuid4().hex[:10]}"
+    for store in blobstores.values():
+        store.create_bucket(bucket)
+    config = {**service_config, "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket,
+              "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
+              "DSS_NOTIFY_RETRY_DELAYS": "1,1,1"}
+    return start_api(config, web_config, runner_factory, IndexerService, NotifierService)
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver({KEY_ID: SECRET.encode()})
+    yield server
+    server.stop()
+
+
+def search(api, es_query, **params):
+    return requests.post(f"{api}/search", params={"replica": "aws", **params}, json={"es_query": es_query})
+
+
+def put_bundle(api, auth, stage, documents):
+    """A bundle of JSON files (name -> document), all indexed; (uuid, version)."""
+    files = []
+    for name, document in documents.items():
+        source_url, _ = stage(json.dumps(document).encode(), content_type="application/json")
+        file_uuid, file_version, response = put_file(api, auth, source_url)
+        assert response.status_code == 201, response.text
+        files.append({"uuid": file_uuid, "version": file_version, "name": name, "indexed": True})
+    bundle_uuid, bundle_version = new_uuid(), new_version()
+    response = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                            headers=auth, json={"creator_uid": 7, "files": files})
+    assert response.status_code == 201, response.text
+    return bundle_uuid, bundle_version
+
+
+def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api, auth, admin, stage, receiver):
+    api, title = search_api, f"liver atlas {uuid.uuid4().hex[:8]}"
+    title_query = {"query": {"match_phrase": {"files.project_json.project_core.title": title}}}
+
+    # Two subscriptions of the caller: JMESPath (with an attachment) and Elasticsearch, both signed.
+    signed = {"callback_url": receiver.url("/ok"), "hmac_secret_key": SECRET, "hmac_key_id": KEY_ID}
+    jmespath_sub = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
+        **signed, "jmespath_query": f"event_type=='CREATE' && files.project_json[0].project_core.title=='{title}'",
+        "attachments": {"organ": {"type": "jmespath", "expression": "files.specimen_json[0].organ"}}})
+    assert jmespath_sub.status_code == 201, jmespath_sub.text
+    es_sub = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth,
+                          json={**signed, "es_query": title_query})
+    assert es_sub.status_code == 201, es_sub.text
+    jmespath_id, es_id = jmespath_sub.json()["uuid"], es_sub.json()["uuid"]
+
+    bundle_uuid, bundle_version = put_bundle(api, auth, stage, {
+        "project_0.json": {"project_core": {"title": title}},
+        "specimen_from_organism_0.json": {"organ": {"text": "liver"}},
+        "specimen_0.json": {"organ": "liver"}})
+    fqid = f"{bundle_uuid}.{bundle_version}"
+
+    # Search: found once indexed; summary and raw output.
+    wait_until(lambda: search(api, title_query).json().get("total_hits") == 1, 30, "the bundle to be searchable")
+    found = search(api, title_query)
+    assert found.status_code == 200 and found.headers["X-OpenAPI-Paginated-Content-Key"] == "results"
+    [hit] = found.json()["results"]
+    assert hit["bundle_fqid"] == fqid and "metadata" not in hit
+    assert hit["bundle_url"].endswith(f"/v1/bundles/{bundle_uuid}?version={bundle_version}&replica=aws")
+    assert requests.get(hit["bundle_url"]).status_code == 200
+    [raw] = search(api, title_query, output_format="raw").json()["results"]
+    assert raw["metadata"]["files"]["project_json"] == [{"project_core": {"title": title}}]
+    assert raw["metadata"]["manifest"]["version"] == bundle_version
+    assert search(api, {"query": {"term": {"files.specimen_json.organ": "LIVER"}}}).json()["total_hits"] >= 1
+
+    # Webhooks: one accepted, verified delivery per subscription.
+    wait_until(lambda: len(receiver.accepted()) >= 2, 30, "both notifications")
+    time.sleep(1)  # a duplicate would show up now
+    deliveries = {r.payload()["subscription_id"]: r for r in receiver.accepted()}
+    assert set(deliveries) == {jmespath_id, es_id} and len(receiver.accepted()) == 2
+    for delivery in deliveries.values():
+        assert delivery.key_ids == (KEY_ID, KEY_ID)  # both signature forms verified
+        payload = delivery.payload()
+        assert payload["match"] == {"bundle_uuid": bundle_uuid, "bundle_version": bundle_version}
+        assert payload["event_type"] == "CREATE"
+        assert payload["bundle_url"].endswith(f"/v1/bundles/{bundle_uuid}?version={bundle_version}&replica=aws")
+    assert deliveries[jmespath_id].payload()["attachments"] == {"organ": "liver"}
+    assert deliveries[es_id].payload()["es_query"] == title_query
+
+    # Subscriptions: listed by kind, never with their secret; owner only.
+    listed = requests.get(f"{api}/subscriptions", params={"replica": "aws", "subscription_type": "elasticsearch"},
+                          headers=auth)
+    assert listed.status_code == 200 and [s["uuid"] for s in listed.json()["subscriptions"]] == [es_id]
+    assert SECRET not in listed.text
+    one = requests.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=auth)
+    assert one.status_code == 200 and one.json()["callback_url"] == receiver.url("/ok") and SECRET not in one.text
+    assert_problem(requests.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=admin),
+                   403)
+
+    # The event journal: the CREATE event, by uuid and in the dated listing.
+    event = requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version})
+    assert event.status_code == 200, event.text
+    assert event.json()["event_type"] == "CREATE"
+    assert event.json()["bundle_info"] == {"uuid": bundle_uuid, "version": bundle_version}
+    assert event.json()["files"]["specimen_json"] == [{"organ": "liver"}]
+    journal = requests.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version})
+    assert journal.status_code == 200, journal.text
+    assert fqid in [e["bundle_fqid"] for e in journal.json()["event_streams"]]
+
+    # Deleting the bundle: searches stop returning it; the journal records the tombstone.
+    deleted = requests.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                              headers=admin, json={"reason": "withdrawn"})
+    assert deleted.status_code == 200, deleted.text
+    wait_until(lambda: search(api, title_query).json()["total_hits"] == 0, 30, "the bundle to leave the index")
+
+    def journaled_types():
+        streams = requests.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version}).json()
+        return [e["event_type"] for e in streams["event_streams"] if e["bundle_fqid"] == fqid]
+    wait_until(lambda: journaled_types() == ["CREATE", "TOMBSTONE"], 30, "the tombstone in the journal")
+    assert requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}
+                        ).json()["event_type"] == "TOMBSTONE"
+
+    # Deleting a subscription: gone, and its deletion is owner-only.
+    assert_problem(requests.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=admin), 403)
+    gone = requests.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=auth)
+    assert gone.status_code == 200 and gone.json()["timeDeleted"]
+    assert_problem(requests.get(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=auth), 404)
+
+
+def test_search_pages_with_a_cursor(search_api, auth, stage):
+    api, tag = search_api, uuid.uuid4().hex
+    expected = sorted((f"{u}.{v}" for u, v in (put_bundle(api, auth, stage, {"sample_0.json": {"tag": tag, "n": i}})
+                                              for i in range(12))), reverse=True)
+    query = {"query": {"term": {"files.sample_json.tag": tag}}}
+    wait_until(lambda: search(api, query).json().get("total_hits") == 12, 60, "twelve bundles indexed")
+    first = search(api, query, per_page=10)
+    assert first.status_code == 206 and first.json()["total_hits"] == 12
+    second = requests.post(first.links["next"]["url"], json={"es_query": query})
+    assert second.status_code == 200 and "next" not in second.links
+    assert [h["bundle_fqid"] for h in first.json()["results"] + second.json()["results"]] == expected
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"es_query": {"query": {"fuzzy": {"files.project_json.title": "livr"}}}}, "elasticsearch_bad_request"),
+    ({"es_query": {"query": {"range": {"files.a": {"gte": {"nested": 1}}}}}}, "elasticsearch_bad_request"),
+    ({"es_query": "title:liver"}, "illegal_arguments"),
+    ({}, "illegal_arguments"),
+])
+def test_bad_searches_are_400(search_api, body, code):
+    response = requests.post(f"{search_api}/search", params={"replica": "aws"}, json=body)
+    assert_problem(response, 400, code)
+
+
+@pytest.mark.parametrize("change,status", [
+    ({"callback_url": "http://10.1.2.3/hook"}, 400),           # a private address, not allowed
+    ({"callback_url": "ftp://127.0.0.1/hook"}, 400),
+    ({"jmespath_query": "files.[["}, 400),
+    ({"es_query": {"query": {"fuzzy": {"a": "b"}}}}, 400),
+    ({"es_query": {"query": {"match_all": {}}}, "jmespath_query": "true"}, 400),
+    ({"attachments": {"a": {"type": "jmespath", "expression": "[["}}}, 400),
+    ({"method": "GET"}, 400),
+])
+def test_bad_subscriptions_are_4xx_and_store_nothing(search_api, auth, receiver, change, status):
+    body = {"callback_url": receiver.url("/ok"), **change}
+    response = requests.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, json=body)
+    assert_problem(response, status)
+    for kind in ("jmespath", "elasticsearch"):
+        listed = requests.get(f"{search_api}/subscriptions", params={"replica": "aws", "subscription_type": kind},
+                              headers=auth)
+        assert listed.json() == {"subscriptions": []}
