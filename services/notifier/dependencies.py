@@ -25,6 +25,7 @@ import uuid as uuid_module
 from typing import Any, Callable, Iterable
 
 import eventlet
+from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Histogram
 
@@ -179,7 +180,10 @@ class SubscriptionStoreAPI:
             doc["es_query"] = es_query
         else:
             doc["jmespath_query"] = jmespath_query
-        doc = _STORED.dump(_STORED.load(doc))
+        try:
+            doc = _STORED.dump(_STORED.load(doc))
+        except ValidationError as error:  # a shape the validators above let through: still a 400
+            raise errors.illegal_arguments(f"invalid subscription: {str(error.messages)[:300]}") from None
         if es_query is not None:
             self.indexes[replica].put_subscription(uuid, es_query)
         try:
