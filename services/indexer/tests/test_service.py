@@ -565,3 +565,22 @@ def test_reindex_status_and_health(world):
     world.stores["gcp"].unavailable = True
     assert world.service.health()["ok"] is False
 
+
+
+def test_a_stopping_indexer_cancels_its_reindex_between_batches(world, monkeypatch):
+    monkeypatch.setattr("services.indexer.reindex.BATCH_DOCUMENTS", 1)
+    for _ in range(3):
+        world.bundle([])
+    live_generation = world.state.index("aws").current_generation()
+    gate = Gate(world.source)
+    IndexesAPI(world.state).start_reindex("aws", gate)
+    gate.reached.wait()
+
+    stopping = eventlet.spawn(world.state.stop)
+    eventlet.sleep(0.05)
+    gate.open()
+    stopping.wait()
+
+    status = world.service.reindex_status("aws")
+    assert status["state"] == "failed" and "stopping" in status["error"] and status["done"] == 1
+    assert world.state.index("aws").generations() == [live_generation]
