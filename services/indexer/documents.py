@@ -121,7 +121,7 @@ class BundleSourceAPI:
         """The manifest of ``{uuid}.{version}`` (None if absent) and the tombstone hiding it (if any)."""
         storage = self.replicas[replica]
         versions, dead = storage.versions(Keys.bundle_prefix(uuid))
-        manifest = self._read(storage, Keys.bundle(uuid, version)) if version in versions else None
+        manifest = storage.find_json(Keys.bundle(uuid, version)) if version in versions else None
         listed = ListedVersion(uuid, version, frozenset(dead))
         tombstone = self._tombstone(storage, listed.tombstone_key) if listed.tombstone_key else None
         return BundleVersion(uuid, version, manifest, tombstone)
@@ -141,7 +141,7 @@ class BundleSourceAPI:
             key = ListedVersion(uuid, target, frozenset(dead)).tombstone_key
             if key not in tombstones:
                 tombstones[key] = self._tombstone(storage, key)
-            manifest = self._read(storage, Keys.bundle(uuid, target)) if target in versions else None
+            manifest = storage.find_json(Keys.bundle(uuid, target)) if target in versions else None
             return BundleVersion(uuid, target, manifest, tombstones[key])
 
         return [read(target) for target in targets]
@@ -176,7 +176,7 @@ class BundleSourceAPI:
         storage = self.replicas[replica]
         if listed.tombstone_key is not None:
             return self._tombstone(storage, listed.tombstone_key)
-        manifest = self._read(storage, Keys.bundle(listed.uuid, listed.version))
+        manifest = storage.find_json(Keys.bundle(listed.uuid, listed.version))
         if manifest is None:
             raise not_readable(Keys.bundle(listed.uuid, listed.version), replica)
         return index_document(listed.uuid, manifest, self.indexed_files(replica, manifest))
@@ -226,10 +226,6 @@ class BundleSourceAPI:
         return content
 
     # --- reading -----------------------------------------------------------------------------------------
-    @staticmethod
-    def _read(storage: ReplicaStorage, key: str) -> dict | None:
-        return storage.find_json(key)
-
     @staticmethod
     def _tombstone(storage: ReplicaStorage, key: str) -> dict:
         """The four tombstone fields (``admin_deleted`` included, which marks an index document

@@ -192,10 +192,10 @@ class IndexesAPI:
     def start_reindex(self, replica: str, source: BundleSourceAPI) -> dict:
         """Start a reindex of ``replica`` unless one runs; its status, with ``started``."""
         live = self.state.index(replica)
-        running = self.state.running_job(replica)
-        if running is not None:
-            return {**running.status(), "started": False}
-        with self.state.write_locks[replica]:
+        with self.state.write_locks[replica]:  # two calls at once start one job
+            running = self.state.running_job(replica)
+            if running is not None:
+                return {**running.status(), "started": False}
             self._drop_leftovers(live)
             job = ReindexJob(replica, live, live.new_generation(), source, self.state.write_locks[replica])
             self.state.jobs[replica] = job  # from here on, every live write reaches the new generation too
