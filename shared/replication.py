@@ -28,6 +28,7 @@ from shared.blobstore import BlobInfo, BlobNotFound, BlobStore, BlobStoreError
 from shared.checksums import ChecksumPass, Checksums
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS, TOMBSTONE_SUFFIX, Replica, split_fqid
+from shared.progress_bar import ProgressBar
 from shared.schemas import BundleManifest, CollectionDocument, FileMetadata, ObjectChanged, Tombstone
 
 BLOB, FILE, BUNDLE, COLLECTION, TOMBSTONE = "blob", "file", "bundle", "collection", "tombstone"
@@ -353,17 +354,13 @@ def key_fraction(key: str) -> tuple[int, float] | None:
 
 
 class Progress:
-    """A one-line progress bar on ``stream`` (a terminal), or a line every few seconds (a log)."""
-
-    WIDTH = 30
+    """Progress of a comparison of whole buckets: where the walk is in the key space, and counts."""
 
     def __init__(self, stream: TextIO | None = None, prefixes: tuple[str, ...] = PREFIXES,
                  interval: float | None = None):
-        self.stream = stream or sys.stderr
-        self.tty = stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
+        self.bar = ProgressBar(stream or sys.stderr, interval)
+        self.bar.last = self.bar.started  # the first line after one interval, not at once
         self.prefixes = prefixes
-        self.started = self.last = time.monotonic()
 
     def fraction(self, key: str) -> float | None:
         position = key_fraction(key)
@@ -376,31 +373,17 @@ class Progress:
         return (walked.index(PREFIXES[index]) + within) / len(walked)
 
     def update(self, key: str, summary: Summary) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            return
-        self.last = now
-        self._write(self.fraction(key), summary, key)
+        if self.bar.due():
+            self._write(self.fraction(key), summary, key)
 
     def done(self, summary: Summary) -> None:
         self._write(1.0, summary, "")
-        if self.tty:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.bar.close()
 
     def _write(self, fraction: float | None, summary: Summary, key: str) -> None:
-        rate = summary.compared / max(time.monotonic() - self.started, 1e-6)
-        if fraction is None:
-            bar = "[" + "?" * self.WIDTH + "]    "
-        else:
-            filled = int(fraction * self.WIDTH)
-            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:3.0f}%"
-        line = f"{bar} {summary.compared} keys, {summary.differences} differences, {rate:.0f} keys/s {key[:40]}"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(110)[:110])
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        rate = summary.compared / self.bar.elapsed()
+        self.bar.draw(fraction, f"{summary.compared} keys, {summary.differences} differences, "
+                                f"{rate:.0f} keys/s {key[:40]}")
 
 
 # --- the `dss-ops replicas` command ----------------------------------------------------------------

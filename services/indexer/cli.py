@@ -8,46 +8,29 @@ import sys
 import time
 from typing import TextIO
 
+from shared.progress_bar import ProgressBar
+
 logger = logging.getLogger(__name__)
 
 
-class ProgressBar:
-    """A one-line bar on a terminal, or a line every few seconds in a log."""
-
-    WIDTH = 30
+class ReindexProgress:
+    """The reindex job's status as a progress bar."""
 
     def __init__(self, stream: TextIO, interval: float | None = None):
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.interval = interval if interval is not None else (0.2 if self.tty else 5.0)
-        self.started = time.monotonic()
-        self.last = None
+        self.bar = ProgressBar(stream, interval, line_width=100)
 
     def update(self, status: dict, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and self.last is not None and now - self.last < self.interval:
+        if not (self.bar.due() or force):
             return
-        self.last = now
         done, total = status.get("done") or 0, status.get("total")
-        rate = done / max(now - self.started, 1e-6)
-        if total:
-            fraction = min(done / total, 1.0)
-            filled = int(fraction * self.WIDTH)
-            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {fraction * 100:3.0f}% {done}/{total}"
-        else:
-            bar = f"[{'?' * self.WIDTH}]      {done}/?"
-        line = f"{bar} documents, {rate:.0f}/s, generation {status.get('generation')}"
-        if self.tty:
-            self.stream.write("\r" + line.ljust(100)[:100])
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        fraction = done / total if total else None
+        counted = f"{done}/{total}" if total else f"{done}/?"
+        self.bar.draw(fraction, f"{counted} documents, {done / self.bar.elapsed():.0f}/s, "
+                                f"generation {status.get('generation')}")
 
     def finish(self, status: dict) -> None:
         self.update(status, force=True)
-        if self.tty:
-            self.stream.write("\n")
-        self.stream.flush()
+        self.bar.close()
 
 
 def run_reindex_command(replica: str, amqp_uri: str, err: TextIO | None = None, poll: float = 0.5,
@@ -65,7 +48,7 @@ def run_reindex_command(replica: str, amqp_uri: str, err: TextIO | None = None, 
             else:
                 err.write(f"a reindex of {replica} is already running (generation {status['generation']}); "
                           "following it\n")
-            bar = ProgressBar(err)
+            bar = ReindexProgress(err)
             while status["state"] == "running":
                 bar.update(status)
                 time.sleep(poll)
