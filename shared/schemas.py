@@ -203,3 +203,23 @@ class SubscriptionMatched(Schema):
     subscription_id = fields.String(required=True)
     transaction_id = fields.String(required=True)
     payload = fields.Dict(required=True)
+
+
+# --- RPC arguments -----------------------------------------------------------------------------------
+
+def load_arguments(schema: Schema, values: dict, *, none_is_default: bool = False) -> dict:
+    """An RPC's arguments checked by ``schema``, or a typed 400: its code is the first offending
+    field's ``error_code`` (``illegal_uuid``, ``illegal_version``...) or ``illegal_arguments``; its
+    title names fields and rules, never values (an argument may hold a secret), and stays short.
+    ``none_is_default``: a None argument means "not given", so the schema's default applies."""
+    if none_is_default:
+        values = {name: value for name, value in values.items() if value is not None}
+    try:
+        return schema.load(values)
+    except ValidationError as error:
+        messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
+        field = schema.fields.get(next(iter(messages), ""))
+        code = getattr(field, "error_code", None) or "illegal_arguments"
+        detail = str(messages)
+        raise InvalidParameter(f"invalid arguments: {detail[:300]}{'...' if len(detail) > 300 else ''}",
+                               code) from None

@@ -16,11 +16,3 @@ PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
 
 def bundle_not_found(replica: str, uuid: str, version: str) -> NotFound:
     return NotFound(f"bundle {uuid}.{version} not found in replica {replica}", "not_found")
-
-
-def invalid_arguments(error: ValidationError, schema) -> InvalidParameter:
-    """The first offending field names the code when it has one (``illegal_uuid``, ``illegal_version``)."""
-    messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
-    field = schema.fields.get(next(iter(messages), ""))
-    code = getattr(field, "error_code", None) or "illegal_arguments"
-    return InvalidParameter(f"invalid arguments: {messages}", code)

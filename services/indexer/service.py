@@ -19,7 +19,7 @@ index write and the dispatch is redone by the redelivery, and echoes of replicat
 """
 import logging
 
-from marshmallow import EXCLUDE, ValidationError
+from marshmallow import EXCLUDE
 from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
@@ -28,7 +28,7 @@ from shared.bundle_documents import CREATE, TOMBSTONE, event_document
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
 from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
-from shared.schemas import BundleCreated, BundleIndexed, BundleTombstoned, ObjectReplicated
+from shared.schemas import BundleCreated, BundleIndexed, BundleTombstoned, ObjectReplicated, load_arguments
 from shared.search import is_tombstone
 
 from services.indexer import exceptions as errors
@@ -42,11 +42,7 @@ logger = logging.getLogger(__name__)
 
 def _arguments(schema_class, **values) -> dict:
     # None stands for "not given" over RPC: the schema's default applies.
-    schema = schema_class()
-    try:
-        return schema.load({name: value for name, value in values.items() if value is not None})
-    except ValidationError as error:
-        raise errors.invalid_arguments(error, schema) from None
+    return load_arguments(schema_class(), values, none_is_default=True)
 
 
 class IndexerService:

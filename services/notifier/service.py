@@ -26,7 +26,7 @@ from shared import events
 from shared.exceptions import InvalidParameter
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler
-from shared.schemas import BundleIndexed, SubscriptionMatched
+from shared.schemas import BundleIndexed, SubscriptionMatched, load_arguments
 from shared.webhooks import PermanentDeliveryError
 
 from services.notifier import exceptions as errors
@@ -45,13 +45,7 @@ def _arguments(schema, **values) -> dict:
     caller = values.get("caller")
     if not isinstance(caller, dict) or not caller.get("email"):
         raise errors.authentication_required()
-    try:
-        return schema().load(values)
-    except ValidationError as error:
-        # Messages name fields and rules, never values (which may hold the secret key).
-        detail = str(error.messages)
-        raise errors.illegal_arguments(
-            f"invalid arguments: {detail[:300]}{'...' if len(detail) > 300 else ''}") from None
+    return load_arguments(schema(), values)
 
 
 class NotifierService:

@@ -18,7 +18,7 @@ from nameko.rpc import rpc
 from shared import events
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.metrics import Metrics
-from shared.schemas import ObjectChanged, ObjectReplicated
+from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments
 
 from services.replicator.bridge import gcs_notifications, s3_notifications
 from services.replicator.dependencies import QueueMonitor, ReplicaStore
@@ -32,10 +32,7 @@ PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
 
 
 def _arguments(schema, **values) -> dict:
-    try:
-        return schema().load(values)
-    except ValidationError as error:
-        raise InvalidParameter(f"invalid arguments: {error.messages}") from None
+    return load_arguments(schema(), values)
 
 
 class ReplicatorService:
