@@ -1,0 +1,52 @@
+"""Server-side copies of a blob within one replica's cloud (main bucket to a checkout or a user's
+bucket), verified before they count.
+
+The store copies the bytes itself (S3 CopyObject / UploadPartCopy pinned to the source's ETag, GCS
+rewrite), so nothing passes through this process; the copy is then judged from its metadata
+against the checksums its blob key names (``shared.replication.blob_verdict``: GCS CRC32C, S3
+ETag), and read and hashed only when the metadata cannot tell (an S3 ETag of another part
+layout). A copy that does not hold the right bytes is deleted and ``Unavailable``
+(``copy_not_verified``: 503, worth retrying) raised: a wrong copy is never left where a reader would
+find it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping
+
+from shared.blobstore import BlobInfo, BlobStore
+from shared.checksums import Checksums
+from shared.exceptions import Unavailable
+from shared.replication import blob_verdict, hash_object
+
+logger = logging.getLogger(__name__)
+
+HASH_CHUNK_BYTES = 8 * 1024 * 1024
+
+
+def verify_copy(store: BlobStore, bucket: str, key: str, expected: Checksums, size: int,
+                info: BlobInfo | None = None) -> bool:
+    """Whether ``bucket/key`` holds the ``size`` bytes ``expected`` names (metadata first, then a read)."""
+    info = info or store.stat(bucket, key)
+    if info.size != size:
+        return False
+    verdict = blob_verdict(info, expected)
+    if verdict is None:
+        actual, _ = hash_object(store, bucket, key, HASH_CHUNK_BYTES)
+        verdict = actual == expected
+    return verdict
+
+
+def copy_verified(store: BlobStore, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                  expected: Checksums, size: int, *, content_type: str | None = None,
+                  metadata: Mapping[str, str] | None = None) -> BlobInfo:
+    """Copy ``src_key`` to ``dst_bucket/dst_key`` in ``store`` and verify the copy; its BlobInfo."""
+    store.copy(src_bucket, src_key, dst_bucket, dst_key, content_type=content_type, metadata=metadata)
+    info = store.stat(dst_bucket, dst_key)
+    if not verify_copy(store, dst_bucket, dst_key, expected, size, info):
+        store.delete(dst_bucket, dst_key)
+        logger.error("the copy of %s/%s at %s/%s does not hold the bytes its checksums name; removed",
+                     src_bucket, src_key, dst_bucket, dst_key)
+        raise Unavailable(f"the copy of {src_key} to {dst_bucket} did not verify; it was removed",
+                          "copy_not_verified")
+    return info

@@ -1,0 +1,51 @@
+import pytest
+
+from shared.checksums import ChecksumPass
+from shared.copies import copy_verified, verify_copy
+from shared.exceptions import Unavailable
+from shared.testing import MemoryBlobStore
+
+
+def checksums_of(data):
+    checksum_pass = ChecksumPass(len(data))
+    checksum_pass.update(data)
+    return checksum_pass.result()
+
+
+@pytest.fixture
+def store():
+    store = MemoryBlobStore("aws")
+    store.create_bucket("main")
+    store.create_bucket("checkout")
+    return store
+
+
+def test_a_copy_that_holds_the_bytes_is_kept(store):
+    data = b"verified bytes" * 100
+    expected = checksums_of(data)
+    store.put_bytes("main", expected.blob_key(), data)
+    info = copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data),
+                         metadata={"dss-copied": "yes"})
+    assert info.size == len(data) and store.get_bytes("checkout", "copy") == data
+    assert store.stat("checkout", "copy").metadata == {"dss-copied": "yes"}
+
+
+def test_a_copy_of_other_bytes_is_removed_and_retryable(store):
+    data, other = b"the right bytes", b"the wrong bytes"
+    expected = checksums_of(data)
+    store.put_bytes("main", expected.blob_key(), other)  # a source that does not match its key
+    with pytest.raises(Unavailable) as raised:
+        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    assert raised.value.error_code == "copy_not_verified"
+    assert not store.exists("checkout", "copy")
+
+
+def test_verify_reads_when_the_metadata_cannot_tell(store):
+    data = b"x" * 1000
+    expected = checksums_of(data)
+    multipart = type(expected)(**{**expected.as_api(), "s3_etag": expected.s3_etag + "-2"})
+    store.put_bytes("checkout", "copy", data)
+    # The stored ETag (single-part MD5) says nothing about a "-2" layout: the bytes are hashed.
+    assert verify_copy(store, "checkout", "copy", multipart, len(data)) is False  # s3_etag differs after hashing
+    assert verify_copy(store, "checkout", "copy", expected, len(data)) is True
+    assert verify_copy(store, "checkout", "copy", expected, len(data) + 1) is False
