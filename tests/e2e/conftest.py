@@ -5,12 +5,18 @@ import pytest
 from services.bundles.service import BundlesService
 from services.files.service import FilesService
 from services.gateway.service import GatewayService
+from services.indexer.service import IndexerService
+from services.notifier.service import NotifierService
 from services.replicator.service import ReplicatorService
 from shared.testing import stage_object
 
 
+# Every service the gateway's health report asks about (services/gateway/service.py PROBED_SERVICES).
+API_SERVICES = (GatewayService, FilesService, BundlesService, IndexerService, NotifierService)
+
+
 def start_api(config, web_config, runner_factory, *extra_services):
-    runner = runner_factory({**config, **web_config}, GatewayService, FilesService, BundlesService, *extra_services)
+    runner = runner_factory({**config, **web_config}, *API_SERVICES, *extra_services)
     runner.start()
     return f"http://{web_config['WEB_SERVER_ADDRESS']}/v1"
 

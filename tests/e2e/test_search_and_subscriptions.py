@@ -9,8 +9,6 @@ import uuid
 import pytest
 import requests
 
-from services.indexer.service import IndexerService
-from services.notifier.service import NotifierService
 from shared.identifiers import new_uuid, new_version
 from shared.testing import Receiver, wait_until
 from tests.e2e.conftest import start_api
@@ -27,7 +25,7 @@ def search_api(service_config, web_config, runner_factory, blobstores, tmp_path)
     config = {**service_config, "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket,
               "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
               "DSS_NOTIFY_RETRY_DELAYS": "1,1,1"}
-    return start_api(config, web_config, runner_factory, IndexerService, NotifierService)
+    return start_api(config, web_config, runner_factory)
 
 
 @pytest.fixture
