@@ -128,6 +128,34 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_INDEX_RETRY_DELAYS", "1,5,30,120,600,3600",
             "Seconds before each new attempt of a failed indexing (broker delay queues); then dead-lettered.",
             _as_ints),
+    # --- checkout service: bundle checkout jobs ------------------------------------------------
+    Setting("DSS_CHECKOUT_JOB_CONCURRENCY", 8,
+            "Files of one bundle checkout job copied at once (server-side copies, so little memory each).", int),
+    Setting("DSS_CHECKOUT_JOB_RETRY_DELAYS", "1,5,30,120,600",
+            "Seconds before each new attempt of a bundle checkout job that failed for a passing reason (broker "
+            "delay queues); a failure of the last attempt ends the job FAILED.", _as_ints),
+    Setting("DSS_CHECKOUT_JOB_HEARTBEAT", 10,
+            "Seconds between two writes of a running bundle checkout job's record (progress and liveness).", float),
+    Setting("DSS_CHECKOUT_JOB_STALL_SECONDS", 900,
+            "A RUNNING bundle checkout job whose record was not written for this long (and that waits for no "
+            "retry) is reported FAILED with cause `stalled`: its message was lost.", float),
+    Setting("DSS_CHECKOUT_JOB_RETRY_AFTER", 10,
+            "Seconds a client asking GET /bundles for URLs is told to wait while the bundle is checked out.", int),
+    Setting("DSS_CHECKOUT_BUNDLE_URLS_MAX_AGE", 86400,
+            "Seconds a finished bundle checkout into the checkout bucket serves GET /bundles URLs; an older one "
+            "is run again first (copies still there and verified are kept), as checked-out copies may expire.",
+            int),
+    # --- e-mail (shared.mail) ---------------------------------------------------------------
+    Setting("DSS_SMTP_HOST", "", "SMTP relay that sends e-mail (bundle checkout notices). Empty: e-mail is off."),
+    Setting("DSS_SMTP_PORT", 587, "Port of the SMTP relay.", int),
+    Setting("DSS_SMTP_TLS", "starttls",
+            "TLS to the SMTP relay: `none`, `starttls` (upgrade a plain connection) or `ssl` (implicit TLS)."),
+    Setting("DSS_SMTP_USER", "", "User name to log in to the SMTP relay with. Empty: no login."),
+    Setting("DSS_SMTP_PASSWORD", "", "Password of DSS_SMTP_USER (never logged)."),
+    Setting("DSS_SMTP_TIMEOUT", 10, "Seconds an SMTP connection waits for each answer of the relay.", float),
+    Setting("DSS_SMTP_CA_BUNDLE", "",
+            "PEM file of the CAs the SMTP relay's TLS certificate must chain to. Empty: the system's CAs."),
+    Setting("DSS_MAIL_SENDER", "dss@localhost", "Sender (`From`) of the e-mail the store sends."),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),

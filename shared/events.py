@@ -14,3 +14,4 @@ OBJECT_CHANGED = "object_changed"      # a main bucket's change notification, br
 OBJECT_REPLICATED = "object_replicated"  # a copy to the other replica was written and verified
 BUNDLE_INDEXED = "bundle_indexed"        # a replica's index took in a bundle version or its tombstone
 SUBSCRIPTION_MATCHED = "subscription_matched"  # a bundle event matched a subscription: one webhook to deliver
+BUNDLE_CHECKOUT_REQUESTED = "bundle_checkout_requested"  # a bundle checkout job was accepted: copy it

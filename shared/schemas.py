@@ -205,6 +205,16 @@ class SubscriptionMatched(Schema):
     payload = fields.Dict(required=True)
 
 
+class BundleCheckoutRequested(Schema):
+    """A bundle checkout job was accepted (its record written in the replica's checkout bucket,
+    ``services/checkout/jobs.py``): the checkout service copies the bundle. The record is the job's
+    truth; the bundle named here is for logs and queue inspection."""
+    replica = Replica
+    checkout_job_id = fields.String(required=True)
+    uuid = fields.String(required=True)
+    version = fields.String(required=True)
+
+
 # --- RPC arguments -----------------------------------------------------------------------------------
 
 def load_arguments(schema: Schema, values: dict, *, none_is_default: bool = False) -> dict:
