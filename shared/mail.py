@@ -27,14 +27,14 @@ logger = logging.getLogger(__name__)
 
 TLS_MODES = ("none", "starttls", "ssl")
 # One address, no display name: what an API client may give as a notification recipient.
-_ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
 MAX_ADDRESS_LENGTH = 254
 
 
 def is_email_address(value) -> bool:
     """Whether ``value`` is one plain e-mail address (``user@example.org``)."""
-    return isinstance(value, str) and len(value) <= MAX_ADDRESS_LENGTH and bool(_ADDRESS.match(value))
+    return isinstance(value, str) and len(value) <= MAX_ADDRESS_LENGTH and _ADDRESS.fullmatch(value) is not None
 
 
 class MailNotSent(Exception):

@@ -560,3 +560,166 @@ class Receiver:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+# --- TLS certificates from a CA of the test's own ---------------------------------------------------
+
+def _certificate(subject, issuer, public_key, signing_key, *, ca, names=(), addresses=()):
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+                              critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                        critical=True)
+    else:
+        alternative_names = [x509.DNSName(name) for name in names]
+        alternative_names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def issue_server_certificate(directory, names=(), addresses=()) -> tuple[str, str]:
+    """A CA of the test's own and a server certificate it signed for ``names`` (DNS) and
+    ``addresses`` (IP), as PEM files in ``directory``: (the CA bundle, the certificate followed by
+    its private key, as ``SSLContext.load_cert_chain`` takes it)."""
+    import pathlib
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    directory = pathlib.Path(directory)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("test CA", "test CA", ca_key.public_key(), ca_key, ca=True)
+    leaf = _certificate((list(names) + list(addresses))[0], "test CA", server_key.public_key(), ca_key, ca=False,
+                        names=names, addresses=addresses)
+    ca_path, server_path = directory / "ca.pem", directory / "server.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(ca_path), str(server_path)
+
+
+# --- a real SMTP server -------------------------------------------------------------------------------
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1, in a process of its own (its asyncio loop has
+    nothing to do with the tests' eventlet hub), keeping every message it accepts in a Maildir
+    that ``messages()`` reads back, parsed.
+
+    ``tls``: ``none``, ``starttls`` (required before MAIL) or ``ssl`` (implicit TLS), with the
+    ``certificate`` file of ``issue_server_certificate``; ``login``: (user, password) the server
+    requires (over TLS only, as relays do)."""
+
+    def __init__(self, directory, tls: str = "none", certificate: str | None = None,
+                 login: tuple[str, str] | None = None):
+        import pathlib
+
+        from shared.local_cloud import free_port
+        self.directory = pathlib.Path(directory)
+        self.maildir = self.directory / "maildir"
+        self.log_path = self.directory / "smtp.log"
+        self.tls, self.certificate, self.login = tls, certificate, login
+        self.port = free_port()
+        self.process = None
+
+    @property
+    def settings(self) -> dict:
+        """The ``DSS_SMTP_*`` settings that send through this server (the CA bundle is the test's)."""
+        return {"DSS_SMTP_HOST": "127.0.0.1", "DSS_SMTP_PORT": self.port, "DSS_SMTP_TLS": self.tls,
+                "DSS_SMTP_USER": self.login[0] if self.login else "",
+                "DSS_SMTP_PASSWORD": self.login[1] if self.login else "", "DSS_SMTP_TIMEOUT": 5}
+
+    def start(self) -> "SmtpServer":
+        import pathlib
+        import subprocess
+        import sys
+
+        from shared.local_cloud import port_open
+        arguments = ["--port", str(self.port), "--maildir", str(self.maildir), "--tls", self.tls]
+        if self.certificate:
+            arguments += ["--certificate", self.certificate]
+        if self.login:
+            arguments += ["--login", ":".join(self.login)]
+        root = pathlib.Path(__file__).resolve().parent.parent
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from shared.testing import serve_smtp; serve_smtp(sys.argv[1:])",
+                 *arguments], cwd=str(root), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        wait_until(lambda: port_open("127.0.0.1", self.port) or self.process.poll() is not None, 30,
+                   "the SMTP server listening", interval=0.05)
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the SMTP server exited:\n{self.log_path.read_text(errors='replace')}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def messages(self) -> list:
+        """The messages received so far (``email.message.EmailMessage``), oldest first."""
+        import email.policy
+        import mailbox
+        if not self.maildir.exists():
+            return []
+        box = mailbox.Maildir(str(self.maildir), factory=None, create=False)
+        received = [(message.get_date(), email.message_from_bytes(bytes(message), policy=email.policy.default))
+                    for message in box]
+        return [message for _, message in sorted(received, key=lambda pair: pair[0])]
+
+
+def serve_smtp(argv: list[str]) -> None:
+    """The SMTP server process of ``SmtpServer`` (not for eventlet-patched processes)."""
+    import argparse
+    import signal
+    import sys
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Mailbox
+    from aiosmtpd.smtp import AuthResult
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--maildir", required=True)
+    parser.add_argument("--tls", choices=("none", "starttls", "ssl"), default="none")
+    parser.add_argument("--certificate")
+    parser.add_argument("--login")
+    args = parser.parse_args(argv)
+    options: dict = {}
+    context = None
+    if args.tls != "none":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.certificate)
+    if args.tls == "starttls":
+        options.update(tls_context=context, require_starttls=True)
+    elif args.tls == "ssl":
+        options.update(ssl_context=context)
+    if args.login:
+        user, password = args.login.split(":", 1)
+
+        def authenticate(server, session, envelope, mechanism, credentials):
+            accepted = (credentials.login.decode(), credentials.password.decode()) == (user, password)
+            return AuthResult(success=accepted, handled=False)  # False: the server answers 535 itself
+        # PLAIN only: smtplib falls back to LOGIN after a refused PLAIN, and aiosmtpd's LOGIN then
+        # waits for a line smtplib never sends (a refused password would look like a timeout).
+        options.update(authenticator=authenticate, auth_required=True, auth_exclude_mechanism=["LOGIN"])
+    controller = Controller(Mailbox(args.maildir), hostname="127.0.0.1", port=args.port, **options)
+    controller.start()
+    signal.signal(signal.SIGTERM, lambda *_: (controller.stop(), sys.exit(0)))
+    while True:
+        signal.pause()

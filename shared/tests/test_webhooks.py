@@ -15,16 +15,12 @@ import time
 import uuid
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
 from shared.subscriptions import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments, jmespath_matches,
                                   validate_attachments, validate_jmespath_query)
-from shared.testing import Receiver
+from shared.testing import Receiver, issue_server_certificate
 from shared.webhooks import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
                              retry_schedule, validate_callback_url, validate_subscription)
 
@@ -395,40 +391,14 @@ def test_malformed_callback_urls(url, code):
 
 # --- HTTPS ---------------------------------------------------------------------------------------------
 
-def _certificate(subject, issuer, public_key, signing_key, *, ca, names=()):
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-               .public_key(public_key).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
-                              critical=False))
-    if ca:
-        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                                        critical=True)
-    else:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(signing_key, hashes.SHA256())
-
-
 @pytest.fixture
 def tls_receiver(tmp_path):
     """A receiver on 127.0.0.1 with a certificate for hooks.example from a CA of the test's own."""
-    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("test CA", "test CA", ca_key.public_key(), ca_key, ca=True)
-    leaf = _certificate("hooks.example", "test CA", server_key.public_key(), ca_key, ca=False,
-                        names=["hooks.example"])
-    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "server.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ca_bundle, certificate = issue_server_certificate(tmp_path, names=["hooks.example"])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "server.pem")
+    context.load_cert_chain(certificate)
     server = Receiver({KEY_ID: SECRET.encode()}, tls=context)
-    server.ca_bundle = str(tmp_path / "ca.pem")
+    server.ca_bundle = ca_bundle
     yield server
     server.stop()
 
