@@ -128,6 +128,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_INDEX_RETRY_DELAYS", "1,5,30,120,600,3600",
             "Seconds before each new attempt of a failed indexing (broker delay queues); then dead-lettered.",
             _as_ints),
+    # --- checkout service: file checkout (GET /files, DRS) -----------------------------------
+    Setting("DSS_CHECKOUT_INLINE_BYTES", 64 * MiB,
+            "Blobs up to this size are copied into the checkout bucket during the GET /files (or DRS access) "
+            "that needs them; larger ones in the background while the client is told to come back.", int),
+    Setting("DSS_CHECKOUT_WARM_BYTES", 1 * MiB,
+            "Files up to this size are copied into the checkout bucket as soon as they are created, so that "
+            "their first GET /files is a plain redirect.", int),
+    Setting("DSS_CHECKOUT_EXPIRY_DAYS", 14,
+            "Days a checked-out copy lives after it was made or last refreshed; then the sweeper deletes it.", float),
+    Setting("DSS_CHECKOUT_REFRESH_DAYS", 2,
+            "A copy read within this many days of its expiry is refreshed (copied again, verified).", float),
+    Setting("DSS_CHECKOUT_KEEP_JSON_BYTES", 1 * MiB,
+            "JSON copies (`application/json`) up to this size never expire.", int),
+    Setting("DSS_CHECKOUT_SWEEP_INTERVAL", 3600,
+            "Seconds between two runs of the sweeper that deletes expired checked-out copies.", float),
+    Setting("DSS_CHECKOUT_SWEEP_BATCH", 1000,
+            "Copies the sweeper examines per replica and run (the next run goes on from there).", int),
+    Setting("DSS_CHECKOUT_RETRY_AFTER", 10,
+            "Seconds (`Retry-After`) a client is told to wait while a large copy into the checkout bucket runs.",
+            int),
+    Setting("DSS_CHECKOUT_CACHE_SECONDS", 10,
+            "Seconds a checkout process trusts what it last saw of a copy (fresh) and of a file's latest version "
+            "without looking again (0: always look).", float),
+    Setting("DSS_CHECKOUT_COPY_RETRY_DELAYS", "1,5,30,120,600,3600",
+            "Seconds before each new attempt of a failed background copy into the checkout bucket (broker "
+            "delay queues); then dead-lettered.", _as_ints),
     # --- checkout service: bundle checkout jobs ------------------------------------------------
     Setting("DSS_CHECKOUT_JOB_CONCURRENCY", 8,
             "Files of one bundle checkout job copied at once (server-side copies, so little memory each).", int),

@@ -15,3 +15,4 @@ OBJECT_REPLICATED = "object_replicated"  # a copy to the other replica was writt
 BUNDLE_INDEXED = "bundle_indexed"        # a replica's index took in a bundle version or its tombstone
 SUBSCRIPTION_MATCHED = "subscription_matched"  # a bundle event matched a subscription: one webhook to deliver
 BUNDLE_CHECKOUT_REQUESTED = "bundle_checkout_requested"  # a bundle checkout job was accepted: copy it
+FILE_CHECKOUT_REQUESTED = "file_checkout_requested"  # a blob too large to copy inline: copy it to the checkout bucket

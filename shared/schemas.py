@@ -215,6 +215,17 @@ class BundleCheckoutRequested(Schema):
     version = fields.String(required=True)
 
 
+class FileCheckoutRequested(Schema):
+    """A blob of ``replica`` is to be copied, verified, into its checkout bucket (same key), in the
+    background: ``reason`` ``read`` (a GET found no fresh copy of a blob too large to copy inline) or
+    ``refresh`` (a copy read near the end of its life). ``content_type`` is given to the copy."""
+    replica = Replica
+    blob_key = fields.String(required=True)
+    size = fields.Integer(required=True, validate=validate.Range(min=0))
+    content_type = fields.String(required=True)
+    reason = fields.String(required=True, validate=validate.OneOf(("read", "refresh")))
+
+
 # --- RPC arguments -----------------------------------------------------------------------------------
 
 def load_arguments(schema: Schema, values: dict, *, none_is_default: bool = False) -> dict:
