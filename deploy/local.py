@@ -46,7 +46,7 @@ from shared.config import Settings  # noqa: E402
 logger = logging.getLogger("dss.local")
 
 # The services `make up` runs, in start order. Adding a service is adding its name here.
-SERVICES = ("files", "bundles", "replicator", "indexer", "notifier", "gateway")
+SERVICES = ("files", "bundles", "replicator", "indexer", "notifier", "checkout", "gateway")
 
 VAR = ROOT / "var"
 RUN_DIR = VAR / "run"

@@ -16,7 +16,7 @@ from werkzeug.wrappers import Response
 # as its type only in a process that imported the module registering it.
 import services.files.exceptions  # noqa: F401
 import shared.search  # noqa: F401  (ElasticsearchBadRequest, SearchUnavailable)
-from services.gateway.exceptions import MethodNotAllowed, NotImplementedYet
+from services.gateway.exceptions import MethodNotAllowed
 from shared.exceptions import (Conflict, DSSError, Forbidden, InvalidParameter, InvalidRequest, NotAcceptable,
                                NotFound, PayloadTooLarge, Unauthorized, Unavailable, UnsupportedMediaType,
                                Unprocessable)
@@ -38,7 +38,6 @@ STATUS_BY_TYPE: dict[type[DSSError], int] = {
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,
     Unprocessable: 422,
-    NotImplementedYet: 501,
     Unavailable: 503,
 }
 
@@ -73,6 +72,16 @@ def response_for_exception(error: BaseException) -> Response:
     else:
         logger.error("unexpected %s in the gateway: %s", type(error).__name__, error)
     return internal_error()
+
+
+def drs_response_for_exception(error: BaseException) -> Response:
+    """The GA4GH DRS error body ``{msg, status_code}`` for ``error``, its status from the same table."""
+    problem_response = response_for_exception(error)
+    body = json.loads(problem_response.get_data())
+    headers = {name: value for name, value in problem_response.headers.items()
+               if name in ("Retry-After", "WWW-Authenticate")}
+    return Response(json.dumps({"msg": body["title"], "status_code": body["status"]}),
+                    status=problem_response.status_code, headers=headers, content_type="application/json")
 
 
 def internal_error() -> Response:

@@ -5,8 +5,3 @@ from shared.exceptions import DSSError
 class MethodNotAllowed(DSSError):
     """The path exists but not with this HTTP method (405)."""
     code = "method_not_allowed"
-
-
-class NotImplementedYet(DSSError):
-    """Part of the published API that a later issue implements (501)."""
-    code = "not_implemented"

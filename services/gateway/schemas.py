@@ -123,6 +123,27 @@ class DeleteCollectionQuery(Schema):
     version = VersionField()  # accepted for compatibility; a collection tombstone covers every version
 
 
+class CheckoutBundleQuery(Schema):
+    replica = Replica()
+    version = VersionField()
+
+
+class CheckoutJobQuery(Schema):
+    replica = Replica()
+
+
+class DrsObjectQuery(Schema):
+    # DRS clients know nothing of replicas: the `aws` one unless asked (an access id names its own).
+    replica = Replica(required=False, load_default="aws")
+    version = VersionField()
+    expand = fields.Boolean(load_default=False)
+
+
+class DrsAccessQuery(Schema):
+    replica = Replica(required=False, load_default="aws")
+    version = VersionField()
+
+
 class SearchQuery(Schema):
     replica = Replica()
     output_format = fields.String(load_default="summary", validate=validate.OneOf(("summary", "raw")))
@@ -217,6 +238,11 @@ class PatchCollectionBody(Schema):
     name = fields.String()
     description = fields.String()
     details = fields.Dict()
+
+
+class CheckoutBundleBody(Schema):
+    destination = fields.String(validate=validate.Length(min=1, max=1024))
+    email = fields.Email()
 
 
 class SearchBody(Schema):

@@ -2,7 +2,7 @@
 
 Each entrypoint authenticates (where the API asks for a token), validates its query string and
 body, makes one RPC call and shapes the answer; errors of any kind become problem+json (see
-``errors.py``). Parts of the API that later issues implement answer 501 ``not_implemented``.
+``errors.py``), or DRS error bodies on the GA4GH DRS routes.
 """
 from __future__ import annotations
 
@@ -15,34 +15,18 @@ from werkzeug.wrappers import Response
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import HEALTH_TIMEOUT_S, Auth, Broker, GatewaySettings, ServiceRpc
 from services.gateway.errors import RETRY_AFTER_S
-from services.gateway.exceptions import NotImplementedYet
-from services.gateway.web import api, file_headers, json_body, json_response, next_link, paged, query
+from services.gateway.web import (api, drs_api, file_headers, json_body, json_response, next_link,
+                                  optional_json_body, paged, query)
 from shared.exceptions import DSSError, InvalidParameter
-from shared.identifiers import Keys, Replica, bundle_url, new_version, normalize_uuid, split_fqid
+from shared.identifiers import bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
 # The services whose health /internal/health reports (each one's `health` RPC).
-PROBED_SERVICES = ("files", "bundles", "indexer", "notifier")
+PROBED_SERVICES = ("files", "bundles", "indexer", "notifier", "checkout")
 
 PUT_STATUS = {"created": 201, "exists": 200, "accepted": 202}
-
-# (swagger path, method) -> what will serve it. Routed here to a 501 until its issue lands; a test
-# keeps this list and the swagger document in step.
-NOT_YET_SERVED = {
-    ("/bundles/{uuid}/checkout", "post"): "bundle checkout (the checkout service)",
-    ("/bundles/checkout/{checkout_job_id}", "get"): "bundle checkout (the checkout service)",
-    ("/ga4gh/drs/v1/objects/{object_id}", "get"): "GA4GH DRS (needs the checkout service)",
-}
-
-
-def not_yet(path: str, method: str) -> NotImplementedYet:
-    method = "get" if method == "head" else method  # werkzeug routes HEAD to GET rules
-    area = NOT_YET_SERVED[(path, method)]
-    return NotImplementedYet(f"{method.upper()} /v1{path} is not served yet: {area} arrives in a later release",
-                             "not_implemented")
-
 
 def api_file(entry: dict) -> dict:
     """A manifest entry in API form (``s3_etag``, not the stored ``s3-etag``)."""
@@ -50,11 +34,6 @@ def api_file(entry: dict) -> dict:
     if "s3-etag" in entry:
         entry.setdefault("s3_etag", entry.pop("s3-etag"))
     return entry
-
-
-def direct_url(settings, replica: str, entry: dict) -> str:
-    blob = Keys.blob(entry["sha256"], entry["sha1"], entry["s3_etag"], entry["crc32c"])
-    return f"{Replica(replica).scheme}://{settings.bucket(replica)}/{blob}"
 
 
 def _healthy(report: dict) -> bool:
@@ -72,6 +51,7 @@ class GatewayService:
     bundles = ServiceRpc("bundles")
     indexer = ServiceRpc("indexer")
     notifier = ServiceRpc("notifier")
+    checkout = ServiceRpc("checkout")
     broker = Broker()
     metrics = Metrics()
 
@@ -127,10 +107,16 @@ class GatewayService:
             metadata = self.files.head_file(params["replica"], uuid, params.get("version"))
             return Response(status=200, headers=file_headers(metadata))
         params = query(request, schemas.GetFileQuery())
-        metadata = self.files.get_file(params["replica"], uuid, params.get("version"), params["directurl"],
-                                       params.get("content_disposition"))
-        headers = file_headers(metadata)
-        headers["Location"] = metadata["url"]
+        result = self.checkout.get_file(params["replica"], uuid, params.get("version"), params["directurl"],
+                                        params.get("content_disposition"), params.get("token"))
+        headers = file_headers(result["metadata"])
+        if result["status"] == "pending":
+            # Back to this very URL, pinned to the version being prepared, once the copy had time.
+            headers["Location"] = next_link(self.settings, request, token=result["token"],
+                                            version=result["metadata"]["version"])
+            headers["Retry-After"] = str(result["retry_after"])
+            return Response(status=301, headers=headers)
+        headers["Location"] = result["url"]
         return Response(status=302, headers=headers)
 
     # --- bundles ---------------------------------------------------------------------------------
@@ -165,17 +151,20 @@ class GatewayService:
         params = query(request, schemas.GetBundleQuery())
         if params["directurls"] and params["presignedurls"]:
             raise InvalidParameter("ask for directurls or presignedurls, not both", "only_one_urltype")
-        if params["presignedurls"]:
-            raise NotImplementedYet("presigned bundle URLs need the checkout service, which is not served yet",
-                                    "not_implemented")
         replica = params["replica"]
         result = self.bundles.get_bundle(replica, uuid, params.get("version"), params["start_at"],
                                          params["per_page"])
         bundle = dict(result["bundle"])
         bundle["files"] = [api_file(entry) for entry in bundle["files"]]
-        if params["directurls"]:
+        url_kind = "presigned" if params["presignedurls"] else "direct" if params["directurls"] else None
+        if url_kind:
+            # URLs point into a checkout of the whole bundle, made on the first such request.
+            urls = self.checkout.bundle_urls(replica, uuid, bundle["version"], url_kind, params.get("token"))
+            if urls["status"] == "pending":
+                location = next_link(self.settings, request, token=urls["token"], version=bundle["version"])
+                return Response(status=301, headers={"Location": location, "Retry-After": str(urls["retry_after"])})
             for entry in bundle["files"]:
-                entry["url"] = direct_url(self.settings, replica, entry)
+                entry["url"] = urls["urls"][entry["name"]]
         link = None
         if result.get("next_start_at") is not None:
             # Pinned to the version read, so a version written meanwhile cannot mix into the pages.
@@ -308,15 +297,45 @@ class GatewayService:
         params = query(request, schemas.GetEventQuery())
         return json_response(self.indexer.get_event(params["replica"], uuid, params["version"]))
 
-    # --- published, served by later issues -------------------------------------------------------
+    # --- bundle checkout (the checkout service) --------------------------------------------------
     @api("POST", "/v1/bundles/<uuid>/checkout")
     def checkout_bundle(self, request, uuid):
-        raise not_yet("/bundles/{uuid}/checkout", "post")
+        uuid = normalize_uuid(uuid)
+        params = query(request, schemas.CheckoutBundleQuery())
+        body = optional_json_body(request, schemas.CheckoutBundleBody(), self.settings.max_request_bytes)
+        result = self.checkout.start_bundle_checkout(params["replica"], uuid, params.get("version"),
+                                                     body.get("destination"), body.get("email"))
+        return json_response({"checkout_job_id": result["checkout_job_id"]})
 
     @api("GET", "/v1/bundles/checkout/<checkout_job_id>")
     def checkout_status(self, request, checkout_job_id):
-        raise not_yet("/bundles/checkout/{checkout_job_id}", "get")
+        params = query(request, schemas.CheckoutJobQuery())
+        return json_response(self.checkout.get_checkout_job(params["replica"], checkout_job_id))
 
-    @api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>")
+    # --- GA4GH DRS 1.4 (the checkout service): at the standard root, and under /v1 as published -----
+    @drs_api("GET", "/ga4gh/drs/v1/service-info")
+    @drs_api("GET", "/v1/ga4gh/drs/v1/service-info")
+    def drs_service_info(self, request):
+        query(request, schemas.NoQuery())
+        return json_response(self.checkout.drs_service_info(apidoc.base_url(self.settings, request)))
+
+    @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>")
+    @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>")
     def drs_object(self, request, object_id):
-        raise not_yet("/ga4gh/drs/v1/objects/{object_id}", "get")
+        object_id = normalize_uuid(object_id)
+        params = query(request, schemas.DrsObjectQuery())
+        return json_response(self.checkout.drs_object(params["replica"], object_id, params.get("version"),
+                                                      apidoc.base_url(self.settings, request), params["expand"]))
+
+    @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
+    @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
+    def drs_access(self, request, object_id, access_id):
+        object_id = normalize_uuid(object_id)
+        params = query(request, schemas.DrsAccessQuery())
+        result = self.checkout.drs_access(params["replica"], object_id, access_id, params.get("version"))
+        if result["status"] == "pending":
+            return Response(status=202, headers={"Retry-After": str(result["retry_after"])})
+        access_url = {"url": result["url"]}
+        if result.get("headers"):
+            access_url["headers"] = result["headers"]
+        return json_response(access_url)

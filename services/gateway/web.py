@@ -78,6 +78,16 @@ class ApiEndpoint(HttpRequestHandler):
 api = ApiEndpoint.decorator
 
 
+class DrsEndpoint(ApiEndpoint):
+    """A GA4GH DRS route: the same status table, errors in DRS's own body ``{msg, status_code}``."""
+
+    def response_from_exception(self, exc):
+        return errors.drs_response_for_exception(exc)
+
+
+drs_api = DrsEndpoint.decorator
+
+
 # --- request and response helpers ------------------------------------------------------------------
 JSON = "application/json"
 
@@ -109,6 +119,13 @@ def json_body(request, schema, limit: int) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise InvalidParameter("the request body is not valid JSON", "invalid_json") from None
     return schemas.load(schema, document, "body")
+
+
+def optional_json_body(request, schema, limit: int) -> dict:
+    """As ``json_body``, for a body that may be left out entirely (no bytes: no fields)."""
+    if not request.content_length and "Transfer-Encoding" not in request.headers:
+        return schemas.load(schema, {}, "body")
+    return json_body(request, schema, limit)
 
 
 def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:

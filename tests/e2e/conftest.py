@@ -3,6 +3,7 @@ reached over real HTTP, on the real broker and both emulators."""
 import pytest
 
 from services.bundles.service import BundlesService
+from services.checkout.service import CheckoutService
 from services.files.service import FilesService
 from services.gateway.service import GatewayService
 from services.indexer.service import IndexerService
@@ -12,7 +13,7 @@ from shared.testing import stage_object
 
 
 # Every service the gateway's health report asks about (services/gateway/service.py PROBED_SERVICES).
-API_SERVICES = (GatewayService, FilesService, BundlesService, IndexerService, NotifierService)
+API_SERVICES = (GatewayService, FilesService, BundlesService, IndexerService, NotifierService, CheckoutService)
 
 
 def start_api(config, web_config, runner_factory, *extra_services):

@@ -23,9 +23,9 @@ from werkzeug.routing import Map
 from services.files.exceptions import FileAlreadyExists, SourceNotFound
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import TimedServiceProxy
-from services.gateway.service import NOT_YET_SERVED, PROBED_SERVICES, GatewayService
+from services.gateway.service import PROBED_SERVICES, GatewayService
 from shared.auth_local import ensure_local_issuer, mint_token
-from shared.exceptions import Forbidden, InvalidRequest, NotAcceptable, NotFound, Unavailable
+from shared.exceptions import Forbidden, InvalidParameter, InvalidRequest, NotAcceptable, NotFound, Unavailable
 from shared.identifiers import is_version
 
 ISSUER = "https://issuer.test/"
@@ -43,6 +43,11 @@ ETAG = "c" * 32
 CRC = "d" * 8
 FILE_META = {"uuid": UUID, "version": VERSION, "creator_uid": 7, "content-type": "application/json", "size": 12,
              "sha256": SHA256, "sha1": SHA1, "s3-etag": ETAG, "crc32c": CRC, "format": "0.0.1"}
+
+
+def ready(metadata, url):
+    """checkout.get_file's answer when the bytes are in the checkout bucket."""
+    return {"status": "ready", "metadata": metadata, "url": url}
 
 
 def remote(error):
@@ -124,13 +129,13 @@ class TestBadInput:
         body = assert_problem(web_session.get("/v1/files/not-a-uuid?replica=aws"), 400, "illegal_uuid")
         assert "not-a-uuid" in body["title"]
         assert_problem(web_session.get("/v1/bundles/1234?replica=aws"), 400, "illegal_uuid")
-        gateway.files.get_file.assert_not_called()
+        gateway.checkout.get_file.assert_not_called()
 
     def test_upper_case_uuid_is_lower_cased(self, gateway, web_session):
-        gateway.files.get_file.return_value = {**FILE_META, "url": "https://example.org/x"}
+        gateway.checkout.get_file.return_value = ready(FILE_META, "https://example.org/x")
         response = web_session.get(f"/v1/files/{UUID.upper()}?replica=aws", allow_redirects=False)
         assert response.status_code == 302
-        gateway.files.get_file.assert_called_once_with("aws", UUID, None, False, None)
+        gateway.checkout.get_file.assert_called_once_with("aws", UUID, None, False, None, None)
 
     @pytest.mark.parametrize("version", ["2017-06-20", "2017-06-20T214506.766634", "2017-06-20T21:45:06.766634Z",
                                          "2017-13-20T214506.766634Z"])
@@ -239,10 +244,15 @@ class TestBadInput:
         assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&directurls=true&presignedurls=true"),
                        400, "only_one_urltype")
 
-    def test_presigned_bundle_urls_need_checkout(self, gateway, web_session):
-        body = assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&presignedurls=true"),
-                              501, "not_implemented")
-        assert "checkout" in body["title"]
+    def test_malformed_drs_requests_get_drs_error_bodies(self, gateway, web_session):
+        for prefix in ("", "/v1"):
+            response = web_session.get(f"{prefix}/ga4gh/drs/v1/objects/not-a-uuid")
+            assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
+            assert response.json() == {"msg": response.json()["msg"], "status_code": 400}
+            assert "not-a-uuid" in response.json()["msg"]
+        response = web_session.get(f"/ga4gh/drs/v1/objects/{UUID}?replica=azure")
+        assert response.status_code == 400 and set(response.json()) == {"msg", "status_code"}
+        gateway.checkout.drs_object.assert_not_called()
 
 
 # --- authentication and authorisation -----------------------------------------------------------------
@@ -382,7 +392,7 @@ class TestServiceErrors:
         gateway.files.head_file.side_effect = remote(NotFound("no such file", "not_found"))
         response = web_session.head(f"/v1/files/{UUID}?replica=gcp")
         assert response.status_code == 404
-        gateway.files.get_file.side_effect = remote(NotFound("no such file", "not_found"))
+        gateway.checkout.get_file.side_effect = remote(NotFound("no such file", "not_found"))
         assert_problem(web_session.get(f"/v1/files/{UUID}?replica=gcp"), 404, "not_found")
         gateway.bundles.delete_bundle.side_effect = remote(Forbidden("not an administrator", "forbidden"))
         response = web_session.delete(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()),
@@ -390,12 +400,12 @@ class TestServiceErrors:
         assert_problem(response, 403, "forbidden")
 
     def test_unknown_remote_error_is_a_generic_500(self, gateway, web_session):
-        gateway.files.get_file.side_effect = RemoteError("KeyError", "'secret-internal-detail'")
+        gateway.checkout.get_file.side_effect = RemoteError("KeyError", "'secret-internal-detail'")
         body = assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 500, "internal_error")
         assert "secret-internal-detail" not in body["title"] and "KeyError" not in body["title"]
 
     def test_gateway_bug_is_a_generic_500(self, gateway, web_session):
-        gateway.files.get_file.return_value = {"no": "url"}  # a malformed answer
+        gateway.checkout.get_file.return_value = {"no": "url"}  # a malformed answer
         assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 500, "internal_error")
 
     def test_unavailable_is_503_with_retry_after(self, gateway, web_session):
@@ -403,7 +413,7 @@ class TestServiceErrors:
         assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws"), 503, "storage_unavailable")
 
     def test_rpc_timeout_is_503(self, gateway, web_session):
-        gateway.files.get_file.side_effect = lambda *args: eventlet.sleep(RPC_TIMEOUT + 2)
+        gateway.checkout.get_file.side_effect = lambda *args: eventlet.sleep(RPC_TIMEOUT + 2)
         began = time.monotonic()
         assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 503, "service_timeout")
         assert time.monotonic() - began < RPC_TIMEOUT + 1.5
@@ -428,16 +438,8 @@ class TestRoutes:
         assert_problem(response, 405, "method_not_allowed")
         assert {"GET", "HEAD", "PUT"} <= {m.strip() for m in response.headers["Allow"].split(",")}
 
-    def test_not_yet_served_answer_501(self, gateway, web_session):
-        for (path, method), area in NOT_YET_SERVED.items():
-            url = "/v1" + path.replace("{uuid}", UUID).replace("{checkout_job_id}", "job-1") \
-                .replace("{object_id}", UUID)
-            body = assert_problem(web_session.request(method.upper(), url), 501, "not_implemented")
-            assert area in body["title"]
-
     def test_every_swagger_operation_is_routed(self, gateway, web_session):
-        """Each (path, method) of the swagger document has a route; those that only answer 501 are the
-        explicit not-yet-served list, and nothing in that list is served for real."""
+        """Each (path, method) of the swagger document has a route of its own."""
         doc = web_session.get("/v1/swagger.json").json()
         url_map = Map()
         for entrypoint in gateway.container.entrypoints:
@@ -445,15 +447,13 @@ class TestRoutes:
             rule.endpoint = entrypoint.method_name
             url_map.add(rule)
         adapter = url_map.bind("localhost")
-        stubs = {"checkout_bundle", "checkout_status", "drs_object"}
-        swagger_ops = set()
+        endpoints = set()
         for path, method, _ in apidoc.operations(doc):
-            swagger_ops.add((path, method))
             concrete = "/v1" + path.replace("{uuid}", UUID).replace("{checkout_job_id}", "j") \
-                .replace("{object_id}", UUID)
+                .replace("{object_id}", UUID).replace("{access_id}", "a")
             endpoint, _ = adapter.match(concrete, method=method.upper())
-            assert (endpoint in stubs) == ((path, method) in NOT_YET_SERVED), (path, method, endpoint)
-        assert set(NOT_YET_SERVED) <= swagger_ops
+            endpoints.add((endpoint, method))
+        assert len(endpoints) == len(list(apidoc.operations(doc)))
 
 
 # --- successful answers ---------------------------------------------------------------------------
@@ -501,13 +501,24 @@ class TestFiles:
         gateway.files.head_file.assert_called_once_with("gcp", UUID, VERSION)
 
     def test_get_redirects(self, gateway, web_session):
-        gateway.files.get_file.return_value = {**FILE_META, "url": "s3://main-s3/blobs/x"}
+        gateway.checkout.get_file.return_value = ready(FILE_META, "s3://checkout-s3/blobs/x")
         response = web_session.get(f"/v1/files/{UUID}?replica=aws&directurl=true&content_disposition=attachment",
                                    allow_redirects=False)
         assert response.status_code == 302
-        assert response.headers["Location"] == "s3://main-s3/blobs/x"
+        assert response.headers["Location"] == "s3://checkout-s3/blobs/x"
         assert response.headers["X-DSS-SHA256"] == SHA256
-        gateway.files.get_file.assert_called_once_with("aws", UUID, None, True, "attachment")
+        gateway.checkout.get_file.assert_called_once_with("aws", UUID, None, True, "attachment", None)
+
+    def test_get_while_the_copy_runs_redirects_to_itself_with_a_token(self, gateway, web_session):
+        gateway.checkout.get_file.return_value = {"status": "pending", "metadata": FILE_META, "token": "t-1",
+                                                  "retry_after": 7}
+        response = web_session.get(f"/v1/files/{UUID}?replica=aws", allow_redirects=False)
+        assert response.status_code == 301 and response.headers["Retry-After"] == "7"
+        location = response.headers["Location"]
+        assert f"/v1/files/{UUID}?" in location and "token=t-1" in location and f"version={VERSION}" in location
+        assert response.headers["X-DSS-SHA256"] == SHA256
+        web_session.get(location, allow_redirects=False)
+        assert gateway.checkout.get_file.call_args[0] == ("aws", UUID, VERSION, False, None, "t-1")
 
 
 def manifest_file(i):
@@ -552,15 +563,27 @@ class TestBundles:
         assert [f["size"] for f in files] == list(range(11))
         assert gateway.bundles.get_bundle.call_args_list[-1] == mock.call("aws", UUID, VERSION, 10, 10)
 
-    def test_direct_urls(self, gateway, web_session):
+    def test_urls_come_from_the_bundle_checkout(self, gateway, web_session):
         stored_form = {**manifest_file(0)}
         stored_form["s3-etag"] = stored_form.pop("s3_etag")
         gateway.bundles.get_bundle.return_value = {
             "bundle": {"uuid": UUID, "version": VERSION, "creator_uid": 1, "files": [stored_form]},
             "next_start_at": None}
-        files = web_session.get(f"/v1/bundles/{UUID}?replica=gcp&directurls=True").json()["bundle"]["files"]
-        assert files[0]["url"] == f"gs://main-gs/blobs/{SHA256}.{SHA1}.{ETAG}.{CRC}"
+        gateway.checkout.bundle_urls.return_value = {"status": "pending", "version": VERSION, "token": "job-1",
+                                                     "retry_after": 3}
+        response = web_session.get(f"/v1/bundles/{UUID}?replica=gcp&directurls=True", allow_redirects=False)
+        assert response.status_code == 301 and response.headers["Retry-After"] == "3"
+        assert "token=job-1" in response.headers["Location"] and f"version={VERSION}" in response.headers["Location"]
+        assert gateway.checkout.bundle_urls.call_args[0] == ("gcp", UUID, VERSION, "direct", None)
+
+        url = f"gs://checkout-gs/bundles/{UUID}.{VERSION}/f0.json"
+        gateway.checkout.bundle_urls.return_value = {"status": "ready", "version": VERSION, "urls": {"f0.json": url}}
+        files = web_session.get(response.headers["Location"]).json()["bundle"]["files"]
+        assert files[0]["url"] == url
         assert files[0]["s3_etag"] == ETAG and "s3-etag" not in files[0]
+        assert gateway.checkout.bundle_urls.call_args[0] == ("gcp", UUID, VERSION, "direct", "job-1")
+        web_session.get(f"/v1/bundles/{UUID}?replica=gcp&presignedurls=true")
+        assert gateway.checkout.bundle_urls.call_args[0][3] == "presigned"
 
     def test_public_url_is_the_link_base(self, container_factory, gateway_config, web_session):
         gateway_config["DSS_PUBLIC_URL"] = "https://dss.example.org/"
@@ -808,6 +831,76 @@ class TestEvents:
         assert_problem(web_session.get(f"/v1/events/{UUID}?replica=aws&version={VERSION}"), 404, "not_found")
 
 
+class TestCheckout:
+    def test_start_and_follow_a_bundle_checkout(self, gateway, web_session):
+        gateway.checkout.start_bundle_checkout.return_value = {"checkout_job_id": "job-1", "version": VERSION}
+        response = web_session.post(f"/v1/bundles/{UUID.upper()}/checkout?replica=aws",
+                                    json={"destination": "my-bucket", "email": "me@example.org"})
+        assert (response.status_code, response.json()) == (200, {"checkout_job_id": "job-1"})
+        assert gateway.checkout.start_bundle_checkout.call_args[0] == \
+            ("aws", UUID, None, "my-bucket", "me@example.org")
+        response = web_session.post(f"/v1/bundles/{UUID}/checkout?replica=gcp&version={VERSION}")  # no body
+        assert response.status_code == 200
+        assert gateway.checkout.start_bundle_checkout.call_args[0] == ("gcp", UUID, VERSION, None, None)
+
+        status = {"status": "SUCCEEDED", "location": f"s3://my-bucket/bundles/{UUID}.{VERSION}/"}
+        gateway.checkout.get_checkout_job.return_value = status
+        response = web_session.get("/v1/bundles/checkout/job-1?replica=aws")
+        assert (response.status_code, response.json()) == (200, status)
+        assert gateway.checkout.get_checkout_job.call_args[0] == ("aws", "job-1")
+
+    def test_bad_checkout_requests(self, gateway, web_session):
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "not-an-address"}),
+                       400, "illegal_arguments")
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"colour": "red"}),
+                       400, "illegal_arguments")
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout"), 400)
+        gateway.checkout.start_bundle_checkout.assert_not_called()
+        gateway.checkout.start_bundle_checkout.side_effect = remote(
+            InvalidParameter("bucket nope is not writable", "invalid_destination"))
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"destination": "nope"}),
+                       400, "invalid_destination")
+        gateway.checkout.get_checkout_job.side_effect = remote(NotFound("no such checkout job", "not_found"))
+        assert_problem(web_session.get("/v1/bundles/checkout/job-2?replica=aws"), 404, "not_found")
+
+
+class TestDrs:
+    def test_objects_at_the_standard_root_and_under_v1(self, gateway, web_session):
+        drs_object = {"id": UUID, "self_uri": f"drs://localhost/{UUID}", "size": 12}
+        gateway.checkout.drs_object.return_value = drs_object
+        for prefix in ("", "/v1"):
+            response = web_session.get(f"{prefix}/ga4gh/drs/v1/objects/{UUID}")
+            assert (response.status_code, response.json()) == (200, drs_object)
+            replica, object_id, version, base, expand = gateway.checkout.drs_object.call_args[0]
+            assert (replica, object_id, version, expand) == ("aws", UUID, None, False)
+            assert base.startswith("http://")
+        web_session.get(f"/ga4gh/drs/v1/objects/{UUID}?replica=gcp&version={VERSION}&expand=true")
+        assert gateway.checkout.drs_object.call_args[0][::2] == ("gcp", VERSION, True)
+
+    def test_access_urls_and_202_while_the_copy_runs(self, gateway, web_session):
+        gateway.checkout.drs_access.return_value = {"status": "pending", "retry_after": 5}
+        response = web_session.get(f"/ga4gh/drs/v1/objects/{UUID}/access/s3-aws")
+        assert response.status_code == 202 and response.headers["Retry-After"] == "5"
+        gateway.checkout.drs_access.return_value = {"status": "ready", "url": "https://example.org/b"}
+        response = web_session.get(f"/v1/ga4gh/drs/v1/objects/{UUID}/access/s3-aws?replica=gcp")
+        assert (response.status_code, response.json()) == (200, {"url": "https://example.org/b"})
+        assert gateway.checkout.drs_access.call_args[0] == ("gcp", UUID, "s3-aws", None)
+
+    def test_errors_are_drs_error_bodies(self, gateway, web_session):
+        gateway.checkout.drs_object.side_effect = remote(NotFound("no such object", "not_found"))
+        response = web_session.get(f"/ga4gh/drs/v1/objects/{UUID}")
+        assert (response.status_code, response.json()) == (404, {"msg": "no such object", "status_code": 404})
+        gateway.checkout.drs_access.side_effect = remote(Unavailable("GCS is unreachable", "storage_unavailable"))
+        response = web_session.get(f"/ga4gh/drs/v1/objects/{UUID}/access/gs-gcp")
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) > 0
+        assert response.json() == {"msg": "GCS is unreachable", "status_code": 503}
+
+    def test_service_info(self, gateway, web_session):
+        gateway.checkout.drs_service_info.return_value = {"id": "org.example.dss", "type": {"artifact": "drs"}}
+        response = web_session.get("/ga4gh/drs/v1/service-info")
+        assert response.status_code == 200 and response.json()["type"]["artifact"] == "drs"
+
+
 # --- documents ---------------------------------------------------------------------------------------
 CONTRACT_OPERATIONS = {
     ("/files/{uuid}", "put"), ("/files/{uuid}", "head"), ("/files/{uuid}", "get"),
@@ -818,6 +911,7 @@ CONTRACT_OPERATIONS = {
     ("/collections", "put"), ("/collections", "get"), ("/collections/{uuid}", "get"),
     ("/collections/{uuid}", "patch"), ("/collections/{uuid}", "delete"), ("/events", "get"),
     ("/events/{uuid}", "get"), ("/ga4gh/drs/v1/objects/{object_id}", "get"), ("/swagger.json", "get"),
+    ("/ga4gh/drs/v1/service-info", "get"), ("/ga4gh/drs/v1/objects/{object_id}/access/{access_id}", "get"),
 }
 JWT_OPERATIONS = {op for op in CONTRACT_OPERATIONS
                   if op[0].startswith(("/subscriptions", "/collections"))
@@ -846,6 +940,11 @@ VALIDATED_BY = {
     "deleteSubscription": (schemas.SubscriptionsQuery, None),
     "listEvents": (schemas.ListEventsQuery, None),
     "getEvent": (schemas.GetEventQuery, None),
+    "checkoutBundle": (schemas.CheckoutBundleQuery, schemas.CheckoutBundleBody),
+    "getCheckoutJob": (schemas.CheckoutJobQuery, None),
+    "getDrsServiceInfo": (schemas.NoQuery, None),
+    "getDrsObject": (schemas.DrsObjectQuery, None),
+    "getDrsAccessUrl": (schemas.DrsAccessQuery, None),
     "getSwagger": (schemas.NoQuery, None),
 }
 
