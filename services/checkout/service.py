@@ -10,20 +10,29 @@ Two parts, each with its own module:
   bucket of the user's choice, its job state durable in the checkout bucket, with an e-mail when
   it ends.
 """
+import importlib.metadata
 import logging
 
 from marshmallow import EXCLUDE, ValidationError
-from nameko.events import EventDispatcher
+from nameko.events import BROADCAST, EventDispatcher, event_handler
 from nameko.rpc import rpc
 
 from shared import events
+from shared.exceptions import InvalidParameter, Unprocessable
+from shared.identifiers import REPLICAS
 from shared.mail import Mail, MailNotSent
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber
-from shared.schemas import BundleCheckoutRequested, load_arguments
+from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, FileCreated, ObjectReplicated,
+                            load_arguments)
 
+from services.checkout import drs
+from services.checkout.dependencies import FileCheckouts
+from services.checkout.file_entrypoints import copy_event_handler, sweep_timer
+from services.checkout.files import Blob, uuid_of_file_key
 from services.checkout.jobs import CheckoutJobs, checkout_job_event_handler, completion_email, job_view
 from services.checkout.jobs_schemas import BundleUrlsCall, CheckoutJobCall, StartBundleCheckoutCall
+from services.checkout.schemas import DrsAccessCall, DrsObjectCall, DrsServiceInfoCall, GetFileCall, SweepCall
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +44,108 @@ class CheckoutService:
     dispatch = EventDispatcher()
 
     # --- file checkout (GET /files, DRS) -------------------------------------------------------------
+    file_checkouts = FileCheckouts()
+
+    @rpc
+    def get_file(self, replica, uuid, version=None, directurl=False, content_disposition=None, token=None):
+        """GET /files/{uuid}: ``{"status": "ready", "metadata", "url"}`` (a presigned URL of the
+        blob's copy in the checkout bucket, or its ``s3://`` / ``gs://`` URL with ``directurl``), or
+        ``{"status": "pending", "metadata", "token", "retry_after"}`` while a large copy runs;
+        ``metadata`` is what ``files.head_file`` answers. 404; 400 ``illegal_token``."""
+        call = load_arguments(GetFileCall(), {"replica": replica, "uuid": uuid, "version": version,
+                                              "directurl": directurl, "content_disposition": content_disposition,
+                                              "token": token}, none_is_default=True)
+        answer, copy_request = self.file_checkouts.read_file(call["replica"], call["uuid"], call["version"],
+                                                             call["directurl"], call["content_disposition"],
+                                                             call["token"])
+        self._request_copy(copy_request)
+        return answer
+
+    @rpc
+    def drs_service_info(self, base_url):
+        """GET /ga4gh/drs/v1/service-info: the GA4GH service-info document of DRS 1.4."""
+        call = load_arguments(DrsServiceInfoCall(), {"base_url": base_url})
+        return drs.service_info(call["base_url"], importlib.metadata.version("dss"))
+
+    @rpc
+    def drs_object(self, replica, object_id, version=None, base_url="http://localhost", expand=False):
+        """GET /ga4gh/drs/v1/objects/{object_id}: the DRS object of a file version or of a bundle
+        version (``drs``: ids are ``{uuid}`` or ``{uuid}.{version}``, files looked up first). 404;
+        400 ``illegal_object_id``."""
+        call = load_arguments(DrsObjectCall(), {"replica": replica, "object_id": object_id, "version": version,
+                                                "base_url": base_url, "expand": expand}, none_is_default=True)
+        return self.file_checkouts.drs_object(call["replica"], call["object_id"], call["version"],
+                                              call["base_url"])
+
+    @rpc
+    def drs_access(self, replica, object_id, access_id, version=None):
+        """GET /ga4gh/drs/v1/objects/{object_id}/access/{access_id}: ``{"status": "ready", "url"}``
+        or ``{"status": "pending", "retry_after"}`` (202) while the copy runs. The access id names
+        the replica (``replica`` is only checked); 404 an unknown access id."""
+        call = load_arguments(DrsAccessCall(), {"replica": replica, "object_id": object_id, "access_id": access_id,
+                                                "version": version}, none_is_default=True)
+        answer, copy_request = self.file_checkouts.drs_access(call["object_id"], call["access_id"], call["version"])
+        self._request_copy(copy_request)
+        return answer
+
+    @rpc
+    def sweep(self, replica, start_after=None, limit=None):
+        """Delete expired copies of ``replica``'s checkout bucket now (for operators and tests):
+        ``{"replica", "examined", "deleted", "kept", "markers_deleted", "next_start_after"}``, at most
+        ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) copies examined after ``start_after``."""
+        call = load_arguments(SweepCall(), {"replica": replica, "start_after": start_after, "limit": limit},
+                              none_is_default=True)
+        return self.file_checkouts.sweep(call["replica"], call["start_after"], call["limit"])
+
+    @sweep_timer
+    def sweep_expired_copies(self):
+        """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
+        return {replica: self.file_checkouts.sweep_next_batch(replica) for replica in REPLICAS}
+
+    @copy_event_handler("checkout", events.FILE_CHECKOUT_REQUESTED, give_up_on=(ValidationError, Unprocessable,
+                                                                                InvalidParameter))
+    def handle_file_checkout_requested(self, payload):
+        """A large copy (or refresh) into the checkout bucket, acknowledged once made and verified."""
+        request = FileCheckoutRequested(unknown=EXCLUDE).load(payload)
+        verdict = self.file_checkouts.copy_requested(request)
+        return {"replica": request["replica"], "blob_key": request["blob_key"], "state": verdict.state.value}
+
+    @copy_event_handler("files", events.FILE_CREATED, give_up_on=(ValidationError, Unprocessable, InvalidParameter))
+    def handle_file_created(self, payload):
+        """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
+        created = FileCreated(unknown=EXCLUDE).load(payload)
+        blob = Blob.from_key(created["blob_key"], created["size"], created["content_type"])
+        verdict = self.file_checkouts.warm(created["replica"], blob)
+        return None if verdict is None else {"replica": created["replica"], "blob_key": blob.key,
+                                             "state": verdict.state.value}
+
+    # Every checkout process forgets the latest version it knew of a file that has a new one.
+    @event_handler("files", events.FILE_CREATED, handler_type=BROADCAST, reliable_delivery=False)
+    def forget_latest_file_version(self, payload):
+        self.file_checkouts.forget_latest_version(payload["replica"], payload["uuid"])
+
+    @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False)
+    def forget_latest_replicated_file_version(self, payload):
+        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        uuid = uuid_of_file_key(replicated["key"])
+        if uuid is not None:
+            self.file_checkouts.forget_latest_version(replicated["destination_replica"], uuid)
+
+    @rpc
+    def health(self):
+        """``{"ok", "aws": {"ok", "detail"}, "gcp": {...}}``: both replicas' main and checkout buckets."""
+        return self.file_checkouts.health()
+
+    def _request_copy(self, copy_request):
+        if copy_request is None:
+            return
+        try:
+            self.dispatch(events.FILE_CHECKOUT_REQUESTED, FileCheckoutRequested().dump(copy_request))
+        except Exception:
+            # Not on its way: without its marker, the client's next round asks again.
+            self.file_checkouts.withdraw_copy_request(copy_request["replica"], copy_request["blob_key"])
+            raise
+
 
     # --- bundle checkout jobs ------------------------------------------------------------------------
     checkout_jobs = CheckoutJobs()

@@ -1,0 +1,484 @@
+"""The checkout service's view of storage for file checkout: file metadata and bundle manifests
+read from each replica's main bucket, blobs copied, verified, into its checkout bucket, and the
+copies served, refreshed and swept there (the rules are in ``files.py``).
+
+Checkout bucket layout (per replica; not replicated):
+
+- ``blobs/{sha256}.{sha1}.{s3_etag}.{crc32c}``: the checkout copy of that blob, with metadata
+  ``dss-checked-out`` (when it was made and verified) and the content type of the file it was first
+  checked out for;
+- ``copying/blobs/...``: a marker while a background copy of that blob is under way (JSON
+  ``{reason, requested, deadline}``), so that clients coming back meanwhile do not start another;
+  the copying worker removes it, and one past its deadline (a lost copy) is replaced by the next
+  request and deleted by the sweeper.
+
+What a process has seen is shared by its workers (``CheckoutState``): file documents for good (a
+version never changes), a file's latest version and a copy's freshness for
+``DSS_CHECKOUT_CACHE_SECONDS``. A new version is announced by ``file_created`` or
+``object_replicated``, which make every checkout process forget that file's latest version.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Callable, Iterator
+
+import eventlet
+from prometheus_client import Counter, Histogram
+
+from shared.blobstore import BlobAlreadyExists, BlobNotFound, BlobStoreUnavailable
+from shared.checksums import ChecksumPass
+from shared.config import Settings
+from shared.copies import copy_verified
+from shared.exceptions import NotFound, Unavailable
+from shared.identifiers import Keys, REPLICAS
+from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
+
+from services.checkout import drs
+from services.checkout.files import (COPY_PREFIX, Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
+                                     SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
+
+logger = logging.getLogger(__name__)
+
+MARKER_PREFIX = "copying/"
+# Blobs up to this size are copied by reading them here, checking their four checksums and writing
+# them (two requests, the bytes verified before they are written); larger ones server-side.
+THROUGH_PROCESS_BYTES = 1024 * 1024
+# How long a background copy may take before the next request may start another: a floor, plus
+# the size at a rate any cloud's server-side copy beats.
+MARKER_MIN_SECONDS = 900
+MARKER_RATE_BYTES = 20 * 1024 * 1024
+STAT_CONCURRENCY = 16
+
+COPIES = Counter("dss_checkout_copies_total", "Copies made into a checkout bucket, by why they were made: "
+                 "inline (a read), background (a large read), warm (a new file), refresh (a copy near its expiry).",
+                 ["replica", "reason"])
+COPIED_BYTES = Counter("dss_checkout_bytes_copied_total", "Bytes copied into a checkout bucket.",
+                       ["replica", "reason"])
+COPY_SECONDS = Histogram("dss_checkout_copy_seconds", "Time to make and verify one checkout copy.",
+                         ["replica", "reason"],
+                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800))
+READS = Counter("dss_checkout_reads_total", "GET /files and DRS access answers: ready (a URL) or pending "
+                "(come back later).", ["replica", "outcome"])
+SWEPT = Counter("dss_checkout_swept_total", "Expired copies the sweeper deleted from a checkout bucket.",
+                ["replica"])
+
+
+def marker_key(blob_key: str) -> str:
+    return MARKER_PREFIX + blob_key
+
+
+@dataclasses.dataclass
+class CheckoutState:
+    """What one checkout process has seen, shared by its workers."""
+    cache_seconds: float
+    clock: Callable[[], float] = time.time
+    copies: ExpiringCache = None       # (replica, blob key) -> True: a fresh copy, seen lately
+    requested: ExpiringCache = None    # (replica, blob key) -> True: a background copy was requested
+    latest: ExpiringCache = None       # (replica, uuid) -> the latest version, seen lately
+    documents: ExpiringCache = None    # (replica, uuid, version) -> the file document (never changes)
+    flights: SingleFlight = None
+    sweep_cursors: dict = None         # replica -> the key the sweeper's next run starts after
+
+    def __post_init__(self):
+        self.copies = ExpiringCache(self.clock)
+        self.requested = ExpiringCache(self.clock)
+        self.latest = ExpiringCache(self.clock)
+        self.documents = ExpiringCache(self.clock, max_entries=20_000)
+        self.flights = SingleFlight()
+        self.sweep_cursors = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkout:
+    """The outcome of asking for a blob's checkout copy: ``ready`` to serve now, and the payload of
+    a ``file_checkout_requested`` event to dispatch (a background copy or refresh), if any."""
+    ready: bool
+    copy_request: dict | None = None
+
+
+class FileCheckoutAPI:
+    def __init__(self, replicas: Replicas, settings: Settings, state: CheckoutState):
+        self.replicas = replicas
+        self.settings = settings
+        self.state = state
+        self.clock = state.clock
+        self.lifetime = Lifetime.from_settings(settings)
+
+    # --- file metadata ---------------------------------------------------------------------------
+    def file_metadata(self, replica: str, uuid: str, version: str | None = None) -> dict:
+        """The file document plus ``uuid``, as ``files.head_file`` answers (the latest version when
+        ``version`` is None); ``NotFound``."""
+        storage = self.replicas[replica]
+        if version is None:
+            version = self._latest_version(storage, uuid)
+        key = (replica, uuid, version)
+        doc = self.state.documents.get(key)
+        if doc is None:
+            doc = storage.find_json(Keys.file(uuid, version))
+            if doc is None:
+                raise NotFound(f"no file {uuid} version {version} in replica {replica}")
+            self.state.documents.put(key, doc, until=float("inf"))
+        return {**doc, "uuid": uuid}
+
+    def _latest_version(self, storage: ReplicaStorage, uuid: str) -> str:
+        key = (storage.replica, uuid)
+        version = self.state.latest.get(key)
+        if version is None:
+            observed_at = self.clock()
+            versions, _ = storage.versions(Keys.file_prefix(uuid))  # tombstones do not apply to files
+            if not versions:
+                raise NotFound(f"no file {uuid} in replica {storage.replica}")
+            version = versions[-1]
+            self.state.latest.put(key, version, until=observed_at + self.settings.checkout_cache_seconds,
+                                  observed_at=observed_at)
+        return version
+
+    def forget_latest_version(self, replica: str, uuid: str) -> None:
+        """A version of that file was just written (or replicated) into ``replica``."""
+        self.state.latest.forget((replica, uuid))
+
+    def bundle_manifest(self, replica: str, uuid: str, version: str | None = None) -> tuple[str, dict]:
+        """(version, manifest) of a live bundle version (the latest live one when ``version`` is
+        None); ``NotFound`` when missing or tombstoned."""
+        storage = self.replicas[replica]
+        versions, dead = storage.versions(Keys.bundle_prefix(uuid))
+        live = [v for v in versions if v not in dead] if "*" not in dead else []
+        if version is None:
+            if not live:
+                raise NotFound(f"no bundle {uuid} in replica {replica}")
+            version = live[-1]
+        elif version not in live:
+            raise NotFound(f"no bundle {uuid} version {version} in replica {replica}")
+        return version, storage.read_json(Keys.bundle(uuid, version))
+
+    # --- reading a file (GET /files, DRS access) -------------------------------------------------
+    def read_file(self, replica: str, uuid: str, version: str | None, directurl: bool,
+                  content_disposition: str | None, token: str | None) -> tuple[dict, dict | None]:
+        """The answer of ``get_file`` and the copy request to dispatch, if any."""
+        now = self.clock()
+        waiting = CheckoutToken.decode(token, now) if token is not None else None
+        if waiting is not None:
+            waiting.check_request(replica, uuid, version)
+            version = waiting.version  # every round serves the version the first one found
+        metadata = self.file_metadata(replica, uuid, version)
+        blob = Blob.of_file(metadata)
+        checkout = self.check_out(replica, blob)
+        if checkout.ready:
+            READS.labels(replica, "ready").inc()
+            if waiting is not None:
+                logger.info("served %s of %s after %d round(s), %.0f s", blob.key, replica, waiting.attempt,
+                            waiting.waited(now))
+            return {"status": "ready", "metadata": metadata,
+                    "url": self.url(replica, blob, directurl, content_disposition)}, checkout.copy_request
+        READS.labels(replica, "pending").inc()
+        following = waiting.next() if waiting else CheckoutToken.first(replica, uuid, metadata["version"], now)
+        return {"status": "pending", "metadata": metadata, "token": following.encode(),
+                "retry_after": self.settings.checkout_retry_after}, checkout.copy_request
+
+    def access_file(self, replica: str, uuid: str, version: str) -> tuple[dict, dict | None]:
+        """The answer of ``drs_access`` for a file version in ``replica``, and the copy request."""
+        metadata = self.file_metadata(replica, uuid, version)
+        blob = Blob.of_file(metadata)
+        checkout = self.check_out(replica, blob)
+        if checkout.ready:
+            READS.labels(replica, "ready").inc()
+            return {"status": "ready", "url": self.url(replica, blob)}, checkout.copy_request
+        READS.labels(replica, "pending").inc()
+        return {"status": "pending", "retry_after": self.settings.checkout_retry_after}, checkout.copy_request
+
+    def url(self, replica: str, blob: Blob, directurl: bool = False, content_disposition: str | None = None) -> str:
+        storage = self.replicas[replica]
+        if directurl:
+            return storage.direct_url(blob.key, bucket=storage.checkout_bucket)
+        return storage.presigned_url(blob.key, content_disposition=content_disposition,
+                                     bucket=storage.checkout_bucket)
+
+    def check_out(self, replica: str, blob: Blob) -> Checkout:
+        """Make sure ``blob`` can be served from ``replica``'s checkout bucket: at once when a fresh
+        copy is known or is being made in this process, else after one stat; a missing copy up to
+        ``DSS_CHECKOUT_INLINE_BYTES`` is made now, a larger one requested in the background."""
+        flight_key = (replica, blob.key)
+        if self.state.copies.get(flight_key):
+            return Checkout(True)
+        if self.state.flights.running(flight_key):  # e.g. the warming of a file just created
+            self.ensure_copy(replica, blob, "inline")
+            return Checkout(True)
+        verdict = self.look(replica, blob)
+        inline = blob.size <= self.settings.checkout_inline_bytes
+        if verdict.state is CopyState.FRESH:
+            return Checkout(True)
+        if verdict.state is CopyState.DUE:
+            if not inline:
+                return Checkout(True, self.request_copy(replica, blob, "refresh"))
+            try:
+                self.ensure_copy(replica, blob, "refresh", verdict)
+            except Exception:  # noqa: BLE001 - the copy there is still good for days: serve it
+                logger.warning("could not refresh the checkout copy of %s in %s; serving the current one",
+                               blob.key, replica, exc_info=True)
+            return Checkout(True)
+        if inline:
+            self.ensure_copy(replica, blob, "inline", verdict)
+            return Checkout(True)
+        return Checkout(False, self.request_copy(replica, blob, "read"))
+
+    # --- copies ----------------------------------------------------------------------------------
+    def look(self, replica: str, blob: Blob) -> Verdict:
+        """What can be done with the checkout copy of ``blob``: from this process's memory if it
+        saw it fresh lately, else from one stat."""
+        flight_key = (replica, blob.key)
+        if self.state.copies.get(flight_key):
+            return Verdict(CopyState.FRESH, why="seen lately")
+        storage = self.replicas[replica]
+        try:
+            info = storage.store.stat(storage.checkout_bucket, blob.key)
+        except BlobNotFound:
+            info = None
+        now = self.clock()
+        verdict = self.lifetime.judge(info, blob, now)
+        if verdict.state is CopyState.FRESH:
+            self._remember_fresh(replica, blob, verdict, now)
+        return verdict
+
+    def ensure_copy(self, replica: str, blob: Blob, reason: str, verdict: Verdict | None = None) -> Verdict:
+        """Copy ``blob`` into the checkout bucket unless a fresh copy is there; one copy at a time per
+        blob in this process (a caller arriving meanwhile waits for it). ``verdict``: what a look
+        just found, so that the copy does not stat again."""
+        def copy_unless_fresh() -> Verdict:
+            current = verdict or self.look(replica, blob)
+            if current.state is CopyState.FRESH:
+                return current
+            return self._copy(replica, blob, reason)
+
+        return self.state.flights.run((replica, blob.key), copy_unless_fresh)
+
+    def _copy(self, replica: str, blob: Blob, reason: str) -> Verdict:
+        storage = self.replicas[replica]
+        now = self.clock()
+        started = time.perf_counter()
+        try:
+            if blob.size <= THROUGH_PROCESS_BYTES:
+                self._copy_through_process(storage, blob, now)
+            else:
+                copy_verified(storage.store, storage.bucket, blob.key, storage.checkout_bucket, blob.key,
+                              blob.checksums, blob.size, content_type=blob.content_type,
+                              metadata=copy_metadata(now))
+        except BlobNotFound:
+            raise Unavailable(f"blob {blob.key} is not in replica {replica} (yet)", "blob_unavailable") from None
+        elapsed = time.perf_counter() - started
+        COPIES.labels(replica, reason).inc()
+        COPIED_BYTES.labels(replica, reason).inc(blob.size)
+        COPY_SECONDS.labels(replica, reason).observe(elapsed)
+        logger.info("checked out %s (%d bytes) in %s (%s) in %.3f s", blob.key, blob.size, replica, reason, elapsed)
+        verdict = self.lifetime.new_copy(blob, now)
+        self._remember_fresh(replica, blob, verdict, self.clock())
+        return verdict
+
+    @staticmethod
+    def _copy_through_process(storage: ReplicaStorage, blob: Blob, now: float) -> None:
+        """Read a small blob, check its bytes against its key, write them: what is written is verified."""
+        data = storage.store.get_bytes(storage.bucket, blob.key)
+        checksum_pass = ChecksumPass(len(data))
+        checksum_pass.update(data)
+        if len(data) != blob.size or checksum_pass.result() != blob.checksums:
+            logger.error("blob %s of %s does not hold the bytes its key names; not checked out", blob.key,
+                         storage.replica)
+            raise Unavailable(f"blob {blob.key} of replica {storage.replica} did not verify", "copy_not_verified")
+        storage.store.put_bytes(storage.checkout_bucket, blob.key, data, content_type=blob.content_type,
+                                metadata=copy_metadata(now))
+
+    def _remember_fresh(self, replica: str, blob: Blob, verdict: Verdict, now: float) -> None:
+        until = now + self.settings.checkout_cache_seconds
+        if verdict.refresh_at is not None:
+            until = min(until, verdict.refresh_at)
+        self.state.copies.put((replica, blob.key), True, until)
+
+    # --- background copies -----------------------------------------------------------------------
+    def request_copy(self, replica: str, blob: Blob, reason: str) -> dict | None:
+        """The ``file_checkout_requested`` payload for a background copy of ``blob``, or None when
+        one is under way already (its marker is there and within its deadline)."""
+        flight_key = (replica, blob.key)
+        if self.state.requested.get(flight_key):
+            return None
+        storage = self.replicas[replica]
+        now = self.clock()
+        deadline = now + MARKER_MIN_SECONDS + blob.size / MARKER_RATE_BYTES
+        marker = json.dumps({"reason": reason, "requested": rfc3339(now), "deadline": rfc3339(deadline)}).encode()
+        try:
+            storage.store.put_bytes(storage.checkout_bucket, marker_key(blob.key), marker, content_type=JSON,
+                                    if_absent=True)
+        except BlobAlreadyExists:
+            existing = self._marker_deadline(storage, blob.key)
+            if existing is not None and existing > now:
+                self.state.requested.put(flight_key, True, min(existing, now + self.settings.checkout_cache_seconds))
+                return None
+            logger.warning("the background copy of %s in %s requested earlier did not finish in time; "
+                           "requesting it again", blob.key, replica)
+            storage.store.put_bytes(storage.checkout_bucket, marker_key(blob.key), marker, content_type=JSON)
+        self.state.requested.put(flight_key, True, min(deadline, now + self.settings.checkout_cache_seconds))
+        return {"replica": replica, "blob_key": blob.key, "size": blob.size, "content_type": blob.content_type,
+                "reason": reason}
+
+    def withdraw_copy_request(self, replica: str, blob_key: str) -> None:
+        """The request could not be dispatched: remove its marker, so the next read asks again."""
+        storage = self.replicas[replica]
+        self.state.requested.forget((replica, blob_key))
+        storage.store.delete(storage.checkout_bucket, marker_key(blob_key))
+
+    def copy_requested(self, request: dict) -> Verdict:
+        """Carry out a ``file_checkout_requested`` copy (idempotent: a fresh copy is left alone)."""
+        replica = request["replica"]
+        blob = Blob.from_key(request["blob_key"], request["size"], request["content_type"])
+        verdict = self.ensure_copy(replica, blob, "refresh" if request["reason"] == "refresh" else "background")
+        storage = self.replicas[replica]
+        storage.store.delete(storage.checkout_bucket, marker_key(blob.key))
+        self.state.requested.forget((replica, blob.key))
+        return verdict
+
+    def warm(self, replica: str, blob: Blob) -> Verdict | None:
+        """Copy a new file's blob now if it is small enough to be worth it (``DSS_CHECKOUT_WARM_BYTES``)."""
+        if blob.size > self.settings.checkout_warm_bytes:
+            return None
+        return self.ensure_copy(replica, blob, "warm")
+
+    @staticmethod
+    def _marker_deadline(storage: ReplicaStorage, blob_key: str) -> float | None:
+        try:
+            marker = json.loads(storage.store.get_bytes(storage.checkout_bucket, marker_key(blob_key)))
+        except BlobNotFound:
+            return None
+        except ValueError:  # unreadable: treat as lost
+            return None
+        return parse_rfc3339(marker.get("deadline")) if isinstance(marker, dict) else None
+
+    # --- sweeping --------------------------------------------------------------------------------
+    def sweep(self, replica: str, start_after: str | None = None, limit: int | None = None) -> dict:
+        """Delete the expired copies among the next ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) of
+        ``replica``'s checkout bucket after ``start_after``, and lost background-copy markers;
+        ``next_start_after`` is where the next pass goes on (None: the listing ended)."""
+        storage = self.replicas[replica]
+        limit = limit or self.settings.checkout_sweep_batch
+        keys = _first(storage.store.list_keys(storage.checkout_bucket, COPY_PREFIX, start_after), limit)
+        now = self.clock()
+
+        def stat(key):
+            try:
+                return key, storage.store.stat(storage.checkout_bucket, key)
+            except BlobNotFound:  # deleted meanwhile
+                return key, None
+
+        deleted = kept = 0
+        for key, info in eventlet.GreenPool(STAT_CONCURRENCY).imap(stat, keys):
+            if info is None:
+                continue
+            if self.lifetime.kept(info.content_type, info.size):
+                kept += 1
+            elif self.lifetime.expired(info, now):
+                # An expired copy is one nobody read in its last DSS_CHECKOUT_REFRESH_DAYS (a read
+                # refreshes it), so a read racing this delete is as unlikely as it is harmless:
+                # its next GET copies the blob again.
+                self.state.copies.forget((replica, key))
+                storage.store.delete(storage.checkout_bucket, key)
+                deleted += 1
+                SWEPT.labels(replica).inc()
+        markers = self._sweep_markers(storage, limit, now)
+        if deleted or markers:
+            logger.info("swept %d expired copies and %d lost copy markers of %d examined in %s", deleted, markers,
+                        len(keys), replica)
+        return {"replica": replica, "examined": len(keys), "deleted": deleted, "kept": kept,
+                "markers_deleted": markers, "next_start_after": keys[-1] if len(keys) == limit else None}
+
+    def sweep_next_batch(self, replica: str) -> dict:
+        """One run of the periodic sweeper: the next batch after where the last run stopped."""
+        result = self.sweep(replica, self.state.sweep_cursors.get(replica))
+        self.state.sweep_cursors[replica] = result["next_start_after"]
+        return result
+
+    def _sweep_markers(self, storage: ReplicaStorage, limit: int, now: float) -> int:
+        deleted = 0
+        for key in _first(storage.store.list_keys(storage.checkout_bucket, MARKER_PREFIX), limit):
+            deadline = self._marker_deadline(storage, key[len(MARKER_PREFIX):])
+            if deadline is None or deadline <= now:
+                storage.store.delete(storage.checkout_bucket, key)
+                deleted += 1
+        return deleted
+
+    # --- DRS -------------------------------------------------------------------------------------
+    def drs_object(self, replica: str, object_id: str, version: str | None, base_url: str) -> dict:
+        """The DRS object of a file (looked up first) or bundle (see ``drs``)."""
+        uuid, version = drs.parse_object_id(object_id, version)
+        host = drs.host_of(base_url)
+        try:
+            metadata = self.file_metadata(replica, uuid, version)
+        except NotFound:
+            try:
+                bundle_version, manifest = self.bundle_manifest(replica, uuid, version)
+            except NotFound:
+                raise NotFound(f"no file or bundle {object_id} in replica {replica}", "not_found") from None
+            return drs.bundle_object(uuid, bundle_version, manifest, host)
+        return drs.file_object(metadata, host, self._access_methods(replica, metadata))
+
+    def _access_methods(self, replica: str, metadata: dict) -> list[dict]:
+        """One per replica holding this version, ``replica``'s first; with a URL where a fresh copy is."""
+        blob = Blob.of_file(metadata)
+        order = [replica] + [other for other in REPLICAS if other != replica]
+
+        def method(name: str) -> dict | None:
+            if name != replica:
+                try:
+                    self.file_metadata(name, metadata["uuid"], metadata["version"])
+                except NotFound:
+                    return None
+            url = self.url(name, blob) if self.look(name, blob).state is CopyState.FRESH else None
+            region = self.settings.s3_region if name == "aws" else None
+            return drs.access_method(name, metadata["version"], region, url)
+
+        return [found for found in eventlet.GreenPool(len(order)).imap(method, order) if found is not None]
+
+    def drs_access(self, object_id: str, access_id: str, version: str | None) -> tuple[dict, dict | None]:
+        uuid, version = drs.parse_object_id(object_id, version)
+        access_replica, access_version = drs.parse_access_id(access_id)
+        if version not in (None, access_version):
+            raise NotFound(f"no access method {access_id} for object {object_id}", "not_found")
+        return self.access_file(access_replica, uuid, access_version)
+
+    # --- health ----------------------------------------------------------------------------------
+    def health(self) -> dict:
+        report = {name: _bucket_health(storage) for name, storage in self.replicas.items()}
+        return {"ok": all(state["ok"] for state in report.values()), **report}
+
+
+def _bucket_health(storage: ReplicaStorage) -> dict:
+    try:
+        missing = [bucket for bucket in (storage.bucket, storage.checkout_bucket)
+                   if not storage.store.bucket_exists(bucket)]
+    except BlobStoreUnavailable as error:
+        return {"ok": False, "detail": f"unreachable: {error}"}
+    if missing:
+        return {"ok": False, "detail": f"bucket(s) {', '.join(missing)} missing"}
+    return {"ok": True, "detail": f"buckets {storage.bucket}, {storage.checkout_bucket}"}
+
+
+def _first(keys: Iterator[str], limit: int) -> list[str]:
+    taken = []
+    for key in keys:
+        taken.append(key)
+        if len(taken) >= limit:
+            break
+    return taken
+
+
+class FileCheckouts(StorageProvider):
+    """Injects a ``FileCheckoutAPI`` over both replicas' main and checkout buckets, sharing one
+    ``CheckoutState`` among the workers of the process."""
+
+    api_class = FileCheckoutAPI
+
+    def setup(self):
+        super().setup()
+        self.state = CheckoutState(self.settings.checkout_cache_seconds)
+
+    def get_dependency(self, worker_ctx):
+        return self.api_class(self.replicas, self.settings, self.state)

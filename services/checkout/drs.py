@@ -1,0 +1,152 @@
+"""GA4GH Data Repository Service (DRS) 1.4 documents of the store's files and bundles.
+
+Object ids: DRS wants one id to name one content for good, and a DSS uuid names the latest version
+of a file or bundle; so the ``id`` of every object served is ``{uuid}.{version}`` (both made of
+the characters DRS ids allow), and a request may name an object either way: a bare uuid (plus the
+``version`` parameter, else the latest) or ``{uuid}.{version}``. A uuid is looked up as a file
+first, then as a bundle (a uuid names one or the other in practice).
+
+Access: a file has one access method per replica holding it (``s3`` for ``aws``, ``gs`` for
+``gcp``), each with an ``access_id`` ``{replica}.{version}`` for the ``/access`` endpoint, and an
+``access_url`` as well when a fresh copy in that replica's checkout bucket is already there.
+Bundles have contents and no access methods (the spec makes them optional for bundles).
+
+Checksums: a file lists its four, with the names DRS asks for (``sha-256`` from the IANA registry;
+``sha1``, ``crc32c`` and ``etag`` as the spec names non-IANA ones). A bundle's is the ``sha-256``
+the spec defines for bundles: the SHA-256 of the concatenated, sorted hex SHA-256 checksums of its
+files.
+"""
+from __future__ import annotations
+
+import hashlib
+import urllib.parse
+
+from shared.exceptions import InvalidParameter, NotFound
+from shared.identifiers import REPLICAS, fqid, is_uuid, is_version, normalize_uuid, parse_version
+
+DRS_SPEC_VERSION = "1.4.0"
+SERVICE_ID = "org.humancellatlas.dss"
+SERVICE_NAME = "Human Cell Atlas Data Storage System"
+ORGANIZATION = {"name": "Human Cell Atlas", "url": "https://www.humancellatlas.org"}
+# The bulk endpoints (POST /objects, POST /objects/access) are not served: one object per request.
+MAX_BULK_REQUEST_LENGTH = 1
+ACCESS_TYPES = {"aws": "s3", "gcp": "gs"}
+# DSS checksum names (as stored) -> DRS checksum types.
+CHECKSUM_TYPES = (("sha256", "sha-256"), ("sha1", "sha1"), ("crc32c", "crc32c"), ("s3-etag", "etag"))
+
+
+# --- ids ---------------------------------------------------------------------------------------------
+
+def parse_object_id(object_id: str, version: str | None = None) -> tuple[str, str | None]:
+    """(uuid, version or None) of a DRS object id ``{uuid}`` or ``{uuid}.{version}``; a version in
+    the id and another in the ``version`` parameter is a 400 ``illegal_object_id``."""
+    uuid, dot, pinned = object_id.partition(".")
+    if not is_uuid(uuid) or (dot and not is_version(pinned)):
+        raise InvalidParameter(f"`{object_id[:120]}` is not a DRS object id of this service "
+                               "(`{uuid}` or `{uuid}.{version}`)", "illegal_object_id")
+    if pinned and version and pinned != version:
+        raise InvalidParameter("the object id names another version than the `version` parameter",
+                               "illegal_object_id")
+    return normalize_uuid(uuid), pinned or version
+
+
+def access_id(replica: str, version: str) -> str:
+    return f"{replica}.{version}"
+
+
+def parse_access_id(value: str) -> tuple[str, str]:
+    """(replica, version) of an access id; ``NotFound`` for one this service never hands out (DRS
+    answers an unknown access id with 404)."""
+    replica, _, version = value.partition(".")
+    if replica not in REPLICAS or not is_version(version):
+        raise NotFound(f"no access method `{value[:120]}`", "not_found")
+    return replica, version
+
+
+def host_of(base_url: str) -> str:
+    """The ``host[:port]`` DRS URIs of this service name (hostname-based DRS URIs)."""
+    return urllib.parse.urlsplit(base_url).netloc
+
+
+def drs_uri(host: str, object_id: str) -> str:
+    return f"drs://{host}/{object_id}"
+
+
+def rfc3339_of_version(version: str) -> str:
+    """A DSS version (``2024-01-02T030405.123456Z``) as RFC 3339 (``2024-01-02T03:04:05.123456Z``)."""
+    return parse_version(version).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --- documents ---------------------------------------------------------------------------------------
+
+def service_info(base_url: str, service_version: str) -> dict:
+    """The GA4GH service-info document of this DRS service (the Service schema plus DRS's own)."""
+    base = base_url.rstrip("/")
+    return {
+        "id": SERVICE_ID,
+        "name": SERVICE_NAME,
+        "type": {"group": "org.ga4gh", "artifact": "drs", "version": DRS_SPEC_VERSION},
+        "description": "File bytes of the Human Cell Atlas Data Storage System, served from each replica's "
+                       "checkout bucket through signed URLs; bundles as DRS bundles of their files.",
+        "organization": dict(ORGANIZATION),
+        "documentationUrl": f"{base}/v1/swagger.json",
+        "version": service_version,
+        "maxBulkRequestLength": MAX_BULK_REQUEST_LENGTH,
+    }
+
+
+def file_checksums(metadata: dict) -> list[dict]:
+    return [{"type": drs_type, "checksum": metadata[name]} for name, drs_type in CHECKSUM_TYPES]
+
+
+def access_method(replica: str, version: str, region: str | None = None, url: str | None = None) -> dict:
+    method = {"type": ACCESS_TYPES[replica], "access_id": access_id(replica, version)}
+    if region:
+        method["region"] = region
+    if url:
+        method["access_url"] = {"url": url}
+    return method
+
+
+def file_object(metadata: dict, host: str, access_methods: list[dict]) -> dict:
+    """The DRS object of a file version (``metadata`` as ``files.head_file`` returns it)."""
+    object_id = fqid(metadata["uuid"], metadata["version"])
+    moment = rfc3339_of_version(metadata["version"])
+    return {
+        "id": object_id,
+        "self_uri": drs_uri(host, object_id),
+        "size": int(metadata["size"]),
+        "created_time": moment,
+        "updated_time": moment,  # a version never changes
+        "version": metadata["version"],
+        "mime_type": metadata["content-type"],
+        "checksums": file_checksums(metadata),
+        "access_methods": access_methods,
+        "aliases": [metadata["uuid"]],
+    }
+
+
+def bundle_checksum(files: list[dict]) -> str:
+    """SHA-256 over the sorted hex SHA-256 checksums of the bundle's files, concatenated (the DRS
+    rule for bundles, with SHA-256 as the checksum)."""
+    return hashlib.sha256("".join(sorted(entry["sha256"] for entry in files)).encode("ascii")).hexdigest()
+
+
+def bundle_object(uuid: str, version: str, manifest: dict, host: str) -> dict:
+    """The DRS bundle object of a bundle version: its files as contents (DSS bundles hold files
+    only, so ``expand`` changes nothing)."""
+    object_id = fqid(uuid, version)
+    moment = rfc3339_of_version(version)
+    files = manifest["files"]
+    return {
+        "id": object_id,
+        "self_uri": drs_uri(host, object_id),
+        "size": sum(int(entry["size"]) for entry in files),
+        "created_time": moment,
+        "updated_time": moment,
+        "version": version,
+        "checksums": [{"type": "sha-256", "checksum": bundle_checksum(files)}],
+        "contents": [{"name": entry["name"], "id": fqid(entry["uuid"], entry["version"]),
+                      "drs_uri": [drs_uri(host, fqid(entry["uuid"], entry["version"]))]} for entry in files],
+        "aliases": [uuid],
+    }
