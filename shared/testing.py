@@ -62,6 +62,35 @@ def stage_large_object(store, bucket: str, size: int, *, chunk: int = 8 * 1024 *
     return f"{store.scheme}://{bucket}/{key}", checksums
 
 
+def store_bundle(store, bucket: str, contents: dict[str, bytes], content_type: str = "application/octet-stream",
+                 concurrency: int = 16) -> tuple[str, str, dict]:
+    """A bundle of files named and filled as ``contents``, written straight to a main bucket as the
+    files and bundles services lay it out (blobs, ``files/``, then the manifest; no events), the
+    writes ``concurrency`` at a time on green threads. Returns (uuid, version, manifest)."""
+    import eventlet
+
+    from shared.identifiers import Keys, new_uuid, new_version
+    from shared.schemas import BUNDLE_FORMAT, FileMetadata
+
+    uuid, version = new_uuid(), new_version()
+
+    def store_file(item):
+        name, data = item
+        sums, file_uuid = checksum_bytes(data), new_uuid()
+        store.put_bytes(bucket, sums.blob_key(), data, content_type=content_type)
+        metadata = FileMetadata().dump({"creator_uid": 1, "version": version, "content_type": content_type,
+                                        "size": len(data), **sums.as_api()})
+        store.put_bytes(bucket, Keys.file(file_uuid, version), json.dumps(metadata).encode(),
+                        content_type="application/json")
+        return {"name": name, "uuid": file_uuid, "version": version, "indexed": False, "content-type": content_type,
+                "size": len(data), **sums.as_stored()}
+
+    entries = list(eventlet.GreenPool(concurrency).imap(store_file, contents.items()))
+    manifest = {"format": BUNDLE_FORMAT, "version": version, "creator_uid": 1, "files": entries}
+    store.put_bytes(bucket, Keys.bundle(uuid, version), json.dumps(manifest).encode(), content_type="application/json")
+    return uuid, version, manifest
+
+
 # --- an in-memory blob store, for unit tests -----------------------------------------------------
 
 class MemoryBlobStore(BlobStore):

@@ -368,6 +368,8 @@ class CheckoutJobsAPI:
             except JobEnded:
                 return self._load(storage, job_id)
             raise
+        logger.info("checkout job %s: this run copied %d of the %d files, the others were there and verified",
+                    job_id, run.files_copied, record["files_total"])
         location = storage.store.direct_url(record["destination"], checkout_prefix(record["uuid"], record["version"]))
         return self._end(storage, run.progress(), SUCCEEDED, location=location)[0]
 
@@ -438,6 +440,7 @@ class _JobRun:
         self.jobs, self.storage, self.record = jobs, storage, record
         self.store = storage.store
         self.files_done = 0
+        self.files_copied = 0
         self.error: BaseException | None = None
         self._stopped = eventlet.event.Event()
 
@@ -493,6 +496,7 @@ class _JobRun:
             self._fail(error)
             return
         self.files_done += 1
+        self.files_copied += copied
         JOB_FILES.labels(self.storage.replica, "copied" if copied else "already_there").inc()
         if copied:
             self.jobs.metrics.bytes_copied(self.storage.replica, "bundle_checkout", entry["size"])

@@ -17,9 +17,8 @@ from shared.config import Settings
 from shared.exceptions import InvalidParameter, NotFound, Unavailable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.mail import MailNotSent
-from shared.schemas import BUNDLE_FORMAT, FileMetadata
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore
+from shared.testing import MemoryBlobStore, store_bundle
 
 from services.checkout.jobs import (FAILED, RUNNING, SUCCEEDED, CheckoutJobsAPI, decode_token, encode_token,
                                     job_key, seconds_of, urls_job_id)
@@ -76,23 +75,10 @@ class World:
         return payload
 
     def put_bundle(self, replica="aws", files=None):
-        """A bundle written the way the files and bundles services write it; (uuid, version, contents)."""
+        """A bundle as the files and bundles services store it; (uuid, version, contents)."""
         files = files if files is not None else {f"dir/file-{i}.bin": f"bytes of file {i}".encode() * (i + 1)
                                                  for i in range(6)}
-        store, bucket = self.stores[replica], self.settings.bucket(replica)
-        uuid, version = new_uuid(), new_version()
-        entries = []
-        for name, data in files.items():
-            sums = checksum_bytes(data)
-            file_uuid = new_uuid()
-            store.put_bytes(bucket, sums.blob_key(), data)
-            metadata = FileMetadata().dump({"creator_uid": 1, "version": version, "size": len(data),
-                                            "content_type": "application/octet-stream", **sums.as_api()})
-            store.put_bytes(bucket, Keys.file(file_uuid, version), json.dumps(metadata).encode())
-            entries.append({"name": name, "uuid": file_uuid, "version": version, "indexed": False,
-                            "content-type": "application/octet-stream", "size": len(data), **sums.as_stored()})
-        manifest = {"format": BUNDLE_FORMAT, "version": version, "creator_uid": 1, "files": entries}
-        store.put_bytes(bucket, Keys.bundle(uuid, version), json.dumps(manifest).encode())
+        uuid, version, _ = store_bundle(self.stores[replica], self.settings.bucket(replica), files)
         return uuid, version, files
 
     def record(self, job_id, replica="aws"):
