@@ -2,9 +2,17 @@
 only the scripts whose names do not start with an underscore)."""
 from __future__ import annotations
 
+import os
+import pathlib
+import subprocess
 import threading
+import time
+import uuid as uuid_module
 
 import psutil
+
+RCLONE_INSTALL = ("rclone is not installed: the rclone baselines and ratios are skipped. Install it with "
+                  "`apt-get install -y rclone` (Debian/Ubuntu) or see https://rclone.org/install/, then run again.")
 
 
 def percentile(values, pct):
@@ -40,3 +48,43 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class Rclone:
+    """`rclone` against the emulators of the stack (remotes ``s3local:`` and ``gcslocal:``), with the
+    toolchain's config in a temp file; the baseline the benchmarks measure the store against."""
+
+    def __init__(self, binary: str, settings, workdir: pathlib.Path, extra: list[str]):
+        self.binary = binary
+        self.extra = extra
+        self.config = workdir / "rclone.conf"
+        self.config.write_text(
+            "[s3local]\ntype = s3\nprovider = Other\naccess_key_id = test\nsecret_access_key = test\n"
+            f"endpoint = {settings.s3_endpoint}\nregion = {settings.s3_region}\nforce_path_style = true\n\n"
+            "[gcslocal]\ntype = google cloud storage\nanonymous = true\n"
+            f"endpoint = {settings.gcs_endpoint.rstrip('/')}/storage/v1/\nbucket_policy_only = true\n")
+        self.env = dict(os.environ, RCLONE_CONFIG=str(self.config))
+        # rclone's S3 backend fails with LoadCustomCABundleError when this is set.
+        self.env.pop("AWS_CA_BUNDLE", None)
+
+    def version(self) -> str:
+        return self._run(["version"]).stdout.splitlines()[0]
+
+    def _run(self, arguments: list[str]) -> subprocess.CompletedProcess:
+        result = subprocess.run([self.binary, *arguments], env=self.env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"rclone {' '.join(arguments)} failed ({result.returncode}): {result.stderr[-2000:]}")
+        return result
+
+    def copy(self, source: str, keys: list[str], destination: str, workdir: pathlib.Path) -> float:
+        """Copy exactly ``keys`` of ``source`` (a remote path such as ``s3local:bucket``; no listing
+        of the whole bucket) to ``destination``; seconds taken."""
+        listing = workdir / f"keys-{uuid_module.uuid4().hex}.txt"
+        listing.write_text("\n".join(keys) + "\n")
+        started = time.monotonic()
+        self._run(["copy", "--files-from-raw", str(listing), source, destination, *self.extra])
+        return time.monotonic() - started
+
+    def purge(self, path: str) -> None:
+        """Remove a remote path (``gcslocal:bucket/prefix``) and everything under it."""
+        self._run(["purge", path])

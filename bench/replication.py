@@ -29,7 +29,6 @@ import pathlib
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.files.dependencies import file_metadata_doc  # noqa: E402
-from bench._common import PeakRSS, percentile  # noqa: E402
+from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, percentile  # noqa: E402
 from shared import events  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
@@ -62,8 +61,6 @@ from shared.testing import stage_large_object, stage_object  # noqa: E402
 MiB = 1024 * 1024
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
 RCLONE_SCRATCH_BUCKET = "dss-bench-rclone"
-RCLONE_INSTALL = ("rclone is not installed: the rclone baselines and ratios are skipped. Install it with "
-                  "`apt-get install -y rclone` (Debian/Ubuntu) or see https://rclone.org/install/, then run again.")
 
 TARGET_LAG_P50_S = 1.0
 TARGET_RSS_MIB = 300
@@ -253,44 +250,6 @@ class MachineLoad:
                        "other_cores": max(0.0, busy / elapsed - sum(cores.values()))}
 
 
-class Rclone:
-    """`rclone copy` between the same two emulators, with the toolchain's config in a temp file."""
-
-    def __init__(self, binary: str, settings: Settings, workdir: pathlib.Path, extra: list[str]):
-        self.binary = binary
-        self.extra = extra
-        self.config = workdir / "rclone.conf"
-        self.config.write_text(
-            "[s3local]\ntype = s3\nprovider = Other\naccess_key_id = test\nsecret_access_key = test\n"
-            f"endpoint = {settings.s3_endpoint}\nregion = {settings.s3_region}\nforce_path_style = true\n\n"
-            "[gcslocal]\ntype = google cloud storage\nanonymous = true\n"
-            f"endpoint = {settings.gcs_endpoint.rstrip('/')}/storage/v1/\nbucket_policy_only = true\n")
-        self.env = dict(os.environ, RCLONE_CONFIG=str(self.config))
-        # rclone's S3 backend fails with LoadCustomCABundleError when this is set.
-        self.env.pop("AWS_CA_BUNDLE", None)
-
-    def version(self) -> str:
-        return self._run(["version"]).stdout.splitlines()[0]
-
-    def _run(self, arguments: list[str]) -> subprocess.CompletedProcess:
-        result = subprocess.run([self.binary, *arguments], env=self.env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"rclone {' '.join(arguments)} failed ({result.returncode}): {result.stderr[-2000:]}")
-        return result
-
-    def copy(self, source_bucket: str, keys: list[str], destination: str, workdir: pathlib.Path) -> float:
-        """Copy exactly ``keys`` (no listing of the whole main bucket); seconds taken."""
-        listing = workdir / f"keys-{uuid_module.uuid4().hex}.txt"
-        listing.write_text("\n".join(keys) + "\n")
-        started = time.monotonic()
-        self._run(["copy", "--files-from-raw", str(listing), f"s3local:{source_bucket}", f"gcslocal:{destination}",
-                   *self.extra])
-        return time.monotonic() - started
-
-    def purge(self, path: str) -> None:
-        self._run(["purge", f"gcslocal:{path}"])
-
-
 class Bench:
     def __init__(self, args, workdir: pathlib.Path):
         self.args = args
@@ -415,13 +374,14 @@ class Bench:
         keys = sorted(set(self.blob_keys(file_keys))) + sorted(file_keys)
         destination = f"{RCLONE_SCRATCH_BUCKET}/{self.run}/{name}"
         with MachineLoad() as load:
-            elapsed = self.rclone.copy(self.aws.bucket, keys, destination, self.workdir)
+            elapsed = self.rclone.copy(f"s3local:{self.aws.bucket}", keys, f"gcslocal:{destination}",
+                                       self.workdir)
         copied = sum(1 for _ in open_blobstore("gcp", self.settings).list_keys(RCLONE_SCRATCH_BUCKET,
                                                                                 f"{self.run}/{name}/"))
         if copied != len(keys):
             raise RuntimeError(f"rclone copied {copied} of {len(keys)} objects to gcslocal:{destination}")
         if not self.args.keep:
-            self.rclone.purge(destination)
+            self.rclone.purge(f"gcslocal:{destination}")
         return {"seconds": elapsed, "objects": len(keys), "mib_per_s": size_bytes / MiB / elapsed,
                 "objects_per_s": len(keys) / elapsed, "cpu": load.result}
 
