@@ -51,6 +51,7 @@ THROUGH_PROCESS_BYTES = 1024 * 1024
 MARKER_MIN_SECONDS = 900
 MARKER_RATE_BYTES = 20 * 1024 * 1024
 STAT_CONCURRENCY = 16
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"  # the gateway of `make up`, when DSS_PUBLIC_URL is empty
 
 COPIES = Counter("dss_checkout_copies_total", "Copies made into a checkout bucket, by why they were made: "
                  "inline (a read), background (a large read), warm (a new file), refresh (a copy near its expiry).",
@@ -406,10 +407,10 @@ class FileCheckoutAPI:
         return deleted
 
     # --- DRS -------------------------------------------------------------------------------------
-    def drs_object(self, replica: str, object_id: str, version: str | None, base_url: str) -> dict:
+    def drs_object(self, replica: str, object_id: str, version: str | None, base_url: str | None) -> dict:
         """The DRS object of a file (looked up first) or bundle (see ``drs``)."""
         uuid, version = drs.parse_object_id(object_id, version)
-        host = drs.host_of(base_url)
+        host = drs.host_of(base_url or self.settings.public_url or DEFAULT_PUBLIC_URL)
         try:
             metadata = self.file_metadata(replica, uuid, version)
         except NotFound:
@@ -426,12 +427,18 @@ class FileCheckoutAPI:
         order = [replica] + [other for other in REPLICAS if other != replica]
 
         def method(name: str) -> dict | None:
-            if name != replica:
-                try:
+            try:
+                if name != replica:
                     self.file_metadata(name, metadata["uuid"], metadata["version"])
-                except NotFound:
-                    return None
-            url = self.url(name, blob) if self.look(name, blob).state is CopyState.FRESH else None
+                fresh = self.look(name, blob).state is CopyState.FRESH
+            except NotFound:
+                return None
+            except Unavailable as error:  # another replica out of reach: offer what can be served
+                if name == replica:
+                    raise
+                logger.warning("DRS: replica %s left out of the access methods of %s: %s", name, blob.key, error)
+                return None
+            url = self.url(name, blob) if fresh else None
             region = self.settings.s3_region if name == "aws" else None
             return drs.access_method(name, metadata["version"], region, url)
 

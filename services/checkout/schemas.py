@@ -41,8 +41,10 @@ class DrsServiceInfoCall(Schema):
                           validate=validate.Length(max=MAX_BASE_URL))
 
 
-class DrsObjectCall(DrsServiceInfoCall):
+class DrsObjectCall(Schema):
     """``drs_object``: GET /ga4gh/drs/v1/objects/{object_id}."""
+    base_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"},
+                          validate=validate.Length(max=MAX_BASE_URL))
     replica = Replica
     object_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_OBJECT_ID))
     version = VersionField(load_default=None, allow_none=True)

@@ -68,10 +68,11 @@ class CheckoutService:
         return drs.service_info(call["base_url"], importlib.metadata.version("dss"))
 
     @rpc
-    def drs_object(self, replica, object_id, version=None, base_url="http://localhost", expand=False):
+    def drs_object(self, replica, object_id, version=None, base_url=None, expand=False):
         """GET /ga4gh/drs/v1/objects/{object_id}: the DRS object of a file version or of a bundle
-        version (``drs``: ids are ``{uuid}`` or ``{uuid}.{version}``, files looked up first). 404;
-        400 ``illegal_object_id``."""
+        version (``drs``: ids are ``{uuid}`` or ``{uuid}.{version}``, files looked up first; DSS
+        bundles hold files only, so ``expand`` changes nothing). ``base_url``: where clients reach
+        the gateway (``DSS_PUBLIC_URL`` when None), for ``drs://`` URIs. 404; 400 ``illegal_object_id``."""
         call = load_arguments(DrsObjectCall(), {"replica": replica, "object_id": object_id, "version": version,
                                                 "base_url": base_url, "expand": expand}, none_is_default=True)
         return self.file_checkouts.drs_object(call["replica"], call["object_id"], call["version"],

@@ -164,3 +164,13 @@ def test_the_validator_catches_what_the_spec_forbids():
     assert violations("error", {"msg": "nope", "status_code": 404}) == []
     assert violations("error", {"msg": 1, "status_code": "404"})
     assert violations("service_info", {"id": "x"})
+
+
+def test_an_unreachable_other_replica_is_left_out_and_the_base_url_defaults_to_the_public_url(world):
+    world = FileWorld(DSS_PUBLIC_URL="https://data.example.org")
+    doc = world.add_file(b"one replica reachable")
+    world.stores["gcp"].unavailable = True
+    obj = world.service.drs_object("aws", doc["uuid"])
+    assert_valid("object", obj)
+    assert obj["self_uri"].startswith("drs://data.example.org/")
+    assert [method["type"] for method in obj["access_methods"]] == ["s3"]
