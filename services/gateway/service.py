@@ -322,7 +322,7 @@ class GatewayService:
     @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>")
     @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>")
     def drs_object(self, request, object_id):
-        object_id = normalize_uuid(object_id)
+        # `{uuid}` or `{uuid}.{version}`: the checkout service parses DRS ids.
         params = query(request, schemas.DrsObjectQuery())
         return json_response(self.checkout.drs_object(params["replica"], object_id, params.get("version"),
                                                       apidoc.base_url(self.settings, request), params["expand"]))
@@ -330,7 +330,6 @@ class GatewayService:
     @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
     @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
     def drs_access(self, request, object_id, access_id):
-        object_id = normalize_uuid(object_id)
         params = query(request, schemas.DrsAccessQuery())
         result = self.checkout.drs_access(params["replica"], object_id, access_id, params.get("version"))
         if result["status"] == "pending":

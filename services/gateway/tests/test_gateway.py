@@ -245,11 +245,14 @@ class TestBadInput:
                        400, "only_one_urltype")
 
     def test_malformed_drs_requests_get_drs_error_bodies(self, gateway, web_session):
+        gateway.checkout.drs_object.side_effect = remote(InvalidParameter("`not-a-uuid` is not a DRS object id",
+                                                                          "illegal_object_id"))
         for prefix in ("", "/v1"):
             response = web_session.get(f"{prefix}/ga4gh/drs/v1/objects/not-a-uuid")
             assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
             assert response.json() == {"msg": response.json()["msg"], "status_code": 400}
             assert "not-a-uuid" in response.json()["msg"]
+        gateway.checkout.drs_object.reset_mock()
         response = web_session.get(f"/ga4gh/drs/v1/objects/{UUID}?replica=azure")
         assert response.status_code == 400 and set(response.json()) == {"msg", "status_code"}
         gateway.checkout.drs_object.assert_not_called()

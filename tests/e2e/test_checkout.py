@@ -1,0 +1,154 @@
+"""End to end over HTTP: reading file bytes through the checkout bucket (302, or 301 + Retry-After
+while a copy runs), bundle checkouts, bundle URLs and GA4GH DRS, as a plain HTTP client sees them.
+The gateway and every service run on the real broker and both emulators."""
+import hashlib
+import os
+import time
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from shared.identifiers import new_uuid, new_version
+from tests.e2e.conftest import start_api
+from tests.e2e.test_http_api import assert_problem, put_file
+
+INLINE_BYTES = 64 * 1024  # above it, a first read waits for a background copy
+
+
+@pytest.fixture
+def checkout_api(service_config, web_config, runner_factory):
+    config = {**service_config, "DSS_CHECKOUT_INLINE_BYTES": INLINE_BYTES, "DSS_CHECKOUT_WARM_BYTES": 16 * 1024,
+              "DSS_CHECKOUT_RETRY_AFTER": 1, "DSS_CHECKOUT_JOB_RETRY_AFTER": 1}
+    return start_api(config, web_config, runner_factory)
+
+
+def download(url, max_hops=60):
+    """A client of the original DSS: follow 301s to the same resource after their Retry-After,
+    then the 302 to the bytes. (response of the bytes, the 301s seen)"""
+    waits = []
+    for _ in range(max_hops):
+        response = requests.get(url, allow_redirects=False)
+        if response.status_code == 301:
+            waits.append(response)
+            time.sleep(int(response.headers["Retry-After"]))
+            url = response.headers["Location"]
+            continue
+        assert response.status_code == 302, response.text
+        return requests.get(response.headers["Location"]), waits
+    raise AssertionError(f"still redirected after {max_hops} hops")
+
+
+def stored_file(api, auth, stage, data, content_type="application/octet-stream"):
+    source_url, sums = stage(data, content_type=content_type)
+    uuid, version, response = put_file(api, auth, source_url)
+    assert response.status_code in (201, 202), response.text
+    return uuid, version, sums
+
+
+def test_a_large_first_read_is_redirected_until_its_copy_is_ready(checkout_api, auth, stage):
+    data = os.urandom(INLINE_BYTES * 3)
+    uuid, version, sums = stored_file(checkout_api, auth, stage, data)
+    got, waits = download(f"{checkout_api}/files/{uuid}?replica=aws")
+    assert waits, "a blob above the inline size is copied in the background"
+    first = waits[0]
+    assert int(first.headers["Retry-After"]) > 0 and first.headers["X-DSS-SHA256"] == sums.sha256
+    query = parse_qs(urlsplit(first.headers["Location"]).query)
+    assert query["token"] and query["version"] == [version]
+    assert hashlib.sha256(got.content).hexdigest() == sums.sha256
+    # Once copied, a read is one redirect; a tampered token is refused.
+    again, waits = download(f"{checkout_api}/files/{uuid}?replica=aws")
+    assert not waits and again.content == data
+    assert_problem(requests.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "token": "%%%"},
+                                allow_redirects=False), 400, "illegal_token")
+
+
+def test_a_small_read_needs_no_second_round_trip(checkout_api, auth, stage):
+    data = b"4 KiB of metadata?" * 228
+    uuid, _, sums = stored_file(checkout_api, auth, stage, data, "application/json")
+    first = requests.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws"}, allow_redirects=False)
+    assert first.status_code == 302, first.text
+    assert hashlib.sha256(requests.get(first.headers["Location"]).content).hexdigest() == sums.sha256
+    direct = requests.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "directurl": "true"},
+                          allow_redirects=False)
+    assert direct.status_code == 302 and direct.headers["Location"].startswith("s3://")
+    assert "/blobs/" in direct.headers["Location"] and "dss-main" not in direct.headers["Location"]
+
+
+def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, dss_settings):
+    api = checkout_api
+    contents = {"a.bin": os.urandom(INLINE_BYTES * 2), "dir/b.json": b'{"b": 1}'}
+    files = []
+    for name, data in contents.items():
+        uuid, version, _ = stored_file(api, auth, stage, data)
+        files.append({"uuid": uuid, "version": version, "name": name, "indexed": False})
+    bundle_uuid, bundle_version = new_uuid(), new_version()
+    created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                           headers=auth, json={"creator_uid": 1, "files": files})
+    assert created.status_code == 201, created.text
+
+    destination = f"e2e-checkout-{new_uuid()[:8]}"
+    blobstores["aws"].create_bucket(destination)
+    started = requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"},
+                            json={"destination": destination})
+    assert started.status_code == 200, started.text
+    job = started.json()["checkout_job_id"]
+    deadline = time.monotonic() + 60
+    while True:
+        status = requests.get(f"{api}/bundles/checkout/{job}", params={"replica": "aws"}).json()
+        if status["status"] != "RUNNING" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert status["status"] == "SUCCEEDED", status
+    assert status["location"].startswith(f"s3://{destination}/bundles/{bundle_uuid}.{bundle_version}")
+    for name, data in contents.items():
+        key = f"bundles/{bundle_uuid}.{bundle_version}/{name}"
+        assert blobstores["aws"].get_bytes(destination, key) == data
+
+    # Presigned bundle URLs: 301 + Retry-After until the bundle's checkout is done, then every URL works.
+    url, hops = f"{api}/bundles/{bundle_uuid}?replica=aws&presignedurls=true", 0
+    while True:
+        response = requests.get(url, allow_redirects=False)
+        if response.status_code != 301:
+            break
+        hops += 1
+        assert hops < 60
+        time.sleep(int(response.headers["Retry-After"]))
+        url = response.headers["Location"]
+    assert response.status_code == 200, response.text
+    for entry in response.json()["bundle"]["files"]:
+        assert requests.get(entry["url"]).content == contents[entry["name"]]
+
+    assert_problem(requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"},
+                                 json={"destination": f"no-such-bucket-{new_uuid()[:8]}"}), 400)
+    assert_problem(requests.post(f"{api}/bundles/{new_uuid()}/checkout", params={"replica": "aws"}), 404)
+    assert_problem(requests.get(f"{api}/bundles/checkout/{new_uuid()}", params={"replica": "aws"}), 404)
+
+
+def test_drs_objects_and_access(checkout_api, auth, stage):
+    data = os.urandom(INLINE_BYTES * 2)
+    uuid, version, sums = stored_file(checkout_api, auth, stage, data, "text/plain")
+    root = checkout_api[: -len("/v1")]
+    info = requests.get(f"{root}/ga4gh/drs/v1/service-info")
+    assert info.status_code == 200 and info.json()["type"]["artifact"] == "drs"
+
+    drs_object = requests.get(f"{root}/ga4gh/drs/v1/objects/{uuid}").json()
+    # A DRS id names one content for good: the file's version is part of it.
+    assert drs_object["id"] == f"{uuid}.{version}" and drs_object["size"] == len(data)
+    assert drs_object["version"] == version
+    resolved = requests.get(f"{root}/ga4gh/drs/v1/objects/{drs_object['self_uri'].rsplit('/', 1)[1]}")
+    assert resolved.status_code == 200 and resolved.json() == drs_object
+    assert {"type": "sha-256", "checksum": sums.sha256} in drs_object["checksums"]
+    assert drs_object["self_uri"].startswith("drs://") and drs_object["self_uri"].endswith(drs_object["id"])
+    [method] = [m for m in drs_object["access_methods"] if m["type"] == "s3"]
+    access_url = f"{root}/ga4gh/drs/v1/objects/{uuid}/access/{method['access_id']}"
+    for _ in range(60):
+        access = requests.get(access_url)
+        if access.status_code != 202:
+            break
+        time.sleep(int(access.headers["Retry-After"]))
+    assert access.status_code == 200, access.text
+    assert hashlib.sha256(requests.get(access.json()["url"]).content).hexdigest() == sums.sha256
+
+    missing = requests.get(f"{root}/ga4gh/drs/v1/objects/{new_uuid()}")
+    assert missing.status_code == 404 and missing.json()["status_code"] == 404 and missing.json()["msg"]
