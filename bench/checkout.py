@@ -10,6 +10,16 @@ Scenarios (each its own function in SCENARIOS; `--only NAME` runs that one, repe
     the same blobs from the same main bucket to the same kind of destination bucket on the same S3
     emulator, measured in the same run (runs alternate which goes first); the ratio (target <=
     1.5x) and the peak RSS of the checkout service (with children) during its checkouts.
+  - file_first_read: N fresh 4 KiB files, each PUT through the gateway (staged on S3) and read at
+    once with GET /v1/files/{uuid}?replica=aws, redirects not followed, anonymously as clients read.
+    Every answer must be a 302 into the checkout bucket (a 301 would cost the client a second round
+    trip: the scenario fails); latency p50/p99 (target: p50 < 50 ms), and how the checkout service
+    made the copies (inline in the read, or warmed on `file_created` before it);
+  - file_repeat_read: R more reads of each of those files (of N new ones read once, when run
+    alone); latency p50/p99 (target: p50 < 15 ms).
+  Both file scenarios measure, in the same run and on the same copies, the least a redirect to a
+  checked-out copy costs: boto3 head_object of the copy + generate_presigned_url against the stack's
+  moto (p50/p99, and the ratio); a sample of the redirects is followed and the bytes' SHA-256 checked.
 
 Reports a stdout summary and JSON in var/bench/checkout-<time>.json. Not part of `make test`.
 Needs rclone for the baseline (Debian: apt-get install -y rclone); without it the checkout is still
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -28,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid as uuid_module
 import warnings
 
@@ -36,11 +48,12 @@ warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
 import psutil  # noqa: E402
 import requests  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RCLONE_INSTALL, PeakRSS, Rclone  # noqa: E402
+from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, percentile  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -50,6 +63,9 @@ from shared.testing import stage_large_object, stage_object  # noqa: E402
 
 MiB = 1024 * 1024
 TARGET_BUNDLE_CHECKOUT_RATIO = 1.5
+TARGET_FIRST_READ_P50_S = 0.050
+TARGET_REPEAT_READ_P50_S = 0.015
+SHA256_SAMPLE = 10  # redirects of a file scenario followed, the bytes checked
 
 
 class Stack:
@@ -68,6 +84,7 @@ class Stack:
         self.http.headers["Authorization"] = "Bearer " + mint_token_for_settings(self.settings, "bench@example.org",
                                                                                   ["dbio"])
         self.run = uuid_module.uuid4().hex[:8]  # names this run's buckets
+        self.read_files: list[dict] = []  # the files file_first_read wrote, read again by file_repeat_read
         self.rclone = None
         if not args.no_rclone:
             binary = shutil.which(args.rclone)
@@ -161,7 +178,7 @@ def checkout_through_the_api(stack: Stack, uuid: str, version: str, bucket: str)
     def ended():
         view = stack.http.get(f"{stack.gateway}/v1/bundles/checkout/{job_id}", params={"replica": "aws"}).json()
         return view if view.get("status") in ("SUCCEEDED", "FAILED") else None
-    view = stack.wait(ended, f"checkout job {job_id}", interval=0.02)
+    view = stack.wait(ended, f"checkout job {job_id}", interval=0.1)  # as a client polls, only faster
     elapsed = time.monotonic() - started
     if view["status"] != "SUCCEEDED":
         raise RuntimeError(f"checkout job {job_id} FAILED: {view.get('cause')}")
@@ -172,6 +189,11 @@ def bundle_checkout(stack: Stack) -> dict:
     args = stack.args
     files, staged = stage_bundle_files(stack)
     uuid, version = stack.put_bundle(files)
+    # Replication to gcp reads the same objects from the same S3 emulator: let it finish first (the
+    # bundle is in gcp once every file is), so that neither measurement shares the emulator with it.
+    stack.wait(lambda: stack.http.get(f"{stack.gateway}/v1/bundles/{uuid}",
+                                      params={"replica": "gcp", "version": version}).status_code == 200,
+               f"bundle {uuid} replicated to gcp", interval=0.5)
     blob_keys = sorted({checksums.blob_key() for _, checksums in staged})
     total_bytes = (args.small_count * args.small_mib + args.large_count * args.large_mib) * MiB
     pid = stack.service_pid("checkout")
@@ -218,7 +240,127 @@ def bundle_checkout(stack: Stack) -> dict:
     return result
 
 
-SCENARIOS = {"bundle_checkout": bundle_checkout}
+# --- GET /files: first and repeat reads of small files ---------------------------------------------------
+
+def distribution(seconds: list[float]) -> dict:
+    return {"p50_s": percentile(seconds, 50), "p99_s": percentile(seconds, 99), "max_s": max(seconds),
+            "mean_s": statistics.fmean(seconds), "n": len(seconds)}
+
+
+def checkout_copies(stack: Stack) -> dict[str, float] | None:
+    """``dss_checkout_copies_total`` of the aws replica by reason, from the checkout service's
+    exporter; None when it cannot be reached."""
+    try:
+        text = requests.get(stack.args.checkout_metrics, timeout=5).text
+    except requests.RequestException:
+        return None
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "dss_checkout_copies_total" and sample.labels.get("replica") == "aws":
+                counts[sample.labels["reason"]] = counts.get(sample.labels["reason"], 0) + sample.value
+    return counts
+
+
+def put_small_file(stack: Stack) -> dict:
+    """A fresh small file, staged on S3 and PUT through the gateway: uuid, blob key, sha256."""
+    source_url, checksums = stage_object(stack.store, stack.staging, os.urandom(stack.args.file_kib * 1024))
+    ref = stack.put_file(source_url)
+    return {"uuid": ref["uuid"], "blob_key": checksums.blob_key(), "sha256": checksums.sha256}
+
+
+def read_file(stack: Stack, reader: requests.Session, file: dict) -> tuple[float, str]:
+    """One anonymous GET /files/{uuid}?replica=aws, redirects not followed: (seconds, Location). A 302
+    into the checkout bucket or RuntimeError."""
+    started = time.perf_counter()
+    answer = reader.get(f"{stack.gateway}/v1/files/{file['uuid']}", params={"replica": "aws"},
+                        allow_redirects=False)
+    elapsed = time.perf_counter() - started
+    if answer.status_code == 301:
+        raise RuntimeError(f"GET /files/{file['uuid']} answered 301 (Retry-After "
+                           f"{answer.headers.get('Retry-After')}): a small file must be served at once")
+    if answer.status_code != 302:
+        raise RuntimeError(f"GET /files/{file['uuid']} answered {answer.status_code}: {answer.text[:300]}")
+    location = answer.headers["Location"]
+    if stack.settings.bucket("aws", "checkout") not in urllib.parse.urlsplit(location).path:
+        raise RuntimeError(f"GET /files/{file['uuid']} redirects outside the checkout bucket: {location[:200]}")
+    return elapsed, location
+
+
+def check_bytes(samples: list[tuple[str, dict]]) -> int:
+    """Follow some redirects (untimed) and check the bytes' SHA-256; how many were checked."""
+    for location, file in samples[:SHA256_SAMPLE]:
+        if hashlib.sha256(requests.get(location, timeout=30).content).hexdigest() != file["sha256"]:
+            raise RuntimeError(f"the copy behind {location[:120]} does not hold the file's bytes")
+    return min(len(samples), SHA256_SAMPLE)
+
+
+def head_and_presign(stack: Stack, files: list[dict]) -> dict:
+    """The baseline: boto3 head_object of each file's checkout copy and its presigned URL, on moto."""
+    client, bucket = stack.store.client, stack.settings.bucket("aws", "checkout")
+    seconds = []
+    for file in files:
+        started = time.perf_counter()
+        client.head_object(Bucket=bucket, Key=file["blob_key"])
+        client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": file["blob_key"]},
+                                      ExpiresIn=stack.settings.presigned_url_ttl)
+        seconds.append(time.perf_counter() - started)
+    return distribution(seconds)
+
+
+def file_read_result(stack: Stack, what: str, seconds: list[float], samples: list, target: float, **extra) -> dict:
+    latency, baseline = distribution(seconds), head_and_presign(stack, stack.read_files)
+    ratio = latency["p50_s"] / baseline["p50_s"]
+    met = "met" if latency["p50_s"] < target else "NOT met"
+    return {"files": len(stack.read_files), "size_kib": stack.args.file_kib, "latency": latency,
+            "baseline_head_presign": baseline, "ratio_p50_vs_baseline": ratio,
+            "sha256_checked": check_bytes(samples), **extra,
+            "summary": f"{what} of {len(stack.read_files)} x {stack.args.file_kib} KiB files: p50 "
+                       f"{latency['p50_s'] * 1000:.1f} ms, p99 {latency['p99_s'] * 1000:.1f} ms (target p50 < "
+                       f"{target * 1000:.0f} ms: {met}); S3 HEAD + presign p50 {baseline['p50_s'] * 1000:.1f} ms, "
+                       f"p99 {baseline['p99_s'] * 1000:.1f} ms: ratio {ratio:.2f}x"}
+
+
+def file_first_read(stack: Stack) -> dict:
+    """Each fresh file read once, right after its PUT answered: a 302 every time."""
+    copies_before, reader = checkout_copies(stack), requests.Session()
+    seconds, samples = [], []
+    for _ in range(stack.args.file_count):
+        file = put_small_file(stack)
+        elapsed, location = read_file(stack, reader, file)
+        seconds.append(elapsed)
+        samples.append((location, file))
+        stack.read_files.append(file)
+    copies_after = checkout_copies(stack)
+    made = None if copies_before is None or copies_after is None else \
+        {reason: count - copies_before.get(reason, 0) for reason, count in copies_after.items()
+         if count - copies_before.get(reason, 0)}
+    result = file_read_result(stack, "first reads", seconds, samples, TARGET_FIRST_READ_P50_S,
+                              status_302=len(seconds), copies_by_reason=made)
+    result["summary"] += f"; all {len(seconds)} answers 302; copies made: {made if made is not None else '?'}"
+    return result
+
+
+def file_repeat_read(stack: Stack) -> dict:
+    """Every file read again, ``--repeats`` times."""
+    reader = requests.Session()
+    if not stack.read_files:  # run alone: files of its own, read once first
+        for _ in range(stack.args.file_count):
+            file = put_small_file(stack)
+            read_file(stack, reader, file)
+            stack.read_files.append(file)
+    seconds, samples = [], []
+    for _ in range(stack.args.repeats):
+        for file in stack.read_files:
+            elapsed, location = read_file(stack, reader, file)
+            seconds.append(elapsed)
+            samples.append((location, file))
+    return file_read_result(stack, f"repeat reads ({stack.args.repeats} per file)", seconds, samples,
+                            TARGET_REPEAT_READ_P50_S, reads_per_file=stack.args.repeats)
+
+
+SCENARIOS = {"bundle_checkout": bundle_checkout, "file_first_read": file_first_read,
+             "file_repeat_read": file_repeat_read}
 
 
 def main(argv=None):
@@ -236,6 +378,11 @@ def main(argv=None):
     parser.add_argument("--rclone-flag", action="append", default=[],
                         help="an extra rclone copy argument (repeat), e.g. --rclone-flag=--transfers=8")
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone baseline")
+    parser.add_argument("--file-count", type=int, default=200, help="file_first_read / file_repeat_read: files")
+    parser.add_argument("--file-kib", type=int, default=4, help="file_first_read / file_repeat_read: file size")
+    parser.add_argument("--repeats", type=int, default=5, help="file_repeat_read: reads of each file")
+    parser.add_argument("--checkout-metrics", default="http://127.0.0.1:9106/metrics",
+                        help="file_first_read: the checkout service's Prometheus exporter")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # relative settings (the token issuer's key) resolve against the repo root
     results = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(), "args": vars(args)}

@@ -48,7 +48,8 @@ import eventlet.event
 from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.blobstore import BlobAlreadyExists, BlobNotFound, BlobStoreError, BlobStoreUnavailable
+from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionFailed, BlobStoreError,
+                              BlobStoreUnavailable)
 from shared.checksums import Checksums
 from shared.config import Settings
 from shared.copies import copy_verified, verify_copy
@@ -363,7 +364,7 @@ class CheckoutJobsAPI:
                                  cause=f"gave up after {attempt} attempts: {describe(error)}")[0]
             delay = self.settings.checkout_job_retry_delays[attempt - 1]
             try:  # the record says when the next attempt comes, so a long delay does not look stalled
-                self._write_if_running(storage, run.progress(retry_at=stamp(self.clock() + delay),
+                self.record_progress(storage, run.progress(retry_at=stamp(self.clock() + delay),
                                                               last_error=describe(error)))
             except JobEnded:
                 return self._load(storage, job_id)
@@ -405,7 +406,7 @@ class CheckoutJobsAPI:
         storage.store.put_bytes(storage.checkout_bucket, job_key(record["job_id"]), data, content_type=JSON,
                                 if_absent=if_absent)
 
-    def _write_if_running(self, storage: ReplicaStorage, record: dict) -> None:
+    def record_progress(self, storage: ReplicaStorage, record: dict) -> None:
         """Write a RUNNING record's progress, unless someone ended the job meanwhile (JobEnded)."""
         current = self._find(storage, record["job_id"])
         if current is not None and current["status"] in ENDED:
@@ -441,6 +442,7 @@ class _JobRun:
         self.store = storage.store
         self.files_done = 0
         self.files_copied = 0
+        self.present: set[str] = set()
         self.error: BaseException | None = None
         self._stopped = eventlet.event.Event()
 
@@ -455,10 +457,13 @@ class _JobRun:
         except NotFound:
             raise JobFailure(f"the manifest of bundle {record['uuid']}.{record['version']} is gone from replica "
                              f"{record['replica']}") from None
+        self.present = self._copies_present()
         pool = eventlet.GreenPool(max(1, self.jobs.settings.checkout_job_concurrency))
         heartbeat = eventlet.spawn(self._heartbeat)
         try:
-            for entry in manifest["files"]:
+            # Largest first: the long copies start at once and the small ones fill the other slots,
+            # rather than a large one left to run alone at the end.
+            for entry in sorted(manifest["files"], key=lambda entry: -entry["size"]):
                 if self.error is not None:
                     break
                 pool.spawn_n(self._copy_file, entry)  # waits while the pool is full
@@ -469,11 +474,26 @@ class _JobRun:
         if self.error is not None:
             raise self.error
 
+    def _copies_present(self) -> set[str]:
+        """Keys already under the bundle's prefix in the destination, listed once: only those are
+        looked at before copying (a first run into a fresh place makes no request per file)."""
+        record = self.record
+        bucket = record["destination"]
+        try:
+            return set(self.store.list_keys(bucket, checkout_prefix(record["uuid"], record["version"])))
+        except BlobNotFound:
+            raise JobFailure(f"the destination bucket {self.store.direct_url(bucket, '')} no longer exists") from None
+        except BlobStoreUnavailable:
+            raise
+        except BlobStoreError as error:
+            raise JobFailure(f"the destination bucket {self.store.direct_url(bucket, '')} is no longer "
+                             f"usable: {error}") from None
+
     def _heartbeat(self) -> None:
         interval = self.jobs.settings.checkout_job_heartbeat
         while not self._stopped.wait(interval):
             try:
-                self.jobs._write_if_running(self.storage, self.progress())
+                self.jobs.record_progress(self.storage, self.progress())
             except JobEnded as ended:
                 self._fail(ended)
             except Exception as error:  # noqa: BLE001 - a missed beat is not the job's failure
@@ -506,18 +526,21 @@ class _JobRun:
         record = self.record
         bucket, key = record["destination"], checkout_prefix(record["uuid"], record["version"]) + entry["name"]
         expected, size = Checksums.from_stored(entry), entry["size"]
-        try:
-            info = self.store.stat(bucket, key)
-        except BlobNotFound:
-            info = None
-        if info is not None and verify_copy(self.store, bucket, key, expected, size, info):
-            return False
+        info = None
+        if key in self.present:
+            try:
+                info = self.store.stat(bucket, key)
+            except BlobNotFound:
+                pass
         blob_key = expected.blob_key()
+        if info is not None and verify_copy(self.store, bucket, key, expected, size, info,
+                                            source=(self.storage.bucket, blob_key)):
+            return False
         try:
             copy_verified(self.store, self.storage.bucket, blob_key, bucket, key, expected, size,
-                          content_type=entry["content-type"])
-        except BlobStoreUnavailable:
-            raise
+                          content_type=entry["content-type"], part_size=self.jobs.settings.copy_part_bytes)
+        except (BlobStoreUnavailable, BlobPreconditionFailed):
+            raise  # passing: the store unreachable, or the blob replaced (repaired) mid-copy
         except BlobNotFound:
             self._judge_missing(bucket, blob_key, entry["name"])
             raise

@@ -49,3 +49,41 @@ def test_verify_reads_when_the_metadata_cannot_tell(store):
     assert verify_copy(store, "checkout", "copy", multipart, len(data)) is False  # s3_etag differs after hashing
     assert verify_copy(store, "checkout", "copy", expected, len(data)) is True
     assert verify_copy(store, "checkout", "copy", expected, len(data) + 1) is False
+
+
+def test_the_part_size_of_a_copy_is_the_callers(store):
+    data = b"parted" * 1000
+    expected = checksums_of(data)
+    store.put_bytes("main", expected.blob_key(), data)
+    seen = []
+    copy = store.copy
+    store.copy = lambda *args, **kwargs: seen.append(kwargs.get("part_size")) or copy(*args, **kwargs)
+    copy_verified(store, "main", expected.blob_key(), "checkout", "a", expected, len(data))
+    copy_verified(store, "main", expected.blob_key(), "checkout", "b", expected, len(data), part_size=512)
+    assert seen == [None, 512]
+
+
+def test_a_single_part_copy_with_the_sources_etag_is_not_read(store):
+    data = b"y" * 3000
+    # The blob's s3_etag of another part layout than the copy's: the metadata cannot tell.
+    expected = type(checksums_of(data))(**{**checksums_of(data).as_api(), "s3_etag": "0" * 32 + "-2"})
+    store.put_bytes("main", expected.blob_key(), data)
+    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    assert store.calls["iter_chunks"] == 0 and store.get_bytes("checkout", "copy") == data
+    assert verify_copy(store, "checkout", "copy", expected, len(data), source=("main", expected.blob_key()))
+    assert store.calls["iter_chunks"] == 0
+
+
+def test_a_copy_whose_etag_is_not_the_sources_is_read_and_removed_when_wrong(store):
+    data = b"z" * 3000
+    expected = type(checksums_of(data))(**{**checksums_of(data).as_api(), "s3_etag": "0" * 32 + "-2"})
+    store.put_bytes("main", expected.blob_key(), data)
+    copy = store.copy
+
+    def damaging_copy(*args, **kwargs):  # the store wrote other bytes than the source's
+        copy(*args, **kwargs)
+        store.put_bytes("checkout", "copy", b"Z" + data[1:])
+    store.copy = damaging_copy
+    with pytest.raises(Unavailable):
+        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    assert store.calls["iter_chunks"] == 1 and not store.exists("checkout", "copy")

@@ -352,9 +352,12 @@ def test_files_are_copied_concurrently_within_the_bound():
     world.stores["aws"].copy_delay = 0.01
     uuid, version, files = world.put_bundle(files={f"f{i}": bytes([i]) * 100 for i in range(12)})
     world.worker().start_bundle_checkout("aws", uuid, version)
+    stats_before = world.stores["aws"].calls["stat"]
     result, _ = world.deliver(world.last_request())
     assert result["status"] == SUCCEEDED and world.checked_out(uuid, version) == files
     assert world.stores["aws"].most_in_flight == 3
+    # A fresh destination is listed once, not looked at per file: one stat per file, of its copy.
+    assert world.stores["aws"].calls["stat"] - stats_before == len(files)
 
 
 class RecordWatchingStore(FlakyCopyStore):
