@@ -221,11 +221,11 @@ class CheckoutJobsAPI:
         """Accept a checkout of the bundle to ``destination`` (checked writable first); its record,
         written. The caller dispatches ``bundle_checkout_requested``."""
         storage = self.replicas[replica]
-        version = live_bundle_version(storage, uuid, version)
-        manifest = storage.read_json(Keys.bundle(uuid, version))
         bucket = destination_bucket(destination, storage.store.scheme, storage.checkout_bucket)
         if bucket == storage.bucket:  # bundles/{uuid}.{version}/... would pollute the main bucket's layout
             raise errors.invalid_destination("the store's main bucket cannot be a checkout destination")
+        version = live_bundle_version(storage, uuid, version)
+        manifest = storage.read_json(Keys.bundle(uuid, version))
         self.check_writable(storage, bucket)
         record = self._new_record(new_uuid(), REQUEST, storage, uuid, version, bucket, email, manifest)
         self._write(storage, record, if_absent=True)
