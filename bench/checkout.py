@@ -185,6 +185,12 @@ def checkout_through_the_api(stack: Stack, uuid: str, version: str, bucket: str)
     return elapsed
 
 
+def empty_bucket(stack: Stack, bucket: str) -> None:
+    """Delete what a measurement copied (the emulator keeps it all in memory)."""
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: stack.store.delete(bucket, key), list(stack.store.list_keys(bucket))))
+
+
 def bundle_checkout(stack: Stack) -> dict:
     args = stack.args
     files, staged = stage_bundle_files(stack)
@@ -220,6 +226,8 @@ def bundle_checkout(stack: Stack) -> dict:
             else:
                 continue
             print(f"  run {run + 1} {which}: {elapsed:.2f} s", file=sys.stderr, flush=True)
+            if not args.keep:
+                empty_bucket(stack, bucket)
     checkout_s = statistics.median(checkouts)
     result = {"files": len(files), "bytes": total_bytes, "bundle": f"{uuid}.{version}", "runs": args.runs,
               "checkout_s": checkouts, "checkout_median_s": checkout_s,
@@ -378,6 +386,7 @@ def main(argv=None):
     parser.add_argument("--rclone-flag", action="append", default=[],
                         help="an extra rclone copy argument (repeat), e.g. --rclone-flag=--transfers=8")
     parser.add_argument("--no-rclone", action="store_true", help="skip the rclone baseline")
+    parser.add_argument("--keep", action="store_true", help="keep the copies in the dss-bench-* buckets")
     parser.add_argument("--file-count", type=int, default=200, help="file_first_read / file_repeat_read: files")
     parser.add_argument("--file-kib", type=int, default=4, help="file_first_read / file_repeat_read: file size")
     parser.add_argument("--repeats", type=int, default=5, help="file_repeat_read: reads of each file")
