@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 JSON = "application/json"
 
 
+ALL_VERSIONS = "*"  # what ``split_versions`` reports for the tombstone of every version
+
+
 def split_versions(suffixes: Iterable[str]) -> tuple[list[str], set[str]]:
     """Sort the key suffixes of one uuid (what follows ``{kind}/{uuid}.``), in listing order, into
     its versions and its tombstoned versions (``"*"`` for the bare ``dead`` of every version)."""
@@ -30,7 +33,7 @@ def split_versions(suffixes: Iterable[str]) -> tuple[list[str], set[str]]:
     dead: set[str] = set()
     for suffix in suffixes:
         if suffix == TOMBSTONE_SUFFIX:
-            dead.add("*")
+            dead.add(ALL_VERSIONS)
         elif suffix.endswith("." + TOMBSTONE_SUFFIX):
             dead.add(suffix[: -len(TOMBSTONE_SUFFIX) - 1])
         else:
@@ -87,6 +90,15 @@ class ReplicaStorage:
         versions carrying a versioned tombstone (``{version}.dead``; a bare ``dead`` key is reported
         as the version ``"*"``)."""
         return split_versions(key[len(prefix):] for key in self.list_keys(prefix))
+
+    def live_version(self, prefix: str, version: str | None = None) -> str | None:
+        """``version`` (the latest if None) when it is stored under ``prefix`` and no tombstone hides
+        it, else None: the one rule of which bundle versions a reader may see."""
+        versions, dead = self.versions(prefix)
+        live = [] if ALL_VERSIONS in dead else [v for v in versions if v not in dead]
+        if version is None:
+            return live[-1] if live else None
+        return version if version in live else None
 
     # --- addressing ----------------------------------------------------------------------------
     def presigned_url(self, key: str, content_disposition: str | None = None, bucket: str | None = None) -> str:

@@ -18,7 +18,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError
 from shared.identifiers import Keys, fqid, is_version, new_version, normalize_uuid, normalize_version, split_fqid
 from shared.exceptions import InvalidParameter, NotFound
 from shared.schemas import BundleManifest, CollectionDocument, CollectionItem, FileMetadata, ManifestFile, Tombstone
-from shared.storage import ReplicaStorage, Replicas, StorageProvider, split_versions
+from shared.storage import ALL_VERSIONS, ReplicaStorage, Replicas, StorageProvider, split_versions
 
 from services.bundles import exceptions as errors
 from services.bundles.schemas import MAX_ITEMS, BundleFileId, BundleFileRef, BundleFileView
@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 LOOKUP_CONCURRENCY = 32
 
 CREATED, EXISTS = "created", "exists"
-ALL_VERSIONS = "*"  # what split_versions reports for the tombstone of every version
 OWNER_TOMBSTONE_REASON = "deleted by owner"
 
 _FILE_METADATA = FileMetadata(unknown=EXCLUDE)
@@ -193,13 +192,10 @@ class BundleStoreAPI:
 
     def live_bundle_version(self, replica: str, uuid: str, version: str | None = None) -> str:
         """``version`` (or the latest one if None) if its manifest exists and no tombstone hides it."""
-        versions, dead = self.replicas[replica].versions(Keys.bundle_prefix(uuid))
-        live = [] if ALL_VERSIONS in dead else [v for v in versions if v not in dead]
-        if version is None and live:
-            return live[-1]
-        if version is not None and version in live:
-            return version
-        raise errors.bundle_not_found(replica, uuid, version)
+        live = self.replicas[replica].live_version(Keys.bundle_prefix(uuid), version)
+        if live is None:
+            raise errors.bundle_not_found(replica, uuid, version)
+        return live
 
     def get_manifest(self, replica: str, uuid: str, version: str | None = None) -> tuple[str, dict]:
         uuid, version = _uuid_version(uuid, version)

@@ -71,7 +71,6 @@ PROBE_PREFIX = "bundles/.dss-write-probe-"
 JSON = "application/json"
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 TOKEN_PREFIX = "bundle-checkout:"
-ALL_VERSIONS = "*"  # what ReplicaStorage.versions reports for the tombstone of every version
 # A bucket name as S3 and GCS allow them (GCS also allows underscores and dotted names up to 222).
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
 # Fixed for good: the id of a bundle's URL checkout must come out the same in every release.
@@ -196,13 +195,10 @@ class JobEnded(Exception):
 
 def live_bundle_version(storage: ReplicaStorage, uuid: str, version: str | None) -> str:
     """``version`` (the latest if None) when its manifest exists and no tombstone hides it; else 404."""
-    versions, dead = storage.versions(Keys.bundle_prefix(uuid))
-    live = [] if ALL_VERSIONS in dead else [v for v in versions if v not in dead]
-    if version is None and live:
-        return live[-1]
-    if version is not None and version in live:
-        return version
-    raise errors.bundle_not_found(storage.replica, uuid, version)
+    live = storage.live_version(Keys.bundle_prefix(uuid), version)
+    if live is None:
+        raise errors.bundle_not_found(storage.replica, uuid, version)
+    return live
 
 
 # --- the job store and runner ----------------------------------------------------------------------
