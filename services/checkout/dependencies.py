@@ -15,7 +15,7 @@ Checkout bucket layout (per replica; not replicated):
 What a process has seen is shared by its workers (``CheckoutState``): file documents for good (a
 version never changes), a file's latest version and a copy's freshness for
 ``DSS_CHECKOUT_CACHE_SECONDS``. A new version is announced by ``file_created`` or
-``object_replicated``, which make every checkout process forget that file's latest version.
+``object_replicated``, which make every checkout process drop an older latest version it knew.
 """
 from __future__ import annotations
 
@@ -79,6 +79,7 @@ class CheckoutState:
     copies: ExpiringCache = None       # (replica, blob key) -> True: a fresh copy, seen lately
     requested: ExpiringCache = None    # (replica, blob key) -> True: a background copy was requested
     latest: ExpiringCache = None       # (replica, uuid) -> the latest version, seen lately
+    announced: ExpiringCache = None    # (replica, uuid) -> the newest version file_created & co. announced
     documents: ExpiringCache = None    # (replica, uuid, version) -> the file document (never changes)
     flights: SingleFlight = None
     sweep_cursors: dict = None         # replica -> the key the sweeper's next run starts after
@@ -87,6 +88,7 @@ class CheckoutState:
         self.copies = ExpiringCache(self.clock)
         self.requested = ExpiringCache(self.clock)
         self.latest = ExpiringCache(self.clock)
+        self.announced = ExpiringCache(self.clock)
         self.documents = ExpiringCache(self.clock, max_entries=20_000)
         self.flights = SingleFlight()
         self.sweep_cursors = {}
@@ -111,35 +113,53 @@ class FileCheckoutAPI:
     # --- file metadata ---------------------------------------------------------------------------
     def file_metadata(self, replica: str, uuid: str, version: str | None = None) -> dict:
         """The file document plus ``uuid``, as ``files.head_file`` answers (the latest version when
-        ``version`` is None); ``NotFound``."""
+        ``version`` is None); ``NotFound``. Each lookup runs once at a time per process: a read
+        arriving while the warming of a new file looks the file up shares its answer."""
         storage = self.replicas[replica]
         if version is None:
-            version = self._latest_version(storage, uuid)
+            version = self.latest_version(replica, uuid)
         key = (replica, uuid, version)
         doc = self.state.documents.get(key)
         if doc is None:
-            doc = storage.find_json(Keys.file(uuid, version))
-            if doc is None:
-                raise NotFound(f"no file {uuid} version {version} in replica {replica}")
-            self.state.documents.put(key, doc, until=float("inf"))
+            doc = self.state.flights.run(("document",) + key, lambda: self._read_document(storage, uuid, version))
         return {**doc, "uuid": uuid}
 
-    def _latest_version(self, storage: ReplicaStorage, uuid: str) -> str:
-        key = (storage.replica, uuid)
-        version = self.state.latest.get(key)
-        if version is None:
-            observed_at = self.clock()
-            versions, _ = storage.versions(Keys.file_prefix(uuid))  # tombstones do not apply to files
-            if not versions:
-                raise NotFound(f"no file {uuid} in replica {storage.replica}")
-            version = versions[-1]
-            self.state.latest.put(key, version, until=observed_at + self.settings.checkout_cache_seconds,
-                                  observed_at=observed_at)
+    def _read_document(self, storage: ReplicaStorage, uuid: str, version: str) -> dict:
+        doc = storage.find_json(Keys.file(uuid, version))
+        if doc is None:
+            raise NotFound(f"no file {uuid} version {version} in replica {storage.replica}")
+        self.state.documents.put((storage.replica, uuid, version), doc, until=float("inf"))
+        return doc
+
+    def latest_version(self, replica: str, uuid: str) -> str:
+        key = (replica, uuid)
+        cached, announced = self.state.latest.get(key), self.state.announced.get(key)
+        if cached is not None and (announced is None or announced <= cached):
+            return cached
+        return self.state.flights.run(("latest",) + key, lambda: self._list_latest_version(replica, uuid))
+
+    def _list_latest_version(self, replica: str, uuid: str) -> str:
+        storage, key = self.replicas[replica], (replica, uuid)
+        listed_at = self.clock()
+        versions, _ = storage.versions(Keys.file_prefix(uuid))  # tombstones do not apply to files
+        if not versions:
+            raise NotFound(f"no file {uuid} in replica {replica}")
+        version = versions[-1]
+        announced = self.state.announced.get(key)
+        # A listing that missed a version announced meanwhile is answered but not kept.
+        if announced is None or announced <= version:
+            self.state.latest.put(key, version, until=listed_at + self.settings.checkout_cache_seconds)
         return version
 
-    def forget_latest_version(self, replica: str, uuid: str) -> None:
-        """A version of that file was just written (or replicated) into ``replica``."""
-        self.state.latest.forget((replica, uuid))
+    def announce_version(self, replica: str, uuid: str, version: str) -> None:
+        """That version of the file was just written (or replicated) into ``replica``: a latest
+        version known before it is no longer trusted. Remembered for longer than anything is cached."""
+        key = (replica, uuid)
+        newest = max(version, self.state.announced.get(key) or version)
+        self.state.announced.put(key, newest, until=self.clock() + 2 * self.settings.checkout_cache_seconds + 60)
+        cached = self.state.latest.get(key)
+        if cached is not None and cached < newest:
+            self.state.latest.forget(key)
 
     def bundle_manifest(self, replica: str, uuid: str, version: str | None = None) -> tuple[str, dict]:
         """(version, manifest) of a live bundle version (the latest live one when ``version`` is
@@ -243,11 +263,20 @@ class FileCheckoutAPI:
             self._remember_fresh(replica, blob, verdict, now)
         return verdict
 
-    def ensure_copy(self, replica: str, blob: Blob, reason: str, verdict: Verdict | None = None) -> Verdict:
+    def ensure_copy(self, replica: str, blob: Blob, reason: str, verdict: Verdict | None = None,
+                    look_first: bool = True) -> Verdict:
         """Copy ``blob`` into the checkout bucket unless a fresh copy is there; one copy at a time per
         blob in this process (a caller arriving meanwhile waits for it). ``verdict``: what a look
-        just found, so that the copy does not stat again."""
+        just found, so that the copy does not stat again. ``look_first`` False (a blob most likely
+        not there yet): a small blob is written if absent at once, and looked at only if present."""
         def copy_unless_fresh() -> Verdict:
+            if verdict is None and not look_first and blob.size <= THROUGH_PROCESS_BYTES:
+                if self.state.copies.get((replica, blob.key)):
+                    return Verdict(CopyState.FRESH, why="seen lately")
+                try:
+                    return self._copy(replica, blob, reason, if_absent=True)
+                except BlobAlreadyExists:
+                    pass
             current = verdict or self.look(replica, blob)
             if current.state is CopyState.FRESH:
                 return current
@@ -255,13 +284,13 @@ class FileCheckoutAPI:
 
         return self.state.flights.run((replica, blob.key), copy_unless_fresh)
 
-    def _copy(self, replica: str, blob: Blob, reason: str) -> Verdict:
+    def _copy(self, replica: str, blob: Blob, reason: str, if_absent: bool = False) -> Verdict:
         storage = self.replicas[replica]
         now = self.clock()
         started = time.perf_counter()
         try:
             if blob.size <= THROUGH_PROCESS_BYTES:
-                self._copy_through_process(storage, blob, now)
+                self._copy_through_process(storage, blob, now, if_absent)
             else:
                 copy_verified(storage.store, storage.bucket, blob.key, storage.checkout_bucket, blob.key,
                               blob.checksums, blob.size, content_type=blob.content_type,
@@ -278,7 +307,7 @@ class FileCheckoutAPI:
         return verdict
 
     @staticmethod
-    def _copy_through_process(storage: ReplicaStorage, blob: Blob, now: float) -> None:
+    def _copy_through_process(storage: ReplicaStorage, blob: Blob, now: float, if_absent: bool = False) -> None:
         """Read a small blob, check its bytes against its key, write them: what is written is verified."""
         data = storage.store.get_bytes(storage.bucket, blob.key)
         checksum_pass = ChecksumPass(len(data))
@@ -288,7 +317,7 @@ class FileCheckoutAPI:
                          storage.replica)
             raise Unavailable(f"blob {blob.key} of replica {storage.replica} did not verify", "copy_not_verified")
         storage.store.put_bytes(storage.checkout_bucket, blob.key, data, content_type=blob.content_type,
-                                metadata=copy_metadata(now))
+                                metadata=copy_metadata(now), if_absent=if_absent)
 
     def _remember_fresh(self, replica: str, blob: Blob, verdict: Verdict, now: float) -> None:
         until = now + self.settings.checkout_cache_seconds
@@ -338,11 +367,26 @@ class FileCheckoutAPI:
         self.state.requested.forget((replica, blob.key))
         return verdict
 
-    def warm(self, replica: str, blob: Blob) -> Verdict | None:
-        """Copy a new file's blob now if it is small enough to be worth it (``DSS_CHECKOUT_WARM_BYTES``)."""
+    def warm(self, replica: str, uuid: str, version: str, blob: Blob) -> Verdict | None:
+        """Copy a new file's blob now if it is small enough to be worth it (``DSS_CHECKOUT_WARM_BYTES``),
+        and meanwhile look the file up as its first read will (latest version and document): a read
+        arriving during the warming shares these lookups and the copy instead of waiting for its own."""
         if blob.size > self.settings.checkout_warm_bytes:
             return None
-        return self.ensure_copy(replica, blob, "warm")
+        lookups = [eventlet.spawn(self._prime, self.latest_version, replica, uuid),
+                   eventlet.spawn(self._prime, self.file_metadata, replica, uuid, version)]
+        try:
+            return self.ensure_copy(replica, blob, "warm", look_first=False)
+        finally:
+            for lookup in lookups:
+                lookup.wait()
+
+    @staticmethod
+    def _prime(lookup: Callable, *args) -> None:
+        try:
+            lookup(*args)
+        except Exception:  # noqa: BLE001 - only a head start for the first read, which looks again
+            logger.warning("warming: %s%s failed", lookup.__name__, args, exc_info=True)
 
     @staticmethod
     def _marker_deadline(storage: ReplicaStorage, blob_key: str) -> float | None:

@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import enum
 import json
-import math
 import re
 import time
 from typing import Any, Callable, Hashable
@@ -94,12 +93,12 @@ class Blob:
         return cls(key, checksums, size, content_type)
 
 
-def uuid_of_file_key(key: str) -> str | None:
-    """The uuid of a file metadata key ``files/{uuid}.{version}``; None for any other key."""
+def file_version_of_key(key: str) -> tuple[str, str] | None:
+    """(uuid, version) of a file metadata key ``files/{uuid}.{version}``; None for any other key."""
     if not key.startswith("files/"):
         return None
     uuid, _, version = key[len("files/"):].partition(".")
-    return uuid if is_uuid(uuid) and is_version(version) else None
+    return (uuid, version) if is_uuid(uuid) and is_version(version) else None
 
 
 def is_small_json(content_type: str | None, size: int, limit: int) -> bool:
@@ -250,14 +249,12 @@ class CheckoutToken:
 
 class ExpiringCache:
     """Values by key until a time of their own, at most ``max_entries`` (the least recently used go
-    first). ``forget`` drops a key and refuses values observed before it, so that a lookup that began
-    before a change cannot store what it saw after the change was announced."""
+    first)."""
 
     def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 100_000):
         self.clock = clock
         self.max_entries = max_entries
         self._entries: collections.OrderedDict[Hashable, tuple[float, Any]] = collections.OrderedDict()
-        self._forgotten: collections.OrderedDict[Hashable, float] = collections.OrderedDict()
 
     def get(self, key: Hashable) -> Any:
         entry = self._entries.get(key)
@@ -270,9 +267,7 @@ class ExpiringCache:
         self._entries.move_to_end(key)
         return value
 
-    def put(self, key: Hashable, value: Any, until: float, observed_at: float | None = None) -> None:
-        if observed_at is not None and self._forgotten.get(key, -math.inf) >= observed_at:
-            return
+    def put(self, key: Hashable, value: Any, until: float) -> None:
         if until <= self.clock():
             return
         self._entries[key] = (until, value)
@@ -282,10 +277,6 @@ class ExpiringCache:
 
     def forget(self, key: Hashable) -> None:
         self._entries.pop(key, None)
-        self._forgotten[key] = self.clock()
-        self._forgotten.move_to_end(key)
-        while len(self._forgotten) > self.max_entries:
-            self._forgotten.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._entries)

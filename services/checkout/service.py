@@ -29,7 +29,7 @@ from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, File
 from services.checkout import drs
 from services.checkout.dependencies import FileCheckouts
 from services.checkout.file_entrypoints import copy_event_handler, sweep_timer
-from services.checkout.files import Blob, uuid_of_file_key
+from services.checkout.files import Blob, file_version_of_key
 from services.checkout.jobs import CheckoutJobs, checkout_job_event_handler, completion_email, job_view
 from services.checkout.jobs_schemas import BundleUrlsCall, CheckoutJobCall, StartBundleCheckoutCall
 from services.checkout.schemas import DrsAccessCall, DrsObjectCall, DrsServiceInfoCall, GetFileCall, SweepCall
@@ -116,21 +116,23 @@ class CheckoutService:
         """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
         created = FileCreated(unknown=EXCLUDE).load(payload)
         blob = Blob.from_key(created["blob_key"], created["size"], created["content_type"])
-        verdict = self.file_checkouts.warm(created["replica"], blob)
+        verdict = self.file_checkouts.warm(created["replica"], created["uuid"], created["version"], blob)
         return None if verdict is None else {"replica": created["replica"], "blob_key": blob.key,
                                              "state": verdict.state.value}
 
-    # Every checkout process forgets the latest version it knew of a file that has a new one.
+    # Every checkout process learns of each new file version, so that it never serves an older
+    # one as the latest from its memory.
     @event_handler("files", events.FILE_CREATED, handler_type=BROADCAST, reliable_delivery=False)
-    def forget_latest_file_version(self, payload):
-        self.file_checkouts.forget_latest_version(payload["replica"], payload["uuid"])
+    def note_file_version(self, payload):
+        created = FileCreated(unknown=EXCLUDE).load(payload)
+        self.file_checkouts.announce_version(created["replica"], created["uuid"], created["version"])
 
     @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False)
-    def forget_latest_replicated_file_version(self, payload):
+    def note_replicated_file_version(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
-        uuid = uuid_of_file_key(replicated["key"])
-        if uuid is not None:
-            self.file_checkouts.forget_latest_version(replicated["destination_replica"], uuid)
+        file_version = file_version_of_key(replicated["key"])
+        if file_version is not None:
+            self.file_checkouts.announce_version(replicated["destination_replica"], *file_version)
 
     @rpc
     def health(self):

@@ -15,7 +15,7 @@ from shared.schemas import FileCheckoutRequested
 
 from services.checkout.dependencies import MARKER_PREFIX
 from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
-                                     SingleFlight, rfc3339, uuid_of_file_key)
+                                     SingleFlight, file_version_of_key, rfc3339)
 from services.checkout.tests.files_world import KiB, FileWorld
 
 LARGE = 100 * KiB  # above the world's inline threshold (64 KiB)
@@ -185,8 +185,8 @@ def test_the_token_pins_the_version_the_first_round_found(world):
     first = world.add_file(b"1" * LARGE, uuid=uuid, version="2020-01-01T000000.000000Z")
     pending = world.service.get_file("aws", uuid)
     world.add_file(b"2" * LARGE, uuid=uuid, version="2021-01-01T000000.000000Z")
-    world.service.forget_latest_file_version({"replica": "aws", "uuid": uuid, "version": "x", "key": "k",
-                                              "blob_key": "b", "size": 1, "content_type": "c"})
+    world.service.note_file_version({"replica": "aws", "uuid": uuid, "version": "2021-01-01T000000.000000Z",
+                                     "key": "k", "blob_key": "b", "size": 1, "content_type": "c"})
     again = world.new_worker().get_file("aws", uuid, token=pending["token"])
     assert again["metadata"]["version"] == first["version"]
     # The gateway's 301 names the version too: the same version is accepted, another one is not.
@@ -415,7 +415,7 @@ def test_a_new_version_is_seen_at_once_when_announced_and_after_the_cache_time_o
     assert world.service.get_file("aws", uuid)["metadata"]["version"] == "2020-01-01T000000.000000Z"
     second = world.add_file(b"v2", uuid=uuid, version="2021-01-01T000000.000000Z")
     assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == "2020-01-01T000000.000000Z"
-    world.service.forget_latest_file_version(file_created(second))
+    world.service.note_file_version(file_created(second))
     assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == second["version"]
 
     third = world.add_file(b"v3", uuid=uuid, version="2022-01-01T000000.000000Z", replica="aws")
@@ -426,35 +426,71 @@ def test_a_new_version_is_seen_at_once_when_announced_and_after_the_cache_time_o
     world.add_file(b"g0", uuid=uuid, version="2019-01-01T000000.000000Z", replica="gcp")
     world.new_worker().get_file("gcp", uuid)
     newer = world.add_file(b"g2", uuid=uuid, version="2024-01-01T000000.000000Z", replica="gcp")
-    world.service.forget_latest_replicated_file_version({
+    world.service.note_replicated_file_version({
         "source_replica": "aws", "destination_replica": "gcp", "key": Keys.file(uuid, newer["version"]),
         "size": 10, "copied": True, "lag_seconds": 0.5})
     assert copied["version"] < newer["version"]
     assert world.new_worker().get_file("gcp", uuid)["metadata"]["version"] == newer["version"]
-    world.service.forget_latest_replicated_file_version({  # not a file: nothing to forget
+    world.service.note_replicated_file_version({  # not a file: nothing to note
         "source_replica": "aws", "destination_replica": "gcp", "key": "bundles/x", "copied": True})
 
 
-def test_uuid_of_file_key():
+def test_an_announced_older_version_changes_nothing_and_a_listing_that_missed_one_is_not_kept(world):
     uuid = new_uuid()
-    assert uuid_of_file_key(f"files/{uuid}.2020-01-01T000000.000000Z") == uuid
-    assert uuid_of_file_key(f"files/{uuid}") is None
-    assert uuid_of_file_key(f"bundles/{uuid}.2020-01-01T000000.000000Z") is None
+    world.add_file(b"v1", uuid=uuid, version="2020-01-01T000000.000000Z")
+    latest = world.add_file(b"v2", uuid=uuid, version="2021-01-01T000000.000000Z")
+    world.service.get_file("aws", uuid)
+    world.service.note_file_version({**file_created(latest), "version": "2020-01-01T000000.000000Z"})
+    world.stores["aws"].calls.clear()
+    assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == latest["version"]
+    assert "list_keys" not in world.stores["aws"].calls
+    # A version announced before its listing shows it (another replica's event, say): listed each time.
+    world.service.note_file_version({**file_created(latest), "version": "2030-01-01T000000.000000Z"})
+    for _ in range(2):
+        assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == latest["version"]
+    assert world.stores["aws"].calls["list_keys"] == 2
+
+
+def test_a_read_during_the_warming_of_a_new_file_shares_its_lookups_and_copy(world):
+    doc = world.add_file(b"shared lookups")
+    store = world.stores["aws"]
+    for name in ("get_bytes", "list_keys"):
+        original = getattr(store, name)
+
+        def slow(*args, _original=original):
+            eventlet.sleep(0.02)  # every lookup still under way when the read arrives
+            return _original(*args)
+        setattr(store, name, slow)
+    store.calls.clear()
+    warming = eventlet.spawn(world.service.handle_file_created, file_created(doc))
+    eventlet.sleep(0.001)
+    assert world.new_worker().get_file("aws", doc["uuid"])["status"] == "ready"
+    assert warming.wait()["state"] == "fresh"
+    # The warming's own calls only, no stat among them: the listing, the document, the blob, its
+    # copy written if absent. The read made none of its own.
+    assert store.calls == {"list_keys": 1, "get_bytes": 2, "put_bytes": 1}
+
+
+def test_file_version_of_key():
+    uuid = new_uuid()
+    assert file_version_of_key(f"files/{uuid}.2020-01-01T000000.000000Z") == (uuid, "2020-01-01T000000.000000Z")
+    assert file_version_of_key(f"files/{uuid}") is None
+    assert file_version_of_key(f"bundles/{uuid}.2020-01-01T000000.000000Z") is None
 
 
 # --- the process-wide helpers ---------------------------------------------------------------------------------
 
-def test_the_expiring_cache_refuses_what_was_seen_before_a_change():
+def test_the_expiring_cache():
     now = [100.0]
     cache = ExpiringCache(lambda: now[0], max_entries=2)
     cache.put("a", 1, until=110)
     assert cache.get("a") == 1
     now[0] = 110
     assert cache.get("a") is None
+    cache.put("b", 2, until=200)
     cache.forget("b")
-    cache.put("b", 2, until=200, observed_at=109)  # a lookup that began before the change
     assert cache.get("b") is None
-    cache.put("b", 2, until=200, observed_at=111)
+    cache.put("b", 2, until=200)
     assert cache.get("b") == 2
     cache.put("c", 3, until=200)
     cache.put("d", 4, until=200)
