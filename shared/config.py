@@ -146,8 +146,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_CHECKOUT_SWEEP_BATCH", 1000,
             "Copies the sweeper examines per replica and run (the next run goes on from there).", int),
     Setting("DSS_CHECKOUT_RETRY_AFTER", 10,
-            "Seconds (`Retry-After`) a client is told to wait while a large copy into the checkout bucket runs.",
-            int),
+            "Seconds (`Retry-After`) a client is told to wait while a large copy into the checkout bucket, or a "
+            "bundle checkout for GET /bundles URLs, runs.", int),
     Setting("DSS_CHECKOUT_CACHE_SECONDS", 10,
             "Seconds a checkout process trusts what it last saw of a copy (fresh) and of a file's latest version "
             "without looking again (0: always look).", float),
@@ -165,8 +165,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_CHECKOUT_JOB_STALL_SECONDS", 900,
             "A RUNNING bundle checkout job whose record was not written for this long (and that waits for no "
             "retry) is reported FAILED with cause `stalled`: its message was lost.", float),
-    Setting("DSS_CHECKOUT_JOB_RETRY_AFTER", 10,
-            "Seconds a client asking GET /bundles for URLs is told to wait while the bundle is checked out.", int),
     Setting("DSS_CHECKOUT_BUNDLE_URLS_MAX_AGE", 86400,
             "Seconds a finished bundle checkout into the checkout bucket serves GET /bundles URLs; an older one "
             "is run again first (copies still there and verified are kept), as checked-out copies may expire.",

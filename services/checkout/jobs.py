@@ -299,7 +299,7 @@ class CheckoutJobsAPI:
 
     def _pending(self, record: dict) -> dict:
         return {"status": "pending", "version": record["version"], "token": encode_token(record["job_id"]),
-                "retry_after": self.settings.checkout_job_retry_after}
+                "retry_after": self.settings.checkout_retry_after}
 
     def _ready(self, storage: ReplicaStorage, record: dict, kind: str) -> dict:
         manifest = storage.read_json(Keys.bundle(record["uuid"], record["version"]))

@@ -19,7 +19,7 @@ INLINE_BYTES = 64 * 1024  # above it, a first read waits for a background copy
 @pytest.fixture
 def checkout_api(service_config, web_config, runner_factory):
     config = {**service_config, "DSS_CHECKOUT_INLINE_BYTES": INLINE_BYTES, "DSS_CHECKOUT_WARM_BYTES": 16 * 1024,
-              "DSS_CHECKOUT_RETRY_AFTER": 1, "DSS_CHECKOUT_JOB_RETRY_AFTER": 1}
+              "DSS_CHECKOUT_RETRY_AFTER": 1}
     return start_api(config, web_config, runner_factory)
 
 
