@@ -97,10 +97,13 @@ class MemoryBlobStore(BlobStore):
     """A replica's buckets in a dict, counting calls; ``unavailable`` makes every call fail as an
     unreachable endpoint would."""
 
-    def __init__(self, replica: str):
+    def __init__(self, replica: str, clock=None):
         self.replica = replica
         self.scheme = {"aws": "s3", "gcp": "gs"}[replica]
         self.buckets: dict[str, dict[str, tuple[bytes, str, dict]]] = {}
+        # With a clock (epoch seconds), writes through the API are stamped and `stat` reports it.
+        self.clock = clock
+        self.modified: dict[tuple[str, str], float] = {}
         self.calls = collections.Counter()
         self.unavailable = False
 
@@ -121,7 +124,10 @@ class MemoryBlobStore(BlobStore):
 
     def stat(self, bucket, key):
         data, content_type, metadata = self._object(bucket, key, "stat")
-        return BlobInfo(key, len(data), content_type, dict(metadata), hashlib.md5(data).hexdigest(), None, None)
+        stamp = self.modified.get((bucket, key))
+        last_modified = None if stamp is None else datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+        return BlobInfo(key, len(data), content_type, dict(metadata), hashlib.md5(data).hexdigest(), None,
+                        last_modified)
 
     def get_tags(self, bucket, key):
         self._object(bucket, key, "get_tags")
@@ -144,6 +150,8 @@ class MemoryBlobStore(BlobStore):
         if if_absent and key in objects:
             raise BlobAlreadyExists(f"{bucket}/{key}")
         objects[key] = (bytes(data), content_type, dict(metadata or {}))
+        if self.clock is not None:
+            self.modified[(bucket, key)] = self.clock()
 
     def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
                    part_size=64 * 1024 * 1024):

@@ -37,6 +37,7 @@ from shared.identifiers import Keys, REPLICAS
 from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 
 from services.checkout import drs
+from services.checkout.jobs import JOBS_PREFIX
 from services.checkout.files import (COPY_PREFIX, Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
                                      SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
 
@@ -400,12 +401,16 @@ class FileCheckoutAPI:
 
     # --- sweeping --------------------------------------------------------------------------------
     def sweep(self, replica: str, start_after: str | None = None, limit: int | None = None) -> dict:
-        """Delete the expired copies among the next ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) of
-        ``replica``'s checkout bucket after ``start_after``, and lost background-copy markers;
-        ``next_start_after`` is where the next pass goes on (None: the listing ended)."""
+        """Delete what expired among the next ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) keys of
+        ``replica``'s checkout bucket after ``start_after``: blob copies (``blobs/``), bundle checkouts
+        (``bundles/``) and finished jobs' records (``checkout-jobs/``), by the same lifetime; and lost
+        background-copy markers. ``next_start_after`` is where the next pass goes on (None: the
+        listing ended)."""
         storage = self.replicas[replica]
         limit = limit or self.settings.checkout_sweep_batch
-        keys = _first(storage.store.list_keys(storage.checkout_bucket, COPY_PREFIX, start_after), limit)
+        listing = (key for key in storage.store.list_keys(storage.checkout_bucket, "", start_after)
+                   if not key.startswith(MARKER_PREFIX))  # markers have deadlines of their own (below)
+        keys = _first(listing, limit)
         now = self.clock()
 
         def stat(key):
@@ -418,9 +423,16 @@ class FileCheckoutAPI:
         for key, info in eventlet.GreenPool(STAT_CONCURRENCY).imap(stat, keys):
             if info is None:
                 continue
-            if self.lifetime.kept(info.content_type, info.size):
+            if key.startswith(JOBS_PREFIX):
+                # A job's record is rewritten while it runs: one untouched for a lifetime is long over.
+                expired = info.last_modified is not None and now >= info.last_modified.timestamp() + \
+                    self.lifetime.expiry
+            elif self.lifetime.kept(info.content_type, info.size):
                 kept += 1
-            elif self.lifetime.expired(info, now):
+                continue
+            else:
+                expired = self.lifetime.expired(info, now)
+            if expired:
                 # An expired copy is one nobody read in its last DSS_CHECKOUT_REFRESH_DAYS (a read
                 # refreshes it), so a read racing this delete is as unlikely as it is harmless:
                 # its next GET copies the blob again.

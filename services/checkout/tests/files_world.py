@@ -43,13 +43,13 @@ class FileWorld:
         config = {"DSS_CHECKOUT_INLINE_BYTES": 64 * KiB, "DSS_CHECKOUT_WARM_BYTES": 4 * KiB,
                   "DSS_CHECKOUT_KEEP_JSON_BYTES": 2 * KiB, **overrides}
         self.settings = Settings.from_config(config, environ={})
-        self.stores = {name: MemoryBlobStore(name) for name in ("aws", "gcp")}
+        self.clock = Clock()
+        self.stores = {name: MemoryBlobStore(name, clock=self.clock) for name in ("aws", "gcp")}
         for name, store in self.stores.items():
             store.create_bucket(self.settings.bucket(name))
             store.create_bucket(self.settings.bucket(name, "checkout"))
         self.replicas = Replicas({name: ReplicaStorage(name, store, self.settings)
                                   for name, store in self.stores.items()})
-        self.clock = Clock()
         self.state = CheckoutState(self.settings.checkout_cache_seconds, clock=self.clock)
         self.service = self.new_worker()
 

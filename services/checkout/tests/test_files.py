@@ -351,6 +351,19 @@ def test_the_sweeper_deletes_expired_copies_and_keeps_small_json_and_fresh_ones(
     assert copy_of(world, old) is not None
 
 
+def test_the_sweeper_expires_bundle_checkouts_and_old_job_records_too(world):
+    store, bucket = world.stores["aws"], world.settings.bucket("aws", "checkout")
+    store.put_bytes(bucket, "bundles/b.v/old.bin", b"a bundle's file")
+    store.put_bytes(bucket, "bundles/b.v/small.json", b'{"kept": true}', content_type="application/json")
+    store.put_bytes(bucket, "checkout-jobs/old.json", b'{"status": "SUCCEEDED"}', content_type="application/json")
+    world.clock.advance_days(15)
+    store.put_bytes(bucket, "bundles/c.v/new.bin", b"a newer bundle's file")
+    store.put_bytes(bucket, "checkout-jobs/new.json", b'{"status": "RUNNING"}', content_type="application/json")
+    result = world.new_worker().sweep("aws")
+    assert (result["examined"], result["deleted"], result["kept"]) == (5, 2, 1)
+    assert sorted(world.checkout()) == ["bundles/b.v/small.json", "bundles/c.v/new.bin", "checkout-jobs/new.json"]
+
+
 def test_the_sweeper_goes_through_a_bucket_in_bounded_batches(world):
     docs = [world.add_file(f"file {i}".encode()) for i in range(5)]
     for doc in docs:
