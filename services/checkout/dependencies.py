@@ -37,9 +37,9 @@ from shared.identifiers import Keys, REPLICAS
 from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 
 from services.checkout import drs
-from services.checkout.jobs import JOBS_PREFIX
-from services.checkout.files import (COPY_PREFIX, Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
+from services.checkout.files import (Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
                                      SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
+from services.checkout.jobs import JOBS_PREFIX
 
 logger = logging.getLogger(__name__)
 
