@@ -6,9 +6,16 @@ their source changes (a file's mtime, a URL's cache expiring or a token naming a
 so rotated keys are trusted without a restart. A verified token becomes a *caller*:
 ``{"email": str, "groups": [str], "is_admin": bool}``, the form every service receives.
 
-Google service-account tokens (``iss`` = ``sub`` = the account's e-mail, ``kid`` header, float
-``iat``/``exp``, as the DSS CLIs mint them) follow the same path: list the account as an issuer with
-its JWKS URL.
+Service accounts: the DSS CLIs (dbio, hca) mint their own tokens from a Google-style key file,
+``iss`` = ``sub`` = the account's e-mail, header ``kid`` = the key's id, float ``iat``/``exp``. Each
+account is an issuer of its own. An issuer of ``DSS_AUTH_ISSUERS`` may therefore be a pattern with
+``*`` (any run of characters) whose JWKS location holds ``{iss}``, replaced by the token's issuer:
+``*@my-project.iam.gserviceaccount.com=https://www.googleapis.com/service_accounts/v1/jwk/{iss}``
+trusts the keys Google publishes for every account of a project, and
+``*=var/auth/service-accounts/{iss}.json`` every account whose JWKS file is there (what `make
+sa-key` writes; deleting the file revokes the account). Such a per-issuer key set is looked up when
+a token names it, so accounts are added and removed without a restart; one that does not exist
+(no file, or 404) means "issuer not trusted". Only e-mail-like issuers are put into a template.
 
 Tokens are secrets: nothing here logs or echoes one, not even in error titles.
 """
@@ -20,10 +27,12 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import requests
 from joserfc import jwt
@@ -40,6 +49,10 @@ URL_JWKS_TTL_S = 300     # how long a fetched JWKS is trusted before it is fetch
 UNKNOWN_KID_REFETCH_S = 30  # at most one early re-fetch per this many seconds (unknown kids)
 FETCH_TIMEOUT_S = 5
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+ISSUER_PLACEHOLDER = "{iss}"
+PER_ISSUER_SOURCES_MAX = 1024  # key sets of pattern issuers kept in memory (least recently used go)
+# What may be put into a JWKS template: an e-mail address, so never a path separator or "..".
+_TEMPLATE_ISSUER = re.compile(r"[A-Za-z0-9_%+-][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 
 Caller = dict  # {"email": str, "groups": [str], "is_admin": bool}
 
@@ -72,16 +85,23 @@ def _load_key_set(document: Any, source: str) -> KeySet:
 
 
 class JWKSSource:
-    """The keys of one issuer, re-read when they may have changed."""
+    """The keys of one issuer, re-read when they may have changed.
 
-    def __init__(self, location: str, ttl_s: float = URL_JWKS_TTL_S):
+    ``required``: a missing file / 404 is an outage of a configured issuer (503). Otherwise (an
+    account of a pattern issuer) it means the issuer is not trusted (401), and is remembered as
+    briefly as an unknown key id is.
+    """
+
+    def __init__(self, location: str, ttl_s: float = URL_JWKS_TTL_S, required: bool = True):
         self.location = location
         self.is_url = location.startswith(("https://", "http://"))
         if self.is_url and location.startswith("http://") and urlparse(location).hostname not in _LOOPBACK_HOSTS:
             # Keys fetched in clear text could be swapped in transit: only loopback may use http.
             raise ValueError(f"JWKS URL {location} must use https")
         self.ttl_s = ttl_s
+        self.required = required
         self._keys: KeySet | None = None
+        self._absent = False  # the file or URL does not exist (as opposed to: unreadable, unreachable)
         self._stamp: float | None = None  # file mtime, or monotonic fetch time for a URL
         self._lock = threading.Lock()
 
@@ -92,16 +112,24 @@ class JWKSSource:
             else:
                 self._refresh_file()
             if self._keys is None:
+                if self._absent and not self.required:
+                    raise Unauthorized("the token's issuer is not trusted", "unauthorized")
                 raise Unavailable("the signing keys of the token issuer are unavailable", "auth_keys_unavailable")
             return self._keys
 
     def _refresh_file(self) -> None:
         try:
             mtime = os.stat(self.location).st_mtime_ns
+        except FileNotFoundError:
+            if self.required:
+                logger.error("JWKS file %s does not exist", self.location)
+            self._keys, self._stamp, self._absent = None, None, True
+            return
         except OSError as error:
             logger.error("JWKS file %s unreadable: %s", self.location, error)
-            self._keys, self._stamp = None, None
+            self._keys, self._stamp, self._absent = None, None, False
             return
+        self._absent = False
         if mtime == self._stamp and self._keys is not None:
             return
         try:
@@ -115,15 +143,20 @@ class JWKSSource:
 
     def _refresh_url(self, early: bool) -> None:
         now = time.monotonic()
-        if self._keys is not None and self._stamp is not None:
+        if self._stamp is not None:
             age = now - self._stamp
-            if age < self.ttl_s and not (early and age >= UNKNOWN_KID_REFETCH_S):
+            if self._keys is not None and age < self.ttl_s and not (early and age >= UNKNOWN_KID_REFETCH_S):
+                return
+            if self._absent and age < UNKNOWN_KID_REFETCH_S:
                 return
         try:
             response = requests.get(self.location, timeout=FETCH_TIMEOUT_S)
+            if response.status_code in (404, 410) and not self.required:
+                self._keys, self._absent, self._stamp = None, True, now
+                return
             response.raise_for_status()
             self._keys = _load_key_set(response.json(), self.location)
-            self._stamp = now
+            self._absent, self._stamp = False, now
             logger.info("fetched JWKS %s (%d keys)", self.location, len(self._keys.keys))
         except (requests.RequestException, ValueError) as error:
             # Stale keys beat no keys: an issuer's outage must not lock everyone out at once.
@@ -145,6 +178,65 @@ def parse_issuers(value: str) -> dict[str, str]:
     return issuers
 
 
+def issuer_jwks_file(issuers: str, issuer: str) -> str | None:
+    """The JWKS file through which ``DSS_AUTH_ISSUERS`` (``issuers``) trusts ``issuer``, as the
+    gateway would read it; None when it trusts that issuer through a URL, or not at all."""
+    trusted = TrustedIssuers(parse_issuers(issuers))
+    source = trusted.source(issuer)
+    return None if source is None or source.is_url else source.location
+
+
+class TrustedIssuers:
+    """The issuers of ``DSS_AUTH_ISSUERS`` and their key sets: exact issuers first, then patterns
+    in the order given. A pattern's JWKS with ``{iss}`` is one key set per matching issuer (kept
+    for the most recent ``PER_ISSUER_SOURCES_MAX``); without it, one key set for all of them."""
+
+    def __init__(self, entries: Mapping[str, str]):
+        self._exact: dict[str, JWKSSource] = {}
+        self._patterns: list[tuple[re.Pattern, str, JWKSSource | None]] = []
+        for issuer, location in entries.items():
+            templated = ISSUER_PLACEHOLDER in location
+            if "*" not in issuer:
+                if templated:
+                    raise ValueError(f"DSS_AUTH_ISSUERS: `{ISSUER_PLACEHOLDER}` needs an issuer pattern with `*` "
+                                     f"(`{issuer}` names one issuer)")
+                self._exact[issuer] = JWKSSource(location)
+                continue
+            regex = re.compile(".*".join(re.escape(part) for part in issuer.split("*")))
+            if templated:
+                JWKSSource(location.replace(ISSUER_PLACEHOLDER, "probe@example.org"))  # validates the scheme now
+            self._patterns.append((regex, location, None if templated else JWKSSource(location)))
+        self._per_issuer: OrderedDict[str, JWKSSource] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def source(self, issuer: str) -> JWKSSource | None:
+        """The key set that may sign for ``issuer``; None if no entry trusts it."""
+        if issuer in self._exact:
+            return self._exact[issuer]
+        for regex, location, shared in self._patterns:
+            if not regex.fullmatch(issuer):
+                continue
+            if shared is not None:
+                return shared
+            if _TEMPLATE_ISSUER.fullmatch(issuer):
+                return self._source_for(issuer, location)
+        return None
+
+    def _source_for(self, issuer: str, template: str) -> JWKSSource:
+        key = f"{template}\n{issuer}"
+        with self._lock:
+            source = self._per_issuer.get(key)
+            if source is None:
+                value = quote(issuer, safe="@") if template.startswith(("https://", "http://")) else issuer
+                source = JWKSSource(template.replace(ISSUER_PLACEHOLDER, value), required=False)
+                self._per_issuer[key] = source
+                if len(self._per_issuer) > PER_ISSUER_SOURCES_MAX:
+                    self._per_issuer.popitem(last=False)
+            else:
+                self._per_issuer.move_to_end(key)
+            return source
+
+
 def _split(value: str | Iterable[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         value = value.split(",")
@@ -153,7 +245,7 @@ def _split(value: str | Iterable[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class Authenticator:
-    issuers: Mapping[str, JWKSSource]
+    issuers: TrustedIssuers
     audiences: tuple[str, ...]
     email_claim: str
     group_claim: str
@@ -164,7 +256,7 @@ class Authenticator:
     @classmethod
     def from_settings(cls, settings) -> "Authenticator":
         return cls(
-            issuers={issuer: JWKSSource(source) for issuer, source in parse_issuers(settings.auth_issuers).items()},
+            issuers=TrustedIssuers(parse_issuers(settings.auth_issuers)),
             audiences=_split(settings.auth_audience),
             email_claim=settings.auth_email_claim,
             group_claim=settings.auth_group_claim,
@@ -189,7 +281,7 @@ class Authenticator:
         if header.get("alg") != ALGORITHM:
             raise Unauthorized(f"only {ALGORITHM} tokens are accepted", "unauthorized")
         issuer = unverified.get("iss")
-        source = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        source = self.issuers.source(issuer) if isinstance(issuer, str) else None
         if source is None:
             raise Unauthorized("the token's issuer is not trusted", "unauthorized")
         claims = None

@@ -1,11 +1,17 @@
-"""The local development token issuer: one RSA key, its JWKS, and tokens signed with it.
+"""The local development token issuer: one RSA key, its JWKS, and tokens signed with it; and
+service-account keys whose tokens the DSS CLIs mint themselves.
 
 `make up` calls ``ensure_local_issuer`` so the gateway finds the JWKS named by the default
 ``DSS_AUTH_ISSUERS``; `make token` and the tests call ``mint_token``. The key id is the key's
 RFC 7638 thumbprint, so the JWKS and the tokens agree without storing the kid anywhere.
+
+`make sa-key` calls ``create_service_account_key``: a key file of the shape Google issues for a
+service account (what dbio / hca read from GOOGLE_APPLICATION_CREDENTIALS), whose public key is
+added to the JWKS file the gateway reads for that account (``shared.auth.issuer_jwks_file``).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -109,3 +115,54 @@ def mint_token_for_settings(settings, email: str, groups: Iterable[str] = (), li
     return mint_token(settings.local_issuer_key, settings.local_issuer, settings.auth_audience, email,
                       groups, group_claim=settings.auth_group_claim, email_claim=settings.auth_email_claim,
                       lifetime_s=lifetime_s)
+
+
+# --- service accounts ---------------------------------------------------------------------------
+
+def _read_jwks(path: pathlib.Path) -> dict:
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"keys": []}
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError(f"{path} is not a JWKS document")
+    return document
+
+
+def trust_public_key(jwks_path: str | os.PathLike, key: RSAKey, kid: str) -> None:
+    """Add ``key``'s public half to the JWKS at ``jwks_path`` (created if missing), keeping the
+    keys already there, atomically: the gateway re-reads the file on its next token."""
+    jwks_path = pathlib.Path(jwks_path)
+    jwks_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(jwks_path.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two sa-keys for one account at once both land
+        document = _read_jwks(jwks_path)
+        document["keys"] = [k for k in document["keys"] if k.get("kid") != kid] + jwks_document(key, kid)["keys"]
+        tmp = jwks_path.with_name(f".{jwks_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, jwks_path)
+
+
+def create_service_account_key(email: str, out_path: str | os.PathLike, jwks_path: str | os.PathLike,
+                               project_id: str = "dss-local") -> str:
+    """Write a new service-account key file for ``email`` to ``out_path`` (owner-only) and trust
+    its public key in ``jwks_path``; returns the key id (``private_key_id``).
+
+    The file has the fields of a Google service-account key; the CLIs use ``client_email`` (their
+    tokens' ``iss``, ``sub`` and e-mail), ``private_key_id`` (the ``kid``) and ``private_key``."""
+    key = RSAKey.generate_key(KEY_BITS, private=True)
+    kid = key_id(key)
+    document = {
+        "type": "service_account",
+        "project_id": project_id,
+        "private_key_id": kid,
+        "private_key": key.as_pem(private=True).decode("ascii"),
+        "client_email": email,
+        "client_id": str(int(kid.encode().hex()[:16], 16)),
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    # The key file first: a trusted key whose private half was never written would be useless.
+    _write_private(pathlib.Path(out_path), (json.dumps(document, indent=2) + "\n").encode())
+    trust_public_key(jwks_path, key, kid)
+    logger.debug("service account %s: key %s trusted through %s", email, kid, jwks_path)
+    return kid

@@ -185,11 +185,21 @@ SETTINGS: tuple[Setting, ...] = (
             "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
     Setting("DSS_MAX_REQUEST_BYTES", 8 * MiB, "Largest request body the gateway accepts (413 above).", int),
     Setting("DSS_RPC_TIMEOUT", 60, "Seconds the gateway waits for a service to answer an RPC.", int),
+    Setting("DSS_OAUTH_CLIENT_ID", "dss-cli",
+            "OAuth client id served at /internal/application_secrets, which dbio and hca fetch before every "
+            "authenticated call (they only label their bearer-token session with it)."),
+    Setting("DSS_TLS_CERT_FILE", "",
+            "PEM certificate (chain) the gateway serves HTTPS with; re-read when it changes. Empty: plain HTTP."),
+    Setting("DSS_TLS_KEY_FILE", "",
+            "PEM private key of DSS_TLS_CERT_FILE. Empty: the key is in DSS_TLS_CERT_FILE."),
     # --- auth -------------------------------------------------------------------------------
-    Setting("DSS_AUTH_AUDIENCE", "https://dss.local/",
-            "Required `aud` of bearer tokens (comma-separated for several)."),
-    Setting("DSS_AUTH_ISSUERS", "https://dss.local/=var/auth/jwks.json",
-            "Trusted token issuers: comma-separated `issuer=JWKS` pairs, JWKS being an https URL or a file path."),
+    Setting("DSS_AUTH_AUDIENCE", "https://dss.local/,https://dev.data.humancellatlas.org/",
+            "Accepted `aud` of bearer tokens (comma-separated). The first is published as the spec's x-audience "
+            "(dbio mints for it); hca 8.0.0 always mints for https://dev.data.humancellatlas.org/."),
+    Setting("DSS_AUTH_ISSUERS", "https://dss.local/=var/auth/jwks.json,*=var/auth/service-accounts/{iss}.json",
+            "Trusted token issuers: comma-separated `issuer=JWKS` pairs, JWKS being an https URL or a file path. "
+            "An issuer with `*` is a pattern, and `{iss}` in its JWKS is replaced by the token's issuer (one key "
+            "set per service account, looked up when first named, so added without a restart)."),
     Setting("DSS_AUTH_EMAIL_CLAIM", "email",
             "Claim holding the caller's e-mail (falls back to `sub` when it is an e-mail)."),
     Setting("DSS_AUTH_GROUP_CLAIM", "https://auth.data.humancellatlas.org/group",

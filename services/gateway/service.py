@@ -66,6 +66,15 @@ class GatewayService:
         query(request, schemas.NoQuery())
         return json_response(apidoc.swagger_document(self.settings, request))
 
+    @api("GET", "/internal/application_secrets")
+    def application_secrets(self, request):
+        # dbio-cli and hca fetch this (https://{host}/internal/application_secrets) before their
+        # first authenticated call and read `installed.client_id` to open their OAuth2 session,
+        # even when they mint the token themselves from a service-account key. Interactive
+        # `login` (Google's installed-app flow) is not offered, so no auth_uri / token_uri.
+        query(request, schemas.NoQuery())
+        return json_response({"installed": {"client_id": self.settings.oauth_client_id}})
+
     @api("GET", "/internal/health")
     def health(self, request):
         def probe(proxy, name):

@@ -13,8 +13,10 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
+from eventlet.green import ssl as green_ssl
+from nameko.exceptions import ConfigurationError
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, WsgiApp
+from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -22,9 +24,13 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
 from services.gateway import apidoc, errors, schemas
+from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from shared.tls import ServerContext
 
 logger = logging.getLogger(__name__)
+
+TLS_HANDSHAKE_TIMEOUT_S = 10
 
 
 class ProblemWsgiApp(WsgiApp):
@@ -58,8 +64,49 @@ class ProblemWsgiApp(WsgiApp):
 
 
 class GatewayWebServer(WebServer):
+    """nameko's web server, serving HTTPS when ``DSS_TLS_CERT_FILE`` is set.
+
+    The listening socket stays plain; each accepted connection is wrapped and its handshake made
+    in the connection's own green thread, so a slow or broken client never holds up ``accept``.
+    """
+
+    def setup(self):
+        super().setup()
+        settings = Settings.from_config(self.container.config)
+        self.tls = None
+        if settings.tls_cert_file:
+            self.tls = ServerContext(settings.tls_cert_file, settings.tls_key_file, green_ssl.SSLContext)
+            logger.info("serving HTTPS with the certificate %s", settings.tls_cert_file)
+        elif settings.tls_key_file:
+            raise ConfigurationError("DSS_TLS_KEY_FILE is set without DSS_TLS_CERT_FILE")
+
     def get_wsgi_app(self):
         return ProblemWsgiApp(self)
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=HttpOnlyProtocol, debug=False):
+        server = super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
+        if self.tls:
+            # eventlet tells https from the listening socket, which is plain here.
+            server.environ = {"wsgi.url_scheme": "https", "HTTPS": "on"}
+        return server
+
+    def process_request(self, sock, address):
+        if self.tls:
+            sock = self._handshake(sock, address)
+            if sock is None:
+                return
+        super().process_request(sock, address)
+
+    def _handshake(self, sock, address):
+        try:
+            sock.settimeout(TLS_HANDSHAKE_TIMEOUT_S)
+            secure = self.tls.context().wrap_socket(sock, server_side=True)
+            secure.settimeout(self._serv.socket_timeout)
+            return secure
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError; a scanner, plain HTTP, a timeout
+            logger.debug("TLS handshake with %s failed: %s", address[0], error)
+            sock.close()
+            return None
 
 
 class ApiEndpoint(HttpRequestHandler):
@@ -93,8 +140,10 @@ JSON = "application/json"
 
 
 def query(request, schema) -> dict:
-    """The validated query string (a parameter given twice is ambiguous, so an error)."""
-    repeated = sorted(name for name, values in request.args.lists() if len(values) > 1)
+    """The validated query string. A parameter given twice with different values is ambiguous, so
+    an error; given twice with the same value it is taken once: the dbio and hca CLIs follow a
+    ``Link`` (which carries the request's parameters) and send their own parameters again."""
+    repeated = sorted(name for name, values in request.args.lists() if len(set(values)) > 1)
     if repeated:
         raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}",
                                "illegal_arguments")

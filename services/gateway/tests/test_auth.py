@@ -1,6 +1,7 @@
 """shared.auth without a server: issuers, key sources, claims."""
 import json
 import os
+import pathlib
 import time
 
 import pytest
@@ -9,8 +10,8 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from shared import auth
-from shared.auth import Authenticator, JWKSSource, parse_issuers
-from shared.auth_local import ensure_local_issuer, jwks_document, mint_token
+from shared.auth import Authenticator, JWKSSource, TrustedIssuers, issuer_jwks_file, parse_issuers
+from shared.auth_local import create_service_account_key, ensure_local_issuer, jwks_document, mint_token
 from shared.config import Settings
 from shared.exceptions import Forbidden, Unauthorized, Unavailable
 
@@ -103,11 +104,13 @@ def test_half_written_jwks_keeps_the_previous_keys(key_files):
 
 
 class FakeResponse:
-    def __init__(self, document):
+    def __init__(self, document, status_code=200):
         self.document = document
+        self.status_code = status_code
 
     def raise_for_status(self):
-        pass
+        if self.status_code >= 400:
+            raise requests.HTTPError(f"{self.status_code}")
 
     def json(self):
         return self.document
@@ -151,7 +154,7 @@ def test_url_outage_keeps_stale_keys(key_files, monkeypatch):
 
     monkeypatch.setattr(auth.requests, "get", flaky_get)
     a = authenticator("https://keys.example.org/jwks.json")
-    source = a.issuers[ISSUER]
+    source = a.issuers.source(ISSUER)
     source.keys()
     source._stamp -= auth.URL_JWKS_TTL_S + 1  # expired
     token = mint_token(key, ISSUER, AUDIENCE, "x@example.org", ["dbio"], group_claim=GROUP_CLAIM)
@@ -168,3 +171,129 @@ def test_titles_never_contain_the_token(key_files):
         with pytest.raises(Unauthorized) as caught:
             a.authenticate(f"Bearer {token}")
         assert token not in str(caught.value) and token.split(".")[1] not in json.dumps(caught.value.args)
+
+
+# --- service accounts: pattern issuers with a JWKS per account ----------------------------------------
+
+SA = "robot@dss-local.iam.example.org"
+
+
+def cli_token(key_file, audience=AUDIENCE, lifetime_s=3600, **extra):
+    """A token as dbio-cli / hca mint it from a service-account key file: iss = sub = client_email,
+    kid = private_key_id, float iat / exp, the group as a string."""
+    account = json.loads(pathlib.Path(key_file).read_text())
+    iat = time.time()
+    claims = {"iss": account["client_email"], "sub": account["client_email"], "aud": audience, "iat": iat,
+              "exp": iat + lifetime_s, "email": account["client_email"], GROUP_CLAIM: "dbio",
+              "scope": ["email", "openid", "offline_access"], **extra}
+    key = RSAKey.import_key(account["private_key"])
+    return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": account["private_key_id"]}, claims, key,
+                      algorithms=["RS256"])
+
+
+def test_service_account_key_file(tmp_path):
+    jwks = tmp_path / "accounts" / f"{SA}.json"
+    kid = create_service_account_key(SA, tmp_path / "key.json", jwks)
+    account = json.loads((tmp_path / "key.json").read_text())
+    assert (tmp_path / "key.json").stat().st_mode & 0o777 == 0o600
+    assert account["type"] == "service_account" and account["client_email"] == SA
+    assert account["private_key_id"] == kid and account["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
+    published = json.loads(jwks.read_text())["keys"]
+    assert [k["kid"] for k in published] == [kid] and "d" not in published[0]  # the public half only
+    second = create_service_account_key(SA, tmp_path / "key2.json", jwks)
+    assert [k["kid"] for k in json.loads(jwks.read_text())["keys"]] == [kid, second]  # both trusted
+
+
+def test_accounts_are_trusted_from_their_file_when_it_appears(tmp_path):
+    accounts = tmp_path / "accounts"
+    a = authenticator(tmp_path / "unused.json", DSS_AUTH_ISSUERS=f"*@dss-local.iam.example.org={accounts}/{{iss}}.json")
+    create_service_account_key(SA, tmp_path / "key.json", tmp_path / "elsewhere.json")
+    with pytest.raises(Unauthorized, match="issuer is not trusted"):
+        a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json')}")
+    # `make sa-key` while the gateway runs: trusted at the next token, no restart.
+    create_service_account_key(SA, tmp_path / "key.json.new", accounts / f"{SA}.json")
+    caller = a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json.new')}")
+    assert caller == {"email": SA, "groups": ["dbio"], "is_admin": False}
+    # Revoked by deleting its file.
+    (accounts / f"{SA}.json").unlink()
+    with pytest.raises(Unauthorized, match="issuer is not trusted"):
+        a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json.new')}")
+
+
+def test_an_account_cannot_sign_for_another(tmp_path):
+    accounts = tmp_path / "accounts"
+    a = authenticator(tmp_path / "unused.json", DSS_AUTH_ISSUERS=f"*={accounts}/{{iss}}.json")
+    create_service_account_key(SA, tmp_path / "mine.json", accounts / f"{SA}.json")
+    other = "other@dss-local.iam.example.org"
+    create_service_account_key(other, tmp_path / "other.json", accounts / f"{other}.json")
+    forged = cli_token(tmp_path / "mine.json", iss=other, sub=other, email=other)
+    with pytest.raises(Unauthorized, match="unknown key"):
+        a.authenticate(f"Bearer {forged}")
+
+
+@pytest.mark.parametrize("issuer", ["../etc/x@example.org", "a/b@example.org", "https://issuer/", ".@x", "x@y"])
+def test_only_email_like_issuers_fill_a_template(tmp_path, issuer):
+    trusted = TrustedIssuers({"*": f"{tmp_path}/{{iss}}.json"})
+    assert trusted.source(issuer) is None
+    assert trusted.source("robot@example.org").location == f"{tmp_path}/robot@example.org.json"
+
+
+def test_issuer_entries(tmp_path):
+    trusted = TrustedIssuers(parse_issuers(
+        f"https://dss.local/={tmp_path}/local.json,*@corp.example.org={tmp_path}/corp.json,"
+        f"*@x.iam.gserviceaccount.com=https://keys.example.org/jwk/{{iss}}"))
+    assert trusted.source("https://dss.local/").location == f"{tmp_path}/local.json"
+    assert trusted.source("a@corp.example.org") is trusted.source("b@corp.example.org")  # one shared set
+    assert trusted.source("a+b@x.iam.gserviceaccount.com").location == \
+        "https://keys.example.org/jwk/a%2Bb@x.iam.gserviceaccount.com"
+    assert trusted.source("a@elsewhere.example.org") is None
+    with pytest.raises(ValueError, match="pattern"):
+        TrustedIssuers({"robot@example.org": "keys/{iss}.json"})
+    with pytest.raises(ValueError, match="https"):
+        TrustedIssuers({"*@example.org": "http://keys.example.org/{iss}"})
+
+
+def test_issuer_jwks_file(tmp_path):
+    issuers = f"https://dss.local/=var/auth/jwks.json,*@x.iam.gserviceaccount.com=https://k/{{iss}},*=var/sa/{{iss}}.json"
+    assert issuer_jwks_file(issuers, "you@example.org") == "var/sa/you@example.org.json"
+    assert issuer_jwks_file(issuers, "a@x.iam.gserviceaccount.com") is None  # trusted through a URL
+    assert issuer_jwks_file("https://dss.local/=var/auth/jwks.json", "you@example.org") is None
+
+
+def test_url_per_account_404_is_untrusted_and_remembered(key_files, tmp_path, monkeypatch):
+    fetches = []
+
+    def fake_get(url, timeout):
+        fetches.append(url)
+        return FakeResponse({}, status_code=404)
+
+    monkeypatch.setattr(auth.requests, "get", fake_get)
+    a = authenticator(tmp_path / "unused.json",
+                      DSS_AUTH_ISSUERS="*@x.iam.gserviceaccount.com=https://keys.example.org/jwk/{iss}")
+    account = "gone@x.iam.gserviceaccount.com"
+    create_service_account_key(account, tmp_path / "key.json", tmp_path / "elsewhere.json")
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="issuer is not trusted"):
+            a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json')}")
+    assert fetches == [f"https://keys.example.org/jwk/{account}"]  # the 404 is remembered a while
+
+
+def test_url_per_account_outage_is_unavailable(tmp_path, monkeypatch):
+    def down(url, timeout):
+        raise requests.ConnectionError("down")
+
+    monkeypatch.setattr(auth.requests, "get", down)
+    a = authenticator(tmp_path / "unused.json",
+                      DSS_AUTH_ISSUERS="*@x.iam.gserviceaccount.com=https://keys.example.org/jwk/{iss}")
+    create_service_account_key("a@x.iam.gserviceaccount.com", tmp_path / "key.json", tmp_path / "elsewhere.json")
+    with pytest.raises(Unavailable):
+        a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json')}")
+
+
+def test_hca_audience_is_accepted_by_default(tmp_path):
+    """hca 8.0.0 mints for https://dev.data.humancellatlas.org/ whatever the spec says."""
+    accounts = tmp_path / "accounts"
+    settings = Settings.from_config({"DSS_AUTH_ISSUERS": f"*={accounts}/{{iss}}.json"}, environ={})
+    create_service_account_key(SA, tmp_path / "key.json", accounts / f"{SA}.json")
+    token = cli_token(tmp_path / "key.json", audience="https://dev.data.humancellatlas.org/")
+    assert Authenticator.from_settings(settings).authenticate(f"Bearer {token}")["email"] == SA
