@@ -15,8 +15,10 @@ GROUPS ?= dbio
 LIFETIME ?= 3600
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+TLS ?=
+OUT ?=
 
-.PHONY: install up down restart status token test lock bench
+.PHONY: install up down restart status token sa-key cert test test-compat lock bench
 
 install: $(STAMP)
 
@@ -26,8 +28,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(VPY) -m pip install -q -c constraints.txt -e '.[dev]' >&2
 	@touch $@
 
+# `make up TLS=1`: the gateway serves HTTPS with the development certificate of var/tls (until `make down`).
 up: install
-	@$(VPY) deploy/local.py up
+	@$(VPY) deploy/local.py up $(if $(TLS),--tls)
 
 down: install
 	@$(VPY) deploy/local.py down
@@ -42,9 +45,23 @@ status: install
 token: install
 	@$(VPY) deploy/local.py token --email '$(EMAIL)' --groups '$(GROUPS)' --lifetime '$(LIFETIME)'
 
+# A service-account key file for the dbio / hca clients, trusted by the running stack at once.
+sa-key: install
+	@test -n '$(OUT)' || { echo "make sa-key: give the key file to write, e.g. OUT=sa-key.json" >&2; exit 2; }
+	@$(VPY) deploy/local.py sa-key --email '$(EMAIL)' --out '$(OUT)'
+
+# The development CA and the gateway's certificate (var/tls); `make up TLS=1` makes them too.
+cert: install
+	@$(VPY) deploy/local.py cert
+
 test: install
 	@deploy/ensure-rabbitmq.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Only the compatibility suite: the real dbio and hca clients against the API (make test runs it too).
+test-compat: install
+	@deploy/ensure-rabbitmq.sh
+	$(VENV)/bin/pytest -m compat $(PYTEST_ARGS)
 
 # Re-resolve every dependency from scratch in a throwaway venv and pin the result.
 lock:

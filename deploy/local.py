@@ -10,12 +10,16 @@ S3 bucket notifies an SQS queue on moto, and fake-gcs-server publishes to a topi
 emulator (on the port of DSS_PUBSUB_EMULATOR_HOST) when that is installed; without it only
 GCS-originated replication is off. Everything it starts is recorded in ``var/run/<name>.pid`` (with its start
 time in ``<name>.started``, so a recycled pid is never mistaken for ours) and logs to
-``var/log/<name>.log``; ``down`` stops exactly those process groups.
+``var/log/<name>.log``; ``down`` stops exactly those process groups. ``up --tls`` makes the gateway
+serve HTTPS with a development certificate (``cert`` makes it, under var/tls) until ``down``;
+``sa-key`` writes a service-account key file for the dbio / hca clients that the running stack
+trusts at once.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -40,7 +44,8 @@ import psutil  # noqa: E402
 import requests  # noqa: E402
 import yaml  # noqa: E402
 
-from shared import auth_local, local_cloud  # noqa: E402
+from shared import auth_local, local_cloud, tls  # noqa: E402
+from shared.auth import issuer_jwks_file  # noqa: E402
 from shared.config import Settings  # noqa: E402
 
 logger = logging.getLogger("dss.local")
@@ -53,6 +58,10 @@ RUN_DIR = VAR / "run"
 LOG_DIR = VAR / "log"
 GCS_DATA = VAR / "gcs"
 RABBIT_DIR = VAR / "rabbitmq"
+TLS_DIR = VAR / "tls"
+# Present while the gateway serves HTTPS with the development certificate (`make up TLS=1` until
+# `make down`), so `up`, `restart` and `status` keep to it.
+TLS_STATE = RUN_DIR / "gateway-tls.json"
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:8080"
 HEALTH_TIMEOUT_S = 60
@@ -484,6 +493,36 @@ def ensure_issuer(settings: Settings) -> str:
     return jwks
 
 
+# --- TLS ----------------------------------------------------------------------------------------
+
+def tls_names(settings: Settings) -> tuple[str, ...]:
+    """What the development certificate names: loopback, and the gateway's host and public host."""
+    names = list(tls.DEFAULT_NAMES)
+    host, _ = gateway_address()
+    names.append(host)
+    if settings.public_url:
+        names.append(urllib.parse.urlsplit(settings.public_url).hostname or "")
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def ensure_tls(settings: Settings) -> tls.DevCertificate:
+    """The development CA and the gateway's certificate under var/tls (made once, re-issued when
+    a name is missing or it nears its end)."""
+    return tls.ensure_dev_certificate(TLS_DIR, tls_names(settings))
+
+
+def use_tls(certificate: tls.DevCertificate) -> bool:
+    """Make the gateway `up` starts serve HTTPS with ``certificate``; True if it was plain before."""
+    was_plain = not TLS_STATE.exists()
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    TLS_STATE.write_text(json.dumps(dataclasses.asdict(certificate)) + "\n")
+    return was_plain
+
+
+def _relative(path: str) -> str:
+    return os.path.relpath(path, ROOT) if path.startswith(str(ROOT)) else path
+
+
 # --- services -----------------------------------------------------------------------------------
 
 def config_value(service: str, key: str) -> str | None:
@@ -510,7 +549,21 @@ def gateway_address() -> tuple[str, int]:
 
 def gateway_url() -> str:
     host, port = gateway_address()
-    return f"http://{host}:{port}"
+    scheme = "https" if TLS_STATE.exists() or Settings.from_config({}).tls_cert_file else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def get_gateway(url: str, timeout: float = 5) -> requests.Response:
+    """GET from the gateway `up` started, trusting the development CA when it serves with it."""
+    if TLS_STATE.exists():
+        return requests.get(url, timeout=timeout, verify=json.loads(TLS_STATE.read_text())["ca_file"])
+    if url.startswith("https://"):
+        # A certificate of the user's own (DSS_TLS_CERT_FILE) names the public host, not the
+        # loopback address probed here; this only asks our own process whether it is healthy.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return requests.get(url, timeout=timeout, verify=False)
+    return requests.get(url, timeout=timeout)
 
 
 def health_url() -> str:
@@ -522,8 +575,11 @@ def _nameko() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("nameko") or "nameko")
 
 
-def service_env(uri: str) -> dict:
+def service_env(uri: str, name: str | None = None) -> dict:
     env = dict(os.environ)
+    if name == "gateway" and TLS_STATE.exists() and not env.get("DSS_TLS_CERT_FILE"):
+        state = json.loads(TLS_STATE.read_text())
+        env.update(DSS_TLS_CERT_FILE=state["cert_file"], DSS_TLS_KEY_FILE=state["key_file"])
     env["AMQP_URI"] = uri
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach var/log at once
     # A shared METRICS_PORT in the caller's environment would give every service that reads it the
@@ -558,7 +614,7 @@ def start_services(uri: str, names=SERVICES) -> dict[str, str]:
         if busy:
             raise Failed(f"cannot start {name}: {busy[0]} is already in use by another process.")
         command = [_nameko(), "run", "--config", f"services/{name}/config.yml", f"services.{name}.service"]
-        pid = spawn(name, command, env=service_env(uri))
+        pid = spawn(name, command, env=service_env(uri, name))
         states[name] = f"started (pid {pid})"
     return states
 
@@ -572,7 +628,7 @@ def wait_healthy(names=SERVICES, timeout: float | None = None) -> None:
         if dead:
             raise Failed("exited during start-up: " + ", ".join(dead) + "\n" + _log_tails(dead))
         try:
-            answer = requests.get(health_url(), timeout=5)
+            answer = get_gateway(health_url())
             if answer.status_code == 200:
                 return
             last = f"HTTP {answer.status_code}: {answer.text[:1000]}"
@@ -620,6 +676,15 @@ def cmd_up(args) -> int:
         logger.info("S3 notifications: %s", s3_events)
         jwks = ensure_issuer(settings)
         logger.info("token issuer: %s (key %s, JWKS %s)", settings.local_issuer, settings.local_issuer_key, jwks)
+        if args.tls:
+            if settings.tls_cert_file:
+                raise Failed("DSS_TLS_CERT_FILE is set: the gateway serves that certificate; leave out TLS=1")
+            certificate = ensure_tls(settings)
+            logger.info("TLS: development certificate %s (CA %s)", _relative(certificate.cert_file),
+                        _relative(certificate.ca_file))
+            if use_tls(certificate) and owned_pid("gateway"):
+                logger.info("gateway: restarting it to serve HTTPS")
+                stop("gateway")
         states = start_services(uri)
         for name, state in states.items():
             logger.info("%s: %s", name, state)
@@ -638,9 +703,13 @@ def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool 
         pubsub = f"{settings.pubsub_emulator_host} (emulator)   ({subscription})"
     else:
         pubsub = f"none at {settings.pubsub_emulator_host}: {GCS_EVENTS_OFF}"
+    tls_line = ""
+    if TLS_STATE.exists():
+        ca = _relative(json.loads(TLS_STATE.read_text())["ca_file"])
+        tls_line = f"\n  TLS        HTTPS with a development certificate; trust its CA: REQUESTS_CA_BUNDLE={ca}"
     print(f"""DSS is up.
   API        {gateway_url()}/v1   (Swagger: {gateway_url()}/v1/swagger.json)
-  health     {health_url()}
+  health     {health_url()}{tls_line}
   S3         {settings.s3_endpoint or 'AWS'}   (buckets {settings.s3_bucket}, {settings.s3_checkout_bucket}, {settings.s3_staging_bucket})
   GCS        {settings.gcs_endpoint or 'Google Cloud'}   (buckets {settings.gs_bucket}, {settings.gs_checkout_bucket}, {settings.gs_staging_bucket})
   SQS        {settings.sqs_endpoint or 'AWS'}   (queue {settings.s3_notification_queue}: S3 main bucket notifications)
@@ -649,6 +718,7 @@ def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool 
   metrics    {metrics}
   logs       {LOG_DIR.relative_to(ROOT)}/
   token      TOKEN=$(make -s token EMAIL=you@example.org GROUPS=dbio)
+  clients    make sa-key EMAIL=you@example.org OUT=sa-key.json   (dbio / hca: README "Using the old DSS clients")
   stop       make down""")
 
 
@@ -659,6 +729,7 @@ def cmd_down(args) -> int:
         others = sorted(p.stem for p in RUN_DIR.glob("*.pid") if p.stem not in (*SERVICES, *infrastructure))
         # Services first (in parallel), so none of them sees its broker or storage vanish.
         stopped = stop(*others, *SERVICES) + stop(*infrastructure[:-1])
+        TLS_STATE.unlink(missing_ok=True)  # the next `up` serves plain HTTP unless asked (TLS=1)
         for name in stopped:
             logger.info("%s: stopped", name)
         stop_epmd()
@@ -714,7 +785,7 @@ def cmd_status(args) -> int:
         pid = owned_pid(name)
         line(name, f"running, pid {pid}, metrics :{metrics_port(name)}" if pid else "stopped", bool(pid))
     try:
-        answer = requests.get(health_url(), timeout=5)
+        answer = get_gateway(health_url())
         line("health", f"HTTP {answer.status_code} {answer.text[:300]}", answer.status_code == 200)
     except requests.RequestException as error:
         line("health", f"no answer from {health_url()} ({type(error).__name__})", False)
@@ -727,6 +798,37 @@ def cmd_token(args) -> int:
     groups = [g.strip() for g in args.groups.split(",") if g.strip()]
     # stdout carries the token and nothing else: `TOKEN=$(make -s token ...)`.
     print(auth_local.mint_token_for_settings(settings, args.email, groups, lifetime_s=args.lifetime))
+    return 0
+
+
+def cmd_sa_key(args) -> int:
+    """Write a service-account key file the running stack trusts at once (its JWKS is re-read)."""
+    settings = Settings.from_config({})
+    jwks = issuer_jwks_file(settings.auth_issuers, args.email)
+    if jwks is None:
+        raise Failed(f"DSS_AUTH_ISSUERS trusts no JWKS file for {args.email} (it is `{settings.auth_issuers}`); "
+                     "add an entry such as `*=var/auth/service-accounts/{iss}.json` (the default has it)")
+    if os.path.exists(args.out):
+        raise Failed(f"{args.out} exists; give another OUT, or delete it first")
+    kid = auth_local.create_service_account_key(args.email, args.out, jwks)
+    groups = ", ".join(settings.auth_allowed_groups)
+    admin = args.email.lower() in {e.lower() for e in settings.admin_emails}
+    print(f"wrote {args.out}: a service-account key of {args.email} (key id {kid}), trusted through {jwks}.\n"
+          f"Use it:   export GOOGLE_APPLICATION_CREDENTIALS={args.out}\n"
+          f"Writes need a group of DSS_AUTH_ALLOWED_GROUPS ({groups}): dbio sends `dbio`, hca `hca`. "
+          f"{'It is an administrator (DSS_ADMIN_EMAILS).' if admin else 'Deleting bundles needs DSS_ADMIN_EMAILS.'}\n"
+          f"Revoke it: remove its key from {jwks}.", file=sys.stderr)
+    return 0
+
+
+def cmd_cert(args) -> int:
+    """Make (once) the development CA and the gateway's certificate under var/tls."""
+    certificate = ensure_tls(Settings.from_config({}))
+    print(f"CA          {_relative(certificate.ca_file)}   (trust it: REQUESTS_CA_BUNDLE, or the system store)\n"
+          f"certificate {_relative(certificate.cert_file)}   (DSS_TLS_CERT_FILE)\n"
+          f"key         {_relative(certificate.key_file)}   (DSS_TLS_KEY_FILE)\n"
+          f"names       {', '.join(tls_names(Settings.from_config({})))}\n"
+          "`make up TLS=1` serves HTTPS with it.", file=sys.stderr)
     return 0
 
 
@@ -774,6 +876,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-wait", action="store_true", help="do not wait for the gateway's health check")
     up.add_argument("--timeout", type=float, default=HEALTH_TIMEOUT_S,
                     help="seconds to wait for the health check (default %(default)s)")
+    up.add_argument("--tls", action="store_true",
+                    help="serve HTTPS with the development certificate of var/tls (made if missing) until `down`")
     up.set_defaults(run=cmd_up)
     commands.add_parser("down", help="stop what `up` started").set_defaults(run=cmd_down)
     restart = commands.add_parser("restart", help="restart services (all by default) after a code change")
@@ -785,6 +889,13 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--groups", default="dbio", help="comma-separated")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds")
     token.set_defaults(run=cmd_token)
+    sa_key = commands.add_parser("sa-key", help="write a service-account key file (GOOGLE_APPLICATION_CREDENTIALS "
+                                                "of dbio / hca) whose tokens the stack trusts, without a restart")
+    sa_key.add_argument("--email", required=True, help="the account's e-mail (the tokens' iss, sub and email)")
+    sa_key.add_argument("--out", required=True, type=os.path.abspath, help="the key file to write (owner-only)")
+    sa_key.set_defaults(run=cmd_sa_key)
+    commands.add_parser("cert", help="make the development CA and the gateway's certificate (var/tls)"
+                        ).set_defaults(run=cmd_cert)
     letters = commands.add_parser("dead-letters", help="list, show or replay dead-lettered background work")
     letters.add_argument("action", choices=("list", "show", "replay"))
     letters.add_argument("queue", nargs="?", help="the handler queue, as `list` prints it")
