@@ -1,0 +1,79 @@
+"""Fixtures of the compatibility suite: the real DSS command-line clients (tests/compat/clients.py)
+run as subprocesses against the whole API, served in-process over HTTPS on a real port (the
+clients only speak https), on the real broker and the session's emulators.
+
+Each client is configured as a user would (README "Using the old DSS clients"): a config file
+naming our /v1/swagger.json, the test CA in REQUESTS_CA_BUNDLE, a service-account key from
+``create_service_account_key`` (what `make sa-key` runs) in GOOGLE_APPLICATION_CREDENTIALS, and the
+staging bucket's S3 endpoint in AWS_ENDPOINT_URL_S3.
+"""
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+
+from shared.config import Settings
+from shared.testing import Receiver
+from shared.tls import ensure_dev_certificate
+from tests.compat.clients import CLIENTS, Cli, InstallError, install
+from tests.e2e.conftest import start_api
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def client_venvs():
+    """{name: virtualenv} of both clients, installed once per machine (cached)."""
+    try:
+        return {name: install(client) for name, client in CLIENTS.items()}
+    except InstallError as error:
+        # Never a skip: without the clients this suite proves nothing.
+        pytest.fail(f"the DSS clients could not be installed: {error}", pytrace=False)
+
+
+@dataclasses.dataclass
+class CompatStack:
+    url: str                   # https://127.0.0.1:PORT (no /v1)
+    ca_file: str
+    settings: Settings         # as the services under test resolve them
+    service_accounts: str      # the DSS_AUTH_ISSUERS value trusting per-account JWKS files
+
+
+@pytest.fixture
+def compat_stack(service_config, web_config, runner_factory, blobstores, tmp_path):
+    """The API over HTTPS with a main bucket and search index of this test's own (subscriptions
+    and listings are per bucket), large files made to take the asynchronous paths: a copy above
+    1 MiB answers PUT /files 202, a GET /files of a blob above 512 KiB answers 301 + Retry-After."""
+    bucket = f"compat-{uuid.uuid4().hex[:10]}"
+    for store in blobstores.values():
+        store.create_bucket(bucket)
+    certificate = ensure_dev_certificate(tmp_path / "tls", names=("127.0.0.1", "localhost"))
+    accounts = f"*={tmp_path / 'service-accounts'}/{{iss}}.json"
+    config = {**service_config,
+              "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket, "DSS_INDEX_DIR": str(tmp_path / "index"),
+              "DSS_TLS_CERT_FILE": certificate.cert_file, "DSS_TLS_KEY_FILE": certificate.key_file,
+              "DSS_AUTH_ISSUERS": f"{service_config['DSS_AUTH_ISSUERS']},{accounts}",
+              "DSS_ADMIN_EMAILS": "dbio-compat@dss-local.iam.example.org,hca-compat@dss-local.iam.example.org",
+              "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1", "DSS_NOTIFY_RETRY_DELAYS": "1,1,1",
+              "DSS_ASYNC_COPY_THRESHOLD": MiB, "DSS_CHECKOUT_WARM_BYTES": 0,
+              "DSS_CHECKOUT_INLINE_BYTES": MiB // 2, "DSS_CHECKOUT_RETRY_AFTER": 1}
+    start_api(config, web_config, runner_factory)
+    return CompatStack(url=f"https://{web_config['WEB_SERVER_ADDRESS']}", ca_file=certificate.ca_file,
+                       settings=Settings.from_config(config, environ={}), service_accounts=config["DSS_AUTH_ISSUERS"])
+
+
+@pytest.fixture
+def receiver():
+    server = Receiver({})
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=sorted(CLIENTS))
+def cli(request, client_venvs, compat_stack, tmp_path):
+    name = request.param
+    return Cli(CLIENTS[name], client_venvs[name], tmp_path / f"{name}-home", api_url=compat_stack.url,
+               ca_file=compat_stack.ca_file, issuers=compat_stack.service_accounts,
+               s3_endpoint=compat_stack.settings.s3_endpoint)
