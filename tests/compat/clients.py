@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_INDEX = "https://pypi.org/simple"
 WHEEL_BUILDER = "wheel==0.48.0"  # setup.py bdist_wheel needs it in the building virtualenv
-STEP_TIMEOUT_S = 900
+STEP_TIMEOUT_S = 600
 CLI_TIMEOUT_S = 300
 # Bump when the installation procedure changes, so cached virtualenvs are made again.
 PROCEDURE = 1

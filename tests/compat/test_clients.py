@@ -19,7 +19,9 @@ from shared.auth_local import create_service_account_key
 from shared.testing import wait_until
 from tests.compat.clients import CliFailed
 
-pytestmark = pytest.mark.compat
+# The first test of a machine also installs both clients (the session fixture): more than the
+# suite-wide 300 s may be needed on a slow link.
+pytestmark = [pytest.mark.compat, pytest.mark.timeout(900)]
 
 MiB = 1024 * 1024
 SEARCH_WAIT_S = 60
