@@ -15,6 +15,18 @@ RCLONE_INSTALL = ("rclone is not installed: the rclone baselines and ratios are 
                   "`apt-get install -y rclone` (Debian/Ubuntu) or see https://rclone.org/install/, then run again.")
 
 
+def check_stack_health(gateway: str) -> None:
+    """Stop with the reason when a service of the stack is down: its figures would be nonsense."""
+    import requests
+    try:
+        answer = requests.get(f"{gateway}/internal/health", timeout=30)
+    except requests.RequestException as error:
+        raise SystemExit(f"the gateway does not answer ({error}): start the stack with `make up`") from None
+    if answer.status_code != 200:
+        raise SystemExit(f"the stack is not healthy (`make status`; `make up` restarts what stopped): "
+                         f"{answer.text[:500]}")
+
+
 def percentile(values, pct):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]

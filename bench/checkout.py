@@ -53,7 +53,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, percentile  # noqa: E402
+from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, check_stack_health, percentile  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -94,14 +94,7 @@ class Stack:
                 self.rclone = Rclone(binary, self.settings, workdir, args.rclone_flag)
 
     def check_health(self) -> None:
-        """Stop with the reason when a service is down: its figures would be nonsense."""
-        try:
-            answer = requests.get(f"{self.gateway}/internal/health", timeout=30)
-        except requests.RequestException as error:
-            raise SystemExit(f"the gateway does not answer ({error}): start the stack with `make up`") from None
-        if answer.status_code != 200:
-            raise SystemExit(f"the stack is not healthy (`make status`; `make up` restarts what stopped): "
-                             f"{answer.text[:500]}")
+        check_stack_health(self.gateway)
 
     def service_pid(self, name: str) -> int:
         pid_file = ROOT / "var" / "run" / f"{name}.pid"

@@ -49,7 +49,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.files.dependencies import file_metadata_doc  # noqa: E402
-from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, percentile  # noqa: E402
+from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, check_stack_health, percentile  # noqa: E402
 from shared import events  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
@@ -300,14 +300,7 @@ class Bench:
         return session
 
     def check_health(self) -> None:
-        """Stop with the reason when a service is down: its figures would be nonsense."""
-        try:
-            answer = requests.get(f"{self.gateway}/internal/health", timeout=30)
-        except requests.RequestException as error:
-            raise SystemExit(f"the gateway does not answer ({error}): start the stack with `make up`") from None
-        if answer.status_code != 200:
-            raise SystemExit(f"the stack is not healthy (`make status`; `make up` restarts what stopped): "
-                             f"{answer.text[:500]}")
+        check_stack_health(self.gateway)
 
     # --- writing -------------------------------------------------------------------------------
     def stage_small(self, count: int) -> list[str]:
