@@ -62,6 +62,20 @@ class PeakRSS:
         self._thread.join()
 
 
+def open_rclone(args, settings, workdir: pathlib.Path) -> "Rclone | None":
+    """The rclone baseline the command line asks for (``--rclone``, ``--rclone-flag``, ``--no-rclone``),
+    or None, saying how to install it when it is missing."""
+    import shutil
+    import sys
+    if args.no_rclone:
+        return None
+    binary = shutil.which(args.rclone)
+    if binary is None:
+        print(RCLONE_INSTALL, file=sys.stderr, flush=True)
+        return None
+    return Rclone(binary, settings, workdir, args.rclone_flag)
+
+
 class Rclone:
     """`rclone` against the emulators of the stack (remotes ``s3local:`` and ``gcslocal:``), with the
     toolchain's config in a temp file; the baseline the benchmarks measure the store against."""

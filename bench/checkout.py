@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import statistics
 import sys
 import tempfile
@@ -53,7 +52,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, check_stack_health, percentile  # noqa: E402
+from bench._common import PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -85,13 +84,7 @@ class Stack:
                                                                                   ["dbio"])
         self.run = uuid_module.uuid4().hex[:8]  # names this run's buckets
         self.read_files: list[dict] = []  # the files file_first_read wrote, read again by file_repeat_read
-        self.rclone = None
-        if not args.no_rclone:
-            binary = shutil.which(args.rclone)
-            if binary is None:
-                print(RCLONE_INSTALL, file=sys.stderr, flush=True)
-            else:
-                self.rclone = Rclone(binary, self.settings, workdir, args.rclone_flag)
+        self.rclone = open_rclone(args, self.settings, workdir)
 
     def check_health(self) -> None:
         check_stack_health(self.gateway)

@@ -26,7 +26,6 @@ import datetime
 import json
 import os
 import pathlib
-import shutil
 import socket
 import statistics
 import sys
@@ -49,7 +48,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.files.dependencies import file_metadata_doc  # noqa: E402
-from bench._common import RCLONE_INSTALL, PeakRSS, Rclone, check_stack_health, percentile  # noqa: E402
+from bench._common import RCLONE_INSTALL, PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
 from shared import events  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
@@ -267,14 +266,9 @@ class Bench:
         self.run = uuid_module.uuid4().hex[:8]
         self.metrics = ReplicatorMetrics(int(os.environ.get("DSS_REPLICATOR_METRICS_PORT", "9104")))
         self.events = BusWatch(os.environ.get("AMQP_URI") or DEFAULT_AMQP_URI)
-        self.rclone = None
-        if not args.no_rclone:
-            binary = shutil.which(args.rclone)
-            if binary is None:
-                print(RCLONE_INSTALL, file=sys.stderr, flush=True)
-            else:
-                self.rclone = Rclone(binary, self.settings, workdir, args.rclone_flag)
-                open_blobstore("gcp", self.settings).create_bucket(RCLONE_SCRATCH_BUCKET)
+        self.rclone = open_rclone(args, self.settings, workdir)
+        if self.rclone is not None:
+            open_blobstore("gcp", self.settings).create_bucket(RCLONE_SCRATCH_BUCKET)
         pid_file = ROOT / "var" / "run" / "replicator.pid"
         try:
             self.replicator_pid = int(pid_file.read_text().split()[0])
