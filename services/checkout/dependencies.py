@@ -37,6 +37,7 @@ from shared.identifiers import Keys, REPLICAS
 from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 
 from services.checkout import drs
+from services.checkout import exceptions as errors
 from services.checkout.files import (Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
                                      SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
 from services.checkout.jobs import JOBS_PREFIX
@@ -166,15 +167,10 @@ class FileCheckoutAPI:
         """(version, manifest) of a live bundle version (the latest live one when ``version`` is
         None); ``NotFound`` when missing or tombstoned."""
         storage = self.replicas[replica]
-        versions, dead = storage.versions(Keys.bundle_prefix(uuid))
-        live = [v for v in versions if v not in dead] if "*" not in dead else []
-        if version is None:
-            if not live:
-                raise NotFound(f"no bundle {uuid} in replica {replica}")
-            version = live[-1]
-        elif version not in live:
-            raise NotFound(f"no bundle {uuid} version {version} in replica {replica}")
-        return version, storage.read_json(Keys.bundle(uuid, version))
+        live = storage.live_version(Keys.bundle_prefix(uuid), version)
+        if live is None:
+            raise errors.bundle_not_found(replica, uuid, version)
+        return live, storage.read_json(Keys.bundle(uuid, live))
 
     # --- reading a file (GET /files, DRS access) -------------------------------------------------
     def read_file(self, replica: str, uuid: str, version: str | None, directurl: bool,
