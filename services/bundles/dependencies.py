@@ -12,9 +12,9 @@ import itertools
 import logging
 from typing import Iterator
 
-import eventlet
 from marshmallow import EXCLUDE, Schema, ValidationError
 
+from shared.concurrency import green_map
 from shared.identifiers import Keys, fqid, is_version, new_version, normalize_uuid, normalize_version, split_fqid
 from shared.exceptions import InvalidParameter, NotFound
 from shared.schemas import BundleManifest, CollectionDocument, CollectionItem, FileMetadata, ManifestFile, Tombstone
@@ -124,22 +124,6 @@ def dedupe(items: list[dict]) -> list[dict]:
     return unique
 
 
-def _green_map(function, items) -> list:
-    """``map`` with concurrent calls; the first error is re-raised here, in the caller's thread
-    (an exception escaping a green thread would also be printed by the hub as unhandled)."""
-    def attempt(item):
-        try:
-            return function(item), None
-        except Exception as error:  # noqa: BLE001 - handed back to the caller below
-            return None, error
-
-    outcomes = list(eventlet.GreenPool(LOOKUP_CONCURRENCY).imap(attempt, items))
-    for _, error in outcomes:
-        if error is not None:
-            raise error
-    return [result for result, _ in outcomes]
-
-
 def _groups(storage: ReplicaStorage, root: str, prefix: str = "", start_after: str | None = None
             ) -> Iterator[tuple[str, list[str], set[str]]]:
     """(uuid, versions, tombstoned versions) for each uuid under ``root`` (``bundles/`` or
@@ -180,7 +164,7 @@ class BundleStoreAPI:
             check_file_name(ref["name"])
         check_unique_names(ref["name"] for ref in refs)
         storage = self.replicas[replica]
-        docs = _green_map(lambda ref: storage.find_json(Keys.file(ref["uuid"], ref["version"])), refs)
+        docs = green_map(lambda ref: storage.find_json(Keys.file(ref["uuid"], ref["version"])), refs, LOOKUP_CONCURRENCY)
         missing = [fqid(ref["uuid"], ref["version"]) for ref, doc in zip(refs, docs) if doc is None]
         if missing:
             raise errors.file_missing(replica, missing)
@@ -356,7 +340,7 @@ class BundleStoreAPI:
         latest = [(uuid, versions[-1]) for uuid, versions, dead in
                   _groups(self.replicas[replica], Keys.collection_prefix())
                   if versions and ALL_VERSIONS not in dead]
-        owners = _green_map(lambda item: self.collection_owner(replica, *item), latest)
+        owners = green_map(lambda item: self.collection_owner(replica, *item), latest, LOOKUP_CONCURRENCY)
         owned = [{"uuid": uuid, "version": version} for (uuid, version), owner in zip(latest, owners)
                  if owner == email]
         end = start_at + per_page
@@ -372,8 +356,8 @@ class BundleStoreAPI:
 
     def check_links(self, replica: str, items: list[dict]) -> None:
         """Every item must name an object of its type that exists on ``replica`` and is not tombstoned."""
-        unresolved = [item for item, ok in zip(items, _green_map(lambda item: self._resolves(replica, item), items))
-                      if not ok]
+        resolved = green_map(lambda item: self._resolves(replica, item), items, LOOKUP_CONCURRENCY)
+        unresolved = [item for item, ok in zip(items, resolved) if not ok]
         if unresolved:
             raise errors.invalid_link(replica, [f"{item['type']} {fqid(item['uuid'], item['version'])}"
                                                 for item in unresolved])

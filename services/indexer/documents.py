@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Iterator
 
-import eventlet
+from shared.concurrency import green_map
 from eventlet import tpool
 from marshmallow import EXCLUDE, ValidationError
 from prometheus_client import Counter
@@ -82,22 +82,6 @@ class ListedVersion:
         if ALL_VERSIONS in self.dead:
             return Keys.bundle_tombstone(self.uuid)
         return None
-
-
-def green_map(function, items, concurrency: int) -> list:
-    """``map`` with up to ``concurrency`` calls at once; the first error is raised here, in the
-    caller's green thread (one escaping a green thread would also be printed as unhandled)."""
-    def attempt(item):
-        try:
-            return function(item), None
-        except Exception as error:  # noqa: BLE001 - handed back to the caller below
-            return None, error
-
-    outcomes = list(eventlet.GreenPool(concurrency).imap(attempt, items))
-    for _, error in outcomes:
-        if error is not None:
-            raise error
-    return [result for result, _ in outcomes]
 
 
 def not_readable(what: str, replica: str) -> Unavailable:

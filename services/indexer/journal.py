@@ -27,12 +27,12 @@ import re
 
 from prometheus_client import Counter
 
+from shared.concurrency import green_map
 from shared.bundle_documents import EVENT_TYPES
 from shared.exceptions import InvalidParameter
 from shared.identifiers import VERSION_FORMAT, fqid, is_version
 from shared.storage import Replicas
 
-from services.indexer.documents import green_map
 
 logger = logging.getLogger(__name__)
 

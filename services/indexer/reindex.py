@@ -21,7 +21,9 @@ import eventlet
 from eventlet.semaphore import Semaphore
 from prometheus_client import Gauge
 
-from services.indexer.documents import BundleSourceAPI, green_map
+from shared.concurrency import green_map
+
+from services.indexer.documents import BundleSourceAPI
 
 logger = logging.getLogger(__name__)
 

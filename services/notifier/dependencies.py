@@ -22,13 +22,13 @@ import datetime
 import logging
 import time
 import uuid as uuid_module
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-import eventlet
 from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Histogram
 
+from shared.concurrency import green_map
 from shared.bundle_documents import CREATE, index_document_of
 from shared.config import Settings
 from shared.identifiers import REPLICAS, bundle_url, is_uuid, new_uuid, normalize_uuid
@@ -91,22 +91,6 @@ def notification_bundle_url(settings: Settings, replica: str, uuid: str, version
 
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _green_map(function: Callable, items: Iterable) -> list:
-    """``[function(item) ...]`` run concurrently; the first error is re-raised here (one escaping
-    a green thread would also be printed by the hub as unhandled)."""
-    def attempt(item):
-        try:
-            return function(item), None
-        except Exception as error:  # noqa: BLE001 - handed back to the caller below
-            return None, error
-
-    outcomes = list(eventlet.GreenPool(LOAD_CONCURRENCY).imap(attempt, items))
-    for _, error in outcomes:
-        if error is not None:
-            raise error
-    return [result for result, _ in outcomes]
 
 
 # --- the cache the workers of one process share ----------------------------------------------------
@@ -292,7 +276,8 @@ class SubscriptionStoreAPI:
         """The documents of ``uuids`` (read once, then cached); one deleted meanwhile is left out."""
         storage = self.replicas[replica]
         missing = [uuid for uuid in uuids if (replica, uuid) not in self.cache.documents]
-        for uuid, doc in zip(missing, _green_map(lambda uuid: storage.find_json(subscription_key(uuid)), missing)):
+        found = green_map(lambda uuid: storage.find_json(subscription_key(uuid)), missing, LOAD_CONCURRENCY)
+        for uuid, doc in zip(missing, found):
             if doc is not None:
                 self.cache.documents[(replica, uuid)] = doc
         return [self.cache.documents[(replica, uuid)] for uuid in uuids if (replica, uuid) in self.cache.documents]

@@ -294,7 +294,7 @@ def test_transaction_ids_are_the_same_for_a_redelivered_event(world):
     _, again = world.matched(event)
     ids = {payload["subscription_id"]: payload["transaction_id"] for payload in once}
     assert ids == {payload["subscription_id"]: payload["transaction_id"] for payload in again}
-    assert len(set(ids.values())) == 2
+    assert set(ids) == {first, second} and len(set(ids.values())) == 2
     assert all(payload["payload"]["transaction_id"] == payload["transaction_id"] for payload in once)
     assert ids[first] == transaction_id(first, "aws", event["uuid"], event["version"], "CREATE")
     # Another event of the same bundle version is another transaction.
