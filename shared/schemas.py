@@ -184,8 +184,8 @@ class ObjectReplicated(Schema):
 
 
 class BundleIndexed(Schema):
-    """A replica's search index took in a bundle version (CREATE) or replaced it with its
-    tombstone (TOMBSTONE). ``document`` is the bundle event document (``shared.bundle_documents``);
+    """A replica's search index took in a bundle version (CREATE), replaced it with its
+    tombstone (TOMBSTONE), or dropped it because its manifest left the bucket (DELETE). ``document`` is the bundle event document (``shared.bundle_documents``);
     ``event_timestamp`` is when the indexer processed it (ISO 8601 UTC)."""
     replica = Replica
     uuid = fields.String(required=True)

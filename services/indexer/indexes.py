@@ -65,6 +65,9 @@ class GuardedIndex:
     def bulk_put(self, items: list) -> int:
         return self._call("bulk_put", items) if items else 0
 
+    def delete(self, doc_id: str) -> None:
+        self._call("delete", doc_id)
+
     def get(self, doc_id: str) -> dict | None:
         return self._call("get", doc_id)
 
@@ -183,6 +186,16 @@ class IndexesAPI:
             if job is not None:
                 job.apply(doc_id, document)
         DOCUMENTS_WRITTEN.labels(replica, "tombstone" if is_tombstone(document) else "bundle").inc()
+
+    def remove(self, replica: str, doc_id: str) -> None:
+        """Delete from the live generation, and from the new one if a reindex is building it."""
+        index = self.state.index(replica)
+        with self.state.write_locks[replica]:
+            index.delete(doc_id)
+            job = self.state.running_job(replica)
+            if job is not None:
+                job.apply(doc_id, None)
+        DOCUMENTS_WRITTEN.labels(replica, "deletion").inc()
 
     def search(self, replica: str, es_query: dict, per_page: int, search_after: str | None,
                include_source: bool) -> dict:

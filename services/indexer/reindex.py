@@ -79,13 +79,16 @@ class ReindexJob:
         return status
 
     # --- writes made while the job runs ---------------------------------------------------------------
-    def apply(self, doc_id: str, document: dict) -> None:
-        """A handler's write, made to the live generation: the new one takes it too. The caller holds
-        ``write_lock``."""
+    def apply(self, doc_id: str, document: dict | None) -> None:
+        """A handler's write (None: a deletion), made to the live generation: the new one takes it
+        too. The caller holds ``write_lock``."""
         with self._mutex:
             if self.builder is None:
                 return
-            self.builder.put(doc_id, document)
+            if document is None:
+                self.builder.delete(doc_id)
+            else:
+                self.builder.put(doc_id, document)
             self.touched.add(doc_id)
 
     # --- the job ----------------------------------------------------------------------------------------

@@ -9,7 +9,11 @@ is durable):
   tombstone of all versions), with the tombstone fields, so searches stop returning it;
 - ``object_replicated`` (replicator): a bundle manifest or tombstone copied into the other replica
   is indexed there as the two above: how one replica's index learns of what was written through
-  the other.
+  the other;
+- ``object_changed`` (replicator's notification bridge) of kind ``deleted`` for a bundle manifest:
+  a version removed from a replica's main bucket outright (an operator's purge, e.g. a legal
+  takedown; the API itself only tombstones) leaves that replica's index and is announced as a
+  ``DELETE`` bundle event, once the bucket confirms the manifest is gone.
 
 Each change to an index is announced: journaled (``journal.py``; GET /events) and then dispatched
 as ``bundle_indexed`` with the bundle event document (the notifier matches subscriptions on it).
@@ -24,11 +28,12 @@ from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
 from shared import events
-from shared.bundle_documents import CREATE, TOMBSTONE, event_document
+from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
 from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
-from shared.schemas import BundleCreated, BundleIndexed, BundleTombstoned, ObjectReplicated, load_arguments
+from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
+                            load_arguments)
 from shared.search import is_tombstone
 
 from services.indexer import exceptions as errors
@@ -77,6 +82,16 @@ class IndexerService:
         if target.kind == TOMBSTONE_KEY:
             return self._tombstone(replica, target.uuid, target.version)
         return []
+
+    @index_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=errors.PERMANENT_ERRORS)
+    def handle_object_changed(self, payload):
+        changed = ObjectChanged(unknown=EXCLUDE).load(payload)
+        if changed["kind"] != "deleted" or not changed["key"].startswith("bundles/"):
+            return []
+        target = parse_key(changed["key"])
+        if target.kind != BUNDLE:
+            return []
+        return self._delete(changed["replica"], target.uuid, target.version)
 
     # --- search ------------------------------------------------------------------------------------
     @rpc
@@ -167,10 +182,35 @@ class IndexerService:
             return event_document(TOMBSTONE, bundle.uuid, bundle.version, stored.get("manifest"), stored.get("files"))
         return self.bundles.event_document(replica, bundle)
 
+    def _delete(self, replica: str, uuid: str, version: str) -> list[dict]:
+        """Take a version whose manifest left the bucket out of the index, and announce it once.
+        A notification of a manifest still there (stale, or written back by a repair) changes
+        nothing, and neither does one of a version this replica never indexed."""
+        uuid, version = normalize_uuid(uuid), normalize_version(version)
+        doc_id = fqid(uuid, version)
+        with self.indexes.serialized(replica, uuid):
+            if self.bundles.version(replica, uuid, version).manifest is not None:
+                logger.info("%s is still in %s's bucket: a deletion notice of it is ignored", doc_id, replica)
+                return []
+            stored = self.indexes.get(replica, doc_id)
+            # Removed even when the live index lacks it: a running reindex may have read it already.
+            self.indexes.remove(replica, doc_id)
+            if stored is None:
+                if self.journal.announced(replica, uuid, version, DELETE):
+                    logger.debug("%s in %s: already deleted and announced", doc_id, replica)
+                    return []
+                if not any(self.journal.announced(replica, uuid, version, kind) for kind in (CREATE, TOMBSTONE)):
+                    logger.info("%s was never indexed in %s: its deletion is not announced", doc_id, replica)
+                    return []
+            # What the version was when indexed (nothing of it is left in the bucket to read).
+            live = stored is not None and not is_tombstone(stored)
+            document = event_document(DELETE, uuid, version, stored.get("manifest") if live else None,
+                                      stored.get("files") if live else None)
+            return [self._announce(replica, uuid, version, DELETE, document)]
+
     def _store(self, replica: str, bundle: BundleVersion, event_type: str, document: dict, describe) -> dict | None:
-        """Write ``document`` unless the index holds it already, then announce the change: journal
-        first, dispatch next, then mark it announced. Returns the ``bundle_indexed`` payload, or
-        None when there was nothing to announce."""
+        """Write ``document`` unless the index holds it already, then announce the change. Returns
+        the ``bundle_indexed`` payload, or None when there was nothing to announce."""
         doc_id = fqid(bundle.uuid, bundle.version)
         stored = self.indexes.get(replica, doc_id)
         if stored == document:
@@ -179,11 +219,16 @@ class IndexerService:
                 return None
         else:
             self.indexes.write(replica, doc_id, document)
-        entry = self.journal.append(replica, event_type, bundle.uuid, bundle.version, describe(stored))
+        return self._announce(replica, bundle.uuid, bundle.version, event_type, describe(stored))
+
+    def _announce(self, replica: str, uuid: str, version: str, event_type: str, document: dict) -> dict:
+        """Journal first, dispatch next, then mark it announced (a crash in between is redone by the
+        redelivery); the ``bundle_indexed`` payload."""
+        entry = self.journal.append(replica, event_type, uuid, version, document)
         payload = BundleIndexed().dump({
-            "replica": replica, "uuid": bundle.uuid, "version": bundle.version, "event_type": event_type,
+            "replica": replica, "uuid": uuid, "version": version, "event_type": event_type,
             "event_timestamp": entry["event_timestamp"], "document": entry["document"]})
         self.dispatch(events.BUNDLE_INDEXED, payload)
-        self.journal.mark_announced(replica, bundle.uuid, bundle.version, event_type, entry["event_id"])
-        logger.info("indexed %s %s in %s", event_type, doc_id, replica)
+        self.journal.mark_announced(replica, uuid, version, event_type, entry["event_id"])
+        logger.info("indexed %s %s in %s", event_type, fqid(uuid, version), replica)
         return payload

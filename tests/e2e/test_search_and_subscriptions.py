@@ -9,8 +9,11 @@ import uuid
 import pytest
 import requests
 
-from shared.identifiers import new_uuid, new_version
+from shared import local_cloud
+from shared.config import Settings
+from shared.identifiers import Keys, new_uuid, new_version
 from shared.testing import Receiver, wait_until
+from services.replicator.service import ReplicatorService
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
 
@@ -26,6 +29,23 @@ def search_api(service_config, web_config, runner_factory, blobstores, tmp_path)
               "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
               "DSS_NOTIFY_RETRY_DELAYS": "1,1,1"}
     return start_api(config, web_config, runner_factory)
+
+
+@pytest.fixture
+def purge_api(service_config, web_config, runner_factory, blobstores, tmp_path, gcs_notification_settings):
+    """As ``search_api``, with the S3 bucket's change notifications (to a queue of this test's own)
+    bridged onto the bus by the replicator: how the indexer hears of an object removed outright."""
+    bucket, queue = f"e2e-purge-{uuid.uuid4().hex[:10]}", f"test-{uuid.uuid4().hex[:12]}"
+    for store in blobstores.values():
+        store.create_bucket(bucket)
+    config = {**service_config, **gcs_notification_settings, "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket,
+              "DSS_S3_NOTIFICATION_QUEUE": queue, "DSS_INDEX_DIR": str(tmp_path / "index"),
+              "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1", "DSS_NOTIFY_RETRY_DELAYS": "1,1,1",
+              "DSS_REPLICATION_RETRY_DELAYS": "1,1,2"}
+    settings = Settings.from_config(config, environ={})
+    queue_url = local_cloud.configure_s3_notifications(settings)
+    yield start_api(config, web_config, runner_factory, ReplicatorService), settings
+    local_cloud.sqs_client(settings).delete_queue(QueueUrl=queue_url)
 
 
 @pytest.fixture
@@ -183,3 +203,31 @@ def test_bad_subscriptions_are_4xx_and_store_nothing(search_api, auth, receiver,
         listed = requests.get(f"{search_api}/subscriptions", params={"replica": "aws", "subscription_type": kind},
                               headers=auth)
         assert listed.json() == {"subscriptions": []}
+
+
+def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, auth, stage, blobstores, receiver):
+    """An operator's purge (the manifest deleted from the main bucket, not tombstoned through the
+    API): S3 notification -> bridge -> indexer -> journal and a JMESPath DELETE webhook."""
+    (api, settings), tag = purge_api, uuid.uuid4().hex
+    subscription = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
+        "callback_url": receiver.url("/ok"), "hmac_secret_key": SECRET, "hmac_key_id": KEY_ID,
+        "jmespath_query": f"event_type=='DELETE' && files.sample_json[0].tag=='{tag}'"})
+    assert subscription.status_code == 201, subscription.text
+    bundle_uuid, bundle_version = put_bundle(api, auth, stage, {"sample_0.json": {"tag": tag}})
+    query = {"query": {"term": {"files.sample_json.tag": tag}}}
+    wait_until(lambda: search(api, query).json().get("total_hits") == 1, 30, "the bundle to be searchable")
+
+    blobstores["aws"].delete(settings.s3_bucket, Keys.bundle(bundle_uuid, bundle_version))
+
+    wait_until(lambda: receiver.accepted(), 60, "the DELETE notification")
+    [delivery] = receiver.accepted()
+    assert delivery.key_ids == (KEY_ID, KEY_ID)
+    payload = delivery.payload()
+    assert payload["event_type"] == "DELETE" and payload["subscription_id"] == subscription.json()["uuid"]
+    assert payload["match"] == {"bundle_uuid": bundle_uuid, "bundle_version": bundle_version}
+    assert search(api, query).json()["total_hits"] == 0
+    streams = requests.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version}).json()
+    assert [e["event_type"] for e in streams["event_streams"]
+            if e["bundle_fqid"] == f"{bundle_uuid}.{bundle_version}"] == ["CREATE", "DELETE"]
+    assert_problem(requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}),
+                   404)

@@ -12,7 +12,7 @@ from nameko.testing.utils import get_extension
 from prometheus_client import REGISTRY
 
 from shared import events
-from shared.bundle_documents import CREATE, TOMBSTONE
+from shared.bundle_documents import CREATE, DELETE, TOMBSTONE
 from shared.checksums import checksum_bytes
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, NotFound, Unavailable, Unprocessable
@@ -94,6 +94,15 @@ class World:
         source = "aws" if destination == "gcp" else "gcp"
         return self.service.handle_object_replicated({"source_replica": source, "destination_replica": destination,
                                                       "key": key, "size": 1, "copied": True, "lag_seconds": 0.1})
+
+    def purged(self, uuid, version, replica="aws"):
+        """The manifest removed from the bucket, and the bridge's notice of it handled."""
+        self.objects(replica).pop(Keys.bundle(uuid, version), None)
+        return self.deletion_noticed(Keys.bundle(uuid, version), replica)
+
+    def deletion_noticed(self, key, replica="aws"):
+        return self.service.handle_object_changed({"replica": replica, "bucket": self.settings.bucket(replica),
+                                                   "key": key, "kind": "deleted", "size": None, "checksums": {}})
 
     def indexed(self, uuid, version, replica="aws"):
         return self.state.index(replica).get(f"{uuid}.{version}")
@@ -346,6 +355,72 @@ def test_other_replicated_keys_are_ignored(world):
     world.service.dispatch.assert_not_called()
 
 
+def test_a_manifest_removed_from_the_bucket_leaves_the_index_and_is_announced_once(world):
+    uuid, version, manifest = world.bundle([world.entry("project.json", {"title": "kept"})])
+    other, other_version, _ = world.bundle([world.entry("project.json", {"title": "other"})], uuid=uuid)
+    world.created(uuid, version)
+    world.created(other, other_version)
+
+    [payload] = world.purged(uuid, version)
+
+    assert world.indexed(uuid, version) is None and world.found(uuid) == [f"{uuid}.{other_version}"]
+    assert payload["event_type"] == DELETE and payload["replica"] == "aws"
+    # What it was when indexed: nothing of it is left in the bucket.
+    assert payload["document"] == {"event_type": DELETE, "bundle_info": {"uuid": uuid, "version": version},
+                                   "manifest": manifest, "files": {"project_json": [{"title": "kept"}]}}
+    assert dispatched(world.service)[-1] == payload
+    journal = world.service.list_events("aws")["event_streams"]
+    assert [(e["bundle_fqid"], e["event_type"]) for e in journal][-1] == (f"{uuid}.{version}", DELETE)
+    with pytest.raises(NotFound):
+        world.service.get_event("aws", uuid, version)
+    # The notice again (S3 may repeat it), from a fresh worker: nothing more.
+    world.service = world.new_worker()
+    assert world.deletion_noticed(Keys.bundle(uuid, version)) == []
+    world.service.dispatch.assert_not_called()
+
+
+def test_a_deletion_notice_of_a_manifest_still_there_or_never_indexed_changes_nothing(world):
+    uuid, version, _ = world.bundle([world.entry("a.json", {"a": 1})])
+    world.created(uuid, version)
+    assert world.deletion_noticed(Keys.bundle(uuid, version)) == []  # stale: the manifest is there
+    assert world.found(uuid) == [f"{uuid}.{version}"]
+
+    never, never_version, _ = world.bundle([])
+    assert world.purged(never, never_version) == []
+    for key in (Keys.bundle_tombstone(uuid), f"files/{new_uuid()}.{new_version()}", "blobs/x"):
+        assert world.deletion_noticed(key) == []
+    created = world.service.handle_object_changed({"replica": "aws", "bucket": "b", "key": Keys.bundle(uuid, version),
+                                                   "kind": "created"})
+    assert created == [] and world.found(uuid) == [f"{uuid}.{version}"]
+    assert len(dispatched(world.service)) == 1  # the CREATE only
+
+
+def test_a_tombstoned_version_removed_from_the_bucket_is_announced_without_its_content(world):
+    uuid, version, _ = world.bundle([world.entry("a.json", {"a": 1})])
+    world.created(uuid, version)
+    world.tombstone(uuid, version)
+    world.tombstoned(uuid, version)
+
+    [payload] = world.purged(uuid, version)
+
+    assert payload["document"] == {"event_type": DELETE, "bundle_info": {"uuid": uuid, "version": version},
+                                   "manifest": {}, "files": {}}
+    assert world.indexed(uuid, version) is None
+
+
+def test_a_version_written_back_after_its_deletion_is_indexed_and_announced_again(world):
+    uuid, version, manifest = world.bundle([world.entry("a.json", {"a": 1})])
+    world.created(uuid, version)
+    world.purged(uuid, version)
+    world.write(Keys.bundle(uuid, version), manifest)  # e.g. a repair from the other replica
+
+    [payload] = world.created(uuid, version)
+
+    assert payload["event_type"] == CREATE and world.found(uuid) == [f"{uuid}.{version}"]
+    [deleted] = world.purged(uuid, version)
+    assert deleted["event_type"] == DELETE and world.found(uuid) == []
+
+
 # --- search ---------------------------------------------------------------------------------------------
 
 def test_search_pages_and_formats(world):
@@ -518,6 +593,7 @@ def test_a_reindex_rebuilds_the_index_while_writes_and_searches_go_on(world):
     world.created(fresh, fresh_version)
     world.tombstone(racing, racing_version)
     world.tombstoned(racing, racing_version)
+    assert world.purged(uuid, versions[1]) == []  # read by the job already; never in the live index
     assert world.found(fresh) == [f"{fresh}.{fresh_version}"]
     assert world.service.reindex_status("aws")["state"] == "running"
     gate.open()
@@ -527,7 +603,7 @@ def test_a_reindex_rebuilds_the_index_while_writes_and_searches_go_on(world):
     assert status["state"] == "succeeded" and status["total"] == 6 and status["done"] == 6
     assert world.state.index("aws").current_generation() == status["generation"]
     assert world.state.index("aws").generations() == [status["generation"]]
-    assert world.found(uuid) == [f"{uuid}.{v}" for v in reversed(versions[1:])]
+    assert world.found(uuid) == [f"{uuid}.{v}" for v in reversed(versions[2:])]
     assert world.indexed(uuid, versions[0]) == tombstone
     assert world.found(fresh) == [f"{fresh}.{fresh_version}"]
     assert world.found(racing) == []  # the handler's tombstone, not the job's older reading
