@@ -1,0 +1,124 @@
+"""`make sa-key`: the command the Makefile runs (deploy/local.py sa-key) writes a key file the dbio
+and hca clients can use, refuses to overwrite one, and the tokens the clients mint from it pass the
+gateway's verifier. No stack is needed: the gateway re-reads per-account JWKS files on each token.
+
+The script resolves DSS_AUTH_ISSUERS' relative paths against the repository (it chdirs there), so
+the test gives it the default value with `var/` moved to a temporary directory: the repository's
+own var/ is never written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from google.oauth2 import service_account
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from shared.auth import Authenticator
+from shared.config import Settings, describe
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "deploy" / "local.py"
+GROUP_CLAIM = "https://auth.data.humancellatlas.org/group"
+HCA_AUDIENCE = "https://dev.data.humancellatlas.org/"  # fixed in hca 8.0.0, whatever the spec says
+SCRIPT_TIMEOUT_S = 60
+
+
+def default_issuers_under(var: pathlib.Path) -> str:
+    """The default DSS_AUTH_ISSUERS with its `var/...` JWKS files in ``var`` instead of the repository's."""
+    default = describe("DSS_AUTH_ISSUERS").default
+    assert "=var/" in default, default  # the default this test stands for
+    return default.replace("=var/", f"={var}/")
+
+
+def run_sa_key(email: str, out: pathlib.Path, issuers: str) -> subprocess.CompletedProcess:
+    """`make sa-key EMAIL=... OUT=...` without make: its recipe, in an environment whose only DSS_
+    setting is ``issuers`` (a developer's own DSS_* variables must not steer the test)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DSS_")}
+    env["DSS_AUTH_ISSUERS"] = issuers
+    return subprocess.run([sys.executable, str(SCRIPT), "sa-key", "--email", email, "--out", str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+
+
+def client_token(key_file: pathlib.Path, audience: str, group: str) -> str:
+    """A token as dbio-cli 1.5.5 / hca 8.0.0 mint it from GOOGLE_APPLICATION_CREDENTIALS
+    (``_get_jwt_from_service_account_credentials``): RS256, kid = private_key_id,
+    iss = sub = email = client_email, float iat / exp, the group as a string."""
+    account = json.loads(key_file.read_text())
+    iat = time.time()
+    claims = {"iss": account["client_email"], "sub": account["client_email"], "aud": audience,
+              "iat": iat, "exp": iat + 3600, "email": account["client_email"],
+              "scope": ["email", "openid", "offline_access"], GROUP_CLAIM: group}
+    key = RSAKey.import_key(account["private_key"])
+    return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": account["private_key_id"]}, claims, key,
+                      algorithms=["RS256"])
+
+
+@pytest.fixture
+def account():
+    # Unique, so a stray write to the repository's var/ could be told apart from anything there.
+    return f"sa-key-test-{uuid.uuid4().hex[:8]}@dss-local.iam.example.org"
+
+
+def test_sa_key_writes_a_key_file_the_gateway_trusts(tmp_path, account):
+    var = tmp_path / "var"
+    issuers = default_issuers_under(var)
+    out = tmp_path / "sa-key.json"
+
+    made = run_sa_key(account, out, issuers)
+    assert made.returncode == 0, made.stderr
+
+    # The fields the clients and google-auth read, private to its owner.
+    key = json.loads(out.read_text())
+    assert key["type"] == "service_account"
+    assert key["client_email"] == account
+    assert key["project_id"] and key["client_id"] and key["token_uri"].startswith("https://")
+    assert key["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert key["private_key_id"] in made.stderr  # the script names the key it made
+    assert out.stat().st_mode & 0o777 == 0o600
+    credentials = service_account.Credentials.from_service_account_info(key)
+    assert (credentials.service_account_email, credentials.project_id) == (account, key["project_id"])
+
+    # Trusted through the default's per-account JWKS file, under the temporary var/ only.
+    jwks = var / "auth" / "service-accounts" / f"{account}.json"
+    assert [k["kid"] for k in json.loads(jwks.read_text())["keys"]] == [key["private_key_id"]]
+    assert not (ROOT / "var" / "auth" / "service-accounts" / f"{account}.json").exists()
+
+    # The gateway's verifier with the same DSS_AUTH_ISSUERS and every other setting at its default:
+    # dbio mints for the spec's x-audience (the first DSS_AUTH_AUDIENCE), hca for its fixed one.
+    settings = Settings.from_config({"DSS_AUTH_ISSUERS": issuers}, environ={})
+    verifier = Authenticator.from_settings(settings)
+    dbio_audience = settings.auth_audience.split(",")[0].strip()
+    for audience, group in ((dbio_audience, "dbio"), (HCA_AUDIENCE, "hca")):
+        caller = verifier.authenticate(f"Bearer {client_token(out, audience, group)}")
+        assert caller == {"email": account, "groups": [group], "is_admin": False}, audience
+
+
+def test_sa_key_refuses_to_overwrite_a_file(tmp_path, account):
+    var = tmp_path / "var"
+    issuers = default_issuers_under(var)
+    out = tmp_path / "sa-key.json"
+    assert run_sa_key(account, out, issuers).returncode == 0
+    before = out.read_bytes()
+    jwks = var / "auth" / "service-accounts" / f"{account}.json"
+    trusted_before = jwks.read_bytes()
+
+    again = run_sa_key(account, out, issuers)
+    assert again.returncode != 0
+    assert "exists" in again.stderr
+    assert out.read_bytes() == before  # the first key still works ...
+    assert jwks.read_bytes() == trusted_before  # ... and no second key was trusted
+
+    # Any existing file, not only an earlier key.
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me\n")
+    refused = run_sa_key(f"other-{account}", other, issuers)
+    assert refused.returncode != 0 and other.read_text() == "keep me\n"
+    assert not (var / "auth" / "service-accounts" / f"other-{account}.json").exists()
