@@ -11,6 +11,19 @@ Access: a file has one access method per replica holding it (``s3`` for ``aws``,
 ``access_url`` as well when a fresh copy in that replica's checkout bucket is already there.
 Bundles have contents and no access methods (the spec makes them optional for bundles).
 
+Bundle contents: a DSS bundle file name is a relative path (``dir/sub/x.json``), and a DRS
+``ContentsObject`` name must match ``^[A-Za-z0-9._-]+$``; so each name is split at ``/`` and every
+directory becomes a ContentsObject of its own with a ``name`` and ``contents`` (no ``id``: it is
+not a DRS object), its files ContentsObjects with ``name``, ``id`` and ``drs_uri``. Siblings are
+sorted by name, a file before a directory of the same name (``a`` and ``a/b`` may both be files).
+Directories are part of the bundle itself, not nested bundles, so the whole tree is served whether
+or not ``expand`` is asked for. A segment's characters outside that pattern are escaped like
+percent-encoding with ``_`` in place of ``%`` (which the pattern forbids): ``_`` and two uppercase
+hex digits per UTF-8 byte, so ``my file.json`` is ``my_20file.json``. An ``_`` stays as it is unless
+two uppercase hex digits follow it (``run_2024``), then it is escaped too (``run_5F2024``), which
+keeps the rule reversible; and a segment ``.`` or ``..`` (which the bundles service refuses anyway)
+has its dots escaped so no client walks out of the bundle's directory.
+
 Checksums: a file lists its four, with the names DRS asks for (``sha-256`` from the IANA registry;
 ``sha1``, ``crc32c`` and ``etag`` as the spec names non-IANA ones). A bundle's is the ``sha-256``
 the spec defines for bundles: the SHA-256 of the concatenated, sorted hex SHA-256 checksums of its
@@ -19,6 +32,7 @@ files.
 from __future__ import annotations
 
 import hashlib
+import string
 import urllib.parse
 
 from shared.exceptions import InvalidParameter, NotFound
@@ -33,6 +47,10 @@ MAX_BULK_REQUEST_LENGTH = 1
 ACCESS_TYPES = {"aws": "s3", "gcp": "gs"}
 # DSS checksum names (as stored) -> DRS checksum types.
 CHECKSUM_TYPES = (("sha256", "sha-256"), ("sha1", "sha1"), ("crc32c", "crc32c"), ("s3-etag", "etag"))
+# What DRS allows in a ContentsObject name, and the escape character of the rest.
+CONTENTS_NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
+NAME_ESCAPE = "_"
+UPPER_HEX_DIGITS = frozenset("0123456789ABCDEF")
 
 
 # --- ids ---------------------------------------------------------------------------------------------
@@ -132,9 +150,51 @@ def bundle_checksum(files: list[dict]) -> str:
     return hashlib.sha256("".join(sorted(entry["sha256"] for entry in files)).encode("ascii")).hexdigest()
 
 
+def _escaped(char: str) -> str:
+    # surrogatepass: a JSON manifest may hold a lone surrogate, and it still needs a name.
+    return "".join(f"{NAME_ESCAPE}{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+
+
+def contents_name(segment: str) -> str:
+    """One path segment of a bundle file name as a DRS ContentsObject name (the rule is in the
+    module docstring)."""
+    if segment in (".", ".."):
+        return "".join(map(_escaped, segment))
+    encoded = []
+    for position, char in enumerate(segment):
+        following = segment[position + 1:position + 3]
+        reads_as_escape = char == NAME_ESCAPE and len(following) == 2 and set(following) <= UPPER_HEX_DIGITS
+        encoded.append(char if char in CONTENTS_NAME_CHARACTERS and not reads_as_escape else _escaped(char))
+    return "".join(encoded)
+
+
+def bundle_contents(files: list[dict], host: str) -> list[dict]:
+    """The ContentsObject tree of a bundle's files: a directory per path segment."""
+    root: dict = {"files": [], "directories": {}}
+    for entry in files:
+        # Empty segments cannot be named in DRS (and the bundles service refuses them); a name
+        # made of nothing else falls back to the file's uuid rather than losing the file.
+        segments = [contents_name(segment) for segment in entry["name"].split("/") if segment]
+        if not segments:
+            segments = [entry["uuid"]]
+        node = root
+        for directory in segments[:-1]:
+            node = node["directories"].setdefault(directory, {"files": [], "directories": {}})
+        object_id = fqid(entry["uuid"], entry["version"])
+        node["files"].append({"name": segments[-1], "id": object_id, "drs_uri": [drs_uri(host, object_id)]})
+    return _rendered(root)
+
+
+def _rendered(node: dict) -> list[dict]:
+    files = [(item["name"], 0, item["id"], item) for item in node["files"]]
+    directories = [(name, 1, "", {"name": name, "contents": _rendered(child)})
+                   for name, child in node["directories"].items()]
+    return [item for *_, item in sorted(files + directories, key=lambda row: row[:3])]
+
+
 def bundle_object(uuid: str, version: str, manifest: dict, host: str) -> dict:
-    """The DRS bundle object of a bundle version: its files as contents (DSS bundles hold files
-    only, so ``expand`` changes nothing)."""
+    """The DRS bundle object of a bundle version: its files as a tree of contents (see the module
+    docstring; ``expand`` changes nothing)."""
     object_id = fqid(uuid, version)
     moment = rfc3339_of_version(version)
     files = manifest["files"]
@@ -146,7 +206,6 @@ def bundle_object(uuid: str, version: str, manifest: dict, host: str) -> dict:
         "updated_time": moment,
         "version": version,
         "checksums": [{"type": "sha-256", "checksum": bundle_checksum(files)}],
-        "contents": [{"name": entry["name"], "id": fqid(entry["uuid"], entry["version"]),
-                      "drs_uri": [drs_uri(host, fqid(entry["uuid"], entry["version"]))]} for entry in files],
+        "contents": bundle_contents(files, host),
         "aliases": [uuid],
     }

@@ -1,6 +1,8 @@
 """Unit tests of GA4GH DRS 1.4 (service-info, objects, access) on in-memory buckets; every answer is
 checked against the DRS schemas of ``drs_spec``."""
 import hashlib
+import json
+import re
 
 import pytest
 
@@ -114,6 +116,85 @@ def test_a_bundle_is_a_drs_bundle_of_its_files(world):
     content = obj["contents"][1]
     file_obj = world.service.drs_object("aws", content["id"], base_url=BASE_URL)
     assert file_obj["id"] == content["id"] and file_obj["mime_type"] == "application/json"
+
+
+def named_bundle(world, names: list[str]) -> tuple[str, dict]:
+    """A bundle of one small file per name, stored as the bundles service stores manifests."""
+    files = [world.add_file(name.encode()) for name in names]
+    uuid, version, manifest = world.add_bundle(files)
+    for entry, name in zip(manifest["files"], names):
+        entry["name"] = name
+    world.main()[Keys.bundle(uuid, version)] = (json.dumps(manifest).encode(), "application/json", {})
+    return uuid, {entry["name"]: f"{entry['uuid']}.{entry['version']}" for entry in manifest["files"]}
+
+
+def file_content(object_id: str, name: str) -> dict:
+    return {"name": name, "id": object_id, "drs_uri": [f"drs://dss.example.org/{object_id}"]}
+
+
+def test_bundle_paths_become_nested_contents_objects_sorted_at_every_level(world):
+    uuid, ids = named_bundle(world, ["z.json", "dir/sub/x.json", "dir/b.json", "a.json", "dir/sub/w.bin"])
+    obj = world.service.drs_object("aws", uuid, base_url=BASE_URL)
+    assert_valid("object", obj)
+    assert obj["contents"] == [
+        file_content(ids["a.json"], "a.json"),
+        {"name": "dir", "contents": [
+            file_content(ids["dir/b.json"], "b.json"),
+            {"name": "sub", "contents": [file_content(ids["dir/sub/w.bin"], "w.bin"),
+                                         file_content(ids["dir/sub/x.json"], "x.json")]}]},
+        file_content(ids["z.json"], "z.json")]
+    # Directories are not DRS objects (nothing to expand): the same tree either way.
+    assert world.service.drs_object("aws", uuid, base_url=BASE_URL, expand=True)["contents"] == obj["contents"]
+
+
+def test_a_file_and_a_directory_of_the_same_name_are_siblings_file_first(world):
+    uuid, ids = named_bundle(world, ["a/b", "a"])
+    obj = world.service.drs_object("aws", uuid, base_url=BASE_URL)
+    assert_valid("object", obj)
+    assert obj["contents"] == [file_content(ids["a"], "a"),
+                               {"name": "a", "contents": [file_content(ids["a/b"], "b")]}]
+
+
+def decoded_contents_name(name: str) -> str:
+    """The inverse of ``drs.contents_name``: ``_XX`` (uppercase hex) is a byte, anything else itself."""
+    return re.sub(rb"_([0-9A-F]{2})", lambda match: bytes([int(match[1], 16)]),
+                  name.encode("ascii")).decode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("segment, name", [
+    ("plain-name_1.json", "plain-name_1.json"),
+    ("my file.json", "my_20file.json"),
+    ("50%.txt", "50_25.txt"),
+    ("run_2024.csv", "run_5F2024.csv"),      # `_20` would read as an escaped space
+    ("run_2x", "run_2x"), ("end_", "end_"), ("_ab", "_ab"),  # lowercase hex is no escape
+    ("café", "caf_C3_A9"),
+    ("a:b+c~d", "a_3Ab_2Bc_7Ed"),
+    (".", "_2E"), ("..", "_2E_2E"), (".hidden", ".hidden"),
+    ("\ud800", "_ED_A0_80"),
+])
+def test_contents_names_escape_what_drs_forbids_reversibly(segment, name):
+    assert drs.contents_name(segment) == name
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", name)
+    assert decoded_contents_name(name) == segment
+
+
+def test_a_bundle_of_awkward_names_is_valid_drs_and_keeps_distinct_names_distinct(world):
+    names = ["my data/a b.json", "my_20data/a_20b.json", "x/../y", "//lead", "ünï/çödé"]
+    uuid, ids = named_bundle(world, names)
+    obj = world.service.drs_object("aws", uuid, base_url=BASE_URL)
+    assert_valid("object", obj)
+
+    def file_paths(contents, prefix=""):
+        for item in contents:
+            if "contents" in item:
+                yield from file_paths(item["contents"], f"{prefix}{item['name']}/")
+            else:
+                yield f"{prefix}{item['name']}", item["id"]
+    served = dict(file_paths(obj["contents"]))
+    assert served == {"my_20data/a_20b.json": ids["my data/a b.json"],
+                      "my_5F20data/a_5F20b.json": ids["my_20data/a_20b.json"],
+                      "x/_2E_2E/y": ids["x/../y"], "lead": ids["//lead"],
+                      "_C3_BCn_C3_AF/_C3_A7_C3_B6d_C3_A9": ids["ünï/çödé"]}
 
 
 def test_the_latest_live_bundle_version_is_served_and_tombstones_hide_bundles(world):
