@@ -8,7 +8,8 @@ bdist_wheel``, and installed into a fresh virtualenv with its dependencies pinne
 (``constraints/``), plus what each needs to run on Python 3.11. The sdist, the wheel and the
 virtualenv are kept under ``${XDG_CACHE_HOME:-~/.cache}/dss-compat`` (``DSS_COMPAT_CACHE``
 overrides it), keyed by client version, Python version and the pins, so only the first run of a
-machine downloads anything.
+machine downloads anything. A cached sdist is reused only while it has its pinned sha256, a cached
+wheel only while it has the sha256 recorded next to it (``<wheel>.sha256``) when it was built.
 """
 from __future__ import annotations
 
@@ -133,13 +134,40 @@ def _run(command: list[str], what: str, cwd: str | None = None) -> None:
         raise InstallError(f"could not {what}: `{' '.join(command)}` exited {done.returncode}:\n{output}")
 
 
+def _file_sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def wheel_digest_file(wheel: pathlib.Path) -> pathlib.Path:
+    """Where the sha256 of a cached wheel, taken when it was built, is kept."""
+    return wheel.with_name(wheel.name + ".sha256")
+
+
+def _intact(wheel: pathlib.Path) -> bool:
+    """Whether ``wheel`` still has the bytes it was built with. A wheel without a record (an
+    interrupted build, or a cache from before records) counts as damaged: rebuilding is cheap."""
+    try:
+        recorded = wheel_digest_file(wheel).read_text().strip()
+    except FileNotFoundError:
+        return False
+    return recorded == _file_sha256(wheel)
+
+
 def _wheel(client: Client, venv: pathlib.Path) -> pathlib.Path:
-    """The client's wheel, built once from its sdist with ``venv``'s Python."""
+    """The client's wheel, built once from its sdist with ``venv``'s Python, and built again when
+    the cached one no longer matches the sha256 recorded at its build."""
     wheels = cache_root() / "wheels"
     prefix = f"{client.distribution.replace('-', '_')}-{client.version}-"
-    built = sorted(wheels.glob(f"{prefix}*.whl"))
-    if built:
-        return built[0]
+    for cached in sorted(wheels.glob(f"{prefix}*.whl")):
+        if _intact(cached):
+            return cached
+        logger.warning("cached wheel %s does not match its recorded sha256 (or has none): building it again", cached)
+        cached.unlink(missing_ok=True)
+        wheel_digest_file(cached).unlink(missing_ok=True)
     sdist = _sdist(client)
     python = str(venv / "bin" / "python")
     _run([python, "-m", "pip", "install", "--disable-pip-version-check", "-q", WHEEL_BUILDER],
@@ -159,6 +187,11 @@ def _wheel(client: Client, venv: pathlib.Path) -> pathlib.Path:
         target = wheels / made[0].name
         shutil.copyfile(made[0], target.with_suffix(".tmp"))
         os.replace(target.with_suffix(".tmp"), target)
+        # The record last: a crash before it leaves a wheel that is simply built again.
+        record = wheel_digest_file(target)
+        partial = record.with_name(record.name + ".part")
+        partial.write_text(_file_sha256(made[0]) + "\n")
+        os.replace(partial, record)
     return target
 
 
