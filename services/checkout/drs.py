@@ -15,7 +15,9 @@ Bundle contents: a DSS bundle file name is a relative path (``dir/sub/x.json``),
 ``ContentsObject`` name must match ``^[A-Za-z0-9._-]+$``; so each name is split at ``/`` and every
 directory becomes a ContentsObject of its own with a ``name`` and ``contents`` (no ``id``: it is
 not a DRS object), its files ContentsObjects with ``name``, ``id`` and ``drs_uri``. Siblings are
-sorted by name, a file before a directory of the same name (``a`` and ``a/b`` may both be files).
+sorted by name. DRS wants names unique within their bundle, and ``a`` and ``a/b`` may both be files:
+such a directory is named with an escaped ``/`` after it (``a_2F``, see below), a name no segment
+can have.
 Directories are part of the bundle itself, not nested bundles, so the whole tree is served whether
 or not ``expand`` is asked for. A segment's characters outside that pattern are escaped like
 percent-encoding with ``_`` in place of ``%`` (which the pattern forbids): ``_`` and two uppercase
@@ -186,10 +188,11 @@ def bundle_contents(files: list[dict], host: str) -> list[dict]:
 
 
 def _rendered(node: dict) -> list[dict]:
-    files = [(item["name"], 0, item["id"], item) for item in node["files"]]
-    directories = [(name, 1, "", {"name": name, "contents": _rendered(child)})
+    file_names = {item["name"] for item in node["files"]}
+    directories = [{"name": name + _escaped("/") if name in file_names else name, "contents": _rendered(child)}
                    for name, child in node["directories"].items()]
-    return [item for *_, item in sorted(files + directories, key=lambda row: row[:3])]
+    # The id only orders files of one name, which only names the bundles service refuses can give.
+    return sorted(node["files"] + directories, key=lambda item: (item["name"], item.get("id", "")))
 
 
 def bundle_object(uuid: str, version: str, manifest: dict, host: str) -> dict:

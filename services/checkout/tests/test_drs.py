@@ -147,12 +147,16 @@ def test_bundle_paths_become_nested_contents_objects_sorted_at_every_level(world
     assert world.service.drs_object("aws", uuid, base_url=BASE_URL, expand=True)["contents"] == obj["contents"]
 
 
-def test_a_file_and_a_directory_of_the_same_name_are_siblings_file_first(world):
-    uuid, ids = named_bundle(world, ["a/b", "a"])
+def test_a_directory_named_like_a_file_beside_it_gets_an_escaped_slash(world):
+    uuid, ids = named_bundle(world, ["a/b", "a", "a_2F", "c/a/d", "c/a"])
     obj = world.service.drs_object("aws", uuid, base_url=BASE_URL)
-    assert_valid("object", obj)
-    assert obj["contents"] == [file_content(ids["a"], "a"),
-                               {"name": "a", "contents": [file_content(ids["a/b"], "b")]}]
+    assert_valid("object", obj)  # names unique among siblings
+    assert obj["contents"] == [
+        file_content(ids["a"], "a"),
+        {"name": "a_2F", "contents": [file_content(ids["a/b"], "b")]},
+        file_content(ids["a_2F"], "a_5F2F"),
+        {"name": "c", "contents": [file_content(ids["c/a"], "a"),
+                                   {"name": "a_2F", "contents": [file_content(ids["c/a/d"], "d")]}]}]
 
 
 def decoded_contents_name(name: str) -> str:
