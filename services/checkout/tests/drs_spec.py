@@ -6,10 +6,17 @@ fails with every violation listed.
 
 Beyond field presence and types, they check what the spec says in prose: checksum types from the
 IANA Named Information registry or the non-IANA names the spec lists, times in RFC 3339, an access
-method with an ``access_url`` or an ``access_id``, ``drs://`` self URIs, at least one checksum, and
-(for a single blob) at least one access method.
+method with an ``access_url`` or an ``access_id``, ``drs://`` self URIs, at least one checksum,
+(for a single blob) at least one access method, ContentsObject names of the portable filename
+characters ``[A-Za-z0-9._-]`` and unique among their siblings, and ``format: uri`` fields that are
+absolute RFC 3986 URIs (jsonschema checks that format only with a package not installed here, so
+``is_uri`` is ours). The spec's ``Error`` lists ``msg`` and ``status_code`` without requiring them;
+this service always sends both, so the schema requires them.
 """
 from __future__ import annotations
+
+import re
+import urllib.parse
 
 import jsonschema
 
@@ -22,6 +29,36 @@ NON_IANA_CHECKSUM_TYPES = ("md5", "etag", "crc32c", "trunc512", "sha1")
 ACCESS_METHOD_TYPES = ("s3", "gs", "ftp", "gsiftp", "globus", "htsget", "https", "file")
 
 DATE_TIME = {"type": "string", "format": "date-time"}
+URI = {"type": "string", "format": "uri"}
+CONTENTS_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+URI_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# Characters RFC 3986 never allows in a URI, not even in a query (beside controls, space and non-ASCII).
+URI_FORBIDDEN = set('<>"{}|\\^`')
+BAD_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def is_uri(value) -> bool:
+    """An absolute RFC 3986 URI: a scheme, no character a URI cannot hold, well-formed ``%`` escapes,
+    a parsable authority, and for http(s) a host."""
+    if not isinstance(value, str):  # formats constrain strings only; the type keyword checks the rest
+        return True
+    if any(ord(char) <= 0x20 or ord(char) >= 0x7F or char in URI_FORBIDDEN for char in value):
+        return False
+    if BAD_PERCENT_ESCAPE.search(value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # raises on a port that is not a number in range
+    except ValueError:
+        return False
+    if ":" not in value or not URI_SCHEME.fullmatch(value.split(":", 1)[0]):
+        return False
+    return parts.scheme not in ("http", "https") or bool(parts.hostname)
+
+
+FORMAT_CHECKER = jsonschema.FormatChecker()
+FORMAT_CHECKER.checks("uri")(is_uri)
 
 CHECKSUM = {
     "type": "object",
@@ -36,7 +73,7 @@ ACCESS_URL = {
     "type": "object",
     "required": ["url"],
     "properties": {
-        "url": {"type": "string", "minLength": 1},
+        "url": URI,
         "headers": {"type": "array", "items": {"type": "string"}},
     },
 }
@@ -69,9 +106,9 @@ CONTENTS_OBJECT = {
     "type": "object",
     "required": ["name"],
     "properties": {
-        "name": {"type": "string", "minLength": 1},
+        "name": {"type": "string", "pattern": CONTENTS_NAME_PATTERN},
         "id": {"type": "string"},
-        "drs_uri": {"type": "array", "items": {"type": "string", "pattern": "^drs://"}},
+        "drs_uri": {"type": "array", "items": {**URI, "pattern": "^drs://"}},
         "contents": {"type": "array", "items": {"$ref": "#/$defs/contents_object"}},
     },
 }
@@ -119,10 +156,10 @@ SERVICE_INFO = {
         "organization": {
             "type": "object",
             "required": ["name", "url"],
-            "properties": {"name": {"type": "string"}, "url": {"type": "string", "format": "uri"}},
+            "properties": {"name": {"type": "string"}, "url": URI},
         },
-        "contactUrl": {"type": "string", "format": "uri"},
-        "documentationUrl": {"type": "string", "format": "uri"},
+        "contactUrl": URI,
+        "documentationUrl": URI,
         "createdAt": DATE_TIME,
         "updatedAt": DATE_TIME,
         "environment": {"type": "string"},
@@ -133,18 +170,39 @@ SERVICE_INFO = {
 
 ERROR = {
     "type": "object",
-    "properties": {"msg": {"type": "string"}, "status_code": {"type": "integer", "minimum": 400, "maximum": 599}},
+    "required": ["msg", "status_code"],
+    "properties": {"msg": {"type": "string", "minLength": 1},
+                   "status_code": {"type": "integer", "minimum": 400, "maximum": 599}},
 }
 
 SCHEMAS = {"object": DRS_OBJECT, "access_url": ACCESS_URL, "service_info": SERVICE_INFO, "error": ERROR,
            "access_method": ACCESS_METHOD, "checksum": CHECKSUM}
 
 
+def repeated_contents_names(contents, path="contents") -> list[str]:
+    """"The name must be unique within the containing bundle": no JSON Schema keyword says that."""
+    if not isinstance(contents, list):
+        return []
+    found, seen = [], set()
+    for position, item in enumerate(contents):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        if name in seen:
+            found.append(f"{path}/{position}/name: {name!r} is not unique among its siblings")
+        seen.add(name)
+        found += repeated_contents_names(item.get("contents"), f"{path}/{position}/contents")
+    return found
+
+
 def violations(kind: str, document) -> list[str]:
     """Every way ``document`` breaks the ``kind`` schema (empty: valid)."""
-    validator = jsonschema.Draft202012Validator(SCHEMAS[kind], format_checker=jsonschema.FormatChecker())
-    return [f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
-            for error in validator.iter_errors(document)]
+    validator = jsonschema.Draft202012Validator(SCHEMAS[kind], format_checker=FORMAT_CHECKER)
+    found = [f"{'/'.join(map(str, error.absolute_path)) or '(root)'}: {error.message}"
+             for error in validator.iter_errors(document)]
+    if kind == "object" and isinstance(document, dict):
+        found += repeated_contents_names(document.get("contents"))
+    return found
 
 
 def assert_valid(kind: str, document) -> None:

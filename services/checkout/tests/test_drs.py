@@ -12,7 +12,7 @@ from shared.identifiers import Keys, new_uuid
 
 from services.checkout import drs
 from services.checkout.files import Blob
-from services.checkout.tests.drs_spec import assert_valid, violations
+from services.checkout.tests.drs_spec import assert_valid, is_uri, violations
 from services.checkout.tests.files_world import KiB, FileWorld
 
 BASE_URL = "https://dss.example.org"
@@ -246,9 +246,43 @@ def test_the_validator_catches_what_the_spec_forbids():
     assert violations("object", {**good, "self_uri": "https://host/abc"})
     assert violations("object", {**good, "size": "1"})
     assert violations("access_url", {"headers": []})
+    assert violations("access_url", {"url": "no scheme here"})
     assert violations("error", {"msg": "nope", "status_code": 404}) == []
     assert violations("error", {"msg": 1, "status_code": "404"})
+    assert violations("error", {"msg": "no status"}) and violations("error", {"status_code": 404})
+    assert violations("error", {"msg": "fine", "status_code": 200})  # an error is 4xx or 5xx
     assert violations("service_info", {"id": "x"})
+
+
+def test_the_validator_checks_contents_names_and_their_uniqueness():
+    bundle = {"id": "b", "self_uri": "drs://host/b", "size": 2, "created_time": "2024-01-01T00:00:00Z",
+              "checksums": [{"type": "sha-256", "checksum": "00"}],
+              "contents": [{"name": "a.json", "id": "x", "drs_uri": ["drs://host/x"]},
+                           {"name": "dir", "contents": [{"name": "b_20c.json", "id": "y"}]}]}
+    assert violations("object", bundle) == []
+    for bad_name in ("dir/b.json", "a b", "", "café"):
+        assert violations("object", {**bundle, "contents": [{"name": bad_name, "id": "x"}]}), bad_name
+    nested_twice = {"name": "dir", "contents": [{"name": "b", "id": "y"}, {"name": "b", "id": "z"}]}
+    assert violations("object", {**bundle, "contents": [nested_twice]}) == [
+        "contents/0/contents/1/name: 'b' is not unique among its siblings"]
+    assert violations("object", {**bundle, "contents": [{"name": "a", "id": "x"}, {"name": "a", "contents": []}]})
+    assert violations("object", {**bundle, "contents": [{"name": "a", "drs_uri": ["drs://bad host/x"]}]})
+
+
+@pytest.mark.parametrize("uri", ["https://dss.example.org/v1/swagger.json", "http://127.0.0.1:8080/x?a=b&c=%2F",
+                                 "drs://dss.example.org/abc", "memory://dss-checkout/blob?expires_in=3600",
+                                 "mailto:someone@example.org", "urn:isbn:0451450523", "s3://bucket/key"])
+def test_absolute_uris_are_uris(uri):
+    assert is_uri(uri)
+
+
+@pytest.mark.parametrize("uri", ["not a url", "/relative/path", "//example.org/x", "example.org", "",
+                                 "http://", "https:///x", "http://host:99999/", "http://host:port/",
+                                 "http://[::1/", "http://host/a b", "http://host/%zz", "http://host/<x>",
+                                 "http://hôst/", "1http://host/", "http://host/\\x"])
+def test_what_is_not_an_absolute_uri(uri):
+    assert not is_uri(uri)
+    assert violations("service_info", {**drs.service_info("https://dss.example.org", "1"), "contactUrl": uri})
 
 
 def test_an_unreachable_other_replica_is_left_out_and_the_base_url_defaults_to_the_public_url(world):
