@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+from services.checkout.tests.drs_spec import assert_valid
 from shared.identifiers import new_uuid, new_version
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
@@ -131,8 +132,10 @@ def test_drs_objects_and_access(checkout_api, auth, stage):
     root = checkout_api[: -len("/v1")]
     info = requests.get(f"{root}/ga4gh/drs/v1/service-info")
     assert info.status_code == 200 and info.json()["type"]["artifact"] == "drs"
+    assert_valid("service_info", info.json())
 
     drs_object = requests.get(f"{root}/ga4gh/drs/v1/objects/{uuid}").json()
+    assert_valid("object", drs_object)
     # A DRS id names one content for good: the file's version is part of it.
     assert drs_object["id"] == f"{uuid}.{version}" and drs_object["size"] == len(data)
     assert drs_object["version"] == version
@@ -148,7 +151,52 @@ def test_drs_objects_and_access(checkout_api, auth, stage):
             break
         time.sleep(int(access.headers["Retry-After"]))
     assert access.status_code == 200, access.text
+    assert_valid("access_url", access.json())
     assert hashlib.sha256(requests.get(access.json()["url"]).content).hexdigest() == sums.sha256
+    # With its copy in place the object offers that URL directly.
+    copied = requests.get(f"{root}/ga4gh/drs/v1/objects/{drs_object['id']}").json()
+    assert_valid("object", copied)
+    assert [m for m in copied["access_methods"] if m["type"] == "s3"][0]["access_url"]["url"]
 
     missing = requests.get(f"{root}/ga4gh/drs/v1/objects/{new_uuid()}")
     assert missing.status_code == 404 and missing.json()["status_code"] == 404 and missing.json()["msg"]
+    assert_valid("error", missing.json())
+    for url, status in ((f"{root}/ga4gh/drs/v1/objects/{uuid}/access/aws.2001-01-01T000000.000000Z", 404),
+                        (f"{root}/ga4gh/drs/v1/objects/not-a-drs-id", 400)):
+        error = requests.get(url)
+        assert error.status_code == status and error.json()["status_code"] == status, error.text
+        assert_valid("error", error.json())
+
+
+def test_a_drs_bundle_nests_its_directories(checkout_api, auth, stage):
+    api, root = checkout_api, checkout_api[: -len("/v1")]
+    contents = {"top.json": b'{"top": 1}', "dir/sub/x.json": b'{"x": 1}', "dir/b.json": b'{"b": 1}',
+                "dir/my file.txt": b"spaced"}
+    files, ids = [], {}
+    for name, data in contents.items():
+        uuid, version, _ = stored_file(api, auth, stage, data)
+        files.append({"uuid": uuid, "version": version, "name": name, "indexed": False})
+        ids[name] = f"{uuid}.{version}"
+    bundle_uuid, bundle_version = new_uuid(), new_version()
+    created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                           headers=auth, json={"creator_uid": 1, "files": files})
+    assert created.status_code == 201, created.text
+
+    response = requests.get(f"{root}/ga4gh/drs/v1/objects/{bundle_uuid}", params={"expand": "true"})
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert_valid("object", bundle)
+    assert bundle["id"] == f"{bundle_uuid}.{bundle_version}" and "access_methods" not in bundle
+
+    def content(name, path):
+        return {"name": name, "id": ids[path], "drs_uri": [f"drs://{urlsplit(root).netloc}/{ids[path]}"]}
+    assert bundle["contents"] == [
+        {"name": "dir", "contents": [content("b.json", "dir/b.json"), content("my_20file.txt", "dir/my file.txt"),
+                                     {"name": "sub", "contents": [content("x.json", "dir/sub/x.json")]}]},
+        content("top.json", "top.json")]
+    # A nested file resolves through its drs_uri's id, a DRS object of its own.
+    [[nested_uri]] = [item["drs_uri"] for item in bundle["contents"][0]["contents"][2]["contents"]]
+    nested = requests.get(f"{root}/ga4gh/drs/v1/objects/{nested_uri.rsplit('/', 1)[1]}")
+    assert nested.status_code == 200, nested.text
+    assert_valid("object", nested.json())
+    assert nested.json()["size"] == len(contents["dir/sub/x.json"])
