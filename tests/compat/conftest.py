@@ -6,6 +6,10 @@ Each client is configured as a user would (README "Using the old DSS clients"): 
 naming our /v1/swagger.json, the test CA in REQUESTS_CA_BUNDLE, a service-account key from
 ``create_service_account_key`` (what `make sa-key` runs) in GOOGLE_APPLICATION_CREDENTIALS, and the
 staging bucket's S3 endpoint in AWS_ENDPOINT_URL_S3.
+
+The replicator runs too, as in `make up`: the test's own S3 main bucket notifies a queue of the
+test's own, so what the clients write through `aws` appears in `gcp`. The other way is not wired:
+fake-gcs-server publishes only the session's main bucket, and the clients upload through S3.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import uuid
 
 import pytest
 
+from services.replicator.service import ReplicatorService
+from shared import local_cloud
 from shared.config import Settings
 from shared.testing import Receiver
 from shared.tls import ensure_dev_certificate
@@ -42,16 +48,47 @@ class CompatStack:
 
 
 @pytest.fixture
-def compat_stack(service_config, web_config, runner_factory, blobstores, tmp_path):
-    """The API over HTTPS with a main bucket and search index of this test's own (subscriptions
-    and listings are per bucket), large files made to take the asynchronous paths: a copy above
-    1 MiB answers PUT /files 202, a GET /files of a blob above 512 KiB answers 301 + Retry-After."""
+def compat_bucket(blobstores):
+    """The name of a main bucket of this test's own, made in both replicas."""
     bucket = f"compat-{uuid.uuid4().hex[:10]}"
     for store in blobstores.values():
         store.create_bucket(bucket)
+    return bucket
+
+
+@pytest.fixture
+def compat_replication(local_cloud_settings, compat_bucket):
+    """Config overrides for the replicator behind the compat stack: the S3 main bucket notifies a
+    queue of this test's own (deleted afterwards); the GCS bridge gets a subscription of its own
+    when the Pub/Sub emulator is there (nothing the test writes reaches it, see the module)."""
+    queue = f"compat-{uuid.uuid4().hex[:12]}"
+    overrides = {"DSS_S3_BUCKET": compat_bucket, "DSS_S3_NOTIFICATION_QUEUE": queue,
+                 "DSS_GCS_NOTIFICATION_SUBSCRIPTION": queue,
+                 "DSS_NOTIFICATION_RETRY_DELAY": 1, "DSS_REPLICATION_RETRY_DELAYS": "1,1,2"}
+    settings = Settings.from_config({**local_cloud_settings, **overrides}, environ={})
+    queue_url = local_cloud.configure_s3_notifications(settings)
+    emulator = local_cloud.pubsub_emulator_binary() is not None
+    if emulator:
+        local_cloud.ensure_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, queue,
+                                               settings.gcs_notification_topic)
+    yield overrides
+    local_cloud.sqs_client(settings).delete_queue(QueueUrl=queue_url)
+    if emulator:
+        local_cloud.delete_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, queue)
+
+
+@pytest.fixture
+def compat_stack(service_config, web_config, compat_bucket, compat_replication, runner_factory, tmp_path):
+    """The API over HTTPS with a main bucket and search index of this test's own (subscriptions
+    and listings are per bucket) and the replicator, large files made to take the asynchronous
+    paths: a copy above 1 MiB answers PUT /files 202, a GET /files of a blob above 512 KiB answers
+    301 + Retry-After."""
+    # runner_factory is asked for after compat_replication so that it is torn down first: the
+    # replicator stops before its queue is deleted.
+    bucket = compat_bucket
     certificate = ensure_dev_certificate(tmp_path / "tls", names=("127.0.0.1", "localhost"))
     accounts = f"*={tmp_path / 'service-accounts'}/{{iss}}.json"
-    config = {**service_config,
+    config = {**service_config, **compat_replication,
               "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket, "DSS_INDEX_DIR": str(tmp_path / "index"),
               "DSS_TLS_CERT_FILE": certificate.cert_file, "DSS_TLS_KEY_FILE": certificate.key_file,
               "DSS_AUTH_ISSUERS": f"{service_config['DSS_AUTH_ISSUERS']},{accounts}",
@@ -59,7 +96,7 @@ def compat_stack(service_config, web_config, runner_factory, blobstores, tmp_pat
               "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1", "DSS_NOTIFY_RETRY_DELAYS": "1,1,1",
               "DSS_ASYNC_COPY_THRESHOLD": MiB, "DSS_CHECKOUT_WARM_BYTES": 0,
               "DSS_CHECKOUT_INLINE_BYTES": MiB // 2, "DSS_CHECKOUT_RETRY_AFTER": 1}
-    start_api(config, web_config, runner_factory)
+    start_api(config, web_config, runner_factory, ReplicatorService)
     return CompatStack(url=f"https://{web_config['WEB_SERVER_ADDRESS']}", ca_file=certificate.ca_file,
                        settings=Settings.from_config(config, environ={}), service_accounts=config["DSS_AUTH_ISSUERS"])
 

@@ -1,5 +1,6 @@
 """dbio-cli 1.5.5 and hca 8.0.0, unchanged, against this store: every `dss` command a user of the
-old service relies on, from an upload to the bundle's deletion.
+old service relies on, from an upload to the bundle's deletion, through both replicas (what is
+uploaded through aws is read back from gcp once the replicator has copied it).
 
 Each step runs the real command line in the client's own virtualenv (tests/compat/clients.py),
 over HTTPS, authenticated by a service-account key the stack was told to trust while running.
@@ -27,6 +28,7 @@ MiB = 1024 * 1024
 SEARCH_WAIT_S = 60
 CHECKOUT_WAIT_S = 120
 WEBHOOK_WAIT_S = 60
+REPLICATION_WAIT_S = 120
 
 
 def sha256(data: bytes) -> str:
@@ -48,6 +50,31 @@ def make_upload_directory(root: pathlib.Path, title: str) -> dict[str, bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return files
+
+
+def assert_downloaded(bundle_dir: pathlib.Path, files: dict[str, bytes], manifest: dict) -> None:
+    """Every file `download` wrote under ``bundle_dir`` has the sha256 the bundle manifest declares
+    and that of the bytes uploaded (the bytes too), and bundle.json is that manifest."""
+    declared = {f["name"]: f["sha256"] for f in manifest["files"]}
+    assert set(declared) == set(files)
+    for name, data in files.items():
+        downloaded = (bundle_dir / name).read_bytes()
+        assert sha256(downloaded) == declared[name] == sha256(data), name
+        assert downloaded == data, name
+    written = json.loads((bundle_dir / "bundle.json").read_text())["bundle"]
+    assert (written["uuid"], written["version"]) == (manifest["uuid"], manifest["version"])
+    assert {f["name"]: f["sha256"] for f in written["files"]} == declared
+
+
+def wait_for_bundle(cli, bundle_uuid: str, replica: str) -> dict:
+    """`get-bundle` of ``replica`` once it has the bundle (404 until then), within REPLICATION_WAIT_S."""
+    def replicated():
+        try:
+            return cli("get-bundle", "--uuid", bundle_uuid, "--replica", replica)["bundle"]
+        except CliFailed as error:
+            assert "not_found" in error.result.stderr, error  # only "not there yet" is waited out
+            return None
+    return wait_until(replicated, REPLICATION_WAIT_S, f"the bundle replicated to {replica}", interval=1)
 
 
 def test_the_client_works_unchanged(cli, compat_stack, blobstores, receiver, tmp_path):
@@ -75,10 +102,7 @@ def test_the_client_works_unchanged(cli, compat_stack, blobstores, receiver, tmp
 
     # --- download: redirects (big.bin: 301 + Retry-After while it is checked out), Range, sha256.
     cli("download", "--bundle-uuid", bundle_uuid, "--replica", "aws", "--download-dir", str(tmp_path / "down"))
-    bundle_dir = tmp_path / "down" / f"{bundle_uuid}.{version}"
-    for name, data in files.items():
-        assert (bundle_dir / name).read_bytes() == data, name
-    assert json.loads((bundle_dir / "bundle.json").read_text())["bundle"]["uuid"] == bundle_uuid
+    assert_downloaded(tmp_path / "down" / f"{bundle_uuid}.{version}", files, bundle)
     assert (tmp_path / "down" / cli.client.filestore).is_dir()
 
     # --- head-file and get-file (the bytes on stdout).
@@ -158,6 +182,18 @@ def test_the_client_works_unchanged(cli, compat_stack, blobstores, receiver, tmp
     access = cli("get-ga4gh-drs-v1-objects-access", "--object-id", hello["uuid"], "--access-id", access_id,
                  "--replica", "aws")
     assert requests.get(access["url"], timeout=30).content == files["hello.txt"]
+
+    # --- the gcp replica: the replicator copied what was uploaded through aws (files before the
+    #     bundle), so download, get-file and head-file work there too, with the same sha256.
+    replicated = wait_for_bundle(cli, bundle_uuid, "gcp")
+    assert (replicated["version"], replicated["files"]) == (version, bundle["files"])
+    cli("download", "--bundle-uuid", bundle_uuid, "--replica", "gcp", "--download-dir", str(tmp_path / "down-gcp"))
+    assert_downloaded(tmp_path / "down-gcp" / f"{bundle_uuid}.{version}", files, replicated)
+    for name in ("big.bin", "hello.txt"):
+        from_gcp = cli.raw("get-file", "--uuid", by_name[name]["uuid"], "--replica", "gcp")
+        assert sha256(from_gcp) == sha256(files[name]) and from_gcp == files[name], name
+    head = cli.run("dss", "head-file", "--uuid", hello["uuid"], "--replica", "gcp")
+    assert head.returncode == 0 and "200" in head.stdout, head.stderr
 
     # --- delete-bundle (the service account is an administrator here), then it is gone.
     cli("delete-bundle", "--uuid", bundle_uuid, "--replica", "aws", "--reason", "compatibility test")
