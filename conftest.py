@@ -10,12 +10,30 @@ import eventlet
 
 eventlet.monkey_patch()  # must precede every other import (nameko >= 2.14 no longer does it)
 
+import ctypes  # noqa: E402
+import ctypes.util  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
 from shared.config import Settings  # noqa: E402
 from shared import local_cloud  # noqa: E402
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _map_large_buffers_directly():
+    """The allocator rule `make up` gives every service (MALLOC_MMAP_THRESHOLD_ in deploy/local.py),
+    for this process too: buffers above 1 MiB are mapped and returned on free. Without it glibc's
+    threshold rises after the first large frees and later part buffers stay in the heap, so the
+    RSS bounds of the streaming tests would measure allocator history, not what the code holds."""
+    libc = ctypes.util.find_library("c")
+    if libc:
+        ctypes.CDLL(libc).mallopt(M_MMAP_THRESHOLD, 1024 * 1024)
+
+
+_map_large_buffers_directly()
 
 
 @pytest.fixture(scope="session")
