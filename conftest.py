@@ -96,6 +96,25 @@ def s3_notification_settings(local_cloud_settings):
 
 
 @pytest.fixture
+def bucket_notifications(local_cloud_settings):
+    """``bucket_notifications(bucket)`` -> config overrides under which ``bucket`` (an S3 bucket of
+    the test's own, made already) is the main bucket and notifies a queue of the test's own, with a
+    retry delay of 1 s; every queue made is deleted afterwards."""
+    made = []
+
+    def notify(bucket: str) -> dict:
+        overrides = {"DSS_S3_BUCKET": bucket, "DSS_S3_NOTIFICATION_QUEUE": f"test-{uuid.uuid4().hex[:12]}",
+                     "DSS_NOTIFICATION_RETRY_DELAY": 1}
+        settings = Settings.from_config({**local_cloud_settings, **overrides}, environ={})
+        made.append((settings, local_cloud.configure_s3_notifications(settings)))
+        return overrides
+
+    yield notify
+    for settings, url in made:
+        local_cloud.sqs_client(settings).delete_queue(QueueUrl=url)
+
+
+@pytest.fixture
 def gcs_notification_settings(local_cloud_settings, pubsub_emulator_host):
     """Config overrides for a test reading GCS notifications: a subscription of its own on the
     session topic (so it sees only later events; deleted afterwards) and a retry delay of 1 s."""

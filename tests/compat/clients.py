@@ -198,7 +198,7 @@ def _wheel(client: Client, venv: pathlib.Path) -> pathlib.Path:
 def _sdist(client: Client) -> pathlib.Path:
     """The client's sdist from the package index, checked against its pinned sha256."""
     path = cache_root() / "sdists" / client.sdist_name
-    if path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == client.sdist_sha256:
+    if path.exists() and _file_sha256(path) == client.sdist_sha256:
         return path
     index = package_index()
     try:

@@ -57,24 +57,20 @@ def compat_bucket(blobstores):
 
 
 @pytest.fixture
-def compat_replication(local_cloud_settings, compat_bucket):
+def compat_replication(local_cloud_settings, compat_bucket, bucket_notifications):
     """Config overrides for the replicator behind the compat stack: the S3 main bucket notifies a
-    queue of this test's own (deleted afterwards); the GCS bridge gets a subscription of its own
-    when the Pub/Sub emulator is there (nothing the test writes reaches it, see the module)."""
-    queue = f"compat-{uuid.uuid4().hex[:12]}"
-    overrides = {"DSS_S3_BUCKET": compat_bucket, "DSS_S3_NOTIFICATION_QUEUE": queue,
-                 "DSS_GCS_NOTIFICATION_SUBSCRIPTION": queue,
-                 "DSS_NOTIFICATION_RETRY_DELAY": 1, "DSS_REPLICATION_RETRY_DELAYS": "1,1,2"}
+    queue of this test's own; the GCS bridge gets a subscription of its own when the Pub/Sub
+    emulator is there (nothing the test writes reaches it, see the module)."""
+    overrides = {**bucket_notifications(compat_bucket), "DSS_REPLICATION_RETRY_DELAYS": "1,1,2"}
+    subscription = overrides["DSS_GCS_NOTIFICATION_SUBSCRIPTION"] = overrides["DSS_S3_NOTIFICATION_QUEUE"]
     settings = Settings.from_config({**local_cloud_settings, **overrides}, environ={})
-    queue_url = local_cloud.configure_s3_notifications(settings)
     emulator = local_cloud.pubsub_emulator_binary() is not None
     if emulator:
-        local_cloud.ensure_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, queue,
+        local_cloud.ensure_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription,
                                                settings.gcs_notification_topic)
     yield overrides
-    local_cloud.sqs_client(settings).delete_queue(QueueUrl=queue_url)
     if emulator:
-        local_cloud.delete_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, queue)
+        local_cloud.delete_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription)
 
 
 @pytest.fixture

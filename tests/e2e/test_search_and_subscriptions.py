@@ -9,8 +9,6 @@ import uuid
 import pytest
 import requests
 
-from shared import local_cloud
-from shared.config import Settings
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.testing import Receiver, wait_until
 from services.replicator.service import ReplicatorService
@@ -32,20 +30,18 @@ def search_api(service_config, web_config, runner_factory, blobstores, tmp_path)
 
 
 @pytest.fixture
-def purge_api(service_config, web_config, runner_factory, blobstores, tmp_path, gcs_notification_settings):
+def purge_api(bucket_notifications, gcs_notification_settings, service_config, web_config, runner_factory,
+              blobstores, tmp_path):
     """As ``search_api``, with the S3 bucket's change notifications (to a queue of this test's own)
-    bridged onto the bus by the replicator: how the indexer hears of an object removed outright."""
-    bucket, queue = f"e2e-purge-{uuid.uuid4().hex[:10]}", f"test-{uuid.uuid4().hex[:12]}"
+    bridged onto the bus by the replicator: how the indexer hears of an object removed outright.
+    The notification fixtures come first so that they outlive the runner."""
+    bucket = f"e2e-purge-{uuid.uuid4().hex[:10]}"
     for store in blobstores.values():
         store.create_bucket(bucket)
-    config = {**service_config, **gcs_notification_settings, "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket,
-              "DSS_S3_NOTIFICATION_QUEUE": queue, "DSS_INDEX_DIR": str(tmp_path / "index"),
-              "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1", "DSS_NOTIFY_RETRY_DELAYS": "1,1,1",
-              "DSS_REPLICATION_RETRY_DELAYS": "1,1,2"}
-    settings = Settings.from_config(config, environ={})
-    queue_url = local_cloud.configure_s3_notifications(settings)
-    yield start_api(config, web_config, runner_factory, ReplicatorService), settings
-    local_cloud.sqs_client(settings).delete_queue(QueueUrl=queue_url)
+    config = {**service_config, **gcs_notification_settings, **bucket_notifications(bucket), "DSS_GS_BUCKET": bucket,
+              "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
+              "DSS_NOTIFY_RETRY_DELAYS": "1,1,1", "DSS_REPLICATION_RETRY_DELAYS": "1,1,2"}
+    return start_api(config, web_config, runner_factory, ReplicatorService), bucket
 
 
 @pytest.fixture
@@ -208,7 +204,7 @@ def test_bad_subscriptions_are_4xx_and_store_nothing(search_api, auth, receiver,
 def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, auth, stage, blobstores, receiver):
     """An operator's purge (the manifest deleted from the main bucket, not tombstoned through the
     API): S3 notification -> bridge -> indexer -> journal and a JMESPath DELETE webhook."""
-    (api, settings), tag = purge_api, uuid.uuid4().hex
+    (api, bucket), tag = purge_api, uuid.uuid4().hex
     subscription = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
         "callback_url": receiver.url("/ok"), "hmac_secret_key": SECRET, "hmac_key_id": KEY_ID,
         "jmespath_query": f"event_type=='DELETE' && files.sample_json[0].tag=='{tag}'"})
@@ -217,7 +213,7 @@ def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, 
     query = {"query": {"term": {"files.sample_json.tag": tag}}}
     wait_until(lambda: search(api, query).json().get("total_hits") == 1, 30, "the bundle to be searchable")
 
-    blobstores["aws"].delete(settings.s3_bucket, Keys.bundle(bundle_uuid, bundle_version))
+    blobstores["aws"].delete(bucket, Keys.bundle(bundle_uuid, bundle_version))
 
     wait_until(lambda: receiver.accepted(), 60, "the DELETE notification")
     [delivery] = receiver.accepted()
