@@ -1,7 +1,9 @@
-"""Concurrent storage calls from an eventlet worker."""
+"""Concurrent storage calls from an eventlet worker, and the per-process memory its workers share."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import collections
+import time
+from typing import Any, Callable, Hashable, Iterable
 
 import eventlet
 
@@ -21,3 +23,38 @@ def green_map(function: Callable, items: Iterable, concurrency: int) -> list:
         if error is not None:
             raise error
     return [result for result, _ in outcomes]
+
+
+class ExpiringCache:
+    """Values by key until a time of their own, at most ``max_entries`` (the least recently used go
+    first)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 100_000):
+        self.clock = clock
+        self.max_entries = max_entries
+        self._entries: collections.OrderedDict[Hashable, tuple[float, Any]] = collections.OrderedDict()
+
+    def get(self, key: Hashable) -> Any:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        until, value = entry
+        if self.clock() >= until:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any, until: float) -> None:
+        if until <= self.clock():
+            return
+        self._entries[key] = (until, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def forget(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

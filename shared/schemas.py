@@ -126,6 +126,9 @@ class FileCreated(Schema):
     blob_key = fields.String(required=True)
     size = fields.Integer(required=True)
     content_type = fields.String(required=True)
+    # The document stored under ``key`` (it never changes), so that a consumer need not read it
+    # back; absent from events of older producers.
+    metadata = fields.Dict(keys=fields.String(), allow_none=True, load_default=None)
 
 
 class BundleCreated(Schema):

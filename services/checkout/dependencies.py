@@ -30,15 +30,16 @@ from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobNotFound, BlobStoreUnavailable
 from shared.checksums import ChecksumPass
+from shared.concurrency import ExpiringCache
 from shared.config import Settings
 from shared.copies import copy_verified
-from shared.exceptions import NotFound, Unavailable
+from shared.exceptions import NotFound, Unavailable, Unprocessable
 from shared.identifiers import Keys, REPLICAS
 from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 
 from services.checkout import drs
 from services.checkout import exceptions as errors
-from services.checkout.files import (Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
+from services.checkout.files import (Blob, CheckoutToken, CopyState, Lifetime,
                                      SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
 from services.checkout.jobs import JOBS_PREFIX
 
@@ -132,6 +133,19 @@ class FileCheckoutAPI:
             raise NotFound(f"no file {uuid} version {version} in replica {storage.replica}")
         self.state.documents.put((storage.replica, uuid, version), doc, until=float("inf"))
         return doc
+
+    def remember_document(self, replica: str, uuid: str, version: str, blob: Blob, document: dict | None) -> bool:
+        """Keep the document of a new file version that an event carried, if it is that version's
+        and names that blob (anything else is read from the bucket when needed)."""
+        if not isinstance(document, dict) or document.get("version") != version:
+            return False
+        try:
+            if Blob.of_file(document) != blob:
+                return False
+        except (KeyError, TypeError, ValueError, Unprocessable):
+            return False
+        self.state.documents.put((replica, uuid, version), document, until=float("inf"))
+        return True
 
     def latest_version(self, replica: str, uuid: str) -> str:
         key = (replica, uuid)
@@ -364,14 +378,16 @@ class FileCheckoutAPI:
         self.state.requested.forget((replica, blob.key))
         return verdict
 
-    def warm(self, replica: str, uuid: str, version: str, blob: Blob) -> Verdict | None:
+    def warm(self, replica: str, uuid: str, version: str, blob: Blob, document: dict | None = None) -> Verdict | None:
         """Copy a new file's blob now if it is small enough to be worth it (``DSS_CHECKOUT_WARM_BYTES``),
         and meanwhile look the file up as its first read will (latest version and document): a read
-        arriving during the warming shares these lookups and the copy instead of waiting for its own."""
+        arriving during the warming shares these lookups and the copy instead of waiting for its own.
+        ``document``: the file document the event carried, kept instead of read back."""
         if blob.size > self.settings.checkout_warm_bytes:
             return None
-        lookups = [eventlet.spawn(self._prime, self.latest_version, replica, uuid),
-                   eventlet.spawn(self._prime, self.file_metadata, replica, uuid, version)]
+        lookups = [eventlet.spawn(self._prime, self.latest_version, replica, uuid)]
+        if not self.remember_document(replica, uuid, version, blob, document):
+            lookups.append(eventlet.spawn(self._prime, self.file_metadata, replica, uuid, version))
         try:
             return self.ensure_copy(replica, blob, "warm", look_first=False)
         finally:

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
 import dataclasses
 import datetime
 import enum
 import json
 import re
-import time
 from typing import Any, Callable, Hashable
 
 import eventlet.event
@@ -246,41 +244,6 @@ class CheckoutToken:
 
 
 # --- per-process state shared by the workers ----------------------------------------------------------
-
-class ExpiringCache:
-    """Values by key until a time of their own, at most ``max_entries`` (the least recently used go
-    first)."""
-
-    def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 100_000):
-        self.clock = clock
-        self.max_entries = max_entries
-        self._entries: collections.OrderedDict[Hashable, tuple[float, Any]] = collections.OrderedDict()
-
-    def get(self, key: Hashable) -> Any:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        until, value = entry
-        if self.clock() >= until:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: Hashable, value: Any, until: float) -> None:
-        if until <= self.clock():
-            return
-        self._entries[key] = (until, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def forget(self, key: Hashable) -> None:
-        self._entries.pop(key, None)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 class SingleFlight:
     """One run at a time per key in this process: a caller arriving while a run is under way waits

@@ -116,7 +116,8 @@ class CheckoutService:
         """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
         created = FileCreated(unknown=EXCLUDE).load(payload)
         blob = Blob.from_key(created["blob_key"], created["size"], created["content_type"])
-        verdict = self.file_checkouts.warm(created["replica"], created["uuid"], created["version"], blob)
+        verdict = self.file_checkouts.warm(created["replica"], created["uuid"], created["version"], blob,
+                                           created["metadata"])
         return None if verdict is None else {"replica": created["replica"], "blob_key": blob.key,
                                              "state": verdict.state.value}
 

@@ -127,4 +127,4 @@ class FilesService:
         self.dispatch(events.FILE_CREATED, FileCreated().dump({
             "replica": replica, "uuid": uuid, "version": doc["version"], "key": Keys.file(uuid, doc["version"]),
             "blob_key": Checksums.from_stored(doc).blob_key(), "size": doc["size"],
-            "content_type": doc["content-type"]}))
+            "content_type": doc["content-type"], "metadata": doc}))

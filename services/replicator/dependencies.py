@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound
 from shared.checksums import ChecksumPass, Checksums
+from shared.concurrency import ExpiringCache
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
@@ -50,6 +51,12 @@ IGNORED = Counter("dss_replication_changes_ignored_total",
                   "Change events that need no copy: deletes, other buckets, keys outside the DSS layout.",
                   ["replica", "reason"])
 QUEUE_DEPTH = Gauge("dss_replication_queue_depth", "Messages waiting in the replicator's queues.", ["queue"])
+
+# How long this process trusts what it wrote or verified in a replica without looking again: long
+# enough for the destination's notification of a copy to come back, short against an operator's
+# purge (`dss-ops replicas verify` finds what such a purge breaks at any time).
+RECENT_SECONDS = 300.0
+RECENT_ENTRIES = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,13 +205,18 @@ class _Run:
         return self.once(target.key, lambda: self.api.blob_copies.run(flight, lambda: self._blob(target, dependency)))
 
     def _blob(self, target: ReplicaKey, dependency: bool) -> int:
+        if dependency and not self.deep:  # blobs never change: one seen intact lately still is
+            size = self.api.recently_intact(self.destination, target.key)
+            if size is not None:
+                self.counted(target, False)
+                return size
         try:
             info = self.source.store.stat(self.source.bucket, target.key)
         except BlobNotFound:
             raise self.missing(target.key, dependency) from None
-        # An S3 copy whose ETag cannot be judged is taken on its size, unless asked to read it: every
-        # copy made is echoed by the destination's own notification, and re-reading large blobs
-        # for each would double the transfer. `dss-ops replicas verify --deep` finds such damage.
+        # An S3 copy whose ETag cannot be judged is taken on its size, unless asked to read it:
+        # repeated events would otherwise re-read large blobs each time, doubling the transfer.
+        # `dss-ops replicas verify --deep` finds such damage.
         same = self.api.blob_present(self.destination, target, info.size, deep=self.deep and not dependency)
         if same:
             self.counted(target, False)
@@ -275,12 +287,33 @@ def _child(key: str, parent: ReplicaKey) -> ReplicaKey:
 
 class ReplicatorAPI:
     def __init__(self, replicas: Replicas, settings, budget: MemoryBudget, metrics: MetricsAPI,
-                 blob_copies: SingleFlight | None = None):
+                 blob_copies: SingleFlight | None = None, recent: ExpiringCache | None = None):
         self.replicas = replicas
         self.settings = settings
         self.budget = budget
         self.metrics = metrics
         self.blob_copies = blob_copies or SingleFlight()
+        # (replica, key) -> (revision, size) of an object this process wrote there or found intact
+        self.recent = recent if recent is not None else ExpiringCache(max_entries=RECENT_ENTRIES)
+
+    # --- what this process wrote or verified lately ----------------------------------------------
+    def remember(self, replica: ReplicaStorage, info: BlobInfo) -> None:
+        self.recent.put((replica.replica, info.key), (info.revision, info.size),
+                        until=self.recent.clock() + RECENT_SECONDS)
+
+    def recently_intact(self, replica: ReplicaStorage, key: str) -> int | None:
+        """The size of ``key`` if this process wrote or verified it in ``replica`` lately."""
+        known = self.recent.get((replica.replica, key))
+        return None if known is None else known[1]
+
+    def own_write(self, change: dict) -> bool:
+        """Whether a change notification reports an object as this process wrote it: the echo of a
+        copy, whose source holds the same (the revision is the GCS generation or the S3 ETag)."""
+        known = self.recent.get((change["replica"], change["key"]))
+        if known is None or change["kind"] != "created":
+            return False
+        revision = change["checksums"].get("generation" if change["replica"] == "gcp" else "etag")
+        return revision is not None and revision.lower() == str(known[0]).lower()
 
     # --- events ------------------------------------------------------------------------------------
     def ignored(self, change: dict) -> str | None:
@@ -296,6 +329,8 @@ class ReplicatorAPI:
                                key, replica)
         elif parse_key(key) is None:  # a malformed DSS key raises: dead-lettered for an operator
             reason = "not_dss_key"
+        elif self.own_write(change):
+            reason = "own_copy"
         if reason is not None:
             IGNORED.labels(replica, reason).inc()
             logger.debug("ignoring %s of %s in %s/%s: %s", change["kind"], key, replica, change["bucket"], reason)
@@ -333,6 +368,8 @@ class ReplicatorAPI:
         verdict = blob_verdict(info, target.checksums)
         if verdict is None:
             verdict = self.verify_blob(replica, target) if deep else True
+        if verdict:
+            self.remember(replica, info)
         return verdict
 
     def verify_blob(self, replica: ReplicaStorage, target: ReplicaKey) -> bool:
@@ -378,6 +415,7 @@ class ReplicatorAPI:
         if written.size != size or blob_verdict(written, target.checksums) is False:
             raise CopyMismatch(f"{target.key} in {destination.replica} does not match what was sent "
                                f"({written.size} of {size} bytes)")
+        self.remember(destination, written)
         self.metrics.bytes_copied(destination.replica, BLOB, size)
 
     # --- documents ---------------------------------------------------------------------------------
@@ -396,8 +434,10 @@ class ReplicatorAPI:
             store.put_bytes(bucket, target.key, data, content_type=JSON)
         if replace:
             logger.warning("replaced %s in %s: it was not a valid document", target.key, replica.replica)
-        if not document_verdict(store.stat(bucket, target.key), data):
+        written = store.stat(bucket, target.key)
+        if not document_verdict(written, data):
             raise CopyMismatch(f"{target.key} in {replica.replica} does not hold what was written")
+        self.remember(replica, written)
         self.metrics.bytes_copied(replica.replica, target.kind, len(data))
         return True
 
@@ -444,9 +484,11 @@ class ReplicaStore(StorageProvider):
         self.budget = MemoryBudget(self.settings.replication_memory_bytes)
         self.metrics = MetricsAPI(self.container.service_name)
         self.blob_copies = SingleFlight()  # shared by all workers of the process
+        self.recent = ExpiringCache(max_entries=RECENT_ENTRIES)
 
     def get_dependency(self, worker_ctx):
-        return self.api_class(self.replicas, self.settings, self.budget, self.metrics, self.blob_copies)
+        return self.api_class(self.replicas, self.settings, self.budget, self.metrics, self.blob_copies,
+                              self.recent)
 
 
 # --- queue depth -------------------------------------------------------------------------------------

@@ -9,13 +9,14 @@ import pytest
 from shared import events
 from shared.blobstore import BlobStoreUnavailable
 from shared.checksums import checksum_bytes
+from shared.concurrency import ExpiringCache
 from shared.exceptions import InvalidParameter, NotFound, Unavailable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileCheckoutRequested
 
 from services.checkout.dependencies import MARKER_PREFIX
-from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, ExpiringCache, Lifetime,
-                                     SingleFlight, file_version_of_key, rfc3339)
+from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime, SingleFlight,
+                                     file_version_of_key, rfc3339)
 from services.checkout.tests.files_world import KiB, FileWorld
 
 LARGE = 100 * KiB  # above the world's inline threshold (64 KiB)
@@ -482,6 +483,30 @@ def test_a_read_during_the_warming_of_a_new_file_shares_its_lookups_and_copy(wor
     # The warming's own calls only, no stat among them: the listing, the document, the blob, its
     # copy written if absent. The read made none of its own.
     assert store.calls == {"list_keys": 1, "get_bytes": 2, "put_bytes": 1}
+
+
+def test_the_document_a_file_created_event_carries_is_kept_instead_of_read_back(world):
+    doc = world.add_file(b"carried")
+    stored = {name: value for name, value in doc.items() if name != "uuid"}
+    store = world.stores["aws"]
+    store.calls.clear()
+    assert world.service.handle_file_created({**file_created(doc), "metadata": stored})["state"] == "fresh"
+    assert store.calls == {"list_keys": 1, "get_bytes": 1, "put_bytes": 1}  # the blob read, not the document
+    store.calls.clear()
+    assert world.new_worker().get_file("aws", doc["uuid"])["metadata"] == doc
+    assert dict(store.calls) == {}
+
+
+@pytest.mark.parametrize("change", [{"sha256": "0" * 64}, {"version": "2020-01-01T000000.000000Z"}, {"sha1": None}],
+                         ids=["other bytes", "other version", "broken"])
+def test_a_carried_document_that_does_not_match_its_event_is_read_from_the_bucket(world, change):
+    doc = world.add_file(b"carried wrongly")
+    carried = {**{name: value for name, value in doc.items() if name != "uuid"}, **change}
+    store = world.stores["aws"]
+    store.calls.clear()
+    assert world.service.handle_file_created({**file_created(doc), "metadata": carried})["state"] == "fresh"
+    assert store.calls["get_bytes"] == 2  # the document read back, and the blob
+    assert world.new_worker().get_file("aws", doc["uuid"])["metadata"] == doc
 
 
 def test_file_version_of_key():

@@ -159,6 +159,8 @@ def test_file_created_is_dispatched_after_the_write(files_config, runner_factory
         with ServiceRpcProxy("files", files_config) as files_rpc:
             files_rpc.put_file(uuid, version, source_url, 3)
     payload = waiter.get()
+    stored = json.loads(blobstores["aws"].get_bytes(dss_settings.bucket("aws"), f"files/{uuid}.{version}"))
     assert payload == {"replica": "aws", "uuid": uuid, "version": version, "key": f"files/{uuid}.{version}",
-                       "blob_key": sums.blob_key(), "size": 7, "content_type": "application/octet-stream"}
-    assert blobstores["aws"].exists(dss_settings.bucket("aws"), payload["key"])
+                       "blob_key": sums.blob_key(), "size": 7, "content_type": "application/octet-stream",
+                       "metadata": stored}
+    assert stored["sha256"] == sums.sha256 and stored["version"] == version

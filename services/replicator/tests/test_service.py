@@ -16,6 +16,7 @@ from shared import events, replication
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore
 from shared.blobstore.base import ChunkReader
 from shared.checksums import checksum_bytes
+from shared.concurrency import ExpiringCache
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys
@@ -23,7 +24,7 @@ from shared.metrics import MetricsAPI
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 
-from services.replicator.dependencies import MemoryBudget, Outcome, ReplicatorAPI
+from services.replicator.dependencies import RECENT_SECONDS, MemoryBudget, Outcome, ReplicatorAPI
 from services.replicator.entrypoints import ReplicationEventHandler
 from services.replicator.exceptions import (ConflictingDocuments, CopyMismatch, DependencyMissing, SourceCorrupt,
                                             SourceMissing)
@@ -168,12 +169,14 @@ class MemoryStore(BlobStore):
 
 
 class World:
-    def __init__(self):
+    def __init__(self, clock=None):
         self.log = []
         self.stores = {name: MemoryStore(name, self.log) for name in ("aws", "gcp")}
+        recent = ExpiringCache(clock) if clock else None
         self.api = ReplicatorAPI(Replicas({name: ReplicaStorage(name, store, SETTINGS)
                                            for name, store in self.stores.items()}),
-                                 SETTINGS, MemoryBudget(SETTINGS.replication_memory_bytes), MetricsAPI("replicator"))
+                                 SETTINGS, MemoryBudget(SETTINGS.replication_memory_bytes), MetricsAPI("replicator"),
+                                 recent=recent)
 
     def put(self, replica, key, data):
         self.stores[replica].objects[key] = (data, "application/octet-stream")
@@ -326,6 +329,51 @@ def test_observed_lag():
 ])
 def test_ignored(payload, reason):
     assert World().api.ignored(payload) == reason
+
+
+@pytest.mark.parametrize("source,destination,revision_field", [("aws", "gcp", "generation"), ("gcp", "aws", "etag")])
+def test_the_notification_of_a_copy_this_process_made_is_ignored_and_any_other_revision_is_not(
+        source, destination, revision_field):
+    world = World()
+    _, sums = world.put_file(source, UUIDS[0], b"echoed")
+    file_key = Keys.file(UUIDS[0], VERSION)
+    assert world.api.replicate(file_key, source).copied is True
+    for key in (sums.blob_key(), file_key):
+        written = world.stores[destination].stat("dss-main", key).revision
+        echo = change(replica=destination, key=key, checksums={revision_field: written})
+        assert world.api.ignored(echo) == "own_copy"
+        assert world.api.ignored({**echo, "checksums": {revision_field: "1" + written}}) is None
+        assert world.api.ignored({**echo, "checksums": {}}) is None
+        assert world.api.ignored({**echo, "kind": "deleted"}) == "deleted"
+    # Its source's own notifications are no echo.
+    source_revision = world.stores[source].stat("dss-main", file_key).revision
+    assert world.api.ignored(change(replica=source, key=file_key, checksums={revision_field: source_revision})) is None
+
+
+def test_a_blob_this_process_saw_intact_lately_is_not_looked_at_again_as_a_dependency():
+    now = [1000.0]
+    world = World(clock=lambda: now[0])
+    _, sums = world.put_file("aws", UUIDS[0], b"seen")
+    stats = []
+    for store in world.stores.values():
+        store.stat = (lambda original: lambda bucket, key: stats.append(key) or original(bucket, key))(store.stat)
+    world.api.replicate(sums.blob_key(), "aws")  # the blob's own event: copied
+    stats.clear()
+    assert world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws").copied is True
+    assert sums.blob_key() not in stats
+    assert world.writes("gcp") == [sums.blob_key(), Keys.file(UUIDS[0], VERSION)]
+
+    other = Keys.file(UUIDS[1], VERSION)  # a second file of the same bytes, once the memory aged out
+    world.put("aws", other, world.contents("aws")[Keys.file(UUIDS[0], VERSION)])
+    now[0] += RECENT_SECONDS
+    stats.clear()
+    assert world.api.replicate(other, "aws").copied is True
+    assert stats.count(sums.blob_key()) == 2  # looked at in both replicas again
+    # A deep run always looks (the blob was just seen again).
+    world.stores["gcp"].delete("dss-main", other)
+    stats.clear()
+    assert world.api.replicate(other, "aws", deep=True).copied is True
+    assert stats.count(sums.blob_key()) == 2
 
 
 def test_a_malformed_dss_key_is_an_error_not_ignored():
