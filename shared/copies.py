@@ -1,15 +1,15 @@
 """Server-side copies of a blob within one replica's cloud (main bucket to a checkout or a user's
 bucket), verified before they count.
 
-The store copies the bytes itself (S3 CopyObject / UploadPartCopy pinned to the source's ETag, GCS
-rewrite), so nothing passes through this process; the copy is then judged from its metadata
-against the checksums its blob key names (``shared.replication.blob_verdict``: GCS CRC32C, S3
-ETag). When that cannot tell (an S3 ETag of another part layout), an S3 copy made in one request
-whose ETag is the source's single-part ETag holds the source's bytes (both are the MD5 of the whole
-object), and the source is the blob, verified when it was written; only otherwise is the copy read
-and hashed. A copy that does not hold the right bytes is deleted and ``Unavailable``
-(``copy_not_verified``: 503, worth retrying) raised: a wrong copy is never left where a reader would
-find it.
+The store copies the bytes itself (S3 CopyObject / UploadPartCopy, GCS rewrite; pinned to the
+source's revision when it looked at the source first), so nothing passes through this process.
+The copy is then judged from the metadata in the store's answer (no second request) against the
+checksums its blob key names (``shared.replication.blob_verdict``: GCS CRC32C, S3 ETag). When that
+cannot tell (an S3 ETag of another part layout), an S3 copy made in one request whose ETag is the
+source's single-part ETag holds the source's bytes (both are the MD5 of the whole object), and the
+source is the blob, verified when it was written; only otherwise is the copy read and hashed. A
+copy that does not hold the right bytes is deleted and ``Unavailable`` (``copy_not_verified``:
+503, worth retrying) raised: a wrong copy is never left where a reader would find it.
 """
 from __future__ import annotations
 
@@ -56,8 +56,10 @@ def copy_verified(store: BlobStore, src_bucket: str, src_key: str, dst_bucket: s
     ``part_size``: S3 copies larger than this go in parts (``DSS_COPY_PART_BYTES``; the store's
     default when None)."""
     parts = {} if part_size is None else {"part_size": part_size}
-    store.copy(src_bucket, src_key, dst_bucket, dst_key, content_type=content_type, metadata=metadata, **parts)
-    info = store.stat(dst_bucket, dst_key)
+    # A blob never changes and ``size`` is its size: given the copy's properties too, the store
+    # need not look at the source first. The copy is judged from the store's answer.
+    info = store.copy(src_bucket, src_key, dst_bucket, dst_key, content_type=content_type, metadata=metadata,
+                      source_size=size, **parts)
     if not verify_copy(store, dst_bucket, dst_key, expected, size, info, source=(src_bucket, src_key)):
         store.delete(dst_bucket, dst_key)
         logger.error("the copy of %s/%s at %s/%s does not hold the bytes its checksums name; removed",

@@ -158,10 +158,15 @@ class MemoryBlobStore(BlobStore):
         self.put_bytes(bucket, key, b"".join(chunks), content_type, metadata)
 
     def copy(self, src_bucket, src_key, dst_bucket, dst_key, *, if_source_revision=None, content_type=None,
-             metadata=None, part_size=64 * 1024 * 1024):
+             metadata=None, part_size=64 * 1024 * 1024, source_size=None):
         data, source_type, source_metadata = self._object(src_bucket, src_key, "copy")
-        self.put_bytes(dst_bucket, dst_key, data, content_type or source_type,
-                       source_metadata if metadata is None else metadata)
+        new_type, new_metadata = content_type or source_type, source_metadata if metadata is None else metadata
+        if dst_bucket not in self.buckets:
+            raise BlobNotFound(dst_bucket)
+        self.buckets[dst_bucket][dst_key] = (data, new_type, dict(new_metadata))
+        if self.clock is not None:
+            self.modified[(dst_bucket, dst_key)] = self.clock()
+        return BlobInfo(dst_key, len(data), new_type, dict(new_metadata), hashlib.md5(data).hexdigest(), None, None)
 
     def delete(self, bucket, key):
         self._objects(bucket, "delete").pop(key, None)

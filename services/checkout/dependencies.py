@@ -29,7 +29,6 @@ import eventlet
 from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobNotFound, BlobStoreUnavailable
-from shared.checksums import ChecksumPass
 from shared.concurrency import ExpiringCache
 from shared.config import Settings
 from shared.copies import copy_verified
@@ -46,9 +45,6 @@ from services.checkout.jobs import JOBS_PREFIX
 logger = logging.getLogger(__name__)
 
 MARKER_PREFIX = "copying/"
-# Blobs up to this size are copied by reading them here, checking their four checksums and writing
-# them (two requests, the bytes verified before they are written); larger ones server-side.
-THROUGH_PROCESS_BYTES = 1024 * 1024
 # How long a background copy may take before the next request may start another: a floor, plus
 # the size at a rate any cloud's server-side copy beats.
 MARKER_MIN_SECONDS = 900
@@ -279,33 +275,27 @@ class FileCheckoutAPI:
         """Copy ``blob`` into the checkout bucket unless a fresh copy is there; one copy at a time per
         blob in this process (a caller arriving meanwhile waits for it). ``verdict``: what a look
         just found, so that the copy does not stat again. ``look_first`` False (a blob most likely
-        not there yet): a small blob is written if absent at once, and looked at only if present."""
+        not there yet): copy without looking (a copy already there is made again, which costs one
+        request as the look would)."""
         def copy_unless_fresh() -> Verdict:
-            if verdict is None and not look_first and blob.size <= THROUGH_PROCESS_BYTES:
-                if self.state.copies.get((replica, blob.key)):
-                    return Verdict(CopyState.FRESH, why="seen lately")
-                try:
-                    return self._copy(replica, blob, reason, if_absent=True)
-                except BlobAlreadyExists:
-                    pass
-            current = verdict or self.look(replica, blob)
-            if current.state is CopyState.FRESH:
+            if self.state.copies.get((replica, blob.key)):
+                return Verdict(CopyState.FRESH, why="seen lately")
+            current = verdict or (self.look(replica, blob) if look_first else None)
+            if current is not None and current.state is CopyState.FRESH:
                 return current
             return self._copy(replica, blob, reason)
 
         return self.state.flights.run((replica, blob.key), copy_unless_fresh)
 
-    def _copy(self, replica: str, blob: Blob, reason: str, if_absent: bool = False) -> Verdict:
+    def _copy(self, replica: str, blob: Blob, reason: str) -> Verdict:
+        """A server-side copy, judged from the store's answer (``copy_verified``): for a small blob
+        one request, the look included."""
         storage = self.replicas[replica]
         now = self.clock()
         started = time.perf_counter()
         try:
-            if blob.size <= THROUGH_PROCESS_BYTES:
-                self._copy_through_process(storage, blob, now, if_absent)
-            else:
-                copy_verified(storage.store, storage.bucket, blob.key, storage.checkout_bucket, blob.key,
-                              blob.checksums, blob.size, content_type=blob.content_type,
-                              metadata=copy_metadata(now))
+            copy_verified(storage.store, storage.bucket, blob.key, storage.checkout_bucket, blob.key,
+                          blob.checksums, blob.size, content_type=blob.content_type, metadata=copy_metadata(now))
         except BlobNotFound:
             raise Unavailable(f"blob {blob.key} is not in replica {replica} (yet)", "blob_unavailable") from None
         elapsed = time.perf_counter() - started
@@ -316,19 +306,6 @@ class FileCheckoutAPI:
         verdict = self.lifetime.new_copy(blob, now)
         self._remember_fresh(replica, blob, verdict, self.clock())
         return verdict
-
-    @staticmethod
-    def _copy_through_process(storage: ReplicaStorage, blob: Blob, now: float, if_absent: bool = False) -> None:
-        """Read a small blob, check its bytes against its key, write them: what is written is verified."""
-        data = storage.store.get_bytes(storage.bucket, blob.key)
-        checksum_pass = ChecksumPass(len(data))
-        checksum_pass.update(data)
-        if len(data) != blob.size or checksum_pass.result() != blob.checksums:
-            logger.error("blob %s of %s does not hold the bytes its key names; not checked out", blob.key,
-                         storage.replica)
-            raise Unavailable(f"blob {blob.key} of replica {storage.replica} did not verify", "copy_not_verified")
-        storage.store.put_bytes(storage.checkout_bucket, blob.key, data, content_type=blob.content_type,
-                                metadata=copy_metadata(now), if_absent=if_absent)
 
     def _remember_fresh(self, replica: str, blob: Blob, verdict: Verdict, now: float) -> None:
         until = now + self.settings.checkout_cache_seconds

@@ -118,11 +118,16 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
              if_source_revision: str | None = None, content_type: str | None = None,
-             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
-        """Server-side copy within this store (multipart / rewrite for large objects).
+             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024,
+             source_size: int | None = None) -> BlobInfo:
+        """Server-side copy within this store (multipart / rewrite for large objects); the copy as
+        the store's answer describes it (size, revision, CRC32C where the store keeps one, content
+        type and metadata), so that it can be judged without another request.
 
         ``if_source_revision``: copy only if the source is still that revision (BlobPreconditionFailed
-        otherwise). ``content_type``/``metadata`` replace the source's when given.
+        otherwise). ``content_type``/``metadata`` replace the source's when given. ``source_size``:
+        the source's size, known to a caller copying an object that never changes (a blob); with
+        ``content_type`` and ``metadata`` given too, the source need not be looked at first.
         """
 
     @abc.abstractmethod

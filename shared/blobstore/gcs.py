@@ -89,6 +89,10 @@ class GCSBlobStore(BlobStore):
             blob = self._client.bucket(bucket).get_blob(key, timeout=TIMEOUT, retry=RETRY)
         if blob is None:
             raise BlobNotFound(f"gs://{bucket}/{key} does not exist")
+        return self._info(key, blob)
+
+    @staticmethod
+    def _info(key: str, blob) -> BlobInfo:
         return BlobInfo(
             key=key,
             size=blob.size,
@@ -251,21 +255,26 @@ class GCSBlobStore(BlobStore):
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
              if_source_revision: str | None = None, content_type: str | None = None,
-             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
+             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024,
+             source_size: int | None = None) -> BlobInfo:
         # A rewrite is server-side and chunked by the server (``part_size`` has no say): loop on its
-        # token until done. The destination's properties, when set, replace the source's.
+        # token until done; the last answer describes the copy. The destination's properties, when
+        # set, replace the source's.
         source = self._blob(src_bucket, src_key)
         destination = self._blob(dst_bucket, dst_key)
         revision = None
-        if if_source_revision is not None or content_type is not None or metadata is not None:
+        unchanging = source_size is not None and content_type is not None and metadata is not None
+        if if_source_revision is not None or ((content_type is not None or metadata is not None) and not unchanging):
             # Checked here too, as fake-gcs-server ignores ifSourceGenerationMatch on a rewrite.
             info = self.stat(src_bucket, src_key)
             if if_source_revision is not None and info.revision != if_source_revision:
                 raise BlobPreconditionFailed(f"gs://{src_bucket}/{src_key} is no longer revision {if_source_revision}")
             revision = info.revision  # copy the very content that was checked and described
-            if content_type is not None or metadata is not None:
-                destination.content_type = content_type or info.content_type
-                destination.metadata = dict(info.metadata if metadata is None else metadata)
+            content_type = content_type or info.content_type
+            metadata = info.metadata if metadata is None else metadata
+        if content_type is not None or metadata is not None:
+            destination.content_type = content_type
+            destination.metadata = dict(metadata)
         token = None
         with _errors(f"copy gs://{src_bucket}/{src_key} to gs://{dst_bucket}/{dst_key}"):
             while True:
@@ -273,7 +282,7 @@ class GCSBlobStore(BlobStore):
                     source, token=token, if_source_generation_match=int(revision) if revision else None,
                     timeout=TIMEOUT, retry=RETRY)
                 if token is None:
-                    return
+                    return self._info(dst_key, destination)
 
     def delete(self, bucket: str, key: str) -> None:
         try:

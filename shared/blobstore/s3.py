@@ -243,31 +243,36 @@ class S3BlobStore(BlobStore):
                                exc_info=True)
             raise
 
-    def _complete(self, bucket: str, key: str, upload_id: str, parts: list[dict]) -> None:
+    def _complete(self, bucket: str, key: str, upload_id: str, parts: list[dict]) -> dict:
         with _errors(f"complete multipart upload of s3://{bucket}/{key}"):
-            self._client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                                   MultipartUpload={"Parts": parts})
+            return self._client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                          MultipartUpload={"Parts": parts})
 
     def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str, *,
              if_source_revision: str | None = None, content_type: str | None = None,
-             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024) -> None:
-        # The HEAD checks the revision (moto ignores CopySourceIfMatch) and gives the size; every
-        # later request is pinned to the ETag it saw so the copy is of one consistent content.
-        head = self._head(src_bucket, src_key, if_source_revision)
+             metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024,
+             source_size: int | None = None) -> BlobInfo:
+        # The HEAD checks the revision (moto ignores CopySourceIfMatch), gives the size and the
+        # properties to keep; every later request is pinned to the ETag it saw so the copy is of
+        # one consistent content. An unchanging source of known size and new properties needs none.
+        if if_source_revision is None and source_size is not None and content_type is not None \
+                and metadata is not None:
+            head, pinned, size = {}, {}, source_size
+        else:
+            head = self._head(src_bucket, src_key, if_source_revision)
+            pinned, size = {"CopySourceIfMatch": _quoted(head["ETag"].strip('"'))}, head["ContentLength"]
+        new_type = content_type or head.get("ContentType", "application/octet-stream")
+        new_metadata = dict(head.get("Metadata", {}) if metadata is None else metadata)
         source = {"Bucket": src_bucket, "Key": src_key}
-        pinned = _quoted(head["ETag"].strip('"'))
         what = f"copy s3://{src_bucket}/{src_key} to s3://{dst_bucket}/{dst_key}"
-        if head["ContentLength"] <= min(part_size, MAX_SINGLE_COPY):
+        if size <= min(part_size, MAX_SINGLE_COPY):
             replace = {}
             if content_type is not None or metadata is not None:
-                replace = {"MetadataDirective": "REPLACE",
-                           "ContentType": content_type or head.get("ContentType", "application/octet-stream"),
-                           "Metadata": dict(head.get("Metadata", {}) if metadata is None else metadata)}
+                replace = {"MetadataDirective": "REPLACE", "ContentType": new_type, "Metadata": new_metadata}
             with _errors(what):
-                self._client.copy_object(CopySource=source, Bucket=dst_bucket, Key=dst_key,
-                                         CopySourceIfMatch=pinned, **replace)
-            return
-        size = head["ContentLength"]
+                result = self._client.copy_object(CopySource=source, Bucket=dst_bucket, Key=dst_key, **pinned,
+                                                  **replace)["CopyObjectResult"]
+            return self._copied(dst_key, size, new_type, new_metadata, result)
         part_size = _part_size(size, part_size)
 
         def copy_part(number: int) -> dict:
@@ -276,18 +281,24 @@ class S3BlobStore(BlobStore):
             with _errors(f"{what} (part {number})"):
                 response = self._client.upload_part_copy(
                     CopySource=source, Bucket=dst_bucket, Key=dst_key, UploadId=upload_id, PartNumber=number,
-                    CopySourceRange=f"bytes={start}-{end}", CopySourceIfMatch=pinned)
+                    CopySourceRange=f"bytes={start}-{end}", **pinned)
             return {"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"]}
 
-        with self._multipart_upload(dst_bucket, dst_key,
-                                    content_type or head.get("ContentType", "application/octet-stream"),
-                                    head.get("Metadata", {}) if metadata is None else metadata) as upload_id:
+        with self._multipart_upload(dst_bucket, dst_key, new_type, new_metadata) as upload_id:
             pool = eventlet.GreenPool(COPY_CONCURRENCY)
             try:
                 parts = list(pool.imap(copy_part, range(1, -(-size // part_size) + 1)))
             finally:
                 pool.waitall()  # no part copy may still be running when the upload is aborted
-            self._complete(dst_bucket, dst_key, upload_id, parts)
+            result = self._complete(dst_bucket, dst_key, upload_id, parts)
+        return self._copied(dst_key, size, new_type, new_metadata, result)
+
+    @staticmethod
+    def _copied(key: str, size: int, content_type: str, metadata: Mapping[str, str], result: dict) -> BlobInfo:
+        """A copy's BlobInfo from the answer that completed it (its ETag; no CRC32C is asked for)."""
+        return BlobInfo(key=key, size=size, content_type=content_type,
+                        metadata={k.lower(): v for k, v in metadata.items()},
+                        revision=result["ETag"].strip('"'), crc32c=None, last_modified=result.get("LastModified"))
 
     def delete(self, bucket: str, key: str) -> None:
         with _errors(f"delete s3://{bucket}/{key}"):

@@ -304,6 +304,40 @@ def test_copy_replaces_content_type_and_metadata_when_given(store, prefix, size)
     assert store.get_bytes(BUCKET, prefix + "both") == data
 
 
+@pytest.mark.parametrize("size", [10, 6 * MiB])  # single copy and (on S3) multipart copy
+def test_copy_answers_what_a_stat_of_the_copy_says(store, prefix, size):
+    store.put_bytes(BUCKET, prefix + "src", os.urandom(size), content_type="text/csv", metadata={"k": "v"})
+    for name, changes in (("kept", {}), ("replaced", {"content_type": "application/json", "metadata": {"N": "1"}})):
+        answered = store.copy(BUCKET, prefix + "src", "dss-checkout", prefix + name, part_size=5 * MiB, **changes)
+        stat = store.stat("dss-checkout", prefix + name)
+        assert (answered.key, answered.size, answered.revision, answered.content_type, answered.metadata) == \
+            (stat.key, stat.size, stat.revision, stat.content_type, stat.metadata)
+        assert answered.crc32c in (None, stat.crc32c)  # S3 answers no CRC32C; GCS the one it keeps
+        if store.replica == "gcp":
+            assert answered.crc32c is not None
+
+
+def test_a_copy_of_known_size_with_new_properties_does_not_look_at_its_source_first(store, prefix, monkeypatch):
+    data = os.urandom(3 * KiB)
+    store.put_bytes(BUCKET, prefix + "src", data, content_type="text/csv", metadata={"k": "v"})
+
+    def no_look(*args, **kwargs):
+        raise AssertionError("looked at the source")
+
+    monkeypatch.setattr(store, "stat", no_look)
+    if store.replica == "aws":
+        monkeypatch.setattr(store, "_head", no_look)
+    answered = store.copy(BUCKET, prefix + "src", "dss-checkout", prefix + "dst", content_type="text/plain",
+                          metadata={"made": "now"}, source_size=len(data))
+    monkeypatch.undo()
+    assert store.get_bytes("dss-checkout", prefix + "dst") == data
+    stat = store.stat("dss-checkout", prefix + "dst")
+    assert (stat.content_type, stat.metadata, stat.revision) == ("text/plain", {"made": "now"}, answered.revision)
+    with pytest.raises(BlobNotFound):  # nothing to copy is still an error, found by the copy itself
+        store.copy(BUCKET, prefix + "absent", "dss-checkout", prefix + "none", content_type="text/plain",
+                   metadata={}, source_size=1)
+
+
 def test_delete_is_idempotent(store, prefix):
     key = prefix + "gone"
     store.put_bytes(BUCKET, key, b"x")
