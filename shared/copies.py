@@ -60,6 +60,8 @@ def copy_verified(store: BlobStore, src_bucket: str, src_key: str, dst_bucket: s
     # need not look at the source first. The copy is judged from the store's answer.
     info = store.copy(src_bucket, src_key, dst_bucket, dst_key, content_type=content_type, metadata=metadata,
                       source_size=size, **parts)
+    if blob_verdict(info, expected) is None:  # e.g. an S3 multipart copy: a stat may give its CRC32C
+        info = store.stat(dst_bucket, dst_key)
     if not verify_copy(store, dst_bucket, dst_key, expected, size, info, source=(src_bucket, src_key)):
         store.delete(dst_bucket, dst_key)
         logger.error("the copy of %s/%s at %s/%s does not hold the bytes its checksums name; removed",

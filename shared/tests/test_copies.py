@@ -83,7 +83,34 @@ def test_a_copy_whose_etag_is_not_the_sources_is_read_and_removed_when_wrong(sto
     def damaging_copy(*args, **kwargs):  # the store wrote other bytes than the source's
         copy(*args, **kwargs)
         store.put_bytes("checkout", "copy", b"Z" + data[1:])
+        return store.stat("checkout", "copy")
     store.copy = damaging_copy
     with pytest.raises(Unavailable):
         copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
     assert store.calls["iter_chunks"] == 1 and not store.exists("checkout", "copy")
+
+
+def test_a_copy_judged_from_the_stores_answer_costs_no_other_request(store):
+    data = b"answered" * 100
+    expected = checksums_of(data)
+    store.put_bytes("main", expected.blob_key(), data)
+    store.calls.clear()
+    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data),
+                  content_type="text/plain", metadata={})
+    assert dict(store.calls) == {"copy": 1}
+
+
+def test_an_answer_that_cannot_tell_is_followed_by_a_stat_that_can(store):
+    data = b"multipart" * 100
+    sums = checksums_of(data)
+    expected = type(sums)(**{**sums.as_api(), "s3_etag": "0" * 32 + "-2"})  # another part layout
+    store.put_bytes("main", expected.blob_key(), data)
+    stat = store.stat
+
+    def stat_with_crc32c(bucket, key):  # as S3 reports a full-object CRC32C only when asked
+        info = stat(bucket, key)
+        return info if bucket != "checkout" else type(info)(**{**info.__dict__, "crc32c": sums.crc32c})
+    store.stat = stat_with_crc32c
+    store.calls.clear()
+    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    assert dict(store.calls) == {"copy": 1, "stat": 1}  # the copy's stat; no read, no look at the source
