@@ -17,6 +17,11 @@ Scenarios (each its own function in SCENARIOS; `--only NAME` runs that one, repe
     made the copies (inline in the read, or warmed on `file_created` before it);
   - file_repeat_read: R more reads of each of those files (of N new ones read once, when run
     alone); latency p50/p99 (target: p50 < 15 ms).
+  - file_first_read_inline: N fresh 4 KiB files, each PUT (aws) and read with replica=gcp as soon
+    as the replicator wrote it there (awaited on the bucket itself): nothing warms the replica a
+    file is copied to, so each read makes its copy inline (lookup of the latest version, the
+    document, a look at the checkout bucket, the copy). Latency p50/p99, no target; the prefix
+    listing of the latest-version lookup timed alone, since emulators list by scanning the bucket.
   Both file scenarios measure, in the same run and on the same copies, the least a redirect to a
   checked-out copy costs: boto3 head_object of the copy + generate_presigned_url against the stack's
   moto (p50/p99, and the ratio); a sample of the redirects is followed and the bytes' SHA-256 checked.
@@ -76,7 +81,8 @@ class Stack:
         self.workdir = workdir
         self.settings = Settings.from_config({})
         self.gateway = args.gateway.rstrip("/")
-        self.aws = open_replicas(self.settings)["aws"]
+        replicas = open_replicas(self.settings)
+        self.aws, self.gcp = replicas["aws"], replicas["gcp"]
         self.store = self.aws.store
         self.staging = self.settings.bucket("aws", "staging")
         self.http = requests.Session()
@@ -241,8 +247,8 @@ def distribution(seconds: list[float]) -> dict:
             "mean_s": statistics.fmean(seconds), "n": len(seconds)}
 
 
-def checkout_copies(stack: Stack) -> dict[str, float] | None:
-    """``dss_checkout_copies_total`` of the aws replica by reason, from the checkout service's
+def checkout_copies(stack: Stack, replica: str = "aws") -> dict[str, float] | None:
+    """``dss_checkout_copies_total`` of ``replica`` by reason, from the checkout service's
     exporter; None when it cannot be reached."""
     try:
         text = requests.get(stack.args.checkout_metrics, timeout=5).text
@@ -251,7 +257,7 @@ def checkout_copies(stack: Stack) -> dict[str, float] | None:
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "dss_checkout_copies_total" and sample.labels.get("replica") == "aws":
+            if sample.name == "dss_checkout_copies_total" and sample.labels.get("replica") == replica:
                 counts[sample.labels["reason"]] = counts.get(sample.labels["reason"], 0) + sample.value
     return counts
 
@@ -260,14 +266,15 @@ def put_small_file(stack: Stack) -> dict:
     """A fresh small file, staged on S3 and PUT through the gateway: uuid, blob key, sha256."""
     source_url, checksums = stage_object(stack.store, stack.staging, os.urandom(stack.args.file_kib * 1024))
     ref = stack.put_file(source_url)
-    return {"uuid": ref["uuid"], "blob_key": checksums.blob_key(), "sha256": checksums.sha256}
+    return {"uuid": ref["uuid"], "version": ref["version"], "blob_key": checksums.blob_key(),
+            "sha256": checksums.sha256}
 
 
-def read_file(stack: Stack, reader: requests.Session, file: dict) -> tuple[float, str]:
-    """One anonymous GET /files/{uuid}?replica=aws, redirects not followed: (seconds, Location). A 302
-    into the checkout bucket or RuntimeError."""
+def read_file(stack: Stack, reader: requests.Session, file: dict, replica: str = "aws") -> tuple[float, str]:
+    """One anonymous GET /files/{uuid}?replica=..., redirects not followed: (seconds, Location). A 302
+    into the replica's checkout bucket or RuntimeError."""
     started = time.perf_counter()
-    answer = reader.get(f"{stack.gateway}/v1/files/{file['uuid']}", params={"replica": "aws"},
+    answer = reader.get(f"{stack.gateway}/v1/files/{file['uuid']}", params={"replica": replica},
                         allow_redirects=False)
     elapsed = time.perf_counter() - started
     if answer.status_code == 301:
@@ -276,7 +283,7 @@ def read_file(stack: Stack, reader: requests.Session, file: dict) -> tuple[float
     if answer.status_code != 302:
         raise RuntimeError(f"GET /files/{file['uuid']} answered {answer.status_code}: {answer.text[:300]}")
     location = answer.headers["Location"]
-    if stack.settings.bucket("aws", "checkout") not in urllib.parse.urlsplit(location).path:
+    if stack.settings.bucket(replica, "checkout") not in urllib.parse.urlsplit(location).path:
         raise RuntimeError(f"GET /files/{file['uuid']} redirects outside the checkout bucket: {location[:200]}")
     return elapsed, location
 
@@ -289,29 +296,40 @@ def check_bytes(samples: list[tuple[str, dict]]) -> int:
     return min(len(samples), SHA256_SAMPLE)
 
 
-def head_and_presign(stack: Stack, files: list[dict]) -> dict:
-    """The baseline: boto3 head_object of each file's checkout copy and its presigned URL, on moto."""
-    client, bucket = stack.store.client, stack.settings.bucket("aws", "checkout")
-    seconds = []
+def head_and_presign(stack: Stack, files: list[dict], replica: str = "aws") -> dict:
+    """The baseline: a stat of each file's checkout copy and its presigned URL, by the cloud's own
+    client (boto3 head_object on moto; google-cloud-storage get_blob on fake-gcs-server)."""
+    bucket, seconds = stack.settings.bucket(replica, "checkout"), []
+    store = stack.store if replica == "aws" else stack.gcp.store
     for file in files:
         started = time.perf_counter()
-        client.head_object(Bucket=bucket, Key=file["blob_key"])
-        client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": file["blob_key"]},
-                                      ExpiresIn=stack.settings.presigned_url_ttl)
+        if replica == "aws":
+            store.client.head_object(Bucket=bucket, Key=file["blob_key"])
+            store.client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": file["blob_key"]},
+                                                ExpiresIn=stack.settings.presigned_url_ttl)
+        else:
+            store.client.bucket(bucket).get_blob(file["blob_key"])
+            store.presigned_url(bucket, file["blob_key"], stack.settings.presigned_url_ttl)
         seconds.append(time.perf_counter() - started)
     return distribution(seconds)
 
 
-def file_read_result(stack: Stack, what: str, seconds: list[float], samples: list, target: float, **extra) -> dict:
-    latency, baseline = distribution(seconds), head_and_presign(stack, stack.read_files)
+def file_read_result(stack: Stack, what: str, seconds: list[float], samples: list, target: float | None,
+                     files: list[dict] | None = None, replica: str = "aws", **extra) -> dict:
+    files = stack.read_files if files is None else files
+    latency, baseline = distribution(seconds), head_and_presign(stack, files, replica)
     ratio = latency["p50_s"] / baseline["p50_s"]
-    met = "met" if latency["p50_s"] < target else "NOT met"
-    return {"files": len(stack.read_files), "size_kib": stack.args.file_kib, "latency": latency,
+    if target is None:
+        goal = "no target"
+    else:
+        goal = f"target p50 < {target * 1000:.0f} ms: " + ("met" if latency["p50_s"] < target else "NOT met")
+    cloud = {"aws": "S3 HEAD", "gcp": "GCS stat"}[replica]
+    return {"files": len(files), "size_kib": stack.args.file_kib, "replica": replica, "latency": latency,
             "baseline_head_presign": baseline, "ratio_p50_vs_baseline": ratio,
             "sha256_checked": check_bytes(samples), **extra,
-            "summary": f"{what} of {len(stack.read_files)} x {stack.args.file_kib} KiB files: p50 "
-                       f"{latency['p50_s'] * 1000:.1f} ms, p99 {latency['p99_s'] * 1000:.1f} ms (target p50 < "
-                       f"{target * 1000:.0f} ms: {met}); S3 HEAD + presign p50 {baseline['p50_s'] * 1000:.1f} ms, "
+            "summary": f"{what} of {len(files)} x {stack.args.file_kib} KiB files: p50 "
+                       f"{latency['p50_s'] * 1000:.1f} ms, p99 {latency['p99_s'] * 1000:.1f} ms ({goal}); "
+                       f"{cloud} + presign p50 {baseline['p50_s'] * 1000:.1f} ms, "
                        f"p99 {baseline['p99_s'] * 1000:.1f} ms: ratio {ratio:.2f}x"}
 
 
@@ -353,8 +371,48 @@ def file_repeat_read(stack: Stack) -> dict:
                             TARGET_REPEAT_READ_P50_S, reads_per_file=stack.args.repeats)
 
 
+def listing_latency(stack: Stack, replica: str) -> dict:
+    """What the lookup of a file's latest version costs on its own: a prefix listing of the main
+    bucket (``files/{uuid}.``), as the checkout service makes it, timed 20 times."""
+    storage = stack.aws if replica == "aws" else stack.gcp
+    seconds = []
+    for _ in range(20):
+        started = time.perf_counter()
+        storage.versions(f"files/{new_uuid()}.")
+        seconds.append(time.perf_counter() - started)
+    return distribution(seconds)
+
+
+def file_first_read_inline(stack: Stack) -> dict:
+    """Each fresh file read once from gcp, the replica it was copied to, as soon as the replicator
+    wrote it there: nothing warms that replica's checkout bucket, so every read makes its copy inline.
+    Replication is awaited on the bucket itself, so the checkout service learns nothing beforehand."""
+    copies_before, reader, gcs = checkout_copies(stack, "gcp"), requests.Session(), stack.gcp.store
+    main_bucket = stack.settings.bucket("gcp")
+    seconds, samples, files = [], [], []
+    for _ in range(stack.args.file_count):
+        file = put_small_file(stack)
+        stack.wait(lambda: gcs.exists(main_bucket, f"files/{file['uuid']}.{file['version']}"),
+                   f"file {file['uuid']} replicated to gcp", interval=0.01)
+        elapsed, location = read_file(stack, reader, file, "gcp")
+        seconds.append(elapsed)
+        samples.append((location, file))
+        files.append(file)
+    copies_after = checkout_copies(stack, "gcp")
+    made = None if copies_before is None or copies_after is None else \
+        {reason: count - copies_before.get(reason, 0) for reason, count in copies_after.items()
+         if count - copies_before.get(reason, 0)}
+    result = file_read_result(stack, "first reads from gcp (inline copies)", seconds, samples, None, files=files,
+                              replica="gcp", status_302=len(seconds), copies_by_reason=made,
+                              latest_version_listing=listing_latency(stack, "gcp"))
+    result["summary"] += (f"; all {len(seconds)} answers 302; copies made: {made if made is not None else '?'}; "
+                          f"the latest-version listing alone p50 "
+                          f"{result['latest_version_listing']['p50_s'] * 1000:.1f} ms")
+    return result
+
+
 SCENARIOS = {"bundle_checkout": bundle_checkout, "file_first_read": file_first_read,
-             "file_repeat_read": file_repeat_read}
+             "file_repeat_read": file_repeat_read, "file_first_read_inline": file_first_read_inline}
 
 
 def main(argv=None):

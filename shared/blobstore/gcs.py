@@ -80,6 +80,11 @@ class GCSBlobStore(BlobStore):
             client = storage.Client(project=settings.gcp_project or None)
         return cls(client, endpoint, **kwargs)
 
+    @property
+    def client(self) -> storage.Client:
+        """The underlying google-cloud-storage client, for what the interface does not cover (benchmarks)."""
+        return self._client
+
     def _blob(self, bucket: str, key: str, **kwargs) -> storage.Blob:
         return self._client.bucket(bucket).blob(key, **kwargs)
 
