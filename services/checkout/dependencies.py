@@ -113,15 +113,29 @@ class FileCheckoutAPI:
     def file_metadata(self, replica: str, uuid: str, version: str | None = None) -> dict:
         """The file document plus ``uuid``, as ``files.head_file`` answers (the latest version when
         ``version`` is None); ``NotFound``. Each lookup runs once at a time per process: a read
-        arriving while the warming of a new file looks the file up shares its answer."""
+        arriving while the warming of a new file looks the file up shares its answer. While the latest
+        version is listed, the document of the newest one announced (most likely the latest) is read
+        alongside, so the usual answer costs one round trip less."""
         storage = self.replicas[replica]
         if version is None:
+            self._read_announced_document(replica, uuid)
             version = self.latest_version(replica, uuid)
         key = (replica, uuid, version)
         doc = self.state.documents.get(key)
         if doc is None:
             doc = self.state.flights.run(("document",) + key, lambda: self._read_document(storage, uuid, version))
         return {**doc, "uuid": uuid}
+
+    def _read_announced_document(self, replica: str, uuid: str) -> None:
+        """Start reading the document of the version announced last, unless it is known already or
+        the latest version needs no listing (nothing would run alongside)."""
+        key = (replica, uuid)
+        announced, cached = self.state.announced.get(key), self.state.latest.get(key)
+        if announced is None or (cached is not None and cached >= announced):
+            return
+        document = (replica, uuid, announced)
+        if self.state.documents.get(document) is None and not self.state.flights.running(("document",) + document):
+            eventlet.spawn_n(self._prime, self.file_metadata, replica, uuid, announced)
 
     def _read_document(self, storage: ReplicaStorage, uuid: str, version: str) -> dict:
         doc = storage.find_json(Keys.file(uuid, version))
@@ -375,8 +389,8 @@ class FileCheckoutAPI:
     def _prime(lookup: Callable, *args) -> None:
         try:
             lookup(*args)
-        except Exception:  # noqa: BLE001 - only a head start for the first read, which looks again
-            logger.warning("warming: %s%s failed", lookup.__name__, args, exc_info=True)
+        except Exception:  # noqa: BLE001 - only a head start for a read, which looks again
+            logger.warning("looking ahead: %s%s failed", lookup.__name__, args, exc_info=True)
 
     @staticmethod
     def _marker_deadline(storage: ReplicaStorage, blob_key: str) -> float | None:

@@ -509,6 +509,37 @@ def test_a_carried_document_that_does_not_match_its_event_is_read_from_the_bucke
     assert world.new_worker().get_file("aws", doc["uuid"])["metadata"] == doc
 
 
+def test_the_announced_versions_document_is_read_while_the_latest_version_is_listed(world):
+    uuid = new_uuid()
+    world.add_file(b"v1", uuid=uuid, version="2020-01-01T000000.000000Z")
+    latest = world.add_file(b"v2", uuid=uuid, version="2021-01-01T000000.000000Z")
+    world.service.note_file_version(file_created(latest))
+    store, running, most_running = world.stores["aws"], [0], [0]
+    for name in ("get_bytes", "list_keys"):
+        original = getattr(store, name)
+
+        def slow(*args, _original=original):
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+            eventlet.sleep(0.02)
+            running[0] -= 1
+            return _original(*args)
+        setattr(store, name, slow)
+    store.calls.clear()
+    assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == latest["version"]
+    assert most_running[0] == 2  # the listing and the document at once
+    assert store.calls["list_keys"] == 1 and store.calls["get_bytes"] == 1
+
+    # An announced version the listing does not confirm (another replica's, say) costs one more read.
+    world.service.note_file_version({**file_created(latest), "version": "2030-01-01T000000.000000Z"})
+    world.clock.advance(world.settings.checkout_cache_seconds)
+    store.calls.clear()
+    assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == latest["version"]
+    eventlet.sleep(0.05)  # the look-ahead finishes (not found: logged, nothing kept)
+    # The one read is the look-ahead's, which found nothing; v2's document was known already.
+    assert store.calls["list_keys"] == 1 and store.calls["get_bytes"] == 1
+
+
 def test_file_version_of_key():
     uuid = new_uuid()
     assert file_version_of_key(f"files/{uuid}.2020-01-01T000000.000000Z") == (uuid, "2020-01-01T000000.000000Z")
