@@ -130,8 +130,8 @@ class FileCheckoutAPI:
         """Start reading the document of the version announced last, unless it is known already or
         the latest version needs no listing (nothing would run alongside)."""
         key = (replica, uuid)
-        announced, cached = self.state.announced.get(key), self.state.latest.get(key)
-        if announced is None or (cached is not None and cached >= announced):
+        announced = self.state.announced.get(key)
+        if announced is None or self._trusted_latest(key) is not None:
             return
         document = (replica, uuid, announced)
         if self.state.documents.get(document) is None and not self.state.flights.running(("document",) + document):
@@ -157,10 +157,15 @@ class FileCheckoutAPI:
         self.state.documents.put((replica, uuid, version), document, until=float("inf"))
         return True
 
+    def _trusted_latest(self, key: tuple[str, str]) -> str | None:
+        """The latest version listed lately, unless a newer one was announced since."""
+        cached, announced = self.state.latest.get(key), self.state.announced.get(key)
+        return cached if cached is not None and (announced is None or announced <= cached) else None
+
     def latest_version(self, replica: str, uuid: str) -> str:
         key = (replica, uuid)
-        cached, announced = self.state.latest.get(key), self.state.announced.get(key)
-        if cached is not None and (announced is None or announced <= cached):
+        cached = self._trusted_latest(key)
+        if cached is not None:
             return cached
         return self.state.flights.run(("latest",) + key, lambda: self._list_latest_version(replica, uuid))
 

@@ -268,8 +268,9 @@ class GCSBlobStore(BlobStore):
         source = self._blob(src_bucket, src_key)
         destination = self._blob(dst_bucket, dst_key)
         revision = None
-        unchanging = source_size is not None and content_type is not None and metadata is not None
-        if if_source_revision is not None or ((content_type is not None or metadata is not None) and not unchanging):
+        # The source is looked at only to check its revision or to keep the one property not given:
+        # a rewrite needs no size, so ``source_size`` has no say either.
+        if if_source_revision is not None or (content_type is None) != (metadata is None):
             # Checked here too, as fake-gcs-server ignores ifSourceGenerationMatch on a rewrite.
             info = self.stat(src_bucket, src_key)
             if if_source_revision is not None and info.revision != if_source_revision:
