@@ -1,6 +1,6 @@
 """Checkout benchmark: the checkout service against the running `make up` stack, through the gateway.
 
-    make up && .venv/bin/python bench/checkout.py                 # or: make bench
+    DSS_CHECKOUT_DESTINATIONS='dss-bench-*' make up && .venv/bin/python bench/checkout.py   # or: make bench
     .venv/bin/python bench/checkout.py --only bundle_checkout     # one scenario
 
 Scenarios (each its own function in SCENARIOS; `--only NAME` runs that one, repeatable):
@@ -63,6 +63,7 @@ from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import new_uuid, new_version  # noqa: E402
 from shared.storage import open_replicas  # noqa: E402
+from services.checkout.jobs import destination_allowed  # noqa: E402
 from shared.testing import stage_large_object, stage_object  # noqa: E402
 
 MiB = 1024 * 1024
@@ -195,6 +196,10 @@ def bundle_checkout(stack: Stack) -> dict:
     blob_keys = sorted({checksums.blob_key() for _, checksums in staged})
     total_bytes = (args.small_count * args.small_mib + args.large_count * args.large_mib) * MiB
     pid = stack.service_pid("checkout")
+    allowed = stack.service_settings("checkout", "checkout_destinations")["checkout_destinations"]
+    if not destination_allowed(f"dss-bench-checkout-{stack.run}-0", "s3", allowed):
+        raise RuntimeError("the checkout service does not allow the benchmark's buckets as destinations: start "
+                           "the stack with DSS_CHECKOUT_DESTINATIONS='dss-bench-*'")
     checkouts, baselines, peak_rss = [], [], 0
     for run in range(args.runs):
         order = ("checkout", "rclone") if run % 2 == 0 else ("rclone", "checkout")

@@ -169,6 +169,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a finished bundle checkout into the checkout bucket serves GET /bundles URLs; an older one "
             "is run again first (copies still there and verified are kept), as checked-out copies may expire.",
             int),
+    Setting("DSS_CHECKOUT_DESTINATIONS", "",
+            "Buckets besides the replica's checkout bucket that a bundle checkout may write to (comma-separated "
+            "`s3://bucket`, `gs://bucket`, or a bare name for either cloud; `name*` allows every bucket whose "
+            "name begins with `name`). Empty: the checkout bucket only; "
+            "any other destination is 403 `destination_not_allowed`.", _as_list),
+    Setting("DSS_CHECKOUT_MAIL_PER_HOUR", 10,
+            "Bundle checkout notices sent per caller and clock hour (counted in the checkout bucket, so across "
+            "every checkout process); beyond it the job runs and its notice is not sent. 0: no notices.", int),
     # --- e-mail (shared.mail) ---------------------------------------------------------------
     Setting("DSS_SMTP_HOST", "", "SMTP relay that sends e-mail (bundle checkout notices). Empty: e-mail is off."),
     Setting("DSS_SMTP_PORT", 587, "Port of the SMTP relay.", int),

@@ -50,9 +50,11 @@ def verify_copy(store: BlobStore, bucket: str, key: str, expected: Checksums, si
 
 
 def copy_verified(store: BlobStore, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                  expected: Checksums, size: int, *, content_type: str | None = None,
-                  metadata: Mapping[str, str] | None = None, part_size: int | None = None) -> BlobInfo:
+                  expected: Checksums, size: int, *, content_type: str, metadata: Mapping[str, str],
+                  part_size: int | None = None) -> BlobInfo:
     """Copy ``src_key`` to ``dst_bucket/dst_key`` in ``store`` and verify the copy; its BlobInfo.
+    ``content_type`` and ``metadata`` are the copy's, whatever the source carries: a copy never
+    inherits its source's user metadata (which may have come from whoever staged the bytes).
     ``part_size``: S3 copies larger than this go in parts (``DSS_COPY_PART_BYTES``; the store's
     default when None)."""
     parts = {} if part_size is None else {"part_size": part_size}
@@ -66,6 +68,6 @@ def copy_verified(store: BlobStore, src_bucket: str, src_key: str, dst_bucket: s
         store.delete(dst_bucket, dst_key)
         logger.error("the copy of %s/%s at %s/%s does not hold the bytes its checksums name; removed",
                      src_bucket, src_key, dst_bucket, dst_key)
-        raise Unavailable(f"the copy of {src_key} to {dst_bucket} did not verify; it was removed",
+        raise Unavailable("a copy did not hold the bytes it should and was removed; retry later",
                           "copy_not_verified")
     return info

@@ -11,6 +11,8 @@ Checkout bucket layout (per replica; not replicated):
   ``{reason, requested, deadline}``), so that clients coming back meanwhile do not start another;
   the copying worker removes it, and one past its deadline (a lost copy) is replaced by the next
   request and deleted by the sweeper.
+- ``mail-quota/{hour}/{caller}/{job_id}``: the bundle checkout notices sent to each caller per hour
+  (``mail_quota``; kept in the first replica's bucket), deleted by the sweeper once their hour is past.
 
 What a process has seen is shared by its workers (``CheckoutState``): file documents for good (a
 version never changes), a file's latest version and a copy's freshness for
@@ -41,6 +43,7 @@ from services.checkout import exceptions as errors
 from services.checkout.files import (Blob, CheckoutToken, CopyState, Lifetime,
                                      SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
 from services.checkout.jobs import JOBS_PREFIX
+from services.checkout.mail_quota import QUOTA_PREFIX, MailQuota
 
 logger = logging.getLogger(__name__)
 
@@ -316,7 +319,8 @@ class FileCheckoutAPI:
             copy_verified(storage.store, storage.bucket, blob.key, storage.checkout_bucket, blob.key,
                           blob.checksums, blob.size, content_type=blob.content_type, metadata=copy_metadata(now))
         except BlobNotFound:
-            raise Unavailable(f"blob {blob.key} is not in replica {replica} (yet)", "blob_unavailable") from None
+            logger.warning("blob %s is not in replica %s (yet): nothing to check out", blob.key, replica)
+            raise Unavailable(f"the file's bytes are not in replica {replica} yet", "blob_unavailable") from None
         elapsed = time.perf_counter() - started
         COPIES.labels(replica, reason).inc()
         COPIED_BYTES.labels(replica, reason).inc(blob.size)
@@ -412,12 +416,13 @@ class FileCheckoutAPI:
         """Delete what expired among the next ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) keys of
         ``replica``'s checkout bucket after ``start_after``: blob copies (``blobs/``), bundle checkouts
         (``bundles/``) and finished jobs' records (``checkout-jobs/``), by the same lifetime; and lost
-        background-copy markers. ``next_start_after`` is where the next pass goes on (None: the
+        background-copy markers and e-mail quota markers of past hours (``markers_deleted``). ``next_start_after`` is where the next pass goes on (None: the
         listing ended)."""
         storage = self.replicas[replica]
         limit = limit or self.settings.checkout_sweep_batch
+        # Copy markers have deadlines of their own, e-mail quota markers their hour (both below).
         listing = (key for key in storage.store.list_keys(storage.checkout_bucket, "", start_after)
-                   if not key.startswith(MARKER_PREFIX))  # markers have deadlines of their own (below)
+                   if not key.startswith((MARKER_PREFIX, QUOTA_PREFIX)))
         keys = _first(listing, limit)
         now = self.clock()
 
@@ -435,11 +440,11 @@ class FileCheckoutAPI:
                 # A job's record is rewritten while it runs: one untouched for a lifetime is long over.
                 expired = info.last_modified is not None and now >= info.last_modified.timestamp() + \
                     self.lifetime.expiry
-            elif self.lifetime.kept(info.content_type, info.size):
-                kept += 1
-                continue
             else:
                 expired = self.lifetime.expired(info, now)
+                if not expired and self.lifetime.kept(info.content_type, info.size):
+                    kept += 1
+                    continue
             if expired:
                 # An expired copy is one nobody read in its last DSS_CHECKOUT_REFRESH_DAYS (a read
                 # refreshes it), so a read racing this delete is as unlikely as it is harmless:
@@ -449,6 +454,7 @@ class FileCheckoutAPI:
                 deleted += 1
                 SWEPT.labels(replica).inc()
         markers = self._sweep_markers(storage, limit, now)
+        markers += MailQuota(storage.store, storage.checkout_bucket, 0, self.clock).sweep(limit)
         if deleted or markers:
             logger.info("swept %d expired copies and %d lost copy markers of %d examined in %s", deleted, markers,
                         len(keys), replica)

@@ -8,6 +8,10 @@ version with those bytes. It carries the time it was made in its metadata (``dss
 RFC 3339 UTC), written only by copies that are verified (``shared.copies``, or bytes read and
 checked before they were written); a copy without it is never served. Readers judge a copy from one
 stat: its size and, when the metadata can tell (GCS CRC32C, a single-part S3 ETag), its bytes.
+
+Copies carry the checkout's metadata only (``copy_metadata``), never their source's, and a time
+later than now (beyond a clock skew) is not trusted: no reader serves such a copy and the sweeper
+deletes it, so metadata written by anyone else cannot keep a copy alive.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ JSON_MEDIA_TYPE = "application/json"
 MAX_TOKEN_CHARS = 1024
 TOKEN_MAX_AGE = 30 * DAY   # a client polls for minutes, not for a month
 TOKEN_CLOCK_SKEW = 300.0   # a token may come from a process whose clock runs this much ahead
+STAMP_CLOCK_SKEW = 300.0   # a copy may be stamped by a process whose clock runs this much ahead
 _BLOB_KEY = re.compile(r"^blobs/([^./]+)\.([^./]+)\.([^./]+)\.([^./]+)$")
 _TOKEN_ALPHABET = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -109,6 +114,11 @@ def checked_out_at(info: BlobInfo) -> float | None:
     return parse_rfc3339(info.metadata.get(CHECKED_OUT_METADATA))
 
 
+def stamped_in_the_future(made: float, now: float) -> bool:
+    """A checkout time no process of the store wrote: later than now, beyond any clock skew."""
+    return made > now + STAMP_CLOCK_SKEW
+
+
 def copy_metadata(now: float) -> dict[str, str]:
     return {CHECKED_OUT_METADATA: rfc3339(now)}
 
@@ -161,6 +171,8 @@ class Lifetime:
         made = checked_out_at(info)
         if made is None:
             return Verdict(CopyState.MISSING, why="not verified")
+        if stamped_in_the_future(made, now):
+            return Verdict(CopyState.MISSING, why="stamped in the future")
         if self.kept(info.content_type, info.size):
             return FRESH_FOR_GOOD
         expires_at = made + self.expiry
@@ -179,10 +191,13 @@ class Lifetime:
 
     def expired(self, info: BlobInfo, now: float) -> bool:
         """Whether the sweeper deletes this copy. One without the checkout time (not made by this
-        service) counts from its last modification; one with neither is left alone."""
+        service) counts from its last modification; one with neither is left alone; one stamped in
+        the future was not stamped by this service and is deleted."""
+        made = checked_out_at(info)
+        if made is not None and stamped_in_the_future(made, now):
+            return True
         if self.kept(info.content_type, info.size):
             return False
-        made = checked_out_at(info)
         if made is None and info.last_modified is not None:
             made = info.last_modified.timestamp()
         return made is not None and now >= made + self.expiry

@@ -5,10 +5,18 @@ The record. Each job is one JSON document in the replica's checkout bucket, ``ch
 
     {job_id, purpose: "request" (POST /bundles/{uuid}/checkout) | "urls" (GET /bundles with URLs),
      replica, uuid, version, destination (a bucket), email (or null),
+     requested_by (the authenticated caller's e-mail; null for "urls" jobs),
      status: RUNNING | SUCCEEDED | FAILED, location (SUCCEEDED: s3://bucket/bundles/{uuid}.{version}/),
      cause (FAILED), created, updated, finished (ISO 8601 UTC),
      files_total, files_done, bytes_total, attempts, retry_at, last_error,
-     emailed: null (not yet, or no e-mail) | "sent" | "disabled" | "failed", email_error}
+     emailed: null (not yet, or no e-mail) | "sent" | "disabled" | "rate_limited" | "failed", email_error}
+
+Who may ask for what: a caller is authenticated (the gateway passes it on); the destination is
+the replica's checkout bucket or a bucket of ``DSS_CHECKOUT_DESTINATIONS``, decided before the
+bucket is looked at; the notice goes to the caller's own address unless an administrator asks, at
+most ``DSS_CHECKOUT_MAIL_PER_HOUR`` per caller (``mail_quota``). A failed job's ``cause`` is a code
+and a generic title (``JobFailure``): never a key, a listing or a store's error text, which are
+logged (and kept in ``last_error``, which no caller sees).
 
 It is written before the RPC that accepts the job answers, and the job is then carried out by the
 ``bundle_checkout_requested`` handler (broker retries with ``DSS_CHECKOUT_JOB_RETRY_DELAYS``). A
@@ -53,13 +61,15 @@ from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionF
 from shared.checksums import Checksums
 from shared.config import Settings
 from shared.copies import copy_verified, verify_copy
-from shared.exceptions import NotFound
-from shared.identifiers import Keys, new_uuid
+from shared.exceptions import DSSError, NotFound
+from shared.identifiers import REPLICAS, Keys, new_uuid
 from shared.metrics import MetricsAPI
 from shared.retry import RetryingEventHandler
 from shared.storage import ReplicaStorage, Replicas, open_replicas
 
 from services.checkout import exceptions as errors
+from services.checkout.files import copy_metadata
+from services.checkout.mail_quota import MailQuota
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +164,19 @@ def destination_bucket(destination: str | None, scheme: str, default_bucket: str
     return name
 
 
+def destination_allowed(bucket: str, scheme: str, allowed: tuple[str, ...]) -> bool:
+    """Whether ``bucket`` of the ``scheme`` cloud is on the operator's list: ``{scheme}://bucket``
+    or a bare name (either cloud); a name ending in ``*`` allows every bucket it begins."""
+    for entry in allowed:
+        given, _, name = entry.strip().rpartition("://")
+        name = name.removesuffix("/")
+        if given not in ("", scheme) or not name:
+            continue
+        if name == bucket or (name.endswith("*") and len(name) > 1 and bucket.startswith(name[:-1])):
+            return True
+    return False
+
+
 def job_view(record: dict) -> dict:
     """What GET /bundles/checkout/{id} shows of a record."""
     view = {"status": record["status"]}
@@ -185,8 +208,19 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
+def error_code(error: BaseException) -> str:
+    """A code for what went wrong, fit for a caller: the typed error's, or a generic one."""
+    if isinstance(error, DSSError):
+        return error.error_code
+    return "storage_error" if isinstance(error, BlobStoreError) else "internal_error"
+
+
 class JobFailure(Exception):
-    """The job cannot succeed however often it is tried; the message is its cause."""
+    """The job cannot succeed however often it is tried; ``str()`` is its cause, ``{code}: {title}``.
+    The title says what failed in general terms; the detail is logged by whoever raises it."""
+
+    def __init__(self, code: str, title: str):
+        super().__init__(f"{code}: {title}")
 
 
 class JobEnded(Exception):
@@ -213,20 +247,33 @@ class CheckoutJobsAPI:
 
     # --- accepting jobs ------------------------------------------------------------------------
     def start(self, replica: str, uuid: str, version: str | None, destination: str | None,
-              email: str | None) -> dict:
-        """Accept a checkout of the bundle to ``destination`` (checked writable first); its record,
-        written. The caller dispatches ``bundle_checkout_requested``."""
+              email: str | None, caller: dict | None) -> dict:
+        """Accept ``caller``'s checkout of the bundle to ``destination`` (allowed, then checked
+        writable); its record, written. The caller dispatches ``bundle_checkout_requested``.
+        401 without a caller; 403 ``destination_not_allowed``, ``email_not_allowed``."""
+        requested_by = caller.get("email") if isinstance(caller, dict) else None
+        if not isinstance(requested_by, str) or not requested_by:
+            raise errors.caller_required()
         storage = self.replicas[replica]
-        bucket = destination_bucket(destination, storage.store.scheme, storage.checkout_bucket)
+        scheme = storage.store.scheme
+        bucket = destination_bucket(destination, scheme, storage.checkout_bucket)
+        # Decided before the bucket is touched: a refusal says nothing of whether it exists.
+        if bucket != storage.checkout_bucket and not destination_allowed(bucket, scheme,
+                                                                         self.settings.checkout_destinations):
+            raise errors.destination_not_allowed(storage.store.direct_url(bucket, ""))
         if bucket == storage.bucket:  # bundles/{uuid}.{version}/... would pollute the main bucket's layout
             raise errors.invalid_destination("the store's main bucket cannot be a checkout destination")
+        if email is not None and email.lower() != requested_by.lower() and not caller.get("is_admin"):
+            # Notices reach only whoever asked for them: the store is no mail relay for others.
+            raise errors.email_not_allowed()
         version = live_bundle_version(storage, uuid, version)
         manifest = storage.read_json(Keys.bundle(uuid, version))
         self.check_writable(storage, bucket)
-        record = self._new_record(new_uuid(), REQUEST, storage, uuid, version, bucket, email, manifest)
+        record = self._new_record(new_uuid(), REQUEST, storage, uuid, version, bucket, email, manifest,
+                                  requested_by)
         self._write(storage, record, if_absent=True)
-        logger.info("checkout job %s accepted: bundle %s.%s of %s to %s (%d files)", record["job_id"], uuid,
-                    version, replica, bucket, record["files_total"])
+        logger.info("checkout job %s accepted: bundle %s.%s of %s to %s (%d files) for %s", record["job_id"], uuid,
+                    version, replica, bucket, record["files_total"], requested_by)
         return record
 
     def check_writable(self, storage: ReplicaStorage, bucket: str) -> None:
@@ -248,10 +295,10 @@ class CheckoutJobsAPI:
             logger.warning("could not delete the write probe %s%s: %s", where, probe, error)
 
     def _new_record(self, job_id: str, purpose: str, storage: ReplicaStorage, uuid: str, version: str,
-                    bucket: str, email: str | None, manifest: dict) -> dict:
+                    bucket: str, email: str | None, manifest: dict, requested_by: str | None = None) -> dict:
         now = stamp(self.clock())
         return {"job_id": job_id, "purpose": purpose, "replica": storage.replica, "uuid": uuid, "version": version,
-                "destination": bucket, "email": email, "status": RUNNING, "location": None, "cause": None,
+                "destination": bucket, "email": email, "requested_by": requested_by, "status": RUNNING, "location": None, "cause": None,
                 "created": now, "updated": now, "finished": None, "files_total": len(manifest["files"]),
                 "files_done": 0, "bytes_total": sum(entry["size"] for entry in manifest["files"]), "attempts": 0,
                 "retry_at": None, "last_error": None, "emailed": None, "email_error": None}
@@ -323,8 +370,8 @@ class CheckoutJobsAPI:
             return record, False
         logger.error("checkout job %s of %s stalled: its record was not written for %.0f s; ended FAILED",
                      record["job_id"], storage.replica, silent)
-        return self._end(storage, record, FAILED, cause=f"stalled: no progress for {silent:.0f} s (the job was "
-                                                          "lost; start it again)")
+        failure = JobFailure("stalled", f"no progress for {silent:.0f} s (the job was lost; start it again)")
+        return self._end(storage, record, FAILED, cause=str(failure))
 
     # --- carrying jobs out -----------------------------------------------------------------------
     def is_last_attempt(self, attempt: int) -> bool:
@@ -356,8 +403,9 @@ class CheckoutJobsAPI:
             if self.is_last_attempt(attempt):
                 logger.error("checkout job %s: attempt %d failed (%s), the last one: ended FAILED", job_id, attempt,
                              describe(error))
-                return self._end(storage, run.progress(), FAILED,
-                                 cause=f"gave up after {attempt} attempts: {describe(error)}")[0]
+                failure = JobFailure("gave_up", f"gave up after {attempt} attempts ({error_code(error)}); "
+                                                "start the checkout again later")
+                return self._end(storage, run.progress(last_error=describe(error)), FAILED, cause=str(failure))[0]
             delay = self.settings.checkout_job_retry_delays[attempt - 1]
             try:  # the record says when the next attempt comes, so a long delay does not look stalled
                 self.record_progress(storage, run.progress(retry_at=stamp(self.clock() + delay),
@@ -375,8 +423,17 @@ class CheckoutJobsAPI:
     def owes_email(record: dict | None) -> bool:
         return bool(record and record.get("email") and record["status"] in ENDED and record.get("emailed") is None)
 
+    def may_email(self, record: dict) -> bool:
+        """Whether the notice of this job is within its caller's hourly quota (counted as taken
+        when it is). Every caller's quota is kept in the checkout bucket of the first replica, so
+        it holds for both replicas and any number of checkout processes."""
+        home = self.replicas[REPLICAS[0]]
+        quota = MailQuota(home.store, home.checkout_bucket, self.settings.checkout_mail_per_hour, self.clock)
+        return quota.admit(record.get("requested_by") or "", record["job_id"])
+
     def email_outcome(self, record: dict, outcome: str, error: str | None = None) -> dict:
-        """Record that the notice was ``sent``, ``disabled`` or ``failed``, so it is not sent again."""
+        """Record that the notice was ``sent``, ``disabled``, ``rate_limited`` or ``failed``, so it
+        is not sent again."""
         storage = self.replicas[record["replica"]]
         current = self._load(storage, record["job_id"])
         current.update(emailed=outcome, email_error=error)
@@ -451,8 +508,8 @@ class _JobRun:
         try:
             manifest = self.storage.read_json(Keys.bundle(record["uuid"], record["version"]))
         except NotFound:
-            raise JobFailure(f"the manifest of bundle {record['uuid']}.{record['version']} is gone from replica "
-                             f"{record['replica']}") from None
+            raise JobFailure("bundle_gone", f"bundle {record['uuid']}.{record['version']} is gone from replica "
+                                            f"{record['replica']}") from None
         self.present = self._copies_present()
         pool = eventlet.GreenPool(max(1, self.jobs.settings.checkout_job_concurrency))
         heartbeat = eventlet.spawn(self._heartbeat)
@@ -478,12 +535,21 @@ class _JobRun:
         try:
             return set(self.store.list_keys(bucket, checkout_prefix(record["uuid"], record["version"])))
         except BlobNotFound:
-            raise JobFailure(f"the destination bucket {self.store.direct_url(bucket, '')} no longer exists") from None
+            raise self._destination_gone() from None
         except BlobStoreUnavailable:
             raise
         except BlobStoreError as error:
-            raise JobFailure(f"the destination bucket {self.store.direct_url(bucket, '')} is no longer "
-                             f"usable: {error}") from None
+            raise self._destination_unusable(error) from None
+
+    def _destination_gone(self) -> JobFailure:
+        where = self.store.direct_url(self.record["destination"], "")
+        return JobFailure("destination_gone", f"the destination bucket {where} no longer exists")
+
+    def _destination_unusable(self, error: BaseException) -> JobFailure:
+        where = self.store.direct_url(self.record["destination"], "")
+        logger.warning("checkout job %s: the destination %s is not usable: %s", self.record["job_id"], where,
+                       describe(error))
+        return JobFailure("destination_unusable", f"the store could not write to the destination bucket {where}")
 
     def _heartbeat(self) -> None:
         interval = self.jobs.settings.checkout_job_heartbeat
@@ -533,15 +599,17 @@ class _JobRun:
                                             source=(self.storage.bucket, blob_key)):
             return False
         try:
+            # The copy's metadata is the checkout's own, never the source blob's.
             copy_verified(self.store, self.storage.bucket, blob_key, bucket, key, expected, size,
-                          content_type=entry["content-type"], part_size=self.jobs.settings.copy_part_bytes)
+                          content_type=entry["content-type"], metadata=copy_metadata(self.jobs.clock()),
+                          part_size=self.jobs.settings.copy_part_bytes)
         except (BlobStoreUnavailable, BlobPreconditionFailed):
             raise  # passing: the store unreachable, or the blob replaced (repaired) mid-copy
         except BlobNotFound:
             self._judge_missing(bucket, blob_key, entry["name"])
             raise
         except BlobStoreError as error:
-            raise JobFailure(f"cannot write {self.store.direct_url(bucket, key)}: {error}") from None
+            raise self._destination_unusable(error) from None
         return True
 
     def _judge_missing(self, bucket: str, blob_key: str, name: str) -> None:
@@ -553,12 +621,14 @@ class _JobRun:
         except BlobStoreUnavailable:
             return
         except BlobStoreError as error:
-            raise JobFailure(f"the destination bucket {self.store.direct_url(bucket, '')} is no longer "
-                             f"usable: {error}") from None
+            raise self._destination_unusable(error) from None
         if not destination_there:
-            raise JobFailure(f"the destination bucket {self.store.direct_url(bucket, '')} no longer exists")
+            raise self._destination_gone()
         if not source_there:
-            raise JobFailure(f"the blob of file {name} ({blob_key}) is missing from replica {self.storage.replica}")
+            logger.error("checkout job %s: blob %s of file %s is missing from replica %s", self.record["job_id"],
+                         blob_key, name, self.storage.replica)
+            raise JobFailure("file_missing", f"the bytes of file {name} are missing from replica "
+                                             f"{self.storage.replica}")
 
 
 class CheckoutJobs(DependencyProvider):

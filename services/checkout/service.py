@@ -7,8 +7,11 @@ Two parts, each with its own module:
   (inline for small blobs, in the background for large ones), warmed on ``file_created`` for small
   files, refreshed when read near the end of their life and swept when expired;
 - bundle checkout jobs (``jobs.py``): a bundle copied, verified, to the checkout bucket or a
-  bucket of the user's choice, its job state durable in the checkout bucket, with an e-mail when
-  it ends.
+  bucket the operator allowed, its job state durable in the checkout bucket, with an e-mail to
+  the caller when it ends (at most ``DSS_CHECKOUT_MAIL_PER_HOUR`` per caller).
+
+Every RPC answers an unreachable store with a generic 503 (``exceptions.hides_storage_details``):
+what callers are told never names another bucket's keys or carries a store's error text.
 """
 import importlib.metadata
 import logging
@@ -28,6 +31,7 @@ from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, File
 
 from services.checkout import drs
 from services.checkout.dependencies import FileCheckouts
+from services.checkout.exceptions import hides_storage_details
 from services.checkout.file_entrypoints import copy_event_handler, sweep_timer
 from services.checkout.files import Blob, file_version_of_key
 from services.checkout.jobs import CheckoutJobs, checkout_job_event_handler, completion_email, job_view
@@ -47,6 +51,7 @@ class CheckoutService:
     file_checkouts = FileCheckouts()
 
     @rpc
+    @hides_storage_details
     def get_file(self, replica, uuid, version=None, directurl=False, content_disposition=None, token=None):
         """GET /files/{uuid}: ``{"status": "ready", "metadata", "url"}`` (a presigned URL of the
         blob's copy in the checkout bucket, or its ``s3://`` / ``gs://`` URL with ``directurl``), or
@@ -62,12 +67,14 @@ class CheckoutService:
         return answer
 
     @rpc
+    @hides_storage_details
     def drs_service_info(self, base_url):
         """GET /ga4gh/drs/v1/service-info: the GA4GH service-info document of DRS 1.4."""
         call = load_arguments(DrsServiceInfoCall(), {"base_url": base_url})
         return drs.service_info(call["base_url"], importlib.metadata.version("dss"))
 
     @rpc
+    @hides_storage_details
     def drs_object(self, replica, object_id, version=None, base_url=None, expand=False):
         """GET /ga4gh/drs/v1/objects/{object_id}: the DRS object of a file version or of a bundle
         version (``drs``: ids are ``{uuid}`` or ``{uuid}.{version}``, files looked up first; DSS
@@ -79,6 +86,7 @@ class CheckoutService:
                                               call["base_url"])
 
     @rpc
+    @hides_storage_details
     def drs_access(self, replica, object_id, access_id, version=None):
         """GET /ga4gh/drs/v1/objects/{object_id}/access/{access_id}: ``{"status": "ready", "url"}``
         or ``{"status": "pending", "retry_after"}`` (202) while the copy runs. The access id names
@@ -90,6 +98,7 @@ class CheckoutService:
         return answer
 
     @rpc
+    @hides_storage_details
     def sweep(self, replica, start_after=None, limit=None):
         """Delete expired copies of ``replica``'s checkout bucket now (for operators and tests):
         ``{"replica", "examined", "deleted", "kept", "markers_deleted", "next_start_after"}``, at most
@@ -136,6 +145,7 @@ class CheckoutService:
             self.file_checkouts.announce_version(replicated["destination_replica"], *file_version)
 
     @rpc
+    @hides_storage_details
     def health(self):
         """``{"ok", "aws": {"ok", "detail"}, "gcp": {...}}``: both replicas' main and checkout buckets."""
         return self.file_checkouts.health()
@@ -157,17 +167,21 @@ class CheckoutService:
     attempt = AttemptNumber()
 
     @rpc
-    def start_bundle_checkout(self, replica, uuid, version=None, destination=None, email=None):
-        """POST /bundles/{uuid}/checkout: ``{"checkout_job_id", "version"}`` once the job is recorded
-        and requested; 404 no such (live) bundle version, 400 ``invalid_destination``, ``invalid_email``."""
+    @hides_storage_details
+    def start_bundle_checkout(self, replica, uuid, version=None, destination=None, email=None, caller=None):
+        """POST /bundles/{uuid}/checkout by ``caller`` (the gateway's authenticated caller, recorded
+        in the job): ``{"checkout_job_id", "version"}`` once the job is recorded and requested; 401
+        without a caller, 403 ``destination_not_allowed`` / ``email_not_allowed``, 404 no such (live)
+        bundle version, 400 ``invalid_destination``, ``invalid_email``."""
         call = load_arguments(StartBundleCheckoutCall(), {"replica": replica, "uuid": uuid, "version": version,
                                                           "destination": destination, "email": email})
         job = self.checkout_jobs.start(call["replica"], call["uuid"], call["version"], call["destination"],
-                                       call["email"])
+                                       call["email"], caller)
         self._request_checkout(job)
         return {"checkout_job_id": job["job_id"], "version": job["version"]}
 
     @rpc
+    @hides_storage_details
     def get_checkout_job(self, replica, checkout_job_id):
         """GET /bundles/checkout/{id}: ``{"status", "location"?, "cause"?}``; 404 unknown id."""
         call = load_arguments(CheckoutJobCall(), {"replica": replica, "checkout_job_id": checkout_job_id})
@@ -177,6 +191,7 @@ class CheckoutService:
         return job_view(job)
 
     @rpc
+    @hides_storage_details
     def bundle_urls(self, replica, uuid, version=None, kind="presigned", token=None):
         """GET /bundles with presignedurls / directurls: ``{"status": "ready", "version", "urls":
         {name: url}}`` from the bundle's checkout into the checkout bucket, or ``{"status":
@@ -205,6 +220,8 @@ class CheckoutService:
              "version": job["version"]}))
 
     def _send_notice(self, job):
+        if self.mail.enabled and not self.checkout_jobs.may_email(job):
+            return self.checkout_jobs.email_outcome(job, "rate_limited")
         subject, body = completion_email(job)
         try:
             sent = self.mail.send(job["email"], subject, body)

@@ -309,11 +309,12 @@ class GatewayService:
     # --- bundle checkout (the checkout service) --------------------------------------------------
     @api("POST", "/v1/bundles/<uuid>/checkout")
     def checkout_bundle(self, request, uuid):
+        caller = self.auth.caller(request)  # it writes into a bucket and may send e-mail: never anonymous
         uuid = normalize_uuid(uuid)
         params = query(request, schemas.CheckoutBundleQuery())
         body = optional_json_body(request, schemas.CheckoutBundleBody(), self.settings.max_request_bytes)
         result = self.checkout.start_bundle_checkout(params["replica"], uuid, params.get("version"),
-                                                     body.get("destination"), body.get("email"))
+                                                     body.get("destination"), body.get("email"), caller)
         return json_response({"checkout_job_id": result["checkout_job_id"]})
 
     @api("GET", "/v1/bundles/checkout/<checkout_job_id>")

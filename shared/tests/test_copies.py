@@ -6,6 +6,9 @@ from shared.exceptions import Unavailable
 from shared.testing import MemoryBlobStore
 
 
+PROPS = {"content_type": "application/octet-stream", "metadata": {"dss-checked-out": "2027-01-15T08:00:00Z"}}
+
+
 def checksums_of(data):
     checksum_pass = ChecksumPass(len(data))
     checksum_pass.update(data)
@@ -25,9 +28,22 @@ def test_a_copy_that_holds_the_bytes_is_kept(store):
     expected = checksums_of(data)
     store.put_bytes("main", expected.blob_key(), data)
     info = copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data),
-                         metadata={"dss-copied": "yes"})
+                         content_type="text/plain", metadata={"dss-copied": "yes"})
     assert info.size == len(data) and store.get_bytes("checkout", "copy") == data
     assert store.stat("checkout", "copy").metadata == {"dss-copied": "yes"}
+
+
+def test_a_copy_never_inherits_its_sources_metadata(store):
+    data = b"staged by someone"
+    expected = checksums_of(data)
+    store.put_bytes("main", expected.blob_key(), data, content_type="text/html",
+                    metadata={"dss-checked-out": "2999-01-01T00:00:00Z", "owner": "mallory"})
+    with pytest.raises(TypeError):  # the copy's properties are always the caller's to give
+        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data),
+                  content_type="text/plain", metadata={"dss-copied": "yes"})
+    info = store.stat("checkout", "copy")
+    assert (info.content_type, info.metadata) == ("text/plain", {"dss-copied": "yes"})
 
 
 def test_a_copy_of_other_bytes_is_removed_and_retryable(store):
@@ -35,7 +51,7 @@ def test_a_copy_of_other_bytes_is_removed_and_retryable(store):
     expected = checksums_of(data)
     store.put_bytes("main", expected.blob_key(), other)  # a source that does not match its key
     with pytest.raises(Unavailable) as raised:
-        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data), **PROPS)
     assert raised.value.error_code == "copy_not_verified"
     assert not store.exists("checkout", "copy")
 
@@ -58,8 +74,9 @@ def test_the_part_size_of_a_copy_is_the_callers(store):
     seen = []
     copy = store.copy
     store.copy = lambda *args, **kwargs: seen.append(kwargs.get("part_size")) or copy(*args, **kwargs)
-    copy_verified(store, "main", expected.blob_key(), "checkout", "a", expected, len(data))
-    copy_verified(store, "main", expected.blob_key(), "checkout", "b", expected, len(data), part_size=512)
+    copy_verified(store, "main", expected.blob_key(), "checkout", "a", expected, len(data), **PROPS)
+    copy_verified(store, "main", expected.blob_key(), "checkout", "b", expected, len(data), part_size=512,
+                  **PROPS)
     assert seen == [None, 512]
 
 
@@ -68,7 +85,7 @@ def test_a_single_part_copy_with_the_sources_etag_is_not_read(store):
     # The blob's s3_etag of another part layout than the copy's: the metadata cannot tell.
     expected = type(checksums_of(data))(**{**checksums_of(data).as_api(), "s3_etag": "0" * 32 + "-2"})
     store.put_bytes("main", expected.blob_key(), data)
-    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data), **PROPS)
     assert store.calls["iter_chunks"] == 0 and store.get_bytes("checkout", "copy") == data
     assert verify_copy(store, "checkout", "copy", expected, len(data), source=("main", expected.blob_key()))
     assert store.calls["iter_chunks"] == 0
@@ -86,7 +103,7 @@ def test_a_copy_whose_etag_is_not_the_sources_is_read_and_removed_when_wrong(sto
         return store.stat("checkout", "copy")
     store.copy = damaging_copy
     with pytest.raises(Unavailable):
-        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+        copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data), **PROPS)
     assert store.calls["iter_chunks"] == 1 and not store.exists("checkout", "copy")
 
 
@@ -112,5 +129,5 @@ def test_an_answer_that_cannot_tell_is_followed_by_a_stat_that_can(store):
         return info if bucket != "checkout" else type(info)(**{**info.__dict__, "crc32c": sums.crc32c})
     store.stat = stat_with_crc32c
     store.calls.clear()
-    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data))
+    copy_verified(store, "main", expected.blob_key(), "checkout", "copy", expected, len(data), **PROPS)
     assert dict(store.calls) == {"copy": 1, "stat": 1}  # the copy's stat; no read, no look at the source

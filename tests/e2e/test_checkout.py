@@ -2,6 +2,7 @@
 while a copy runs), bundle checkouts, bundle URLs and GA4GH DRS, as a plain HTTP client sees them.
 The gateway and every service run on the real broker and both emulators."""
 import hashlib
+import json
 import os
 import time
 from urllib.parse import parse_qs, urlsplit
@@ -11,16 +12,26 @@ import requests
 
 from services.checkout.tests.drs_spec import assert_valid
 from shared.identifiers import new_uuid, new_version
+from shared.testing import SmtpServer, wait_until
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
 
 INLINE_BYTES = 64 * 1024  # above it, a first read waits for a background copy
+ALLOWED = "e2e-checkout-"  # the operator allows bundle checkouts into buckets named so
 
 
 @pytest.fixture
-def checkout_api(service_config, web_config, runner_factory):
-    config = {**service_config, "DSS_CHECKOUT_INLINE_BYTES": INLINE_BYTES, "DSS_CHECKOUT_WARM_BYTES": 16 * 1024,
-              "DSS_CHECKOUT_RETRY_AFTER": 1}
+def smtp_server(tmp_path):
+    server = SmtpServer(tmp_path / "smtp").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def checkout_api(service_config, web_config, runner_factory, smtp_server):
+    config = {**service_config, **smtp_server.settings, "DSS_CHECKOUT_INLINE_BYTES": INLINE_BYTES,
+              "DSS_CHECKOUT_WARM_BYTES": 16 * 1024, "DSS_CHECKOUT_RETRY_AFTER": 1,
+              "DSS_CHECKOUT_DESTINATIONS": f"{ALLOWED}*", "DSS_CHECKOUT_MAIL_PER_HOUR": 1000}
     return start_api(config, web_config, runner_factory)
 
 
@@ -76,30 +87,36 @@ def test_a_small_read_needs_no_second_round_trip(checkout_api, auth, stage):
     assert "/blobs/" in direct.headers["Location"] and "dss-main" not in direct.headers["Location"]
 
 
-def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, dss_settings):
-    api = checkout_api
-    contents = {"a.bin": os.urandom(INLINE_BYTES * 2), "dir/b.json": b'{"b": 1}'}
+def stored_bundle(api, auth, stage, contents):
     files = []
     for name, data in contents.items():
         uuid, version, _ = stored_file(api, auth, stage, data)
         files.append({"uuid": uuid, "version": version, "name": name, "indexed": False})
     bundle_uuid, bundle_version = new_uuid(), new_version()
     created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json={"creator_uid": 1, "files": files})
+                           headers=auth, json={"creator_uid": 1, "files": files}, timeout=60)
     assert created.status_code == 201, created.text
+    return bundle_uuid, bundle_version
 
-    destination = f"e2e-checkout-{new_uuid()[:8]}"
+
+def checkout_ended(api, job):
+    def ended():
+        status = requests.get(f"{api}/bundles/checkout/{job}", params={"replica": "aws"}, timeout=30).json()
+        return status if status["status"] != "RUNNING" else None
+    return wait_until(ended, 60, f"checkout job {job} ended", interval=0.5)
+
+
+def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, dss_settings):
+    api = checkout_api
+    contents = {"a.bin": os.urandom(INLINE_BYTES * 2), "dir/b.json": b'{"b": 1}'}
+    bundle_uuid, bundle_version = stored_bundle(api, auth, stage, contents)
+
+    destination = f"{ALLOWED}{new_uuid()[:8]}"
     blobstores["aws"].create_bucket(destination)
-    started = requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"},
-                            json={"destination": destination})
+    started = requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
+                            json={"destination": destination}, timeout=60)
     assert started.status_code == 200, started.text
-    job = started.json()["checkout_job_id"]
-    deadline = time.monotonic() + 60
-    while True:
-        status = requests.get(f"{api}/bundles/checkout/{job}", params={"replica": "aws"}).json()
-        if status["status"] != "RUNNING" or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
+    status = checkout_ended(api, started.json()["checkout_job_id"])
     assert status["status"] == "SUCCEEDED", status
     assert status["location"].startswith(f"s3://{destination}/bundles/{bundle_uuid}.{bundle_version}")
     for name, data in contents.items():
@@ -120,10 +137,52 @@ def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, 
     for entry in response.json()["bundle"]["files"]:
         assert requests.get(entry["url"]).content == contents[entry["name"]]
 
-    assert_problem(requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"},
-                                 json={"destination": f"no-such-bucket-{new_uuid()[:8]}"}), 400)
-    assert_problem(requests.post(f"{api}/bundles/{new_uuid()}/checkout", params={"replica": "aws"}), 404)
+    assert_problem(requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
+                                 json={"destination": f"{ALLOWED}missing-{new_uuid()[:8]}"}, timeout=60),
+                   400, "invalid_destination")
+    assert_problem(requests.post(f"{api}/bundles/{new_uuid()}/checkout", params={"replica": "aws"}, headers=auth,
+                                 timeout=60), 404)
     assert_problem(requests.get(f"{api}/bundles/checkout/{new_uuid()}", params={"replica": "aws"}), 404)
+
+
+def test_bundle_checkout_is_no_anonymous_write_nor_a_mail_relay(checkout_api, auth, stage, blobstores,
+                                                                 dss_settings, smtp_server):
+    """The probe of issue 11: no token, the staging bucket as the destination, someone else's
+    address. Refused (401), nothing written, no one mailed; with a token, only allowed buckets."""
+    api, store = checkout_api, blobstores["aws"]
+    contents = {"x.bin": os.urandom(1000), "y.json": b'{"y": 2}'}
+    bundle_uuid, bundle_version = stored_bundle(api, auth, stage, contents)
+    staging = dss_settings.bucket("aws", "staging")
+    url = f"{api}/bundles/{bundle_uuid}/checkout"
+    probe = {"destination": staging, "email": "someone@example.org"}
+
+    assert_problem(requests.post(url, params={"replica": "aws"}, json=probe, timeout=60), 401, "unauthorized")
+    assert_problem(requests.post(url, params={"replica": "aws"}, timeout=60), 401, "unauthorized")
+    # Authenticated: a bucket off the operator's list is refused whether it exists or not.
+    for destination in (staging, f"s3://{staging}", f"nowhere-{new_uuid()[:8]}"):
+        assert_problem(requests.post(url, params={"replica": "aws"}, headers=auth, json={"destination": destination},
+                                     timeout=60), 403, "destination_not_allowed")
+    # Notices reach the caller only (user@example.org here), unless an administrator asks.
+    assert_problem(requests.post(url, params={"replica": "aws"}, headers=auth, json={"email": "someone@example.org"},
+                                 timeout=60), 403, "email_not_allowed")
+    assert not list(store.list_keys(staging, f"bundles/{bundle_uuid}."))
+
+    allowed = f"{ALLOWED}mine"
+    store.create_bucket(allowed)
+    started = requests.post(url, params={"replica": "aws"}, headers=auth,
+                            json={"destination": allowed, "email": "user@example.org"}, timeout=60)
+    assert started.status_code == 200, started.text
+    job = started.json()["checkout_job_id"]
+    assert checkout_ended(api, job) == {
+        "status": "SUCCEEDED", "location": f"s3://{allowed}/bundles/{bundle_uuid}.{bundle_version}/"}
+    for name, data in contents.items():
+        assert store.get_bytes(allowed, f"bundles/{bundle_uuid}.{bundle_version}/{name}") == data
+    record = json.loads(store.get_bytes(dss_settings.bucket("aws", "checkout"), f"checkout-jobs/{job}.json"))
+    assert record["requested_by"] == "user@example.org"
+    # The one notice of the one job accepted; none for the refused requests before it.
+    [notice] = wait_until(smtp_server.messages, 10, "the notice received")
+    assert notice["To"] == "user@example.org" and job in notice.get_content()
+    assert not list(store.list_keys(staging, f"bundles/{bundle_uuid}."))
 
 
 def test_drs_objects_and_access(checkout_api, auth, stage):

@@ -13,6 +13,7 @@ from shared.concurrency import ExpiringCache
 from shared.exceptions import InvalidParameter, NotFound, Unavailable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileCheckoutRequested
+from shared.testing import MemoryBlobStore
 
 from services.checkout.dependencies import MARKER_PREFIX
 from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime, SingleFlight,
@@ -112,6 +113,7 @@ def test_a_blob_that_does_not_match_its_key_is_never_checked_out(world):
     with pytest.raises(Unavailable) as raised:
         world.service.get_file("aws", doc["uuid"])
     assert raised.value.error_code == "copy_not_verified"
+    assert Blob.of_file(doc).key not in raised.value.title and "dss-" not in raised.value.title
     assert copy_of(world, doc) is None
 
 
@@ -125,6 +127,47 @@ def test_a_copy_of_other_bytes_or_without_its_checkout_time_is_made_again(world)
     world.state.copies.forget(("aws", key))
     world.new_worker().get_file("aws", doc["uuid"])
     assert CHECKED_OUT_METADATA in world.checkout()[key][2]
+
+
+FUTURE = "2999-01-01T00:00:00.000000Z"
+
+
+def test_a_copy_carries_the_checkouts_metadata_never_its_sources(world):
+    doc = world.add_file(b"staged with metadata of its own")
+    key = Blob.of_file(doc).key
+    data, content_type, _ = world.main()[key]
+    world.main()[key] = (data, content_type, {CHECKED_OUT_METADATA: FUTURE, "owner": "mallory"})
+    world.service.get_file("aws", doc["uuid"])
+    assert world.checkout()[key][2] == {CHECKED_OUT_METADATA: rfc3339(world.clock.now)}
+
+
+def test_a_copy_stamped_in_the_future_is_neither_served_nor_kept(world):
+    doc = world.add_file(b"stamped by someone else")
+    key = Blob.of_file(doc).key
+    world.checkout()[key] = (world.main()[key][0], "application/octet-stream", {CHECKED_OUT_METADATA: FUTURE})
+    assert world.service.get_file("aws", doc["uuid"])["status"] == "ready"
+    assert world.checkout()[key][2] == {CHECKED_OUT_METADATA: rfc3339(world.clock.now)}  # made again
+
+    store, bucket = world.stores["aws"], world.settings.bucket("aws", "checkout")
+    stamp = {CHECKED_OUT_METADATA: FUTURE}
+    store.put_bytes(bucket, "bundles/b.v/future.bin", b"a bundle's file", metadata=stamp)
+    store.put_bytes(bucket, "bundles/b.v/future.json", b'{"small": 1}', content_type="application/json",
+                    metadata=stamp)
+    store.put_bytes(bucket, "bundles/b.v/skewed.bin", b"from a clock ahead",
+                    metadata={CHECKED_OUT_METADATA: rfc3339(world.clock.now + 60)})
+    result = world.new_worker().sweep("aws")
+    assert (result["deleted"], result["kept"]) == (2, 0)
+    assert sorted(world.checkout()) == [key, "bundles/b.v/skewed.bin"]
+
+
+def test_the_sweeper_deletes_the_mail_quota_of_past_hours(world):
+    store, bucket = world.stores["aws"], world.settings.bucket("aws", "checkout")
+    hour = int(world.clock.now // 3600)
+    for window in (hour - 30, hour - 1, hour):
+        store.put_bytes(bucket, f"mail-quota/{window:010d}/caller/job", b"")
+    result = world.new_worker().sweep("aws")
+    assert result["markers_deleted"] == 2 and result["examined"] == 0
+    assert sorted(world.checkout()) == [f"mail-quota/{hour:010d}/caller/job"]
 
 
 def test_concurrent_reads_of_one_blob_make_one_copy(world):
@@ -284,11 +327,16 @@ def test_lifetime_rules():
     assert lifetime.judge(info(1, size=11), blob, now).state is CopyState.MISSING
     assert lifetime.judge(info(1, metadata={}), blob, now).state is CopyState.MISSING
     assert lifetime.judge(info(1, metadata={CHECKED_OUT_METADATA: "soon"}), blob, now).state is CopyState.MISSING
+    # A time in the future was written by no process of the store (beyond clock skew): not trusted.
+    assert lifetime.judge(info(-1), blob, now).state is CopyState.MISSING
+    assert lifetime.judge(info(-60 / 86400), blob, now).state is CopyState.FRESH
+    assert lifetime.expired(info(-1), now) and not lifetime.expired(info(-60 / 86400), now)
     json_blob = Blob(blob.key, checksums, len(data), "application/json; charset=utf-8")
     assert lifetime.judge(info(400, content_type="application/json; charset=utf-8"), json_blob, now).state \
         is CopyState.FRESH
     assert lifetime.expired(info(15), now) and not lifetime.expired(info(13), now)
     assert not lifetime.expired(info(400, content_type="application/json"), now)  # small JSON is kept
+    assert lifetime.expired(info(-1, content_type="application/json"), now)  # unless stamped in the future
     big_json = Lifetime(14 * 86400, 2 * 86400, keep_json_bytes=5)
     assert big_json.expired(info(15, content_type="application/json"), now)
 
@@ -603,8 +651,25 @@ def test_health_reports_both_buckets_of_both_replicas(world):
     assert report["aws"] == {"ok": False, "detail": "unreachable: storage_unavailable: aws is unreachable"}
 
 
-def test_an_unreachable_checkout_bucket_is_a_503(world):
+class TalkativeStore(MemoryBlobStore):
+    """Unreachable, with errors that name buckets and keys as S3's and GCS's do."""
+
+    def stat(self, bucket, key):
+        raise BlobStoreUnavailable(f"head s3://{bucket}/{key}: Could not connect to secret-endpoint")
+
+    def list_keys(self, bucket, prefix="", start_after=None):
+        raise BlobStoreUnavailable(f"list s3://{bucket}/{prefix}: Could not connect to secret-endpoint")
+
+
+def test_an_unreachable_store_is_a_503_that_names_no_bucket_key_or_store_error(world):
     doc = world.add_file(b"abc")
-    world.stores["aws"].unavailable = True
-    with pytest.raises(BlobStoreUnavailable):
-        world.service.get_file("aws", doc["uuid"])
+    world.stores["aws"].__class__ = TalkativeStore
+    for call in (lambda worker: worker.get_file("aws", doc["uuid"], doc["version"]),
+                 lambda worker: worker.get_file("aws", doc["uuid"]),
+                 lambda worker: worker.drs_object("aws", doc["uuid"], None, "http://dss.example"),
+                 lambda worker: worker.drs_access("aws", doc["uuid"], f"aws.{doc['version']}")):
+        with pytest.raises(Unavailable) as raised:
+            call(world.new_worker())
+        error = raised.value
+        assert error.error_code == "storage_unavailable", error
+        assert "secret" not in error.title and "s3://" not in error.title and "dss-" not in error.title, error

@@ -17,6 +17,7 @@ from services.checkout.jobs import job_key
 JOB_QUEUE = "evt-checkout-bundle_checkout_requested--checkout.handle_bundle_checkout_requested"
 FILES = 240
 KILL_AFTER = 40  # files recorded as done: well into the job, far from its end
+CALLER = {"email": "user@example.org", "groups": ["dbio"], "is_admin": False}
 
 
 def start(process: ServiceProcess, amqp_uri: str) -> ServiceProcess:
@@ -46,11 +47,12 @@ def test_a_job_killed_midway_is_resumed_by_the_restarted_service(service_config,
            if not name.startswith("DSS_") and name not in ("AMQP_URI", "METRICS_PORT")}
     env.update({name: str(value) for name, value in service_config.items() if name.startswith("DSS_")})
     env.update({"AMQP_URI": amqp_uri, "DSS_CHECKOUT_METRICS_PORT": "0", "DSS_CHECKOUT_JOB_CONCURRENCY": "1",
-                "DSS_CHECKOUT_JOB_HEARTBEAT": "0.2", "DSS_CHECKOUT_JOB_RETRY_DELAYS": "1,1"})
+                "DSS_CHECKOUT_JOB_HEARTBEAT": "0.2", "DSS_CHECKOUT_JOB_RETRY_DELAYS": "1,1",
+                "DSS_CHECKOUT_DESTINATIONS": "checkout-fault-*"})
     checkout = start(ServiceProcess("checkout", env, tmp_path / "checkout.log"), amqp_uri)
     try:
         with ServiceRpcProxy("checkout", {"AMQP_URI": amqp_uri}, timeout=30) as rpc:
-            job_id = rpc.start_bundle_checkout("aws", uuid, version, destination)["checkout_job_id"]
+            job_id = rpc.start_bundle_checkout("aws", uuid, version, destination, None, CALLER)["checkout_job_id"]
 
             def record():
                 return json.loads(store.get_bytes(dss_settings.bucket("aws", "checkout"), job_key(job_id)))

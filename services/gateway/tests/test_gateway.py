@@ -842,16 +842,19 @@ class TestEvents:
 
 
 class TestCheckout:
-    def test_start_and_follow_a_bundle_checkout(self, gateway, web_session):
+    def test_start_and_follow_a_bundle_checkout(self, gateway, web_session, token):
         gateway.checkout.start_bundle_checkout.return_value = {"checkout_job_id": "job-1", "version": VERSION}
-        response = web_session.post(f"/v1/bundles/{UUID.upper()}/checkout?replica=aws",
+        auth = bearer(token("me@example.org", groups=()))  # any authenticated caller, no group needed
+        response = web_session.post(f"/v1/bundles/{UUID.upper()}/checkout?replica=aws", headers=auth,
                                     json={"destination": "my-bucket", "email": "me@example.org"})
         assert (response.status_code, response.json()) == (200, {"checkout_job_id": "job-1"})
-        assert gateway.checkout.start_bundle_checkout.call_args[0] == \
-            ("aws", UUID, None, "my-bucket", "me@example.org")
-        response = web_session.post(f"/v1/bundles/{UUID}/checkout?replica=gcp&version={VERSION}")  # no body
+        *arguments, caller = gateway.checkout.start_bundle_checkout.call_args[0]
+        assert arguments == ["aws", UUID, None, "my-bucket", "me@example.org"]
+        assert caller["email"] == "me@example.org" and caller["is_admin"] is False
+        response = web_session.post(f"/v1/bundles/{UUID}/checkout?replica=gcp&version={VERSION}",
+                                    headers=auth)  # no body
         assert response.status_code == 200
-        assert gateway.checkout.start_bundle_checkout.call_args[0] == ("gcp", UUID, VERSION, None, None)
+        assert gateway.checkout.start_bundle_checkout.call_args[0][:5] == ("gcp", UUID, VERSION, None, None)
 
         status = {"status": "SUCCEEDED", "location": f"s3://my-bucket/bundles/{UUID}.{VERSION}/"}
         gateway.checkout.get_checkout_job.return_value = status
@@ -859,17 +862,29 @@ class TestCheckout:
         assert (response.status_code, response.json()) == (200, status)
         assert gateway.checkout.get_checkout_job.call_args[0] == ("aws", "job-1")
 
-    def test_bad_checkout_requests(self, gateway, web_session):
-        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "not-an-address"}),
-                       400, "illegal_arguments")
-        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"colour": "red"}),
-                       400, "illegal_arguments")
-        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout"), 400)
+    def test_a_bundle_checkout_needs_a_token(self, gateway, web_session, token):
+        for headers in ({}, bearer("not-a-jwt"), bearer(token(lifetime_s=-3600))):
+            assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", headers=headers,
+                                            json={"destination": "dss-staging", "email": "someone@example.org"}),
+                           401, "unauthorized")
+        gateway.checkout.start_bundle_checkout.assert_not_called()
+
+    def test_bad_checkout_requests(self, gateway, web_session, token):
+        auth = bearer(token())
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", headers=auth,
+                                        json={"email": "not-an-address"}), 400, "illegal_arguments")
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", headers=auth,
+                                        json={"colour": "red"}), 400, "illegal_arguments")
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout", headers=auth), 400)
         gateway.checkout.start_bundle_checkout.assert_not_called()
         gateway.checkout.start_bundle_checkout.side_effect = remote(
             InvalidParameter("bucket nope is not writable", "invalid_destination"))
-        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"destination": "nope"}),
-                       400, "invalid_destination")
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", headers=auth,
+                                        json={"destination": "nope"}), 400, "invalid_destination")
+        gateway.checkout.start_bundle_checkout.side_effect = remote(
+            Forbidden("bundle checkouts may not write to s3://dss-staging/", "destination_not_allowed"))
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", headers=auth,
+                                        json={"destination": "dss-staging"}), 403, "destination_not_allowed")
         gateway.checkout.get_checkout_job.side_effect = remote(NotFound("no such checkout job", "not_found"))
         assert_problem(web_session.get("/v1/bundles/checkout/job-2?replica=aws"), 404, "not_found")
 
@@ -926,7 +941,7 @@ CONTRACT_OPERATIONS = {
 JWT_OPERATIONS = {op for op in CONTRACT_OPERATIONS
                   if op[0].startswith(("/subscriptions", "/collections"))
                   or op in {("/files/{uuid}", "put"), ("/bundles/{uuid}", "put"), ("/bundles/{uuid}", "patch"),
-                            ("/bundles/{uuid}", "delete")}}
+                            ("/bundles/{uuid}", "delete"), ("/bundles/{uuid}/checkout", "post")}}
 
 # Array body properties the spec marks required although the API accepts them absent: the dbio and
 # hca CLIs make an array property a command-line option only when the spec requires it.
