@@ -50,7 +50,8 @@ token: install
 # account gets none, not the `dbio` default of `make token`).
 sa-key: install
 	@test -n '$(OUT)' || { echo "make sa-key: give the key file to write, e.g. OUT=sa-key.json" >&2; exit 2; }
-	@$(VPY) deploy/local.py sa-key --email '$(EMAIL)' --out '$(OUT)' $(if $(filter-out default file undefined,$(origin GROUPS)),--groups '$(GROUPS)')
+	@$(VPY) deploy/local.py sa-key --email '$(EMAIL)' --out '$(OUT)' \
+		$(if $(filter-out default file undefined,$(origin GROUPS)),--groups '$(GROUPS)')
 
 # The development CA and the gateway's certificate (var/tls); `make up TLS=1` makes them too.
 cert: install

@@ -718,7 +718,7 @@ def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool 
   metrics    {metrics}
   logs       {LOG_DIR.relative_to(ROOT)}/
   token      TOKEN=$(make -s token EMAIL=you@example.org GROUPS=dbio)
-  clients    make sa-key EMAIL=you@example.org OUT=sa-key.json GROUPS=dbio   (dbio / hca: README "Using the old DSS clients")
+  clients    make sa-key EMAIL=you@example.org OUT=sa-key.json GROUPS=dbio  (README "Using the old DSS clients")
   stop       make down""")
 
 

@@ -57,7 +57,8 @@ def make_recipe(**variables: str) -> str:
     result = subprocess.run(["make", "-n", "sa-key", *(f"{k}={v}" for k, v in variables.items())], cwd=ROOT,
                             capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
-    return next(line for line in result.stdout.splitlines() if "deploy/local.py sa-key" in line)
+    lines = result.stdout.replace("\\\n", " ").splitlines()  # a recipe line continued with a backslash is one
+    return next(line for line in lines if "deploy/local.py sa-key" in line)
 
 
 @pytest.fixture

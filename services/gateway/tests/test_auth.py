@@ -11,8 +11,8 @@ from joserfc.jwk import RSAKey
 
 from shared import auth
 from shared.auth import Authenticator, JWKSSource, TrustedIssuers, issuer_jwks_file, parse_issuers
-from shared.auth_local import (create_service_account_key, ensure_local_issuer, jwks_document, mint_service_account_token,
-                               mint_token)
+from shared.auth_local import (create_service_account_key, ensure_local_issuer, jwks_document,
+                               mint_service_account_token, mint_token)
 from shared.config import Settings
 from shared.exceptions import Forbidden, Unauthorized, Unavailable
 
