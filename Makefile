@@ -45,10 +45,13 @@ status: install
 token: install
 	@$(VPY) deploy/local.py token --email '$(EMAIL)' --groups '$(GROUPS)' --lifetime '$(LIFETIME)'
 
-# A service-account key file for the dbio / hca clients, trusted by the running stack at once.
+# A service-account key file for the dbio / hca clients, trusted by the running stack at once. GROUPS
+# given (GROUPS=dbio; GROUPS= for none) becomes the account's grant; not given, the grant is kept (a new
+# account gets none, not the `dbio` default of `make token`).
 sa-key: install
 	@test -n '$(OUT)' || { echo "make sa-key: give the key file to write, e.g. OUT=sa-key.json" >&2; exit 2; }
-	@$(VPY) deploy/local.py sa-key --email '$(EMAIL)' --out '$(OUT)'
+	@$(VPY) deploy/local.py sa-key --email '$(EMAIL)' --out '$(OUT)' \
+		$(if $(filter-out default file undefined,$(origin GROUPS)),--groups '$(GROUPS)')
 
 # The development CA and the gateway's certificate (var/tls); `make up TLS=1` makes them too.
 cert: install

@@ -718,7 +718,7 @@ def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool 
   metrics    {metrics}
   logs       {LOG_DIR.relative_to(ROOT)}/
   token      TOKEN=$(make -s token EMAIL=you@example.org GROUPS=dbio)
-  clients    make sa-key EMAIL=you@example.org OUT=sa-key.json   (dbio / hca: README "Using the old DSS clients")
+  clients    make sa-key EMAIL=you@example.org OUT=sa-key.json GROUPS=dbio  (README "Using the old DSS clients")
   stop       make down""")
 
 
@@ -802,7 +802,8 @@ def cmd_token(args) -> int:
 
 
 def cmd_sa_key(args) -> int:
-    """Write a service-account key file the running stack trusts at once (its JWKS is re-read)."""
+    """Write a service-account key file the running stack trusts at once (its JWKS is re-read),
+    recording the groups granted to the account (``--groups``) with its keys."""
     settings = Settings.from_config({})
     jwks = issuer_jwks_file(settings.auth_issuers, args.email)
     if jwks is None:
@@ -810,12 +811,23 @@ def cmd_sa_key(args) -> int:
                      "add an entry such as `*=var/auth/service-accounts/{iss}.json` (the default has it)")
     if os.path.exists(args.out):
         raise Failed(f"{args.out} exists; give another OUT, or delete it first")
-    kid = auth_local.create_service_account_key(args.email, args.out, jwks)
-    groups = ", ".join(settings.auth_allowed_groups)
+    groups = None if args.groups is None else [g.strip() for g in args.groups.split(",") if g.strip()]
+    try:
+        kid = auth_local.create_service_account_key(args.email, args.out, jwks, groups=groups)
+    except ValueError as error:
+        raise Failed(str(error)) from None
+    granted = auth_local.account_groups(jwks, args.email)
+    writers = ", ".join(settings.auth_allowed_groups)
+    if set(granted) & set(settings.auth_allowed_groups):
+        access = f"It is granted {', '.join(granted)}: it may write."
+    else:
+        access = (f"It is granted {', '.join(granted) or 'no group'}: it may only read (GROUPS=dbio, or another "
+                  f"group of DSS_AUTH_ALLOWED_GROUPS ({writers}), to let it write; its tokens' group claims count "
+                  "for nothing).")
     admin = args.email.lower() in {e.lower() for e in settings.admin_emails}
     print(f"wrote {args.out}: a service-account key of {args.email} (key id {kid}), trusted through {jwks}.\n"
           f"Use it:   export GOOGLE_APPLICATION_CREDENTIALS={args.out}\n"
-          f"Writes need a group of DSS_AUTH_ALLOWED_GROUPS ({groups}): dbio sends `dbio`, hca `hca`. "
+          f"{access} "
           f"{'It is an administrator (DSS_ADMIN_EMAILS).' if admin else 'Deleting bundles needs DSS_ADMIN_EMAILS.'}\n"
           f"Revoke it: remove its key from {jwks}.", file=sys.stderr)
     return 0
@@ -891,8 +903,11 @@ def main(argv: list[str] | None = None) -> int:
     token.set_defaults(run=cmd_token)
     sa_key = commands.add_parser("sa-key", help="write a service-account key file (GOOGLE_APPLICATION_CREDENTIALS "
                                                 "of dbio / hca) whose tokens the stack trusts, without a restart")
-    sa_key.add_argument("--email", required=True, help="the account's e-mail (the tokens' iss, sub and email)")
+    sa_key.add_argument("--email", required=True, help="the account's e-mail (its tokens' iss, sub and email)")
     sa_key.add_argument("--out", required=True, type=os.path.abspath, help="the key file to write (owner-only)")
+    sa_key.add_argument("--groups", default=None,
+                        help="comma-separated groups granted to the account, replacing its earlier grant "
+                             "(default: keep it; none for a new account, which may then only read)")
     sa_key.set_defaults(run=cmd_sa_key)
     commands.add_parser("cert", help="make the development CA and the gateway's certificate (var/tls)"
                         ).set_defaults(run=cmd_cert)

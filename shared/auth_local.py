@@ -7,7 +7,10 @@ RFC 7638 thumbprint, so the JWKS and the tokens agree without storing the kid an
 
 `make sa-key` calls ``create_service_account_key``: a key file of the shape Google issues for a
 service account (what dbio / hca read from GOOGLE_APPLICATION_CREDENTIALS), whose public key is
-added to the JWKS file the gateway reads for that account (``shared.auth.issuer_jwks_file``).
+added to the JWKS file the gateway reads for that account (``shared.auth.issuer_jwks_file``), with
+the groups the operator grants the account in the same document (``shared.auth.GRANTS_MEMBER``).
+The grant lives with the keys rather than in a file beside them: one atomic write registers both,
+the gateway re-reads both on the same change of the file, and deleting the file revokes both.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Iterable
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+
+from shared.auth import GRANTS_MEMBER, parse_grants
 
 logger = logging.getLogger(__name__)
 
@@ -129,27 +134,43 @@ def _read_jwks(path: pathlib.Path) -> dict:
     return document
 
 
-def trust_public_key(jwks_path: str | os.PathLike, key: RSAKey, kid: str) -> None:
+def trust_public_key(jwks_path: str | os.PathLike, key: RSAKey, kid: str, account: str | None = None,
+                     groups: Iterable[str] | None = None) -> tuple[str, ...]:
     """Add ``key``'s public half to the JWKS at ``jwks_path`` (created if missing), keeping the
-    keys already there, atomically: the gateway re-reads the file on its next token."""
+    keys already there, atomically: the gateway re-reads the file on its next token.
+
+    ``groups`` (not None) becomes ``account``'s grant in that document, replacing any earlier one;
+    None keeps it (a new account has none). Returns the account's grant as written."""
     jwks_path = pathlib.Path(jwks_path)
     jwks_path.parent.mkdir(parents=True, exist_ok=True)
     with open(jwks_path.parent / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two sa-keys for one account at once both land
         document = _read_jwks(jwks_path)
+        grants = {name: list(granted) for name, granted in parse_grants(document).items()}
         document["keys"] = [k for k in document["keys"] if k.get("kid") != kid] + jwks_document(key, kid)["keys"]
+        if account is not None and groups is not None:
+            grants[account] = list(dict.fromkeys(groups))
+        if grants:
+            document[GRANTS_MEMBER] = grants
         tmp = jwks_path.with_name(f".{jwks_path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, jwks_path)
+    return tuple(grants.get(account, ())) if account is not None else ()
 
 
 def create_service_account_key(email: str, out_path: str | os.PathLike, jwks_path: str | os.PathLike,
-                               project_id: str = "dss-local") -> str:
+                               project_id: str = "dss-local", groups: Iterable[str] | None = None) -> str:
     """Write a new service-account key file for ``email`` to ``out_path`` (owner-only) and trust
     its public key in ``jwks_path``; returns the key id (``private_key_id``).
 
+    ``groups``: what the account is granted (its tokens' group claims count for nothing), replacing
+    an earlier grant; None keeps the account's grant (none for a new account).
+
     The file has the fields of a Google service-account key; the CLIs use ``client_email`` (their
     tokens' ``iss``, ``sub`` and e-mail), ``private_key_id`` (the ``kid``) and ``private_key``."""
+    groups = None if groups is None else [g.strip() for g in groups if g and g.strip()]
+    if groups is not None:
+        parse_grants({GRANTS_MEMBER: {email: groups}})  # a bad group name fails before anything is written
     key = RSAKey.generate_key(KEY_BITS, private=True)
     kid = key_id(key)
     document = {
@@ -163,6 +184,27 @@ def create_service_account_key(email: str, out_path: str | os.PathLike, jwks_pat
     }
     # The key file first: a trusted key whose private half was never written would be useless.
     _write_private(pathlib.Path(out_path), (json.dumps(document, indent=2) + "\n").encode())
-    trust_public_key(jwks_path, key, kid)
-    logger.debug("service account %s: key %s trusted through %s", email, kid, jwks_path)
+    granted = trust_public_key(jwks_path, key, kid, email, groups)
+    logger.debug("service account %s: key %s trusted through %s, groups %s", email, kid, jwks_path, granted)
     return kid
+
+
+def account_groups(jwks_path: str | os.PathLike, email: str) -> tuple[str, ...]:
+    """The groups the JWKS file at ``jwks_path`` grants ``email``."""
+    return parse_grants(_read_jwks(pathlib.Path(jwks_path))).get(email, ())
+
+
+def mint_service_account_token(key_file: str | os.PathLike, audience: str, lifetime_s: float = 3600,
+                               **claims) -> str:
+    """A token as dbio-cli 1.5.5 / hca 8.0.0 mint one from a service-account key file
+    (``_get_jwt_from_service_account_credentials``): RS256, ``kid`` = ``private_key_id``, ``iss`` =
+    ``sub`` = ``email`` = ``client_email``, float ``iat`` / ``exp``. ``claims`` add or replace claims
+    (the clients send their group claim: dbio ``dbio``, hca ``hca``)."""
+    account = json.loads(pathlib.Path(key_file).read_text())
+    iat = time.time()
+    payload = {"iss": account["client_email"], "sub": account["client_email"], "aud": audience, "iat": iat,
+               "exp": iat + lifetime_s, "email": account["client_email"],
+               "scope": ["email", "openid", "offline_access"], **claims}
+    key = RSAKey.import_key(account["private_key"])
+    return jwt.encode({"alg": ALGORITHM, "typ": "JWT", "kid": account["private_key_id"]}, payload, key,
+                      algorithms=[ALGORITHM])

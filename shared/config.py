@@ -209,10 +209,16 @@ SETTINGS: tuple[Setting, ...] = (
             "An issuer with `*` is a pattern, and `{iss}` in its JWKS is replaced by the token's issuer (one key "
             "set per service account, looked up when first named, so added without a restart)."),
     Setting("DSS_AUTH_EMAIL_CLAIM", "email",
-            "Claim holding the caller's e-mail (falls back to `sub` when it is an e-mail)."),
+            "Claim holding the caller's e-mail in an identity provider's tokens (falls back to `sub` when it is an "
+            "e-mail). In a service account's token it may only name the account (else 401)."),
     Setting("DSS_AUTH_GROUP_CLAIM", "https://auth.data.humancellatlas.org/group",
-            "Claim holding the caller's group."),
+            "Claim holding the caller's group in an identity provider's tokens (ignored in service accounts')."),
     Setting("DSS_AUTH_ALLOWED_GROUPS", "dbio,hca,dss", "Groups allowed to write (comma-separated).", _as_list),
+    Setting("DSS_AUTH_SERVICE_ACCOUNT_GROUPS", "",
+            "Groups granted to service accounts (e-mail-like issuers, whose group claims are ignored): "
+            "comma-separated `pattern=group` pairs, `*` any run of characters, one pair per group. Adds to what "
+            "an account's JWKS file grants (`make sa-key GROUPS=`); the only grant of accounts whose keys are at "
+            "a URL. Empty: none (such accounts may only read)."),
     Setting("DSS_ADMIN_EMAILS", "admin@example.org", "E-mails of administrators (comma-separated).", _as_list),
     Setting("DSS_LOCAL_ISSUER_KEY", "var/auth/local-issuer.pem",
             "Private key of the local development issuer (`make up` creates it, `make token` signs with it)."),

@@ -289,10 +289,11 @@ class Cli:
         # AuthClient is built at start-up too; its spec may be ours (it only adds `auth` commands).
         config_file.write_text(json.dumps({"DSSClient": {"swagger_url": swagger_url},
                                            "AuthClient": {"swagger_url": swagger_url}}))
-        # Made while the stack runs: a new account is trusted without a restart.
+        # Made while the stack runs: a new account is trusted without a restart. Granted the group
+        # its client claims (`make sa-key GROUPS=dbio`): an account's claims grant nothing.
         self.key_file = home / "service-account.json"
         create_service_account_key(self.email, self.key_file,
-                                   issuer_jwks_file(issuers, self.email))
+                                   issuer_jwks_file(issuers, self.email), groups=[client.name])
         self.venv = venv
         self.env = {
             "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",

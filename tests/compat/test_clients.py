@@ -195,7 +195,7 @@ def test_the_client_works_unchanged(cli, compat_stack, blobstores, receiver, tmp
     head = cli.run("dss", "head-file", "--uuid", hello["uuid"], "--replica", "gcp")
     assert head.returncode == 0 and "200" in head.stdout, head.stderr
 
-    # --- delete-bundle (the service account is an administrator here), then it is gone.
+    # --- delete-bundle (the account is an administrator by its identity: DSS_ADMIN_EMAILS names it), then it is gone.
     cli("delete-bundle", "--uuid", bundle_uuid, "--replica", "aws", "--reason", "compatibility test")
     with pytest.raises(CliFailed) as gone:
         cli("get-bundle", "--uuid", bundle_uuid, "--replica", "aws")

@@ -1,7 +1,7 @@
 """shared.auth without a server: issuers, key sources, claims."""
+import base64
 import json
 import os
-import pathlib
 import time
 
 import pytest
@@ -11,7 +11,8 @@ from joserfc.jwk import RSAKey
 
 from shared import auth
 from shared.auth import Authenticator, JWKSSource, TrustedIssuers, issuer_jwks_file, parse_issuers
-from shared.auth_local import create_service_account_key, ensure_local_issuer, jwks_document, mint_token
+from shared.auth_local import (create_service_account_key, ensure_local_issuer, jwks_document,
+                               mint_service_account_token, mint_token)
 from shared.config import Settings
 from shared.exceptions import Forbidden, Unauthorized, Unavailable
 
@@ -179,16 +180,8 @@ SA = "robot@dss-local.iam.example.org"
 
 
 def cli_token(key_file, audience=AUDIENCE, lifetime_s=3600, **extra):
-    """A token as dbio-cli / hca mint it from a service-account key file: iss = sub = client_email,
-    kid = private_key_id, float iat / exp, the group as a string."""
-    account = json.loads(pathlib.Path(key_file).read_text())
-    iat = time.time()
-    claims = {"iss": account["client_email"], "sub": account["client_email"], "aud": audience, "iat": iat,
-              "exp": iat + lifetime_s, "email": account["client_email"], GROUP_CLAIM: "dbio",
-              "scope": ["email", "openid", "offline_access"], **extra}
-    key = RSAKey.import_key(account["private_key"])
-    return jwt.encode({"alg": "RS256", "typ": "JWT", "kid": account["private_key_id"]}, claims, key,
-                      algorithms=["RS256"])
+    """A token as dbio-cli / hca mint it from a service-account key file (the group as a string)."""
+    return mint_service_account_token(key_file, audience, lifetime_s, **{GROUP_CLAIM: "dbio", **extra})
 
 
 def test_service_account_key_file(tmp_path):
@@ -211,9 +204,9 @@ def test_accounts_are_trusted_from_their_file_when_it_appears(tmp_path):
     with pytest.raises(Unauthorized, match="issuer is not trusted"):
         a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json')}")
     # `make sa-key` while the gateway runs: trusted at the next token, no restart.
-    create_service_account_key(SA, tmp_path / "key.json.new", accounts / f"{SA}.json")
+    create_service_account_key(SA, tmp_path / "key.json.new", accounts / f"{SA}.json", groups=["hca"])
     caller = a.authenticate(f"Bearer {cli_token(tmp_path / 'key.json.new')}")
-    assert caller == {"email": SA, "groups": ["dbio"], "is_admin": False}
+    assert caller == {"email": SA, "groups": ["hca"], "is_admin": False}  # granted, whatever the token claims
     # Revoked by deleting its file.
     (accounts / f"{SA}.json").unlink()
     with pytest.raises(Unauthorized, match="issuer is not trusted"):
@@ -297,3 +290,239 @@ def test_hca_audience_is_accepted_by_default(tmp_path):
     create_service_account_key(SA, tmp_path / "key.json", accounts / f"{SA}.json")
     token = cli_token(tmp_path / "key.json", audience="https://dev.data.humancellatlas.org/")
     assert Authenticator.from_settings(settings).authenticate(f"Bearer {token}")["email"] == SA
+
+
+# --- service accounts vouch for themselves only ----------------------------------------------------
+
+ADMIN = "admin@example.org"  # in DSS_ADMIN_EMAILS of `authenticator`
+
+
+def account_authenticator(tmp_path, **overrides):
+    return authenticator(tmp_path / "unused.json",
+                         **{"DSS_AUTH_ISSUERS": f"*={tmp_path / 'accounts'}/{{iss}}.json", **overrides})
+
+
+def register(tmp_path, email=SA, groups=None, name="key.json"):
+    """A key of ``email`` registered as `make sa-key` does; the key file's path."""
+    key_file = tmp_path / name
+    create_service_account_key(email, key_file, tmp_path / "accounts" / f"{email}.json", groups=groups)
+    return key_file
+
+
+@pytest.mark.parametrize("claims, claim", [({"email": ADMIN}, "email"), ({"sub": ADMIN}, "sub"),
+                                           ({"email": ADMIN, "sub": ADMIN}, "sub"),
+                                           ({"email": ["x"]}, "email")])
+def test_an_account_cannot_name_someone_else(tmp_path, claims, claim):
+    """The escalation of issue 11: a key of a@ minting a token that says it is the administrator."""
+    a = account_authenticator(tmp_path)
+    key_file = register(tmp_path, groups=["dbio"])
+    with pytest.raises(Unauthorized) as refused:
+        a.authenticate(f"Bearer {cli_token(key_file, **claims)}")
+    assert refused.value.error_code == "identity_mismatch" and f"`{claim}`" in refused.value.title
+    assert ADMIN not in refused.value.title  # claim names only, never values
+
+
+def test_an_exact_e_mail_issuer_is_a_service_account_too(tmp_path):
+    key_file = register(tmp_path, groups=["dbio"])
+    a = authenticator(tmp_path / "accounts" / f"{SA}.json", DSS_AUTH_ISSUERS=f"{SA}={tmp_path}/accounts/{SA}.json")
+    with pytest.raises(Unauthorized, match="vouches only for itself"):
+        a.authenticate(f"Bearer {cli_token(key_file, email=ADMIN)}")
+    assert a.authenticate(f"Bearer {cli_token(key_file)}") == {"email": SA, "groups": ["dbio"], "is_admin": False}
+
+
+def test_an_account_matching_its_own_name_in_another_case_is_itself(tmp_path):
+    a = account_authenticator(tmp_path)
+    key_file = register(tmp_path, groups=["dbio"])
+    caller = a.authenticate(f"Bearer {cli_token(key_file, email=SA.upper())}")
+    assert caller["email"] == SA  # the identity is the issuer, never the claim
+
+
+def test_an_accounts_group_claims_count_for_nothing(tmp_path):
+    a = account_authenticator(tmp_path)
+    key_file = register(tmp_path)  # no grant
+    caller = a.authenticate(f"Bearer {cli_token(key_file, **{GROUP_CLAIM: ['dbio', 'hca', 'dss']})}")
+    assert caller == {"email": SA, "groups": [], "is_admin": False}
+    with pytest.raises(Forbidden, match="granted"):
+        a.require_writer(caller)
+
+
+def test_an_accounts_grant_is_in_its_key_file_and_changes_without_a_restart(tmp_path):
+    a = account_authenticator(tmp_path)
+    first = register(tmp_path, groups=["dbio", "other"])
+    assert a.authenticate(f"Bearer {cli_token(first)}")["groups"] == ["dbio", "other"]
+    document = json.loads((tmp_path / "accounts" / f"{SA}.json").read_text())
+    assert document[auth.GRANTS_MEMBER] == {SA: ["dbio", "other"]}
+    register(tmp_path, name="second.json")  # another key, no GROUPS: the grant is kept
+    assert a.authenticate(f"Bearer {cli_token(first)}")["groups"] == ["dbio", "other"]
+    register(tmp_path, groups=[], name="third.json")  # GROUPS= (empty): taken away, at the next token
+    assert a.authenticate(f"Bearer {cli_token(first)}")["groups"] == []
+
+
+def test_an_account_is_an_administrator_by_its_identity(tmp_path):
+    a = account_authenticator(tmp_path)
+    key_file = register(tmp_path, email=ADMIN)
+    assert a.authenticate(f"Bearer {cli_token(key_file)}") == {"email": ADMIN, "groups": [], "is_admin": True}
+
+
+def test_an_identity_provider_still_names_people_and_groups(key_files):
+    key, jwks = key_files
+    token = mint_token(key, ISSUER, AUDIENCE, "someone@example.org", ["dbio"], group_claim=GROUP_CLAIM)
+    assert authenticator(jwks).authenticate(f"Bearer {token}") == {
+        "email": "someone@example.org", "groups": ["dbio"], "is_admin": False}
+
+
+def test_a_malformed_grant_grants_nothing(tmp_path):
+    a = account_authenticator(tmp_path)
+    key_file = register(tmp_path)
+    jwks = tmp_path / "accounts" / f"{SA}.json"
+    document = json.loads(jwks.read_text())
+    jwks.write_text(json.dumps({**document, auth.GRANTS_MEMBER: {SA: "dbio"}}))  # a string, not a list
+    with pytest.raises(Unavailable):
+        a.authenticate(f"Bearer {cli_token(key_file)}")
+    with pytest.raises(ValueError, match="group"):
+        create_service_account_key(SA, tmp_path / "bad.json", jwks, groups=["two words"])
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_accounts_at_a_url_are_granted_by_the_setting_only(tmp_path, monkeypatch):
+    """A key set fetched from a URL is its publisher's word, not the operator's: its grants count
+    for nothing; DSS_AUTH_SERVICE_ACCOUNT_GROUPS grants by pattern."""
+    account = "robot@x.iam.gserviceaccount.com"
+    key_file = tmp_path / "key.json"
+    create_service_account_key(account, key_file, tmp_path / "published.json", groups=["dss"])
+    published = json.loads((tmp_path / "published.json").read_text())
+    assert published[auth.GRANTS_MEMBER] == {account: ["dss"]}
+    monkeypatch.setattr(auth.requests, "get", lambda url, timeout: FakeResponse(published))
+    issuers = "*@x.iam.gserviceaccount.com=https://keys.example.org/jwk/{iss}"
+    token = f"Bearer {cli_token(key_file)}"
+    assert account_authenticator(tmp_path, DSS_AUTH_ISSUERS=issuers).authenticate(token)["groups"] == []
+    granted = account_authenticator(tmp_path, DSS_AUTH_ISSUERS=issuers, DSS_AUTH_SERVICE_ACCOUNT_GROUPS=(
+        "*@x.iam.gserviceaccount.com=dbio, robot@x.iam.gserviceaccount.com=hca, *@elsewhere.example.org=dss"))
+    assert granted.authenticate(token)["groups"] == ["dbio", "hca"]
+
+
+def test_the_setting_adds_to_the_key_files_grant(tmp_path):
+    key_file = register(tmp_path, groups=["dbio"])
+    a = account_authenticator(tmp_path, DSS_AUTH_SERVICE_ACCOUNT_GROUPS=f"{SA}=hca,{SA}=dbio")
+    assert a.authenticate(f"Bearer {cli_token(key_file)}")["groups"] == ["dbio", "hca"]
+
+
+def test_parse_account_groups():
+    grants = auth.parse_account_groups("*@x.org=dbio, a=b@y.org=hca,,")
+    assert [(p.pattern, g) for p, g in grants] == [(auth._issuer_pattern("*@x.org").pattern, "dbio"),
+                                                   (auth._issuer_pattern("a=b@y.org").pattern, "hca")]
+    assert grants[0][0].fullmatch("anyone@x.org") and not grants[0][0].fullmatch("anyone@x.org.evil")
+    for bad in ("dbio", "*@x.org=", "=dbio", "*@x.org=two words"):
+        with pytest.raises(ValueError, match="SERVICE_ACCOUNT_GROUPS"):
+            auth.parse_account_groups(bad)
+
+
+# --- strangers cost little: no key lookup before the cheap checks, bounded caches ------------------
+
+URL_ACCOUNTS = "*@x.iam.gserviceaccount.com=https://keys.example.org/jwk/{iss}"
+
+
+def b64(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def forged(issuer, header=None, **claims):
+    """A token naming ``issuer``, well-formed but signed by nobody (its signature is never reached
+    when a cheap check fails)."""
+    now = time.time()
+    payload = {"iss": issuer, "sub": issuer, "aud": AUDIENCE, "iat": now, "exp": now + 600, **claims}
+    return f"Bearer {b64({'alg': 'RS256', 'kid': 'k1', **(header or {})})}.{b64(payload)}.c2lnbmF0dXJl"
+
+
+class Fetches:
+    """requests.get for the key-set URLs: ``served`` {url: JWKS document}, 404 otherwise."""
+
+    def __init__(self, monkeypatch, served=None):
+        self.urls, self.served = [], served or {}
+        monkeypatch.setattr(auth.requests, "get", self)
+
+    def __call__(self, url, timeout):
+        self.urls.append(url)
+        return FakeResponse(self.served[url]) if url in self.served else FakeResponse({}, status_code=404)
+
+
+CHEAP_FAILURES = [
+    ({"alg": "HS256"}, {}, "RS256"),
+    ({"alg": "none"}, {}, "RS256"),
+    ({"kid": None}, {}, "kid"),
+    ({"kid": "../../etc/passwd\n"}, {}, "key id"),
+    ({"kid": "k" * 200}, {}, "key id"),
+    ({}, {"aud": "https://elsewhere.example.org/"}, "aud"),
+    ({}, {"exp": 1_000_000}, "expired"),
+    ({}, {"exp": None}, "exp"),
+    ({}, {"iat": time.time() + 86_400}, "iat"),
+    ({}, {"nbf": time.time() + 86_400}, "nbf"),
+    ({}, {"sub": ADMIN}, "vouches only for itself"),
+    ({}, {"email": ADMIN}, "vouches only for itself"),
+]
+
+
+@pytest.mark.parametrize("header, claims, title", CHEAP_FAILURES)
+def test_cheap_checks_come_before_any_key_lookup(tmp_path, monkeypatch, header, claims, title):
+    fetches = Fetches(monkeypatch)
+    reads = []
+    monkeypatch.setattr(JWKSSource, "keys", lambda self, refresh=False: reads.append(self.location))
+    a = account_authenticator(tmp_path, DSS_AUTH_ISSUERS=f"{URL_ACCOUNTS},*@example.org={tmp_path}/{{iss}}.json")
+    for n in range(50):  # a flood, each token naming an account never seen
+        for domain in ("x.iam.gserviceaccount.com", "example.org"):
+            with pytest.raises(Unauthorized, match=title):
+                a.authenticate(forged(f"new-{n}@{domain}", header, **claims))
+    assert fetches.urls == [] and reads == []
+
+
+def test_a_token_that_is_not_json_all_the_way_down_is_refused(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    token = f"{b64({'alg': 'RS256'})}.{base64.urlsafe_b64encode(deep.encode()).decode().rstrip('=')}.c2ln"
+    with pytest.raises(Unauthorized, match="not a JWT"):
+        account_authenticator(tmp_path).authenticate(f"Bearer {token}")
+    with pytest.raises(Unauthorized, match="not a JWT"):
+        account_authenticator(tmp_path).authenticate("Bearer a.b.")  # no signature at all
+
+
+def test_a_flood_of_new_accounts_fetches_a_bounded_number_of_key_sets(tmp_path, monkeypatch):
+    monkeypatch.setattr(auth, "NEW_ACCOUNT_FETCH_BURST", 5, raising=False)
+    monkeypatch.setattr(auth, "NEW_ACCOUNT_FETCHES_PER_S", 0.0, raising=False)  # no refill during the test
+    monkeypatch.setattr(auth, "ABSENT_ISSUERS_MAX", 3, raising=False)
+    fetches = Fetches(monkeypatch)
+    a = account_authenticator(tmp_path, DSS_AUTH_ISSUERS=URL_ACCOUNTS)
+    answers = []
+    for n in range(200):
+        with pytest.raises((Unauthorized, Unavailable)) as refused:
+            a.authenticate(forged(f"new-{n}@x.iam.gserviceaccount.com"))
+        answers.append(refused.value.error_code)
+    assert len(fetches.urls) == 5
+    assert answers[:5] == ["unauthorized"] * 5 and set(answers[5:]) == {"auth_busy"}
+    # The last absent ones are remembered (no fetch, no budget), within the negative cache's bound.
+    with pytest.raises(Unauthorized, match="not trusted"):
+        a.authenticate(forged("new-4@x.iam.gserviceaccount.com"))
+    assert len(fetches.urls) == 5
+    assert a.issuers.accounts.sizes() == {"known": 0, "pending": 0, "absent": 3}
+
+
+def test_a_real_account_stays_cached_through_a_flood_of_strangers(tmp_path, monkeypatch):
+    monkeypatch.setattr(auth, "PER_ISSUER_SOURCES_MAX", 2)
+    monkeypatch.setattr(auth, "PENDING_SOURCES_MAX", 4, raising=False)
+    monkeypatch.setattr(auth, "NEW_ACCOUNT_FETCH_BURST", 10_000, raising=False)
+    account = "real@x.iam.gserviceaccount.com"
+    key_file = tmp_path / "key.json"
+    create_service_account_key(account, key_file, tmp_path / "published.json")
+    real_url = f"https://keys.example.org/jwk/{account}"
+    published = json.loads((tmp_path / "published.json").read_text())
+    # Half the strangers have a key set (someone else's keys), half none.
+    fetches = Fetches(monkeypatch, {real_url: published, **{
+        f"https://keys.example.org/jwk/s-{n}@x.iam.gserviceaccount.com": published for n in range(0, 100, 2)}})
+    a = account_authenticator(tmp_path, DSS_AUTH_ISSUERS=URL_ACCOUNTS)
+    assert a.authenticate(f"Bearer {cli_token(key_file)}")["email"] == account
+    for n in range(100):
+        with pytest.raises(Unauthorized):
+            a.authenticate(forged(f"s-{n}@x.iam.gserviceaccount.com", {"kid": json.loads(key_file.read_text())[
+                "private_key_id"]}))
+    assert a.authenticate(f"Bearer {cli_token(key_file)}")["email"] == account
+    assert fetches.urls.count(real_url) == 1  # still cached: no fetch for the real account
+    sizes = a.issuers.accounts.sizes()
+    assert sizes["known"] == 1 and sizes["pending"] <= 4 and sizes["absent"] <= auth.ABSENT_ISSUERS_MAX

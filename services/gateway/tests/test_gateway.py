@@ -74,6 +74,7 @@ def gateway_config(rabbit_config, web_config, issuer):
         "DSS_AUTH_EMAIL_CLAIM": "email",
         "DSS_AUTH_GROUP_CLAIM": GROUP_CLAIM,
         "DSS_AUTH_ALLOWED_GROUPS": "dbio,hca",
+        "DSS_AUTH_SERVICE_ACCOUNT_GROUPS": f"{SA_EMAIL}=dbio",  # a service account's groups are granted
         "DSS_ADMIN_EMAILS": "admin@example.org",
         "DSS_MAX_REQUEST_BYTES": MAX_BODY,
         "DSS_RPC_TIMEOUT": RPC_TIMEOUT,
@@ -341,16 +342,26 @@ class TestAuth:
         gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
         assert self.put_file(web_session, bearer(value)).status_code == 201
 
-    def test_google_service_account_style_token(self, gateway, web_session, issuer):
+    @staticmethod
+    def service_account_token(issuer, **claims):
         # As dbio-cli signs with a service account: iss = sub = client_email, kid header, float times.
         key = RSAKey.import_key(issuer.key.read_bytes())
         iat = time.time()
         claims = {"iss": SA_EMAIL, "sub": SA_EMAIL, "aud": AUDIENCE, "iat": iat, "exp": iat + 3600,
-                  "email": SA_EMAIL, "scope": ["email", "openid", "offline_access"], GROUP_CLAIM: "dbio"}
-        value = jwt.encode({"alg": "RS256", "kid": key.thumbprint()}, claims, key, algorithms=["RS256"])
+                  "email": SA_EMAIL, "scope": ["email", "openid", "offline_access"], GROUP_CLAIM: "hca", **claims}
+        return jwt.encode({"alg": "RS256", "kid": key.thumbprint()}, claims, key, algorithms=["RS256"])
+
+    def test_google_service_account_style_token(self, gateway, web_session, issuer):
         gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
-        assert self.put_file(web_session, bearer(value)).status_code == 201
-        assert gateway.files.put_file.call_args[0][4]["email"] == SA_EMAIL
+        assert self.put_file(web_session, bearer(self.service_account_token(issuer))).status_code == 201
+        caller = gateway.files.put_file.call_args[0][4]
+        assert caller == {"email": SA_EMAIL, "groups": ["dbio"], "is_admin": False}  # granted, not claimed
+
+    def test_a_service_account_speaks_for_itself_only(self, gateway, web_session, issuer):
+        forged = self.service_account_token(issuer, email="admin@example.org")
+        response = self.put_file(web_session, bearer(forged))
+        assert_problem(response, 401, "identity_mismatch")
+        assert not gateway.files.put_file.called
 
     def test_rotated_key_is_trusted_without_restart(self, gateway, web_session, issuer, tmp_path):
         new_key = tmp_path / "rotated.pem"
