@@ -869,6 +869,12 @@ def cmd_reindex(args) -> int:
     return run_reindex_command(args.replica, amqp_uri())
 
 
+def cmd_collections(args) -> int:
+    """Index the collections of a store written before the owner index (services/bundles/owner_index.py)."""
+    from services.bundles.cli import run_owner_index_command
+    return run_owner_index_command(Settings.from_config({}), (args.replica,) if args.replica else ("aws", "gcp"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -910,6 +916,11 @@ def main(argv: list[str] | None = None) -> int:
     reindex = commands.add_parser("reindex", help="rebuild a replica's search index without downtime")
     reindex.add_argument("--replica", required=True, choices=("aws", "gcp"))
     reindex.set_defaults(run=cmd_reindex)
+    collections = commands.add_parser("collections", help="index the collections of a store written before the "
+                                                          "owner index (once, after upgrading)")
+    collections.add_argument("action", choices=("index",))
+    collections.add_argument("--replica", choices=("aws", "gcp"), help="one replica (default: both)")
+    collections.set_defaults(run=cmd_collections)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
