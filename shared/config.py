@@ -182,7 +182,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_MAIL_SENDER", "dss@localhost", "Sender (`From`) of the e-mail the store sends."),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
-            "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
+            "Base URL clients reach the gateway at (for Location and Link headers). Empty: taken from each "
+            "request's Host, which must then be allowed (DSS_ALLOWED_HOSTS)."),
+    Setting("DSS_ALLOWED_HOSTS", "",
+            "Without DSS_PUBLIC_URL: Host header values the gateway answers besides its own names (localhost, "
+            "127.0.0.1, [::1] and the address a connection reached, at its port); comma-separated `name` (any "
+            "port) or `name:port`. Other hosts get 400 illegal_host.", _as_list),
     Setting("DSS_MAX_REQUEST_BYTES", 8 * MiB, "Largest request body the gateway accepts (413 above).", int),
     Setting("DSS_RPC_TIMEOUT", 60, "Seconds the gateway waits for a service to answer an RPC.", int),
     Setting("DSS_OAUTH_CLIENT_ID", "dss-cli",
