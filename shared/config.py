@@ -197,6 +197,10 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM certificate (chain) the gateway serves HTTPS with; re-read when it changes. Empty: plain HTTP."),
     Setting("DSS_TLS_KEY_FILE", "",
             "PEM private key of DSS_TLS_CERT_FILE. Empty: the key is in DSS_TLS_CERT_FILE."),
+    # --- metrics ----------------------------------------------------------------------------
+    Setting("DSS_METRICS_ADDRESS", "127.0.0.1",
+            "Address every service's Prometheus exporter listens on (its port: METRICS_PORT). `0.0.0.0` for a "
+            "scraper on another host, e.g. in a pod."),
     # --- auth -------------------------------------------------------------------------------
     Setting("DSS_AUTH_AUDIENCE", "https://dss.local/,https://dev.data.humancellatlas.org/",
             "Accepted `aud` of bearer tokens (comma-separated). The first is published as the spec's x-audience "

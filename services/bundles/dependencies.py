@@ -414,10 +414,7 @@ class BundleStoreAPI:
             storage.delete(key)
             return True
 
-        removed = sum(green_map(stale, suspects, LOOKUP_CONCURRENCY))
-        logger.info("owner index of replica %s: %d collections indexed, %d stale markers removed",
-                    replica, len(latest), removed)
-        return {"indexed": len(latest), "removed": removed}
+        return {"indexed": len(latest), "removed": sum(green_map(stale, suspects, LOOKUP_CONCURRENCY))}
 
     def check_links(self, replica: str, items: list[dict]) -> None:
         """Every item must name an object of its type that exists on ``replica`` and is not tombstoned."""
