@@ -401,9 +401,9 @@ class BundleStoreAPI:
         latest = [(uuid, versions[-1]) for uuid, versions, dead in _groups(storage, Keys.collection_prefix())
                   if versions and ALL_VERSIONS not in dead]
         owners = green_map(lambda item: self.collection_owner(replica, *item), latest, LOOKUP_CONCURRENCY)
-        live = {uuid: owner_index.owner_hash(owner) for (uuid, _), owner in zip(latest, owners)}
-        green_map(lambda item: owner_index.add(storage, item[1], item[0][0]), list(zip(latest, owners)),
-                  LOOKUP_CONCURRENCY)
+        owned = [(uuid, owner) for (uuid, _), owner in zip(latest, owners)]
+        green_map(lambda item: owner_index.add(storage, item[1], item[0]), owned, LOOKUP_CONCURRENCY)
+        live = {uuid: owner_index.owner_hash(owner) for uuid, owner in owned}
         suspects = [(key, uuid) for key, digest, uuid in owner_index.markers(storage) if live.get(uuid) != digest]
 
         def stale(suspect) -> bool:
