@@ -542,9 +542,18 @@ def metrics_port(service: str) -> int | None:
     return int(value) if value and value.strip().isdigit() else None
 
 
+def _reachable(host: str) -> str:
+    """Where this machine reaches a server listening on ``host``."""
+    return "127.0.0.1" if host in ("", "0.0.0.0") else host
+
+
+def metrics_host() -> str:
+    return _reachable(Settings.from_config({}).metrics_address)
+
+
 def gateway_address() -> tuple[str, int]:
     host, _, port = (config_value("gateway", "WEB_SERVER_ADDRESS") or DEFAULT_GATEWAY_ADDRESS).rpartition(":")
-    return ("127.0.0.1" if host in ("", "0.0.0.0") else host), int(port)
+    return _reachable(host), int(port)
 
 
 def gateway_url() -> str:
@@ -607,7 +616,7 @@ def start_services(uri: str, names=SERVICES) -> dict[str, str]:
             states[name] = "running"
             continue
         port = metrics_port(name)
-        ports = [("127.0.0.1", port)] if port else []
+        ports = [(metrics_host(), port)] if port else []
         if name == "gateway":
             ports.append(gateway_address())
         busy = [f"{h}:{p}" for h, p in ports if local_cloud.port_open(h, p)]
@@ -695,7 +704,7 @@ def cmd_up(args) -> int:
 
 
 def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool = True) -> None:
-    metrics = ", ".join(f"{n} :{metrics_port(n)}" for n in SERVICES)
+    metrics = ", ".join(f"{n} {metrics_host()}:{metrics_port(n)}" for n in SERVICES)
     subscription = f"subscription {settings.gcs_notification_subscription}: GCS main bucket notifications"
     if not settings.pubsub_emulator_host:
         pubsub = f"Google Cloud   ({subscription})"
@@ -881,6 +890,12 @@ def cmd_reindex(args) -> int:
     return run_reindex_command(args.replica, amqp_uri())
 
 
+def cmd_collections(args) -> int:
+    """Index the collections of a store written before the owner index (services/bundles/owner_index.py)."""
+    from services.bundles.cli import run_owner_index_command
+    return run_owner_index_command(Settings.from_config({}), (args.replica,) if args.replica else ("aws", "gcp"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="deploy/local.py", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -925,6 +940,11 @@ def main(argv: list[str] | None = None) -> int:
     reindex = commands.add_parser("reindex", help="rebuild a replica's search index without downtime")
     reindex.add_argument("--replica", required=True, choices=("aws", "gcp"))
     reindex.set_defaults(run=cmd_reindex)
+    collections = commands.add_parser("collections", help="index the collections of a store written before the "
+                                                          "owner index (once, after upgrading)")
+    collections.add_argument("action", choices=("index",))
+    collections.add_argument("--replica", choices=("aws", "gcp"), help="one replica (default: both)")
+    collections.set_defaults(run=cmd_collections)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import math
 import time
 from typing import Any, Callable, Hashable, Iterable
 
@@ -26,8 +27,8 @@ def green_map(function: Callable, items: Iterable, concurrency: int) -> list:
 
 
 class ExpiringCache:
-    """Values by key until a time of their own, at most ``max_entries`` (the least recently used go
-    first)."""
+    """Values by key until a time of their own (by default for ever), at most ``max_entries`` (the
+    least recently used go first)."""
 
     def __init__(self, clock: Callable[[], float] = time.time, max_entries: int = 100_000):
         self.clock = clock
@@ -45,7 +46,7 @@ class ExpiringCache:
         self._entries.move_to_end(key)
         return value
 
-    def put(self, key: Hashable, value: Any, until: float) -> None:
+    def put(self, key: Hashable, value: Any, until: float = math.inf) -> None:
         if until <= self.clock():
             return
         self._entries[key] = (until, value)

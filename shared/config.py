@@ -190,7 +190,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_MAIL_SENDER", "dss@localhost", "Sender (`From`) of the e-mail the store sends."),
     # --- gateway ----------------------------------------------------------------------------
     Setting("DSS_PUBLIC_URL", "",
-            "Base URL clients reach the gateway at (for Link headers). Empty: taken from each request's Host."),
+            "Base URL clients reach the gateway at (for Location and Link headers). Empty: taken from each "
+            "request's Host, which must then be allowed (DSS_ALLOWED_HOSTS)."),
+    Setting("DSS_ALLOWED_HOSTS", "",
+            "Without DSS_PUBLIC_URL: Host header values the gateway answers besides its own names (localhost, "
+            "127.0.0.1, [::1] and the address a connection reached, at its port); comma-separated `name` (any "
+            "port) or `name:port`. Other hosts get 400 illegal_host.", _as_list),
     Setting("DSS_MAX_REQUEST_BYTES", 8 * MiB, "Largest request body the gateway accepts (413 above).", int),
     Setting("DSS_RPC_TIMEOUT", 60, "Seconds the gateway waits for a service to answer an RPC.", int),
     Setting("DSS_OAUTH_CLIENT_ID", "dss-cli",
@@ -200,6 +205,10 @@ SETTINGS: tuple[Setting, ...] = (
             "PEM certificate (chain) the gateway serves HTTPS with; re-read when it changes. Empty: plain HTTP."),
     Setting("DSS_TLS_KEY_FILE", "",
             "PEM private key of DSS_TLS_CERT_FILE. Empty: the key is in DSS_TLS_CERT_FILE."),
+    # --- metrics ----------------------------------------------------------------------------
+    Setting("DSS_METRICS_ADDRESS", "127.0.0.1",
+            "Address every service's Prometheus exporter listens on (its port: METRICS_PORT). `0.0.0.0` for a "
+            "scraper on another host, e.g. in a pod."),
     # --- auth -------------------------------------------------------------------------------
     Setting("DSS_AUTH_AUDIENCE", "https://dss.local/,https://dev.data.humancellatlas.org/",
             "Accepted `aud` of bearer tokens (comma-separated). The first is published as the spec's x-audience "

@@ -2,8 +2,9 @@
 
 Each service declares ``metrics = Metrics()``. The provider times every entrypoint (calls, errors,
 latency histogram, labelled by service and entrypoint) and serves ``/metrics`` on the service's
-``METRICS_PORT`` (see each ``config.yml``; 0 turns the exporter off, as the tests do). Workers use
-the injected ``MetricsAPI`` to count domain events such as bytes copied.
+``METRICS_PORT`` (see each ``config.yml``; 0 turns the exporter off, as the tests do), at
+``DSS_METRICS_ADDRESS`` (loopback unless a deployment opens it to its scraper). Workers use the
+injected ``MetricsAPI`` to count domain events such as bytes copied.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 
 from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from shared.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +33,12 @@ COPIES_IN_PROGRESS = Gauge("dss_copies_in_progress", "Copies running now.", ["se
 _exporter_ports: set[int] = set()
 
 
-def start_exporter(port: int) -> None:
-    """Serve /metrics on ``port`` once per process (several containers may share one in tests)."""
+def start_exporter(port: int, address: str) -> None:
+    """Serve /metrics at ``address``:``port`` once per process (several containers may share one in tests)."""
     if port and port not in _exporter_ports:
-        start_http_server(port, addr="0.0.0.0")
+        start_http_server(port, addr=address)
         _exporter_ports.add(port)
-        logger.info("metrics exporter listening on :%s", port)
+        logger.info("metrics exporter listening on %s:%s", address, port)
 
 
 class Progress:
@@ -77,10 +80,11 @@ class MetricsAPI:
 class Metrics(DependencyProvider):
     def setup(self):
         self.port = int(self.container.config.get("METRICS_PORT", 0) or 0)
+        self.address = Settings.from_config(self.container.config).metrics_address
         self.started: dict = {}
 
     def start(self):
-        start_exporter(self.port)
+        start_exporter(self.port, self.address)
 
     def worker_setup(self, worker_ctx):
         self.started[worker_ctx] = time.perf_counter()

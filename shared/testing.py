@@ -185,6 +185,31 @@ class MemoryBlobStore(BlobStore):
         self.buckets.setdefault(bucket, {})
 
 
+class StorageSpy:
+    """Records the keys a blob store (any, real or in memory) reads and the prefixes it lists, and
+    lets each call through; ``monkeypatch`` (pytest's) puts the store back after the test."""
+
+    def __init__(self, monkeypatch, store: BlobStore):
+        self.read: list[str] = []
+        self.listed: list[str] = []
+        get_bytes, list_keys = store.get_bytes, store.list_keys
+
+        def spy_get_bytes(bucket, key, *args, **kwargs):
+            self.read.append(key)
+            return get_bytes(bucket, key, *args, **kwargs)
+
+        def spy_list_keys(bucket, prefix="", *args, **kwargs):
+            self.listed.append(prefix)
+            return list_keys(bucket, prefix, *args, **kwargs)
+
+        monkeypatch.setattr(store, "get_bytes", spy_get_bytes)
+        monkeypatch.setattr(store, "list_keys", spy_list_keys)
+
+    def clear(self) -> None:
+        self.read.clear()
+        self.listed.clear()
+
+
 # --- waiting, and the broker as a test's vhost sees it ---------------------------------------------
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, on_timeout=lambda: ""):

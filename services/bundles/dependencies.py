@@ -14,19 +14,22 @@ from typing import Iterator
 
 from marshmallow import EXCLUDE, Schema, ValidationError
 
-from shared.concurrency import green_map
+from shared.concurrency import ExpiringCache, green_map
 from shared.identifiers import Keys, fqid, is_version, new_version, normalize_uuid, normalize_version, split_fqid
 from shared.exceptions import InvalidParameter, NotFound
 from shared.schemas import BundleManifest, CollectionDocument, CollectionItem, FileMetadata, ManifestFile, Tombstone
 from shared.storage import ALL_VERSIONS, ReplicaStorage, Replicas, StorageProvider, split_versions
 
 from services.bundles import exceptions as errors
+from services.bundles import owner_index
 from services.bundles.schemas import MAX_ITEMS, BundleFileId, BundleFileRef, BundleFileView
 
 logger = logging.getLogger(__name__)
 
 # Parallel storage reads per request: a bundle may list thousands of files, each one GET.
 LOOKUP_CONCURRENCY = 32
+# Collection owners a process remembers (least recently used forgotten first): about 300 bytes each.
+OWNER_CACHE_ENTRIES = 10_000
 
 CREATED, EXISTS = "created", "exists"
 OWNER_TOMBSTONE_REASON = "deleted by owner"
@@ -135,13 +138,17 @@ def _groups(storage: ReplicaStorage, root: str, prefix: str = "", start_after: s
         yield uuid, [version for version in versions if is_version(version)], dead
 
 
+def new_owner_cache() -> ExpiringCache:
+    return ExpiringCache(max_entries=OWNER_CACHE_ENTRIES)
+
+
 class BundleStoreAPI:
-    def __init__(self, replicas: Replicas, settings, owners: dict | None = None):
+    def __init__(self, replicas: Replicas, settings, owners: ExpiringCache | None = None):
         self.replicas = replicas
         self.settings = settings
         # (replica, collection key) -> owner, shared by the workers of one provider; collection
-        # documents are immutable, so an entry never goes stale.
-        self.owners = {} if owners is None else owners
+        # documents are immutable, so an entry never goes stale (only the size is bounded).
+        self.owners = new_owner_cache() if owners is None else owners
 
     def health(self) -> dict:
         return self.replicas.health()
@@ -331,28 +338,83 @@ class BundleStoreAPI:
         key = Keys.collection_tombstone(uuid)
         doc = Tombstone().dump({"email": email, "reason": OWNER_TOMBSTONE_REASON, "details": None,
                                 "admin_deleted": False})
-        return self._write_once(replica, key, uuid, None, doc, lambda: errors.collection_tombstone_exists(key))
+        written = self._write_once(replica, key, uuid, None, doc, lambda: errors.collection_tombstone_exists(key))
+        owner_index.remove(self.replicas[replica], email, uuid)  # also for a repeat: a retry after a failure here
+        return written
 
     def list_owned_collections(self, replica: str, caller: dict | None, per_page: int, start_at: int) -> dict:
-        """The caller's live collections (latest version of each) in uuid order, paged by index."""
+        """The caller's live collections (latest version of each) in uuid order, paged by index.
+
+        Only the caller's own collections are looked at, through the owner index, and only as many
+        as the page needs (``start_at + per_page`` and one more, to tell whether a page follows)."""
         email = caller_email(caller)
         check_page(start_at, per_page)
-        latest = [(uuid, versions[-1]) for uuid, versions, dead in
-                  _groups(self.replicas[replica], Keys.collection_prefix())
-                  if versions and ALL_VERSIONS not in dead]
-        owners = green_map(lambda item: self.collection_owner(replica, *item), latest, LOOKUP_CONCURRENCY)
-        owned = [{"uuid": uuid, "version": version} for (uuid, version), owner in zip(latest, owners)
-                 if owner == email]
+        uuids = owner_index.indexed_uuids(self.replicas[replica], email)
+        wanted = start_at + per_page + 1
+        owned: list[dict] = []
+        while len(owned) < wanted:
+            batch = list(itertools.islice(uuids, min(LOOKUP_CONCURRENCY, wanted - len(owned))))
+            if not batch:
+                break
+            versions = green_map(lambda uuid: self.owned_version(replica, uuid, email), batch, LOOKUP_CONCURRENCY)
+            owned += [{"uuid": uuid, "version": version} for uuid, version in zip(batch, versions) if version]
         end = start_at + per_page
         return {"collections": owned[start_at:end], "next_start_at": end if end < len(owned) else None}
+
+    def owned_version(self, replica: str, uuid: str, owner: str) -> str | None:
+        """The latest version of collection ``uuid`` if it is live and that version is ``owner``'s."""
+        versions, dead = self.replicas[replica].versions(Keys.collection_prefix(uuid))
+        if not versions or ALL_VERSIONS in dead:
+            return None
+        return versions[-1] if self.collection_owner(replica, uuid, versions[-1]) == owner else None
 
     def collection_owner(self, replica: str, uuid: str, version: str) -> str:
         key = Keys.collection(uuid, version)
         owner = self.owners.get((replica, key))
         if owner is None:
             owner = self.replicas[replica].read_json(key)["owner"]
-            self.owners[(replica, key)] = owner
+            self.owners.put((replica, key), owner)
         return owner
+
+    def index_collection(self, replica: str, uuid: str) -> str | None:
+        """Bring the owner index of ``replica`` in line with collection ``uuid`` as stored there
+        (a collection version or tombstone the replicator copied in): "added" under the owner of
+        its latest version if it is live, "removed" if it is tombstoned, None if it has no version."""
+        storage = self.replicas[replica]
+        uuid, _ = _uuid_version(uuid, None)
+        versions, dead = storage.versions(Keys.collection_prefix(uuid))
+        if not versions:
+            return None
+        owner = self.collection_owner(replica, uuid, versions[-1])
+        if ALL_VERSIONS in dead:
+            owner_index.remove(storage, owner, uuid)
+            return "removed"
+        owner_index.add(storage, owner, uuid)
+        return "added"
+
+    def rebuild_owner_index(self, replica: str) -> dict:
+        """Index every live collection of ``replica`` under its owner and remove the markers that
+        name no live collection of theirs: one pass over the replica's collections, for stores
+        written before the index existed (``dss-ops collections index``). Safe while the services
+        run: a marker is removed only once its collection is seen not to be its owner's."""
+        storage = self.replicas[replica]
+        latest = [(uuid, versions[-1]) for uuid, versions, dead in _groups(storage, Keys.collection_prefix())
+                  if versions and ALL_VERSIONS not in dead]
+        owners = green_map(lambda item: self.collection_owner(replica, *item), latest, LOOKUP_CONCURRENCY)
+        owned = [(uuid, owner) for (uuid, _), owner in zip(latest, owners)]
+        green_map(lambda item: owner_index.add(storage, item[1], item[0]), owned, LOOKUP_CONCURRENCY)
+        live = {uuid: owner_index.owner_hash(owner) for uuid, owner in owned}
+        suspects = [(key, uuid) for key, digest, uuid in owner_index.markers(storage) if live.get(uuid) != digest]
+
+        def stale(suspect) -> bool:
+            key, uuid = suspect
+            owner = (storage.find_json(key) or {}).get("owner")
+            if isinstance(owner, str) and self.owned_version(replica, uuid, owner):
+                return False  # written since the walk above
+            storage.delete(key)
+            return True
+
+        return {"indexed": len(latest), "removed": sum(green_map(stale, suspects, LOOKUP_CONCURRENCY))}
 
     def check_links(self, replica: str, items: list[dict]) -> None:
         """Every item must name an object of its type that exists on ``replica`` and is not tombstoned."""
@@ -379,7 +441,10 @@ class BundleStoreAPI:
         doc = CollectionDocument().dump(doc)
         written = self._write_once(replica, Keys.collection(uuid, version), uuid, version, doc,
                                    lambda: errors.collection_already_exists(uuid, version))
-        self.owners[(replica, written.key)] = doc["owner"]
+        self.owners.put((replica, written.key), doc["owner"])
+        # After the version is durable (a marker never names a collection not yet there), and for
+        # an identical repeat too: a client retrying after a failure here completes the index.
+        owner_index.add(self.replicas[replica], doc["owner"], uuid)
         return written
 
     # --- write once ---------------------------------------------------------------------------------
@@ -394,13 +459,13 @@ class BundleStoreAPI:
 
 
 class BundleStore(StorageProvider):
-    """Injects a ``BundleStoreAPI`` over both replicas, sharing one collection-owner cache."""
+    """Injects a ``BundleStoreAPI`` over both replicas, sharing one (bounded) collection-owner cache."""
 
     api_class = BundleStoreAPI
 
     def setup(self):
         super().setup()
-        self.owners: dict = {}
+        self.owners = new_owner_cache()
 
     def get_dependency(self, worker_ctx):
         return self.api_class(self.replicas, self.settings, self.owners)

@@ -3,15 +3,23 @@
 The rules live in ``BundleStoreAPI`` (dependencies.py); the entrypoints here count the objects
 written and announce them. Events are dispatched after the write, and again for an identical
 repeat, so a client retrying after a lost answer still gets its event out (at-least-once).
+
+``handle_object_replicated`` keeps each replica's owner index of collections (owner_index.py) in
+line with the collections the replicator copies into it (retried on the broker; idempotent).
 """
 import logging
 
+from marshmallow import EXCLUDE, ValidationError
 from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
 from shared import events
+from shared.exceptions import InvalidParameter
+from shared.identifiers import Keys
 from shared.metrics import Metrics
-from shared.schemas import BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned
+from shared.replication import parse_key
+from shared.retry import retrying_event_handler
+from shared.schemas import BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated
 
 from services.bundles.dependencies import BundleStore
 
@@ -86,6 +94,14 @@ class BundlesService:
         self.dispatch(events.COLLECTION_TOMBSTONED, CollectionTombstoned().dump({
             "replica": replica, "uuid": written.uuid, "key": written.key, "owner": written.doc["email"]}))
         return {"status": written.status}
+
+    @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=(InvalidParameter, ValidationError))
+    def handle_object_replicated(self, payload):
+        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        key = replicated["key"]
+        if not key.startswith(Keys.collection_prefix()):
+            return None
+        return self.store.index_collection(replicated["destination_replica"], parse_key(key).uuid)
 
     @rpc
     def health(self):

@@ -24,7 +24,8 @@ def _template() -> dict:
 
 
 def base_url(settings, request) -> str:
-    """Scheme and host (and any path prefix) clients reach the gateway at, without a trailing /."""
+    """Scheme and host (and any path prefix) clients reach the gateway at, without a trailing /:
+    ``DSS_PUBLIC_URL``, else the request's own (its Host was checked before routing: hosts.py)."""
     if settings.public_url:
         return settings.public_url.rstrip("/")
     return request.host_url.rstrip("/")

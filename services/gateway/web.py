@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from eventlet.green import ssl as green_ssl
 from nameko.exceptions import ConfigurationError
@@ -24,6 +24,7 @@ from werkzeug.routing import RequestRedirect
 from werkzeug.wrappers import Request, Response
 
 from services.gateway import apidoc, errors, schemas
+from services.gateway.hosts import AllowedHosts
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 from shared.tls import ServerContext
@@ -45,11 +46,18 @@ class ProblemWsgiApp(WsgiApp):
     def _dispatch(self, environ):
         # shallow: nothing reads the body before the worker does (see nameko's WsgiApp)
         request = Request(environ, shallow=True)
+        try:
+            self.server.allowed_hosts.check(request)  # before anything builds a link from it
+        except DSSError as error:
+            return errors.response_for_exception(error)
         adapter = self.url_map.bind_to_environ(environ)
         try:
             provider, values = adapter.match()
-        except RequestRedirect as redirect:
-            return Response(status=redirect.code, headers={"Location": redirect.new_url})
+        except RequestRedirect as redirect:  # e.g. //v1/... -> /v1/...: werkzeug's URL, on our base
+            target = urlsplit(redirect.new_url)
+            location = apidoc.base_url(self.server.settings, request) + target.path
+            return Response(status=redirect.code,
+                            headers={"Location": location + (f"?{target.query}" if target.query else "")})
         except WerkzeugMethodNotAllowed as error:
             allowed = ", ".join(sorted(error.valid_methods or ()))
             return errors.problem(405, "method_not_allowed",
@@ -72,7 +80,8 @@ class GatewayWebServer(WebServer):
 
     def setup(self):
         super().setup()
-        settings = Settings.from_config(self.container.config)
+        settings = self.settings = Settings.from_config(self.container.config)
+        self.allowed_hosts = AllowedHosts.from_settings(settings)
         self.tls = None
         if settings.tls_cert_file:
             self.tls = ServerContext(settings.tls_cert_file, settings.tls_key_file, green_ssl.SSLContext)

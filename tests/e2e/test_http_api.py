@@ -111,6 +111,27 @@ def test_bundle_files_are_paged_with_link_headers(api, auth, stage):
     assert names == [f["name"] for f in files]
 
 
+def test_links_are_never_built_from_a_forged_host(api, auth, stage):
+    """Without DSS_PUBLIC_URL the Link of a page comes from the Host header: only the gateway's own
+    names are answered (here its bound address, as the test clients use), anything else is a 400."""
+    source_url, _ = stage(b"link me")
+    file_uuid, file_version, _ = put_file(api, auth, source_url)
+    bundle_uuid = new_uuid()
+    files = [{"uuid": file_uuid, "version": file_version, "name": f"f{i:02d}", "indexed": False} for i in range(12)]
+    assert requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
+                        headers=auth, json={"creator_uid": 1, "files": files}, timeout=30).status_code == 201
+    params = {"replica": "aws", "per_page": 10}
+
+    forged = requests.get(f"{api}/bundles/{bundle_uuid}", params=params, headers={"Host": "evil.example"}, timeout=30)
+    assert_problem(forged, 400, "illegal_host")
+    assert "Link" not in forged.headers
+    assert_problem(requests.get(f"{api}/swagger.json", headers={"Host": "evil.example"}, timeout=30), 400,
+                   "illegal_host")
+
+    page = requests.get(f"{api}/bundles/{bundle_uuid}", params=params, timeout=30)
+    assert page.status_code == 206 and page.links["next"]["url"].startswith(f"{api}/bundles/{bundle_uuid}?")
+
+
 def test_collections_are_owned(api, auth, mint_token, stage):
     source_url, _ = stage(b"collect me")
     file_uuid, file_version, _ = put_file(api, auth, source_url)

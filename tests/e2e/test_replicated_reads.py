@@ -6,6 +6,7 @@ import time
 import requests
 
 from shared.identifiers import new_uuid, new_version
+from shared.testing import wait_until
 
 OTHER = {"aws": "gcp", "gcp": "aws"}
 
@@ -43,3 +44,23 @@ def test_files_and_bundles_written_in_either_replica_become_readable_in_the_othe
         redirect = requests.get(f"{api}/files/{file_uuid}", params={"replica": other}, allow_redirects=False)
         assert redirect.status_code == 302
         assert hashlib.sha256(requests.get(redirect.headers["Location"]).content).hexdigest() == sums.sha256
+
+
+def test_a_collection_written_through_gcp_is_listed_from_aws(replicated_api, auth):
+    """GET /collections reads the aws replica's owner index: a collection written through gcp
+    appears there once the replicator has copied it and the bundles service indexed the copy."""
+    api = replicated_api
+    uuid, version = new_uuid(), new_version()
+    put = requests.put(f"{api}/collections", params={"replica": "gcp", "uuid": uuid, "version": version},
+                       headers=auth, json={"name": "from gcp", "contents": []}, timeout=30)
+    assert put.status_code == 201, put.text
+
+    def listed():
+        answer = requests.get(f"{api}/collections", headers=auth, params={"per_page": 500}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return {"uuid": uuid, "version": version} in answer.json()["collections"]
+
+    wait_until(listed, 60, f"collection {uuid} listed from aws")
+    delete = requests.delete(f"{api}/collections/{uuid}", params={"replica": "gcp"}, headers=auth, timeout=30)
+    assert delete.status_code == 200, delete.text
+    wait_until(lambda: not listed(), 60, f"collection {uuid} gone from the aws listing")

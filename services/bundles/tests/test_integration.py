@@ -2,6 +2,10 @@
 with its events received by a listener service on the same bus."""
 import json
 import logging
+import os
+import pathlib
+import subprocess
+import sys
 import time
 
 import eventlet
@@ -16,10 +20,15 @@ from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequ
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.checksums import checksum_bytes
+from shared.testing import StorageSpy
 
+from services.bundles import owner_index
+from services.bundles.dependencies import BundleStore, new_owner_cache
 from services.bundles.service import BundlesService
 
 logger = logging.getLogger(__name__)
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
 STRANGER = {"email": "stranger@example.org", "groups": ["dbio"], "is_admin": False}
@@ -48,9 +57,14 @@ class EventListener:
 
 
 class Bus:
-    def __init__(self, proxy, listener):
+    def __init__(self, proxy, listener, service):
         self.rpc = proxy
         self.listener = listener
+        self.service = service  # the bundles service's container
+
+    @property
+    def store(self) -> BundleStore:
+        return next(dep for dep in self.service.dependencies if isinstance(dep, BundleStore))
 
     def expect(self, handler, uuid):
         """Wait (in a with block) for ``handler`` to receive the event of ``uuid``; ``.get()`` is its payload."""
@@ -63,7 +77,7 @@ def bus(service_config, runner_factory):
     runner = runner_factory(service_config, BundlesService, EventListener)
     runner.start()
     with ServiceRpcProxy("bundles", service_config, timeout=120) as proxy:
-        yield Bus(proxy, get_container(runner, EventListener))
+        yield Bus(proxy, get_container(runner, EventListener), get_container(runner, BundlesService))
 
 
 def add_files(blobstores, settings, replica, count, data=b'{"sample": 1}'):
@@ -256,3 +270,46 @@ def test_a_thousand_file_bundle(bus, blobstores, dss_settings):
     logger.warning("1000-file bundle: put %.2fs, get (2 pages of 500) %.2fs", put_seconds, get_seconds)
     print(f"\n1000-file bundle: put {put_seconds:.2f}s, get (2 pages of 500) {get_seconds:.2f}s")
     assert put_seconds < 30 and get_seconds < 10
+
+
+@pytest.mark.parametrize("replica", ["aws", "gcp"])
+def test_listing_collections_reads_only_the_callers(replica, bus, monkeypatch):
+    caller = {**OWNER, "email": f"{new_uuid()}@example.org"}  # the session's buckets hold other tests' too
+
+    def put(who):
+        return bus.rpc.put_collection(replica, new_uuid(), new_version(), "c", None, None, [], who)["uuid"]
+
+    mine = sorted(put(caller) for _ in range(3))
+    others = [put({**OWNER, "email": f"{new_uuid()}@example.org"}) for _ in range(30)]
+    bus.store.owners = new_owner_cache()  # as a new process: owners are read from the bucket
+    spy = StorageSpy(monkeypatch, bus.store.replicas[replica].store)
+
+    listed = bus.rpc.list_collections(caller, 100, 0, replica=replica)
+
+    assert [item["uuid"] for item in listed["collections"]] == mine
+    assert spy.listed == [owner_index.owner_prefix(caller["email"])] + [Keys.collection_prefix(u) for u in mine]
+    assert sorted(key.split("/")[1].partition(".")[0] for key in spy.read) == mine
+    assert not [key for key in spy.read if any(uuid in key for uuid in others)]
+
+
+def test_the_index_command_indexes_collections_written_before_the_index(bus, local_cloud_settings, dss_settings,
+                                                                        blobstores):
+    """`dss-ops collections index` (deploy/local.py) against the emulators: collections stored without
+    markers, as before the index, are listed once it has run; a second run changes nothing."""
+    caller = {**OWNER, "email": f"{new_uuid()}@example.org"}
+    legacy = sorted(new_uuid() for _ in range(2))
+    bucket = dss_settings.bucket("aws")
+    for uuid in legacy:
+        doc = {"name": "old", "description": None, "details": None, "contents": [], "owner": caller["email"]}
+        blobstores["aws"].put_bytes(bucket, Keys.collection(uuid, new_version()), json.dumps(doc).encode(),
+                                    content_type="application/json")
+    assert bus.rpc.list_collections(caller, 100, 0, replica="aws")["collections"] == []
+
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DSS_")}
+    env.update({name: str(value) for name, value in local_cloud_settings.items()})
+    runs = [subprocess.run([sys.executable, str(ROOT / "deploy" / "local.py"), "collections", "index", "--replica",
+                            "aws"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
+    assert runs[0].stdout.startswith("aws: ") and runs[1].stdout.endswith(" 0 stale marker(s) removed\n")
+
+    assert [item["uuid"] for item in bus.rpc.list_collections(caller, 100, 0, replica="aws")["collections"]] == legacy

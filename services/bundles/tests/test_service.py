@@ -14,9 +14,10 @@ from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequ
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore
+from shared.testing import MemoryBlobStore, StorageSpy
 
-from services.bundles.dependencies import BundleStoreAPI
+from services.bundles import dependencies, owner_index
+from services.bundles.dependencies import BundleStoreAPI, new_owner_cache
 from services.bundles.service import BundlesService
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
@@ -34,7 +35,7 @@ class World:
             store.create_bucket(self.settings.bucket(name))
         self.replicas = Replicas({name: ReplicaStorage(name, store, self.settings)
                                   for name, store in self.stores.items()})
-        self.owners: dict = {}
+        self.owners = new_owner_cache()
         self.service = self.new_worker()
 
     def new_worker(self):
@@ -506,7 +507,7 @@ def test_list_collections_shows_the_callers_live_collections_with_a_cached_owner
     theirs = put_collection(world, [], caller=OTHER)[0]
     latest = world.service.patch_collection("aws", mine[0], None, {"name": "v2"}, OWNER)["version"]
     world.service.delete_collection("aws", mine[4], OWNER)
-    world.owners.clear()  # as if a new process: owners must be read from storage
+    world.owners = new_owner_cache()  # as if a new process: owners must be read from storage
     store = world.stores["aws"]
 
     listed, start_at = [], 0
@@ -521,6 +522,116 @@ def test_list_collections_shows_the_callers_live_collections_with_a_cached_owner
 
     store.calls.clear()
     world.new_worker().list_collections(OWNER, 10, 0)
-    assert store.calls == {"list_keys": 1}  # every owner came from the cache
+    # The owner's index, then the versions of each of their 4 live collections; every owner came from the cache.
+    assert store.calls == {"list_keys": 1 + 4}
     with pytest.raises(Unauthorized):
         world.service.list_collections(None, 10, 0)
+
+
+def test_listing_reads_only_the_callers_collections(world, monkeypatch):
+    mine = sorted(put_collection(world, [])[0] for _ in range(3))
+    others = [put_collection(world, [], caller={**OTHER, "email": f"other{i}@example.org"})[0] for i in range(40)]
+    world.owners = new_owner_cache()  # a new process: nothing cached
+    spy = StorageSpy(monkeypatch, world.stores["aws"])
+
+    listed = world.new_worker().list_collections(OWNER, 100, 0)
+
+    assert [item["uuid"] for item in listed["collections"]] == mine and listed["next_start_at"] is None
+    assert Keys.collection_prefix() not in spy.listed  # never the whole replica
+    assert spy.listed == [owner_index.owner_prefix(OWNER["email"])] + [Keys.collection_prefix(u) for u in mine]
+    assert sorted(key.split("/")[1].partition(".")[0] for key in spy.read) == mine
+    assert not [key for key in spy.read if any(uuid in key for uuid in others)]
+
+
+def test_a_page_reads_only_what_it_needs(world, monkeypatch):
+    mine = sorted(put_collection(world, [])[0] for _ in range(10))
+    world.owners = new_owner_cache()
+    spy = StorageSpy(monkeypatch, world.stores["aws"])
+
+    page = world.new_worker().list_collections(OWNER, per_page=2, start_at=0)
+    assert [item["uuid"] for item in page["collections"]] == mine[:2] and page["next_start_at"] == 2
+    assert len(spy.read) == 3  # the page and one more, which tells that another page follows
+
+    spy.clear()
+    page = world.new_worker().list_collections(OWNER, per_page=4, start_at=8)
+    assert [item["uuid"] for item in page["collections"]] == mine[8:] and page["next_start_at"] is None
+    assert len(spy.read) == 7  # all 10 looked at (the page starts at 8), the first 3 owners cached
+
+
+def test_stale_markers_are_skipped(world):
+    kept = put_collection(world, [])[0]
+    tombstoned = put_collection(world, [])[0]
+    world.service.delete_collection("aws", tombstoned, OWNER)
+    theirs = put_collection(world, [], caller=OTHER)[0]
+    storage = world.replicas["aws"]
+    # Markers left behind by a crash, or naming what is not the caller's: the collections' own keys decide.
+    for uuid in (tombstoned, theirs, new_uuid()):
+        owner_index.add(storage, OWNER["email"], uuid)
+
+    listed = world.service.list_collections(OWNER, 100, 0)
+    assert [item["uuid"] for item in listed["collections"]] == [kept]
+
+
+def test_tombstone_removes_the_marker(world):
+    uuid = put_collection(world, [])[0]
+    key = owner_index.marker_key(OWNER["email"], uuid)
+    assert world.read(key) == {"owner": OWNER["email"]}
+    world.service.delete_collection("aws", uuid, OWNER)
+    assert key not in world.objects()
+    world.service.delete_collection("aws", uuid, OWNER)  # an identical repeat
+    assert key not in world.objects()
+
+
+def replicated(world, key, source="aws"):
+    """Copy ``key`` to the other replica as the replicator does, and hand its event to the service."""
+    destination = "gcp" if source == "aws" else "aws"
+    world.objects(destination)[key] = world.objects(source)[key]
+    return world.service.handle_object_replicated({"source_replica": source, "destination_replica": destination,
+                                                   "key": key, "size": 1, "copied": True, "lag_seconds": 0.1})
+
+
+def test_collections_replicated_in_are_indexed_and_tombstones_unindexed(world):
+    uuid, version, _ = put_collection(world, [])
+    assert world.service.list_collections(OWNER, 10, 0, replica="gcp")["collections"] == []
+
+    assert replicated(world, Keys.collection(uuid, version)) == "added"
+    assert world.service.list_collections(OWNER, 10, 0, replica="gcp")["collections"] == [
+        {"uuid": uuid, "version": version}]
+    assert replicated(world, Keys.collection(uuid, version)) == "added"  # a repeat changes nothing
+
+    world.service.delete_collection("aws", uuid, OWNER)
+    assert replicated(world, Keys.collection_tombstone(uuid)) == "removed"
+    assert owner_index.marker_key(OWNER["email"], uuid) not in world.objects("gcp")
+    assert world.service.list_collections(OWNER, 10, 0, replica="gcp")["collections"] == []
+    b_uuid, b_version, _ = world.put_bundle(world.file_refs(1))
+    assert replicated(world, Keys.bundle(b_uuid, b_version)) is None  # not a collection: nothing to do
+
+
+def test_rebuild_indexes_collections_written_before_the_index(world):
+    mine = sorted(put_collection(world, [])[0] for _ in range(3))
+    theirs = put_collection(world, [], caller=OTHER)[0]
+    dead = put_collection(world, [])[0]
+    world.service.delete_collection("aws", dead, OWNER)
+    stale = owner_index.marker_key(OWNER["email"], dead)
+    world.objects()[stale] = world.objects()[owner_index.marker_key(OWNER["email"], mine[0])]
+    for key in [key for key in world.objects() if key.startswith(owner_index.PREFIX) and key != stale]:
+        del world.objects()[key]  # as a store written before the index: no markers
+    assert world.service.list_collections(OWNER, 10, 0)["collections"] == []
+
+    assert world.new_worker().store.rebuild_owner_index("aws") == {"indexed": 4, "removed": 1}
+
+    assert [item["uuid"] for item in world.service.list_collections(OWNER, 10, 0)["collections"]] == mine
+    assert [item["uuid"] for item in world.service.list_collections(OWNER | {"email": OTHER["email"]}, 10, 0)[
+        "collections"]] == [theirs]
+    assert stale not in world.objects()
+    assert world.new_worker().store.rebuild_owner_index("aws") == {"indexed": 4, "removed": 0}
+
+
+def test_the_owner_cache_is_bounded(world, monkeypatch):
+    monkeypatch.setattr(dependencies, "OWNER_CACHE_ENTRIES", 3, raising=False)
+    store = BundleStoreAPI(world.replicas, world.settings)
+    for _ in range(5):
+        put_collection(world, [])
+    for uuid, versions, _ in dependencies._groups(world.replicas["aws"], Keys.collection_prefix()):
+        assert store.collection_owner("aws", uuid, versions[-1]) == OWNER["email"]
+    assert len(store.owners) == 3

@@ -14,9 +14,10 @@ from unittest import mock
 
 import eventlet
 import pytest
+import requests
 from joserfc import jwt
 from joserfc.jwk import OctKey, RSAKey
-from nameko.exceptions import RemoteError, UnknownService, deserialize, serialize
+from nameko.exceptions import ConfigurationError, RemoteError, UnknownService, deserialize, serialize
 from nameko.testing.services import replace_dependencies
 from werkzeug.routing import Map
 
@@ -475,6 +476,61 @@ class TestRoutes:
             endpoint, _ = adapter.match(concrete, method=method.upper())
             endpoints.add((endpoint, method))
         assert len(endpoints) == len(list(apidoc.operations(doc)))
+
+
+class TestHosts:
+    """Links are built from the Host header only when it names this gateway (services/gateway/hosts.py)."""
+
+    @staticmethod
+    def get(port, path, host, **kwargs):
+        return requests.get(f"http://127.0.0.1:{port}{path}", headers={"Host": host}, timeout=10,
+                            allow_redirects=False, **kwargs)
+
+    def test_a_forged_host_is_refused_before_any_link_is_built(self, gateway, web_config_port):
+        gateway.bundles.list_bundles.return_value = {"bundles": [{"uuid": UUID, "version": VERSION}],
+                                                     "search_after": f"{UUID}.{VERSION}"}
+        for path in ("/v1/swagger.json", "/", "/v1/bundles/all?replica=aws&per_page=10", "/v2/nothing"):
+            for host in ("evil.example", f"evil.example:{web_config_port}", "127.0.0.2", f"localhost:{web_config_port}x",
+                         f"localhost:{web_config_port + 1}", "localhost", "", "a/b", f"user@127.0.0.1:{web_config_port}"):
+                response = self.get(web_config_port, path, host)
+                assert_problem(response, 400, "illegal_host")
+                assert "evil" not in response.headers.get("Link", "") + response.headers.get("Location", "")
+        gateway.bundles.list_bundles.assert_not_called()
+
+    def test_the_gateways_own_names_are_answered_and_links_use_them(self, gateway, web_config_port):
+        gateway.bundles.list_bundles.return_value = {"bundles": [{"uuid": UUID, "version": VERSION}],
+                                                     "search_after": f"{UUID}.{VERSION}"}
+        for host in (f"127.0.0.1:{web_config_port}", f"LocalHost:{web_config_port}", f"[::1]:{web_config_port}"):
+            assert self.get(web_config_port, "/v1/swagger.json", host).json()["host"] == host.lower()
+            response = self.get(web_config_port, "/v1/bundles/all?replica=aws&per_page=10", host)
+            assert response.status_code == 206
+            assert response.links["next"]["url"].startswith(f"http://{host.lower()}/v1/bundles/all?")
+
+    def test_allowed_hosts_add_names(self, container_factory, gateway_config, web_config_port):
+        gateway_config["DSS_ALLOWED_HOSTS"] = "dss.example.org, proxy.example:8443"
+        start_gateway(container_factory, gateway_config)
+        for host in ("dss.example.org", "DSS.example.org:443", "proxy.example:8443", f"localhost:{web_config_port}"):
+            assert self.get(web_config_port, "/v1/swagger.json", host).json()["host"] == host.lower()
+        for host in ("proxy.example", "proxy.example:8444", "evil.dss.example.org"):
+            assert_problem(self.get(web_config_port, "/v1/swagger.json", host), 400, "illegal_host")
+
+    def test_with_a_public_url_the_host_is_not_used(self, container_factory, gateway_config, web_config_port):
+        gateway_config["DSS_PUBLIC_URL"] = "https://dss.example.org/"
+        gw = start_gateway(container_factory, gateway_config)
+        gw.bundles.list_bundles.return_value = {"bundles": [{"uuid": UUID, "version": VERSION}],
+                                                "search_after": f"{UUID}.{VERSION}"}
+        response = self.get(web_config_port, "/v1/bundles/all?replica=aws&per_page=10", "evil.example")
+        assert response.links["next"]["url"].startswith("https://dss.example.org/v1/bundles/all?")
+        assert self.get(web_config_port, "/v1/swagger.json", "evil.example").json()["host"] == "dss.example.org"
+        # werkzeug's own redirects (here: merged slashes) are on the public URL too
+        response = self.get(web_config_port, "/v1//swagger.json?a=1", "evil.example")
+        assert response.status_code == 308
+        assert response.headers["Location"] == "https://dss.example.org/v1/swagger.json?a=1"
+
+    def test_a_malformed_allowed_host_stops_the_gateway_from_starting(self, container_factory, gateway_config):
+        gateway_config["DSS_ALLOWED_HOSTS"] = "dss.example.org:https"
+        with pytest.raises(ConfigurationError, match="DSS_ALLOWED_HOSTS"):
+            start_gateway(container_factory, gateway_config)
 
 
 # --- successful answers ---------------------------------------------------------------------------
