@@ -36,6 +36,44 @@ def _map_large_buffers_directly():
 _map_large_buffers_directly()
 
 
+# A test that hangs is named by pytest-timeout, but its stack dump shows only OS threads, and under
+# eventlet the test itself is a greenlet parked in the hub. Shortly before that timeout, print every
+# greenlet's stack (from a real thread: the hub may be blocked) so the call that hangs is visible.
+HANG_DUMP_FRACTION = 0.9
+
+
+def _dump_greenlet_stacks(nodeid: str, after_s: float) -> None:
+    import gc
+    import sys
+    import traceback
+
+    import greenlet
+    out = sys.__stderr__
+    print(f"\n===== {nodeid} still running after {after_s:.0f} s; the stack of every greenlet:", file=out)
+    for candidate in gc.get_objects():
+        if isinstance(candidate, greenlet.greenlet) and candidate.gr_frame is not None:
+            print(f"----- {candidate!r}", file=out)
+            traceback.print_stack(candidate.gr_frame, file=out)
+    out.flush()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    marker = item.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(item.config.getini("timeout") or 0)
+    if not limit:
+        yield
+        return
+    after_s = limit * HANG_DUMP_FRACTION
+    timer = eventlet.patcher.original("threading").Timer(after_s, _dump_greenlet_stacks, (item.nodeid, after_s))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
 @pytest.fixture(scope="session")
 def local_cloud_settings(tmp_path_factory):
     """Start moto, the Pub/Sub emulator (if installed) and fake-gcs-server for the session, with
