@@ -60,7 +60,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
-from shared.subscriptions import to_json_bytes, validate_attachments, validate_jmespath_query
+from shared.subscriptions import jmespath_limits, to_json_bytes, validate_attachments, validate_jmespath_query
 
 logger = logging.getLogger(__name__)
 
@@ -367,12 +367,14 @@ def validate_subscription(subscription: Mapping[str, Any], settings: Settings, *
                           resolve: Resolver = resolve_host) -> str:
     """Subscription-time checks of everything delivery and attachments depend on (not ``es_query``,
     which the search backend judges): the callback URL, method, encoding, form fields, HMAC fields,
-    attachments and, for a JMESPath subscription, ``jmespath_query``. Returns the normalised
-    callback URL; raises InvalidParameter (400) or Unavailable (DNS down)."""
+    attachments and, for a JMESPath subscription, ``jmespath_query`` (expressions within the cost
+    model's ``DSS_NOTIFY_JMESPATH_MAX_GROWTH``). Returns the normalised callback URL; raises
+    InvalidParameter (400) or Unavailable (DNS down)."""
     validate_delivery_options(subscription)
+    limits = jmespath_limits(settings)
     if subscription.get("es_query") is None and subscription.get("jmespath_query") is not None:
-        validate_jmespath_query(subscription["jmespath_query"])
-    validate_attachments(subscription.get("attachments"))
+        validate_jmespath_query(subscription["jmespath_query"], limits)
+    validate_attachments(subscription.get("attachments"), limits)
     return validate_callback_url(subscription.get("callback_url"), settings, resolve=resolve)
 
 
