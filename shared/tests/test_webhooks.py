@@ -194,6 +194,21 @@ def test_a_slow_answer_times_out_and_is_retryable(receiver):
     assert time.monotonic() - started < 1.2
 
 
+def test_an_answer_trickled_past_the_attempt_deadline_is_cut_off_and_retryable(receiver):
+    # A byte every ~0.1 s passes a 2 s read timeout at every wait; only the deadline of the whole
+    # attempt ends it (the receiver would need 6 s to answer 200).
+    sub = subscription(receiver.url("/trickle/6"))
+    started = time.monotonic()
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_READ_TIMEOUT=2, DSS_NOTIFY_ATTEMPT_TIMEOUT=1))
+    assert failure.value.code == "attempt_timeout" and failure.value.retryable
+    assert time.monotonic() - started < 2.5
+    # The same receiver within a deadline it can meet: delivered.
+    result = deliver(subscription(receiver.url("/trickle/0.5")), payload_for(sub), 1,
+                     settings(DSS_NOTIFY_ATTEMPT_TIMEOUT=5))
+    assert result.status == 200
+
+
 def test_a_connect_timeout_is_retryable():
     # A listener whose backlog is full: the kernel drops further SYNs, so connecting hangs.
     listener = socket.socket()
