@@ -300,7 +300,7 @@ def json_size(value: Any, limit: int, *, ensure_ascii: bool = False, on_item=Non
         if on_item is not None:
             on_item(1)
         if isinstance(item, dict):
-            size += 1 + len(item)  # braces and the separators between members
+            size += 1 + max(len(item), 1)  # braces and the commas between members
             for key, member in item.items():
                 size += _scalar_size(str(key), ensure_ascii) + 1
                 stack.append(member)
@@ -368,8 +368,14 @@ class _BudgetedFunctions(_BASE):
         return super()._func_contains(subject, search)
 
 
-def _comparable(value: Any) -> bool:
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+def _ordered(left: Any, right: Any) -> bool:
+    """Whether ``<`` and the like compare these two (numbers, or strings as jmespath.py allows);
+    the library compares a number with a string too, and Python raises a TypeError."""
+    def kind(value):
+        if isinstance(value, bool):
+            return None
+        return "number" if isinstance(value, (int, float)) else "string" if isinstance(value, str) else None
+    return kind(left) is not None and kind(left) == kind(right)
 
 
 class _BudgetedInterpreter(TreeInterpreter):
@@ -410,8 +416,8 @@ class _BudgetedInterpreter(TreeInterpreter):
                 self.budget.walk(left)
                 self.budget.walk(right)
             return self.COMPARATOR_FUNC[operator](left, right)
-        # As the library: ordering compares numbers and strings only, anything else is null.
-        if not (_comparable(left) and _comparable(right)):
+        # As the library, but for a number against a string: ordering anything else is null.
+        if not _ordered(left, right):
             return None
         return self.COMPARATOR_FUNC[operator](left, right)
 

@@ -80,6 +80,12 @@ def _message(error: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# What evaluating a valid expression may raise on a document that does not suit it: jmespath's
+# errors (ValueErrors), and Python's where jmespath lets them through (max_by() of a number and a
+# string, ceil() of an infinite number).
+_FAILURES_ON_A_DOCUMENT = (ValueError, TypeError, ArithmeticError)
+
+
 # --- limits ------------------------------------------------------------------------------------------
 
 def jmespath_limits(settings: Settings) -> JMESPathLimits:
@@ -165,7 +171,7 @@ def jmespath_matches(query: str | None, document: Any, budget: Budget | None = N
     budget.what = "jmespath_query"
     try:
         return is_truthy(evaluate(compiled, document, budget))
-    except jmespath.exceptions.JMESPathError as error:
+    except _FAILURES_ON_A_DOCUMENT as error:
         # Debug only: percolation runs every subscription on every event, and the message quotes
         # document values.
         logger.debug("jmespath query failed on a document, no match: %s", _message(error))
@@ -237,7 +243,7 @@ def evaluate_attachments(definitions: Mapping[str, Mapping[str, Any]] | None, do
             value = evaluate(compiled, document, budget)
             # Measured before it is written out: a value of shared references may be huge written out.
             size = json_size(value, max_bytes)
-        except (jmespath.exceptions.JMESPathError, TypeError) as error:
+        except _FAILURES_ON_A_DOCUMENT as error:
             errors[name] = _message(error)
             continue
         if size > max_bytes:
