@@ -72,6 +72,8 @@ class Bound:
 
 IDENTITY = Bound(1, 0)
 SCALAR = Bound(0, _SCALAR)
+# Functions taking an expression to apply to each element: (position of the array, of the expref).
+_EXPREF_ARGUMENTS = {"map": (1, 0), "sort_by": (0, 1), "min_by": (0, 1), "max_by": (0, 1)}
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -165,15 +167,18 @@ class _CostModel:
 
     def _function(self, node: Mapping[str, Any], given: Bound) -> Bound:
         name, children = node["value"], node["children"]
-        plain = [child for child in children if child["type"] != "expref"]
-        args = [self.check(child, given) for child in plain]
-        exprefs = [child for child in children if child["type"] == "expref"]
-        if exprefs:  # sort_by, min_by, max_by, map: the expression applies to the array's elements
-            items = args[0].of(given)
-            each = self.check(exprefs[0]["children"][0], items)
-            mapped = _projected(args[0], each.plus(_NULL))  # map keeps nulls
+        positions = _EXPREF_ARGUMENTS.get(name)
+        if positions and children[positions[1]]["type"] == "expref":
+            # The expression applies to each element of the array.
+            array_at, expref_at = positions
+            items = self.check(children[array_at], given)
+            each = self.check(children[expref_at]["children"][0], items.of(given))
+            mapped = _projected(items, each.plus(_NULL))  # map keeps nulls
             self._check_value(node, mapped.of(given))  # sort_by and the others build the list of keys
-            return mapped if name == "map" else args[0]
+            return mapped if name == "map" else items
+        args = [self.check(child, given) for child in children]  # an expref here is checked, and fails when run
+        if positions:
+            return Bound(0, _NULL)
         if name == "join":
             # The items' characters plus a separator between two. Each item takes its quotes and a
             # comma more in the array than in the result: at most a third as many items as bytes,
@@ -198,7 +203,9 @@ class _CostModel:
             return args[0]
         if name in ("abs", "ceil", "floor", "to_number", "avg", "sum"):
             return args[0].plus(_SCALAR)
-        return SCALAR  # length, type, contains, starts_with, ends_with
+        if name in ("length", "type", "contains", "starts_with", "ends_with"):
+            return SCALAR
+        raise _TooCostly(f"{name}() is not known to the cost model")
 
     def _check_value(self, node: Mapping[str, Any], built: Bound) -> None:
         if built.m > self.max_m:
@@ -231,6 +238,8 @@ def check_cost(parsed: Mapping[str, Any], expression: str, max_growth: int, what
         _CostModel(len(expression.encode("utf-8")), max_growth).check(parsed, IDENTITY)
     except _TooCostly as refused:
         raise InvalidParameter(f"{what} is too costly: {refused.args[0]}", TOO_COSTLY) from None
+    except (LookupError, ValueError, TypeError):  # a shape the model does not know (wrong arity, say)
+        raise InvalidParameter(f"{what} is too costly: the cost model cannot judge it", TOO_COSTLY) from None
 
 
 # --- the budget of one evaluation ----------------------------------------------------------------

@@ -137,8 +137,14 @@ def _compile_checked(expression: Any, what: str, code: str, limits: JMESPathLimi
     except (jmespath.exceptions.JMESPathError, ValueError, RecursionError) as error:
         # The parser's message points at the offending column: worth passing on to the client.
         raise InvalidParameter(f"{what} is not a valid JMESPath expression: {_message(error)}", code) from None
-    check_cost(compiled.parsed, expression, limits.max_growth, what)
+    _check_cost(expression, limits.max_growth, what)
     return compiled
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_cost(expression: str, max_growth: int, what: str) -> None:
+    # Matching judges every subscription's expressions on every event: once each will do.
+    check_cost(_compile(expression).parsed, expression, max_growth, what)
 
 
 def validate_jmespath_query(query: Any, limits: JMESPathLimits = DEFAULT_LIMITS) -> None:
@@ -234,10 +240,11 @@ def evaluate_attachments(definitions: Mapping[str, Mapping[str, Any]] | None, do
             if definition.get("type") != "jmespath":
                 raise ValueError(f"unsupported attachment type {definition.get('type')!r}")
             compiled = _compile(definition["expression"])
+            _check_functions(compiled.parsed)
         except (jmespath.exceptions.JMESPathError, ValueError, KeyError, TypeError) as error:
             errors[name] = _message(error)
             continue
-        check_cost(compiled.parsed, definition["expression"], budget.limits.max_growth, what)
+        _check_cost(definition["expression"], budget.limits.max_growth, what)
         budget.what = what
         try:
             value = evaluate(compiled, document, budget)

@@ -58,6 +58,7 @@ def too_costly(expression):
     "to_string(to_string(to_string(@)))",  # 64 times: wasteful, not explosive
     doubling(5),  # 64 characters
     " | ".join(["@"] * (MAX_DEPTH - 1)),
+    "length(&a)", "map(a, b)",  # type errors when evaluated, judged all the same
 ])
 def test_expressions_that_select_or_summarise_pass_the_cost_model(expression):
     cost(expression)
