@@ -248,8 +248,9 @@ def evaluate_attachments(definitions: Mapping[str, Mapping[str, Any]] | None, do
         budget.what = what
         try:
             value = evaluate(compiled, document, budget)
-            # Measured before it is written out: a value of shared references may be huge written out.
-            size = json_size(value, max_bytes)
+            # Measured before it is written out (a value of shared references may be huge written
+            # out), a step per JSON value measured.
+            size = json_size(value, max_bytes, on_item=budget.spend)
         except _FAILURES_ON_A_DOCUMENT as error:
             errors[name] = _message(error)
             continue
@@ -258,16 +259,17 @@ def evaluate_attachments(definitions: Mapping[str, Mapping[str, Any]] | None, do
             continue
         attachments[name] = value
         sizes[name] = size
-    # A JSON object costs its values plus about len(name) + 4 bytes per member: close enough to
-    # decide what to drop; the exact total is measured again after each drop.
-    total = len(to_json_bytes(attachments))
+    # The object's exact size, from its members' (`"name":value` and a comma each): dropping one
+    # subtracts it, with no writing out again of the rest.
+    members = {name: len(to_json_bytes(name)) + 1 + size + 1 for name, size in sizes.items()}
+    total = 1 + max(sum(members.values()), 1)
     for name in sorted(sizes, key=sizes.get, reverse=True):
         if total <= max_bytes:
             break
         del attachments[name]
         errors[name] = (f"attachment dropped: the attachments together exceed {max_bytes} bytes "
                         f"(this one is {sizes[name]} bytes)")
-        total = len(to_json_bytes(attachments))
+        total = 1 + max(total - 1 - members[name], 1)
     if errors:
         attachments[ERRORS_KEY] = errors
     return attachments
