@@ -625,6 +625,10 @@ def test_evaluation_that_spends_its_budget_is_an_error_of_the_subscription():
         evaluate_attachments({"text": {"type": "jmespath", "expression": "to_string(@)"}}, document,
                              budget=limits.budget())
     assert raised.value.error_code == "jmespath_limit_exceeded" and "attachment 'text'" in raised.value.title
+    with pytest.raises(InvalidParameter) as raised:  # measuring a result is a step per JSON value too
+        evaluate_attachments({"all": {"type": "jmespath", "expression": "[items, items]"}}, document,
+                             budget=limits.budget())
+    assert raised.value.error_code == "jmespath_limit_exceeded" and "attachment 'all'" in raised.value.title
     # The query and the attachments of a notification share one budget.
     sub = subscription("https://hooks.example/", jmespath_query="items[0:20]",
                        attachments={"few": {"type": "jmespath", "expression": "items[0:20]"}})
