@@ -101,6 +101,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_NOTIFY_CONNECT_TIMEOUT", 10, "Seconds a webhook delivery waits to connect.", float),
     Setting("DSS_NOTIFY_READ_TIMEOUT", 30,
             "Seconds a webhook delivery waits for each read of the answer.", float),
+    Setting("DSS_NOTIFY_ATTEMPT_TIMEOUT", 60,
+            "Seconds one webhook delivery attempt may take in all (DNS, connecting, TLS, sending, the answer), "
+            "however slowly the receiver trickles its answer.", float),
     Setting("DSS_NOTIFY_CA_BUNDLE", "",
             "PEM file of the CAs webhook receivers' TLS certificates must chain to. Empty: certifi's public CAs."),
     Setting("DSS_NOTIFY_RETRY_DELAYS", "60,600,3600,21600,61200,86400,86400,86400,86400,86400,86400",
@@ -112,6 +115,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_NOTIFY_SUBSCRIPTION_CACHE_SECONDS", 5,
             "Seconds the notifier reuses its listing of a replica's subscriptions when matching bundle events "
             "(a subscription made through another notifier process takes effect within this time).", float),
+    Setting("DSS_NOTIFY_JMESPATH_MAX_GROWTH", 256,
+            "A JMESPath query or attachment is refused (400 `jmespath_too_costly`), or a stored one disabled, when "
+            "the cost model finds it could build a value more than this many times the size of the event document "
+            "plus the expression.", int),
+    Setting("DSS_NOTIFY_JMESPATH_MAX_STEPS", 100_000,
+            "Steps (nodes visited, elements handled) the JMESPath query and attachments of one subscription may "
+            "take on one event; past them the subscription is disabled (`jmespath_limit_exceeded`).", int),
+    Setting("DSS_NOTIFY_JMESPATH_MAX_CHARS", 4 * MiB,
+            "Characters of strings (join, to_string, reverse) the JMESPath query and attachments of one "
+            "subscription may build on one event; past them the subscription is disabled.", int),
     # --- search index (shared.search) ---------------------------------------------------------
     Setting("DSS_INDEX_BACKEND", "embedded",
             "Search index of each replica: `embedded` (tantivy on disk under DSS_INDEX_DIR) or `opensearch`."),

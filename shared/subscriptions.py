@@ -15,7 +15,12 @@ message) instead of failing the notification, as in the original DSS: a receiver
 the bundle and can fetch what it needs.
 
 ``validate_jmespath_query`` / ``validate_attachments`` are the subscription-time checks (typed
-400s); an expression that passes them never fails to parse at delivery time.
+400s); an expression that passes them never fails to parse at delivery time. Both include the
+cost model of ``shared.bounded_jmespath`` (``jmespath_too_costly``), and every evaluation runs
+within a ``Budget`` (``jmespath_limit_exceeded``): ``jmespath_matches``, ``evaluate_attachments``
+and ``build_payload`` raise those InvalidParameters, so that the caller can disable the
+subscription (the expressions are the subscription's fault, not the event's), while a stored
+expression refused by a later, stricter rule is caught again before it is evaluated.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ import jmespath
 import jmespath.exceptions
 import jmespath.functions
 
+from shared.bounded_jmespath import Budget, JMESPathLimits, check_cost, evaluate, json_size
+from shared.config import Settings
 from shared.exceptions import InvalidParameter
 
 logger = logging.getLogger(__name__)
@@ -40,6 +47,8 @@ MAX_ATTACHMENT_NAME_LENGTH = 128
 MAX_EXPRESSION_LENGTH = 4096
 ERRORS_KEY = "_errors"
 ATTACHMENT_TYPES = ("jmespath",)
+INVALID_QUERY = "invalid_jmespath_query"
+INVALID_ATTACHMENT_EXPRESSION = "invalid_attachment_expression"
 
 # Names starting with "_" are reserved so that no attachment can shadow ``_errors`` (or a later
 # reserved key); plain identifiers stay readable in payloads, logs and error messages.
@@ -61,9 +70,31 @@ def to_json_bytes(value: Any) -> bytes:
 
 def _message(error: BaseException, limit: int = 500) -> str:
     # jmespath's messages quote the offending value, which may be a whole subdocument: keep the
-    # first line's worth so that an error entry cannot outgrow the attachment it replaces.
-    text = " ".join(str(error).split()) or type(error).__name__
+    # first line's worth so that an error entry cannot outgrow the attachment it replaces. A type
+    # error is told without its value, which could be far larger written out than in memory.
+    if isinstance(error, jmespath.exceptions.JMESPathTypeError):
+        text = (f"In function {error.function_name}(), invalid type: expected one of {error.expected_types}, "
+                f"received {error.actual_type!r}")
+    else:
+        text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+# What evaluating a valid expression may raise on a document that does not suit it: jmespath's
+# errors (ValueErrors), and Python's where jmespath lets them through (max_by() of a number and a
+# string, ceil() of an infinite number).
+_FAILURES_ON_A_DOCUMENT = (ValueError, TypeError, ArithmeticError)
+
+
+# --- limits ------------------------------------------------------------------------------------------
+
+def jmespath_limits(settings: Settings) -> JMESPathLimits:
+    """The limits of ``DSS_NOTIFY_JMESPATH_MAX_GROWTH``, ``_MAX_STEPS`` and ``_MAX_CHARS``."""
+    return JMESPathLimits(max_growth=settings.notify_jmespath_max_growth,
+                          max_steps=settings.notify_jmespath_max_steps, max_chars=settings.notify_jmespath_max_chars)
+
+
+DEFAULT_LIMITS = jmespath_limits(Settings.from_config({}, environ={}))  # the defaults of shared.config
 
 
 # --- JMESPath ----------------------------------------------------------------------------------------
@@ -93,7 +124,9 @@ def _check_functions(node: Mapping[str, Any]) -> None:
         stack.extend(child for child in current.get("children", ()) if isinstance(child, Mapping))
 
 
-def _compile_checked(expression: Any, what: str, code: str):
+def _compile_checked(expression: Any, what: str, code: str, limits: JMESPathLimits):
+    """The compiled expression, if it is one a subscription may have: InvalidParameter(``code``)
+    when it is not a valid expression, (``jmespath_too_costly``) when it is too costly."""
     if not isinstance(expression, str) or not expression.strip():
         raise InvalidParameter(f"{what} must be a non-empty string", code)
     if len(expression) > MAX_EXPRESSION_LENGTH:
@@ -104,12 +137,20 @@ def _compile_checked(expression: Any, what: str, code: str):
     except (jmespath.exceptions.JMESPathError, ValueError, RecursionError) as error:
         # The parser's message points at the offending column: worth passing on to the client.
         raise InvalidParameter(f"{what} is not a valid JMESPath expression: {_message(error)}", code) from None
+    _check_cost(expression, limits.max_growth, what)
     return compiled
 
 
-def validate_jmespath_query(query: Any) -> None:
-    """Raise InvalidParameter(``invalid_jmespath_query``) unless ``query`` is a usable expression."""
-    _compile_checked(query, "jmespath_query", "invalid_jmespath_query")
+@functools.lru_cache(maxsize=4096)
+def _check_cost(expression: str, max_growth: int, what: str) -> None:
+    # Matching judges every subscription's expressions on every event: once each will do.
+    check_cost(_compile(expression).parsed, expression, max_growth, what)
+
+
+def validate_jmespath_query(query: Any, limits: JMESPathLimits = DEFAULT_LIMITS) -> None:
+    """Raise InvalidParameter (``invalid_jmespath_query``, ``jmespath_too_costly``) unless ``query``
+    is a usable expression."""
+    _compile_checked(query, "jmespath_query", INVALID_QUERY, limits)
 
 
 def is_truthy(value: Any) -> bool:
@@ -122,15 +163,21 @@ def is_truthy(value: Any) -> bool:
     return True
 
 
-def jmespath_matches(query: str | None, document: Any) -> bool:
+def jmespath_matches(query: str | None, document: Any, budget: Budget | None = None) -> bool:
     """Whether a JMESPath subscription fires on ``document``: its query's result is truthy. No
     query matches every event. An expression failing on this document (a type error in a function
-    call, say) does not match: the subscriber asked for something this document does not have."""
+    call, say) does not match: the subscriber asked for something this document does not have.
+
+    Evaluated within ``budget`` (by default a fresh one of the default limits). InvalidParameter
+    when the query is not one a subscription may have (any more), or spends the budget."""
     if query is None or (isinstance(query, str) and not query.strip()):
         return True
+    budget = budget or DEFAULT_LIMITS.budget()
+    compiled = _compile_checked(query, "jmespath_query", INVALID_QUERY, budget.limits)
+    budget.what = "jmespath_query"
     try:
-        return is_truthy(_compile(query).search(document))
-    except jmespath.exceptions.JMESPathError as error:
+        return is_truthy(evaluate(compiled, document, budget))
+    except _FAILURES_ON_A_DOCUMENT as error:
         # Debug only: percolation runs every subscription on every event, and the message quotes
         # document values.
         logger.debug("jmespath query failed on a document, no match: %s", _message(error))
@@ -139,12 +186,12 @@ def jmespath_matches(query: str | None, document: Any) -> bool:
 
 # --- attachments ---------------------------------------------------------------------------------
 
-def validate_attachments(attachments: Any) -> None:
+def validate_attachments(attachments: Any, limits: JMESPathLimits = DEFAULT_LIMITS) -> None:
     """Raise InvalidParameter for an ``attachments`` object a subscription may not have.
 
     Codes: ``invalid_attachments`` (not an object, too many), ``invalid_attachment_name``,
     ``invalid_attachment`` (an entry that is not ``{type, expression}``), ``invalid_attachment_type``,
-    ``invalid_attachment_expression``."""
+    ``invalid_attachment_expression``, ``jmespath_too_costly``."""
     if attachments is None:
         return
     if not isinstance(attachments, Mapping):
@@ -169,44 +216,60 @@ def validate_attachments(attachments: Any) -> None:
                 f"attachment {name!r} has type {definition.get('type')!r}; supported: {', '.join(ATTACHMENT_TYPES)}",
                 "invalid_attachment_type")
         _compile_checked(definition.get("expression"), f"the expression of attachment {name!r}",
-                         "invalid_attachment_expression")
+                         INVALID_ATTACHMENT_EXPRESSION, limits)
 
 
 def evaluate_attachments(definitions: Mapping[str, Mapping[str, Any]] | None, document: Any,
-                         max_bytes: int = ATTACHMENT_MAX_BYTES) -> dict[str, Any]:
+                         max_bytes: int = ATTACHMENT_MAX_BYTES, budget: Budget | None = None) -> dict[str, Any]:
     """The attachments of one notification: each named expression's result over ``document``.
 
     Failures go to ``_errors`` (name -> message) rather than failing the notification. A result
     over ``max_bytes`` serialised is replaced by an error; if they all still add up to more than
     ``max_bytes``, the largest are replaced until the rest fit, so that a payload never carries
-    more than about ``max_bytes`` of attachments."""
+    more than about ``max_bytes`` of attachments.
+
+    All are evaluated within ``budget``; an expression too costly for the cost model, or that
+    spends the budget, raises InvalidParameter (the subscription, not this document, is at fault)."""
+    budget = budget or DEFAULT_LIMITS.budget()
     attachments: dict[str, Any] = {}
     sizes: dict[str, int] = {}
     errors: dict[str, str] = {}
     for name, definition in (definitions or {}).items():
+        what = f"the expression of attachment {name!r}"
         try:
             if definition.get("type") != "jmespath":
                 raise ValueError(f"unsupported attachment type {definition.get('type')!r}")
-            value = _compile(definition["expression"]).search(document)
+            compiled = _compile(definition["expression"])
+            _check_functions(compiled.parsed)
         except (jmespath.exceptions.JMESPathError, ValueError, KeyError, TypeError) as error:
             errors[name] = _message(error)
             continue
-        size = len(to_json_bytes(value))
+        _check_cost(definition["expression"], budget.limits.max_growth, what)
+        budget.what = what
+        try:
+            value = evaluate(compiled, document, budget)
+            # Measured before it is written out (a value of shared references may be huge written
+            # out), a step per JSON value measured.
+            size = json_size(value, max_bytes, on_item=budget.spend)
+        except _FAILURES_ON_A_DOCUMENT as error:
+            errors[name] = _message(error)
+            continue
         if size > max_bytes:
-            errors[name] = f"attachment too large ({size} bytes > {max_bytes})"
+            errors[name] = f"attachment too large (more than {max_bytes} bytes)"
             continue
         attachments[name] = value
         sizes[name] = size
-    # A JSON object costs its values plus about len(name) + 4 bytes per member: close enough to
-    # decide what to drop; the exact total is measured again after each drop.
-    total = len(to_json_bytes(attachments))
+    # The object's exact size, from its members' (`"name":value` and a comma each): dropping one
+    # subtracts it, with no writing out again of the rest.
+    members = {name: len(to_json_bytes(name)) + 1 + size + 1 for name, size in sizes.items()}
+    total = 1 + max(sum(members.values()), 1)
     for name in sorted(sizes, key=sizes.get, reverse=True):
         if total <= max_bytes:
             break
         del attachments[name]
         errors[name] = (f"attachment dropped: the attachments together exceed {max_bytes} bytes "
                         f"(this one is {sizes[name]} bytes)")
-        total = len(to_json_bytes(attachments))
+        total = 1 + max(total - 1 - members[name], 1)
     if errors:
         attachments[ERRORS_KEY] = errors
     return attachments
@@ -234,9 +297,10 @@ def matched_bundle(document: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def build_payload(subscription: Mapping[str, Any], event_document: Mapping[str, Any], transaction_id: str,
-                  event_timestamp: Any, bundle_url: str) -> dict[str, Any]:
+                  event_timestamp: Any, bundle_url: str, budget: Budget | None = None) -> dict[str, Any]:
     """The body of one notification of ``subscription`` about ``event_document`` (see the module
-    docstring). ``event_timestamp`` is a string or a datetime (sent as ISO 8601 UTC)."""
+    docstring). ``event_timestamp`` is a string or a datetime (sent as ISO 8601 UTC). Attachments
+    are evaluated within ``budget`` (see ``evaluate_attachments``)."""
     bundle_uuid, bundle_version = matched_bundle(event_document)
     payload: dict[str, Any] = {
         "transaction_id": str(transaction_id),
@@ -252,5 +316,5 @@ def build_payload(subscription: Mapping[str, Any], event_document: Mapping[str, 
         # Always present for a JMESPath subscription (null: it matches every event), so a receiver
         # can tell the two kinds apart.
         payload["jmespath_query"] = subscription.get("jmespath_query")
-    payload["attachments"] = evaluate_attachments(subscription.get("attachments"), event_document)
+    payload["attachments"] = evaluate_attachments(subscription.get("attachments"), event_document, budget=budget)
     return payload

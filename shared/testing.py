@@ -581,6 +581,8 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
             return self._answer(int(path.rsplit("/", 1)[1]), b"nope")
         if path == "/slow":
             time.sleep(1.5)
+        if path.startswith("/trickle/"):  # /trickle/{seconds}: a 200 a byte at a time, over that many seconds
+            return self._trickle(float(path.rsplit("/", 1)[1]))
         if path == "/flaky" or path.startswith("/flaky/"):
             times, status = (int(part) for part in path.split("/")[2:4]) if path != "/flaky" else (2, 503)
             if sum(r.path.split("?", 1)[0] == path for r in receiver.requests) <= times:
@@ -588,6 +590,18 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
         self._answer(200, b"ok")
 
     do_PUT = do_POST
+
+    def _trickle(self, seconds):
+        answer = b"HTTP/1.1 200 OK\r\nX-Trickle: " + b"." * 40 + b"\r\nContent-Length: 2\r\n\r\nok"
+        pause = seconds / len(answer)
+        try:
+            for index in range(len(answer)):
+                self.wfile.write(answer[index:index + 1])
+                time.sleep(pause)
+        except OSError:  # the sender gave up waiting: that is what a deadline does
+            self.close_connection = True
+            return
+        self._record.status = 200
 
     def _answer(self, status, body, headers=()):
         self._record.status = status

@@ -23,6 +23,13 @@ What one attempt sends (the original DSS's contract, plus RFC 9421):
   receivers of the original DSS verify.
 Redirects are never followed, and only a 2xx counts.
 
+Bounds of one attempt, whatever the receiver does: ``DSS_NOTIFY_CONNECT_TIMEOUT`` and
+``DSS_NOTIFY_READ_TIMEOUT`` for each wait, ``DSS_NOTIFY_ATTEMPT_TIMEOUT`` in all (DNS included:
+an answer trickled a byte at a time passes the per-wait timeouts), no byte of a 2xx answer's body
+read and ``ERROR_EXCERPT_BYTES`` of another's, the status line and headers limited by
+``http.client`` (100 headers, 64 KiB a line). What is sent is bounded by the subscription's
+limits (attachments ``ATTACHMENT_MAX_BYTES`` in all, form fields, query lengths).
+
 SSRF: the callback host is resolved once; loopback, private (RFC 1918, ULA), link-local (the
 cloud metadata address 169.254.169.254 included), unspecified, multicast, reserved and other
 non-public addresses are refused unless ``DSS_NOTIFY_ALLOWED_HOSTS`` names the host or a CIDR
@@ -51,6 +58,7 @@ import urllib.parse
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import certifi
+import eventlet
 import requests
 import urllib3
 from http_message_signatures import ContentDigest, HTTPMessageSigner, MappingKeyResolver, algorithms
@@ -60,7 +68,7 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
-from shared.subscriptions import to_json_bytes, validate_attachments, validate_jmespath_query
+from shared.subscriptions import jmespath_limits, to_json_bytes, validate_attachments, validate_jmespath_query
 
 logger = logging.getLogger(__name__)
 
@@ -367,12 +375,14 @@ def validate_subscription(subscription: Mapping[str, Any], settings: Settings, *
                           resolve: Resolver = resolve_host) -> str:
     """Subscription-time checks of everything delivery and attachments depend on (not ``es_query``,
     which the search backend judges): the callback URL, method, encoding, form fields, HMAC fields,
-    attachments and, for a JMESPath subscription, ``jmespath_query``. Returns the normalised
-    callback URL; raises InvalidParameter (400) or Unavailable (DNS down)."""
+    attachments and, for a JMESPath subscription, ``jmespath_query`` (expressions within the cost
+    model's ``DSS_NOTIFY_JMESPATH_MAX_GROWTH``). Returns the normalised callback URL; raises
+    InvalidParameter (400) or Unavailable (DNS down)."""
     validate_delivery_options(subscription)
+    limits = jmespath_limits(settings)
     if subscription.get("es_query") is None and subscription.get("jmespath_query") is not None:
-        validate_jmespath_query(subscription["jmespath_query"])
-    validate_attachments(subscription.get("attachments"))
+        validate_jmespath_query(subscription["jmespath_query"], limits)
+    validate_attachments(subscription.get("attachments"), limits)
     return validate_callback_url(subscription.get("callback_url"), settings, resolve=resolve)
 
 
@@ -478,6 +488,43 @@ def _send(target: CallbackTarget, address, request: requests.PreparedRequest, ti
         pool.close()
 
 
+class _AttemptDeadline(BaseException):
+    """The deadline of one attempt passed (a BaseException: no ``except Exception`` on the way swallows it)."""
+
+
+def _exchange(target: CallbackTarget, request: requests.PreparedRequest, settings: Settings,
+              resolve: Resolver) -> tuple:
+    """Resolve the callback host and send ``request`` to its first permitted address that takes a
+    connection: (status, Location, excerpt of a failed answer's body, address)."""
+    try:
+        addresses = _resolve_checked(target, settings.notify_allowed_hosts, resolve)
+    except _Refused as refused:
+        code, title = refused.args
+        raise PermanentDeliveryError(title, code) from None
+    except OSError as error:  # gaierror included: DNS may well answer next time
+        raise RetryableDeliveryError(f"could not resolve {target.host}: {error}", "dns_failed") from None
+    timeout = urllib3.Timeout(connect=settings.notify_connect_timeout, read=settings.notify_read_timeout)
+    for index, address in enumerate(addresses):
+        try:
+            return (*_send(target, address, request, timeout, settings.notify_ca_bundle), address)
+        except NewConnectionError as error:  # nothing was sent: the next address may answer
+            last_error = RetryableDeliveryError(f"could not connect to {address}: {_reason(error)}",
+                                                "connection_failed")
+        except ConnectTimeoutError:
+            last_error = RetryableDeliveryError(
+                f"connecting to {address} timed out after {settings.notify_connect_timeout}s", "connect_timeout")
+        except ReadTimeoutError:
+            raise RetryableDeliveryError(
+                f"no answer from {address} within {settings.notify_read_timeout}s", "read_timeout") from None
+        except SSLError as error:
+            raise RetryableDeliveryError(f"TLS with {target.host} failed: {_reason(error)}", "tls_failed") from None
+        except (ProtocolError, HTTPError, OSError) as error:
+            raise RetryableDeliveryError(f"the connection to {address} failed: {_reason(error)}",
+                                         "connection_failed") from None
+        if index == len(addresses) - 1:
+            raise last_error
+
+
 def deliver(subscription: Mapping[str, Any], payload: Any, attempt: int, settings: Settings, *,
             resolve: Resolver = resolve_host, now: float | None = None) -> DeliveryResult:
     """Make ONE delivery attempt of ``payload`` to the subscription's callback; see the module
@@ -493,36 +540,17 @@ def deliver(subscription: Mapping[str, Any], payload: Any, attempt: int, setting
             validate_delivery_options(subscription)
         except InvalidParameter as invalid:
             raise PermanentDeliveryError(invalid.title, invalid.error_code) from None
-        try:
-            addresses = _resolve_checked(target, settings.notify_allowed_hosts, resolve)
-        except _Refused as refused:
-            code, title = refused.args
-            raise PermanentDeliveryError(title, code) from None
-        except OSError as error:  # gaierror included: DNS may well answer next time
-            raise RetryableDeliveryError(f"could not resolve {target.host}: {error}", "dns_failed") from None
         request = build_request(subscription, payload, attempt, target, now=now)
-        timeout = urllib3.Timeout(connect=settings.notify_connect_timeout, read=settings.notify_read_timeout)
-        status = location = excerpt = None
-        for index, address in enumerate(addresses):
-            try:
-                status, location, excerpt = _send(target, address, request, timeout, settings.notify_ca_bundle)
-                break
-            except NewConnectionError as error:  # nothing was sent: the next address may answer
-                last_error = RetryableDeliveryError(f"could not connect to {address}: {_reason(error)}",
-                                                 "connection_failed")
-            except ConnectTimeoutError:
-                last_error = RetryableDeliveryError(
-                    f"connecting to {address} timed out after {settings.notify_connect_timeout}s", "connect_timeout")
-            except ReadTimeoutError:
-                raise RetryableDeliveryError(
-                    f"no answer from {address} within {settings.notify_read_timeout}s", "read_timeout") from None
-            except SSLError as error:
-                raise RetryableDeliveryError(f"TLS with {target.host} failed: {_reason(error)}", "tls_failed") from None
-            except (ProtocolError, HTTPError, OSError) as error:
-                raise RetryableDeliveryError(f"the connection to {address} failed: {_reason(error)}",
-                                             "connection_failed") from None
-            if index == len(addresses) - 1:
-                raise last_error
+        # Timeouts of urllib3 bound each wait; a receiver trickling its answer a byte at a time
+        # would pass them all. The deadline bounds the whole attempt (green I/O under eventlet).
+        deadline = eventlet.Timeout(settings.notify_attempt_timeout, _AttemptDeadline())
+        try:
+            status, location, excerpt, address = _exchange(target, request, settings, resolve)
+        except _AttemptDeadline:
+            raise RetryableDeliveryError(f"the attempt took more than {settings.notify_attempt_timeout}s in all",
+                                         "attempt_timeout") from None
+        finally:
+            deadline.cancel()
         if 300 <= status < 400:
             # Following it would send the payload (and signature) to a destination never checked.
             raise RetryableDeliveryError(f"the receiver redirected ({status}) to {_safe_location(location)}; "

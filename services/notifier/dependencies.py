@@ -15,6 +15,17 @@ An Elasticsearch subscription is also registered with the replica's index backen
 percolator entry is written before its document (and removed again if the document cannot be
 written) and removed before it (so a crash in between leaves a document whose retried delete
 finishes the job); a percolator entry without a document is skipped when matching.
+
+Disabled subscriptions: one whose expressions break the limits of evaluation (the cost model or
+the budget of ``shared.bounded_jmespath``, a query stored before a stricter rule, or an
+Elasticsearch query whose percolation fails with a typed 4xx error) is disabled instead of
+failing the event for everyone: a marker ``subscriptions-disabled/{uuid}``
+``{uuid, code, reason, at}`` is written once in that replica's main bucket (per replica, like the
+subscriptions), its percolator entry is removed, and matching skips it from then on (at once in
+this process, within ``DSS_NOTIFY_SUBSCRIPTION_CACHE_SECONDS`` in others, which list the markers
+as they list the subscriptions). The owner's reads show ``disabled: {code, reason, at}``; the
+way back is to delete it (the marker goes too) and make a new one, which the rules of the day
+judge. Notifications matched before it was disabled are still delivered.
 """
 from __future__ import annotations
 
@@ -24,6 +35,7 @@ import time
 import uuid as uuid_module
 from typing import Any, Callable
 
+import eventlet
 from marshmallow import ValidationError
 from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Histogram
@@ -31,10 +43,13 @@ from prometheus_client import Counter, Histogram
 from shared.concurrency import green_map
 from shared.bundle_documents import CREATE, index_document_of
 from shared.config import Settings
+from shared.exceptions import DSSError, InvalidParameter, Unavailable
 from shared.identifiers import REPLICAS, bundle_url, is_uuid, new_uuid, normalize_uuid
 from shared.search import open_index_backend, parse_search
+from shared.search.documents import flatten
+from shared.search.evaluate import matches
 from shared.storage import Replicas, StorageProvider
-from shared.subscriptions import build_payload, jmespath_matches, matched_bundle
+from shared.subscriptions import build_payload, jmespath_limits, jmespath_matches, matched_bundle
 from shared.webhooks import (DeliveryResult, PermanentDeliveryError, RetryableDeliveryError, deliver, retry_schedule,
                              validate_subscription)
 
@@ -45,6 +60,8 @@ from services.notifier.schemas import (DEFAULT_ENCODING, DEFAULT_METHOD, ELASTIC
 logger = logging.getLogger(__name__)
 
 SUBSCRIPTIONS_PREFIX = "subscriptions/"
+DISABLED_PREFIX = "subscriptions-disabled/"  # not under SUBSCRIPTIONS_PREFIX: listing those stays one prefix
+DISABLED_FIELDS = ("code", "reason", "at")  # of a marker, what the owner is shown
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8080"  # the gateway of `make up`, when DSS_PUBLIC_URL is empty
 LOAD_CONCURRENCY = 16  # parallel reads of subscription documents not cached yet
 # Fixed for good: a transaction id must come out the same for the same match in any release.
@@ -60,6 +77,10 @@ NOTIFICATION_LAG = Histogram("dss_notification_lag_seconds",
                              ["replica"],
                              buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 6 * 3600, 86400, 7 * 86400))
 
+DISABLED = Counter("dss_subscriptions_disabled_total",
+                   "Subscriptions disabled because their queries broke the limits of evaluation, by error code.",
+                   ["replica", "code"])
+
 _STORED = StoredSubscription()
 
 
@@ -67,6 +88,16 @@ _STORED = StoredSubscription()
 
 def subscription_key(uuid: str) -> str:
     return f"{SUBSCRIPTIONS_PREFIX}{uuid}"
+
+
+def disabled_key(uuid: str) -> str:
+    return f"{DISABLED_PREFIX}{uuid}"
+
+
+def is_subscription_fault(error: BaseException) -> bool:
+    """Whether an error of evaluating or percolating a subscription's query is the query's fault
+    (a typed 4xx error, or nesting too deep for the evaluator) rather than a passing one."""
+    return isinstance(error, RecursionError) or (isinstance(error, DSSError) and not isinstance(error, Unavailable))
 
 
 def subscription_type(subscription: dict) -> str:
@@ -97,13 +128,16 @@ def utc_now() -> str:
 
 class SubscriptionCache:
     """Documents by (replica, uuid), kept for good (a subscription never changes), and each
-    replica's listing of subscription uuids, reused for ``ttl`` seconds."""
+    replica's listing of subscription uuids, reused for ``ttl`` seconds; likewise the markers of
+    disabled subscriptions (a subscription never comes back from disabled) and their listing."""
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.clock = clock
         self.documents: dict[tuple[str, str], dict] = {}
+        self.disabled: dict[tuple[str, str], dict] = {}
         self._listings: dict[str, tuple[float, list[str]]] = {}
+        self._disabled_listings: dict[str, tuple[float, frozenset[str]]] = {}
         self._changes: dict[str, int] = {}  # per replica, bumped by every forget_listing
 
     def listing(self, replica: str) -> list[str] | None:
@@ -124,6 +158,16 @@ class SubscriptionCache:
         self._changes[replica] = self.changes(replica) + 1
         self._listings.pop(replica, None)
 
+    def disabled_listing(self, replica: str) -> frozenset[str] | None:
+        entry = self._disabled_listings.get(replica)
+        if entry is None or self.clock() - entry[0] >= self.ttl:
+            return None
+        return entry[1]
+
+    def remember_disabled_listing(self, replica: str, uuids: frozenset[str], started: float) -> None:
+        # A marker this process writes meanwhile is in ``disabled`` anyway: no change count needed.
+        self._disabled_listings[replica] = (started, uuids)
+
 
 # --- the subscription store ------------------------------------------------------------------------
 
@@ -133,6 +177,7 @@ class SubscriptionStoreAPI:
         self.indexes = indexes
         self.settings = settings
         self.cache = cache
+        self.limits = jmespath_limits(settings)
 
     def health(self) -> dict:
         replicas = self.replicas.health()
@@ -183,17 +228,24 @@ class SubscriptionStoreAPI:
         return without_secrets(doc)
 
     def get_owned(self, replica: str, uuid: str, owner: str) -> dict:
-        return without_secrets(self._owned(replica, uuid, owner))
+        """The subscription without secrets; with ``disabled: {code, reason, at}`` if it was disabled."""
+        doc = self._owned(replica, uuid, owner)
+        return self._shown(doc, self._marker(replica, doc["uuid"]))
 
     def list_owned(self, replica: str, owner: str, kind: str) -> list[dict]:
-        """The owner's subscriptions of ``kind`` (jmespath or elasticsearch), oldest first."""
+        """The owner's subscriptions of ``kind`` (jmespath or elasticsearch), oldest first, as
+        ``get_owned`` shows them."""
         docs = self._documents(replica, self._listing(replica, fresh=True))
-        owned = [without_secrets(doc) for doc in docs if doc["owner"] == owner and subscription_type(doc) == kind]
-        return sorted(owned, key=lambda doc: (doc["created"], doc["uuid"]))
+        owned = [doc for doc in docs if doc["owner"] == owner and subscription_type(doc) == kind]
+        disabled = self._disabled(replica, fresh=True)
+        shown = [self._shown(doc, self._marker(replica, doc["uuid"]) if doc["uuid"] in disabled else None)
+                 for doc in owned]
+        return sorted(shown, key=lambda doc: (doc["created"], doc["uuid"]))
 
     def delete_owned(self, replica: str, uuid: str, owner: str) -> str:
         """Delete the owner's subscription; the time it was deleted. Safe to retry after a failure
-        halfway: each step succeeds when there is nothing left for it to remove."""
+        halfway: each step succeeds when there is nothing left for it to remove. A marker of its
+        being disabled goes last (one left behind by a crash names a uuid never used again)."""
         doc = self._owned(replica, uuid, owner)
         uuid = doc["uuid"]
         if subscription_type(doc) == ELASTICSEARCH:
@@ -201,8 +253,17 @@ class SubscriptionStoreAPI:
         self.replicas[replica].delete(subscription_key(uuid))
         self.cache.documents.pop((replica, uuid), None)
         self.cache.forget_listing(replica)
+        self.replicas[replica].delete(disabled_key(uuid))
+        self.cache.disabled.pop((replica, uuid), None)
         logger.info("subscription %s of %s deleted in %s", uuid, owner, replica)
         return utc_now()
+
+    @staticmethod
+    def _shown(doc: dict, marker: dict | None) -> dict:
+        shown = without_secrets(doc)
+        if marker is not None:
+            shown["disabled"] = {name: marker.get(name) for name in DISABLED_FIELDS}
+        return shown
 
     # --- matching and delivery -----------------------------------------------------------------
     def notifications(self, event: dict) -> list[dict]:
@@ -218,29 +279,100 @@ class SubscriptionStoreAPI:
                                         f"{event['uuid']}.{event['version']}")
         url = notification_bundle_url(self.settings, replica, event["uuid"], event["version"])
         notifications = []
-        for subscription in self.match(replica, event_type, document):
+        for subscription in self._candidates(replica, event_type, document):
             transaction = transaction_id(subscription["uuid"], replica, event["uuid"], event["version"], event_type)
-            notifications.append({
-                "replica": replica, "subscription_id": subscription["uuid"], "transaction_id": transaction,
-                "payload": build_payload(subscription, document, transaction, event["event_timestamp"], url)})
+            payload = self._payload(replica, subscription, document, transaction, event["event_timestamp"], url)
+            if payload is not None:
+                MATCHES.labels(replica, subscription_type(subscription)).inc()
+                notifications.append({"replica": replica, "subscription_id": subscription["uuid"],
+                                      "transaction_id": transaction, "payload": payload})
+            eventlet.sleep(0)  # each evaluation is bounded; between two, the other green threads run
         return notifications
 
-    def match(self, replica: str, event_type: str, document: dict) -> list[dict]:
-        """The subscriptions of ``replica`` a bundle event document matches: JMESPath ones whose
-        query is truthy on it (every event when they have none), and, for a CREATE, the
+    def _candidates(self, replica: str, event_type: str, document: dict) -> list[dict]:
+        """The subscriptions of ``replica`` that may fire on a bundle event document, by uuid, none
+        of them disabled: every JMESPath one (its query decides), and, for a CREATE, the
         Elasticsearch ones percolation finds for its index document."""
-        matched = [doc for doc in self._documents(replica, self._listing(replica, fresh=False))
-                   if subscription_type(doc) == JMESPATH and jmespath_matches(doc.get("jmespath_query"), document)]
+        disabled = self._disabled(replica, fresh=False)
+        candidates = [doc for doc in self._documents(replica, self._listing(replica, fresh=False))
+                      if subscription_type(doc) == JMESPATH and doc["uuid"] not in disabled]
         if event_type == CREATE:
-            for uuid in self.indexes[replica].percolate(index_document_of(document)):
+            for uuid in self._percolate(replica, index_document_of(document)):
                 doc = self._document(replica, uuid)
                 if doc is None:  # deleted since, or a crash between the two writes of a create
                     logger.info("percolator entry %s of %s has no subscription document; skipped", uuid, replica)
-                elif subscription_type(doc) == ELASTICSEARCH:
-                    matched.append(doc)
-        for doc in matched:
-            MATCHES.labels(replica, subscription_type(doc)).inc()
-        return sorted(matched, key=lambda doc: doc["uuid"])
+                elif subscription_type(doc) == ELASTICSEARCH and uuid not in disabled:
+                    candidates.append(doc)
+        return sorted(candidates, key=lambda doc: doc["uuid"])
+
+    def _payload(self, replica: str, subscription: dict, document: dict, transaction: str, timestamp: Any,
+                 url: str) -> dict | None:
+        """The notification body if ``subscription`` fires on ``document`` (its query, then its
+        attachments, evaluated within one budget), else None; None too when its expressions break
+        the limits, and then it is disabled."""
+        budget = self.limits.budget()
+        try:
+            if subscription_type(subscription) == JMESPATH and not jmespath_matches(
+                    subscription.get("jmespath_query"), document, budget):
+                return None
+            return build_payload(subscription, document, transaction, timestamp, url, budget)
+        except InvalidParameter as broken:  # the subscription's expressions, whatever the document
+            self._disable(replica, subscription, broken.error_code, broken.title)
+            return None
+
+    def _percolate(self, replica: str, index_document: dict) -> list[str]:
+        """The uuids percolation finds. When it fails for a query's fault, the Elasticsearch
+        subscriptions that fail alone (their query no longer parses, or its evaluation fails) are
+        disabled, which takes them out of the percolator, and percolation runs once more; a failure
+        no subscription explains is raised (the event is retried)."""
+        index = self.indexes[replica]
+        try:
+            return index.percolate(index_document)
+        except Exception as error:  # noqa: BLE001 - sorted out below, the rest raised again
+            if not is_subscription_fault(error):
+                raise
+            failing = self._failing_percolations(replica, index_document)
+            if not failing:
+                raise
+            logger.warning("percolation in %s failed (%s); %d subscription(s) at fault", replica,
+                           type(error).__name__, len(failing))
+        for doc, code, reason in failing:
+            self._disable(replica, doc, code, reason)
+        return index.percolate(index_document)
+
+    def _failing_percolations(self, replica: str, index_document: dict) -> list[tuple[dict, str, str]]:
+        """(subscription, code, reason) of each Elasticsearch subscription whose query alone fails
+        on ``index_document`` with the project's own evaluator; disabled ones included, as their
+        percolator entry may be back (a reindex) or may not have been removed."""
+        flat = flatten(index_document)
+        failing = []
+        for doc in self._documents(replica, self._listing(replica, fresh=False)):
+            if subscription_type(doc) != ELASTICSEARCH:
+                continue
+            try:
+                matches(parse_search(doc["es_query"]), flat)
+            except Exception as error:  # noqa: BLE001 - only a fault of this query counts
+                if not is_subscription_fault(error):
+                    raise
+                if isinstance(error, DSSError):
+                    failing.append((doc, error.error_code, error.title))
+                else:
+                    failing.append((doc, "es_query_too_deep", "es_query nests too deeply to be matched"))
+        return failing
+
+    def _disable(self, replica: str, doc: dict, code: str, reason: str) -> None:
+        """Record for good that ``doc`` is disabled (written before the event is acknowledged) and
+        take it out of the percolator."""
+        uuid = doc["uuid"]
+        marker = {"uuid": uuid, "code": code, "reason": reason[:1000], "at": utc_now()}
+        existing = self.replicas[replica].write_json_once(disabled_key(uuid), marker)
+        self.cache.disabled[(replica, uuid)] = existing or marker
+        if subscription_type(doc) == ELASTICSEARCH:
+            self._forget_percolation(replica, uuid)
+        if existing is None:
+            DISABLED.labels(replica, code).inc()
+            logger.warning("subscription %s of %s in %s disabled (%s): %s", uuid, doc["owner"], replica, code,
+                           marker["reason"])
 
     def for_delivery(self, replica: str, uuid: str) -> dict | None:
         """The stored subscription, read from the bucket now (not the cache): None once deleted."""
@@ -272,6 +404,27 @@ class SubscriptionStoreAPI:
             self.cache.remember_listing(replica, uuids, started, changes)
         return uuids
 
+    def _disabled(self, replica: str, fresh: bool) -> frozenset[str]:
+        """uuids of ``replica``'s disabled subscriptions: those this process knows of, and the
+        markers listed now or (``fresh`` False) recently."""
+        uuids = None if fresh else self.cache.disabled_listing(replica)
+        if uuids is None:
+            started = self.cache.clock()
+            keys = self.replicas[replica].list_keys(DISABLED_PREFIX)
+            uuids = frozenset(uuid for uuid in (key[len(DISABLED_PREFIX):] for key in keys) if is_uuid(uuid))
+            self.cache.remember_disabled_listing(replica, uuids, started)
+        known = {uuid for (where, uuid) in self.cache.disabled if where == replica}
+        return uuids | known
+
+    def _marker(self, replica: str, uuid: str) -> dict | None:
+        """The marker of a disabled subscription, None if it is not disabled (not cached then)."""
+        marker = self.cache.disabled.get((replica, uuid))
+        if marker is None:
+            marker = self.replicas[replica].find_json(disabled_key(uuid))
+            if marker is not None:
+                self.cache.disabled[(replica, uuid)] = marker
+        return marker
+
     def _documents(self, replica: str, uuids: list[str]) -> list[dict]:
         """The documents of ``uuids`` (read once, then cached); one deleted meanwhile is left out."""
         storage = self.replicas[replica]
@@ -292,8 +445,8 @@ class SubscriptionStoreAPI:
         try:
             self.indexes[replica].delete_subscription(uuid)
         except Exception:  # noqa: BLE001 - an orphan entry is skipped by matching; the first error matters
-            logger.warning("could not remove the percolator entry of the unwritten subscription %s in %s", uuid,
-                           replica, exc_info=True)
+            logger.warning("could not remove the percolator entry of subscription %s in %s", uuid, replica,
+                           exc_info=True)
 
 
 class SubscriptionStore(StorageProvider):

@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from shared.bounded_jmespath import JMESPathLimits
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
 from shared.subscriptions import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments, jmespath_matches,
@@ -45,6 +46,11 @@ def settings(**overrides):
 def subscription(url, **fields):
     return {"uuid": str(uuid.uuid4()), "callback_url": url, "jmespath_query": "event_type=='CREATE'", **fields}
 
+
+# A string twice as long at each of 40 steps (2**40 times 'ab'), in 760 characters.
+DOUBLING = "'ab'" + " | join('', [@,@])" * 40
+# Stored before the cost model: 20 steps make 2 MiB, which the old code built on every event.
+STORED_DOUBLING = "'ab'" + " | join('', [@,@])" * 20
 
 BUNDLE_UUID = "11111111-2222-4333-8444-555555555555"
 BUNDLE_VERSION = "2024-01-02T030405.000000Z"
@@ -192,6 +198,21 @@ def test_a_slow_answer_times_out_and_is_retryable(receiver):
         deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_READ_TIMEOUT=0.3))
     assert failure.value.code == "read_timeout"
     assert time.monotonic() - started < 1.2
+
+
+def test_an_answer_trickled_past_the_attempt_deadline_is_cut_off_and_retryable(receiver):
+    # A byte every ~0.1 s passes a 2 s read timeout at every wait; only the deadline of the whole
+    # attempt ends it (the receiver would need 6 s to answer 200).
+    sub = subscription(receiver.url("/trickle/6"))
+    started = time.monotonic()
+    with pytest.raises(RetryableDeliveryError) as failure:
+        deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_READ_TIMEOUT=2, DSS_NOTIFY_ATTEMPT_TIMEOUT=1))
+    assert failure.value.code == "attempt_timeout" and failure.value.retryable
+    assert time.monotonic() - started < 2.5
+    # The same receiver within a deadline it can meet: delivered.
+    result = deliver(subscription(receiver.url("/trickle/0.5")), payload_for(sub), 1,
+                     settings(DSS_NOTIFY_ATTEMPT_TIMEOUT=5))
+    assert result.status == 200
 
 
 def test_a_connect_timeout_is_retryable():
@@ -434,12 +455,22 @@ def test_https_keeps_the_name_for_sni_and_the_certificate_check(tls_receiver):
     ({"hmac_key_id": 'a"b'}, "invalid_hmac_key_id"),
     ({"jmespath_query": "files.["}, "invalid_jmespath_query"),
     ({"attachments": {"x": {"type": "jmespath", "expression": "nope("}}}, "invalid_attachment_expression"),
+    ({"jmespath_query": DOUBLING}, "jmespath_too_costly"),
+    ({"attachments": {"x": {"type": "jmespath", "expression": DOUBLING}}}, "jmespath_too_costly"),
 ])
 def test_bad_subscriptions_are_400(fields, code):
     sub = {"callback_url": "https://hooks.example/x", **fields}
     with pytest.raises(InvalidParameter) as invalid:
         validate_subscription(sub, settings(), resolve=FakeDNS({"hooks.example": ["93.184.215.14"]}))
     assert invalid.value.error_code == code
+
+
+def test_the_growth_allowed_to_expressions_is_a_setting():
+    sub = {"callback_url": "https://8.8.8.8/", "jmespath_query": "'ab'" + " | join('', [@,@])" * 8}
+    validate_subscription(sub, settings())
+    with pytest.raises(InvalidParameter) as invalid:
+        validate_subscription(sub, settings(DSS_NOTIFY_JMESPATH_MAX_GROWTH=16))
+    assert invalid.value.error_code == "jmespath_too_costly"
 
 
 def test_a_good_subscription_validates():
@@ -563,3 +594,52 @@ def test_jmespath_matches_with_jmespath_truthiness(query, expected):
 def test_retry_schedule():
     assert retry_schedule(settings()) == (60, 600, 3600, 21600, 61200) + (86400,) * 6
     assert retry_schedule(settings(DSS_NOTIFY_RETRY_DELAYS="1,2,3")) == (1, 2, 3)
+
+
+def test_a_query_failing_with_a_python_error_on_a_document_does_not_match():
+    # jmespath lets these through as TypeError / OverflowError; they must not fail the event.
+    document = event_document(mixed=[{"x": 1}, {"x": "s"}], huge=float("inf"))
+    assert jmespath_matches("max_by(mixed, &x)", document) is False
+    assert jmespath_matches("ceil(huge)", document) is False
+    assert jmespath_matches("mixed[0].x < mixed[1].x", document) is False  # null, not a TypeError
+
+
+def test_an_expression_stored_before_the_cost_model_is_refused_when_evaluated():
+    with pytest.raises(InvalidParameter) as raised:
+        jmespath_matches(STORED_DOUBLING, event_document())
+    assert raised.value.error_code == "jmespath_too_costly" and "jmespath_query" in raised.value.title
+    with pytest.raises(InvalidParameter) as raised:
+        evaluate_attachments({"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[0].organ"},
+                              "big": {"type": "jmespath", "expression": STORED_DOUBLING}}, event_document())
+    assert raised.value.error_code == "jmespath_too_costly" and "attachment 'big'" in raised.value.title
+
+
+def test_evaluation_that_spends_its_budget_is_an_error_of_the_subscription():
+    limits = JMESPathLimits(max_growth=256, max_steps=250, max_chars=500)
+    document = event_document(items=list(range(200)))
+    assert jmespath_matches("length(items) > `1`", document, limits.budget()) is True
+    with pytest.raises(InvalidParameter) as raised:
+        jmespath_matches("items[?@ > `1`]", document, limits.budget())
+    assert raised.value.error_code == "jmespath_limit_exceeded" and "250 steps" in raised.value.title
+    with pytest.raises(InvalidParameter) as raised:
+        evaluate_attachments({"text": {"type": "jmespath", "expression": "to_string(@)"}}, document,
+                             budget=limits.budget())
+    assert raised.value.error_code == "jmespath_limit_exceeded" and "attachment 'text'" in raised.value.title
+    with pytest.raises(InvalidParameter) as raised:  # measuring a result is a step per JSON value too
+        evaluate_attachments({"all": {"type": "jmespath", "expression": "[items, items]"}}, document,
+                             budget=limits.budget())
+    assert raised.value.error_code == "jmespath_limit_exceeded" and "attachment 'all'" in raised.value.title
+    # The query and the attachments of a notification share one budget.
+    sub = subscription("https://hooks.example/", jmespath_query="items[0:20]",
+                       attachments={"few": {"type": "jmespath", "expression": "items[0:20]"}})
+    budget = limits.budget()
+    assert jmespath_matches(sub["jmespath_query"], document, budget) is True
+    with pytest.raises(InvalidParameter):
+        build_payload(sub, document, "tx", "t", "u", budget)
+
+
+def test_a_type_error_is_reported_without_the_value():
+    document = event_document(blob={"key": "v" * 10_000})
+    attachments = evaluate_attachments({"bad": {"type": "jmespath", "expression": "abs(blob)"}}, document)
+    message = attachments["_errors"]["bad"]
+    assert "abs()" in message and "vvvv" not in message and len(message) < 200

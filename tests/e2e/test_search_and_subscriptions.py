@@ -16,17 +16,26 @@ from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
 
 KEY_ID, SECRET = "e2e-key", "e2e-secret"
+DOUBLING = "'ab'" + " | join('', [@,@])" * 40  # 2**40 times 'ab' (2 TiB) in 760 characters
+# A subscription made before the cost model may hold this: 2 MiB built on every bundle event.
+STORED_DOUBLING = "'ab'" + " | join('', [@,@])" * 20
 
 
 @pytest.fixture
-def search_api(service_config, web_config, runner_factory, blobstores, tmp_path):
+def search_stack(service_config, web_config, runner_factory, blobstores, tmp_path):
+    """The API over main buckets of this test's own: (API URL, bucket name)."""
     bucket = f"e2e-search-{uuid.uuid4().hex[:10]}"
     for store in blobstores.values():
         store.create_bucket(bucket)
     config = {**service_config, "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket,
               "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
               "DSS_NOTIFY_RETRY_DELAYS": "1,1,1"}
-    return start_api(config, web_config, runner_factory)
+    return start_api(config, web_config, runner_factory), bucket
+
+
+@pytest.fixture
+def search_api(search_stack):
+    return search_stack[0]
 
 
 @pytest.fixture
@@ -199,6 +208,65 @@ def test_bad_subscriptions_are_4xx_and_store_nothing(search_api, auth, receiver,
         listed = requests.get(f"{search_api}/subscriptions", params={"replica": "aws", "subscription_type": kind},
                               headers=auth)
         assert listed.json() == {"subscriptions": []}
+
+
+def test_a_jmespath_subscription_that_can_grow_values_exponentially_is_refused(search_api, auth, receiver):
+    for body, what in (({"jmespath_query": DOUBLING}, "jmespath_query"),
+                       ({"attachments": {"big": {"type": "jmespath", "expression": DOUBLING}}}, "attachment 'big'")):
+        response = requests.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
+                                json={"callback_url": receiver.url("/ok"), **body})
+        assert_problem(response, 400, "jmespath_too_costly")
+        assert what in response.json()["title"] and "times" in response.json()["title"]
+    listed = requests.get(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30)
+    assert listed.json() == {"subscriptions": []}
+
+
+def test_subscriptions_stored_before_the_limits_are_disabled_while_the_others_are_notified(
+        search_stack, auth, stage, blobstores, receiver):
+    (api, bucket), tag = search_stack, uuid.uuid4().hex
+    query = f"files.sample_json[0].tag=='{tag}'"
+    good = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30, json={
+        "callback_url": receiver.url("/good"), "jmespath_query": query,
+        "attachments": {"tag": {"type": "jmespath", "expression": "files.sample_json[0].tag"}}})
+    assert good.status_code == 201, good.text
+
+    def stored_directly(path, **fields):
+        """A subscription written into the bucket as one made before today's rules is there."""
+        sub_id = new_uuid()
+        document = {"uuid": sub_id, "owner": "user@example.org", "replica": "aws",
+                    "created": "2020-01-01T00:00:00.000000Z", "callback_url": receiver.url(path), "method": "POST",
+                    "encoding": "application/json", "form_fields": None, "payload_form_field": None,
+                    "hmac_key_id": None, "attachments": None, "jmespath_query": query, **fields}
+        blobstores["aws"].put_bytes(bucket, f"subscriptions/{sub_id}", json.dumps(document).encode(),
+                                    content_type="application/json")
+        return sub_id
+
+    doubling = stored_directly("/doubling", jmespath_query=STORED_DOUBLING)
+    attachment = stored_directly("/attachment", attachments={"big": {"type": "jmespath",
+                                                                     "expression": STORED_DOUBLING}})
+
+    put_bundle(api, auth, stage, {"sample_0.json": {"tag": tag}})
+    [delivered] = wait_until(lambda: receiver.accepted(), 60, "the notification of the good subscription")
+    assert delivered.path == "/good" and delivered.payload()["attachments"] == {"tag": tag}
+
+    # The owner reads why the others were disabled; nothing was sent for them.
+    for sub_id, what in ((doubling, "jmespath_query"), (attachment, "attachment 'big'")):
+        shown = requests.get(f"{api}/subscriptions/{sub_id}", params={"replica": "aws"}, headers=auth, timeout=30)
+        assert shown.status_code == 200, shown.text
+        disabled = shown.json()["disabled"]
+        assert disabled["code"] == "jmespath_too_costly" and f"{what} is too costly" in disabled["reason"]
+        assert disabled["at"].endswith("Z")
+    listed = requests.get(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30).json()
+    assert {s["uuid"]: s.get("disabled", {}).get("code") for s in listed["subscriptions"]} == {
+        good.json()["uuid"]: None, doubling: "jmespath_too_costly", attachment: "jmespath_too_costly"}
+    assert [request.path for request in receiver.requests] == ["/good"]
+
+    # The way back: delete it and make a new one, which today's rules judge.
+    assert requests.delete(f"{api}/subscriptions/{doubling}", params={"replica": "aws"}, headers=auth,
+                           timeout=30).status_code == 200
+    again = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
+                         json={"callback_url": receiver.url("/doubling"), "jmespath_query": STORED_DOUBLING})
+    assert_problem(again, 400, "jmespath_too_costly")
 
 
 def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, auth, stage, blobstores, receiver):

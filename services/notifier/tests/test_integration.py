@@ -2,6 +2,7 @@
 ``bundle_indexed`` events dispatched here as the indexer would, delivering to a real local HTTP
 receiver that verifies both HMAC signatures (``shared.testing.Receiver``)."""
 import json
+import pathlib
 import time
 
 import pytest
@@ -190,3 +191,50 @@ def test_a_deleted_subscription_is_not_delivered(notifier, receiver):
         wait_until(lambda: receiver.requests, 20, "the first attempt")
         notifier.rpc.delete_subscription("aws", waiting, OWNER)
     assert [request.status for request in receiver.requests] == [500]
+
+
+def test_a_subscription_breaking_the_limits_of_evaluation_is_disabled_and_the_others_delivered(
+        notifier_config, runner_factory, receiver):
+    # Within the cost model, but more characters than this notifier lets one event build.
+    config = {**notifier_config, "DSS_NOTIFY_JMESPATH_MAX_CHARS": 100}
+    runner = runner_factory(config, NotifierService)
+    runner.start()
+    with ServiceRpcProxy("notifier", config, timeout=30) as rpc:
+        notifier = Notifier(config, runner, rpc)
+        good = notifier.subscribe(receiver.url("/good"), jmespath_query="event_type == 'CREATE'")
+        text = notifier.subscribe(receiver.url("/text"),
+                                  attachments={"text": {"type": "jmespath", "expression": "to_string(@)"}})
+        _, matched = notifier.matched()
+        assert matched == [good]
+        [delivered] = wait_until(lambda: receiver.accepted(), 20, "the good subscription's notification")
+        assert delivered.path == "/good"
+        disabled = rpc.get_subscription("aws", text, OWNER)["disabled"]
+        assert disabled["code"] == "jmespath_limit_exceeded" and "attachment 'text'" in disabled["reason"]
+        assert [s.get("disabled") for s in rpc.list_subscriptions("aws", OWNER)["subscriptions"]
+                if s["uuid"] == text] == [disabled]
+        # Later events skip it; the good one is notified again.
+        assert notifier.matched()[1] == [good]
+        wait_until(lambda: len(receiver.accepted()) == 2, 20, "the second notification")
+    assert {request.path for request in receiver.requests} == {"/good"}
+
+
+def test_an_elasticsearch_subscription_whose_percolation_fails_is_disabled_and_the_others_delivered(
+        notifier, notifier_config, receiver):
+    heart = notifier.subscribe(receiver.url("/es"), es_query=HEART)
+    # Stored before a stricter query parser: the bucket's document and the index's entry.
+    fuzzy_query = {"query": {"fuzzy": {"files.cell_suspension_json.organ": "hart"}}}
+    fuzzy = new_uuid()
+    storage = open_replicas(Settings.from_config(notifier_config, environ={}))["aws"]
+    document = {**storage.read_json(f"subscriptions/{heart}"), "uuid": fuzzy, "es_query": fuzzy_query,
+                "callback_url": receiver.url("/fuzzy")}
+    storage.write_json_once(f"subscriptions/{fuzzy}", document)
+    entries = pathlib.Path(notifier_config["DSS_INDEX_DIR"]) / "aws" / "subscriptions.json"
+    entries.write_text(json.dumps({**json.loads(entries.read_text()), fuzzy: fuzzy_query}))
+
+    _, matched = notifier.matched(organ="heart")
+    assert matched == [heart]
+    [delivered] = wait_until(lambda: receiver.accepted(), 20, "the notification of the other subscription")
+    assert delivered.path == "/es"
+    disabled = notifier.rpc.get_subscription("aws", fuzzy, OWNER)["disabled"]
+    assert disabled["code"] == "elasticsearch_bad_request" and "fuzzy" in disabled["reason"]
+    assert fuzzy not in json.loads(entries.read_text())

@@ -21,8 +21,9 @@ from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore, Receiver
 from shared.webhooks import RetryableDeliveryError
 
-from services.notifier.dependencies import (SubscriptionCache, SubscriptionStoreAPI, WebhookAPI, subscription_key,
-                                            transaction_id)
+from services.notifier import dependencies
+from services.notifier.dependencies import (SubscriptionCache, SubscriptionStoreAPI, WebhookAPI, disabled_key,
+                                            subscription_key, transaction_id)
 from services.notifier.service import NotifierService
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
@@ -30,6 +31,12 @@ OTHER = {"email": "other@example.org", "groups": ["dbio"], "is_admin": False}
 SECRET = "never-show-this-secret"
 HOOK = "http://127.0.0.1:9/hook"  # validation never connects; an IP literal needs no DNS either
 HEART = {"query": {"term": {"files.cell_suspension_json.organ": "heart"}}}
+DOUBLING = "'ab'" + " | join('', [@,@])" * 40  # 2**40 times 'ab', in 760 characters
+# What a subscription made before the cost model may hold: 2 MiB built on every event, and a
+# chain of pipes nested deeper than the interpreter can recurse.
+STORED_DOUBLING = "'ab'" + " | join('', [@,@])" * 20
+DEEP_PIPES = "|".join(["@"] * 2000)  # 3,999 characters
+FUZZY = {"query": {"fuzzy": {"files.cell_suspension_json.organ": "hart"}}}  # a clause the parser no longer takes
 
 
 class Clock:
@@ -45,9 +52,9 @@ class World:
     sharing the provider-level cache, as nameko gives each call a fresh worker."""
 
     def __init__(self, tmp_path):
-        self.settings = Settings.from_config({
-            "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
-            "DSS_NOTIFY_MAX_SUBSCRIPTIONS": 3, "DSS_PUBLIC_URL": "https://dss.example/"}, environ={})
+        self.config = {"DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
+                       "DSS_NOTIFY_MAX_SUBSCRIPTIONS": 3, "DSS_PUBLIC_URL": "https://dss.example/"}
+        self.settings = Settings.from_config(self.config, environ={})
         self.stores = {name: MemoryBlobStore(name) for name in ("aws", "gcp")}
         for name, store in self.stores.items():
             store.create_bucket(self.settings.bucket(name))
@@ -57,19 +64,34 @@ class World:
         self.clock = Clock()
         self.cache = SubscriptionCache(5, clock=self.clock)
 
-    def api(self):
-        return SubscriptionStoreAPI(self.replicas, self.indexes, self.settings, self.cache)
+    def api(self, **settings):
+        settings = Settings.from_config({**self.config, **settings}, environ={}) if settings else self.settings
+        return SubscriptionStoreAPI(self.replicas, self.indexes, settings, self.cache)
 
-    def worker(self, attempt=1):
-        return worker_factory(NotifierService, subscriptions=self.api(), attempt=attempt)
+    def worker(self, attempt=1, **settings):
+        return worker_factory(NotifierService, subscriptions=self.api(**settings), attempt=attempt)
 
     def subscribe(self, caller=OWNER, replica="aws", **fields):
         fields.setdefault("callback_url", HOOK)
         return self.worker().put_subscription(replica, fields, caller)["uuid"]
 
-    def stored(self, uuid, replica="aws"):
-        data = self.stores[replica].buckets[self.settings.bucket(replica)].get(subscription_key(uuid))
+    def stored(self, uuid, replica="aws", key=subscription_key):
+        data = self.stores[replica].buckets[self.settings.bucket(replica)].get(key(uuid))
         return None if data is None else json.loads(data[0])
+
+    def store_directly(self, like, replica="aws", **fields):
+        """A subscription written straight into the bucket, as one made before today's rules is
+        there: ``like``'s document with other ``fields``; its uuid."""
+        uuid = new_uuid()
+        document = {**self.stored(like, replica), "uuid": uuid, **fields}
+        self.replicas[replica].write_json_once(subscription_key(uuid), document)
+        return uuid
+
+    def register_directly(self, uuid, es_query, replica="aws"):
+        """A percolator entry written straight into the embedded index's file, unchecked."""
+        path = self.indexes[replica].subscriptions.path
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps({**entries, uuid: es_query}))
 
     def bundle_indexed(self, event_type="CREATE", replica="aws", organ="heart", uuid=None, version=None):
         uuid, version = uuid or new_uuid(), version or new_version()
@@ -142,6 +164,9 @@ def test_subscriptions_are_listed_by_type_and_owner(world):
     ({"attachments": {"a": {"type": "xpath", "expression": "x"}}}, InvalidParameter, "invalid_attachment_type"),
     ({"attachments": {"a": {"type": "jmespath", "expression": "[["}}}, InvalidParameter,
      "invalid_attachment_expression"),
+    ({"jmespath_query": DOUBLING}, InvalidParameter, "jmespath_too_costly"),
+    ({"jmespath_query": DEEP_PIPES}, InvalidParameter, "jmespath_too_costly"),
+    ({"attachments": {"a": {"type": "jmespath", "expression": DOUBLING}}}, InvalidParameter, "jmespath_too_costly"),
     ({"es_query": {"query": {"no_such_query": {}}}}, ElasticsearchBadRequest, "elasticsearch_bad_request"),
     ({"es_query": "organ:heart"}, ElasticsearchBadRequest, "elasticsearch_bad_request"),
     ({"method": "GET"}, InvalidParameter, "invalid_method"),
@@ -333,6 +358,99 @@ def test_a_percolator_entry_without_its_document_is_skipped(world):
     orphan = new_uuid()
     world.indexes["aws"].put_subscription(orphan, HEART)
     assert world.matched(world.bundle_indexed(organ="heart"))[0] == []
+
+
+# --- subscriptions that break the limits of evaluation ---------------------------------------------
+
+def test_subscriptions_breaking_the_limits_are_disabled_and_the_others_still_fire(world, monkeypatch):
+    good = world.subscribe(jmespath_query="event_type == 'CREATE'",
+                           attachments={"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[0].organ"}})
+    doubling = world.store_directly(good, jmespath_query=STORED_DOUBLING, attachments=None)
+    deep = world.store_directly(good, jmespath_query=DEEP_PIPES, attachments=None)
+    attachment = world.store_directly(good, attachments={
+        "organ": {"type": "jmespath", "expression": "files.cell_suspension_json[0].organ"},
+        "big": {"type": "jmespath", "expression": STORED_DOUBLING}})
+
+    matched, [payload] = world.matched(world.bundle_indexed())
+    assert matched == [good] and payload["payload"]["attachments"] == {"organ": "heart"}
+
+    worker = world.worker()
+    for uuid, what in ((doubling, "jmespath_query"), (deep, "jmespath_query"), (attachment, "attachment 'big'")):
+        disabled = worker.get_subscription("aws", uuid, OWNER)["disabled"]
+        assert disabled["code"] == "jmespath_too_costly" and what in disabled["reason"]
+        assert disabled["at"].endswith("Z") and set(disabled) == {"code", "reason", "at"}
+        assert world.stored(uuid, key=disabled_key)["code"] == "jmespath_too_costly"  # for good, in the bucket
+    assert "nests 2000 levels deep" in worker.get_subscription("aws", deep, OWNER)["disabled"]["reason"]
+    assert "disabled" not in worker.get_subscription("aws", good, OWNER)
+    listed = {s["uuid"]: s.get("disabled") for s in worker.list_subscriptions("aws", OWNER)["subscriptions"]}
+    assert listed[good] is None and all(listed[uuid]["code"] == "jmespath_too_costly"
+                                        for uuid in (doubling, deep, attachment))
+    assert REGISTRY.get_sample_value("dss_subscriptions_disabled_total",
+                                     {"replica": "aws", "code": "jmespath_too_costly"}) >= 3
+
+    # From now on they are not even evaluated.
+    evaluated = []
+    real = dependencies.jmespath_matches
+    monkeypatch.setattr(dependencies, "jmespath_matches",
+                        lambda query, *args: evaluated.append(query) or real(query, *args))
+    assert world.matched(world.bundle_indexed())[0] == [good]
+    assert evaluated == ["event_type == 'CREATE'"]
+
+    # The way back: delete it (the marker goes too) and make a new one.
+    world.worker().delete_subscription("aws", doubling, OWNER)
+    assert world.stored(doubling, key=disabled_key) is None
+
+
+def test_evaluation_that_spends_its_budget_disables_the_subscription(world):
+    good = world.subscribe(jmespath_query="files.cell_suspension_json[?organ == 'heart']")
+    # Within the cost model, but more characters than this notifier allows one event to build.
+    text = world.subscribe(attachments={"text": {"type": "jmespath", "expression": "to_string(@)"}})
+    steps = world.subscribe(jmespath_query=" && ".join(["files.cell_suspension_json[0].organ == 'heart'"] * 10))
+    worker = world.worker(DSS_NOTIFY_JMESPATH_MAX_CHARS=100, DSS_NOTIFY_JMESPATH_MAX_STEPS=25)
+    assert worker.handle_bundle_indexed(world.bundle_indexed())["matched"] == [good]
+    disabled = world.worker().get_subscription("aws", text, OWNER)["disabled"]
+    assert disabled["code"] == "jmespath_limit_exceeded"
+    assert disabled["reason"] == ("evaluating the expression of attachment 'text' would build more than 100 "
+                                  "characters of strings")
+    disabled = world.worker().get_subscription("aws", steps, OWNER)["disabled"]
+    assert disabled["code"] == "jmespath_limit_exceeded" and "more than 25 steps" in disabled["reason"]
+
+
+def test_a_subscription_disabled_by_another_process_is_skipped_once_the_listing_is_renewed(world):
+    first, second = world.subscribe(), world.subscribe()
+    assert world.matched(world.bundle_indexed())[0] == sorted([first, second])
+    marker = {"uuid": second, "code": "jmespath_limit_exceeded", "reason": "r", "at": "2026-01-01T00:00:00.000000Z"}
+    world.replicas["aws"].write_json_once(disabled_key(second), marker)
+    assert world.worker().get_subscription("aws", second, OWNER)["disabled"] == {
+        "code": "jmespath_limit_exceeded", "reason": "r", "at": "2026-01-01T00:00:00.000000Z"}  # the owner sees it now
+    world.clock.now += 5
+    assert world.matched(world.bundle_indexed())[0] == [first]
+
+
+def test_an_elasticsearch_subscription_whose_percolation_fails_is_disabled(world):
+    heart = world.subscribe(es_query=HEART)
+    fuzzy = world.store_directly(heart, es_query=FUZZY)
+    world.register_directly(fuzzy, FUZZY)
+    with pytest.raises(ElasticsearchBadRequest):  # what made the whole event fail before
+        world.indexes["aws"].percolate({"uuid": new_uuid(), "files": {}})
+
+    matched, [payload] = world.matched(world.bundle_indexed(organ="heart"))
+    assert matched == [heart] and payload["payload"]["es_query"] == HEART
+    disabled = world.worker().get_subscription("aws", fuzzy, OWNER)["disabled"]
+    assert disabled["code"] == "elasticsearch_bad_request" and "fuzzy" in disabled["reason"]
+    assert fuzzy not in json.loads(world.indexes["aws"].subscriptions.path.read_text())  # out of the percolator
+    assert world.matched(world.bundle_indexed(organ="heart"))[0] == [heart]
+
+
+def test_a_percolation_failure_no_subscription_explains_fails_the_event(world, monkeypatch):
+    heart = world.subscribe(es_query=HEART)
+    for error in (ElasticsearchBadRequest("the cluster refused a mapping"), dependencies.Unavailable("down")):
+        def percolate(document, error=error):
+            raise error
+        monkeypatch.setattr(world.indexes["aws"], "percolate", percolate)
+        with pytest.raises(type(error)):
+            world.worker().handle_bundle_indexed(world.bundle_indexed())
+    assert "disabled" not in world.worker().get_subscription("aws", heart, OWNER)
 
 
 # --- delivery -----------------------------------------------------------------------------------------
