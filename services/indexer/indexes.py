@@ -68,6 +68,11 @@ class GuardedIndex:
     def generation(self) -> str | None:
         return self.backend.generation
 
+    @property
+    def searches_in_flight(self) -> int:
+        """Slots taken: searches the engine is working on (answered at their deadline or not)."""
+        return self.search_slots - self._searches.counter
+
     def _call(self, method: str, *args, **kwargs):
         with self._lock:
             function = getattr(self.backend, method)

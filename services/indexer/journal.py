@@ -4,8 +4,11 @@ replicated, so each replica's indexer keeps the journal of what it indexed.
 
 | key | content |
 |---|---|
-| ``events/{stamp}.{uuid}.{version}.{event_type}`` | ``{event_id, event_type, event_timestamp, bundle_fqid, document}``, and ``files_left_out: {reason: count}`` when indexed files were left out of the document |
+| ``events/{stamp}.{uuid}.{version}.{event_type}`` | ``{event_id, event_type, event_timestamp, bundle_fqid, document}`` |
 | ``announced/{uuid}.{version}.{event_type}`` | ``{event_id}``: that event was journaled and dispatched |
+
+An entry whose document lacks indexed files (``documents.py``: the document's cap, files too large
+or unparseable) says how many, by reason: ``files_left_out: {reason: count}``.
 
 ``stamp`` is the moment of journaling in the DSS version format (``2017-06-20T214506.766634Z``),
 which sorts lexicographically in time order. So a listing of ``events/`` is the journal in time

@@ -40,6 +40,7 @@ from typing import Any, Iterator
 from nameko.exceptions import deserialize_to_instance
 
 from shared.exceptions import InvalidRequest
+from shared.schemas import nested_deeper_than
 from shared.search.documents import analyze, date_micros, number_value
 
 
@@ -140,17 +141,10 @@ def _check_pattern(clause: str, pattern: str) -> None:
 
 
 def check_nesting(value: Any, limit: int) -> None:
-    """QueryTooComplex if JSON ``value`` nests deeper than ``limit``; iterative, so a value nested
-    deeper than Python's stack is refused too."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth + 1 > limit:
-                    raise QueryTooComplex(f"es_query is nested more than {limit} levels deep")
-                stack.append((child, depth + 1))
+    """QueryTooComplex if JSON ``value`` nests deeper than ``limit`` (a value nested deeper than
+    Python's stack included)."""
+    if nested_deeper_than(value, limit):
+        raise QueryTooComplex(f"es_query is nested more than {limit} levels deep")
 
 
 # --- the tree ---------------------------------------------------------------------------------
