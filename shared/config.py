@@ -133,10 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
             int),
     Setting("DSS_SEARCH_TIMEOUT_SECONDS", 10,
             "Time budget of one search: one that runs over it is answered 400 `search_timeout` (narrow the "
-            "query); one that could not start within it, all slots being busy, 503 `search_busy`.", float),
-    Setting("DSS_SEARCH_CONCURRENCY", 4,
+            "query). Passed to OpenSearch as the search's `timeout`.", float),
+    Setting("DSS_SEARCH_CONCURRENCY", 2,
             "Searches an indexer process runs at once per replica (beside, never in the way of, index writes); "
-            "more wait for a slot until their time budget ends.", int),
+            "one more is refused at once with 503 `search_busy`. Keep twice this below the indexer's "
+            "DSS_INDEXER_MAX_WORKERS: the rest index.", int),
     Setting("DSS_PERCOLATE_MAX_WORK", 2_000_000,
             "Most work (values and characters compared) one subscription's query may take to match one bundle "
             "with the embedded engine; beyond it the subscription is skipped for that bundle and reported.", int),

@@ -4,13 +4,15 @@ written to the live generation and to a reindex's new one, searched, and reporte
 The indexer is the one process that writes the indexes (``shared.search.base``); searches in the
 same process read the same engine objects, beside the writes: searches have their own slots
 (``DSS_SEARCH_CONCURRENCY`` per replica) and time budget (``DSS_SEARCH_TIMEOUT_SECONDS``) and never
-take the lock writes take, so however slow or many the searches, indexing goes on.
+take the lock writes take, so however slow or many the searches, indexing goes on. A search that
+finds its replica's slots taken is refused at once rather than queued: a waiting search would
+hold one of the container's workers (nameko ``max_workers``, shared with the event handlers), and
+enough of them would stall indexing again.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from typing import Callable
 
 import eventlet
@@ -31,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 # How long a stopping service waits for a reindex to give up cleanly (it checks between batches).
 REINDEX_STOP_TIMEOUT_S = 30
+# How long past its budget a search's caller waits for the engine's own SearchTimeout (which it
+# raises between its steps) before answering one itself.
+SEARCH_DEADLINE_GRACE_S = 0.1
 
 DOCUMENTS_WRITTEN = Counter("dss_index_documents_written_total", "Documents written to a replica's live index.",
                             ["replica", "kind"])
@@ -46,16 +51,15 @@ class GuardedIndex:
     green thread meanwhile.
 
     Writes and the other quick calls take ``_lock`` one at a time; searches never take it, and run
-    at most ``search_slots`` at once, each within ``search_timeout`` seconds: a search that could
-    not start in that time is ``SearchBusy`` (503), one that ran over it ``SearchTimeout`` (400). A
-    tantivy search cannot be interrupted: its caller is answered at the deadline and its slot stays
-    taken until the engine returns, so the slots bound the CPU searches use, answered or not.
+    at most ``search_slots`` at once, each within ``search_timeout`` seconds: a search that finds no
+    free slot is ``SearchBusy`` (503) at once, one that runs over its time ``SearchTimeout`` (400).
+    A tantivy search cannot be interrupted: its caller is answered at the deadline and its slot
+    stays taken until the engine returns, so the slots bound the CPU searches use, answered or not.
 
     Two native threads (a search and a write) meet only on the engine's own locks, which are the
     operating system's (``embedded.py``); ``_lock`` is taken in the green thread, before any."""
 
-    def __init__(self, backend: IndexBackend, offload: bool, search_slots: int = 4,
-                 search_timeout: float | None = None):
+    def __init__(self, backend: IndexBackend, offload: bool, search_slots: int, search_timeout: float | None):
         self.backend = backend
         self.offload = offload
         # OpenSearch calls are HTTP on green sockets: neither serializing nor offloading helps.
@@ -97,13 +101,11 @@ class GuardedIndex:
 
     def search(self, es_query: dict, size: int, search_after: str | None, include_source: bool) -> dict:
         timeout = self.search_timeout
-        started = time.monotonic()
-        if not self._searches.acquire(timeout=timeout):
+        if not self._searches.acquire(blocking=False):
             SEARCHES_REFUSED.labels(self.backend.replica, "busy").inc()
-            raise SearchBusy(f"all {self.search_slots} search slots of replica {self.backend.replica} stayed busy "
-                             f"for {timeout:g} s; retry later", "search_busy")
-        remaining = None if timeout is None else max(timeout - (time.monotonic() - started), 0.001)
-        arguments = (es_query, size, search_after, include_source, remaining)
+            raise SearchBusy(f"all {self.search_slots} search slots of replica {self.backend.replica} are busy; "
+                             f"retry later", "search_busy")
+        arguments = (es_query, size, search_after, include_source, timeout)
         if not self.offload:
             try:
                 return self._counting_timeouts(self.backend.search, *arguments)
@@ -120,12 +122,13 @@ class GuardedIndex:
                 self._searches.release()  # only now: the engine has stopped working on it
 
         eventlet.spawn_n(run)
-        return self._counting_timeouts(self._wait, done, remaining)
+        return self._counting_timeouts(self._wait, done)
 
-    def _wait(self, done: Event, remaining: float | None) -> dict:
-        with eventlet.Timeout(None if remaining is None else remaining + 0.1, False):
+    def _wait(self, done: Event) -> dict:
+        timeout = self.search_timeout
+        with eventlet.Timeout(None if timeout is None else timeout + SEARCH_DEADLINE_GRACE_S, False):
             return done.wait()
-        raise timed_out(self.search_timeout)  # the engine is still at it, in its slot
+        raise timed_out(timeout)  # the engine is still at it, in its slot
 
     def _counting_timeouts(self, function, *args):
         try:
@@ -191,8 +194,8 @@ class IndexState:
     """What the workers of one indexer share: the replicas' indexes, the per-bundle locks and the
     reindex jobs. ``spawn(function, name)`` runs a job in the background."""
 
-    def __init__(self, backends: dict[str, IndexBackend], offload: bool, spawn: Callable, search_slots: int = 4,
-                 search_timeout: float | None = None):
+    def __init__(self, backends: dict[str, IndexBackend], offload: bool, spawn: Callable, search_slots: int,
+                 search_timeout: float | None):
         self.indexes = {replica: GuardedIndex(backend, offload, search_slots, search_timeout)
                         for replica, backend in backends.items()}
         # Held by every write to a live index (with its copy to a reindex), and by the switch.

@@ -46,7 +46,9 @@ class World:
         self.replicas = Replicas({name: ReplicaStorage(name, store, self.settings)
                                   for name, store in self.stores.items()})
         self.state = IndexState({name: open_index_backend(self.settings, name) for name in ("aws", "gcp")},
-                                offload=True, spawn=lambda function, name: eventlet.spawn(function))
+                                offload=True, spawn=lambda function, name: eventlet.spawn(function),
+                                search_slots=self.settings.search_concurrency,
+                                search_timeout=self.settings.search_timeout_seconds)
         self.clock = JournalClock()
         self.source = BundleSourceAPI(self.replicas, self.settings)
         self.service = self.new_worker()
@@ -234,9 +236,10 @@ def test_searches_run_beside_writes_in_bounded_slots_within_a_time_budget(tmp_pa
     started = time.monotonic()
     index.put(doc_id, {"uuid": "x"})  # while the search holds its slot
     assert time.monotonic() - started < 0.4 and index.get(doc_id) == {"uuid": "x"}
-    with pytest.raises(SearchBusy) as busy:  # no free slot within the budget
+    started = time.monotonic()
+    with pytest.raises(SearchBusy) as busy:  # no free slot: refused at once, never queued
         index.search({}, 10, None, False)
-    assert busy.value.error_code == "search_busy"
+    assert busy.value.error_code == "search_busy" and time.monotonic() - started < 0.2
     with pytest.raises(SearchTimeout):  # answered at its deadline...
         searching.wait()
     assert index.searches_in_flight == 1  # ...while the engine still works on it, in its slot
