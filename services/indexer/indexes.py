@@ -40,7 +40,7 @@ SEARCH_DEADLINE_GRACE_S = 0.1
 DOCUMENTS_WRITTEN = Counter("dss_index_documents_written_total", "Documents written to a replica's live index.",
                             ["replica", "kind"])
 SEARCHES_REFUSED = Counter("dss_searches_refused_total",
-                           "Searches refused: `busy` (no slot within the time budget) or `timeout` (ran over it).",
+                           "Searches refused: `busy` (every slot taken) or `timeout` (ran over their time budget).",
                            ["replica", "reason"])
 
 

@@ -9,7 +9,11 @@ id ``{uuid}.{version}``. A document replaced by tombstone fields (``documents.is
 readable by ``get`` but is never returned by ``search`` nor ``percolate``.
 
 Queries are Elasticsearch `es_query` bodies (``{"query": {...}}``) in the subset of ``query.py``;
-anything else raises ``ElasticsearchBadRequest`` (400 ``elasticsearch_bad_request``).
+anything else raises ``ElasticsearchBadRequest`` (400 ``elasticsearch_bad_request``), and a query
+beyond the backend's ``QueryLimits`` (depth, clauses, pattern length) ``QueryTooComplex`` (400
+``query_too_complex``). A search given a ``timeout`` that runs over it raises ``SearchTimeout``
+(400 ``search_timeout``); percolation returns every match, and reports the stored queries it
+could not evaluate within the limits instead of failing the others.
 
 Results are ordered by document id descending, i.e. uuid descending then version descending
 (uuids are fixed width); paging is by cursor (``search_after``: the id of the last hit of the
