@@ -135,9 +135,32 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_OPENSEARCH_INDEX_PREFIX", "dss",
             "Prefix of the OpenSearch indexes and aliases: `{prefix}-{replica}` (documents), "
             "`{prefix}-{replica}-subscriptions`."),
+    Setting("DSS_SEARCH_MAX_DEPTH", 32,
+            "Deepest nesting of clauses a search or subscription query may have (a `bool` in a `bool`, a "
+            "parenthesised group of a `query_string`); deeper: 400 `query_too_complex`.", int),
+    Setting("DSS_SEARCH_MAX_CLAUSES", 1024,
+            "Most clauses a search or subscription query may expand to (each term, token of a `match`, value "
+            "of `terms`, range, `bool`...); more: 400 `query_too_complex`.", int),
+    Setting("DSS_SEARCH_MAX_PATTERN_LENGTH", 256,
+            "Longest `prefix` or `wildcard` pattern (also in a `query_string`); longer: 400 `query_too_complex`.",
+            int),
+    Setting("DSS_SEARCH_TIMEOUT_SECONDS", 10,
+            "Time budget of one search: one that runs over it is answered 400 `search_timeout` (narrow the "
+            "query). Passed to OpenSearch as the search's `timeout`.", float),
+    Setting("DSS_SEARCH_CONCURRENCY", 2,
+            "Searches an indexer process runs at once per replica (beside, never in the way of, index writes); "
+            "one more is refused at once with 503 `search_busy`. Keep twice this below the indexer's "
+            "DSS_INDEXER_MAX_WORKERS: the rest index.", int),
+    Setting("DSS_PERCOLATE_MAX_WORK", 2_000_000,
+            "Most work (values and characters compared) one subscription's query may take to match one bundle "
+            "with the embedded engine; beyond it the subscription is skipped for that bundle and reported.", int),
     # --- indexer ----------------------------------------------------------------------------
     Setting("DSS_INDEX_MAX_FILE_BYTES", 16 * MiB,
             "Largest indexed JSON file the indexer reads into a bundle's document; larger ones are left out.", int),
+    Setting("DSS_INDEX_MAX_DOCUMENT_BYTES", 16 * MiB,
+            "Most indexed JSON (bytes of its files, counted once per name listing them) a bundle's search "
+            "document, journal entry and `bundle_indexed` event carry; files beyond it are left out and counted.",
+            int),
     Setting("DSS_INDEX_RETRY_DELAYS", "1,5,30,120,600,3600",
             "Seconds before each new attempt of a failed indexing (broker delay queues); then dead-lettered.",
             _as_ints),

@@ -247,3 +247,18 @@ def load_arguments(schema: Schema, values: dict, *, none_is_default: bool = Fals
         detail = str(messages)
         raise InvalidParameter(f"invalid arguments: {detail[:300]}{'...' if len(detail) > 300 else ''}",
                                code) from None
+
+
+def nested_deeper_than(value, limit: int) -> bool:
+    """Whether JSON ``value`` nests containers more than ``limit`` deep; iterative, so a value
+    nested deeper than Python's stack is measured too."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False

@@ -27,11 +27,14 @@ from services.gateway import apidoc, errors, schemas
 from services.gateway.hosts import AllowedHosts
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from shared.schemas import nested_deeper_than
 from shared.tls import ServerContext
 
 logger = logging.getLogger(__name__)
 
 TLS_HANDSHAKE_TIMEOUT_S = 10
+# Nesting of a JSON request body: far beyond any API document, below what an RPC can encode (~900).
+MAX_JSON_DEPTH = 640
 
 
 class ProblemWsgiApp(WsgiApp):
@@ -174,8 +177,14 @@ def json_body(request, schema, limit: int) -> dict:
         raise InvalidParameter("the request body is empty; a JSON object is required", "invalid_json")
     try:
         document = json.loads(data)
+        too_deep = nested_deeper_than(document, MAX_JSON_DEPTH)
     except (ValueError, UnicodeDecodeError):
         raise InvalidParameter("the request body is not valid JSON", "invalid_json") from None
+    except RecursionError:  # deeper than the decoder's stack
+        too_deep = True
+    if too_deep:  # no service could take it: encoding it for an RPC would overflow the stack
+        raise InvalidParameter(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep",
+                               "invalid_json")
     return schemas.load(schema, document, "body")
 
 

@@ -47,7 +47,9 @@ class SearchIndexes(DependencyProvider):
     def setup(self):
         settings = Settings.from_config(self.container.config)
         backends = {replica: open_index_backend(settings, replica) for replica in REPLICAS}
-        self.state = IndexState(backends, offload=settings.index_backend == "embedded", spawn=self._spawn)
+        self.state = IndexState(backends, offload=settings.index_backend == "embedded", spawn=self._spawn,
+                                search_slots=settings.search_concurrency,
+                                search_timeout=settings.search_timeout_seconds)
         logger.info("search indexes: %s backend%s", settings.index_backend,
                     f" under {settings.index_dir}" if settings.index_backend == "embedded" else "")
 

@@ -4,6 +4,11 @@ from them (the shapes are ``shared.bundle_documents``'s).
 The handlers, ``get_event`` and the reindex job all build documents here, so a document indexed
 from an event, one rebuilt by a reindex and one GET /events/{uuid} returns never differ.
 
+A document's indexed JSON is bounded (``DSS_INDEX_MAX_DOCUMENT_BYTES``, counted once per name
+listing a file, as the document, the journal and the bus carry it once per name): the files are
+taken in manifest order while they fit, and the rest is left out and counted. Each distinct file
+(by its blob key) is read and parsed once, however many names list it.
+
 A version is hidden by its own tombstone (``bundles/{uuid}.{version}.dead``) or by the tombstone of
 every version (``bundles/{uuid}.dead``); when both exist its own one is what it shows, whichever
 was written first, so a replay or a reindex always lands on the same document.
@@ -96,6 +101,7 @@ class BundleSourceAPI:
     def __init__(self, replicas: Replicas, settings):
         self.replicas = replicas
         self.max_file_bytes = settings.index_max_file_bytes
+        self.max_document_bytes = settings.index_max_document_bytes
 
     def health(self) -> dict:
         return self.replicas.health()
@@ -149,11 +155,17 @@ class BundleSourceAPI:
     # --- documents -------------------------------------------------------------------------------------
     def index_document(self, replica: str, bundle: BundleVersion) -> dict:
         """What the index holds for the version: its tombstone fields, or ``{uuid, manifest, files}``."""
+        return self.build_document(replica, bundle)[0]
+
+    def build_document(self, replica: str, bundle: BundleVersion) -> tuple[dict, dict[str, int]]:
+        """``index_document`` and how many files were left out of it, by reason."""
         if bundle.tombstone is not None:
-            return bundle.tombstone
+            return bundle.tombstone, {}
         if bundle.manifest is None:
             raise not_readable(Keys.bundle(bundle.uuid, bundle.version), replica)
-        return index_document(bundle.uuid, bundle.manifest, self.indexed_files(replica, bundle.manifest))
+        left_out: dict[str, int] = {}
+        files = self.indexed_files(replica, bundle.manifest, left_out)
+        return index_document(bundle.uuid, bundle.manifest, files), left_out
 
     def listed_document(self, replica: str, listed: ListedVersion) -> dict:
         """``index_document`` of a version met by ``walk`` (the reindex): no second listing."""
@@ -172,42 +184,71 @@ class BundleSourceAPI:
         event_type = TOMBSTONE if bundle.tombstone is not None else CREATE
         return event_document(event_type, bundle.uuid, bundle.version, bundle.manifest, files)
 
-    def indexed_files(self, replica: str, manifest: dict) -> dict[str, list]:
+    def indexed_files(self, replica: str, manifest: dict, left_out: dict[str, int] | None = None) -> dict[str, list]:
         """The parsed JSON of every file marked ``indexed`` with a JSON content type, grouped by
-        ``index_key`` (a list per key, in manifest order). Files that are too large, unparseable
-        or not a JSON object or array are left out, with a warning and a count."""
+        ``index_key`` (a list per key, in manifest order). Files that are too large, beyond the
+        document's cap, unparseable or not a JSON object or array are left out, with a warning and
+        a count (in ``left_out`` too, by reason, when given)."""
         storage = self.replicas[replica]
         entries = [entry for entry in manifest.get("files", ())
                    if entry.get("indexed") is True and is_json_content_type(entry.get("content-type"))]
-        contents = green_map(lambda entry: self._file_json(storage, entry), entries, FILE_READ_CONCURRENCY)
+        # What to read, from the sizes the manifest gives: each distinct file once.
+        planned = self._fit(entries, lambda entry: entry.get("size"))
+        blobs = {_blob_key(entry): entry for entry, fits in zip(entries, planned) if fits is True}
+        read = green_map(lambda key: self._file_json(storage, blobs[key]), list(blobs), FILE_READ_CONCURRENCY)
+        contents = dict(zip(blobs, read))
+        # The sizes read are the ones that count (a manifest could understate one).
+        outcome = self._fit(entries, lambda entry: contents[_blob_key(entry)][1], planned)
         files: dict[str, list] = {}
-        for entry, content in zip(entries, contents):
-            if isinstance(content, Skipped):
-                SKIPPED_FILES.labels(replica, content.reason).inc()
+        for entry, fits in zip(entries, outcome):
+            if isinstance(fits, Skipped):
+                SKIPPED_FILES.labels(replica, fits.reason).inc()
+                if left_out is not None:
+                    left_out[fits.reason] = left_out.get(fits.reason, 0) + 1
                 logger.warning("not indexing %s (file %s.%s) of a bundle in %s: %s", entry["name"], entry["uuid"],
-                               entry["version"], replica, content.reason.replace("_", " "))
+                               entry["version"], replica, fits.reason.replace("_", " "))
                 continue
-            files.setdefault(index_key(entry["name"]), []).append(content)
+            files.setdefault(index_key(entry["name"]), []).append(contents[_blob_key(entry)][0])
         return files
 
-    def _file_json(self, storage: ReplicaStorage, entry: dict):
-        size = entry.get("size")
-        if not isinstance(size, int) or size > self.max_file_bytes:
-            return Skipped("too_large")
-        key = Keys.blob(entry["sha256"], entry["sha1"], entry["s3-etag"], entry["crc32c"])
+    def _fit(self, entries: list[dict], size_of, before: list | None = None) -> list:
+        """Per entry, True (taken) or why it is left out: in manifest order, each entry whose size
+        fits what is left of the document's cap (a later, smaller one may fit where one did not).
+        ``before``: an earlier outcome whose left-out entries stay out (``size_of`` is only asked
+        of the others)."""
+        outcome, total = [], 0
+        for index, entry in enumerate(entries):
+            if before is not None and isinstance(before[index], Skipped):
+                outcome.append(before[index])
+                continue
+            size = size_of(entry)
+            if isinstance(size, Skipped):
+                outcome.append(size)
+            elif not isinstance(size, int) or isinstance(size, bool) or size > self.max_file_bytes:
+                outcome.append(Skipped("too_large"))
+            elif total + size > self.max_document_bytes:
+                outcome.append(Skipped("document_cap"))
+            else:
+                total += size
+                outcome.append(True)
+        return outcome
+
+    def _file_json(self, storage: ReplicaStorage, entry: dict) -> tuple[object, int | Skipped]:
+        """(the parsed content, its size in bytes), or (None, why it is left out)."""
+        key = _blob_key(entry)
         try:
             data = storage.store.get_bytes(storage.bucket, key)
         except BlobNotFound:
             raise not_readable(f"{key} (file {entry['name']})", storage.replica) from None
         if len(data) > self.max_file_bytes:  # the manifest said otherwise: trust the bytes
-            return Skipped("too_large")
+            return None, Skipped("too_large")
         try:
             content = tpool.execute(json.loads, data) if len(data) > PARSE_OFF_THREAD_BYTES else json.loads(data)
         except ValueError:  # also a UnicodeDecodeError
-            return Skipped("unparseable")
+            return None, Skipped("unparseable")
         if not isinstance(content, (dict, list)):
-            return Skipped("not_object")
-        return content
+            return None, Skipped("not_object")
+        return content, len(data)
 
     # --- reading -----------------------------------------------------------------------------------------
     @staticmethod
@@ -221,3 +262,7 @@ class BundleSourceAPI:
             return _TOMBSTONE.dump(_TOMBSTONE.load(doc))
         except ValidationError as error:
             raise Unprocessable(f"{key} is not a valid tombstone: {error.messages}", "invalid_document") from None
+
+
+def _blob_key(entry: dict) -> str:
+    return Keys.blob(entry["sha256"], entry["sha1"], entry["s3-etag"], entry["crc32c"])

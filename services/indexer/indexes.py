@@ -2,7 +2,12 @@
 written to the live generation and to a reindex's new one, searched, and reported on.
 
 The indexer is the one process that writes the indexes (``shared.search.base``); searches in the
-same process read the same engine objects.
+same process read the same engine objects, beside the writes: searches have their own slots
+(``DSS_SEARCH_CONCURRENCY`` per replica) and time budget (``DSS_SEARCH_TIMEOUT_SECONDS``) and never
+take the lock writes take, so however slow or many the searches, indexing goes on. A search that
+finds its replica's slots taken is refused at once rather than queued: a waiting search would
+hold one of the container's workers (nameko ``max_workers``, shared with the event handlers), and
+enough of them would stall indexing again.
 """
 from __future__ import annotations
 
@@ -10,13 +15,16 @@ import contextlib
 import logging
 from typing import Callable
 
+import eventlet
 from eventlet import tpool
+from eventlet.event import Event
 from eventlet.semaphore import Semaphore
 from prometheus_client import Counter
 
 from shared.exceptions import InvalidParameter
 from shared.identifiers import REPLICAS
-from shared.search import IndexBackend, is_tombstone
+from shared.search import IndexBackend, SearchBusy, SearchTimeout, is_tombstone
+from shared.search.base import timed_out
 
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.reindex import IDLE, ReindexJob
@@ -25,29 +33,49 @@ logger = logging.getLogger(__name__)
 
 # How long a stopping service waits for a reindex to give up cleanly (it checks between batches).
 REINDEX_STOP_TIMEOUT_S = 30
+# How long past its budget a search's caller waits for the engine's own SearchTimeout (which it
+# raises between its steps) before answering one itself.
+SEARCH_DEADLINE_GRACE_S = 0.1
 
 DOCUMENTS_WRITTEN = Counter("dss_index_documents_written_total", "Documents written to a replica's live index.",
                             ["replica", "kind"])
+SEARCHES_REFUSED = Counter("dss_searches_refused_total",
+                           "Searches refused: `busy` (every slot taken) or `timeout` (ran over their time budget).",
+                           ["replica", "reason"])
 
 
 class GuardedIndex:
-    """An ``IndexBackend`` whose calls never overlap and, for the embedded engine, run on a native
-    thread: a tantivy commit takes tens of milliseconds (a bulk of hundreds of documents, most of
-    a second) and would stall every green thread meanwhile.
+    """An ``IndexBackend`` as the indexer's green threads use it. For the embedded engine its calls
+    run on native threads: a tantivy commit takes tens of milliseconds (a bulk of hundreds of
+    documents, most of a second), a search up to its time budget, and either would stall every
+    green thread meanwhile.
 
-    Why the calls must not overlap: the engine's own locks are ``threading`` locks, which eventlet
-    turns green, and a green lock released on a native thread never wakes a green waiter. With
-    this lock taken first (in the green thread), the engine's lock is never contended."""
+    Writes and the other quick calls take ``_lock`` one at a time; searches never take it, and run
+    at most ``search_slots`` at once, each within ``search_timeout`` seconds: a search that finds no
+    free slot is ``SearchBusy`` (503) at once, one that runs over its time ``SearchTimeout`` (400).
+    A tantivy search cannot be interrupted: its caller is answered at the deadline and its slot
+    stays taken until the engine returns, so the slots bound the CPU searches use, answered or not.
 
-    def __init__(self, backend: IndexBackend, offload: bool):
+    Two native threads (a search and a write) meet only on the engine's own locks, which are the
+    operating system's (``embedded.py``); ``_lock`` is taken in the green thread, before any."""
+
+    def __init__(self, backend: IndexBackend, offload: bool, search_slots: int, search_timeout: float | None):
         self.backend = backend
         self.offload = offload
         # OpenSearch calls are HTTP on green sockets: neither serializing nor offloading helps.
         self._lock = Semaphore() if offload else contextlib.nullcontext()
+        self.search_slots = search_slots
+        self.search_timeout = search_timeout
+        self._searches = Semaphore(search_slots)
 
     @property
     def generation(self) -> str | None:
         return self.backend.generation
+
+    @property
+    def searches_in_flight(self) -> int:
+        """Slots taken: searches the engine is working on (answered at their deadline or not)."""
+        return self.search_slots - self._searches.counter
 
     def _call(self, method: str, *args, **kwargs):
         with self._lock:
@@ -72,7 +100,46 @@ class GuardedIndex:
         return self._call("get", doc_id)
 
     def search(self, es_query: dict, size: int, search_after: str | None, include_source: bool) -> dict:
-        return self._call("search", es_query, size, search_after, include_source)
+        timeout = self.search_timeout
+        if not self._searches.acquire(blocking=False):
+            SEARCHES_REFUSED.labels(self.backend.replica, "busy").inc()
+            raise SearchBusy(f"all {self.search_slots} search slots of replica {self.backend.replica} are busy; "
+                             f"retry later", "search_busy")
+        arguments = (es_query, size, search_after, include_source, timeout)
+        if not self.offload:
+            try:
+                return self._counting_timeouts(self.backend.search, *arguments)
+            finally:
+                self._searches.release()
+        done = Event()
+
+        def run():
+            try:
+                done.send(tpool.execute(self.backend.search, *arguments))
+            except Exception as error:  # noqa: BLE001 - handed to the caller
+                done.send_exception(error)
+            finally:
+                self._searches.release()  # only now: the engine has stopped working on it
+
+        eventlet.spawn_n(run)
+        return self._counting_timeouts(self._wait, done)
+
+    def _wait(self, done: Event) -> dict:
+        timeout = self.search_timeout
+        with eventlet.Timeout(None if timeout is None else timeout + SEARCH_DEADLINE_GRACE_S, False):
+            return done.wait()
+        raise timed_out(timeout)  # the engine is still at it, in its slot
+
+    def _counting_timeouts(self, function, *args):
+        try:
+            return function(*args)
+        except SearchTimeout:
+            SEARCHES_REFUSED.labels(self.backend.replica, "timeout").inc()
+            raise
+
+    def live_total(self) -> int:
+        """Live documents, counted on the writers' side: a health check never waits for a slot."""
+        return self._call("search", {}, 1, None, False)["total"]
 
     def close(self) -> None:
         self._call("close")
@@ -87,7 +154,7 @@ class GuardedIndex:
         return self._here("generations")
 
     def new_generation(self) -> "GuardedIndex":
-        return GuardedIndex(self._here("new_generation"), self.offload)
+        return GuardedIndex(self._here("new_generation"), self.offload, self.search_slots, self.search_timeout)
 
     def switch_to(self, generation: str) -> None:
         self._here("switch_to", generation)
@@ -127,8 +194,10 @@ class IndexState:
     """What the workers of one indexer share: the replicas' indexes, the per-bundle locks and the
     reindex jobs. ``spawn(function, name)`` runs a job in the background."""
 
-    def __init__(self, backends: dict[str, IndexBackend], offload: bool, spawn: Callable):
-        self.indexes = {replica: GuardedIndex(backend, offload) for replica, backend in backends.items()}
+    def __init__(self, backends: dict[str, IndexBackend], offload: bool, spawn: Callable, search_slots: int,
+                 search_timeout: float | None):
+        self.indexes = {replica: GuardedIndex(backend, offload, search_slots, search_timeout)
+                        for replica, backend in backends.items()}
         # Held by every write to a live index (with its copy to a reindex), and by the switch.
         self.write_locks = {replica: Semaphore() for replica in backends}
         self.bundle_locks = KeyedLocks()
@@ -237,7 +306,7 @@ class IndexesAPI:
         report = {}
         for replica, index in self.state.indexes.items():
             try:
-                live = index.search({}, 1, None, False)["total"]
+                live = index.live_total()
                 generation = index.current_generation()
             except Exception as error:  # noqa: BLE001 - reported, not raised: health must answer
                 report[replica] = {"ok": False, "detail": f"index unavailable: {error}"}

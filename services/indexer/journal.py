@@ -7,6 +7,9 @@ replicated, so each replica's indexer keeps the journal of what it indexed.
 | ``events/{stamp}.{uuid}.{version}.{event_type}`` | ``{event_id, event_type, event_timestamp, bundle_fqid, document}`` |
 | ``announced/{uuid}.{version}.{event_type}`` | ``{event_id}``: that event was journaled and dispatched |
 
+An entry whose document lacks indexed files (``documents.py``: the document's cap, files too large
+or unparseable) says how many, by reason: ``files_left_out: {reason: count}``.
+
 ``stamp`` is the moment of journaling in the DSS version format (``2017-06-20T214506.766634Z``),
 which sorts lexicographically in time order. So a listing of ``events/`` is the journal in time
 order, and a time range is one listing that starts after ``events/{from}`` and stops at
@@ -106,13 +109,17 @@ class EventJournalAPI:
         self.replicas = replicas
         self.clock = clock
 
-    def append(self, replica: str, event_type: str, uuid: str, version: str, document: dict) -> dict:
-        """Journal one event; returns the entry (its ``event_timestamp`` is the stamp's ISO form)."""
+    def append(self, replica: str, event_type: str, uuid: str, version: str, document: dict,
+               files_left_out: dict[str, int] | None = None) -> dict:
+        """Journal one event; returns the entry (its ``event_timestamp`` is the stamp's ISO form).
+        ``files_left_out``: indexed files the document lacks, by reason (see ``documents.py``)."""
         with self.clock.stamp(replica) as (moment, stamp):
             event_id = f"{stamp}.{uuid}.{version}.{event_type}"
             entry = {"event_id": event_id, "event_type": event_type,
                      "event_timestamp": moment.isoformat(timespec="microseconds").replace("+00:00", "Z"),
                      "bundle_fqid": fqid(uuid, version), "document": document}
+            if files_left_out:
+                entry["files_left_out"] = dict(files_left_out)
             self.replicas[replica].write_json_once(JOURNAL_PREFIX + event_id, entry)
         EVENTS_JOURNALED.labels(replica, event_type).inc()
         logger.info("journaled %s of %s in %s", event_type, entry["bundle_fqid"], replica)

@@ -158,9 +158,9 @@ class IndexerService:
             if bundle.tombstone is not None:
                 logger.info("%s.%s is tombstoned in %s: not indexed as a live bundle", uuid, version, replica)
                 return []
-            document = self.bundles.index_document(replica, bundle)
+            document, left_out = self.bundles.build_document(replica, bundle)
             announced = self._store(replica, bundle, CREATE, document, lambda stored: event_document(
-                CREATE, uuid, version, bundle.manifest, document["files"]))
+                CREATE, uuid, version, bundle.manifest, document["files"]), left_out)
         return [announced] if announced else []
 
     def _tombstone(self, replica: str, uuid: str, version: str | None) -> list[dict]:
@@ -208,7 +208,8 @@ class IndexerService:
                                       stored.get("files") if live else None)
             return [self._announce(replica, uuid, version, DELETE, document)]
 
-    def _store(self, replica: str, bundle: BundleVersion, event_type: str, document: dict, describe) -> dict | None:
+    def _store(self, replica: str, bundle: BundleVersion, event_type: str, document: dict, describe,
+               files_left_out: dict[str, int] | None = None) -> dict | None:
         """Write ``document`` unless the index holds it already, then announce the change. Returns
         the ``bundle_indexed`` payload, or None when there was nothing to announce."""
         doc_id = fqid(bundle.uuid, bundle.version)
@@ -219,12 +220,13 @@ class IndexerService:
                 return None
         else:
             self.indexes.write(replica, doc_id, document)
-        return self._announce(replica, bundle.uuid, bundle.version, event_type, describe(stored))
+        return self._announce(replica, bundle.uuid, bundle.version, event_type, describe(stored), files_left_out)
 
-    def _announce(self, replica: str, uuid: str, version: str, event_type: str, document: dict) -> dict:
+    def _announce(self, replica: str, uuid: str, version: str, event_type: str, document: dict,
+                  files_left_out: dict[str, int] | None = None) -> dict:
         """Journal first, dispatch next, then mark it announced (a crash in between is redone by the
         redelivery); the ``bundle_indexed`` payload."""
-        entry = self.journal.append(replica, event_type, uuid, version, document)
+        entry = self.journal.append(replica, event_type, uuid, version, document, files_left_out)
         payload = BundleIndexed().dump({
             "replica": replica, "uuid": uuid, "version": version, "event_type": event_type,
             "event_timestamp": entry["event_timestamp"], "document": entry["document"]})

@@ -9,7 +9,11 @@ id ``{uuid}.{version}``. A document replaced by tombstone fields (``documents.is
 readable by ``get`` but is never returned by ``search`` nor ``percolate``.
 
 Queries are Elasticsearch `es_query` bodies (``{"query": {...}}``) in the subset of ``query.py``;
-anything else raises ``ElasticsearchBadRequest`` (400 ``elasticsearch_bad_request``).
+anything else raises ``ElasticsearchBadRequest`` (400 ``elasticsearch_bad_request``), and a query
+beyond the backend's ``QueryLimits`` (depth, clauses, pattern length) ``QueryTooComplex`` (400
+``query_too_complex``). A search given a ``timeout`` that runs over it raises ``SearchTimeout``
+(400 ``search_timeout``); percolation returns every match, and reports the stored queries it
+could not evaluate within the limits instead of failing the others.
 
 Results are ordered by document id descending, i.e. uuid descending then version descending
 (uuids are fixed width); paging is by cursor (``search_after``: the id of the last hit of the
@@ -31,12 +35,13 @@ One process writes an index (the indexer); any number of processes search it.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterable, TypedDict
+import time
+from typing import Any, Callable, Iterable, TypedDict
 
 from nameko.exceptions import deserialize_to_instance
 
-from shared.exceptions import InvalidParameter, Unavailable
-from shared.search.query import ElasticsearchBadRequest
+from shared.exceptions import InvalidParameter, InvalidRequest, Unavailable
+from shared.search.query import ElasticsearchBadRequest, QueryTooComplex
 
 MAX_PAGE_SIZE = 10_000
 
@@ -46,6 +51,46 @@ class SearchUnavailable(Unavailable):
     """The search engine cannot be reached or failed (503, worth retrying)."""
 
     code = "search_unavailable"
+
+
+@deserialize_to_instance
+class SearchBusy(Unavailable):
+    """Every search slot stayed taken for the whole time budget (503 with Retry-After: load, not
+    the query, is the cause)."""
+
+    code = "search_busy"
+
+
+@deserialize_to_instance
+class SearchTimeout(InvalidRequest):
+    """A search ran over its time budget (400). Not a 5xx: the clients retry those, and a query
+    that already cost a whole budget would cost it again each time; the answer says to narrow it."""
+
+    code = "search_timeout"
+
+
+class Deadline:
+    """The end of a search's time budget (None: no end), checked between the engine's steps."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        return None if self.end is None else max(self.end - time.monotonic(), 0.0)
+
+    def check(self) -> None:
+        if self.end is not None and time.monotonic() > self.end:
+            raise timed_out(self.seconds)
+
+
+def timed_out(seconds: float | None) -> SearchTimeout:
+    budget = "its time budget" if seconds is None else f"its time budget of {seconds:g} s"
+    return SearchTimeout(f"the search ran over {budget}; narrow the query")
+
+
+# ``percolate``'s report of a subscription it could not evaluate: (subscription id, the error).
+Refused = Callable[[str, ElasticsearchBadRequest], None]
 
 
 class Hit(TypedDict, total=False):
@@ -90,8 +135,9 @@ class IndexBackend(abc.ABC):
     # --- searching -------------------------------------------------------------------------------
     @abc.abstractmethod
     def search(self, es_query: dict, size: int = 100, search_after: str | None = None,
-               include_source: bool = False) -> SearchPage:
-        """One page of live documents matching ``es_query``, ids descending, after the cursor."""
+               include_source: bool = False, timeout: float | None = None) -> SearchPage:
+        """One page of live documents matching ``es_query``, ids descending, after the cursor.
+        ``timeout``: seconds the search may take (None: no limit), else ``SearchTimeout``."""
 
     # --- subscriptions (percolation) ---------------------------------------------------------
     @abc.abstractmethod
@@ -103,8 +149,12 @@ class IndexBackend(abc.ABC):
         """Forget a subscription; False if it was not there."""
 
     @abc.abstractmethod
-    def percolate(self, document: dict) -> list[str]:
-        """Ids (sorted) of the subscriptions whose query matches ``document``; [] for a tombstone."""
+    def percolate(self, document: dict, refused: Refused | None = None) -> list[str]:
+        """Ids (sorted) of the subscriptions whose query matches ``document``, all of them however
+        many; [] for a tombstone. A subscription whose query cannot be evaluated within the limits
+        (``QueryTooComplex``: a stored query beyond today's limits, or too costly on this document)
+        is left out, logged and counted, and reported to ``refused`` when given: the others are
+        still matched."""
 
     # --- generations -------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -155,4 +205,5 @@ class IndexBackend(abc.ABC):
         return doc_id
 
 
-__all__ = ["ElasticsearchBadRequest", "Hit", "IndexBackend", "MAX_PAGE_SIZE", "SearchPage", "SearchUnavailable"]
+__all__ = ["Deadline", "ElasticsearchBadRequest", "Hit", "IndexBackend", "MAX_PAGE_SIZE", "QueryTooComplex", "Refused",
+           "SearchBusy", "SearchPage", "SearchTimeout", "SearchUnavailable"]

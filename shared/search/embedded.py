@@ -28,6 +28,17 @@ panics (hence every number mapped to an ordered int64); RFC 3339 strings in a JS
 for dates and not tokenised (hence the trailing space added to date-like strings in ``t``); a
 search of limit 0 panics; one writer per index (``LockBusy``): the indexer writes, other processes
 only read and pick up commits and generation switches on their next call.
+
+Threads: searches run beside writes. The object's locks are the operating system's (never
+eventlet's green ones, which a native thread cannot wait on): one guards the open index and its
+generation and is held only for moments, the other serialises writes through their commit; a
+search takes only the first, so a slow search never holds up a write (nor a write a search,
+beyond the moment a commit is picked up). tantivy releases the GIL while it searches.
+
+Bounded work: queries are parsed under ``QueryLimits``; wildcards and prefixes become regular
+expressions for tantivy's automaton (Rust: linear time, and refused past its state limit, which
+is a 400 ``query_too_complex`` here); a search checks its ``timeout`` between its steps;
+percolation evaluates each stored query under a ``WorkBudget`` of ``percolate_max_work``.
 """
 from __future__ import annotations
 
@@ -43,16 +54,24 @@ from pathlib import Path
 from typing import Iterable
 
 import tantivy
+from eventlet.patcher import original
+from prometheus_client import Counter
 
 from shared.exceptions import InvalidParameter
 from shared.search import query as q
-from shared.search.base import IndexBackend, SearchPage, SearchUnavailable
+from shared.search.base import Deadline, IndexBackend, Refused, SearchPage, SearchUnavailable
 from shared.search.documents import (canonical_number, flatten, fqid_from_key, fqid_key, is_tombstone,
                                      sortable_int, term_forms)
-from shared.search.evaluate import matches, wildcard_to_regex
-from shared.search.query import parse_search
+from shared.search.evaluate import WorkBudget, matches
+from shared.search.query import ElasticsearchBadRequest, QueryLimits, QueryTooComplex, parse_search
 
 logger = logging.getLogger(__name__)
+
+_os_threading = original("threading")  # real locks, whether or not eventlet patched `threading`
+
+PERCOLATION_REFUSED = Counter("dss_percolation_refused_total",
+                              "Stored subscription queries percolation could not evaluate within the limits.",
+                              ["replica"])
 
 SEP = "\x1f"  # between a path and its value in pv / pt: a character no path or query contains
 _GEN_RE = re.compile(r"^g(\d{6})$")
@@ -89,6 +108,35 @@ def _safe_text(value: str) -> str:
 def _rust_escape(text: str) -> str:
     """Escape for tantivy's regex syntax (Rust `regex`): every meta character, backslashed."""
     return "".join("\\" + c if c in "\\.+*?()|[]{}^$#&-~" else c for c in text)
+
+
+def glob_to_regex(pattern: str) -> str:
+    """A wildcard pattern (`*`, `?`, backslash escapes; a trailing backslash is itself) as a Rust
+    regular expression body."""
+    out, escaped = [], False
+    for char in pattern:
+        if escaped:
+            out.append(_rust_escape(char))
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        else:
+            out.append(_rust_escape(char))
+    if escaped:
+        out.append(_rust_escape("\\"))
+    return "".join(out)
+
+
+def _regex_query(field: str, regex: str, clause: str, pattern: str) -> tantivy.Query:
+    try:
+        return tantivy.Query.regex_query(SCHEMA, field, regex)
+    except ValueError as error:  # the automaton would pass tantivy's state limit
+        raise QueryTooComplex(f"[{clause}] pattern {pattern[:60]!r} is too complex for the index "
+                              f"({str(error)[-80:]})") from None
 
 
 def _parser_escape(path: str) -> str:
@@ -135,9 +183,10 @@ def to_tantivy_document(doc_id: str, document: dict) -> tantivy.Document:
 class Translator:
     """The query tree (``query.py``) as a tantivy query over one searcher."""
 
-    def __init__(self, index: tantivy.Index, searcher: tantivy.Searcher):
+    def __init__(self, index: tantivy.Index, searcher: tantivy.Searcher, deadline: Deadline | None = None):
         self.index = index
         self.searcher = searcher
+        self.deadline = deadline or Deadline(None)
 
     def translate(self, node: q.Node) -> tantivy.Query:
         return getattr(self, "_" + type(node).__name__)(node)
@@ -212,8 +261,10 @@ class Translator:
         # numbers and dates, the common ranges, go through the fast fields above).
         field = "pt" if node.kind == "text" else "pv"
         prefix = f"{node.path}{SEP}"
+        self.deadline.check()
         terms = [term for term, _ in self.searcher.terms_with_prefix(field, prefix)
                  if _within(node, term[len(prefix):])]
+        self.deadline.check()
         if not terms:
             return tantivy.Query.empty_query()
         return tantivy.Query.term_set_query(SCHEMA, field, terms)
@@ -229,12 +280,11 @@ class Translator:
 
     def _Prefix(self, node: q.Prefix):
         field, prefix = self._field_and_prefix(node.path, node.kind)
-        return tantivy.Query.regex_query(SCHEMA, field, _rust_escape(prefix + node.prefix) + ".*")
+        return _regex_query(field, _rust_escape(prefix + node.prefix) + ".*", "prefix", node.prefix)
 
     def _Wildcard(self, node: q.Wildcard):
         field, prefix = self._field_and_prefix(node.path, node.kind)
-        pattern = _rust_escape(prefix) + wildcard_to_regex(node.pattern, _rust_escape)
-        return tantivy.Query.regex_query(SCHEMA, field, pattern)
+        return _regex_query(field, _rust_escape(prefix) + glob_to_regex(node.pattern), "wildcard", node.pattern)
 
     def _Ids(self, node: q.Ids):
         return tantivy.Query.term_set_query(SCHEMA, "id", list(node.values))
@@ -252,10 +302,11 @@ class SubscriptionStore:
     """Subscription queries in one JSON file, parsed once and re-read when another process changed
     it (its stat changes). Writers take an flock, so processes never lose each other's updates."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, limits: QueryLimits):
         self.path = path
+        self.limits = limits
         self._stamp = None
-        self._queries: dict[str, q.Node] = {}
+        self._queries: dict[str, q.Node | ElasticsearchBadRequest] = {}
         self._lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -282,7 +333,7 @@ class SubscriptionStore:
         os.replace(tmp, self.path)
 
     def put(self, sub_id: str, es_query: dict) -> None:
-        parse_search(es_query)  # refuse before storing
+        parse_search(es_query, self.limits)  # refuse before storing
         with self._lock, self._exclusive():
             data = self._read()
             data[sub_id] = es_query
@@ -297,7 +348,9 @@ class SubscriptionStore:
             self._write(data)
             return True
 
-    def queries(self) -> dict[str, q.Node]:
+    def queries(self) -> dict[str, q.Node | ElasticsearchBadRequest]:
+        """Each stored query parsed, or the error parsing it gives today (one stored before the
+        limits were lowered): never a reason to fail the others."""
         with self._lock:
             try:
                 st = self.path.stat()
@@ -305,27 +358,41 @@ class SubscriptionStore:
             except FileNotFoundError:
                 stamp = None
             if stamp != self._stamp:
-                self._queries = {sub_id: parse_search(body) for sub_id, body in self._read().items()}
+                self._queries = {sub_id: self._parsed(body) for sub_id, body in self._read().items()}
                 self._stamp = stamp
             return self._queries
+
+    def _parsed(self, body) -> q.Node | ElasticsearchBadRequest:
+        try:
+            return parse_search(body, self.limits)
+        except ElasticsearchBadRequest as error:
+            return error
 
 
 class EmbeddedIndex(IndexBackend):
     """See the module docstring. Thread-safe; one instance per process and replica."""
 
-    def __init__(self, directory: str | os.PathLike, replica: str, generation: str | None = None):
+    def __init__(self, directory: str | os.PathLike, replica: str, generation: str | None = None,
+                 limits: QueryLimits | None = None, percolate_max_work: int | None = None):
         self.root = Path(directory) / replica
         self.replica = replica
         self.generation = generation
-        self._lock = threading.RLock()
+        self.limits = limits or QueryLimits.defaults()
+        if percolate_max_work is None:
+            from shared.config import describe  # the settings table's default: one definition
+            percolate_max_work = describe("DSS_PERCOLATE_MAX_WORK").default
+        self.percolate_max_work = percolate_max_work
+        self._lock = _os_threading.RLock()  # the open index, its generation and reader: held for moments
+        self._write_lock = _os_threading.RLock()  # one write at a time, through its commit
         self._index: tantivy.Index | None = None
         self._index_generation: str | None = None
         self._meta_stamp = None
         self._pointer_stamp = None
         self._pointer_value: str | None = None
         self._writer = None
+        self._stale_writers: list = []  # writers of a generation no longer served, closed by the next write
         self.root.mkdir(parents=True, exist_ok=True)
-        self.subscriptions = SubscriptionStore(self.root / "subscriptions.json")
+        self.subscriptions = SubscriptionStore(self.root / "subscriptions.json", self.limits)
         if generation is None and not (self.root / "CURRENT").exists():
             with self._exclusive():
                 if not (self.root / "CURRENT").exists():
@@ -379,7 +446,8 @@ class EmbeddedIndex(IndexBackend):
         with self._exclusive():
             name = self._create_generation()
         logger.info("embedded index %s: new generation %s", self.replica, name)
-        return EmbeddedIndex(self.root.parent, self.replica, generation=name)
+        return EmbeddedIndex(self.root.parent, self.replica, generation=name, limits=self.limits,
+                             percolate_max_work=self.percolate_max_work)
 
     def switch_to(self, generation: str) -> None:
         if generation not in self.generations():
@@ -393,15 +461,16 @@ class EmbeddedIndex(IndexBackend):
             raise ValueError(f"{generation} is the live generation of {self.replica}")
         if not _GEN_RE.match(generation):
             raise ValueError(f"illegal generation {generation!r}")
-        with self._lock:
+        with self._write_lock, self._lock:
             if self._index_generation == generation:
                 self._release()
+            self._close_stale_writers()
         shutil.rmtree(self.root / generation, ignore_errors=True)
 
     # --- opening ---------------------------------------------------------------------------------
     def _open(self) -> tantivy.Index:
         """The index of the generation this object serves (the live one unless pinned), reopened
-        when another process switched generations. Caller holds the lock."""
+        when another process switched generations. Caller holds ``_lock``."""
         target = self.generation or self.current_generation()
         if target != self._index_generation:
             self._release()
@@ -413,15 +482,23 @@ class EmbeddedIndex(IndexBackend):
         return self._index
 
     def _release(self) -> None:
+        """Forget the open index. Its writer may be in use by a write in progress (a search can get
+        here, without the write lock): it is closed by the next write, or by ``close``."""
         if self._writer is not None:
-            self._writer.__exit__(None, None, None)  # drops the writer and its lock
+            self._stale_writers.append(self._writer)
             self._writer = None
         self._index = None
         self._index_generation = None
 
+    def _close_stale_writers(self) -> None:
+        """Caller holds ``_write_lock`` (no write in progress) and ``_lock``."""
+        while self._stale_writers:
+            self._stale_writers.pop().__exit__(None, None, None)  # drops the writer and its lock
+
     def close(self) -> None:
-        with self._lock:
+        with self._write_lock, self._lock:
             self._release()
+            self._close_stale_writers()
 
     def _searcher(self) -> tuple[tantivy.Index, tantivy.Searcher]:
         with self._lock:
@@ -434,7 +511,9 @@ class EmbeddedIndex(IndexBackend):
             return index, index.searcher()
 
     def _writer_of(self):
+        """The writer of the served generation. Caller holds ``_write_lock`` and ``_lock``."""
         index = self._open()
+        self._close_stale_writers()
         if self._writer is None:
             try:
                 self._writer = index.writer(WRITER_HEAP_BYTES)
@@ -451,8 +530,9 @@ class EmbeddedIndex(IndexBackend):
 
     def bulk_put(self, items: Iterable[tuple[str, dict]]) -> int:
         count = 0
-        with self._lock:
-            writer = self._writer_of()
+        with self._write_lock:
+            with self._lock:
+                writer = self._writer_of()
             pending = 0
             for doc_id, document in items:
                 self._check_doc_id(doc_id)
@@ -469,8 +549,9 @@ class EmbeddedIndex(IndexBackend):
         return count
 
     def delete(self, doc_id: str) -> None:
-        with self._lock:
-            writer = self._writer_of()
+        with self._write_lock:
+            with self._lock:
+                writer = self._writer_of()
             writer.delete_documents_by_term("id", self._check_doc_id(doc_id))
             writer.commit()
 
@@ -493,17 +574,20 @@ class EmbeddedIndex(IndexBackend):
 
     # --- searching -------------------------------------------------------------------------------
     def search(self, es_query: dict, size: int = 100, search_after: str | None = None,
-               include_source: bool = False) -> SearchPage:
+               include_source: bool = False, timeout: float | None = None) -> SearchPage:
+        deadline = Deadline(timeout)
         self._check_page(size, search_after)
-        node = parse_search(es_query)
+        node = parse_search(es_query, self.limits)
         index, searcher = self._searcher()
-        query = Translator(index, searcher).translate(node)
+        query = Translator(index, searcher, deadline).translate(node)
         live = tantivy.Query.boolean_query([(tantivy.Occur.Must, query),
                                             (tantivy.Occur.Must, tantivy.Query.term_query(SCHEMA, "st", "live"))])
         total = searcher.search(live, 1, count=True).count
+        deadline.check()
         keys = self._page_keys(searcher, live, size + 1, search_after)
         hits = []
         for key, address in keys[:size]:
+            deadline.check()
             hit = {"id": fqid_from_key(*key), "score": None}
             if include_source:
                 hit["source"] = json.loads(bytes(searcher.doc(address)["src"][0]))
@@ -559,8 +643,20 @@ class EmbeddedIndex(IndexBackend):
     def delete_subscription(self, sub_id: str) -> bool:
         return self.subscriptions.delete(sub_id)
 
-    def percolate(self, document: dict) -> list[str]:
+    def percolate(self, document: dict, refused: Refused | None = None) -> list[str]:
         if is_tombstone(document):
             return []
         flat = flatten(document)
-        return sorted(sub_id for sub_id, node in self.subscriptions.queries().items() if matches(node, flat))
+        matched = []
+        for sub_id, node in self.subscriptions.queries().items():
+            try:
+                if isinstance(node, ElasticsearchBadRequest):
+                    raise node
+                if matches(node, flat, budget=WorkBudget(self.percolate_max_work)):
+                    matched.append(sub_id)
+            except ElasticsearchBadRequest as error:
+                PERCOLATION_REFUSED.labels(self.replica).inc()
+                logger.warning("subscription %s of %s not matched: %s", sub_id, self.replica, error)
+                if refused is not None:
+                    refused(sub_id, error)
+        return sorted(matched)

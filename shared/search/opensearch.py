@@ -20,6 +20,11 @@ index, so ``put_subscription`` first copies the mapping of those fields from the
 index, and maps the fields the documents do not have yet from the query itself (a number is a
 double, a date-like string a date, anything else a keyword with `.text`).
 
+Searches carry the time budget to the cluster (the body's ``timeout``, and the request's): one
+that runs over it is a ``SearchTimeout``, whatever part of the hits came back. Percolation pages
+through every matching subscription with a scroll (``percolate_page_size`` per page, at most the
+cluster's 10,000-hit window), so no match beyond the first page is ever lost.
+
 ``opensearchpy.OpenSearch`` is looked up when the client is made (not imported by name), so that
 ``openmock``'s patch of that attribute takes effect in tests.
 """
@@ -30,13 +35,18 @@ import logging
 import re
 from typing import Any, Iterable
 
-from shared.search.base import IndexBackend, SearchPage, SearchUnavailable
+from shared.search.base import IndexBackend, Refused, SearchPage, SearchUnavailable, timed_out
 from shared.search.documents import RESERVED_FIELDS, date_micros, is_tombstone, number_value
-from shared.search.query import ElasticsearchBadRequest, parse_search
+from shared.search.query import ElasticsearchBadRequest, QueryLimits, parse_search
 
 logger = logging.getLogger(__name__)
 
 BULK_CHUNK = 500  # documents per bulk request
+PERCOLATE_PAGE_SIZE = 10_000  # the cluster's default max_result_window
+SCROLL_KEEP_ALIVE = "2m"  # how long the cluster keeps a percolation's scroll between two pages
+# The HTTP request of a search waits this much beyond the cluster's own timeout (which it honours
+# between shards' phases, not within one) before giving up.
+TIMEOUT_GRACE_S = 5
 
 SETTINGS = {
     "index": {
@@ -75,10 +85,13 @@ def _errors():
 
 class OpenSearchIndex(IndexBackend):
     def __init__(self, url: str, replica: str, prefix: str = "dss", generation: str | None = None,
-                 client=None, timeout: float = 30):
+                 client=None, timeout: float = 30, limits: QueryLimits | None = None,
+                 percolate_page_size: int = PERCOLATE_PAGE_SIZE):
         self.url = url
         self.replica = replica
         self.prefix = prefix
+        self.limits = limits or QueryLimits.defaults()
+        self.percolate_page_size = percolate_page_size
         self.alias = f"{prefix}-{replica}"
         self.subscription_index = f"{self.alias}-subscriptions"
         self.generation = generation
@@ -87,14 +100,19 @@ class OpenSearchIndex(IndexBackend):
             self._ensure_alias()
 
     # --- plumbing ----------------------------------------------------------------------------------
-    def _call(self, what: str, function, *args, **kwargs):
-        """One client call, its failures as the store's typed errors."""
+    def _call(self, what: str, function, *args, on_timeout: Exception | None = None, **kwargs):
+        """One client call, its failures as the store's typed errors (``on_timeout``, if given, for
+        a request that ran over its time)."""
         errors = _errors()
         try:
             return function(*args, **kwargs)
         except errors.RequestError as error:  # 400: the cluster refused the query or the mapping
             raise ElasticsearchBadRequest(f"{what}: {_reason(error)}") from None
-        except (errors.ConnectionError, errors.ConnectionTimeout) as error:
+        except errors.ConnectionTimeout:
+            if on_timeout is not None:
+                raise on_timeout from None
+            raise SearchUnavailable(f"{what}: OpenSearch did not answer in time") from None
+        except errors.ConnectionError as error:
             raise SearchUnavailable(f"{what}: OpenSearch unreachable ({error})") from None
         except errors.TransportError as error:
             if isinstance(error, errors.NotFoundError):
@@ -194,9 +212,9 @@ class OpenSearchIndex(IndexBackend):
 
     # --- searching -------------------------------------------------------------------------------
     def search(self, es_query: dict, size: int = 100, search_after: str | None = None,
-               include_source: bool = False) -> SearchPage:
+               include_source: bool = False, timeout: float | None = None) -> SearchPage:
         self._check_page(size, search_after)
-        parse_search(es_query)  # the supported subset only, the same 400 as the embedded engine
+        parse_search(es_query, self.limits)  # the supported subset only, the same 400 as the embedded engine
         user_query = es_query.get("query", {"match_all": {}})
         body: dict[str, Any] = {
             "query": {"bool": {"filter": [user_query], "must_not": [{"term": {"dss_tombstone": True}}]}},
@@ -207,7 +225,13 @@ class OpenSearchIndex(IndexBackend):
         }
         if search_after is not None:
             body["search_after"] = [search_after]
-        result = self._call("search", self.client.search, index=self._target, body=body)
+        options = {}
+        if timeout is not None:
+            body["timeout"] = f"{max(int(timeout * 1000), 1)}ms"
+            options = {"request_timeout": timeout + TIMEOUT_GRACE_S, "on_timeout": timed_out(timeout)}
+        result = self._call("search", self.client.search, index=self._target, body=body, **options)
+        if result.get("timed_out"):  # the hits are partial: never answered as if they were all
+            raise timed_out(timeout)
         raw_hits = result["hits"]["hits"]
         hits = []
         for raw in raw_hits[:size]:
@@ -227,7 +251,7 @@ class OpenSearchIndex(IndexBackend):
             self._create_index(self.subscription_index, mappings)
 
     def put_subscription(self, sub_id: str, es_query: dict) -> None:
-        node = parse_search(es_query)
+        node = parse_search(es_query, self.limits)
         self._ensure_subscription_index()
         fields = self._fields_to_map(node, es_query)
         if fields:
@@ -286,14 +310,37 @@ class OpenSearchIndex(IndexBackend):
             return False
         return True
 
-    def percolate(self, document: dict) -> list[str]:
+    def percolate(self, document: dict, refused: Refused | None = None) -> list[str]:
+        """Every matching subscription, page after page of one scroll (a consistent view of the
+        subscriptions, however many match). The cluster evaluates the queries: none is refused."""
         if is_tombstone(document):
             return []
         self._ensure_subscription_index()
         body = {"query": {"percolate": {"field": "query", "document": self._source(document)}},
-                "size": 10_000, "_source": False}
-        result = self._call("percolate", self.client.search, index=self.subscription_index, body=body)
-        return sorted(hit["_id"] for hit in result["hits"]["hits"])
+                "size": self.percolate_page_size, "_source": False, "sort": ["_doc"]}
+        result = self._call("percolate", self.client.search, index=self.subscription_index, body=body,
+                            scroll=SCROLL_KEEP_ALIVE)
+        matched: set[str] = set()
+        scroll_id = result.get("_scroll_id")
+        try:
+            while True:
+                hits = result["hits"]["hits"]
+                matched.update(hit["_id"] for hit in hits)
+                if len(hits) < self.percolate_page_size or scroll_id is None:
+                    break
+                result = self._call("percolate (next page)", self.client.scroll, scroll_id=scroll_id,
+                                    scroll=SCROLL_KEEP_ALIVE)
+                scroll_id = result.get("_scroll_id") or scroll_id
+        finally:
+            if scroll_id is not None:
+                self._clear_scroll(scroll_id)
+        return sorted(matched)
+
+    def _clear_scroll(self, scroll_id: str) -> None:
+        try:
+            self.client.clear_scroll(scroll_id=scroll_id)
+        except Exception as error:  # noqa: BLE001 - the cluster drops it after its keep-alive anyway
+            logger.warning("could not clear a percolation scroll of %s: %s", self.replica, error)
 
     # --- generations -------------------------------------------------------------------------------
     def current_generation(self) -> str:
@@ -312,7 +359,8 @@ class OpenSearchIndex(IndexBackend):
         generation = self._new_generation_name()
         self._create_index(self._index_name(generation), MAPPING)
         logger.info("opensearch %s: new generation %s", self.replica, generation)
-        return OpenSearchIndex(self.url, self.replica, self.prefix, generation=generation, client=self.client)
+        return OpenSearchIndex(self.url, self.replica, self.prefix, generation=generation, client=self.client,
+                               limits=self.limits, percolate_page_size=self.percolate_page_size)
 
     def switch_to(self, generation: str) -> None:
         if not _GENERATION_RE.match(generation) or not self._call(

@@ -15,6 +15,14 @@ The embedded engine translates the tree to tantivy (``embedded.py``); the evalua
 (``evaluate.py``) runs it over one document in Python. The OpenSearch backend validates with this
 parser and sends the original query unchanged.
 
+Limits (``QueryLimits``, from the settings ``DSS_SEARCH_MAX_DEPTH``, ``DSS_SEARCH_MAX_CLAUSES`` and
+``DSS_SEARCH_MAX_PATTERN_LENGTH``): clauses nest at most ``max_depth`` deep (a `bool` in a `bool`,
+a parenthesised group of a query_string), a query expands to at most ``max_clauses`` nodes (every
+term, phrase, range, `bool`..., the tokens of a `match` and the values of a `terms` included), and
+a `prefix` or `wildcard` pattern is at most ``max_pattern_length`` characters. Beyond them the
+parser stops at once (it counts as it goes, so neither its stack nor its memory grows with the
+input) and raises ``QueryTooComplex`` (400 ``query_too_complex``).
+
 Known differences from Elasticsearch: number-like
 strings are numbers for `range` and `term` (ES compares a keyword "9" with "10" as text); a string
 of four digits is a number, not a year; date math (`now-1d`, `||`) is refused; a phrase with slop
@@ -22,13 +30,17 @@ has at most two distinct words.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import re
+import reprlib
 from typing import Any, Iterator
 
 from nameko.exceptions import deserialize_to_instance
 
 from shared.exceptions import InvalidRequest
+from shared.schemas import nested_deeper_than
 from shared.search.documents import analyze, date_micros, number_value
 
 
@@ -42,8 +54,97 @@ class ElasticsearchBadRequest(InvalidRequest):
         super().__init__(title, code or self.code)
 
 
+@deserialize_to_instance
+class QueryTooComplex(ElasticsearchBadRequest):
+    """A query nested too deep, with too many clauses or too long a pattern (400): refused before
+    it costs the engines anything."""
+
+    code = "query_too_complex"
+
+
 def bad(message: str) -> ElasticsearchBadRequest:
     return ElasticsearchBadRequest(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryLimits:
+    """What one query may ask for (see the module docstring)."""
+    max_depth: int
+    max_clauses: int
+    max_pattern_length: int
+
+    @classmethod
+    def from_settings(cls, settings) -> "QueryLimits":
+        return cls(settings.search_max_depth, settings.search_max_clauses, settings.search_max_pattern_length)
+
+    @classmethod
+    def defaults(cls) -> "QueryLimits":
+        from shared.config import describe  # the settings table's defaults: one definition
+        return cls(*(describe(name).default for name in (
+            "DSS_SEARCH_MAX_DEPTH", "DSS_SEARCH_MAX_CLAUSES", "DSS_SEARCH_MAX_PATTERN_LENGTH")))
+
+    @property
+    def max_json_depth(self) -> int:
+        """JSON nesting of an `es_query` that ``max_depth`` levels of clauses never need (a `bool`
+        level is three: its clause, its body, a list), checked before anything else walks it."""
+        return 4 * self.max_depth + 8
+
+
+class _Budget:
+    """The running count of one parse against its limits (a context variable: parsing never
+    yields, and each native thread has its own)."""
+
+    def __init__(self, limits: QueryLimits):
+        self.limits = limits
+        self.depth = 0
+        self.clauses = 0
+
+    def add_node(self) -> None:
+        self.clauses += 1
+        if self.clauses > self.limits.max_clauses:
+            raise QueryTooComplex(f"the query has more than {self.limits.max_clauses} clauses "
+                                  f"(terms, tokens and values count one each)")
+
+    @contextlib.contextmanager
+    def nested(self):
+        self.depth += 1
+        if self.depth > self.limits.max_depth:
+            raise QueryTooComplex(f"the query nests clauses more than {self.limits.max_depth} deep")
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def check_pattern(self, clause: str, pattern: str) -> None:
+        if len(pattern) > self.limits.max_pattern_length:
+            raise QueryTooComplex(f"[{clause}] patterns are at most {self.limits.max_pattern_length} characters, "
+                                  f"got {len(pattern)}")
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("dss_query_budget", default=None)
+
+
+@contextlib.contextmanager
+def _nested():
+    budget = _BUDGET.get()
+    if budget is None:
+        yield
+    else:
+        with budget.nested():
+            yield
+
+
+def _check_pattern(clause: str, pattern: str) -> None:
+    budget = _BUDGET.get()
+    if budget is not None:
+        budget.check_pattern(clause, pattern)
+
+
+def check_nesting(value: Any, limit: int) -> None:
+    """QueryTooComplex if JSON ``value`` nests deeper than ``limit`` (a value nested deeper than
+    Python's stack included)."""
+    if nested_deeper_than(value, limit):
+        raise QueryTooComplex(f"es_query is nested more than {limit} levels deep")
 
 
 # --- the tree ---------------------------------------------------------------------------------
@@ -51,6 +152,11 @@ def bad(message: str) -> ElasticsearchBadRequest:
 # `kind` is "keyword" (the whole lower-cased value) or "text" (analysed tokens of `{path}.text`).
 
 class Node:
+    def __post_init__(self):
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.add_node()
+
     def children(self) -> tuple["Node", ...]:
         return ()
 
@@ -158,16 +264,23 @@ class Ids(Node):
 _IGNORED_OPTIONS = {"boost", "_name"}
 
 
-def parse_search(body: Any) -> Node:
-    """The query of an `es_query` body: ``{"query": {...}}``; ``{}`` matches every document."""
+def parse_search(body: Any, limits: QueryLimits | None = None) -> Node:
+    """The query of an `es_query` body: ``{"query": {...}}``; ``{}`` matches every document.
+    ``limits``: the settings' (``QueryLimits.from_settings``); None, their defaults."""
     if not isinstance(body, dict):
         raise bad("es_query must be a JSON object")
     unknown = set(body) - {"query"}
     if unknown:
         raise bad(f"unsupported es_query field(s) {sorted(unknown)}: only 'query' is accepted")
+    limits = limits or QueryLimits.defaults()
+    check_nesting(body, limits.max_json_depth)
     if "query" not in body:
         return MatchAll()
-    return parse_query(body["query"])
+    token = _BUDGET.set(_Budget(limits))
+    try:
+        return parse_query(body["query"])
+    finally:
+        _BUDGET.reset(token)
 
 
 def parse_query(clause: Any) -> Node:
@@ -178,11 +291,16 @@ def parse_query(clause: Any) -> Node:
     parser = _PARSERS.get(name)
     if parser is None:
         raise bad(f"unsupported query clause [{name}]; supported: {', '.join(sorted(_PARSERS))}")
-    return parser(body)
+    with _nested():
+        return parser(body)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)  # bounded depth: a deeply nested value never overflows the stack
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -214,7 +332,16 @@ def _options(clause: str, body: Any, allowed: set[str]) -> dict:
     unknown = set(body) - allowed - _IGNORED_OPTIONS
     if unknown:
         raise bad(f"[{clause}] does not support {sorted(unknown)}")
+    _check_ignored(clause, body)
     return body
+
+
+def _check_ignored(clause: str, body: dict) -> None:
+    # Ignored, but still checked: nothing unparsed rides along to the cluster or the mappings.
+    for option in _IGNORED_OPTIONS & set(body):
+        value = body[option]
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad(f"[{clause}] {option} must be a number or a string, got {_show(value)}")
 
 
 def _single_field(clause: str, body: Any, value_key: str, allowed: set[str]) -> tuple[str, Any, dict]:
@@ -223,7 +350,8 @@ def _single_field(clause: str, body: Any, value_key: str, allowed: set[str]) -> 
         raise bad(f"[{clause}] expects an object, got {_show(body)}")
     fields = [k for k in body if k not in _IGNORED_OPTIONS]
     if len(fields) != 1:
-        raise bad(f"[{clause}] expects exactly one field, got {fields}")
+        raise bad(f"[{clause}] expects exactly one field, got {_show(fields)}")
+    _check_ignored(clause, body)
     field = fields[0]
     spec = body[field]
     if isinstance(spec, dict):
@@ -307,7 +435,8 @@ def _terms(body: Any) -> Node:
         raise bad(f"[terms] expects an object, got {_show(body)}")
     fields = [k for k in body if k not in _IGNORED_OPTIONS]
     if len(fields) != 1:
-        raise bad(f"[terms] expects exactly one field, got {fields}")
+        raise bad(f"[terms] expects exactly one field, got {_show(fields)}")
+    _check_ignored("terms", body)
     values = body[fields[0]]
     if not isinstance(values, list):
         raise bad("[terms] expects a list of values (terms lookup is not supported)")
@@ -412,7 +541,8 @@ def _range(body: Any) -> Node:
         raise bad(f"[range] expects an object, got {_show(body)}")
     fields = [k for k in body if k not in _IGNORED_OPTIONS]
     if len(fields) != 1:
-        raise bad(f"[range] expects exactly one field, got {fields}")
+        raise bad(f"[range] expects exactly one field, got {_show(fields)}")
+    _check_ignored("range", body)
     options = _options(f"range.{fields[0]}", body[fields[0]], {"gt", "gte", "lt", "lte"})
     if "gt" in options and "gte" in options or "lt" in options and "lte" in options:
         raise bad("[range] takes one lower bound (gt or gte) and one upper bound (lt or lte)")
@@ -463,6 +593,7 @@ def _prefix(body: Any) -> Node:
     field, value, _ = _single_field("prefix", body, "value", {"case_insensitive", "rewrite"})
     if not isinstance(value, str):
         raise bad(f"[prefix] expects a string, got {_show(value)}")
+    _check_pattern("prefix", value)
     return on_field(field, lambda path, kind: Prefix(path, kind, value.lower()))
 
 
@@ -475,6 +606,7 @@ def _wildcard(body: Any) -> Node:
     field, value, _ = _single_field("wildcard", body, "value", {"case_insensitive", "rewrite"})
     if not isinstance(value, str):
         raise bad(f"[wildcard] expects a string, got {_show(value)}")
+    _check_pattern("wildcard", value)
     return on_field(field, lambda path, kind: Wildcard(path, kind, value.lower()))
 
 
@@ -536,7 +668,8 @@ _TOKEN_RE = re.compile(r"""
 
 
 class LuceneParser:
-    """A recursive-descent parser of query_string queries with Lucene's clause semantics.
+    """A recursive-descent parser of query_string queries with Lucene's clause semantics (its
+    recursion is a parenthesised group, which counts against the query's nesting limit).
 
     ``a AND b``, ``+a -b``, ``NOT a``, ``(…)``, ``field:term``, ``field:"a phrase"~2``,
     ``field:[a TO b}``, ``field:>=10``, ``_exists_:field``, wildcards `*` `?` in terms. Fuzzy terms
@@ -634,7 +767,8 @@ class LuceneParser:
         kind, value = token
         if kind == "op" and value == "(":
             saved, self.fields = self.fields, fields
-            node = self.query()
+            with _nested():
+                node = self.query()
             self.fields = saved
             if self.take() != ("op", ")"):
                 raise bad(f"[query_string] missing ')' in {self.text!r}")
@@ -689,6 +823,8 @@ class LuceneParser:
 
     def _term(self, field: str | None, raw: str) -> Node:
         wildcard = _has_wildcard(raw)
+        if wildcard:
+            _check_pattern("query_string", raw)
         value = _unescape(raw) if not wildcard else raw
         if field is None:
             if wildcard:
@@ -712,7 +848,7 @@ class LuceneParser:
     def _phrase(self, field: str | None, text: str, slop: int) -> Node:
         tokens = analyze(text)
         if field is None:
-            if slop and (len(tokens) > 2 or tokens[0] == tokens[1]):
+            if slop and (len(tokens) > 2 or len(tokens) == 2 and tokens[0] == tokens[1]):
                 raise bad(f"slop on a phrase of more than two (distinct) words is not supported: {text!r}")
             phrase = Phrase(None, tuple(tokens), slop) if len(tokens) > 1 else (
                 TokenTerm(None, tokens[0]) if tokens else MatchNone())

@@ -1,16 +1,22 @@
 """The query-DSL parser, the query_string syntax, value normalisation and the evaluator's agreement
 with the embedded engine on the fine points (phrase slop, date rounding, minimum_should_match)."""
 import itertools
+import random
+import re
+import time
 
 import pytest
 from nameko.exceptions import deserialize, serialize
+from prometheus_client import REGISTRY
 
 from shared.search.documents import (canonical_number, date_micros, flatten, fqid_from_key, fqid_key,
                                      is_tombstone, number_value, sortable_int)
-from shared.search.embedded import EmbeddedIndex
-from shared.search.evaluate import matches, phrase_in
+from shared.search.base import SearchTimeout
+from shared.search.embedded import EmbeddedIndex, glob_to_regex
+from shared.search.evaluate import compile_glob, matches, phrase_in
 from shared.search.query import (Bool, ElasticsearchBadRequest, Exists, Ids, KeywordTerm, MatchAll, MatchNone,
-                                 Phrase, Prefix, Range, TokenTerm, Wildcard, minimum_should_match, parse_search)
+                                 Phrase, Prefix, QueryLimits, QueryTooComplex, Range, TokenTerm, Wildcard,
+                                 minimum_should_match, parse_search)
 
 
 def parse(clause):
@@ -338,3 +344,145 @@ def test_percolator_mappings_are_complete_and_never_conflict(monkeypatch):
     # Mapped fields are not mapped again (a second mapping of a field could conflict).
     backend.put_subscription("s2", {"query": {"match": {"files.donor.genus_species.text": "mus"}}})
     assert backend.delete_subscription("s2") is True
+
+
+# --- bounded work ------------------------------------------------------------------------------
+
+def nested(depth):
+    query = {"match_all": {}}
+    for _ in range(depth - 1):
+        query = {"bool": {"must": [query]}}
+    return query
+
+
+def too_complex(body, limits=None):
+    with pytest.raises(QueryTooComplex) as caught:
+        parse_search(body, limits)
+    assert caught.value.error_code == "query_too_complex" and isinstance(caught.value, ElasticsearchBadRequest)
+    return caught.value.title
+
+
+def test_queries_beyond_the_limits_are_refused_before_any_work():
+    assert parse_search({"query": nested(32)}) is not None
+    assert "32 deep" in too_complex({"query": nested(33)})
+    too_complex({"query": nested(100_000)})  # never a RecursionError
+    deep_value = []
+    for _ in range(100_000):
+        deep_value = [deep_value]
+    too_complex({"query": {"term": {"a": {"value": "x", "boost": 1, "_name": deep_value}}}})
+    assert parse(qs_body("(" * 30 + "a" + ")" * 30)) is not None
+    too_complex({"query": qs_body("(" * 32 + "a" + ")" * 32)})
+    too_complex({"query": qs_body("(" * 50_000 + "a" + ")" * 50_000)})
+    assert "1024 clauses" in too_complex({"query": {"terms": {"a": list(range(1024))}}})
+    assert parse({"terms": {"a": list(range(1023))}}) is not None
+    too_complex({"query": {"match": {"a.text": " ".join(f"w{i}" for i in range(2000))}}})
+    too_complex({"query": {"query_string": {"query": " OR ".join(f"w{i}" for i in range(600))}}})
+    assert "256 characters" in too_complex({"query": {"wildcard": {"a": "*" * 257}}})
+    too_complex({"query": {"prefix": {"a": "p" * 257}}})
+    too_complex({"query": qs_body("a:" + "b?" * 200)})
+    assert parse({"wildcard": {"a": "*" * 256}}) is not None
+    # The limits are settings.
+    limits = QueryLimits(max_depth=3, max_clauses=5, max_pattern_length=4)
+    assert parse_search({"query": nested(3)}, limits) is not None
+    too_complex({"query": nested(4)}, limits)
+    too_complex({"query": {"terms": {"a": [1, 2, 3, 4, 5]}}}, limits)
+    too_complex({"query": {"wildcard": {"a": "abcd*"}}}, limits)
+    from shared.config import Settings
+    assert QueryLimits.from_settings(Settings.from_config({}, environ={})) == QueryLimits.defaults() == QueryLimits(
+        32, 1024, 256)
+    assert QueryLimits.from_settings(Settings.from_config({"DSS_SEARCH_MAX_DEPTH": "5"}, environ={})).max_depth == 5
+    # Ignored options are still checked: nothing unparsed rides along.
+    with pytest.raises(ElasticsearchBadRequest, match="boost"):
+        parse({"match_all": {"boost": {"x": 1}}})
+
+
+def qs_body(text):
+    return {"query_string": {"query": text}}
+
+
+def test_query_too_complex_travels_typed_over_rpc():
+    error = QueryTooComplex("the query nests clauses more than 32 deep")
+    again = deserialize(serialize(error))
+    assert type(again) is QueryTooComplex and again.error_code == "query_too_complex"
+
+
+def test_pathological_wildcards_are_matched_in_linear_time():
+    node = parse({"wildcard": {"a": "*?*?*?*?*?*?*?*?*?*!"}})  # hours for a backtracking regex on 64 characters
+    for value, expected in (("a" * 64, False), ("a" * 9_000, False), ("a" * 9_000 + "!", True)):
+        started = time.perf_counter()
+        assert matches(node, flatten({"a": value})) is expected
+        assert time.perf_counter() - started < 0.2
+    # The matcher's worst case: a long segment with `?` looked for everywhere (value x segment).
+    node = parse({"wildcard": {"a": "*" + "a?" * 100 + "b*"}})
+    started = time.perf_counter()
+    assert matches(node, flatten({"a": "a" * 9_000})) is False
+    assert time.perf_counter() - started < 2
+
+
+def test_the_glob_matcher_agrees_with_regular_expressions():
+    alphabet, rng = "ab?*\\", random.Random(11)
+    for _ in range(3000):
+        pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7)))
+        regex = re.compile(glob_to_regex(pattern), re.DOTALL)  # tantivy's reading, as a Python regex
+        for _ in range(5):
+            value = "".join(rng.choice("ab?*\\") for _ in range(rng.randint(0, 8)))
+            assert compile_glob(pattern).match(value) == bool(regex.fullmatch(value)), (pattern, value)
+
+
+def test_phrases_are_matched_in_linear_time():
+    many_a = ["a"] * 5000
+    started = time.perf_counter()
+    assert phrase_in(("a",) * 50 + ("b",), many_a, 0) is False
+    assert phrase_in(("a", "c"), many_a + ["x"] * 10 + ["c"] * 5000, 2) is False
+    assert phrase_in(("a", "c"), many_a + ["x", "c"], 2) is True
+    assert time.perf_counter() - started < 1
+
+
+def test_a_wildcard_the_engine_cannot_build_is_a_400_and_others_answer_at_once(tmp_path):
+    index = EmbeddedIndex(tmp_path, "aws")
+    try:
+        index.put(fqid(1), {"a": "a" * 64})
+        with pytest.raises(QueryTooComplex, match="too complex for the index"):
+            index.search({"query": {"wildcard": {"a": "*a" + "?" * 20}}})  # an automaton of 2^20 states
+        started = time.perf_counter()
+        assert index.search({"query": {"wildcard": {"a": "*?*?*?*?*?*?*?*?*?*!"}}})["total"] == 0
+        assert index.search({"query": {"wildcard": {"a": "*?*?*?*?*?*?*?*?*?*a"}}})["total"] == 1
+        assert time.perf_counter() - started < 2
+    finally:
+        index.close()
+
+
+def test_a_search_past_its_deadline_is_a_search_timeout(tmp_path):
+    index = EmbeddedIndex(tmp_path, "aws")
+    try:
+        index.bulk_put([(fqid(n), {"s": f"value {n}"}) for n in range(50)])
+        with pytest.raises(SearchTimeout):
+            index.search({"query": {"range": {"s": {"gte": "value 1"}}}}, timeout=1e-9)
+        assert index.search({"query": {"range": {"s": {"gte": "value 1"}}}}, timeout=30)["total"] == 49
+    finally:
+        index.close()
+
+
+def test_percolation_skips_and_reports_queries_beyond_its_limits(tmp_path):
+    document = {"files": {"f_json": [{"name": "a" * 1000, "n": list(range(2000))}]}}
+    before = REGISTRY.get_sample_value("dss_percolation_refused_total", {"replica": "aws"}) or 0
+    roomy = EmbeddedIndex(tmp_path, "aws")
+    roomy.put_subscription("deep", {"query": nested(20)})
+    roomy.put_subscription("costly", {"query": {"wildcard": {"files.f_json.name": "*a?a?a?a?a?a?a?b"}}})
+    roomy.put_subscription("plain", {"query": {"exists": {"field": "files.f_json.name"}}})
+    assert roomy.percolate(document) == ["deep", "plain"]
+    roomy.close()
+    # Reopened with lower limits (a setting changed): the deep one no longer parses, the costly one
+    # runs over its work budget; the plain one still matches, and both are reported.
+    strict = EmbeddedIndex(tmp_path, "aws", limits=QueryLimits(10, 100, 64), percolate_max_work=10_000)
+    refused = {}
+    try:
+        assert strict.percolate(document, refused=lambda sub_id, error: refused.update({sub_id: error})) == ["plain"]
+        assert set(refused) == {"deep", "costly"}
+        assert all(isinstance(error, QueryTooComplex) for error in refused.values())
+        assert "nested" in refused["deep"].title and "work" in refused["costly"].title
+        assert strict.percolate(document) == ["plain"]  # without a callback: logged and counted
+        after = REGISTRY.get_sample_value("dss_percolation_refused_total", {"replica": "aws"})
+        assert after - before == 4
+    finally:
+        strict.close()

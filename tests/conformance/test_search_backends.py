@@ -16,13 +16,14 @@ runs on openmock too.
 """
 from __future__ import annotations
 
+import json
 import os
 import uuid as uuidlib
 from unittest import mock
 
 import pytest
 
-from shared.search import ElasticsearchBadRequest
+from shared.search import ElasticsearchBadRequest, QueryTooComplex, SearchTimeout
 from shared.search.documents import flatten
 from shared.search.embedded import EmbeddedIndex
 from shared.search.evaluate import matches
@@ -478,3 +479,116 @@ def test_embedded_index_is_persistent(tmp_path):
         assert again.percolate(BUNDLES["b05"][1]) == ["blood"]
     finally:
         again.close()
+
+
+# --- bounded work --------------------------------------------------------------------------------
+
+def nested_bools(depth: int) -> dict:
+    query = {"match_all": {}}
+    for _ in range(depth - 1):
+        query = {"bool": {"must": [query]}}
+    return query
+
+
+TOO_COMPLEX = [
+    ("nested one level too deep", {"query": nested_bools(33)}),
+    ("nested deeper than Python's stack", {"query": nested_bools(20_000)}),
+    ("groups of a query_string too deep", {"query": {"query_string": {"query": "(" * 5000 + "a" + ")" * 5000}}}),
+    ("too many clauses", {"query": {"terms": {SEX: [f"v{i}" for i in range(2000)]}}}),
+    ("too long a pattern", {"query": {"wildcard": {SEX: "*" + "a" * 300}}}),
+]
+
+
+@pytest.mark.parametrize("es_query", [q for _, q in TOO_COMPLEX], ids=[name for name, _ in TOO_COMPLEX])
+def test_queries_beyond_the_limits_are_a_typed_400_query_too_complex(loaded, es_query):
+    for call in (lambda: loaded.search(es_query), lambda: loaded.put_subscription("complex", es_query)):
+        with pytest.raises(QueryTooComplex) as caught:
+            call()
+        assert caught.value.error_code == "query_too_complex"
+    assert names(loaded.search({"query": nested_bools(32)})) == LIVE  # within the limits
+
+
+def test_a_search_has_a_time_budget(loaded):
+    assert loaded.search({"query": {"match_all": {}}}, timeout=30)["total"] == len(LIVE)
+    if isinstance(loaded, EmbeddedIndex):
+        # The engine checks its deadline between its steps: one already past stops the search.
+        with pytest.raises(SearchTimeout) as caught:
+            loaded.search({"query": {"range": {SEX: {"gte": "a"}}}}, timeout=1e-9)
+        assert caught.value.error_code == "search_timeout"
+
+
+class RecordingCluster:
+    """An OpenSearch client standing in for a cluster in these unit tests: it answers `search` and
+    `scroll` from ``pages`` (lists of hit ids) and records every call."""
+
+    def __init__(self, pages=(), timed_out=False):
+        self.pages = [list(page) for page in pages]
+        self.timed_out = timed_out
+        self.calls = []
+        self.indices = mock.Mock()
+        self.indices.exists_alias.return_value = True
+        self.indices.exists.return_value = True
+
+    def _page(self):
+        ids = self.pages.pop(0) if self.pages else []
+        return {"_scroll_id": "scroll-1", "timed_out": self.timed_out,
+                "hits": {"total": {"value": 0}, "hits": [{"_id": i} for i in ids]}}
+
+    def search(self, **kwargs):
+        self.calls.append(("search", kwargs))
+        return self._page()
+
+    def scroll(self, **kwargs):
+        self.calls.append(("scroll", kwargs))
+        return self._page()
+
+    def clear_scroll(self, **kwargs):
+        self.calls.append(("clear_scroll", kwargs))
+
+
+def test_opensearch_percolation_pages_until_every_match_is_returned():
+    # One page of the cluster's 10,000-hit window, then more: every match comes back.
+    first = [f"sub-{i:05d}" for i in range(10_000)]
+    cluster = RecordingCluster(pages=[first, ["sub-10000", "sub-10001"]])
+    backend = OpenSearchIndex("http://cluster.invalid:9200", "aws", client=cluster)
+    matched = backend.percolate(BUNDLES["b03"][1])
+    assert len(matched) == 10_002 and matched == sorted(first + ["sub-10000", "sub-10001"])
+    kinds = [kind for kind, _ in cluster.calls]
+    assert kinds == ["search", "scroll", "clear_scroll"]
+    assert cluster.calls[0][1]["scroll"] and cluster.calls[0][1]["body"]["size"] == 10_000
+    # A smaller page size pages more often; an exactly full last page ends with an empty one.
+    cluster = RecordingCluster(pages=[["a", "b"], ["c", "d"], []])
+    backend = OpenSearchIndex("http://cluster.invalid:9200", "aws", client=cluster, percolate_page_size=2)
+    assert backend.percolate(BUNDLES["b03"][1]) == ["a", "b", "c", "d"]
+    assert [kind for kind, _ in cluster.calls] == ["search", "scroll", "scroll", "clear_scroll"]
+
+
+def test_opensearch_searches_carry_their_time_budget_and_refuse_partial_hits():
+    cluster = RecordingCluster(pages=[["x"]])
+    backend = OpenSearchIndex("http://cluster.invalid:9200", "aws", client=cluster)
+    backend.search({}, size=10, timeout=2.5)
+    _, call = cluster.calls[-1]
+    assert call["body"]["timeout"] == "2500ms" and call["request_timeout"] > 2.5
+    cluster = RecordingCluster(pages=[["x"]], timed_out=True)
+    backend = OpenSearchIndex("http://cluster.invalid:9200", "aws", client=cluster)
+    with pytest.raises(SearchTimeout):
+        backend.search({}, size=10, timeout=2.5)
+
+
+def test_percolation_returns_every_match_past_ten_thousand(fresh):
+    if isinstance(fresh, EmbeddedIndex):
+        # 10,001 stored subscriptions (written as the store keeps them: one put each would rewrite
+        # the file 10,001 times) and one that does not match.
+        stored = {f"sub-{i:05d}": {"query": {"term": {SPECIES: "mus musculus"}}} for i in range(10_001)}
+        stored["other"] = {"query": {"term": {SPECIES: "homo sapiens"}}}
+        fresh.subscriptions.path.write_text(json.dumps(stored))
+        matched = fresh.percolate(BUNDLES["b03"][1])
+        assert len(matched) == 10_001 and "other" not in matched
+        return
+    if on_mock(fresh):
+        return  # REAL_CLUSTER_ONLY: openmock has no percolate query (the paging: the test above)
+    fresh.percolate_page_size = 5  # the paging, on a real cluster, without 10,000 subscriptions
+    for i in range(12):
+        fresh.put_subscription(f"sub-{i:02d}", {"query": {"term": {SPECIES: "mus musculus"}}})
+    fresh.put_subscription("other", {"query": {"term": {SPECIES: "homo sapiens"}}})
+    assert fresh.percolate(BUNDLES["b03"][1]) == [f"sub-{i:02d}" for i in range(12)]

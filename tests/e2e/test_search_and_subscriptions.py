@@ -295,3 +295,55 @@ def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, 
             if e["bundle_fqid"] == f"{bundle_uuid}.{bundle_version}"] == ["CREATE", "DELETE"]
     assert_problem(requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}),
                    404)
+
+
+# --- bounded work -------------------------------------------------------------------------------
+
+def nested_bools(depth: int) -> str:
+    """A query of ``depth`` clauses, each the one `must` of the one before, as JSON text (deeper
+    than Python's json module can encode)."""
+    return '{"bool":{"must":[' * (depth - 1) + '{"match_all":{}}' + "]}}" * (depth - 1)
+
+
+@pytest.mark.parametrize("depth,code", [
+    (33, "query_too_complex"),    # one beyond DSS_SEARCH_MAX_DEPTH: answered before, now refused
+    (210, "query_too_complex"),   # deeper than the old parser's stack: a RecursionError and a 500
+    (315, "invalid_json"),        # decoded, but too deep to encode for an RPC: a 503 `broker_unavailable`
+    (2000, "invalid_json"),       # deeper than the JSON decoder's stack: a RecursionError in the gateway
+])
+def test_queries_nested_too_deep_are_400s_never_500s(search_api, auth, receiver, depth, code):
+    api, json_type = search_api, {"Content-Type": "application/json"}
+    body = '{"es_query":{"query":%s}}' % nested_bools(depth)
+    response = requests.post(f"{api}/search", params={"replica": "aws"}, data=body, headers=json_type, timeout=30)
+    assert_problem(response, 400, code)
+    subscription = '{"callback_url":%s,"es_query":{"query":%s}}' % (json.dumps(receiver.url("/deep")),
+                                                                    nested_bools(depth))
+    response = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, data=subscription,
+                            headers={**auth, **json_type}, timeout=30)
+    assert_problem(response, 400, code)
+    # Within the limit, the same shape is searched.
+    body = '{"es_query":{"query":%s}}' % nested_bools(32)
+    response = requests.post(f"{api}/search", params={"replica": "aws"}, data=body, headers=json_type, timeout=30)
+    assert response.status_code == 200, response.text
+
+
+def test_a_pathological_wildcard_neither_stalls_searches_nor_other_subscriptions(search_api, auth, stage,
+                                                                                receiver):
+    """`*?*?...*!` backtracks for hours in a regular expression engine on a 64-character value (the
+    notifier percolated with Python's `re`): it is matched in linear time, and the plain
+    subscription beside it is notified at once."""
+    api, marker = search_api, f"m{uuid.uuid4().hex[:8]}"
+    pathological = {"query": {"wildcard": {"files.sample_json.name": "*?*?*?*?*?*?*?*?*?*!"}}}
+    plain = {"query": {"term": {"files.sample_json.marker": marker}}}
+    for es_query in (pathological, plain):
+        response = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
+                                json={"callback_url": receiver.url("/ok"), "es_query": es_query})
+        assert response.status_code == 201, response.text
+    put_bundle(api, auth, stage, {"sample_0.json": {"name": "a" * 64, "marker": marker}})
+    wait_until(lambda: len(receiver.accepted()) >= 1, 30, "the plain subscription's notification")
+    assert [r.payload()["es_query"] for r in receiver.accepted()] == [plain]
+    started = time.monotonic()
+    response = requests.post(f"{api}/search", params={"replica": "aws"}, json={"es_query": pathological},
+                             timeout=30)
+    assert response.status_code == 200 and response.json()["total_hits"] == 0, response.text
+    assert time.monotonic() - started < 5

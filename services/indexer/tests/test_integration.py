@@ -6,6 +6,8 @@ directory of its own, so what it lists, journals and reindexes is only what it w
 import datetime
 import io
 import json
+import random
+import time
 import uuid as uuid_module
 from unittest import mock
 
@@ -15,7 +17,7 @@ from nameko.events import event_handler
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.testing.services import entrypoint_waiter
-from nameko.testing.utils import get_container
+from nameko.testing.utils import get_container, get_extension
 
 from shared import events
 from shared.bundle_documents import CREATE, TOMBSTONE
@@ -24,11 +26,12 @@ from shared.exceptions import InvalidParameter, NotFound
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import BUNDLE_FORMAT, FileMetadata, ObjectReplicated
 from shared.search import ElasticsearchBadRequest
-from shared.testing import stage_object
+from shared.testing import stage_object, wait_until
 
 from services.bundles.service import BundlesService
 from services.files.service import FilesService
 from services.indexer.cli import run_reindex_command
+from services.indexer.dependencies import SearchIndexes
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.service import IndexerService
 
@@ -45,12 +48,13 @@ class IndexedListener:
 
 
 class Stack:
-    def __init__(self, config, cluster, listener, blobstores, settings):
+    def __init__(self, config, cluster, listener, blobstores, settings, indexer=None):
         self.config = config
         self.rpc = cluster
         self.listener = listener
         self.blobstores = blobstores
         self.settings = settings
+        self.indexer = indexer  # the indexer's container
 
     def indexed(self, uuid, event_type=CREATE, replica="aws"):
         """``with stack.indexed(uuid) as event:`` waits for its ``bundle_indexed``; ``event.get()``."""
@@ -101,12 +105,14 @@ def stack(service_config, runner_factory, blobstores, dss_settings, tmp_path):
     for store in blobstores.values():
         store.create_bucket(bucket)
     config = {**service_config, "DSS_S3_BUCKET": bucket, "DSS_GS_BUCKET": bucket,
-              "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_INDEX_RETRY_DELAYS": "1,1,1"}
+              "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_INDEX_RETRY_DELAYS": "1,1,1",
+              "DSS_SEARCH_TIMEOUT_SECONDS": 120}
     settings = type(dss_settings).from_config({**service_config, **config}, environ={})
     runner = runner_factory(config, FilesService, BundlesService, IndexerService, IndexedListener)
     runner.start()
     with ClusterRpcProxy(config, timeout=60) as cluster:
-        yield Stack(config, cluster, get_container(runner, IndexedListener), blobstores, settings)
+        yield Stack(config, cluster, get_container(runner, IndexedListener), blobstores, settings,
+                    get_container(runner, IndexerService))
 
 
 def label_query(label):
@@ -240,3 +246,31 @@ def test_the_reindex_command_says_when_no_indexer_runs(rabbit_config):
     output = io.StringIO()
     assert run_reindex_command("aws", rabbit_config["AMQP_URI"], output) == 2
     assert "not running" in output.getvalue()
+
+
+def test_a_slow_search_never_holds_up_indexing(stack):
+    """A search that takes seconds for real (patterns with leading wildcards over a term dictionary
+    of 30,000 words), in flight while a bundle is indexed: the write is done long before it."""
+    live = get_extension(stack.indexer, SearchIndexes).state.index("aws")
+    words = random.Random(7)
+    live.bulk_put([(f"{new_uuid()}.{new_version()}",
+                    {"files": {"noise_json": [{"word": ["".join(words.choices("abcd", k=40)) for _ in range(200)]}]}})
+                   for _ in range(150)])
+    slow = {"query": {"bool": {"should": [
+        {"wildcard": {"files.noise_json.word": "*" + "*".join(words.choices("abcd", k=12)) + "*"}}
+        for _ in range(12)]}}}
+
+    def search():
+        with ClusterRpcProxy(stack.config, timeout=300) as cluster:  # a proxy per green thread
+            return cluster.indexer.search("aws", slow, "summary", 10)
+
+    searching = eventlet.spawn(search)
+    wait_until(lambda: live.searches_in_flight == 1, 30, "the search to start")
+    started = time.monotonic()
+    uuid, version, event = stack.put_bundle([{**stack.put_json_file({"label": "written"}), "name": "sample_0.json",
+                                              "indexed": True}])
+    indexed_in = time.monotonic() - started
+    assert not searching.dead and live.searches_in_flight == 1, "the search ended before the write"
+    assert event["document"]["files"] == {"sample_json": [{"label": "written"}]}
+    assert indexed_in < 10
+    assert searching.wait()["total_hits"] == 150

@@ -2,10 +2,13 @@
 (``shared.testing.MemoryBlobStore``) and real embedded search indexes in a temporary directory, so
 only the clouds are faked; the documents, the journal, the indexes and the reindex job are real.
 ``dispatch`` is nameko's mock."""
+import collections
 import json
+import time
 
 import eventlet
 import pytest
+from eventlet.patcher import original
 from nameko.containers import ServiceContainer
 from nameko.testing.services import worker_factory
 from nameko.testing.utils import get_extension
@@ -18,14 +21,14 @@ from shared.config import Settings
 from shared.exceptions import InvalidParameter, NotFound, Unavailable, Unprocessable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import BUNDLE_FORMAT, Tombstone
-from shared.search import ElasticsearchBadRequest, open_index_backend
+from shared.search import ElasticsearchBadRequest, SearchBusy, SearchTimeout, open_index_backend
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore
+from shared.testing import MemoryBlobStore, wait_until
 
 from services.indexer import exceptions as errors
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.entrypoints import IndexEventHandler
-from services.indexer.indexes import IndexesAPI, IndexState
+from services.indexer.indexes import GuardedIndex, IndexesAPI, IndexState
 from services.indexer.journal import EventJournalAPI, JournalClock
 from services.indexer.service import IndexerService
 
@@ -43,7 +46,9 @@ class World:
         self.replicas = Replicas({name: ReplicaStorage(name, store, self.settings)
                                   for name, store in self.stores.items()})
         self.state = IndexState({name: open_index_backend(self.settings, name) for name in ("aws", "gcp")},
-                                offload=True, spawn=lambda function, name: eventlet.spawn(function))
+                                offload=True, spawn=lambda function, name: eventlet.spawn(function),
+                                search_slots=self.settings.search_concurrency,
+                                search_timeout=self.settings.search_timeout_seconds)
         self.clock = JournalClock()
         self.source = BundleSourceAPI(self.replicas, self.settings)
         self.service = self.new_worker()
@@ -176,6 +181,75 @@ def test_a_large_file_is_parsed_and_indexed(world):
     uuid, version, _ = world.bundle([world.entry("matrix.json", big)])
     world.created(uuid, version)
     assert world.indexed(uuid, version)["files"]["matrix_json"] == [big]
+
+
+def test_a_file_listed_under_many_names_is_read_once_and_the_document_capped(tmp_path, monkeypatch):
+    world = World(tmp_path, DSS_INDEX_MAX_DOCUMENT_BYTES=10_000)
+    big = {"cells": "x" * 2990}  # 3,003 bytes: three copies fit the cap, a fourth does not
+    entries = [world.entry(f"sample_{n}.json", big) for n in range(50)] + [world.entry("project_0.json", {"t": 1})]
+    uuid, version, manifest = world.bundle(entries)
+    reads = collections.Counter()
+    store, get_bytes = world.stores["aws"], world.stores["aws"].get_bytes
+    monkeypatch.setattr(store, "get_bytes", lambda bucket, key: reads.update([key]) or get_bytes(bucket, key))
+    before = skipped("document_cap")
+
+    [payload] = world.created(uuid, version)
+
+    blob = Keys.blob(entries[0]["sha256"], entries[0]["sha1"], entries[0]["s3-etag"], entries[0]["crc32c"])
+    assert reads[blob] == 1  # one read and one parse, however many names list it
+    files = world.indexed(uuid, version)["files"]
+    assert files == {"sample_json": [big] * 3, "project_json": [{"t": 1}]}  # a later, smaller file still fits
+    assert skipped("document_cap") - before == 47
+    [entry] = [world.read(key) for key in world.objects() if key.startswith("events/")]
+    assert entry["files_left_out"] == {"document_cap": 47}
+    assert entry["document"]["files"] == payload["document"]["files"] == files
+    # What the journal and the bus carry is bounded by the cap (and the manifest).
+    assert len(json.dumps(payload)) < 10_000 + len(json.dumps(manifest)) + 1_000
+    world.state.stop()
+
+
+class HeldSearches:
+    """An index backend whose searches wait, on their native thread, until ``release`` is set: a
+    search the engine is slow to answer."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.release = original("threading").Event()
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def search(self, *args, **kwargs):
+        self.release.wait(30)
+        return self.backend.search(*args, **kwargs)
+
+
+def test_searches_run_beside_writes_in_bounded_slots_within_a_time_budget(tmp_path):
+    backend = HeldSearches(open_index_backend(Settings.from_config({"DSS_INDEX_DIR": str(tmp_path)}, environ={}),
+                                              "aws"))
+    index = GuardedIndex(backend, offload=True, search_slots=1, search_timeout=0.5)
+    before = {reason: REGISTRY.get_sample_value("dss_searches_refused_total", {"replica": "aws", "reason": reason})
+              or 0 for reason in ("busy", "timeout")}
+    searching = eventlet.spawn(index.search, {}, 10, None, False)
+    wait_until(lambda: index.searches_in_flight == 1, 5, "the search to start")
+    doc_id = f"{new_uuid()}.{new_version()}"
+    started = time.monotonic()
+    index.put(doc_id, {"uuid": "x"})  # while the search holds its slot
+    assert time.monotonic() - started < 0.4 and index.get(doc_id) == {"uuid": "x"}
+    started = time.monotonic()
+    with pytest.raises(SearchBusy) as busy:  # no free slot: refused at once, never queued
+        index.search({}, 10, None, False)
+    assert busy.value.error_code == "search_busy" and time.monotonic() - started < 0.2
+    with pytest.raises(SearchTimeout):  # answered at its deadline...
+        searching.wait()
+    assert index.searches_in_flight == 1  # ...while the engine still works on it, in its slot
+    backend.release.set()
+    wait_until(lambda: index.searches_in_flight == 0, 5, "the engine to let go of the search")
+    assert index.search({}, 10, None, False)["total"] == 1
+    for reason in ("busy", "timeout"):
+        after = REGISTRY.get_sample_value("dss_searches_refused_total", {"replica": "aws", "reason": reason})
+        assert after - before[reason] == 1
+    index.close()
 
 
 def test_an_event_seen_twice_changes_and_announces_nothing_more(world):
