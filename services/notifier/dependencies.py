@@ -45,7 +45,7 @@ from shared.bundle_documents import CREATE, index_document_of
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, Unavailable
 from shared.identifiers import REPLICAS, bundle_url, is_uuid, new_uuid, normalize_uuid
-from shared.search import open_index_backend, parse_search
+from shared.search import QueryLimits, open_index_backend, parse_search
 from shared.search.documents import flatten
 from shared.search.evaluate import matches
 from shared.storage import Replicas, StorageProvider
@@ -178,6 +178,7 @@ class SubscriptionStoreAPI:
         self.settings = settings
         self.cache = cache
         self.limits = jmespath_limits(settings)
+        self.query_limits = QueryLimits.from_settings(settings)
 
     def health(self) -> dict:
         replicas = self.replicas.health()
@@ -192,7 +193,7 @@ class SubscriptionStoreAPI:
             raise errors.conflicting_queries()
         validate_subscription(fields, self.settings)  # callback URL (SSRF rules), options, JMESPath, attachments
         if es_query is not None:
-            parse_search(es_query)  # ElasticsearchBadRequest (400) before anything is written
+            parse_search(es_query, self.query_limits)  # 400 before anything is written
         limit = self.settings.notify_max_subscriptions
         owned = sum(doc["owner"] == owner for doc in self._documents(replica, self._listing(replica, fresh=True)))
         if owned >= limit:
@@ -321,13 +322,16 @@ class SubscriptionStoreAPI:
             return None
 
     def _percolate(self, replica: str, index_document: dict) -> list[str]:
-        """The uuids percolation finds. When it fails for a query's fault, the Elasticsearch
-        subscriptions that fail alone (their query no longer parses, or its evaluation fails) are
-        disabled, which takes them out of the percolator, and percolation runs once more; a failure
-        no subscription explains is raised (the event is retried)."""
+        """The uuids percolation finds. A subscription whose query the engine refuses (beyond
+        today's limits, or over its work budget on this document) is disabled, the others matched.
+        When percolation as a whole fails for a query's fault (a cluster refusing one), the
+        Elasticsearch subscriptions that fail alone with the project's own evaluator are disabled,
+        which takes them out of the percolator, and it runs once more; a failure no subscription
+        explains is raised (the event is retried)."""
         index = self.indexes[replica]
+        refused: list[tuple[str, DSSError]] = []
         try:
-            return index.percolate(index_document)
+            found = index.percolate(index_document, refused=lambda uuid, error: refused.append((uuid, error)))
         except Exception as error:  # noqa: BLE001 - sorted out below, the rest raised again
             if not is_subscription_fault(error):
                 raise
@@ -336,9 +340,14 @@ class SubscriptionStoreAPI:
                 raise
             logger.warning("percolation in %s failed (%s); %d subscription(s) at fault", replica,
                            type(error).__name__, len(failing))
-        for doc, code, reason in failing:
-            self._disable(replica, doc, code, reason)
-        return index.percolate(index_document)
+            for doc, code, reason in failing:
+                self._disable(replica, doc, code, reason)
+            return index.percolate(index_document)
+        for uuid, error in refused:
+            doc = self._document(replica, uuid)
+            if doc is not None:
+                self._disable(replica, doc, error.error_code, error.title)
+        return found
 
     def _failing_percolations(self, replica: str, index_document: dict) -> list[tuple[dict, str, str]]:
         """(subscription, code, reason) of each Elasticsearch subscription whose query alone fails
@@ -350,7 +359,7 @@ class SubscriptionStoreAPI:
             if subscription_type(doc) != ELASTICSEARCH:
                 continue
             try:
-                matches(parse_search(doc["es_query"]), flat)
+                matches(parse_search(doc["es_query"], self.query_limits), flat)
             except Exception as error:  # noqa: BLE001 - only a fault of this query counts
                 if not is_subscription_fault(error):
                     raise
