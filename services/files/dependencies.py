@@ -24,11 +24,6 @@ CHECKSUM_PREFIXES = ("dss-", "hca-dss-")
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Fields that make two PUTs of one uuid+version the same file.
 IDENTITY_FIELDS = ("creator_uid", "content-type", "size", "sha256", "sha1", "s3-etag", "crc32c")
-# The metadata of a stored blob: none. Whatever a client set on its staged object (a far-future
-# `dss-checked-out`, say) would otherwise travel with the bytes into the other replica and into
-# checkout copies, whose metadata the store's services read. The key names the blob's checksums;
-# its content type is its one property.
-BLOB_METADATA: dict[str, str] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +68,16 @@ def _check(source: Source, declared: Checksums, actual: Checksums) -> None:
 def file_metadata_doc(version: str, creator_uid: int, content_type: str, size: int, checksums: Checksums) -> dict:
     return FileMetadata().dump({"creator_uid": creator_uid, "version": version, "content_type": content_type,
                                 "size": size, **checksums.as_api()})
+
+
+def blob_metadata(checksums: Checksums) -> dict[str, str]:
+    """The metadata of a stored blob, all set by the store: its four verified checksums, named as
+    staged objects name them (`dss-sha256`, ...). Nothing of the staged object's own metadata is
+    kept: it would travel with the bytes into the other replica and into checkout copies, whose
+    metadata the store's services read (a far-future `dss-checked-out` would keep a copy for
+    good). Never empty, as a copy given empty metadata keeps its source's on some stores (a GCS
+    rewrite on fake-gcs-server)."""
+    return {f"{CHECKSUM_PREFIXES[0]}{name}": value for name, value in checksums.as_api().items()}
 
 
 def file_identity(doc: dict) -> dict:
@@ -140,7 +145,7 @@ class FileStoreAPI:
         _check(source, checksums, checksum_bytes(data))
         try:
             replica.store.put_bytes(replica.bucket, checksums.blob_key(), data, content_type=source.content_type,
-                                    metadata=BLOB_METADATA, if_absent=True)
+                                    metadata=blob_metadata(checksums), if_absent=True)
         except BlobAlreadyExists:
             return False
         return True
@@ -168,7 +173,7 @@ class FileStoreAPI:
             # can never land under the checksums of the old bytes.
             replica.store.copy(source.bucket, source.key, replica.bucket, blob_key,
                                if_source_revision=source.info.revision, content_type=source.content_type,
-                               metadata=BLOB_METADATA, part_size=self.settings.copy_part_bytes)
+                               metadata=blob_metadata(checksums), part_size=self.settings.copy_part_bytes)
         except BlobPreconditionFailed:
             raise Unprocessable(f"source object {source.url} changed while being copied", "source_changed") from None
         except BlobNotFound:
