@@ -15,7 +15,7 @@ from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 
 from services.files.claims import Claim, marker_key
 from services.files.exceptions import ChecksumMismatch, SourceNotFound
-from services.files.sources import IngestSources, parse_source_url  # noqa: F401  (parse_source_url: one home)
+from services.files.sources import IngestSources
 
 logger = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from shared import events
 from shared.checksums import checksum_bytes
 from shared.exceptions import Unavailable
 from services.files.claims import Claim
-from services.files.dependencies import Source, _declared_checksums, file_identity, file_metadata_doc, \
-    parse_source_url
+from services.files.dependencies import Source, _declared_checksums, file_identity, file_metadata_doc
 from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, SourceNotAllowed, UnknownSourceScheme
 from services.files.service import PERMANENT_ERRORS, FilesService
+from services.files.sources import parse_source_url
 
 UUID = "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
 VERSION = "2026-11-25T010203.000004Z"
