@@ -67,6 +67,10 @@ SETTINGS: tuple[Setting, ...] = (
     # --- files service ----------------------------------------------------------------------
     Setting("DSS_ASYNC_COPY_THRESHOLD", 64 * MiB,
             "PUT /files copies larger than this many bytes answer 202 and finish in the background.", int),
+    Setting("DSS_INGEST_SOURCES", "",
+            "Staging areas PUT /files may ingest from: comma-separated `s3://bucket[/prefix]` or "
+            "`gs://bucket[/prefix]`; any other source_url is refused (403 `source_not_allowed`). Empty: the "
+            "staging bucket of each replica (DSS_S3_STAGING_BUCKET, DSS_GS_STAGING_BUCKET).", _as_list),
     # --- replication: change notifications of the main buckets ------------------------------
     Setting("DSS_SQS_ENDPOINT", "http://127.0.0.1:9000",
             "SQS API endpoint the S3 notifications are read from (moto serves SQS on its S3 port). "

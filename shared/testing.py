@@ -24,14 +24,15 @@ from shared.checksums import Checksums, checksum_bytes
 
 def stage_object(store, bucket: str, data: bytes, *, key: str | None = None, prefix: str = "dss-",
                  as_tags: bool = False, content_type: str = "application/octet-stream",
-                 declared: dict | None = None) -> tuple[str, Checksums]:
+                 declared: dict | None = None, metadata: dict | None = None) -> tuple[str, Checksums]:
     """Upload ``data`` to a staging bucket the way the DSS clients do, with its four checksums
-    as metadata (or S3 tags) named ``{prefix}{name}``. ``declared`` overrides what is declared.
-    Returns (source_url, true checksums)."""
+    as metadata (or S3 tags) named ``{prefix}{name}``. ``declared`` overrides what is declared;
+    ``metadata`` is more user metadata for the object. Returns (source_url, true checksums)."""
     key = key or f"staging/{uuid_module.uuid4()}/{os.urandom(3).hex()}.bin"
     checksums = checksum_bytes(data)
     labels = {f"{prefix}{name}": value for name, value in (declared or checksums.as_api()).items()}
-    store.put_bytes(bucket, key, data, content_type=content_type, metadata=None if as_tags else labels)
+    store.put_bytes(bucket, key, data, content_type=content_type,
+                    metadata={**(metadata or {}), **({} if as_tags else labels)})
     if as_tags:
         client = store.client
         client.put_object_tagging(Bucket=bucket, Key=key,
@@ -40,8 +41,9 @@ def stage_object(store, bucket: str, data: bytes, *, key: str | None = None, pre
 
 
 def stage_large_object(store, bucket: str, size: int, *, chunk: int = 8 * 1024 * 1024, seed: bytes = b"",
-                       key: str | None = None) -> tuple[str, Checksums]:
-    """Stream ``size`` pseudo-random bytes to a staging object without holding them in memory."""
+                       key: str | None = None, metadata: dict | None = None) -> tuple[str, Checksums]:
+    """Stream ``size`` pseudo-random bytes to a staging object without holding them in memory
+    (``metadata``: more user metadata beside the checksums)."""
     from shared.checksums import ChecksumPass
     key = key or f"staging/{uuid_module.uuid4()}/large.bin"
     block = (seed or os.urandom(16)) * (chunk // 16)
@@ -57,8 +59,8 @@ def stage_large_object(store, bucket: str, size: int, *, chunk: int = 8 * 1024 *
     for piece in chunks():
         checksum_pass.update(piece)
     checksums = checksum_pass.result()
-    metadata = {f"dss-{name}": value for name, value in checksums.as_api().items()}
-    store.put_stream(bucket, key, chunks(), size, metadata=metadata)
+    labels = {f"dss-{name}": value for name, value in checksums.as_api().items()}
+    store.put_stream(bucket, key, chunks(), size, metadata={**(metadata or {}), **labels})
     return f"{store.scheme}://{bucket}/{key}", checksums
 
 

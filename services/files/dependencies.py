@@ -1,24 +1,29 @@
-"""The files service's view of storage: staging sources, content-addressed blobs, file metadata."""
+"""The files service's view of storage: staging sources, content-addressed blobs, file metadata,
+and the claims of background copies (``claims.py``)."""
 from __future__ import annotations
 
 import dataclasses
 import logging
-import urllib.parse
+import time
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed
 from shared.checksums import CHECKSUM_NAMES, Checksums, ChecksumPass, checksum_bytes
 from shared.exceptions import NotFound, Unprocessable
-from shared.identifiers import Keys, Replica
+from shared.identifiers import Keys
 from shared.schemas import FileMetadata
-from shared.storage import ReplicaStorage, Replicas, StorageProvider
+from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 
-from services.files.exceptions import ChecksumMismatch, SourceNotFound, UnknownSourceScheme
+from services.files.claims import Claim, marker_key
+from services.files.exceptions import ChecksumMismatch, SourceNotFound
+from services.files.sources import IngestSources
 
 logger = logging.getLogger(__name__)
 
 # Clients tag staged objects with either prefix (dbio-cli: `dss-`, hca-cli: `hca-dss-`).
 CHECKSUM_PREFIXES = ("dss-", "hca-dss-")
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# Fields that make two PUTs of one uuid+version the same file.
+IDENTITY_FIELDS = ("creator_uid", "content-type", "size", "sha256", "sha1", "s3-etag", "crc32c")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,17 +48,6 @@ class Source:
         return Checksums.parse(self.declared)
 
 
-def parse_source_url(url: str) -> tuple[str, str, str]:
-    """`s3://bucket/key` or `gs://bucket/key` -> (replica, bucket, key)."""
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("s3", "gs"):
-        raise UnknownSourceScheme(f"source_url must start with s3:// or gs://, not `{parsed.scheme or url}`")
-    key = parsed.path.lstrip("/")
-    if not parsed.netloc or not key:
-        raise UnknownSourceScheme(f"source_url `{url}` must name a bucket and a key")
-    return Replica.from_scheme(parsed.scheme).value, parsed.netloc, key
-
-
 def _declared_checksums(*sources: dict[str, str]) -> dict[str, str]:
     declared: dict[str, str] = {}
     for values in sources:
@@ -76,17 +70,35 @@ def file_metadata_doc(version: str, creator_uid: int, content_type: str, size: i
                                 "size": size, **checksums.as_api()})
 
 
+def blob_metadata(checksums: Checksums) -> dict[str, str]:
+    """The metadata of a stored blob, all set by the store: its four verified checksums, named as
+    staged objects name them (`dss-sha256`, ...). Nothing of the staged object's own metadata is
+    kept: it would travel with the bytes into the other replica and into checkout copies, whose
+    metadata the store's services read (a far-future `dss-checked-out` would keep a copy for
+    good). Never empty, as a copy given empty metadata keeps its source's on some stores (a GCS
+    rewrite on fake-gcs-server)."""
+    return {f"{CHECKSUM_PREFIXES[0]}{name}": value for name, value in checksums.as_api().items()}
+
+
+def file_identity(doc: dict) -> dict:
+    return {field: doc.get(field) for field in IDENTITY_FIELDS}
+
+
 class FileStoreAPI:
-    def __init__(self, replicas: Replicas, settings):
+    def __init__(self, replicas: Replicas, settings, sources: IngestSources, clock=time.time):
         self.replicas = replicas
         self.settings = settings
+        self.sources = sources
+        self.clock = clock
 
     def replica(self, name: str) -> ReplicaStorage:
         return self.replicas[name]
 
     # --- sources ---------------------------------------------------------------------------------
     def inspect_source(self, url: str) -> Source:
-        replica, bucket, key = parse_source_url(url)
+        """The staged object at ``url``; ``SourceNotAllowed`` (before any storage call) outside the
+        allowed staging areas, ``SourceNotFound`` if it does not exist."""
+        replica, bucket, key = self.sources.check(url)
         store = self.replicas[replica].store
         try:
             info = store.stat(bucket, key)
@@ -133,7 +145,7 @@ class FileStoreAPI:
         _check(source, checksums, checksum_bytes(data))
         try:
             replica.store.put_bytes(replica.bucket, checksums.blob_key(), data, content_type=source.content_type,
-                                    if_absent=True)
+                                    metadata=blob_metadata(checksums), if_absent=True)
         except BlobAlreadyExists:
             return False
         return True
@@ -161,12 +173,50 @@ class FileStoreAPI:
             # can never land under the checksums of the old bytes.
             replica.store.copy(source.bucket, source.key, replica.bucket, blob_key,
                                if_source_revision=source.info.revision, content_type=source.content_type,
-                               part_size=self.settings.copy_part_bytes)
+                               metadata=blob_metadata(checksums), part_size=self.settings.copy_part_bytes)
         except BlobPreconditionFailed:
             raise Unprocessable(f"source object {source.url} changed while being copied", "source_changed") from None
         except BlobNotFound:
             raise SourceNotFound(f"source object {source.url} disappeared while being copied") from None
         return True
+
+    # --- claims of background copies (claims.py) --------------------------------------------------
+    def claim_background_copy(self, replica: str, uuid: str, doc: dict, task_id: str) -> Claim | None:
+        """Claim the background copy of file ``uuid`` version ``doc["version"]`` for ``task_id``:
+        None if claimed (the caller dispatches the copy), else the live claim of a copy under way.
+        A claim past its deadline, or unreadable, is replaced."""
+        storage = self.replicas[replica]
+        key = marker_key(uuid, doc["version"])
+        now = self.clock()
+        claim = Claim.new(task_id, file_identity(doc), doc["size"], now)
+        try:
+            storage.store.put_bytes(storage.bucket, key, claim.encode(now), content_type=JSON, if_absent=True)
+            return None
+        except BlobAlreadyExists:
+            pass
+        current = self._read_claim(storage, key)
+        if current is not None and current.live(now):
+            return current
+        # The copy that claimed it was lost. Two PUTs replacing the same lost claim at once may
+        # both start a copy; the second to finish finds the file written and copies nothing.
+        logger.warning("replacing the lapsed claim %s of task %s", key, current.task_id if current else "?")
+        storage.store.put_bytes(storage.bucket, key, claim.encode(now), content_type=JSON)
+        return None
+
+    def release_background_copy(self, replica: str, uuid: str, version: str, task_id: str) -> None:
+        """Remove the claim of ``task_id`` (one that another task took over is left to it)."""
+        storage = self.replicas[replica]
+        key = marker_key(uuid, version)
+        current = self._read_claim(storage, key)
+        if current is None or current.task_id == task_id:
+            storage.store.delete(storage.bucket, key)
+
+    @staticmethod
+    def _read_claim(storage: ReplicaStorage, key: str) -> Claim | None:
+        try:
+            return Claim.decode(storage.store.get_bytes(storage.bucket, key))
+        except BlobNotFound:
+            return None
 
     # --- file metadata ---------------------------------------------------------------------------
     def find_file(self, replica: str, uuid: str, version: str) -> dict | None:
@@ -202,3 +252,11 @@ class FileStoreAPI:
 
 class FileStore(StorageProvider):
     api_class = FileStoreAPI
+
+    def setup(self):
+        super().setup()
+        # Parsed once: a malformed DSS_INGEST_SOURCES stops the service at its start.
+        self.sources = IngestSources.from_settings(self.settings)
+
+    def get_dependency(self, worker_ctx):
+        return FileStoreAPI(self.replicas, self.settings, self.sources)

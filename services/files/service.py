@@ -1,11 +1,12 @@
 """The files service: ingests files from staging buckets and answers file metadata queries.
 
 PUT /files copies the staged object into the replica's main bucket under its content address,
-after checking its bytes against the checksums the client declared. Copies above
+after checking its bytes against the checksums the client declared. Sources outside the staging
+areas of `DSS_INGEST_SOURCES` are refused before anything is read (``sources.py``). Copies above
 `DSS_ASYNC_COPY_THRESHOLD` are accepted at once and finished by ``handle_file_upload_accepted``,
 whose message is acknowledged only after the file metadata is written (or the failure is
 scheduled for a retry or dead-lettered), so a crash mid-copy means the copy runs again rather
-than being lost.
+than being lost. One such copy runs per file version at a time (``claims.py``).
 """
 import logging
 import uuid as uuid_module
@@ -15,22 +16,20 @@ from nameko.rpc import rpc
 
 from shared import events
 from shared.checksums import Checksums
-from shared.exceptions import Conflict, InvalidParameter, InvalidRequest, NotFound, Unprocessable
+from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unprocessable
 from shared.identifiers import Keys
 from shared.metrics import Metrics, Progress
 from shared.retry import retrying_event_handler
 from shared.schemas import FileCreated, FileUploadAccepted
 
-from services.files.dependencies import FileStore, file_metadata_doc
+from services.files.dependencies import FileStore, file_identity, file_metadata_doc
 from services.files.exceptions import FileAlreadyExists
+from services.files.sources import parse_source_url
 
 logger = logging.getLogger(__name__)
 
 # Errors that another attempt of a background copy cannot cure.
-PERMANENT_ERRORS = (Unprocessable, Conflict, InvalidParameter, InvalidRequest, NotFound)
-
-# Fields that make two PUTs of one uuid+version the same file.
-IDENTITY_FIELDS = ("creator_uid", "content-type", "size", "sha256", "sha1", "s3-etag", "crc32c")
+PERMANENT_ERRORS = (Unprocessable, Conflict, InvalidParameter, InvalidRequest, NotFound, Forbidden)
 
 
 def _task_id(uuid: str, version: str, source_url: str, checksums: Checksums) -> str:
@@ -56,31 +55,25 @@ class FilesService:
             existing = self.store.find_file(source.replica, uuid, version)
             if existing is not None:
                 return self._repeat(source.replica, uuid, doc, existing)
-            task_id = _task_id(uuid, version, source_url, checksums)
-            self.dispatch(events.FILE_UPLOAD_ACCEPTED, FileUploadAccepted().dump({
-                "uuid": uuid, "version": version, "source_url": source_url, "creator_uid": creator_uid,
-                "task_id": task_id, "checksums": checksums.as_api()}))
-            logger.info("accepted %s (%d bytes) for background copy as task %s", source_url, source.size, task_id)
-            return {"status": "accepted", "version": version, "task_id": task_id}
+            return self._accept(source, uuid, doc, _task_id(uuid, version, source_url, checksums))
         return self._ingest(source, uuid, doc)
 
     @retrying_event_handler("files", events.FILE_UPLOAD_ACCEPTED, give_up_on=PERMANENT_ERRORS)
     def handle_file_upload_accepted(self, payload):
         """Finish an accepted copy. Transient failures retry with backoff on the broker; permanent
         ones (the source changed or vanished, its bytes do not match) are dead-lettered at once for
-        an operator to inspect (`dss-ops dead-letters`); HEAD stays 404 for the client."""
+        an operator to inspect (`dss-ops dead-letters`); HEAD stays 404 for the client. The claim
+        of the copy is released when the file is written or the copy is given up, not while a
+        retry is pending."""
         accepted = FileUploadAccepted().load(payload)
-        source = self.store.inspect_source(accepted["source_url"])
-        checksums = Checksums.parse(accepted["checksums"])
-        if source.checksums() != checksums:
-            raise Unprocessable(f"{accepted['source_url']} was re-tagged after it was accepted", "source_changed")
-        doc = file_metadata_doc(accepted["version"], accepted["creator_uid"], source.content_type, source.size,
-                                checksums)
-        existing = self.store.find_file(source.replica, accepted["uuid"], accepted["version"])
-        if existing is not None:
-            self._repeat(source.replica, accepted["uuid"], doc, existing)
-        else:
-            self._ingest(source, accepted["uuid"], doc)
+        replica, _, _ = parse_source_url(accepted["source_url"])
+        try:
+            self._finish_background_copy(accepted)
+        except PERMANENT_ERRORS:
+            # Given up: a repeat of the PUT may start over (with a corrected source, say).
+            self.store.release_background_copy(replica, accepted["uuid"], accepted["version"], accepted["task_id"])
+            raise
+        self.store.release_background_copy(replica, accepted["uuid"], accepted["version"], accepted["task_id"])
 
     @rpc
     def head_file(self, replica, uuid, version=None):
@@ -96,6 +89,39 @@ class FilesService:
         return self.store.health()
 
     # --- helpers ---------------------------------------------------------------------------------
+    def _accept(self, source, uuid, doc, task_id):
+        """Answer 202 for a large copy, starting it unless one of this file version is under way."""
+        version = doc["version"]
+        current = self.store.claim_background_copy(source.replica, uuid, doc, task_id)
+        if current is not None:
+            if current.file != file_identity(doc):
+                raise FileAlreadyExists(f"file {uuid} version {version} is being written with other content")
+            logger.info("%s is being copied already as task %s", source.url, current.task_id)
+            return {"status": "accepted", "version": version, "task_id": current.task_id}
+        try:
+            self.dispatch(events.FILE_UPLOAD_ACCEPTED, FileUploadAccepted().dump({
+                "uuid": uuid, "version": version, "source_url": source.url, "creator_uid": doc["creator_uid"],
+                "task_id": task_id, "checksums": Checksums.from_stored(doc).as_api()}))
+        except Exception:
+            # Not on its way: without the claim, a repeat starts it.
+            self.store.release_background_copy(source.replica, uuid, version, task_id)
+            raise
+        logger.info("accepted %s (%d bytes) for background copy as task %s", source.url, source.size, task_id)
+        return {"status": "accepted", "version": version, "task_id": task_id}
+
+    def _finish_background_copy(self, accepted):
+        source = self.store.inspect_source(accepted["source_url"])
+        checksums = Checksums.parse(accepted["checksums"])
+        if source.checksums() != checksums:
+            raise Unprocessable(f"{accepted['source_url']} was re-tagged after it was accepted", "source_changed")
+        doc = file_metadata_doc(accepted["version"], accepted["creator_uid"], source.content_type, source.size,
+                                checksums)
+        existing = self.store.find_file(source.replica, accepted["uuid"], accepted["version"])
+        if existing is not None:
+            self._repeat(source.replica, accepted["uuid"], doc, existing)
+        else:
+            self._ingest(source, accepted["uuid"], doc)
+
     def _ingest(self, source, uuid, doc):
         checksums = Checksums.from_stored(doc)
         # Only objects read in several chunks are long enough to be worth progress lines.
@@ -118,7 +144,7 @@ class FilesService:
         return {"status": "created", "version": doc["version"]}
 
     def _repeat(self, replica, uuid, doc, existing):
-        if any(existing.get(field) != doc.get(field) for field in IDENTITY_FIELDS):
+        if file_identity(existing) != file_identity(doc):
             raise FileAlreadyExists(f"file {uuid} version {doc['version']} already exists with other content")
         self._file_created(replica, uuid, existing)  # at-least-once: a retried write re-announces itself
         return {"status": "exists", "version": doc["version"]}

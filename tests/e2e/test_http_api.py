@@ -8,6 +8,7 @@ import json
 import requests
 
 from shared.identifiers import new_uuid, new_version
+from shared.testing import stage_object
 
 PROBLEM = "application/problem+json"
 
@@ -15,7 +16,7 @@ PROBLEM = "application/problem+json"
 def put_file(api, auth, source_url, uuid=None, version=None):
     uuid, version = uuid or new_uuid(), version or new_version()
     response = requests.put(f"{api}/files/{uuid}", params={"version": version}, headers=auth,
-                            json={"source_url": source_url, "creator_uid": 7})
+                            json={"source_url": source_url, "creator_uid": 7}, timeout=60)
     return uuid, version, response
 
 
@@ -240,6 +241,38 @@ def test_bad_input_gets_problem_json(api, auth, stage, blobstores, dss_settings)
     # nothing stored was damaged by any of it
     head = requests.head(f"{api}/files/{file_uuid}", params={"replica": "aws"})
     assert head.status_code == 200 and head.headers["X-DSS-SHA256"] == sums.sha256
+
+
+def test_files_are_ingested_only_from_staging_areas(api, auth, stage, blobstores, dss_settings):
+    """A writer cannot read, or learn what is in, a bucket that is not a staging area: the answer is
+    one 403, the same for a key that exists as for one that does not."""
+    source_url, sums = stage(b"stored in the main bucket")
+    file_uuid, file_version, stored = put_file(api, auth, source_url)
+    assert stored.status_code == 201, stored.text  # the default staging bucket is a source
+    aws_main, gcp_main = dss_settings.bucket("aws"), dss_settings.bucket("gcp")
+    gcp_source, _ = stage(b"staged on gcs", replica="gcp")
+    assert put_file(api, auth, gcp_source)[2].status_code == 201
+
+    # a lookalike of the staging bucket, holding a properly staged object
+    lookalike = dss_settings.bucket("aws", "staging") + "-evil"
+    blobstores["aws"].create_bucket(lookalike)
+    lookalike_source, _ = stage_object(blobstores["aws"], lookalike, b"looks staged")
+    staging = dss_settings.bucket("aws", "staging")
+    refused = [
+        f"s3://{aws_main}/files/{file_uuid}.{file_version}",   # exists
+        f"s3://{aws_main}/{sums.blob_key()}",                   # exists, and carries its checksums
+        f"s3://{aws_main}/files/{new_uuid()}.{new_version()}",  # does not exist
+        f"gs://{gcp_main}/{sums.blob_key()}",
+        lookalike_source,
+        f"s3://{staging}/../{aws_main}/{sums.blob_key()}",
+        f"s3://{staging}/%2e%2e/{aws_main}/{sums.blob_key()}",
+    ]
+    bodies = []
+    for url in refused:
+        _, _, response = put_file(api, auth, url)
+        bodies.append(assert_problem(response, 403, "source_not_allowed"))
+    assert all(body == bodies[0] for body in bodies), bodies
+    assert "staging" in bodies[0]["title"]
 
 
 def test_api_description_and_health(api):

@@ -1,17 +1,22 @@
 """The files service on the real broker against both storage emulators, called over real RPC."""
 import json
+import os
 import time
 
 import pytest
 from nameko.events import event_handler
 from nameko.standalone.rpc import ServiceRpcProxy
 from nameko.testing.services import entrypoint_waiter
+from prometheus_client import REGISTRY
 
 from shared import events
 from shared.exceptions import NotFound, Unprocessable
 from shared.identifiers import new_uuid, new_version
-from shared.testing import stage_large_object, stage_object
-from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, SourceNotFound, UnknownSourceScheme
+from shared.testing import queue_state, stage_large_object, stage_object, wait_until
+from services.files.claims import MARKER_MIN_SECONDS, Claim, marker_key
+from services.files.dependencies import file_identity, file_metadata_doc
+from services.files.exceptions import (ChecksumMismatch, FileAlreadyExists, SourceNotAllowed, SourceNotFound,
+                                       UnknownSourceScheme)
 from services.files.service import FilesService
 
 MiB = 1024 * 1024
@@ -164,3 +169,138 @@ def test_file_created_is_dispatched_after_the_write(files_config, runner_factory
                        "blob_key": sums.blob_key(), "size": 7, "content_type": "application/octet-stream",
                        "metadata": stored}
     assert stored["sha256"] == sums.sha256 and stored["version"] == version
+
+
+# --- sources only from staging areas ------------------------------------------------------------------
+
+def test_sources_outside_the_staging_areas_are_refused_alike(files_rpc, blobstores, dss_settings):
+    store = blobstores["aws"]
+    source_url, sums = stage_object(store, dss_settings.bucket("aws", "staging"), b"stored once")
+    uuid, version = new_uuid(), new_version()
+    files_rpc.put_file(uuid, version, source_url, 1)
+    main = dss_settings.bucket("aws")
+    titles = set()
+    for url in (f"s3://{main}/files/{uuid}.{version}", f"s3://{main}/{sums.blob_key()}",
+                f"s3://{main}/files/{new_uuid()}.{new_version()}"):
+        with pytest.raises(SourceNotAllowed) as refused:
+            files_rpc.put_file(new_uuid(), new_version(), url, 1)
+        titles.add(refused.value.title)
+    assert len(titles) == 1
+
+
+# --- one background copy per file version at a time ---------------------------------------------------
+
+@pytest.fixture
+def accepted_events(files_config):
+    """``accepted_events()`` -> how many `file_upload_accepted` events the files service dispatched
+    since the test began: they pile up in a queue of the test's own that nothing consumes."""
+    from kombu import Connection, Queue
+    from nameko.standalone.events import get_event_exchange
+
+    name = "test-file-upload-accepted"
+    with Connection(files_config["AMQP_URI"], connect_timeout=5) as connection:
+        Queue(name, exchange=get_event_exchange("files", files_config), routing_key=events.FILE_UPLOAD_ACCEPTED,
+              durable=False, auto_delete=False)(connection.channel()).declare()
+    return lambda: queue_state(files_config["AMQP_URI"], name)[0]
+
+
+def wait_for_file(files_rpc, replica, uuid, version, timeout=60):
+    def stored():
+        try:
+            return files_rpc.head_file(replica, uuid, version)
+        except NotFound:
+            return None
+    return wait_until(stored, timeout, f"file {uuid} version {version} stored")
+
+
+def hashed_bytes(replica):
+    return REGISTRY.get_sample_value("dss_bytes_checksummed_total", {"service": "files", "replica": replica}) or 0
+
+
+@pytest.mark.parametrize("replica", ["aws", "gcp"])
+def test_two_puts_of_a_large_file_make_one_copy(replica, files_config, runner_factory, accepted_events,
+                                                blobstores, dss_settings):
+    # two files processes, as when the service is scaled out: the claim lives in the bucket
+    for _ in range(2):
+        runner_factory(files_config, FilesService).start()
+    store, size = blobstores[replica], 24 * MiB + 5
+    source_url, sums = stage_large_object(store, dss_settings.bucket(replica, "staging"), size)
+    uuid, version = new_uuid(), new_version()
+    hashed_before = hashed_bytes(replica)
+    with ServiceRpcProxy("files", files_config, timeout=60) as files_rpc:
+        first = files_rpc.put_file(uuid, version, source_url, 5)
+        second = files_rpc.put_file(uuid, version, source_url, 5)
+        assert first["status"] == "accepted"
+        # still copying: the same task; already copied: 200 as for any finished file
+        assert second in ({"status": "accepted", "version": version, "task_id": first["task_id"]},
+                          {"status": "exists", "version": version})
+        assert accepted_events() == 1
+        head = wait_for_file(files_rpc, replica, uuid, version)
+        assert head["sha256"] == sums.sha256 and head["size"] == size
+        assert files_rpc.put_file(uuid, version, source_url, 5) == {"status": "exists", "version": version}
+    assert accepted_events() == 1
+    assert hashed_bytes(replica) - hashed_before == size  # read and hashed once
+    wait_until(lambda: not store.exists(dss_settings.bucket(replica), marker_key(uuid, version)), 10,
+               "the claim released")
+
+
+def test_a_copy_in_flight_elsewhere_is_answered_not_repeated(files_rpc, accepted_events, blobstores,
+                                                              dss_settings):
+    store, size = blobstores["aws"], 3 * MiB
+    source_url, sums = stage_large_object(store, dss_settings.bucket("aws", "staging"), size)
+    uuid, version = new_uuid(), new_version()
+    main, key = dss_settings.bucket("aws"), marker_key(uuid, version)
+    # the claim another process made for this very file a moment ago
+    doc = file_metadata_doc(version, 5, "application/octet-stream", size, sums)
+    now = time.time()
+    store.put_bytes(main, key, Claim.new("task-elsewhere", file_identity(doc), size, now).encode(now))
+    assert files_rpc.put_file(uuid, version, source_url, 5) == {"status": "accepted", "version": version,
+                                                                "task_id": "task-elsewhere"}
+    with pytest.raises(FileAlreadyExists):  # other content for the version being written
+        files_rpc.put_file(uuid, version, source_url, 6)
+    assert accepted_events() == 0
+    with pytest.raises(NotFound):
+        files_rpc.head_file("aws", uuid, version)
+
+    # that process crashed: past its deadline, the claim no longer holds the file back
+    lapsed = Claim("task-elsewhere", file_identity(doc), now - 1)
+    store.put_bytes(main, key, lapsed.encode(now - MARKER_MIN_SECONDS))
+    answer = files_rpc.put_file(uuid, version, source_url, 5)
+    assert answer["status"] == "accepted" and answer["task_id"] != "task-elsewhere"
+    assert accepted_events() == 1
+    assert wait_for_file(files_rpc, "aws", uuid, version)["sha256"] == sums.sha256
+    wait_until(lambda: not store.exists(main, key), 10, "the claim released")
+
+
+# --- stored blobs carry only the store's own metadata -------------------------------------------------
+
+@pytest.fixture
+def copying_files_rpc(service_config, runner_factory):
+    """The files service copying objects above 1 MiB server-side, in parts above 5 MiB (S3's least)."""
+    config = {**service_config, "DSS_STREAM_CHUNK_BYTES": MiB, "DSS_COPY_PART_BYTES": 5 * MiB}
+    runner_factory(config, FilesService).start()
+    with ServiceRpcProxy("files", config, timeout=60) as proxy:
+        yield proxy
+
+
+STAGED_METADATA = {"dss-checked-out": "2999-01-01T00:00:00.000000Z", "x-evil": "yes"}
+
+
+@pytest.mark.parametrize("replica", ["aws", "gcp"])
+@pytest.mark.parametrize("size", [1000, 3 * MiB, 11 * MiB], ids=["written", "copied", "copied-in-parts"])
+def test_stored_blobs_carry_none_of_the_staged_metadata(replica, size, copying_files_rpc, blobstores,
+                                                        dss_settings):
+    store = blobstores[replica]
+    staging = dss_settings.bucket(replica, "staging")
+    if size < MiB:
+        source_url, sums = stage_object(store, staging, os.urandom(size), content_type="text/plain",
+                                        metadata=STAGED_METADATA)
+    else:
+        source_url, sums = stage_large_object(store, staging, size, metadata=STAGED_METADATA)
+    staged = store.stat(staging, source_url.split("/", 3)[3]).metadata
+    assert staged["dss-checked-out"] == STAGED_METADATA["dss-checked-out"] and staged["x-evil"] == "yes"
+
+    assert copying_files_rpc.put_file(new_uuid(), new_version(), source_url, 1)["status"] == "created"
+    blob = store.stat(dss_settings.bucket(replica), sums.blob_key())
+    assert blob.size == size and blob.metadata == {f"dss-{name}": value for name, value in sums.as_api().items()}
+    assert blob.content_type == ("text/plain" if size < MiB else "application/octet-stream")

@@ -7,9 +7,11 @@ from nameko.testing.services import worker_factory
 from shared import events
 from shared.checksums import checksum_bytes
 from shared.exceptions import Unavailable
-from services.files.dependencies import Source, _declared_checksums, file_metadata_doc, parse_source_url
-from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, UnknownSourceScheme
+from services.files.claims import Claim
+from services.files.dependencies import Source, _declared_checksums, file_identity, file_metadata_doc
+from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, SourceNotAllowed, UnknownSourceScheme
 from services.files.service import PERMANENT_ERRORS, FilesService
+from services.files.sources import parse_source_url
 
 UUID = "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
 VERSION = "2026-11-25T010203.000004Z"
@@ -30,6 +32,7 @@ def make_service(source):
     service.store.find_file.return_value = None
     service.store.put_file.return_value = None
     service.store.ingest_blob.return_value = True
+    service.store.claim_background_copy.return_value = None
     return service
 
 
@@ -77,22 +80,65 @@ def test_large_file_is_accepted_with_a_stable_task_id():
     service.store.ingest_blob.assert_not_called()
 
 
+def test_a_repeat_while_the_copy_runs_answers_its_task_and_starts_nothing():
+    size = 65 * 1024 * 1024
+    service = make_service(make_source(size=size))
+    first = service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)
+    service.store.claim_background_copy.assert_called_once()
+    claimed_doc, task_id = service.store.claim_background_copy.call_args[0][2:]
+    assert task_id == first["task_id"]
+    # the claim is now in the bucket: every later PUT, from any process, finds it
+    live = Claim.new("the-running-task", file_identity(claimed_doc), size, 0.0)
+    service.store.claim_background_copy.return_value = live
+    service.dispatch.reset_mock()
+    again = service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)
+    assert again == {"status": "accepted", "version": VERSION, "task_id": "the-running-task"}
+    service.dispatch.assert_not_called()
+    service.store.ingest_blob.assert_not_called()
+    service.store.checksum_source.assert_not_called()
+    # other content under the version being written: 409 at once, still nothing started
+    with pytest.raises(FileAlreadyExists):
+        service.put_file(UUID, VERSION, "s3://dss-staging/x", 8)
+    service.dispatch.assert_not_called()
+
+
+def test_a_copy_that_could_not_be_dispatched_gives_its_claim_back():
+    service = make_service(make_source(size=65 * 1024 * 1024))
+    service.dispatch.side_effect = Unavailable("broker gone")
+    with pytest.raises(Unavailable):
+        service.put_file(UUID, VERSION, "s3://dss-staging/x", 7)
+    task_id = service.store.claim_background_copy.call_args[0][3]
+    service.store.release_background_copy.assert_called_once_with("aws", UUID, VERSION, task_id)
+
+
 def test_background_copy_finishes_an_accepted_upload_and_raises_on_failure():
     service = make_service(make_source())
     payload = {"uuid": UUID, "version": VERSION, "source_url": "s3://dss-staging/x", "creator_uid": 7,
                "task_id": "t", "checksums": SUMS.as_api()}
     service.handle_file_upload_accepted(payload)
     service.store.put_file.assert_called_once()
-    # failures propagate to the retrying handler, which retries or dead-letters them
+    service.store.release_background_copy.assert_called_once_with("aws", UUID, VERSION, "t")
+    # failures propagate to the retrying handler, which retries or dead-letters them; the claim is
+    # given back when the copy is given up, kept while a retry is due
+    service.store.release_background_copy.reset_mock()
     service.store.ingest_blob.side_effect = ChecksumMismatch("bytes differ")
     with pytest.raises(ChecksumMismatch):
         service.handle_file_upload_accepted(payload)
+    service.store.release_background_copy.assert_called_once_with("aws", UUID, VERSION, "t")
+    service.store.release_background_copy.reset_mock()
+    service.store.ingest_blob.side_effect = Unavailable("storage unreachable")
+    with pytest.raises(Unavailable):
+        service.handle_file_upload_accepted(payload)
+    service.store.release_background_copy.assert_not_called()
     assert issubclass(ChecksumMismatch, PERMANENT_ERRORS) and not issubclass(Unavailable, PERMANENT_ERRORS)
+    assert issubclass(SourceNotAllowed, PERMANENT_ERRORS)
 
 
 def test_source_urls():
     assert parse_source_url("s3://bucket/a/b.json") == ("aws", "bucket", "a/b.json")
     assert parse_source_url("gs://bucket/k") == ("gcp", "bucket", "k")
+    # the key is what follows the bucket, verbatim: a `?` or `#` is part of it
+    assert parse_source_url("s3://bucket/a?b#c") == ("aws", "bucket", "a?b#c")
     for bad in ("http://bucket/k", "s3://bucket", "s3:///k", "bucket/k"):
         with pytest.raises(UnknownSourceScheme):
             parse_source_url(bad)
