@@ -11,7 +11,10 @@ import logging
 import time
 
 from nameko.extensions import DependencyProvider
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared import probes
+from shared.probes import start_http_server  # prometheus_client's, plus /healthz and /readyz
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,7 @@ class Metrics(DependencyProvider):
         self.started: dict = {}
 
     def start(self):
+        probes.watch(self.container, self.port)
         start_exporter(self.port)
 
     def worker_setup(self, worker_ctx):
