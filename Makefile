@@ -59,6 +59,7 @@ cert: install
 
 test: install
 	@deploy/ensure-rabbitmq.sh
+	@deploy/ensure-tools.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Only the compatibility suite: the real dbio and hca clients against the API (make test runs it too).

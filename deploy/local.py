@@ -245,8 +245,10 @@ def _rabbit_env(uri: str) -> tuple[dict, int]:
             "# Written by deploy/local.py for the broker `make up` runs; default_* apply at first boot.\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
             f"default_user = {user}\ndefault_pass = {password}\ndefault_vhost = {vhost}\n"
-            "default_user_tags.administrator = true\n")
-    (RABBIT_DIR / "enabled_plugins").write_text("[rabbitmq_management].\n")
+            "default_user_tags.administrator = true\n"
+            # Its Prometheus plugin (deploy/prometheus/prometheus-local.yml scrapes it) on loopback only.
+            "prometheus.tcp.ip = 127.0.0.1\n")
+    (RABBIT_DIR / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
     (RABBIT_DIR / "rabbitmq-env.conf").write_text("# Empty on purpose: keeps /etc/rabbitmq/rabbitmq-env.conf out.\n")
     env = dict(os.environ)
     env.update({

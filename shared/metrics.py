@@ -12,7 +12,10 @@ import logging
 import time
 
 from nameko.extensions import DependencyProvider
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from shared import probes
+from shared.probes import start_http_server  # prometheus_client's, plus /healthz and /readyz
 
 from shared.config import Settings
 
@@ -84,6 +87,7 @@ class Metrics(DependencyProvider):
         self.started: dict = {}
 
     def start(self):
+        probes.watch(self.container, self.port)
         start_exporter(self.port, self.address)
 
     def worker_setup(self, worker_ctx):

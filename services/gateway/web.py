@@ -17,6 +17,7 @@ from eventlet.green import ssl as green_ssl
 from nameko.exceptions import ConfigurationError
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
+from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
@@ -36,6 +37,9 @@ TLS_HANDSHAKE_TIMEOUT_S = 10
 # Nesting of a JSON request body: far beyond any API document, below what an RPC can encode (~900).
 MAX_JSON_DEPTH = 640
 
+# By status only: every other part of a request is the client's to choose (unbounded label values).
+RESPONSES = Counter("dss_http_responses_total", "HTTP answers of the gateway, by status code.", ["status"])
+
 
 class ProblemWsgiApp(WsgiApp):
     def __call__(self, environ, start_response):
@@ -44,6 +48,7 @@ class ProblemWsgiApp(WsgiApp):
         except Exception:  # a bug in routing or a handler: still no HTML, no traceback
             logger.exception("unhandled error serving %s", environ.get("PATH_INFO"))
             response = errors.internal_error()
+        RESPONSES.labels(str(response.status_code)).inc()
         return response(environ, start_response)
 
     def _dispatch(self, environ):
