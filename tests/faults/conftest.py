@@ -38,6 +38,8 @@ DEAD_LETTER_QUEUE = HANDLER_QUEUE + DEAD_SUFFIX
 # Short broker-side delays: a test waits seconds for a retry, not minutes. Their sum (7 s) is less
 # than the outages the tests cause, so a retry loop that burns attempts on an outage would show.
 RETRY_DELAYS = "1,2,4"
+# A wait for the batch fails when nothing arrives for its timeout, or after this many times it.
+STALL_FACTOR = 4
 MiB = 1024 * 1024
 
 
@@ -206,16 +208,27 @@ class Batch:
         return listed & self.keys
 
     def wait_arrived(self, minimum: int, timeout: float, replicator: Replicator | None = None) -> int:
-        """Wait until at least ``minimum`` of our keys are in gcp; returns how many are."""
+        """Wait until at least ``minimum`` of our keys are in gcp; returns how many are. ``timeout``
+        bounds a wait without progress: while keys keep arriving the wait goes on (a loaded machine
+        is slow, not wrong), up to ``STALL_FACTOR`` times ``timeout`` in all."""
+        progress = {"count": -1, "at": time.monotonic()}
+
         def enough():
             if replicator is not None:
                 replicator.assert_alive("while the batch was replicating")
-            count = len(self.arrived())
-            return count if count >= minimum else 0
+            count, now = len(self.arrived()), time.monotonic()
+            if count >= minimum:
+                return count
+            if count > progress["count"]:
+                progress.update(count=count, at=now)
+            elif now - progress["at"] > timeout:
+                raise AssertionError(f"{minimum} of {self.total} objects arriving in gcp: {count} arrived, and "
+                                     f"none for {timeout:g}s\n" + (replicator.process.tail() if replicator else ""))
+            return 0
 
-        return wait_until(enough, timeout, f"{minimum} of {self.total} objects arriving in gcp", interval=0.5,
-                          on_timeout=lambda: (f"{len(self.arrived())} arrived\n"
-                                              + (replicator.process.tail() if replicator else "")))
+        return wait_until(enough, STALL_FACTOR * timeout, f"{minimum} of {self.total} objects arriving in gcp",
+                          interval=0.5, on_timeout=lambda: (f"{len(self.arrived())} arrived, slowly\n"
+                                                            + (replicator.process.tail() if replicator else "")))
 
     def wait_all_arrived(self, timeout: float, replicator: Replicator | None = None) -> float:
         """Wait until the batch is written and every key of it is in gcp; returns the seconds it took."""
