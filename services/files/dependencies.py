@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import urllib.parse
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed
@@ -43,6 +44,11 @@ class Source:
         return Checksums.parse(self.declared)
 
 
+# What a bucket name may be in either cloud: S3's and GCS's rules together are narrower, and a name
+# outside this cannot exist in either.
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+
+
 def parse_source_url(url: str) -> tuple[str, str, str]:
     """`s3://bucket/key` or `gs://bucket/key` -> (replica, bucket, key)."""
     parsed = urllib.parse.urlsplit(url)
@@ -51,6 +57,9 @@ def parse_source_url(url: str) -> tuple[str, str, str]:
     key = parsed.path.lstrip("/")
     if not parsed.netloc or not key:
         raise UnknownSourceScheme(f"source_url `{url}` must name a bucket and a key")
+    if not _BUCKET_NAME.fullmatch(parsed.netloc):
+        # No store has a bucket of that name (and the cloud clients refuse to ask for one).
+        raise SourceNotFound(f"source object {url} does not exist")
     return Replica.from_scheme(parsed.scheme).value, parsed.netloc, key
 
 
