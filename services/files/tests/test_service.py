@@ -8,7 +8,7 @@ from shared import events
 from shared.checksums import checksum_bytes
 from shared.exceptions import Unavailable
 from services.files.dependencies import Source, _declared_checksums, file_metadata_doc, parse_source_url
-from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, UnknownSourceScheme
+from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, SourceNotFound, UnknownSourceScheme
 from services.files.service import PERMANENT_ERRORS, FilesService
 
 UUID = "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
@@ -96,6 +96,10 @@ def test_source_urls():
     for bad in ("http://bucket/k", "s3://bucket", "s3:///k", "bucket/k"):
         with pytest.raises(UnknownSourceScheme):
             parse_source_url(bad)
+    # A bucket no cloud can have (the GCS and S3 clients raise ValueError on such names: a 500 before).
+    for nowhere in ("gs://-bucket-/k", "s3://Bucket/k", "gs://b\u00e9/k", "s3://user@bucket/k", "gs://ab/k"):
+        with pytest.raises(SourceNotFound):
+            parse_source_url(nowhere)
 
 
 def test_checksums_are_read_from_either_prefix_and_metadata_wins_over_tags():
