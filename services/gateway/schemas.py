@@ -54,18 +54,6 @@ class StrictBoolean(fields.Boolean):
         return value
 
 
-class StrictInteger(fields.Integer):
-    """A JSON integer in a body; not a boolean (Python's bool is an int), a float or a string."""
-
-    def __init__(self, **kwargs):
-        super().__init__(strict=True, **kwargs)
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool):
-            raise self.make_error("invalid")
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
 class EmailAddress(fields.String):
     """One plain e-mail address, by the rule the mail relay is given addresses by."""
 
@@ -223,7 +211,7 @@ class NoQuery(Schema):
 # --- bodies ----------------------------------------------------------------------------------------
 class PutFileBody(Schema):
     source_url = fields.String(required=True, validate=validate.Length(min=1, max=4096))
-    creator_uid = StrictInteger(required=True)
+    creator_uid = fields.Integer(required=True, strict=True)
     bundle_uuid = UuidField()  # sent by older clients; not needed by this store
 
     @post_load
@@ -254,7 +242,7 @@ class BundleFileRef(Schema):
 
 
 class PutBundleBody(Schema):
-    creator_uid = StrictInteger(required=True)
+    creator_uid = fields.Integer(required=True, strict=True)
     files = fields.List(fields.Nested(BundleFile), required=True)
 
 
