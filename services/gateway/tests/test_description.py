@@ -186,3 +186,11 @@ def test_email_pattern(doc):
                   "a@b", "@example.org", "a@-example.org", "a@example-.org", "a b@example.org", "a@exa_mple.org",
                   "a@example.org\n", "ü@example.org", "a@" + "x" * 64 + ".org"]:
         assert bool(email.search(value)) == is_email_address(value), repr(value)
+
+
+def test_deletion_reason_pattern(doc):
+    """The bundles service refuses a reason that is only white space (``str.strip``)."""
+    reason = pattern(doc, "deleteBundle", "reason", where="body")
+    for code in range(0x3100):
+        character = chr(code)
+        assert bool(reason.search(f" {character} ")) == bool(f" {character} ".strip()), hex(code)
