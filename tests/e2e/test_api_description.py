@@ -5,8 +5,9 @@ The stack is the e2e one (the gateway and every service in one runner, real brok
 real HTTP). Schemathesis runs as its own process (`st run`), so this process only serves. Every
 phase and check is on: stateless (the description's examples, coverage of each constraint's
 edges, fuzzing) and stateful (sequences along the description's `x-links`, e.g. PUT
-/bundles/{uuid} -> GET, PATCH, DELETE it), positive and negative data, with a bearer token where
-the description's `security` asks for one. The run is bounded and reproducible: a fixed seed,
+/bundles/{uuid} -> GET, PATCH, DELETE it), positive and negative data, with an administrator's
+bearer token where the description's `security` asks for one, and a webhook receiver the stack may
+call as the callback of half the subscriptions. The run is bounded and reproducible: a fixed seed,
 MAX_EXAMPLES per operation, one worker, no example database and no cache.
 
 Refusals that depend on stored content (documented, with their codes) are told apart from
