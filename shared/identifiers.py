@@ -11,7 +11,7 @@ from shared.exceptions import InvalidParameter
 VERSION_FORMAT = "%Y-%m-%dT%H%M%S.%fZ"
 TOMBSTONE_SUFFIX = "dead"
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class Replica(str, enum.Enum):
@@ -35,15 +35,17 @@ REPLICAS = tuple(r.value for r in Replica)
 
 
 def normalize_uuid(value: str) -> str:
-    """Lower-cased canonical text form; raises ``InvalidParameter`` (400 illegal_uuid) otherwise."""
-    candidate = str(value).strip().lower()
-    if not _UUID_RE.match(candidate):
+    """Lower-cased canonical text form; raises ``InvalidParameter`` (400 illegal_uuid) otherwise.
+    Nothing around it is tolerated (no blanks, no trailing newline): the API description's pattern
+    says exactly this."""
+    candidate = str(value).lower()
+    if not _UUID_RE.fullmatch(candidate):
         raise InvalidParameter(f"`{value}` is not a valid RFC 4122 uuid", code="illegal_uuid")
     return candidate
 
 
 def is_uuid(value: str) -> bool:
-    return bool(_UUID_RE.match(str(value).lower()))
+    return bool(_UUID_RE.fullmatch(str(value).lower()))
 
 
 def parse_version(value: str) -> datetime.datetime:

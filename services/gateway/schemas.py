@@ -15,9 +15,11 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from shared.exceptions import InvalidParameter
 from shared.identifiers import REPLICAS
+from shared.mail import is_email_address
 from shared.schemas import CollectionItem, UuidField, VersionField
 
 GENERIC_CODE = "illegal_arguments"
+CHECKOUT_TOKEN_LENGTH = 1024  # the longest continuation token the checkout service reads
 SOURCE_SCHEMES = ("s3", "gs")
 _MAX_SHOWN_ERRORS = 5
 
@@ -34,6 +36,32 @@ class Replica(fields.String):
 class LowerString(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         return super()._deserialize(value, attr, data, **kwargs).lower()
+
+
+class QueryBoolean(fields.Boolean):
+    """`true` or `false` (as Python clients spell them too: `True`, `False`); nothing else, so that
+    the description's `type: boolean` is the whole truth (marshmallow would take `1`, `yes`, `on`...)."""
+    truthy = {"true", "True"}
+    falsy = {"false", "False"}
+
+
+class StrictBoolean(fields.Boolean):
+    """A JSON `true` or `false` in a body; not `1`, `0` or a string."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class EmailAddress(fields.String):
+    """One plain e-mail address, by the rule the mail relay is given addresses by."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        value = super()._deserialize(value, attr, data, **kwargs)
+        if not is_email_address(value):
+            raise ValidationError("not an e-mail address")
+        return value
 
 
 def per_page(default: int) -> fields.Integer:
@@ -59,9 +87,9 @@ class HeadFileQuery(Schema):
 
 
 class GetFileQuery(HeadFileQuery):
-    directurl = fields.Boolean(load_default=False)
-    content_disposition = opaque()
-    token = opaque(4096)  # opaque continuation token of a redirect loop; accepted, not needed yet
+    directurl = QueryBoolean(load_default=False)
+    content_disposition = opaque(1000)
+    token = opaque(CHECKOUT_TOKEN_LENGTH)  # the continuation token of a 301 loop (the checkout service's)
 
 
 class PutBundleQuery(Schema):
@@ -72,11 +100,11 @@ class PutBundleQuery(Schema):
 class GetBundleQuery(Schema):
     replica = Replica()
     version = VersionField()
-    directurls = fields.Boolean(load_default=False)
-    presignedurls = fields.Boolean(load_default=False)
+    directurls = QueryBoolean(load_default=False)
+    presignedurls = QueryBoolean(load_default=False)
     per_page = per_page(500)
     start_at = start_at()
-    token = opaque(4096)
+    token = opaque(CHECKOUT_TOKEN_LENGTH)
 
 
 class PatchBundleQuery(Schema):
@@ -94,7 +122,7 @@ class ListBundlesQuery(Schema):
     prefix = LowerString(load_default="", validate=validate.Length(max=36))
     per_page = per_page(100)
     search_after = opaque(256)
-    token = opaque(4096)
+    token = opaque(CHECKOUT_TOKEN_LENGTH)  # accepted from older clients, ignored
 
 
 class PutCollectionQuery(Schema):
@@ -136,7 +164,7 @@ class DrsObjectQuery(Schema):
     # DRS clients know nothing of replicas: the `aws` one unless asked (an access id names its own).
     replica = Replica(required=False, load_default="aws")
     version = VersionField()
-    expand = fields.Boolean(load_default=False)
+    expand = QueryBoolean(load_default=False)
 
 
 class DrsAccessQuery(Schema):
@@ -188,7 +216,10 @@ class PutFileBody(Schema):
 
     @post_load
     def check_source(self, data, **kwargs):
-        url = urlparse(data["source_url"])
+        try:
+            url = urlparse(data["source_url"])
+        except ValueError:  # e.g. an unbalanced `[` in the host part
+            raise InvalidParameter("source_url is not a URL", GENERIC_CODE) from None
         if url.scheme not in SOURCE_SCHEMES:
             raise InvalidParameter("source_url must be an s3:// or gs:// URL", "unknown_source_scheme")
         if not url.netloc or not url.path.strip("/"):
@@ -200,14 +231,14 @@ class BundleFile(Schema):
     uuid = UuidField(required=True)
     version = VersionField(required=True)
     name = fields.String(required=True)
-    indexed = fields.Boolean(required=True)
+    indexed = StrictBoolean(required=True)
 
 
 class BundleFileRef(Schema):
     uuid = UuidField(required=True)
     version = VersionField(required=True)
     name = fields.String(required=True)
-    indexed = fields.Boolean()
+    indexed = StrictBoolean()
 
 
 class PutBundleBody(Schema):
@@ -242,7 +273,7 @@ class PatchCollectionBody(Schema):
 
 class CheckoutBundleBody(Schema):
     destination = fields.String(validate=validate.Length(min=1, max=1024))
-    email = fields.Email()
+    email = EmailAddress()
 
 
 class SearchBody(Schema):

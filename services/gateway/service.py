@@ -15,8 +15,8 @@ from werkzeug.wrappers import Response
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import HEALTH_TIMEOUT_S, Auth, Broker, GatewaySettings, ServiceRpc
 from services.gateway.errors import RETRY_AFTER_S
-from services.gateway.web import (api, drs_api, file_headers, json_body, json_response, next_link,
-                                  optional_json_body, paged, query)
+from services.gateway.web import (api, bodyless_response, drs_api, file_headers, json_body, json_response,
+                                  next_link, optional_json_body, paged, query)
 from shared.exceptions import DSSError, InvalidParameter
 from shared.identifiers import bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
@@ -114,7 +114,7 @@ class GatewayService:
         if request.method == "HEAD":
             params = query(request, schemas.HeadFileQuery())
             metadata = self.files.head_file(params["replica"], uuid, params.get("version"))
-            return Response(status=200, headers=file_headers(metadata))
+            return bodyless_response(200, file_headers(metadata))
         params = query(request, schemas.GetFileQuery())
         result = self.checkout.get_file(params["replica"], uuid, params.get("version"), params["directurl"],
                                         params.get("content_disposition"), params.get("token"))
@@ -124,9 +124,9 @@ class GatewayService:
             headers["Location"] = next_link(self.settings, request, token=result["token"],
                                             version=result["metadata"]["version"])
             headers["Retry-After"] = str(result["retry_after"])
-            return Response(status=301, headers=headers)
+            return bodyless_response(301, headers)
         headers["Location"] = result["url"]
-        return Response(status=302, headers=headers)
+        return bodyless_response(302, headers)
 
     # --- bundles ---------------------------------------------------------------------------------
     @api("GET", "/v1/bundles/all")
@@ -143,7 +143,7 @@ class GatewayService:
             body.update(search_after=cursor, link=link)
         return paged(body, "bundles", link)
 
-    @api("PUT", "/v1/bundles/<uuid>")
+    @api("PUT", "/v1/bundles/<bundle_id:uuid>")
     def put_bundle(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
@@ -154,7 +154,7 @@ class GatewayService:
         return json_response({"version": result["version"], "manifest": result["manifest"]},
                              PUT_STATUS[result["status"]])
 
-    @api("GET", "/v1/bundles/<uuid>")
+    @api("GET", "/v1/bundles/<bundle_id:uuid>")
     def get_bundle(self, request, uuid):
         uuid = normalize_uuid(uuid)
         params = query(request, schemas.GetBundleQuery())
@@ -171,7 +171,7 @@ class GatewayService:
             urls = self.checkout.bundle_urls(replica, uuid, bundle["version"], url_kind, params.get("token"))
             if urls["status"] == "pending":
                 location = next_link(self.settings, request, token=urls["token"], version=bundle["version"])
-                return Response(status=301, headers={"Location": location, "Retry-After": str(urls["retry_after"])})
+                return bodyless_response(301, {"Location": location, "Retry-After": str(urls["retry_after"])})
             for entry in bundle["files"]:
                 entry["url"] = urls["urls"][entry["name"]]
         link = None
@@ -180,7 +180,7 @@ class GatewayService:
             link = next_link(self.settings, request, start_at=result["next_start_at"], version=bundle["version"])
         return paged({"bundle": bundle}, "bundle.files", link)
 
-    @api("PATCH", "/v1/bundles/<uuid>")
+    @api("PATCH", "/v1/bundles/<bundle_id:uuid>")
     def patch_bundle(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
@@ -190,7 +190,7 @@ class GatewayService:
                                            body["remove_files"], caller)
         return json_response({"uuid": result["uuid"], "version": result["version"]})
 
-    @api("DELETE", "/v1/bundles/<uuid>")
+    @api("DELETE", "/v1/bundles/<bundle_id:uuid>")
     def delete_bundle(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
@@ -307,7 +307,7 @@ class GatewayService:
         return json_response(self.indexer.get_event(params["replica"], uuid, params["version"]))
 
     # --- bundle checkout (the checkout service) --------------------------------------------------
-    @api("POST", "/v1/bundles/<uuid>/checkout")
+    @api("POST", "/v1/bundles/<bundle_id:uuid>/checkout")
     def checkout_bundle(self, request, uuid):
         caller = self.auth.caller(request)  # it writes into a bucket and may send e-mail: never anonymous
         uuid = normalize_uuid(uuid)
@@ -343,7 +343,7 @@ class GatewayService:
         params = query(request, schemas.DrsAccessQuery())
         result = self.checkout.drs_access(params["replica"], object_id, access_id, params.get("version"))
         if result["status"] == "pending":
-            return Response(status=202, headers={"Retry-After": str(result["retry_after"])})
+            return bodyless_response(202, {"Retry-After": str(result["retry_after"])})
         access_url = {"url": result["url"]}
         if result.get("headers"):
             access_url["headers"] = result["headers"]

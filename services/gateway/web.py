@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
-from werkzeug.routing import RequestRedirect
+from werkzeug.routing import BaseConverter, Map, RequestRedirect
 from werkzeug.wrappers import Request, Response
 
 from services.gateway import apidoc, errors, schemas
@@ -39,6 +39,16 @@ MAX_JSON_DEPTH = 640
 
 # By status only: every other part of a request is the client's to choose (unbounded label values).
 RESPONSES = Counter("dss_http_responses_total", "HTTP answers of the gateway, by status code.", ["status"])
+
+# The longest request line served (eventlet's default is 8 KiB, and its 414 has no body): room for
+# every query parameter at its documented maximum length, percent-encoded (up to 12 bytes a character).
+MAX_REQUEST_LINE = 64 * 1024
+
+
+class BundleIdConverter(BaseConverter):
+    """A path segment other than `all`: /v1/bundles/all is the listing, not a bundle, for every
+    method (so that PUT /v1/bundles/all is a 405 with `Allow: GET, HEAD`, as documented)."""
+    regex = r"(?!all(?![^/]))[^/]+"
 
 
 class ProblemWsgiApp(WsgiApp):
@@ -100,8 +110,17 @@ class GatewayWebServer(WebServer):
     def get_wsgi_app(self):
         return ProblemWsgiApp(self)
 
+    def make_url_map(self):
+        url_map = Map(converters={"bundle_id": BundleIdConverter})
+        for provider in self._providers:
+            rule = provider.get_url_rule()
+            rule.endpoint = provider
+            url_map.add(rule)
+        return url_map
+
     def get_wsgi_server(self, sock, wsgi_app, protocol=HttpOnlyProtocol, debug=False):
         server = super().get_wsgi_server(sock, wsgi_app, protocol=protocol, debug=debug)
+        server.url_length_limit = MAX_REQUEST_LINE
         if self.tls:
             # eventlet tells https from the listening socket, which is plain here.
             server.environ = {"wsgi.url_scheme": "https", "HTTPS": "on"}
@@ -183,8 +202,11 @@ def json_body(request, schema, limit: int) -> dict:
     try:
         document = json.loads(data)
         too_deep = nested_deeper_than(document, MAX_JSON_DEPTH)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParameter("the request body is not valid JSON", "invalid_json") from None
+        # A lone surrogate (`"\ud800"`) is valid JSON syntax but no Unicode text: nothing could
+        # store or log it.
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
+    except (ValueError, UnicodeError):
+        raise InvalidParameter("the request body is not valid JSON text", "invalid_json") from None
     except RecursionError:  # deeper than the decoder's stack
         too_deep = True
     if too_deep:  # no service could take it: encoding it for an RPC would overflow the stack
@@ -202,6 +224,12 @@ def optional_json_body(request, schema, limit: int) -> dict:
 
 def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:
     return Response(json.dumps(body), status=status, headers=headers, content_type=JSON)
+
+
+def bodyless_response(status: int, headers: dict | None = None) -> Response:
+    """A redirect, a 202 or a HEAD answer: no body, and the API's media type rather than
+    werkzeug's default text/plain (the description, Swagger 2.0, lists one set of types per operation)."""
+    return Response(status=status, headers=headers, content_type=JSON)
 
 
 def next_link(settings, request, **cursor) -> str:

@@ -7,7 +7,9 @@ from shared.identifiers import Keys, Replica, is_version, new_version, normalize
 
 def test_uuids_are_lower_cased_and_validated():
     assert normalize_uuid("2B1E6E0A-0C55-4B5E-8F0F-1A2B3C4D5E6F") == "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
-    for bad in ("", "not-a-uuid", "2b1e6e0a0c554b5e8f0f1a2b3c4d5e6f", "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6g"):
+    # Nothing around it either: the API description's pattern is the whole rule.
+    for bad in ("", "not-a-uuid", "2b1e6e0a0c554b5e8f0f1a2b3c4d5e6f", "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6g",
+                " 2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f", "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f\n"):
         with pytest.raises(InvalidParameter) as error:
             normalize_uuid(bad)
         assert error.value.error_code == "illegal_uuid"

@@ -11,7 +11,7 @@ from services.files.claims import Claim
 from services.files.dependencies import Source, _declared_checksums, file_identity, file_metadata_doc
 from services.files.exceptions import ChecksumMismatch, FileAlreadyExists, SourceNotAllowed, UnknownSourceScheme
 from services.files.service import PERMANENT_ERRORS, FilesService
-from services.files.sources import parse_source_url
+from services.files.sources import Area, IngestSources, parse_source_url
 
 UUID = "2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d5e6f"
 VERSION = "2026-11-25T010203.000004Z"
@@ -142,6 +142,12 @@ def test_source_urls():
     for bad in ("http://bucket/k", "s3://bucket", "s3:///k", "bucket/k"):
         with pytest.raises(UnknownSourceScheme):
             parse_source_url(bad)
+    # A bucket no cloud can have (the GCS and S3 clients raise ValueError on such names: a 500 once)
+    # is never asked for: it is no staging area.
+    sources = IngestSources((Area.parse("s3://dss-staging"), Area.parse("gs://dss-staging")))
+    for nowhere in ("gs://-bucket-/k", "s3://Bucket/k", "gs://b\u00e9/k", "s3://user@bucket/k", "gs://ab/k"):
+        with pytest.raises(SourceNotAllowed):
+            sources.check(nowhere)
 
 
 def test_checksums_are_read_from_either_prefix_and_metadata_wins_over_tags():

@@ -25,6 +25,7 @@ from services.files.exceptions import FileAlreadyExists, SourceNotFound
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import TimedServiceProxy
 from services.gateway.service import PROBED_SERVICES, GatewayService
+from services.gateway.web import MAX_REQUEST_LINE, BundleIdConverter
 from shared.auth_local import ensure_local_issuer, mint_token
 from shared.exceptions import Forbidden, InvalidParameter, InvalidRequest, NotAcceptable, NotFound, Unavailable
 from shared.identifiers import is_version
@@ -249,6 +250,53 @@ class TestBadInput:
         assert_problem(response, 400, "unknown_source_scheme")
         gateway.files.put_file.assert_not_called()
 
+    @pytest.mark.parametrize("value", ["1", "yes", "on", "0", "", "t"])
+    def test_query_booleans_are_true_or_false(self, gateway, web_session, value):
+        """Only what the description's `type: boolean` means (and Python's spelling of it)."""
+        assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws&directurl={value}"), 400)
+        gateway.checkout.get_file.assert_not_called()
+        gateway.checkout.get_file.return_value = ready(FILE_META, "s3://checkout-s3/blobs/x")
+        for accepted, meaning in (("true", True), ("True", True), ("false", False), ("False", False)):
+            web_session.get(f"/v1/files/{UUID}?replica=aws&directurl={accepted}", allow_redirects=False)
+            assert gateway.checkout.get_file.call_args[0][3] is meaning
+
+    @pytest.mark.parametrize("field, value", [("indexed", 1), ("indexed", "true"), ("creator_uid", True),
+                                              ("creator_uid", 1.5), ("creator_uid", "7")])
+    def test_body_booleans_and_integers_are_json_ones(self, gateway, web_session, token, field, value):
+        entry = {"uuid": UUID, "version": VERSION, "name": "a", "indexed": True}
+        body = {"creator_uid": 1, "files": [entry]}
+        if field == "indexed":
+            entry["indexed"] = value
+        else:
+            body["creator_uid"] = value
+        response = web_session.put(f"/v1/bundles/{UUID}?replica=aws", headers=bearer(token()), json=body)
+        assert_problem(response, 400)
+        gateway.bundles.put_bundle.assert_not_called()
+
+    @pytest.mark.parametrize("uuid", [f" {UUID}", f"{UUID}%0A", f"{UUID}%20"])
+    def test_nothing_around_a_uuid(self, gateway, web_session, uuid):
+        assert_problem(web_session.get(f"/v1/bundles/{uuid}?replica=aws"), 400, "illegal_uuid")
+
+    def test_lone_surrogates_are_not_json_text(self, gateway, web_session, token):
+        data = '{"source_url": "gs://staging/\\ud9eb", "creator_uid": 1}'  # a JSON escape of a lone surrogate
+        response = web_session.put(f"/v1/files/{UUID}", headers={**bearer(token()), "Content-Type": "application/json"},
+                                   data=data.encode())
+        assert_problem(response, 400, "invalid_json")
+        gateway.files.put_file.assert_not_called()
+
+    def test_unparseable_source_url(self, gateway, web_session, token):
+        response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
+                                   json={"source_url": "s3://[bucket/key", "creator_uid": 1})
+        assert_problem(response, 400, "illegal_arguments")
+
+    def test_checkout_email_follows_the_mail_rule(self, gateway, web_session):
+        """The gateway's rule is the one the checkout service and the mail relay use (no stricter)."""
+        gateway.checkout.start_bundle_checkout.return_value = {"checkout_job_id": UUID, "version": VERSION}
+        response = web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "a..b@example.c"})
+        assert response.status_code == 200, response.text
+        assert gateway.checkout.start_bundle_checkout.call_args[0][4] == "a..b@example.c"
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "a@b"}), 400)
+
     def test_both_url_types(self, gateway, web_session):
         assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&directurls=true&presignedurls=true"),
                        400, "only_one_urltype")
@@ -460,10 +508,26 @@ class TestRoutes:
         assert_problem(response, 405, "method_not_allowed")
         assert {"GET", "HEAD", "PUT"} <= {m.strip() for m in response.headers["Allow"].split(",")}
 
+    def test_the_bundle_listing_is_not_a_bundle(self, gateway, web_session, token):
+        """/v1/bundles/all answers GET only: other methods are 405 with the listing's own Allow."""
+        for method in ("PUT", "PATCH", "DELETE", "OPTIONS"):
+            response = web_session.request(method, "/v1/bundles/all?replica=aws", headers=bearer(token()))
+            assert_problem(response, 405, "method_not_allowed")
+            assert {m.strip() for m in response.headers["Allow"].split(",")} == {"GET", "HEAD"}
+        assert_problem(web_session.post("/v1/bundles/all/checkout?replica=aws"), 404, "not_found")
+
+    def test_long_request_lines_get_an_answer_of_the_api(self, gateway, web_session):
+        """Past eventlet's 8 KiB a request line got a bare 414; the description's longest query fits."""
+        long_token = "é" * 3000  # 18 KiB percent-encoded, over the documented 1024 characters
+        response = web_session.get("/v1/bundles/all", params={"replica": "aws", "token": long_token})
+        assert len(response.request.url) > 16 * 1024
+        assert_problem(response, 400, "illegal_arguments")
+        assert MAX_REQUEST_LINE > 16 * 1024
+
     def test_every_swagger_operation_is_routed(self, gateway, web_session):
         """Each (path, method) of the swagger document has a route of its own."""
         doc = web_session.get("/v1/swagger.json").json()
-        url_map = Map()
+        url_map = Map(converters={"bundle_id": BundleIdConverter})
         for entrypoint in gateway.container.entrypoints:
             rule = entrypoint.get_url_rule()
             rule.endpoint = entrypoint.method_name
@@ -575,6 +639,8 @@ class TestFiles:
                     "X-DSS-SIZE": "12", "X-DSS-CRC32C": CRC, "X-DSS-S3-ETAG": ETAG, "X-DSS-SHA1": SHA1,
                     "X-DSS-SHA256": SHA256}
         assert {k: response.headers[k] for k in expected} == expected
+        # The API's media type (Swagger 2.0 lists one set per operation), not werkzeug's text/plain.
+        assert response.headers["Content-Type"] == "application/json"
         gateway.files.head_file.assert_called_once_with("gcp", UUID, VERSION)
 
     def test_get_redirects(self, gateway, web_session):
@@ -584,6 +650,7 @@ class TestFiles:
         assert response.status_code == 302
         assert response.headers["Location"] == "s3://checkout-s3/blobs/x"
         assert response.headers["X-DSS-SHA256"] == SHA256
+        assert response.headers["Content-Type"] == "application/json" and response.content == b""
         gateway.checkout.get_file.assert_called_once_with("aws", UUID, None, True, "attachment", None)
 
     def test_get_while_the_copy_runs_redirects_to_itself_with_a_token(self, gateway, web_session):
@@ -591,6 +658,7 @@ class TestFiles:
                                                   "retry_after": 7}
         response = web_session.get(f"/v1/files/{UUID}?replica=aws", allow_redirects=False)
         assert response.status_code == 301 and response.headers["Retry-After"] == "7"
+        assert response.headers["Content-Type"] == "application/json"
         location = response.headers["Location"]
         assert f"/v1/files/{UUID}?" in location and "token=t-1" in location and f"version={VERSION}" in location
         assert response.headers["X-DSS-SHA256"] == SHA256
