@@ -289,13 +289,16 @@ class TestBadInput:
                                    json={"source_url": "s3://[bucket/key", "creator_uid": 1})
         assert_problem(response, 400, "illegal_arguments")
 
-    def test_checkout_email_follows_the_mail_rule(self, gateway, web_session):
+    def test_checkout_email_follows_the_mail_rule(self, gateway, web_session, token):
         """The gateway's rule is the one the checkout service and the mail relay use (no stricter)."""
         gateway.checkout.start_bundle_checkout.return_value = {"checkout_job_id": UUID, "version": VERSION}
-        response = web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "a..b@example.c"})
+        auth = bearer(token("admin@example.org"))  # any address: the checkout service decides whose
+        response = web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "a..b@example.c"},
+                                    headers=auth)
         assert response.status_code == 200, response.text
         assert gateway.checkout.start_bundle_checkout.call_args[0][4] == "a..b@example.c"
-        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "a@b"}), 400)
+        assert_problem(web_session.post(f"/v1/bundles/{UUID}/checkout?replica=aws", json={"email": "a@b"},
+                                        headers=auth), 400)
 
     def test_both_url_types(self, gateway, web_session):
         assert_problem(web_session.get(f"/v1/bundles/{UUID}?replica=aws&directurls=true&presignedurls=true"),
