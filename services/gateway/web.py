@@ -45,6 +45,10 @@ RESPONSES = Counter("dss_http_responses_total", "HTTP answers of the gateway, by
 MAX_REQUEST_LINE = 64 * 1024
 
 
+# Where GA4GH DRS routes live: their errors have DRS's own body, even those refused before routing.
+DRS_PATH_PREFIXES = ("/ga4gh/drs/", "/v1/ga4gh/drs/")
+
+
 class BundleIdConverter(BaseConverter):
     """A path segment other than `all`: /v1/bundles/all is the listing, not a bundle, for every
     method (so that PUT /v1/bundles/all is a 405 with `Allow: GET, HEAD`, as documented)."""
@@ -67,6 +71,8 @@ class ProblemWsgiApp(WsgiApp):
         try:
             self.server.allowed_hosts.check(request)  # before anything builds a link from it
         except DSSError as error:
+            if request.path.startswith(DRS_PATH_PREFIXES):
+                return errors.drs_response_for_exception(error)
             return errors.response_for_exception(error)
         adapter = self.url_map.bind_to_environ(environ)
         try:

@@ -564,6 +564,13 @@ class TestHosts:
                 assert "evil" not in response.headers.get("Link", "") + response.headers.get("Location", "")
         gateway.bundles.list_bundles.assert_not_called()
 
+    def test_a_forged_host_on_a_drs_route_gets_a_drs_error_body(self, gateway, web_config_port):
+        for path in ("/ga4gh/drs/v1/service-info", f"/v1/ga4gh/drs/v1/objects/{UUID}"):
+            response = self.get(web_config_port, path, "evil.example")
+            assert response.status_code == 400 and response.headers["Content-Type"] == "application/json"
+            assert response.json() == {"msg": response.json()["msg"], "status_code": 400}
+        gateway.checkout.drs_object.assert_not_called()
+
     def test_the_gateways_own_names_are_answered_and_links_use_them(self, gateway, web_config_port):
         gateway.bundles.list_bundles.return_value = {"bundles": [{"uuid": UUID, "version": VERSION}],
                                                      "search_after": f"{UUID}.{VERSION}"}
