@@ -9,6 +9,9 @@ import uuid as uuid_module
 from shared.exceptions import InvalidParameter
 
 VERSION_FORMAT = "%Y-%m-%dT%H%M%S.%fZ"
+# Versions are times of writing: none before the Unix epoch (the search index orders and pages
+# bundles by a version's microseconds since then).
+FIRST_VERSION_YEAR = 1970
 TOMBSTONE_SUFFIX = "dead"
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -56,6 +59,8 @@ def parse_version(value: str) -> datetime.datetime:
                                code="illegal_version") from None
     if parsed.strftime(VERSION_FORMAT) != value:
         raise InvalidParameter(f"`{value}` is not a DSS version ({VERSION_FORMAT})", code="illegal_version")
+    if parsed.year < FIRST_VERSION_YEAR:
+        raise InvalidParameter(f"`{value}` is before {FIRST_VERSION_YEAR}: no DSS version is", code="illegal_version")
     return parsed.replace(tzinfo=datetime.timezone.utc)
 
 
