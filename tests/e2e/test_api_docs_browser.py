@@ -1,24 +1,29 @@
 """The API documentation page at / in a real browser: headless Chromium (Debian's `chromium`, driven
-through its `chromedriver` by Selenium) against the e2e stack over real HTTP.
+through its `chromedriver` by Selenium) against the e2e stack, over HTTP and over HTTPS (the
+development CA of shared.tls, as `make up TLS=1` serves; the browser trusts that one key only).
 
 The test opens /, authorizes with a bearer token pasted as `make token` prints it, runs "Try it out"
-on GET /v1/bundles/{uuid} for a bundle it stored, and sees the 200 answer rendered. Every request
+on a write that needs it (PUT /v1/collections) and on GET /v1/bundles/{uuid} for a bundle it stored,
+and sees the answers (201, 200) rendered. Every request
 the page makes is read from Chrome's performance log (the DevTools Network events): all go to the
 gateway. The browser resolves no other name at all (`--host-resolver-rules`), so the page is shown
 to work with no network beyond the gateway. A screenshot of the answered operation is kept at
-var/screenshots/api-docs.png for people to look at.
+var/screenshots/api-docs.png (api-docs-https.png over HTTPS) for people to look at.
 
 `.ci/run` installs chromium and chromium-driver when they are missing; without them this test fails
 (it does not skip) and says how to install them.
 """
+import base64
+import hashlib
 import json
-import os
 import pathlib
 import shutil
 from urllib.parse import urlsplit
 
 import pytest
 import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -26,21 +31,45 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from shared import tls
 from shared.identifiers import new_uuid, new_version
+from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import put_file
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-SCREENSHOT = pathlib.Path(__file__).resolve().parents[2] / "var" / "screenshots" / "api-docs.png"
+SCREENSHOTS = pathlib.Path(__file__).resolve().parents[2] / "var" / "screenshots"
 WAIT_S = 60
 
 
+@pytest.fixture(params=["http", "https"])
+def served(request, service_config, web_config, runner_factory, tmp_path, monkeypatch):
+    """(the API's base URL, the SPKI pin of its certificate or None): the e2e stack over HTTP, or
+    over HTTPS with a certificate of the development CA, which this process then trusts."""
+    config = {**service_config, "DSS_MAX_REQUEST_BYTES": 64 * 1024}
+    if request.param == "http":
+        return start_api(config, web_config, runner_factory), None
+    certificate = tls.ensure_dev_certificate(tmp_path / "tls", names=("127.0.0.1",))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate.ca_file)
+    config.update(DSS_TLS_CERT_FILE=certificate.cert_file, DSS_TLS_KEY_FILE=certificate.key_file)
+    api = start_api(config, web_config, runner_factory).replace("http://", "https://", 1)
+    return api, spki_pin(certificate.cert_file)
+
+
+def spki_pin(cert_file: str) -> str:
+    """Base64 SHA-256 of the certificate's public key: what --ignore-certificate-errors-spki-list takes."""
+    key = x509.load_pem_x509_certificate(pathlib.Path(cert_file).read_bytes()).public_key()
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
 @pytest.fixture
-def browser():
+def browser(served):
     missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not shutil.which(path)]
     if missing:
         pytest.fail(f"{', '.join(missing)} missing: the browser test needs Debian's chromium and its driver "
                     "(`apt-get install -y chromium chromium-driver`; .ci/run installs them)")
+    _, pin = served
     options = Options()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
@@ -49,6 +78,8 @@ def browser():
                      # Only the gateway (on loopback) can be reached: any other name fails to resolve.
                      "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         options.add_argument(argument)
+    if pin:  # the development certificate, and no other, is trusted
+        options.add_argument(f"--ignore-certificate-errors-spki-list={pin}")
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     try:
@@ -106,10 +137,13 @@ def requested_urls(driver) -> list:
     return urls
 
 
-def test_try_it_out_reads_a_stored_bundle_with_only_the_gateway_reached(api, mint_token, stage, browser):
+def test_try_it_out_reads_a_stored_bundle_with_only_the_gateway_reached(served, mint_token, stage, browser):
+    api, _ = served
     token = mint_token("user@example.org", ["dbio"])
     uuid, version, file_name = stored_bundle(api, {"Authorization": f"Bearer {token}"}, stage)
     gateway = urlsplit(api)
+    # api-docs.png over HTTP (the one the README points at), api-docs-https.png over HTTPS
+    screenshot = SCREENSHOTS / ("api-docs.png" if gateway.scheme == "http" else f"api-docs-{gateway.scheme}.png")
     page_url = f"{gateway.scheme}://{gateway.netloc}/"
     wait = WebDriverWait(browser, WAIT_S)
 
@@ -138,14 +172,14 @@ def test_try_it_out_reads_a_stored_bundle_with_only_the_gateway_reached(api, min
     try:
         status, body, curl = try_it_out(browser, "getBundle", {"uuid": uuid, "replica": "aws", "version": version})
     finally:
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(SCREENSHOT))
+        screenshot.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(screenshot))
     assert status == "200", body
     answer = json.loads(body)
     assert answer["bundle"]["uuid"] == uuid and answer["bundle"]["version"] == version
     assert [entry["name"] for entry in answer["bundle"]["files"]] == [file_name]
     assert f"'{page_url}v1/bundles/{uuid}?replica=aws&version={version}" in curl
-    assert SCREENSHOT.stat().st_size > 0
+    assert screenshot.stat().st_size > 0
 
     urls = requested_urls(browser)
     assert f"{page_url}v1/swagger.json" in urls and any(url.startswith(f"{page_url}v1/bundles/{uuid}?")
