@@ -10,14 +10,13 @@ import logging
 
 import eventlet
 from nameko.exceptions import RemoteError
-from werkzeug.wrappers import Response
 
-from services.gateway import apidoc, schemas
+from services.gateway import apidoc, schemas, swagger_ui
 from services.gateway.dependencies import HEALTH_TIMEOUT_S, Auth, Broker, GatewaySettings, ServiceRpc
 from services.gateway.errors import RETRY_AFTER_S
-from services.gateway.web import (api, bodyless_response, drs_api, file_headers, json_body, json_response,
+from services.gateway.web import (JSON, api, bodyless_response, drs_api, file_headers, json_body, json_response,
                                   next_link, optional_json_body, paged, query)
-from shared.exceptions import DSSError, InvalidParameter
+from shared.exceptions import DSSError, InvalidParameter, NotFound
 from shared.identifiers import bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
 
@@ -58,13 +57,23 @@ class GatewayService:
     # --- documentation and health --------------------------------------------------------------
     @api("GET", "/")
     def index(self, request):
-        page = apidoc.html_page(apidoc.swagger_document(self.settings, request))
-        return Response(page, content_type="text/html; charset=utf-8")
+        page = swagger_ui.page()
+        return swagger_ui.static_response(request, page.body, page.content_type, page.etag,
+                                          swagger_ui.security_headers(apidoc.base_url(self.settings, request)))
+
+    @api("GET", swagger_ui.ASSET_PREFIX + "<name>")
+    def swagger_ui_asset(self, request, name):
+        asset = swagger_ui.asset(name)
+        if asset is None:
+            raise NotFound(f"no such resource: {request.path}")
+        return swagger_ui.static_response(request, asset.body, asset.content_type, asset.etag,
+                                          {"X-Content-Type-Options": "nosniff"})
 
     @api("GET", "/v1/swagger.json")
     def swagger(self, request):
         query(request, schemas.NoQuery())
-        return json_response(apidoc.swagger_document(self.settings, request))
+        document = apidoc.swagger_json(self.settings, request)
+        return swagger_ui.static_response(request, document.body, JSON, document.etag)
 
     @api("GET", "/internal/application_secrets")
     def application_secrets(self, request):

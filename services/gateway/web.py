@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -133,6 +134,9 @@ class GatewayWebServer(WebServer):
         return server
 
     def process_request(self, sock, address):
+        # eventlet sends the head of an answer, then a body over its 16 KiB buffer in a second write,
+        # which Nagle's algorithm holds until the client's delayed ACK (~40 ms): send at once.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls:
             sock = self._handshake(sock, address)
             if sock is None:
