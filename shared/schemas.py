@@ -200,7 +200,7 @@ class BundleIndexed(Schema):
 
 class SubscriptionMatched(Schema):
     """One webhook to deliver: ``subscription_id`` of ``replica`` matched a bundle event.
-    ``payload`` is the notification body (``shared.subscriptions.build_payload``); the secret key
+    ``payload`` is the notification body (``services.notifier.notifications.build_payload``); the secret key
     is not carried: the notifier reads it from the stored subscription at delivery time."""
     replica = Replica
     subscription_id = fields.String(required=True)

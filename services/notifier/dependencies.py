@@ -17,7 +17,7 @@ written) and removed before it (so a crash in between leaves a document whose re
 finishes the job); a percolator entry without a document is skipped when matching.
 
 Disabled subscriptions: one whose expressions break the limits of evaluation (the cost model or
-the budget of ``shared.bounded_jmespath``, a query stored before a stricter rule, or an
+the budget of ``services.notifier.bounded_jmespath``, a query stored before a stricter rule, or an
 Elasticsearch query whose percolation fails with a typed 4xx error) is disabled instead of
 failing the event for everyone: a marker ``subscriptions-disabled/{uuid}``
 ``{uuid, code, reason, at}`` is written once in that replica's main bucket (per replica, like the
@@ -49,8 +49,8 @@ from shared.search import QueryLimits, open_index_backend, parse_search
 from shared.search.documents import flatten
 from shared.search.evaluate import matches
 from shared.storage import Replicas, StorageProvider
-from shared.subscriptions import build_payload, jmespath_limits, jmespath_matches, matched_bundle
-from shared.webhooks import (DeliveryResult, PermanentDeliveryError, RetryableDeliveryError, deliver, retry_schedule,
+from services.notifier.notifications import build_payload, jmespath_limits, jmespath_matches, matched_bundle
+from services.notifier.delivery import (DeliveryResult, PermanentDeliveryError, RetryableDeliveryError, deliver, retry_schedule,
                              validate_subscription)
 
 from services.notifier import exceptions as errors
@@ -491,7 +491,7 @@ def _seconds_since(timestamp: Any) -> float | None:
 
 
 class WebhookAPI:
-    """One signed attempt per call (``shared.webhooks.deliver``), counted by outcome."""
+    """One signed attempt per call (``services.notifier.delivery.deliver``), counted by outcome."""
 
     def __init__(self, settings: Settings):
         self.settings = settings

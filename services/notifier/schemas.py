@@ -1,7 +1,7 @@
 """Shapes the notifier reads from RPC callers, and the subscription document it stores.
 
 The call schemas check shapes only: the values of a subscription are judged by
-``shared.webhooks.validate_subscription`` (callback URL, method, encoding, form fields, HMAC
+``services.notifier.delivery.validate_subscription`` (callback URL, method, encoding, form fields, HMAC
 fields, JMESPath query, attachments) and ``shared.search.parse_search`` (``es_query``), whose
 errors carry precise codes. Event payloads are ``shared.schemas.BundleIndexed`` and
 ``SubscriptionMatched``.

@@ -11,7 +11,7 @@ transaction id derived from the subscription and the bundle event, so a redelive
 the same ids; the bundle event is acknowledged only once every dispatch was confirmed.
 
 Delivery: ``handle_subscription_matched`` makes one signed webhook attempt per message
-(``shared.webhooks.deliver``), numbered by the message's attempt. A retryable failure goes back to
+(``services.notifier.delivery.deliver``), numbered by the message's attempt. A retryable failure goes back to
 the broker's delay queues on the ``DSS_NOTIFY_RETRY_DELAYS`` schedule (durable: it survives a
 restart of the notifier), a permanent one to the dead-letter queue at once; a subscription deleted
 meanwhile is dropped. Delivery is at least once: a subscriber deduplicates by transaction id.
@@ -27,8 +27,8 @@ from shared.exceptions import InvalidParameter
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import BundleIndexed, SubscriptionMatched, load_arguments
-from shared.webhooks import PermanentDeliveryError
 
+from services.notifier.delivery import PermanentDeliveryError
 from services.notifier import exceptions as errors
 from services.notifier.dependencies import SubscriptionStore, Webhooks
 from services.notifier.entrypoints import delivery_event_handler

@@ -1,7 +1,7 @@
 """Unit tests of the notifier: the service built with worker_factory over in-memory buckets
 (``shared.testing.MemoryBlobStore``) and real embedded search indexes in a temporary directory,
 so only the clouds are faked; the subscription store, matching and percolation are real. Webhook
-delivery is mocked here (its rules are tested in shared/tests/test_webhooks.py), except where
+delivery is mocked here (its rules are tested in services/notifier/tests/test_delivery.py), except where
 its outcome metrics are checked against a local receiver."""
 import json
 import logging
@@ -19,8 +19,8 @@ from shared.identifiers import new_uuid, new_version
 from shared.search import ElasticsearchBadRequest, open_index_backend
 from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore, Receiver
-from shared.webhooks import RetryableDeliveryError
 
+from services.notifier.delivery import RetryableDeliveryError
 from services.notifier import dependencies
 from services.notifier.dependencies import (SubscriptionCache, SubscriptionStoreAPI, WebhookAPI, disabled_key,
                                             subscription_key, transaction_id)

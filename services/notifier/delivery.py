@@ -68,7 +68,9 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
-from shared.subscriptions import jmespath_limits, to_json_bytes, validate_attachments, validate_jmespath_query
+
+from services.notifier.notifications import (jmespath_limits, to_json_bytes, validate_attachments,
+                                             validate_jmespath_query)
 
 logger = logging.getLogger(__name__)
 
