@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable, Hashable, Iterable
 
 import eventlet
+import eventlet.event
 
 
 def green_map(function: Callable, items: Iterable, concurrency: int) -> list:
@@ -59,3 +60,44 @@ class ExpiringCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class SingleFlight:
+    """One run at a time per key in this process: a caller arriving while a run is under way waits
+    for it and shares its result instead of starting the same work again (a blob's own event and its
+    file's event arrive together; many readers ask for the same copy at once).
+
+    When the run fails, waiters re-raise its error with ``share_failures`` (the default: the same
+    request would fail the same way), or each try for themselves without it (the failure may belong
+    to the first caller alone, e.g. a retry that another event can still win)."""
+
+    def __init__(self, share_failures: bool = True):
+        self.share_failures = share_failures
+        self._flights: dict[Hashable, eventlet.event.Event] = {}
+
+    def running(self, key: Hashable) -> bool:
+        return key in self._flights
+
+    def run(self, key: Hashable, function: Callable[[], Any]) -> Any:
+        flight = self._flights.get(key)
+        if flight is not None:
+            try:
+                return flight.wait()
+            except Exception:
+                if self.share_failures:
+                    raise
+            # the run this caller waited for failed: it makes its own (a later arrival may be waiting
+            # on that one already)
+            return self.run(key, function)
+        flight = self._flights[key] = eventlet.event.Event()
+        try:
+            result = function()
+        except BaseException as error:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.send_exception(error)
+            raise
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.send(result)
+        return result

@@ -71,6 +71,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Staging areas PUT /files may ingest from: comma-separated `s3://bucket[/prefix]` or "
             "`gs://bucket[/prefix]`; any other source_url is refused (403 `source_not_allowed`). Empty: the "
             "staging bucket of each replica (DSS_S3_STAGING_BUCKET, DSS_GS_STAGING_BUCKET).", _as_list),
+    Setting("DSS_FILES_RETRY_DELAYS", "1,5,30,120,600,3600",
+            "Seconds before each new attempt of a failed background copy of PUT /files (broker delay queues); "
+            "then dead-lettered.", _as_ints),
     # --- replication: change notifications of the main buckets ------------------------------
     Setting("DSS_SQS_ENDPOINT", "http://127.0.0.1:9000",
             "SQS API endpoint the S3 notifications are read from (moto serves SQS on its S3 port). "

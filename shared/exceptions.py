@@ -97,3 +97,15 @@ class NotAcceptable(DSSError):
 class Unavailable(DSSError):
     """A dependency (broker, cloud, service) is unreachable; worth retrying (503)."""
     code = "service_unavailable"
+
+
+# --- errors more than one service reports: one factory per code ----------------------------------------
+
+def bundle_not_found(replica: str, uuid: str, version: str | None = None) -> NotFound:
+    which = f"{uuid}.{version}" if version else uuid
+    return NotFound(f"bundle {which} not found in replica {replica}", "not_found")
+
+
+def illegal_token(title: str) -> InvalidParameter:
+    """A paging or checkout token that is not one this store issued for the request (400)."""
+    return InvalidParameter(title, "illegal_token")

@@ -26,6 +26,8 @@ from nameko.contextdata import ContextDataProvider
 from nameko.events import SERVICE_POOL, EventHandler
 from prometheus_client import Counter
 
+from shared.config import Settings
+
 logger = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "x-dss-attempt"
@@ -55,14 +57,23 @@ def dead_letter_queue(queue_name: str) -> Queue:
 
 
 class RetryingEventHandler(EventHandler):
-    def __init__(self, source_service, event_type, delays=DEFAULT_DELAYS, give_up_on=(), **kwargs):
+    """``delays``: seconds before attempts 2, 3, ...; or ``delays_setting``: the name of a
+    ``shared.config.Settings`` attribute that gives them, read when the container starts (so that a
+    deployment, or a test, changes a service's schedule without a code change)."""
+
+    def __init__(self, source_service, event_type, delays=DEFAULT_DELAYS, give_up_on=(),
+                 delays_setting: str | None = None, **kwargs):
         kwargs.update(handler_type=SERVICE_POOL, reliable_delivery=True, requeue_on_error=False)
         super().__init__(source_service, event_type, **kwargs)
         self.delays = tuple(int(delay) for delay in delays)
+        self.delays_setting = delays_setting
         self.give_up_on = tuple(give_up_on)
 
     def setup(self):
         super().setup()
+        if self.delays_setting is not None:
+            settings = Settings.from_config(self.container.config)
+            self.delays = tuple(int(delay) for delay in getattr(settings, self.delays_setting))
         self.publisher = Publisher(self.container.config[AMQP_URI_CONFIG_KEY], use_confirms=True)
 
     def unpack_message_headers(self, message):

@@ -6,6 +6,7 @@ the shared classes keeps every error typed (never a 500) whoever calls us.
 """
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unauthorized, \
     Unprocessable
+from shared.exceptions import bundle_not_found  # noqa: F401  (one definition per code)
 
 # Long lists are cut so that an error title stays readable.
 _SHOWN = 10
@@ -36,11 +37,6 @@ def too_many(what: str, count: int, limit: int) -> InvalidRequest:
 
 def illegal_arguments(title: str) -> InvalidParameter:
     return InvalidParameter(title, "illegal_arguments")
-
-
-def bundle_not_found(replica: str, uuid: str, version: str | None = None) -> NotFound:
-    which = f"{uuid}.{version}" if version else uuid
-    return NotFound(f"bundle {which} not found in replica {replica}", "not_found")
 
 
 def bundle_already_exists(uuid: str, version: str) -> Conflict:

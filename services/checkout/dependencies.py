@@ -31,7 +31,7 @@ import eventlet
 from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobNotFound, BlobStoreUnavailable
-from shared.concurrency import ExpiringCache
+from shared.concurrency import ExpiringCache, SingleFlight
 from shared.config import Settings
 from shared.copies import copy_verified
 from shared.exceptions import NotFound, Unavailable, Unprocessable
@@ -41,7 +41,7 @@ from shared.storage import JSON, ReplicaStorage, Replicas, StorageProvider
 from services.checkout import drs
 from services.checkout import exceptions as errors
 from services.checkout.files import (Blob, CheckoutToken, CopyState, Lifetime,
-                                     SingleFlight, Verdict, copy_metadata, parse_rfc3339, rfc3339)
+                                     Verdict, copy_metadata, parse_rfc3339, rfc3339)
 from services.checkout.jobs import JOBS_PREFIX
 from services.checkout.mail_quota import QUOTA_PREFIX, MailQuota
 

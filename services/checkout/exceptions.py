@@ -13,6 +13,7 @@ import logging
 
 from shared.blobstore import BlobStoreUnavailable
 from shared.exceptions import Forbidden, InvalidParameter, NotFound, Unauthorized, Unavailable
+from shared.exceptions import bundle_not_found, illegal_token  # noqa: F401  (one definition per code)
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,8 @@ def caller_required() -> Unauthorized:
     return Unauthorized("a bundle checkout needs an authenticated caller", "unauthorized")
 
 
-def bundle_not_found(replica: str, uuid: str, version: str | None = None) -> NotFound:
-    which = f"{uuid}.{version}" if version else uuid
-    return NotFound(f"bundle {which} not found in replica {replica}", "not_found")
-
-
 def checkout_job_not_found(replica: str, job_id: str) -> NotFound:
     return NotFound(f"checkout job {job_id} not found in replica {replica}", "not_found")
-
-
-def illegal_token(title: str) -> InvalidParameter:
-    return InvalidParameter(title, "illegal_token")
 
 
 def bundle_checkout_failed(uuid: str, version: str, cause: str) -> Unavailable:

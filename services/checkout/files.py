@@ -22,9 +22,7 @@ import datetime
 import enum
 import json
 import re
-from typing import Any, Callable, Hashable
 
-import eventlet.event
 from marshmallow import ValidationError
 
 from shared.blobstore import BlobInfo
@@ -260,27 +258,3 @@ class CheckoutToken:
 
 # --- per-process state shared by the workers ----------------------------------------------------------
 
-class SingleFlight:
-    """One run at a time per key in this process: a caller arriving while a run is under way waits
-    for it and shares its result (or its error) instead of starting another."""
-
-    def __init__(self):
-        self._flights: dict[Hashable, eventlet.event.Event] = {}
-
-    def running(self, key: Hashable) -> bool:
-        return key in self._flights
-
-    def run(self, key: Hashable, function: Callable[[], Any]) -> Any:
-        flight = self._flights.get(key)
-        if flight is not None:
-            return flight.wait()
-        flight = self._flights[key] = eventlet.event.Event()
-        try:
-            result = function()
-        except BaseException as error:
-            del self._flights[key]
-            flight.send_exception(error)
-            raise
-        del self._flights[key]
-        flight.send(result)
-        return result

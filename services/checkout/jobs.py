@@ -64,7 +64,6 @@ from shared.copies import copy_verified, verify_copy
 from shared.exceptions import DSSError, NotFound
 from shared.identifiers import REPLICAS, Keys, new_uuid
 from shared.metrics import MetricsAPI
-from shared.retry import RetryingEventHandler
 from shared.storage import ReplicaStorage, Replicas, open_replicas
 
 from services.checkout import exceptions as errors
@@ -640,15 +639,3 @@ class CheckoutJobs(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return CheckoutJobsAPI(self.replicas, self.settings, MetricsAPI(self.container.service_name))
-
-
-class CheckoutJobEventHandler(RetryingEventHandler):
-    """``shared.retry``'s broker retries with the delays of ``DSS_CHECKOUT_JOB_RETRY_DELAYS``, taken
-    when the container starts (``CheckoutJobsAPI.is_last_attempt`` reads the same setting)."""
-
-    def setup(self):
-        super().setup()
-        self.delays = tuple(Settings.from_config(self.container.config).checkout_job_retry_delays)
-
-
-checkout_job_event_handler = CheckoutJobEventHandler.decorator

@@ -25,16 +25,16 @@ from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
 from shared.mail import Mail, MailNotSent
 from shared.metrics import Metrics
-from shared.retry import AttemptNumber
+from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, FileCreated, ObjectReplicated,
                             load_arguments)
 
 from services.checkout import drs
 from services.checkout.dependencies import FileCheckouts
 from services.checkout.exceptions import hides_storage_details
-from services.checkout.file_entrypoints import copy_event_handler, sweep_timer
+from services.checkout.file_entrypoints import sweep_timer
 from services.checkout.files import Blob, file_version_of_key
-from services.checkout.jobs import CheckoutJobs, checkout_job_event_handler, completion_email, job_view
+from services.checkout.jobs import CheckoutJobs, completion_email, job_view
 from services.checkout.jobs_schemas import BundleUrlsCall, CheckoutJobCall, StartBundleCheckoutCall
 from services.checkout.schemas import DrsAccessCall, DrsObjectCall, DrsServiceInfoCall, GetFileCall, SweepCall
 
@@ -112,15 +112,16 @@ class CheckoutService:
         """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
         return {replica: self.file_checkouts.sweep_next_batch(replica) for replica in REPLICAS}
 
-    @copy_event_handler("checkout", events.FILE_CHECKOUT_REQUESTED, give_up_on=(ValidationError, Unprocessable,
-                                                                                InvalidParameter))
+    @retrying_event_handler("checkout", events.FILE_CHECKOUT_REQUESTED, delays_setting="checkout_copy_retry_delays",
+                            give_up_on=(ValidationError, Unprocessable, InvalidParameter))
     def handle_file_checkout_requested(self, payload):
         """A large copy (or refresh) into the checkout bucket, acknowledged once made and verified."""
         request = FileCheckoutRequested(unknown=EXCLUDE).load(payload)
         verdict = self.file_checkouts.copy_requested(request)
         return {"replica": request["replica"], "blob_key": request["blob_key"], "state": verdict.state.value}
 
-    @copy_event_handler("files", events.FILE_CREATED, give_up_on=(ValidationError, Unprocessable, InvalidParameter))
+    @retrying_event_handler("files", events.FILE_CREATED, delays_setting="checkout_copy_retry_delays",
+                            give_up_on=(ValidationError, Unprocessable, InvalidParameter))
     def handle_file_created(self, payload):
         """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
         created = FileCreated(unknown=EXCLUDE).load(payload)
@@ -205,7 +206,8 @@ class CheckoutService:
             self._request_checkout(started)
         return answer
 
-    @checkout_job_event_handler("checkout", events.BUNDLE_CHECKOUT_REQUESTED, give_up_on=(ValidationError,))
+    @retrying_event_handler("checkout", events.BUNDLE_CHECKOUT_REQUESTED, give_up_on=(ValidationError,),
+                            delays_setting="checkout_job_retry_delays")
     def handle_bundle_checkout_requested(self, payload):
         request = BundleCheckoutRequested(unknown=EXCLUDE).load(payload)
         job = self.checkout_jobs.run(request["replica"], request["checkout_job_id"], self.attempt)

@@ -58,7 +58,8 @@ class FilesService:
             return self._accept(source, uuid, doc, _task_id(uuid, version, source_url, checksums))
         return self._ingest(source, uuid, doc)
 
-    @retrying_event_handler("files", events.FILE_UPLOAD_ACCEPTED, give_up_on=PERMANENT_ERRORS)
+    @retrying_event_handler("files", events.FILE_UPLOAD_ACCEPTED, give_up_on=PERMANENT_ERRORS,
+                            delays_setting="files_retry_delays")
     def handle_file_upload_accepted(self, payload):
         """Finish an accepted copy. Transient failures retry with backoff on the broker; permanent
         ones (the source changed or vanished, its bytes do not match) are dead-lettered at once for

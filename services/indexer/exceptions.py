@@ -8,11 +8,10 @@ The ``bundle_not_readable`` errors of the handlers (``documents.not_readable``) 
 """
 from marshmallow import ValidationError
 
-from shared.exceptions import InvalidParameter, NotFound, Unprocessable
+from shared.exceptions import InvalidParameter, Unprocessable
+from shared.exceptions import bundle_not_found  # noqa: F401  (one definition per code)
 
 # Errors another attempt of an event cannot cure: dead-lettered at once.
 PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
 
 
-def bundle_not_found(replica: str, uuid: str, version: str) -> NotFound:
-    return NotFound(f"bundle {uuid}.{version} not found in replica {replica}", "not_found")

@@ -31,6 +31,7 @@ from shared import events
 from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
+from shared.retry import retrying_event_handler
 from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
                             load_arguments)
@@ -39,7 +40,6 @@ from shared.search import is_tombstone
 from services.indexer import exceptions as errors
 from services.indexer.dependencies import BundleSource, EventJournal, SearchIndexes
 from services.indexer.documents import BundleVersion
-from services.indexer.entrypoints import index_event_handler
 from services.indexer.schemas import GetEventCall, ListEventsCall, ReplicaCall, SearchCall
 
 logger = logging.getLogger(__name__)
@@ -60,17 +60,20 @@ class IndexerService:
     dispatch = EventDispatcher()
 
     # --- events (payloads loaded leniently: a newer sender's extra fields are no reason to fail) ---
-    @index_event_handler("bundles", events.BUNDLE_CREATED, give_up_on=errors.PERMANENT_ERRORS)
+    @retrying_event_handler("bundles", events.BUNDLE_CREATED, give_up_on=errors.PERMANENT_ERRORS,
+                            delays_setting="index_retry_delays")
     def handle_bundle_created(self, payload):
         created = BundleCreated(unknown=EXCLUDE).load(payload)
         return self._index_version(created["replica"], created["uuid"], created["version"])
 
-    @index_event_handler("bundles", events.BUNDLE_TOMBSTONED, give_up_on=errors.PERMANENT_ERRORS)
+    @retrying_event_handler("bundles", events.BUNDLE_TOMBSTONED, give_up_on=errors.PERMANENT_ERRORS,
+                            delays_setting="index_retry_delays")
     def handle_bundle_tombstoned(self, payload):
         tombstoned = BundleTombstoned(unknown=EXCLUDE).load(payload)
         return self._tombstone(tombstoned["replica"], tombstoned["uuid"], tombstoned["version"])
 
-    @index_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=errors.PERMANENT_ERRORS)
+    @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=errors.PERMANENT_ERRORS,
+                            delays_setting="index_retry_delays")
     def handle_object_replicated(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
         key, replica = replicated["key"], replicated["destination_replica"]
@@ -83,7 +86,8 @@ class IndexerService:
             return self._tombstone(replica, target.uuid, target.version)
         return []
 
-    @index_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=errors.PERMANENT_ERRORS)
+    @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=errors.PERMANENT_ERRORS,
+                            delays_setting="index_retry_delays")
     def handle_object_changed(self, payload):
         changed = ObjectChanged(unknown=EXCLUDE).load(payload)
         if changed["kind"] != "deleted" or not changed["key"].startswith("bundles/"):

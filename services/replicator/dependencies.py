@@ -24,7 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound
 from shared.checksums import ChecksumPass, Checksums
-from shared.concurrency import ExpiringCache
+from shared.concurrency import ExpiringCache, SingleFlight
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
@@ -106,35 +106,6 @@ def _parse_time(value: str | None) -> datetime.datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
-
-
-class SingleFlight:
-    """Concurrent calls for one key within a process share the first call's work. A blob's own
-    event and its file's event arrive together and would otherwise both copy it across clouds
-    (bench/replication.py saw every large blob copied twice)."""
-
-    def __init__(self):
-        self._running: dict = {}
-
-    def run(self, key, work):
-        running = self._running.get(key)
-        if running is not None:
-            try:
-                return running.wait()
-            except Exception:  # the first call failed: this one tries for itself
-                pass
-        event = self._running[key] = Event()
-        try:
-            result = work()
-        except Exception as error:
-            event.send_exception(error)
-            raise
-        else:
-            event.send(result)
-            return result
-        finally:
-            if self._running.get(key) is event:
-                del self._running[key]
 
 
 class _Run:
@@ -292,7 +263,7 @@ class ReplicatorAPI:
         self.settings = settings
         self.budget = budget
         self.metrics = metrics
-        self.blob_copies = blob_copies or SingleFlight()
+        self.blob_copies = blob_copies or SingleFlight(share_failures=False)
         # (replica, key) -> (revision, size) of an object this process wrote there or found intact
         self.recent = recent if recent is not None else ExpiringCache(max_entries=RECENT_ENTRIES)
 
@@ -483,7 +454,7 @@ class ReplicaStore(StorageProvider):
         super().setup()
         self.budget = MemoryBudget(self.settings.replication_memory_bytes)
         self.metrics = MetricsAPI(self.container.service_name)
-        self.blob_copies = SingleFlight()  # shared by all workers of the process
+        self.blob_copies = SingleFlight(share_failures=False)  # shared by all workers of the process
         self.recent = ExpiringCache(max_entries=RECENT_ENTRIES)
 
     def get_dependency(self, worker_ctx):

@@ -18,11 +18,11 @@ from nameko.rpc import rpc
 from shared import events
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.metrics import Metrics
+from shared.retry import retrying_event_handler
 from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments
 
 from services.replicator.bridge import gcs_notifications, s3_notifications
 from services.replicator.dependencies import QueueMonitor, ReplicaStore
-from services.replicator.entrypoints import replication_event_handler
 from services.replicator.schemas import ReplicateCall, VerifyCall
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,8 @@ class ReplicatorService:
     def handle_gcs_notification(self, change):
         self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
 
-    @replication_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS)
+    @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
+                            delays_setting="replication_retry_delays")
     def handle_object_changed(self, payload):
         change = ObjectChanged().load(payload)
         if self.replicator.ignored(change):

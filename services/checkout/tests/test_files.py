@@ -16,7 +16,7 @@ from shared.schemas import FileCheckoutRequested
 from shared.testing import MemoryBlobStore
 
 from services.checkout.dependencies import MARKER_PREFIX
-from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime, SingleFlight,
+from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime,
                                      file_version_of_key, rfc3339)
 from services.checkout.tests.files_world import KiB, FileWorld
 
@@ -614,28 +614,6 @@ def test_the_expiring_cache():
     assert cache.get("b") is None and len(cache) == 2  # the least recently used went first
     cache.put("e", 5, until=now[0])  # already over: not kept
     assert cache.get("e") is None
-
-
-def test_single_flight_shares_one_run_and_its_error():
-    flights = SingleFlight()
-    runs = []
-
-    def slow(result):
-        def run():
-            runs.append(result)
-            eventlet.sleep(0.02)
-            if isinstance(result, Exception):
-                raise result
-            return result
-        return run
-
-    waiters = [eventlet.spawn(flights.run, "k", slow("first")) for _ in range(3)]
-    assert [waiter.wait() for waiter in waiters] == ["first"] * 3 and runs == ["first"]
-    failing = [eventlet.spawn(flights.run, "k", slow(ValueError("boom"))) for _ in range(2)]
-    for waiter in failing:
-        with pytest.raises(ValueError):
-            waiter.wait()
-    assert not flights.running("k") and flights.run("k", lambda: "again") == "again"
 
 
 # --- health -----------------------------------------------------------------------------------------------

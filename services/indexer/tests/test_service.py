@@ -27,7 +27,7 @@ from shared.testing import MemoryBlobStore, wait_until
 
 from services.indexer import exceptions as errors
 from services.indexer.documents import BundleSourceAPI
-from services.indexer.entrypoints import IndexEventHandler
+from shared.retry import RetryingEventHandler
 from services.indexer.indexes import GuardedIndex, IndexesAPI, IndexState
 from services.indexer.journal import EventJournalAPI, JournalClock
 from services.indexer.service import IndexerService
@@ -308,7 +308,7 @@ def test_an_invalid_stored_tombstone_is_a_permanent_error(world):
 
 def test_retry_delays_come_from_config():
     container = ServiceContainer(IndexerService, {"AMQP_URI": "memory://", "DSS_INDEX_RETRY_DELAYS": "2, 3"})
-    handlers = [get_extension(container, IndexEventHandler, method_name=name)
+    handlers = [get_extension(container, RetryingEventHandler, method_name=name)
                 for name in ("handle_bundle_created", "handle_bundle_tombstoned", "handle_object_replicated")]
     for handler in handlers:
         handler.setup()

@@ -25,7 +25,7 @@ from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 
 from services.replicator.dependencies import RECENT_SECONDS, MemoryBudget, Outcome, ReplicatorAPI
-from services.replicator.entrypoints import ReplicationEventHandler
+from shared.retry import RetryingEventHandler
 from services.replicator.exceptions import (ConflictingDocuments, CopyMismatch, DependencyMissing, SourceCorrupt,
                                             SourceMissing)
 from services.replicator.service import PERMANENT_ERRORS, ReplicatorService
@@ -98,7 +98,7 @@ def test_health_reports_storage_and_queues():
 
 def test_handler_queue_and_retry_delays_come_from_config():
     container = ServiceContainer(ReplicatorService, {"AMQP_URI": "memory://", "DSS_REPLICATION_RETRY_DELAYS": "2, 3"})
-    handler = get_extension(container, ReplicationEventHandler)
+    handler = get_extension(container, RetryingEventHandler)
     handler.setup()
     assert handler.queue.name == replication.HANDLER_QUEUE  # what `dss-ops replicas repair` checks for
     assert handler.delays == (2, 3)
@@ -404,32 +404,3 @@ def test_memory_budget_is_shared_in_arrival_order():
         ("start", "a"), ("start", "big"), ("start", "small"), ("start", "huge")]
     assert order.index(("end", "a")) < order.index(("start", "big"))
     assert budget.free == 100
-
-
-def test_single_flight_shares_one_call_and_lets_a_failed_one_be_retried():
-    import eventlet
-
-    from services.replicator.dependencies import SingleFlight
-    flight, calls = SingleFlight(), []
-
-    def work():
-        calls.append(1)
-        eventlet.sleep(0.05)
-        return len(calls)
-
-    results = [thread.wait() for thread in [eventlet.spawn(flight.run, "k", work) for _ in range(5)]]
-    assert results == [1] * 5 and len(calls) == 1
-    assert flight.run("k", work) == 2  # finished flights are forgotten: a later call works again
-
-    def failing():
-        raise RuntimeError("boom")
-    first = eventlet.spawn(flight.run, "f", lambda: (eventlet.sleep(0.05), failing()))
-    second = eventlet.spawn(flight.run, "f", lambda: "recovered")
-    eventlet.sleep(0)
-    assert second.wait() == "recovered"
-    try:
-        first.wait()
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("the failing call must raise")
