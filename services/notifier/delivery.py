@@ -1,7 +1,9 @@
 """Webhook delivery: one signed HTTP attempt to a subscription's callback URL, safe against SSRF.
 
 The notifier calls ``deliver(subscription, payload, attempt, settings)`` once per attempt; broker
-retries (``shared.retry``) call it again after each delay of ``retry_schedule(settings)``.
+retries (``shared.retry``) call it again after each delay of ``DSS_NOTIFY_RETRY_DELAYS`` (by
+default 1 min, 10 min, 1 h, 6 h, 17 h, then daily for six days, as the original DSS: about a
+week in all; then dead-lettered).
 ``deliver`` returns a ``DeliveryResult`` for a 2xx answer and otherwise raises a
 ``DeliveryFailed``: ``RetryableDeliveryError`` for anything that may work later (timeouts,
 connection errors, TLS errors, every non-2xx answer including 3xx, 408, 429 and 5xx: the original
@@ -136,13 +138,6 @@ class DeliveryResult:
     address: str  # the IP the request went to
     elapsed: float  # seconds
     signed: bool
-
-
-def retry_schedule(settings: Settings) -> tuple[int, ...]:
-    """Seconds before each new attempt of a failed delivery (the first attempt is at once): the
-    ``delays`` of ``shared.retry.retrying_event_handler``. Default: 1 min, 10 min, 1 h, 6 h, 17 h,
-    then daily for six days, as the original DSS (about a week in all); then dead-lettered."""
-    return tuple(settings.notify_retry_delays)
 
 
 # --- callback URLs and addresses -----------------------------------------------------------------

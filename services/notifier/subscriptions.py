@@ -1,6 +1,8 @@
-"""The notifier's external systems behind small domain APIs: the subscription store (each replica's
-main bucket, and that replica's search index for the percolation of Elasticsearch subscriptions)
-and the webhook sender.
+"""The subscription store: each owner's subscriptions of a replica (made, read, listed, deleted),
+the matching of bundle events against them, and the disabling of those whose queries break the
+limits of evaluation. ``SubscriptionStoreAPI`` is what ``dependencies.SubscriptionStore`` injects;
+it works over each replica's main bucket and that replica's search index (for the percolation of
+Elasticsearch subscriptions).
 
 Storage: ``subscriptions/{uuid}`` in each replica's main bucket, one JSON document
 (``schemas.StoredSubscription``) per subscription. Keys outside the DSS layout are neither
@@ -17,7 +19,7 @@ written) and removed before it (so a crash in between leaves a document whose re
 finishes the job); a percolator entry without a document is skipped when matching.
 
 Disabled subscriptions: one whose expressions break the limits of evaluation (the cost model or
-the budget of ``services.notifier.bounded_jmespath``, a query stored before a stricter rule, or an
+the budget of ``bounded_jmespath``, a query stored before a stricter rule, or an
 Elasticsearch query whose percolation fails with a typed 4xx error) is disabled instead of
 failing the event for everyone: a marker ``subscriptions-disabled/{uuid}``
 ``{uuid, code, reason, at}`` is written once in that replica's main bucket (per replica, like the
@@ -37,23 +39,21 @@ from typing import Any, Callable
 
 import eventlet
 from marshmallow import ValidationError
-from nameko.extensions import DependencyProvider
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
-from shared.concurrency import green_map
 from shared.bundle_documents import CREATE, index_document_of
+from shared.concurrency import green_map
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, Unavailable
-from shared.identifiers import REPLICAS, bundle_url, is_uuid, new_uuid, normalize_uuid
-from shared.search import QueryLimits, open_index_backend, parse_search
+from shared.identifiers import bundle_url, is_uuid, new_uuid, normalize_uuid
+from shared.search import QueryLimits, parse_search
 from shared.search.documents import flatten
 from shared.search.evaluate import matches
-from shared.storage import Replicas, StorageProvider
-from services.notifier.notifications import build_payload, jmespath_limits, jmespath_matches, matched_bundle
-from services.notifier.delivery import (DeliveryResult, PermanentDeliveryError, RetryableDeliveryError, deliver, retry_schedule,
-                             validate_subscription)
+from shared.storage import Replicas
 
 from services.notifier import exceptions as errors
+from services.notifier.delivery import validate_subscription
+from services.notifier.notifications import build_payload, jmespath_limits, jmespath_matches, matched_bundle
 from services.notifier.schemas import (DEFAULT_ENCODING, DEFAULT_METHOD, ELASTICSEARCH, JMESPATH, SECRET_FIELDS,
                                        StoredSubscription)
 
@@ -69,14 +69,6 @@ TRANSACTION_NAMESPACE = uuid_module.UUID("0b6f3c52-8a0e-4d4e-9b8e-3f7d3c2a9e61")
 
 MATCHES = Counter("dss_subscription_matches_total", "Bundle events that matched a subscription.",
                   ["replica", "kind"])
-NOTIFICATIONS = Counter("dss_notifications_total",
-                        "Notification delivery attempts by outcome: delivered, retrying, dead_lettered, or dropped "
-                        "(the subscription was deleted meanwhile).", ["replica", "outcome"])
-NOTIFICATION_LAG = Histogram("dss_notification_lag_seconds",
-                             "From a bundle event (its indexing) to its notification accepted by the subscriber.",
-                             ["replica"],
-                             buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 6 * 3600, 86400, 7 * 86400))
-
 DISABLED = Counter("dss_subscriptions_disabled_total",
                    "Subscriptions disabled because their queries broke the limits of evaluation, by error code.",
                    ["replica", "code"])
@@ -456,72 +448,3 @@ class SubscriptionStoreAPI:
         except Exception:  # noqa: BLE001 - an orphan entry is skipped by matching; the first error matters
             logger.warning("could not remove the percolator entry of subscription %s in %s", uuid, replica,
                            exc_info=True)
-
-
-class SubscriptionStore(StorageProvider):
-    """Injects a ``SubscriptionStoreAPI`` over both replicas' buckets and search indexes (opened
-    once per process), sharing one ``SubscriptionCache``. Only searches and the subscription
-    registry of the index are used: the indexer alone writes documents."""
-
-    api_class = SubscriptionStoreAPI
-
-    def setup(self):
-        super().setup()
-        self.indexes = {replica: open_index_backend(self.settings, replica) for replica in REPLICAS}
-        self.cache = SubscriptionCache(self.settings.notify_subscription_cache_seconds)
-
-    def stop(self):
-        for index in self.indexes.values():
-            index.close()
-
-    def get_dependency(self, worker_ctx):
-        return self.api_class(self.replicas, self.indexes, self.settings, self.cache)
-
-
-# --- webhooks ----------------------------------------------------------------------------------------
-
-def _seconds_since(timestamp: Any) -> float | None:
-    try:
-        moment = datetime.datetime.fromisoformat(str(timestamp))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return (datetime.datetime.now(datetime.timezone.utc) - moment).total_seconds()
-
-
-class WebhookAPI:
-    """One signed attempt per call (``services.notifier.delivery.deliver``), counted by outcome."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.delays = retry_schedule(settings)
-
-    def deliver(self, replica: str, subscription: dict, payload: dict, attempt: int) -> DeliveryResult:
-        try:
-            result = deliver(subscription, payload, attempt, self.settings)
-        except PermanentDeliveryError:
-            NOTIFICATIONS.labels(replica, "dead_lettered").inc()
-            raise
-        except RetryableDeliveryError:
-            # The handler's delays are these same ones: past the last, the message is dead-lettered.
-            NOTIFICATIONS.labels(replica, "retrying" if attempt <= len(self.delays) else "dead_lettered").inc()
-            raise
-        NOTIFICATIONS.labels(replica, "delivered").inc()
-        lag = _seconds_since(payload.get("event_timestamp"))
-        if lag is not None:
-            NOTIFICATION_LAG.labels(replica).observe(max(lag, 0.0))
-        return result
-
-    def dropped(self, replica: str, subscription_id: str, transaction_id: str) -> None:
-        NOTIFICATIONS.labels(replica, "dropped").inc()
-        logger.info("notification %s not delivered: subscription %s no longer exists in %s", transaction_id,
-                    subscription_id, replica)
-
-
-class Webhooks(DependencyProvider):
-    def setup(self):
-        self.settings = Settings.from_config(self.container.config)
-
-    def get_dependency(self, worker_ctx):
-        return WebhookAPI(self.settings)

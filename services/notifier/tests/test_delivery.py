@@ -22,7 +22,7 @@ from shared.testing import Receiver, issue_server_certificate
 
 from services.notifier.bounded_jmespath import JMESPathLimits
 from services.notifier.delivery import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
-                                        retry_schedule, validate_callback_url, validate_subscription)
+                                        validate_callback_url, validate_subscription)
 from services.notifier.notifications import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments,
                                              jmespath_matches, validate_attachments, validate_jmespath_query)
 
@@ -592,9 +592,9 @@ def test_jmespath_matches_with_jmespath_truthiness(query, expected):
     assert jmespath_matches(query, event_document()) is expected
 
 
-def test_retry_schedule():
-    assert retry_schedule(settings()) == (60, 600, 3600, 21600, 61200) + (86400,) * 6
-    assert retry_schedule(settings(DSS_NOTIFY_RETRY_DELAYS="1,2,3")) == (1, 2, 3)
+def test_the_retry_schedule_is_the_original_dss_one_unless_configured():
+    assert tuple(settings().notify_retry_delays) == (60, 600, 3600, 21600, 61200) + (86400,) * 6
+    assert tuple(settings(DSS_NOTIFY_RETRY_DELAYS="1,2,3").notify_retry_delays) == (1, 2, 3)
 
 
 def test_a_query_failing_with_a_python_error_on_a_document_does_not_match():

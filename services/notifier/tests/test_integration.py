@@ -22,8 +22,8 @@ from shared.storage import open_replicas
 from shared.testing import queue_state, wait_until
 
 from services.notifier.delivery import ATTEMPT_HEADER
-from services.notifier.dependencies import SubscriptionCache, SubscriptionStoreAPI
 from services.notifier.service import NotifierService
+from services.notifier.subscriptions import SubscriptionCache, SubscriptionStoreAPI
 from services.notifier.tests.conftest import KEY_ID, SECRET
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
