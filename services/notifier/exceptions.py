@@ -8,10 +8,6 @@ they could carry the secret key or a token in a callback URL.
 from shared.exceptions import Forbidden, InvalidParameter, NotAcceptable, NotFound, Unauthorized
 
 
-def illegal_arguments(title: str) -> InvalidParameter:
-    return InvalidParameter(title, "illegal_arguments")
-
-
 def conflicting_queries() -> InvalidParameter:
     return InvalidParameter("a subscription has either an es_query or a jmespath_query, not both",
                             "conflicting_queries")

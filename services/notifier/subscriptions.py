@@ -38,7 +38,6 @@ import uuid as uuid_module
 from typing import Any, Callable
 
 import eventlet
-from marshmallow import ValidationError
 from prometheus_client import Counter
 
 from shared.bundle_documents import CREATE, index_document_of
@@ -48,14 +47,14 @@ from shared.exceptions import DSSError, InvalidParameter, Unavailable
 from shared.identifiers import bundle_url, is_uuid, new_uuid, normalize_uuid
 from shared.search import QueryLimits, parse_search
 from shared.search.documents import flatten
+from shared.schemas import ELASTICSEARCH, JMESPATH, load_arguments
 from shared.search.evaluate import matches
 from shared.storage import Replicas
 
 from services.notifier import exceptions as errors
 from services.notifier.delivery import validate_subscription
 from services.notifier.notifications import build_payload, jmespath_limits, jmespath_matches, matched_bundle
-from services.notifier.schemas import (DEFAULT_ENCODING, DEFAULT_METHOD, ELASTICSEARCH, JMESPATH, SECRET_FIELDS,
-                                       StoredSubscription)
+from services.notifier.schemas import DEFAULT_ENCODING, DEFAULT_METHOD, SECRET_FIELDS, StoredSubscription
 
 logger = logging.getLogger(__name__)
 
@@ -202,10 +201,8 @@ class SubscriptionStoreAPI:
             doc["es_query"] = es_query
         else:
             doc["jmespath_query"] = jmespath_query
-        try:
-            doc = _STORED.dump(_STORED.load(doc))
-        except ValidationError as error:  # a shape the validators above let through: still a 400
-            raise errors.illegal_arguments(f"invalid subscription: {str(error.messages)[:300]}") from None
+        # A shape the validators above let through is still a 400.
+        doc = _STORED.dump(load_arguments(_STORED, doc, where="subscription"))
         if es_query is not None:
             self.indexes[replica].put_subscription(uuid, es_query)
         try:
