@@ -18,9 +18,15 @@ from shared.identifiers import REPLICAS, normalize_uuid, normalize_version
 FILE_FORMAT = "0.0.1"
 BUNDLE_FORMAT = "0.0.1"
 
-# The kinds of subscription (the gateway's ``subscription_type``, the notifier's stored documents).
+# Subscriptions: the gateway checks the shape of a PUT /subscriptions body by these, the notifier
+# checks and keeps its substance by them.
 JMESPATH, ELASTICSEARCH = "jmespath", "elasticsearch"
 SUBSCRIPTION_TYPES = (JMESPATH, ELASTICSEARCH)
+WEBHOOK_METHODS = ("POST", "PUT")
+WEBHOOK_ENCODINGS = ("application/json", "multipart/form-data")
+DEFAULT_WEBHOOK_METHOD, DEFAULT_WEBHOOK_ENCODING = WEBHOOK_METHODS[0], WEBHOOK_ENCODINGS[0]
+MAX_CALLBACK_URL_LENGTH = 2048
+MAX_JMESPATH_LENGTH = 4096  # of a query or an attachment's expression
 
 GENERIC_CODE = "illegal_arguments"  # the code of a refusal no field names a better one for
 _MAX_SHOWN_ERRORS = 5
@@ -259,12 +265,13 @@ def load_arguments(schema: Schema, values: Any, *, where: str = "arguments", non
     """``schema.load(values)``, or a typed 400 (``InvalidParameter``) naming the fields at fault.
 
     ``where`` says what ``values`` are, for the title: an RPC's ``"arguments"``, a request's
-    ``"query"`` string or ``"body"``, or another document's name (``"subscription"``). Unknown fields are errors, never silently ignored (a misspelt
-    ``per_page`` should not quietly become the default). The code is the first offending field's
-    ``error_code`` (``illegal_uuid``, ``illegal_version``, ``unknown_replica``), else
-    ``illegal_arguments`` (a missing field is not a malformed one: it keeps the generic code). The
-    title names fields and rules, never values (an argument may hold a secret).
-    ``none_is_default``: a None argument means "not given", so the schema's default applies."""
+    ``"query"`` string or ``"body"``, or another document's name (``"subscription"``). Unknown
+    fields are errors unless the schema excludes them (a misspelt ``per_page`` should not quietly
+    become the default). The code is the first offending field's ``error_code`` (``illegal_uuid``,
+    ``illegal_version``, ``unknown_replica``), else ``illegal_arguments`` (a missing field is not a
+    malformed one: it keeps the generic code). The title names fields and rules, never values (an
+    argument may hold a secret). ``none_is_default``: a None argument means "not given", so the
+    schema's default applies."""
     if none_is_default:
         values = {name: value for name, value in values.items() if value is not None}
     try:

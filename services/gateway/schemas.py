@@ -13,7 +13,8 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from shared.exceptions import InvalidParameter
 from shared.mail import is_email_address
-from shared.schemas import GENERIC_CODE, SUBSCRIPTION_TYPES, CollectionItem, ReplicaField, UuidField, VersionField
+from shared.schemas import (GENERIC_CODE, MAX_CALLBACK_URL_LENGTH, MAX_JMESPATH_LENGTH, SUBSCRIPTION_TYPES,
+                            WEBHOOK_ENCODINGS, WEBHOOK_METHODS, CollectionItem, ReplicaField, UuidField, VersionField)
 
 CHECKOUT_TOKEN_LENGTH = 1024  # the longest continuation token the checkout service reads
 SOURCE_SCHEMES = ("s3", "gs")
@@ -266,11 +267,11 @@ class SearchBody(Schema):
 
 class PutSubscriptionBody(Schema):
     """The shape only; the notifier checks the rest (callback URL safety, queries, attachments)."""
-    callback_url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    callback_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_CALLBACK_URL_LENGTH))
     es_query = fields.Dict()
-    jmespath_query = fields.String(validate=validate.Length(max=4096))
-    method = fields.String(validate=validate.OneOf(("POST", "PUT")))
-    encoding = fields.String(validate=validate.OneOf(("application/json", "multipart/form-data")))
+    jmespath_query = fields.String(validate=validate.Length(max=MAX_JMESPATH_LENGTH))
+    method = fields.String(validate=validate.OneOf(WEBHOOK_METHODS))
+    encoding = fields.String(validate=validate.OneOf(WEBHOOK_ENCODINGS))
     form_fields = fields.Dict(keys=fields.String(), values=fields.String())
     payload_form_field = fields.String(validate=validate.Length(min=1, max=256))
     hmac_secret_key = fields.String(validate=validate.Length(min=1, max=1024))

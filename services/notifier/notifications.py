@@ -37,6 +37,7 @@ import jmespath.functions
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter
+from shared.schemas import MAX_JMESPATH_LENGTH
 
 from services.notifier.bounded_jmespath import Budget, JMESPathLimits, check_cost, evaluate, json_size
 
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 ATTACHMENT_MAX_BYTES = 128 * 1024  # the original's limit, per attachment and for all of them together
 MAX_ATTACHMENTS = 64
 MAX_ATTACHMENT_NAME_LENGTH = 128
-MAX_EXPRESSION_LENGTH = 4096
 ERRORS_KEY = "_errors"
 ATTACHMENT_TYPES = ("jmespath",)
 INVALID_QUERY = "invalid_jmespath_query"
@@ -130,8 +130,8 @@ def _compile_checked(expression: Any, what: str, code: str, limits: JMESPathLimi
     when it is not a valid expression, (``jmespath_too_costly``) when it is too costly."""
     if not isinstance(expression, str) or not expression.strip():
         raise InvalidParameter(f"{what} must be a non-empty string", code)
-    if len(expression) > MAX_EXPRESSION_LENGTH:
-        raise InvalidParameter(f"{what} is longer than {MAX_EXPRESSION_LENGTH} characters", code)
+    if len(expression) > MAX_JMESPATH_LENGTH:
+        raise InvalidParameter(f"{what} is longer than {MAX_JMESPATH_LENGTH} characters", code)
     try:
         compiled = _compile(expression)
         _check_functions(compiled.parsed)

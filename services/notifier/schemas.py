@@ -9,8 +9,6 @@ errors carry precise codes. Event payloads are ``shared.schemas.BundleIndexed`` 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
 from shared.schemas import JMESPATH, SUBSCRIPTION_TYPES, ReplicaField
-DEFAULT_METHOD = "POST"
-DEFAULT_ENCODING = "application/json"
 
 # What never leaves the notifier: not in an RPC answer, a log line or an event payload.
 SECRET_FIELDS = ("hmac_secret_key",)

@@ -47,14 +47,15 @@ from shared.exceptions import DSSError, InvalidParameter, Unavailable
 from shared.identifiers import bundle_url, is_uuid, new_uuid, normalize_uuid
 from shared.search import QueryLimits, parse_search
 from shared.search.documents import flatten
-from shared.schemas import ELASTICSEARCH, JMESPATH, load_arguments
+from shared.schemas import (DEFAULT_WEBHOOK_ENCODING, DEFAULT_WEBHOOK_METHOD, ELASTICSEARCH, JMESPATH,
+                            load_arguments)
 from shared.search.evaluate import matches
 from shared.storage import Replicas
 
 from services.notifier import exceptions as errors
 from services.notifier.delivery import validate_subscription
 from services.notifier.notifications import build_payload, jmespath_limits, jmespath_matches, matched_bundle
-from services.notifier.schemas import DEFAULT_ENCODING, DEFAULT_METHOD, SECRET_FIELDS, StoredSubscription
+from services.notifier.schemas import SECRET_FIELDS, StoredSubscription
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +192,8 @@ class SubscriptionStoreAPI:
             raise errors.too_many_subscriptions(owner, replica, limit)
         uuid = new_uuid()
         doc = {"uuid": uuid, "owner": owner, "replica": replica, "created": utc_now(),
-               "callback_url": fields["callback_url"], "method": fields.get("method") or DEFAULT_METHOD,
-               "encoding": fields.get("encoding") or DEFAULT_ENCODING,
+               "callback_url": fields["callback_url"], "method": fields.get("method") or DEFAULT_WEBHOOK_METHOD,
+               "encoding": fields.get("encoding") or DEFAULT_WEBHOOK_ENCODING,
                **{name: fields.get(name) for name in ("form_fields", "payload_form_field", "hmac_key_id",
                                                         "attachments")}}
         if fields.get("hmac_secret_key") is not None:
