@@ -28,7 +28,8 @@ DEFAULT_WEBHOOK_METHOD, DEFAULT_WEBHOOK_ENCODING = WEBHOOK_METHODS[0], WEBHOOK_E
 MAX_CALLBACK_URL_LENGTH = 2048
 MAX_JMESPATH_LENGTH = 4096  # of a query or an attachment's expression
 
-GENERIC_CODE = "illegal_arguments"  # the code of a refusal no field names a better one for
+# The code of a refusal no field names a better one for: ``illegal_arguments``.
+_GENERIC_CODE = InvalidParameter.code
 _MAX_SHOWN_ERRORS = 5
 # How a title names what was refused, by ``load_arguments``'s ``where``.
 _UNKNOWN = {"query": "unknown query parameter(s)", "body": "unknown field(s) in the request body",
@@ -285,7 +286,7 @@ def _invalid(schema: Schema, messages: Any, where: str) -> InvalidParameter:
     unknown = [path for path, message in problems if message == "Unknown field."]
     if unknown:
         names = ", ".join(_render(path) for path in unknown)
-        return InvalidParameter(f"{_UNKNOWN.get(where, f'unknown field(s) in the {where}')}: {names}", GENERIC_CODE)
+        return InvalidParameter(f"{_UNKNOWN.get(where, f'unknown field(s) in the {where}')}: {names}")
     shown = []
     for path, message in problems[:_MAX_SHOWN_ERRORS]:
         if path in ((), ("_schema",)):
@@ -298,8 +299,9 @@ def _invalid(schema: Schema, messages: Any, where: str) -> InvalidParameter:
     if more > 0:
         title += f" (and {more} more)"
     first_path, first_message = problems[0] if problems else ((), "")
-    code = GENERIC_CODE if first_message == "Missing data for required field." else _field_code(schema, first_path)
-    return InvalidParameter(title, code)
+    if first_message == "Missing data for required field.":  # not a malformed field: the generic code
+        return InvalidParameter(title)
+    return InvalidParameter(title, _field_code(schema, first_path))
 
 
 def _flatten(messages: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
@@ -335,12 +337,12 @@ def _field_code(schema: Schema, path: tuple) -> str:
         if isinstance(current, fields.Nested):
             current = current.schema
         if not isinstance(current, Schema):
-            return GENERIC_CODE
+            return _GENERIC_CODE
         field = current.fields.get(part)
         if field is None:
-            return GENERIC_CODE
+            return _GENERIC_CODE
         current = field
-    return getattr(field, "error_code", GENERIC_CODE)
+    return getattr(field, "error_code", _GENERIC_CODE)
 
 
 def nested_deeper_than(value, limit: int) -> bool:

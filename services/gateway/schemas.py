@@ -14,7 +14,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate
 from shared.exceptions import InvalidParameter
 from shared.identifiers import SCHEMES
 from shared.mail import is_email_address
-from shared.schemas import (GENERIC_CODE, MAX_CALLBACK_URL_LENGTH, MAX_JMESPATH_LENGTH, SUBSCRIPTION_TYPES,
+from shared.schemas import (MAX_CALLBACK_URL_LENGTH, MAX_JMESPATH_LENGTH, SUBSCRIPTION_TYPES,
                             WEBHOOK_ENCODINGS, WEBHOOK_METHODS, CollectionItem, ReplicaField, UuidField, VersionField)
 
 CHECKOUT_TOKEN_LENGTH = 1024  # the longest continuation token the checkout service reads
@@ -204,11 +204,11 @@ class PutFileBody(Schema):
         try:
             url = urlparse(data["source_url"])
         except ValueError:  # e.g. an unbalanced `[` in the host part
-            raise InvalidParameter("source_url is not a URL", GENERIC_CODE) from None
+            raise InvalidParameter("source_url is not a URL") from None
         if url.scheme not in SCHEMES:
             raise InvalidParameter("source_url must be an s3:// or gs:// URL", "unknown_source_scheme")
         if not url.netloc or not url.path.strip("/"):
-            raise InvalidParameter("source_url must name a bucket and an object key", GENERIC_CODE)
+            raise InvalidParameter("source_url must name a bucket and an object key")
         return data
 
 

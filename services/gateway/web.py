@@ -186,8 +186,7 @@ def query(request, schema) -> dict:
     ``Link`` (which carries the request's parameters) and send their own parameters again."""
     repeated = sorted(name for name, values in request.args.lists() if len(set(values)) > 1)
     if repeated:
-        raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}",
-                               "illegal_arguments")
+        raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}")
     return load_arguments(schema, request.args.to_dict(), where="query")
 
 
