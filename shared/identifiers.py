@@ -35,6 +35,7 @@ class Replica(str, enum.Enum):
 
 
 REPLICAS = tuple(r.value for r in Replica)
+SCHEMES = tuple(r.scheme for r in Replica)  # of the replicas' object URLs: s3://, gs://
 
 
 def normalize_uuid(value: str) -> str:

@@ -1,9 +1,15 @@
-"""Marshmallow schemas of what crosses the bus or is stored: metadata documents and event payloads.
+"""Marshmallow schemas of what crosses the bus or is stored: metadata documents and event payloads;
+the fields every service validates with (replicas, uuids, versions); and ``load_arguments``, the
+one way a marshmallow refusal becomes a 400 (RPC arguments, the gateway's query strings and bodies).
 
 HTTP parameter and body schemas live with the gateway (``services/gateway/schemas.py``); these
 describe the store's own documents (see docs/architecture.md, "Storage layout") and the facts
 services dispatch ("Events").
 """
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from shared.exceptions import InvalidParameter
@@ -12,7 +18,32 @@ from shared.identifiers import REPLICAS, normalize_uuid, normalize_version
 FILE_FORMAT = "0.0.1"
 BUNDLE_FORMAT = "0.0.1"
 
-Replica = fields.String(required=True, validate=validate.OneOf(REPLICAS))
+# Subscriptions: the gateway checks the shape of a PUT /subscriptions body by these, the notifier
+# checks and keeps its substance by them.
+JMESPATH, ELASTICSEARCH = "jmespath", "elasticsearch"
+SUBSCRIPTION_TYPES = (JMESPATH, ELASTICSEARCH)
+WEBHOOK_METHODS = ("POST", "PUT")
+WEBHOOK_ENCODINGS = ("application/json", "multipart/form-data")
+DEFAULT_WEBHOOK_METHOD, DEFAULT_WEBHOOK_ENCODING = WEBHOOK_METHODS[0], WEBHOOK_ENCODINGS[0]
+MAX_CALLBACK_URL_LENGTH = 2048
+MAX_JMESPATH_LENGTH = 4096  # of a query or an attachment's expression
+
+# The code of a refusal no field names a better one for: ``illegal_arguments``.
+_GENERIC_CODE = InvalidParameter.code
+_MAX_SHOWN_ERRORS = 5
+# How a title names what was refused, by ``load_arguments``'s ``where``.
+_UNKNOWN = {"query": "unknown query parameter(s)", "body": "unknown field(s) in the request body",
+            "arguments": "unknown argument(s)"}
+_INVALID = {"query": "invalid query parameter", "body": "invalid request body", "arguments": "invalid arguments"}
+
+
+class ReplicaField(fields.String):
+    """A replica name (``shared.identifiers.REPLICAS``); required unless told otherwise."""
+    error_code = "unknown_replica"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", True)
+        super().__init__(validate=validate.OneOf(REPLICAS, error="must be one of {choices}"), **kwargs)
 
 
 class UuidField(fields.String):
@@ -119,7 +150,7 @@ class FileUploadAccepted(Schema):
 
 
 class FileCreated(Schema):
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True)
     version = fields.String(required=True)
     key = fields.String(required=True)
@@ -132,7 +163,7 @@ class FileCreated(Schema):
 
 
 class BundleCreated(Schema):
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True)
     version = fields.String(required=True)
     key = fields.String(required=True)
@@ -140,7 +171,7 @@ class BundleCreated(Schema):
 
 
 class BundleTombstoned(Schema):
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True)
     version = fields.String(allow_none=True, load_default=None)
     key = fields.String(required=True)
@@ -148,7 +179,7 @@ class BundleTombstoned(Schema):
 
 
 class CollectionCreated(Schema):
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True)
     version = fields.String(required=True)
     key = fields.String(required=True)
@@ -156,7 +187,7 @@ class CollectionCreated(Schema):
 
 
 class CollectionTombstoned(Schema):
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True)
     key = fields.String(required=True)
     owner = fields.String(required=True)
@@ -168,7 +199,7 @@ class ObjectChanged(Schema):
     ``key`` is decoded (S3 notifications carry it URL-encoded). ``checksums`` holds what the
     notification carried, in lower-case hex: S3 ``etag`` (and ``sequencer``); GCS ``crc32c``,
     ``md5`` and ``generation``. ``kind`` is ``created`` or ``deleted``."""
-    replica = Replica
+    replica = ReplicaField()
     bucket = fields.String(required=True)
     key = fields.String(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(("created", "deleted")))
@@ -178,8 +209,8 @@ class ObjectChanged(Schema):
 
 
 class ObjectReplicated(Schema):
-    source_replica = Replica
-    destination_replica = fields.String(required=True, validate=validate.OneOf(REPLICAS))
+    source_replica = ReplicaField()
+    destination_replica = ReplicaField()
     key = fields.String(required=True)
     size = fields.Integer(allow_none=True, load_default=None)
     copied = fields.Boolean(required=True)  # False: it was already there, verified
@@ -190,7 +221,7 @@ class BundleIndexed(Schema):
     """A replica's search index took in a bundle version (CREATE), replaced it with its
     tombstone (TOMBSTONE), or dropped it because its manifest left the bucket (DELETE). ``document`` is the bundle event document (``shared.bundle_documents``);
     ``event_timestamp`` is when the indexer processed it (ISO 8601 UTC)."""
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True)
     version = fields.String(required=True)
     event_type = fields.String(required=True, validate=validate.OneOf(("CREATE", "TOMBSTONE", "DELETE")))
@@ -200,9 +231,9 @@ class BundleIndexed(Schema):
 
 class SubscriptionMatched(Schema):
     """One webhook to deliver: ``subscription_id`` of ``replica`` matched a bundle event.
-    ``payload`` is the notification body (``shared.subscriptions.build_payload``); the secret key
+    ``payload`` is the notification body (the notifier's ``notifications.build_payload``); the secret key
     is not carried: the notifier reads it from the stored subscription at delivery time."""
-    replica = Replica
+    replica = ReplicaField()
     subscription_id = fields.String(required=True)
     transaction_id = fields.String(required=True)
     payload = fields.Dict(required=True)
@@ -212,7 +243,7 @@ class BundleCheckoutRequested(Schema):
     """A bundle checkout job was accepted (its record written in the replica's checkout bucket,
     ``services/checkout/jobs.py``): the checkout service copies the bundle. The record is the job's
     truth; the bundle named here is for logs and queue inspection."""
-    replica = Replica
+    replica = ReplicaField()
     checkout_job_id = fields.String(required=True)
     uuid = fields.String(required=True)
     version = fields.String(required=True)
@@ -222,31 +253,96 @@ class FileCheckoutRequested(Schema):
     """A blob of ``replica`` is to be copied, verified, into its checkout bucket (same key), in the
     background: ``reason`` ``read`` (a GET found no fresh copy of a blob too large to copy inline) or
     ``refresh`` (a copy read near the end of its life). ``content_type`` is given to the copy."""
-    replica = Replica
+    replica = ReplicaField()
     blob_key = fields.String(required=True)
     size = fields.Integer(required=True, validate=validate.Range(min=0))
     content_type = fields.String(required=True)
     reason = fields.String(required=True, validate=validate.OneOf(("read", "refresh")))
 
 
-# --- RPC arguments -----------------------------------------------------------------------------------
+# --- loading: marshmallow's refusals as one 400 -------------------------------------------------------
 
-def load_arguments(schema: Schema, values: dict, *, none_is_default: bool = False) -> dict:
-    """An RPC's arguments checked by ``schema``, or a typed 400: its code is the first offending
-    field's ``error_code`` (``illegal_uuid``, ``illegal_version``...) or ``illegal_arguments``; its
-    title names fields and rules, never values (an argument may hold a secret), and stays short.
-    ``none_is_default``: a None argument means "not given", so the schema's default applies."""
+def load_arguments(schema: Schema, values: Any, *, where: str = "arguments", none_is_default: bool = False) -> dict:
+    """``schema.load(values)``, or a typed 400 (``InvalidParameter``) naming the fields at fault.
+
+    ``where`` says what ``values`` are, for the title: an RPC's ``"arguments"``, a request's
+    ``"query"`` string or ``"body"``, or another document's name (``"subscription"``). Unknown
+    fields are errors unless the schema excludes them (a misspelt ``per_page`` should not quietly
+    become the default). The code is the first offending field's ``error_code`` (``illegal_uuid``,
+    ``illegal_version``, ``unknown_replica``), else ``illegal_arguments`` (a missing field is not a
+    malformed one: it keeps the generic code). The title names fields and rules, never values (an
+    argument may hold a secret). ``none_is_default``: a None argument means "not given", so the
+    schema's default applies."""
     if none_is_default:
         values = {name: value for name, value in values.items() if value is not None}
     try:
         return schema.load(values)
     except ValidationError as error:
-        messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
-        field = schema.fields.get(next(iter(messages), ""))
-        code = getattr(field, "error_code", None) or "illegal_arguments"
-        detail = str(messages)
-        raise InvalidParameter(f"invalid arguments: {detail[:300]}{'...' if len(detail) > 300 else ''}",
-                               code) from None
+        raise _invalid(schema, error.messages, where) from None
+
+
+def _invalid(schema: Schema, messages: Any, where: str) -> InvalidParameter:
+    problems = list(_flatten(messages, ()))
+    unknown = [path for path, message in problems if message == "Unknown field."]
+    if unknown:
+        names = ", ".join(_render(path) for path in unknown)
+        return InvalidParameter(f"{_UNKNOWN.get(where, f'unknown field(s) in the {where}')}: {names}")
+    shown = []
+    for path, message in problems[:_MAX_SHOWN_ERRORS]:
+        if path in ((), ("_schema",)):
+            shown.append("the request body must be a JSON object" if where == "body" else message)
+        else:
+            text = "is required" if message == "Missing data for required field." else message
+            shown.append(f"{_render(path)}: {text}")
+    more = len(problems) - len(shown)
+    title = f"{_INVALID.get(where, f'invalid {where}')}: " + "; ".join(shown)
+    if more > 0:
+        title += f" (and {more} more)"
+    first_path, first_message = problems[0] if problems else ((), "")
+    if first_message == "Missing data for required field.":  # not a malformed field: the generic code
+        return InvalidParameter(title)
+    return InvalidParameter(title, _field_code(schema, first_path))
+
+
+def _flatten(messages: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            yield from _flatten(value, path + (key,))
+    elif isinstance(messages, (list, tuple)):
+        for item in messages:
+            if isinstance(item, (Mapping, list, tuple)):
+                yield from _flatten(item, path)
+            else:
+                yield path, str(item)
+    else:
+        yield path, str(messages)
+
+
+def _render(path: tuple) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _field_code(schema: Schema, path: tuple) -> str:
+    """The error code of the field at ``path`` (list indices skipped), else the generic one."""
+    current: Any = schema
+    field = None
+    for part in path:
+        if isinstance(part, int):
+            continue
+        if isinstance(current, fields.List):
+            current = current.inner
+        if isinstance(current, fields.Nested):
+            current = current.schema
+        if not isinstance(current, Schema):
+            return _GENERIC_CODE
+        field = current.fields.get(part)
+        if field is None:
+            return _GENERIC_CODE
+        current = field
+    return getattr(field, "error_code", _GENERIC_CODE)
 
 
 def nested_deeper_than(value, limit: int) -> bool:

@@ -1,8 +1,10 @@
 """The errors of the bundles service: the shared typed errors with this service's codes.
 
-No new exception classes on purpose: nameko rebuilds a remote error as its type only if the
-caller's process registered that type, and the gateway imports only ``shared.exceptions``. Using
-the shared classes keeps every error typed (never a 500) whoever calls us.
+The project's error convention: factory functions returning the typed errors of
+``shared.exceptions``, no new exception classes. nameko rebuilds a remote error as its type only
+if the caller's process registered that type; every caller imports ``shared.exceptions``, so these
+stay typed (never a 500) whoever calls us, without importing this module
+(``services/gateway/errors.py`` maps their types to statuses).
 """
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unauthorized, \
     Unprocessable

@@ -4,7 +4,7 @@ bundle checkout jobs keep their own schemas."""
 from marshmallow import RAISE, Schema, fields, validate
 
 from shared.identifiers import REPLICAS
-from shared.schemas import Replica, UuidField, VersionField
+from shared.schemas import ReplicaField, UuidField, VersionField
 
 MAX_CONTENT_DISPOSITION = 1000
 MAX_OBJECT_ID = 200     # a uuid, or `{uuid}.{version}`
@@ -14,7 +14,7 @@ MAX_BASE_URL = 2000
 
 class GetFileCall(Schema):
     """``get_file``: GET /files/{uuid}."""
-    replica = Replica
+    replica = ReplicaField()
     uuid = UuidField(required=True)
     version = VersionField(load_default=None, allow_none=True)
     directurl = fields.Boolean(load_default=False)
@@ -45,7 +45,7 @@ class DrsObjectCall(Schema):
     """``drs_object``: GET /ga4gh/drs/v1/objects/{object_id}."""
     base_url = fields.Url(load_default=None, allow_none=True, require_tld=False, schemes={"http", "https"},
                           validate=validate.Length(max=MAX_BASE_URL))
-    replica = Replica
+    replica = ReplicaField()
     object_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_OBJECT_ID))
     version = VersionField(load_default=None, allow_none=True)
     expand = fields.Boolean(load_default=False)
@@ -53,7 +53,7 @@ class DrsObjectCall(Schema):
 
 class DrsAccessCall(Schema):
     """``drs_access``: GET /ga4gh/drs/v1/objects/{object_id}/access/{access_id}."""
-    replica = Replica
+    replica = ReplicaField()
     object_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_OBJECT_ID))
     access_id = fields.String(required=True, validate=validate.Length(min=1, max=MAX_ACCESS_ID))
     version = VersionField(load_default=None, allow_none=True)
@@ -61,7 +61,7 @@ class DrsAccessCall(Schema):
 
 class SweepCall(Schema):
     """``sweep``: one bounded pass of the sweeper over a replica's checkout copies."""
-    replica = Replica
+    replica = ReplicaField()
     start_after = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=1024))
     limit = fields.Integer(load_default=None, allow_none=True, strict=True,
                            validate=validate.Range(min=1, max=1_000_000))

@@ -1,38 +1,26 @@
 """Marshmallow schemas of every query string and JSON body the gateway accepts.
 
-``load()`` turns marshmallow's errors into one 400 ``InvalidParameter`` whose title names the
-offending fields and whose code is the field's own (``illegal_uuid``, ``illegal_version``,
-``unknown_replica``) or ``illegal_arguments``. Unknown query parameters and body fields are errors,
-not silently ignored: a misspelt ``per_page`` should not quietly become the default.
-Domain rules (file-name syntax, item limits, ownership) belong to the services.
+``web.query`` and ``web.json_body`` load them with ``shared.schemas.load_arguments``, which turns
+marshmallow's errors into one 400 ``InvalidParameter`` naming the offending fields; unknown query
+parameters and body fields are errors. Domain rules (file-name syntax, item limits, ownership)
+belong to the services.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
 from urllib.parse import urlparse
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from shared.exceptions import InvalidParameter
-from shared.identifiers import REPLICAS
+from shared.identifiers import SCHEMES
 from shared.mail import is_email_address
-from shared.schemas import CollectionItem, UuidField, VersionField
+from shared.schemas import (MAX_CALLBACK_URL_LENGTH, MAX_JMESPATH_LENGTH, SUBSCRIPTION_TYPES,
+                            WEBHOOK_ENCODINGS, WEBHOOK_METHODS, CollectionItem, ReplicaField, UuidField, VersionField)
 
-GENERIC_CODE = "illegal_arguments"
 CHECKOUT_TOKEN_LENGTH = 1024  # the longest continuation token the checkout service reads
-SOURCE_SCHEMES = ("s3", "gs")
-_MAX_SHOWN_ERRORS = 5
 
 
 # --- fields ----------------------------------------------------------------------------------------
-class Replica(fields.String):
-    error_code = "unknown_replica"
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("required", True)
-        super().__init__(validate=validate.OneOf(REPLICAS, error="must be one of {choices}"), **kwargs)
-
-
 class LowerString(fields.String):
     def _deserialize(self, value, attr, data, **kwargs):
         return super()._deserialize(value, attr, data, **kwargs).lower()
@@ -82,7 +70,7 @@ class PutFileQuery(Schema):
 
 
 class HeadFileQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()
 
 
@@ -93,12 +81,12 @@ class GetFileQuery(HeadFileQuery):
 
 
 class PutBundleQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()
 
 
 class GetBundleQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()
     directurls = QueryBoolean(load_default=False)
     presignedurls = QueryBoolean(load_default=False)
@@ -108,17 +96,17 @@ class GetBundleQuery(Schema):
 
 
 class PatchBundleQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField(required=True)
 
 
 class DeleteBundleQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()
 
 
 class ListBundlesQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     prefix = LowerString(load_default="", validate=validate.Length(max=36))
     per_page = per_page(100)
     search_after = opaque(256)
@@ -126,7 +114,7 @@ class ListBundlesQuery(Schema):
 
 
 class PutCollectionQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     uuid = UuidField(required=True)
     version = VersionField()
 
@@ -137,62 +125,59 @@ class ListCollectionsQuery(Schema):
 
 
 class GetCollectionQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()
 
 
 class PatchCollectionQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField(required=True)
 
 
 class DeleteCollectionQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()  # accepted for compatibility; a collection tombstone covers every version
 
 
 class CheckoutBundleQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField()
 
 
 class CheckoutJobQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
 
 
 class DrsObjectQuery(Schema):
     # DRS clients know nothing of replicas: the `aws` one unless asked (an access id names its own).
-    replica = Replica(required=False, load_default="aws")
+    replica = ReplicaField(required=False, load_default="aws")
     version = VersionField()
     expand = QueryBoolean(load_default=False)
 
 
 class DrsAccessQuery(Schema):
-    replica = Replica(required=False, load_default="aws")
+    replica = ReplicaField(required=False, load_default="aws")
     version = VersionField()
 
 
 class SearchQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     output_format = fields.String(load_default="summary", validate=validate.OneOf(("summary", "raw")))
     per_page = per_page(100)
     search_after = opaque(256)
 
 
-SUBSCRIPTION_TYPES = ("jmespath", "elasticsearch")
-
-
 class SubscriptionsQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     subscription_type = fields.String(load_default="jmespath", validate=validate.OneOf(SUBSCRIPTION_TYPES))
 
 
 class PutSubscriptionQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
 
 
 class ListEventsQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     from_date = opaque(64)
     to_date = opaque(64)
     per_page = fields.Integer(load_default=100, validate=validate.Range(1, 500, error="must be between 1 and 500"))
@@ -200,7 +185,7 @@ class ListEventsQuery(Schema):
 
 
 class GetEventQuery(Schema):
-    replica = Replica()
+    replica = ReplicaField()
     version = VersionField(required=True)
 
 
@@ -219,11 +204,11 @@ class PutFileBody(Schema):
         try:
             url = urlparse(data["source_url"])
         except ValueError:  # e.g. an unbalanced `[` in the host part
-            raise InvalidParameter("source_url is not a URL", GENERIC_CODE) from None
-        if url.scheme not in SOURCE_SCHEMES:
+            raise InvalidParameter("source_url is not a URL") from None
+        if url.scheme not in SCHEMES:
             raise InvalidParameter("source_url must be an s3:// or gs:// URL", "unknown_source_scheme")
         if not url.netloc or not url.path.strip("/"):
-            raise InvalidParameter("source_url must name a bucket and an object key", GENERIC_CODE)
+            raise InvalidParameter("source_url must name a bucket and an object key")
         return data
 
 
@@ -282,88 +267,13 @@ class SearchBody(Schema):
 
 class PutSubscriptionBody(Schema):
     """The shape only; the notifier checks the rest (callback URL safety, queries, attachments)."""
-    callback_url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    callback_url = fields.String(required=True, validate=validate.Length(min=1, max=MAX_CALLBACK_URL_LENGTH))
     es_query = fields.Dict()
-    jmespath_query = fields.String(validate=validate.Length(max=4096))
-    method = fields.String(validate=validate.OneOf(("POST", "PUT")))
-    encoding = fields.String(validate=validate.OneOf(("application/json", "multipart/form-data")))
+    jmespath_query = fields.String(validate=validate.Length(max=MAX_JMESPATH_LENGTH))
+    method = fields.String(validate=validate.OneOf(WEBHOOK_METHODS))
+    encoding = fields.String(validate=validate.OneOf(WEBHOOK_ENCODINGS))
     form_fields = fields.Dict(keys=fields.String(), values=fields.String())
     payload_form_field = fields.String(validate=validate.Length(min=1, max=256))
     hmac_secret_key = fields.String(validate=validate.Length(min=1, max=1024))
     hmac_key_id = fields.String(validate=validate.Length(min=1, max=256))
     attachments = fields.Dict(keys=fields.String(), values=fields.Dict())
-
-
-# --- loading ---------------------------------------------------------------------------------------
-def load(schema: Schema, data: Any, where: str) -> dict:
-    """``schema.load(data)``, or a 400 naming the fields at fault. ``where``: "query" or "body"."""
-    try:
-        return schema.load(data)
-    except ValidationError as error:
-        raise _invalid(schema, error.messages, where) from None
-
-
-def _invalid(schema: Schema, messages: Any, where: str) -> InvalidParameter:
-    problems = list(_flatten(messages, ()))
-    unknown = [path for path, message in problems if message == "Unknown field."]
-    if unknown:
-        names = ", ".join(_render(path) for path in unknown)
-        if where == "query":
-            return InvalidParameter(f"unknown query parameter(s): {names}", GENERIC_CODE)
-        return InvalidParameter(f"unknown field(s) in the request body: {names}", GENERIC_CODE)
-    shown = []
-    for path, message in problems[:_MAX_SHOWN_ERRORS]:
-        if path in ((), ("_schema",)):
-            shown.append("the request body must be a JSON object" if where == "body" else message)
-        else:
-            text = "is required" if message == "Missing data for required field." else message
-            shown.append(f"{_render(path)}: {text}")
-    more = len(problems) - len(shown)
-    title = f"invalid {'query parameter' if where == 'query' else 'request body'}: " + "; ".join(shown)
-    if more > 0:
-        title += f" (and {more} more)"
-    first_path, first_message = problems[0] if problems else ((), "")
-    # A missing parameter is not a malformed one: it keeps the generic code.
-    code = GENERIC_CODE if first_message == "Missing data for required field." else _field_code(schema, first_path)
-    return InvalidParameter(title, code)
-
-
-def _flatten(messages: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
-    if isinstance(messages, Mapping):
-        for key, value in messages.items():
-            yield from _flatten(value, path + (key,))
-    elif isinstance(messages, (list, tuple)):
-        for item in messages:
-            if isinstance(item, (Mapping, list, tuple)):
-                yield from _flatten(item, path)
-            else:
-                yield path, str(item)
-    else:
-        yield path, str(messages)
-
-
-def _render(path: tuple) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-def _field_code(schema: Schema, path: tuple) -> str:
-    """The error code of the field at ``path`` (list indices skipped), else the generic one."""
-    current: Any = schema
-    field = None
-    for part in path:
-        if isinstance(part, int):
-            continue
-        if isinstance(current, fields.List):
-            current = current.inner
-        if isinstance(current, fields.Nested):
-            current = current.schema
-        if not isinstance(current, Schema):
-            return GENERIC_CODE
-        field = current.fields.get(part)
-        if field is None:
-            return GENERIC_CODE
-        current = field
-    return getattr(field, "error_code", GENERIC_CODE)

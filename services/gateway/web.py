@@ -25,11 +25,12 @@ from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.routing import BaseConverter, Map, RequestRedirect
 from werkzeug.wrappers import Request, Response
 
-from services.gateway import apidoc, errors, schemas
+from services.gateway import apidoc, errors
 from services.gateway.hosts import AllowedHosts
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
-from shared.schemas import nested_deeper_than
+from shared.schemas import load_arguments, nested_deeper_than
+from shared.storage import JSON
 from shared.tls import ServerContext
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,6 @@ drs_api = DrsEndpoint.decorator
 
 
 # --- request and response helpers ------------------------------------------------------------------
-JSON = "application/json"
-
 
 def query(request, schema) -> dict:
     """The validated query string. A parameter given twice with different values is ambiguous, so
@@ -191,9 +190,8 @@ def query(request, schema) -> dict:
     ``Link`` (which carries the request's parameters) and send their own parameters again."""
     repeated = sorted(name for name, values in request.args.lists() if len(set(values)) > 1)
     if repeated:
-        raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}",
-                               "illegal_arguments")
-    return schemas.load(schema, request.args.to_dict(), "query")
+        raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}")
+    return load_arguments(schema, request.args.to_dict(), where="query")
 
 
 def json_body(request, schema, limit: int) -> dict:
@@ -222,13 +220,13 @@ def json_body(request, schema, limit: int) -> dict:
     if too_deep:  # no service could take it: encoding it for an RPC would overflow the stack
         raise InvalidParameter(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep",
                                "invalid_json")
-    return schemas.load(schema, document, "body")
+    return load_arguments(schema, document, where="body")
 
 
 def optional_json_body(request, schema, limit: int) -> dict:
     """As ``json_body``, for a body that may be left out entirely (no bytes: no fields)."""
     if not request.content_length and "Transfer-Encoding" not in request.headers:
-        return schemas.load(schema, {}, "body")
+        return load_arguments(schema, {}, where="body")
     return json_body(request, schema, limit)
 
 

@@ -1,15 +1,10 @@
 """The errors of the notifier: the shared typed errors with this service's codes.
 
-No new exception classes, as in the bundles service: the gateway rebuilds a remote error as its
-type only if its process registered that type, and it imports ``shared.exceptions`` (and
-``shared.search`` for ``ElasticsearchBadRequest``). Titles never quote a subscription's fields:
-they could carry the secret key or a token in a callback URL.
+Factory functions returning the typed errors of ``shared.exceptions``, no new exception classes:
+the project's convention (see ``services/bundles/exceptions.py``). Titles never quote a
+subscription's fields: they could carry the secret key or a token in a callback URL.
 """
 from shared.exceptions import Forbidden, InvalidParameter, NotAcceptable, NotFound, Unauthorized
-
-
-def illegal_arguments(title: str) -> InvalidParameter:
-    return InvalidParameter(title, "illegal_arguments")
 
 
 def conflicting_queries() -> InvalidParameter:

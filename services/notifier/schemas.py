@@ -1,19 +1,14 @@
 """Shapes the notifier reads from RPC callers, and the subscription document it stores.
 
 The call schemas check shapes only: the values of a subscription are judged by
-``shared.webhooks.validate_subscription`` (callback URL, method, encoding, form fields, HMAC
+``delivery.validate_subscription`` (callback URL, method, encoding, form fields, HMAC
 fields, JMESPath query, attachments) and ``shared.search.parse_search`` (``es_query``), whose
 errors carry precise codes. Event payloads are ``shared.schemas.BundleIndexed`` and
 ``SubscriptionMatched``.
 """
 from marshmallow import EXCLUDE, RAISE, Schema, fields, validate
 
-from shared.schemas import Replica
-
-JMESPATH, ELASTICSEARCH = "jmespath", "elasticsearch"
-SUBSCRIPTION_TYPES = (JMESPATH, ELASTICSEARCH)
-DEFAULT_METHOD = "POST"
-DEFAULT_ENCODING = "application/json"
+from shared.schemas import JMESPATH, SUBSCRIPTION_TYPES, ReplicaField
 
 # What never leaves the notifier: not in an RPC answer, a log line or an event payload.
 SECRET_FIELDS = ("hmac_secret_key",)
@@ -50,20 +45,20 @@ class SubscriptionFields(Schema):
 
 
 class PutSubscriptionCall(Schema):
-    replica = Replica
+    replica = ReplicaField()
     subscription = fields.Nested(SubscriptionFields, required=True)
     caller = fields.Nested(Caller, required=True)
 
 
 class SubscriptionCall(Schema):
     """Arguments of ``get_subscription`` and ``delete_subscription``."""
-    replica = Replica
+    replica = ReplicaField()
     uuid = fields.String(required=True, validate=validate.Length(min=1, max=64))
     caller = fields.Nested(Caller, required=True)
 
 
 class ListSubscriptionsCall(Schema):
-    replica = Replica
+    replica = ReplicaField()
     caller = fields.Nested(Caller, required=True)
     subscription_type = fields.String(load_default=JMESPATH, validate=validate.OneOf(SUBSCRIPTION_TYPES))
 
@@ -78,7 +73,7 @@ class StoredSubscription(Schema):
 
     uuid = fields.String(required=True)
     owner = fields.String(required=True)
-    replica = Replica
+    replica = ReplicaField()
     created = fields.String(required=True)  # ISO 8601 UTC
     callback_url = fields.String(required=True)
     method = fields.String(required=True)

@@ -1,7 +1,7 @@
 """The notifier: owns subscriptions and delivers their webhooks.
 
 The RPCs (called by the gateway for /v1/subscriptions) create, read, list and delete a caller's
-subscriptions of one replica; the rules live in ``SubscriptionStoreAPI`` (dependencies.py).
+subscriptions of one replica; the rules live in ``SubscriptionStoreAPI`` (subscriptions.py).
 
 Matching: ``handle_bundle_indexed`` consumes the indexer's ``bundle_indexed`` events. JMESPath
 subscriptions of the event's replica fire when their query is truthy on the bundle event document
@@ -11,7 +11,7 @@ transaction id derived from the subscription and the bundle event, so a redelive
 the same ids; the bundle event is acknowledged only once every dispatch was confirmed.
 
 Delivery: ``handle_subscription_matched`` makes one signed webhook attempt per message
-(``shared.webhooks.deliver``), numbered by the message's attempt. A retryable failure goes back to
+(``delivery.deliver``), numbered by the message's attempt. A retryable failure goes back to
 the broker's delay queues on the ``DSS_NOTIFY_RETRY_DELAYS`` schedule (durable: it survives a
 restart of the notifier), a permanent one to the dead-letter queue at once; a subscription deleted
 meanwhile is dropped. Delivery is at least once: a subscriber deduplicates by transaction id.
@@ -27,11 +27,10 @@ from shared.exceptions import InvalidParameter
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import BundleIndexed, SubscriptionMatched, load_arguments
-from shared.webhooks import PermanentDeliveryError
 
 from services.notifier import exceptions as errors
+from services.notifier.delivery import PermanentDeliveryError
 from services.notifier.dependencies import SubscriptionStore, Webhooks
-from services.notifier.entrypoints import delivery_event_handler
 from services.notifier.schemas import ListSubscriptionsCall, PutSubscriptionCall, SubscriptionCall
 
 logger = logging.getLogger(__name__)
@@ -99,7 +98,8 @@ class NotifierService:
         return {"matched": [notification["subscription_id"] for notification in notifications]}
 
     # --- delivery ------------------------------------------------------------------------------------
-    @delivery_event_handler("notifier", events.SUBSCRIPTION_MATCHED, give_up_on=UNDELIVERABLE)
+    @retrying_event_handler("notifier", events.SUBSCRIPTION_MATCHED, delays_setting="notify_retry_delays",
+                            give_up_on=UNDELIVERABLE)
     def handle_subscription_matched(self, payload):
         notification = SubscriptionMatched(unknown=EXCLUDE).load(payload)
         replica, subscription_id = notification["replica"], notification["subscription_id"]

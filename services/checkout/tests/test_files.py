@@ -102,7 +102,7 @@ def test_a_missing_file_is_404_and_bad_arguments_400(world):
         world.service.get_file("gcp", doc["uuid"])
     with pytest.raises(InvalidParameter) as raised:
         world.service.get_file("azure", doc["uuid"])
-    assert raised.value.error_code == "illegal_arguments"
+    assert raised.value.error_code == "unknown_replica"
     with pytest.raises(InvalidParameter) as raised:
         world.service.get_file("aws", "not-a-uuid")
     assert raised.value.error_code == "illegal_uuid"

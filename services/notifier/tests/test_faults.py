@@ -10,8 +10,8 @@ from shared import events
 from shared.bundle_documents import event_document
 from shared.identifiers import new_uuid, new_version
 from shared.testing import ServiceProcess, queue_state, wait_until
-from shared.webhooks import ATTEMPT_HEADER
 
+from services.notifier.delivery import ATTEMPT_HEADER
 from services.notifier.tests.conftest import KEY_ID, SECRET
 
 DELIVERY_QUEUE = "evt-notifier-subscription_matched--notifier.handle_subscription_matched"

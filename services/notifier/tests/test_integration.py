@@ -20,10 +20,10 @@ from shared.retry import DEAD_SUFFIX, peek_dead_letters
 from shared.search import ElasticsearchBadRequest
 from shared.storage import open_replicas
 from shared.testing import queue_state, wait_until
-from shared.webhooks import ATTEMPT_HEADER
 
-from services.notifier.dependencies import SubscriptionCache, SubscriptionStoreAPI
+from services.notifier.delivery import ATTEMPT_HEADER
 from services.notifier.service import NotifierService
+from services.notifier.subscriptions import SubscriptionCache, SubscriptionStoreAPI
 from services.notifier.tests.conftest import KEY_ID, SECRET
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}

@@ -1,7 +1,7 @@
 """Unit tests of the notifier: the service built with worker_factory over in-memory buckets
 (``shared.testing.MemoryBlobStore``) and real embedded search indexes in a temporary directory,
 so only the clouds are faked; the subscription store, matching and percolation are real. Webhook
-delivery is mocked here (its rules are tested in shared/tests/test_webhooks.py), except where
+delivery is mocked here (its rules are tested in test_delivery.py), except where
 its outcome metrics are checked against a local receiver."""
 import json
 import logging
@@ -14,16 +14,17 @@ from shared import events
 from shared.blobstore import BlobStoreUnavailable
 from shared.bundle_documents import event_document
 from shared.config import Settings
-from shared.exceptions import Forbidden, InvalidParameter, NotAcceptable, NotFound, Unauthorized
+from shared.exceptions import Forbidden, InvalidParameter, NotAcceptable, NotFound, Unauthorized, Unavailable
 from shared.identifiers import new_uuid, new_version
 from shared.search import ElasticsearchBadRequest, open_index_backend
 from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore, Receiver
-from shared.webhooks import RetryableDeliveryError
 
-from services.notifier import dependencies
-from services.notifier.dependencies import (SubscriptionCache, SubscriptionStoreAPI, WebhookAPI, disabled_key,
-                                            subscription_key, transaction_id)
+from services.notifier import subscriptions
+from services.notifier.delivery import RetryableDeliveryError
+from services.notifier.dependencies import WebhookAPI
+from services.notifier.subscriptions import (SubscriptionCache, SubscriptionStoreAPI, disabled_key, subscription_key,
+                                             transaction_id)
 from services.notifier.service import NotifierService
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
@@ -390,8 +391,8 @@ def test_subscriptions_breaking_the_limits_are_disabled_and_the_others_still_fir
 
     # From now on they are not even evaluated.
     evaluated = []
-    real = dependencies.jmespath_matches
-    monkeypatch.setattr(dependencies, "jmespath_matches",
+    real = subscriptions.jmespath_matches
+    monkeypatch.setattr(subscriptions, "jmespath_matches",
                         lambda query, *args: evaluated.append(query) or real(query, *args))
     assert world.matched(world.bundle_indexed())[0] == [good]
     assert evaluated == ["event_type == 'CREATE'"]
@@ -446,7 +447,7 @@ def test_an_elasticsearch_subscription_whose_percolation_fails_is_disabled(world
 
 def test_a_percolation_failure_no_subscription_explains_fails_the_event(world, monkeypatch):
     heart = world.subscribe(es_query=HEART)
-    for error in (ElasticsearchBadRequest("the cluster refused a mapping"), dependencies.Unavailable("down")):
+    for error in (ElasticsearchBadRequest("the cluster refused a mapping"), Unavailable("down")):
         def percolate(document, refused=None, error=error):
             raise error
         monkeypatch.setattr(world.indexes["aws"], "percolate", percolate)

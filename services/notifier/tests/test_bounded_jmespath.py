@@ -1,5 +1,5 @@
-"""JMESPath with bounded cost (shared.bounded_jmespath): the cost model that refuses expressions
-whose values can grow past a multiple of the document, and the budget that stops any evaluation,
+"""JMESPath with bounded cost (``services.notifier.bounded_jmespath``): the cost model that refuses
+expressions whose values can grow past a multiple of the document, and the budget that stops any evaluation,
 the model's blind spots included, before it builds what it cannot afford."""
 import json
 import time
@@ -7,9 +7,10 @@ import time
 import jmespath
 import pytest
 
-from shared.bounded_jmespath import (LIMIT_EXCEEDED, MAX_DEPTH, TOO_COSTLY, JMESPathLimits, check_cost, evaluate,
-                                     json_size)
 from shared.exceptions import InvalidParameter
+
+from services.notifier.bounded_jmespath import (LIMIT_EXCEEDED, MAX_DEPTH, TOO_COSTLY, JMESPathLimits, check_cost,
+                                                evaluate, json_size)
 
 GROWTH = 256
 LIMITS = JMESPathLimits(max_growth=GROWTH, max_steps=100_000, max_chars=4 * 1024 * 1024)

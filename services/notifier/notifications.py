@@ -3,7 +3,7 @@
 The notifier matches JMESPath subscriptions against each bundle event document
 ``{event_type: CREATE|TOMBSTONE|DELETE, bundle_info: {uuid, version}, manifest, files}`` and
 Elasticsearch ones against each newly indexed document; either way ``build_payload`` turns a match
-into the body ``shared.webhooks.deliver`` sends::
+into the body ``services.notifier.delivery.deliver`` sends::
 
     {transaction_id, subscription_id, event_type, event_timestamp, bundle_url,
      match: {bundle_uuid, bundle_version}, es_query | jmespath_query, attachments}
@@ -16,7 +16,7 @@ the bundle and can fetch what it needs.
 
 ``validate_jmespath_query`` / ``validate_attachments`` are the subscription-time checks (typed
 400s); an expression that passes them never fails to parse at delivery time. Both include the
-cost model of ``shared.bounded_jmespath`` (``jmespath_too_costly``), and every evaluation runs
+cost model of ``services.notifier.bounded_jmespath`` (``jmespath_too_costly``), and every evaluation runs
 within a ``Budget`` (``jmespath_limit_exceeded``): ``jmespath_matches``, ``evaluate_attachments``
 and ``build_payload`` raise those InvalidParameters, so that the caller can disable the
 subscription (the expressions are the subscription's fault, not the event's), while a stored
@@ -35,16 +35,17 @@ import jmespath
 import jmespath.exceptions
 import jmespath.functions
 
-from shared.bounded_jmespath import Budget, JMESPathLimits, check_cost, evaluate, json_size
 from shared.config import Settings
 from shared.exceptions import InvalidParameter
+from shared.schemas import MAX_JMESPATH_LENGTH
+
+from services.notifier.bounded_jmespath import Budget, JMESPathLimits, check_cost, evaluate, json_size
 
 logger = logging.getLogger(__name__)
 
 ATTACHMENT_MAX_BYTES = 128 * 1024  # the original's limit, per attachment and for all of them together
 MAX_ATTACHMENTS = 64
 MAX_ATTACHMENT_NAME_LENGTH = 128
-MAX_EXPRESSION_LENGTH = 4096
 ERRORS_KEY = "_errors"
 ATTACHMENT_TYPES = ("jmespath",)
 INVALID_QUERY = "invalid_jmespath_query"
@@ -129,8 +130,8 @@ def _compile_checked(expression: Any, what: str, code: str, limits: JMESPathLimi
     when it is not a valid expression, (``jmespath_too_costly``) when it is too costly."""
     if not isinstance(expression, str) or not expression.strip():
         raise InvalidParameter(f"{what} must be a non-empty string", code)
-    if len(expression) > MAX_EXPRESSION_LENGTH:
-        raise InvalidParameter(f"{what} is longer than {MAX_EXPRESSION_LENGTH} characters", code)
+    if len(expression) > MAX_JMESPATH_LENGTH:
+        raise InvalidParameter(f"{what} is longer than {MAX_JMESPATH_LENGTH} characters", code)
     try:
         compiled = _compile(expression)
         _check_functions(compiled.parsed)

@@ -1,7 +1,9 @@
 """Webhook delivery: one signed HTTP attempt to a subscription's callback URL, safe against SSRF.
 
 The notifier calls ``deliver(subscription, payload, attempt, settings)`` once per attempt; broker
-retries (``shared.retry``) call it again after each delay of ``retry_schedule(settings)``.
+retries (``shared.retry``) call it again after each delay of ``DSS_NOTIFY_RETRY_DELAYS`` (by
+default 1 min, 10 min, 1 h, 6 h, 17 h, then daily for six days, as the original DSS: about a
+week in all; then dead-lettered).
 ``deliver`` returns a ``DeliveryResult`` for a 2xx answer and otherwise raises a
 ``DeliveryFailed``: ``RetryableDeliveryError`` for anything that may work later (timeouts,
 connection errors, TLS errors, every non-2xx answer including 3xx, 408, 429 and 5xx: the original
@@ -68,7 +70,11 @@ from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionErr
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
-from shared.subscriptions import jmespath_limits, to_json_bytes, validate_attachments, validate_jmespath_query
+from shared.schemas import (DEFAULT_WEBHOOK_ENCODING, DEFAULT_WEBHOOK_METHOD, MAX_CALLBACK_URL_LENGTH,
+                            WEBHOOK_ENCODINGS, WEBHOOK_METHODS)
+
+from services.notifier.notifications import (jmespath_limits, to_json_bytes, validate_attachments,
+                                             validate_jmespath_query)
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +84,7 @@ SIGNATURE_LABEL = "dss"
 SIGNATURE_TAG = "dss-webhook"  # lets a receiver pick our signature with expect_tag among others
 SIGNED_COMPONENTS = ("@method", "@target-uri", "content-type", "content-digest")
 CAVAGE_HEADERS = ("(request-target)", "host", "date", "digest")
-METHODS = ("POST", "PUT")
-ENCODINGS = ("application/json", "multipart/form-data")
 DEFAULT_PAYLOAD_FORM_FIELD = "payload"
-MAX_URL_LENGTH = 2048
 MAX_FORM_FIELDS = 64
 MAX_FORM_FIELD_BYTES = 8192
 ERROR_EXCERPT_BYTES = 200  # of a failed answer's body, for the operator reading the dead letter
@@ -136,13 +139,6 @@ class DeliveryResult:
     signed: bool
 
 
-def retry_schedule(settings: Settings) -> tuple[int, ...]:
-    """Seconds before each new attempt of a failed delivery (the first attempt is at once): the
-    ``delays`` of ``shared.retry.retrying_event_handler``. Default: 1 min, 10 min, 1 h, 6 h, 17 h,
-    then daily for six days, as the original DSS (about a week in all); then dead-lettered."""
-    return tuple(settings.notify_retry_delays)
-
-
 # --- callback URLs and addresses -----------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +161,9 @@ def parse_callback_url(url: Any) -> CallbackTarget:
     ``callback_url_scheme``) otherwise. Does not resolve the host."""
     if not isinstance(url, str) or not url:
         raise InvalidParameter("callback_url must be a non-empty string", "callback_url_invalid")
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidParameter(f"callback_url is longer than {MAX_URL_LENGTH} characters", "callback_url_invalid")
+    if len(url) > MAX_CALLBACK_URL_LENGTH:
+        raise InvalidParameter(f"callback_url is longer than {MAX_CALLBACK_URL_LENGTH} characters",
+                               "callback_url_invalid")
     if any(ord(c) <= 0x20 or ord(c) == 0x7f for c in url):
         raise InvalidParameter("callback_url contains spaces or control characters", "callback_url_invalid")
     try:
@@ -335,12 +332,12 @@ def validate_delivery_options(subscription: Mapping[str, Any]) -> None:
     """InvalidParameter unless method, encoding, form fields and HMAC fields are usable. Codes:
     ``invalid_method``, ``invalid_encoding``, ``invalid_form_fields``, ``invalid_payload_form_field``,
     ``invalid_hmac_secret_key``, ``invalid_hmac_key_id``."""
-    method = _option(subscription, "method", "POST")
-    if method not in METHODS:
-        raise InvalidParameter(f"method must be one of {', '.join(METHODS)}", "invalid_method")
-    encoding = _option(subscription, "encoding", "application/json")
-    if encoding not in ENCODINGS:
-        raise InvalidParameter(f"encoding must be one of {', '.join(ENCODINGS)}", "invalid_encoding")
+    method = _option(subscription, "method", DEFAULT_WEBHOOK_METHOD)
+    if method not in WEBHOOK_METHODS:
+        raise InvalidParameter(f"method must be one of {', '.join(WEBHOOK_METHODS)}", "invalid_method")
+    encoding = _option(subscription, "encoding", DEFAULT_WEBHOOK_ENCODING)
+    if encoding not in WEBHOOK_ENCODINGS:
+        raise InvalidParameter(f"encoding must be one of {', '.join(WEBHOOK_ENCODINGS)}", "invalid_encoding")
     form_fields = subscription.get("form_fields")
     if form_fields is not None:
         if not isinstance(form_fields, Mapping) or len(form_fields) > MAX_FORM_FIELDS:
@@ -391,7 +388,7 @@ def validate_subscription(subscription: Mapping[str, Any], settings: Settings, *
 def encode_body(subscription: Mapping[str, Any], payload: Any) -> tuple[bytes, str]:
     """(body, content type) of ``payload`` in the subscription's encoding."""
     payload_json = to_json_bytes(payload)
-    if _option(subscription, "encoding", "application/json") == "multipart/form-data":
+    if _option(subscription, "encoding", DEFAULT_WEBHOOK_ENCODING) == "multipart/form-data":
         fields = list((subscription.get("form_fields") or {}).items())
         fields.append((_option(subscription, "payload_form_field", DEFAULT_PAYLOAD_FORM_FIELD),
                        payload_json.decode("utf-8")))
@@ -420,7 +417,7 @@ def build_request(subscription: Mapping[str, Any], payload: Any, attempt: int, t
     """The request of one attempt, signed when the subscription has a key. ``now`` (epoch seconds)
     fixes the clock of ``Date`` and ``created``."""
     now = time.time() if now is None else now
-    method = _option(subscription, "method", "POST")
+    method = _option(subscription, "method", DEFAULT_WEBHOOK_METHOD)
     body, content_type = encode_body(subscription, payload)
     headers = {
         "Host": target.authority,

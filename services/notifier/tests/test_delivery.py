@@ -1,4 +1,4 @@
-"""Webhook payloads and delivery (shared.subscriptions, shared.webhooks) against a real local receiver.
+"""Webhook payloads and delivery (``notifications``, ``delivery``) against a real local receiver.
 
 The receiver (``shared.testing.Receiver``) is a threaded http.server on 127.0.0.1 that verifies
 what it gets the way a subscriber would, independently of the code under test (both signatures
@@ -16,14 +16,15 @@ import uuid
 
 import pytest
 
-from shared.bounded_jmespath import JMESPathLimits
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
-from shared.subscriptions import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments, jmespath_matches,
-                                  validate_attachments, validate_jmespath_query)
 from shared.testing import Receiver, issue_server_certificate
-from shared.webhooks import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
-                             retry_schedule, validate_callback_url, validate_subscription)
+
+from services.notifier.bounded_jmespath import JMESPathLimits
+from services.notifier.delivery import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
+                                        validate_callback_url, validate_subscription)
+from services.notifier.notifications import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments,
+                                             jmespath_matches, validate_attachments, validate_jmespath_query)
 
 SECRET = "s3cr3t-hmac-key-for-tests"
 KEY_ID = "subscriber-key-1"
@@ -591,9 +592,9 @@ def test_jmespath_matches_with_jmespath_truthiness(query, expected):
     assert jmespath_matches(query, event_document()) is expected
 
 
-def test_retry_schedule():
-    assert retry_schedule(settings()) == (60, 600, 3600, 21600, 61200) + (86400,) * 6
-    assert retry_schedule(settings(DSS_NOTIFY_RETRY_DELAYS="1,2,3")) == (1, 2, 3)
+def test_the_retry_schedule_is_the_original_dss_one_unless_configured():
+    assert tuple(settings().notify_retry_delays) == (60, 600, 3600, 21600, 61200) + (86400,) * 6
+    assert tuple(settings(DSS_NOTIFY_RETRY_DELAYS="1,2,3").notify_retry_delays) == (1, 2, 3)
 
 
 def test_a_query_failing_with_a_python_error_on_a_document_does_not_match():
