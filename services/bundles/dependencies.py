@@ -16,7 +16,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError
 
 from shared.concurrency import ExpiringCache, green_map
 from shared.identifiers import Keys, fqid, is_version, new_version, normalize_uuid, normalize_version, split_fqid
-from shared.exceptions import InvalidParameter, NotFound
+from shared.exceptions import InvalidParameter, NotFound, bundle_not_found
 from shared.schemas import BundleManifest, CollectionDocument, CollectionItem, FileMetadata, ManifestFile, Tombstone
 from shared.storage import ALL_VERSIONS, ReplicaStorage, Replicas, StorageProvider, split_versions
 
@@ -185,7 +185,7 @@ class BundleStoreAPI:
         """``version`` (or the latest one if None) if its manifest exists and no tombstone hides it."""
         live = self.replicas[replica].live_version(Keys.bundle_prefix(uuid), version)
         if live is None:
-            raise errors.bundle_not_found(replica, uuid, version)
+            raise bundle_not_found(replica, uuid, version)
         return live
 
     def get_manifest(self, replica: str, uuid: str, version: str | None = None) -> tuple[str, dict]:
@@ -237,7 +237,7 @@ class BundleStoreAPI:
         uuid, version = _uuid_version(uuid, version)
         versions, _ = self.replicas[replica].versions(Keys.bundle_prefix(uuid))
         if not versions or (version is not None and version not in versions):
-            raise errors.bundle_not_found(replica, uuid, version)
+            raise bundle_not_found(replica, uuid, version)
         key = Keys.bundle_tombstone(uuid, version)
         doc = Tombstone().dump({"email": email, "reason": reason, "details": details, "admin_deleted": True})
         return self._write_once(replica, key, uuid, version, doc, lambda: errors.bundle_tombstone_exists(key))
