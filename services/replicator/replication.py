@@ -1,5 +1,6 @@
-"""The replicator's view of storage: copies from one replica's main bucket to the other's,
-dependencies first, each verified before it counts; and the depth of its own queues.
+"""Replication: making the other replica's main bucket hold what one replica's holds, dependencies
+first, each copy verified before it counts (``ReplicatorAPI.replicate``, one ``_Run`` per key);
+which change events need no copy; and the comparison of one key in both replicas (``verify``).
 
 Order is what keeps a reader of the destination from ever seeing a dangling reference: a blob
 before the file document naming it, a bundle's files before its manifest, a collection's items
@@ -8,33 +9,27 @@ their dependencies are there too (they were written first), so a repeated event 
 """
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import datetime
 import logging
 
 import eventlet
 from eventlet.event import Event
-from kombu import Connection
-from nameko.constants import AMQP_URI_CONFIG_KEY
-from nameko.events import EventHandler
-from nameko.extensions import DependencyProvider
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound
 from shared.checksums import ChecksumPass, Checksums
-from shared.concurrency import ExpiringCache, SingleFlight
-from shared.exceptions import InvalidParameter, Unprocessable
+from shared.concurrency import SingleFlight
+from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
 from shared.replication import (BLOB, BUNDLE, COLLECTION, FILE, Comparer, ReplicaKey, blob_verdict,
                                 document_verdict, hash_object, is_valid_document, load_document, parse_key)
-from shared.retry import DEAD_SUFFIX
-from shared.storage import ReplicaStorage, Replicas, StorageProvider
+from shared.storage import ReplicaStorage, Replicas
 
-from services.replicator.exceptions import (ConflictingDocuments, CopyMismatch, DependencyMissing, SourceCorrupt,
-                                            SourceMissing)
+from services.replicator import exceptions as errors
+from services.replicator.budget import MemoryBudget
+from services.replicator.recent import RecentCopies
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +45,6 @@ OBJECTS = Counter("dss_replication_objects_total",
 IGNORED = Counter("dss_replication_changes_ignored_total",
                   "Change events that need no copy: deletes, other buckets, keys outside the DSS layout.",
                   ["replica", "reason"])
-QUEUE_DEPTH = Gauge("dss_replication_queue_depth", "Messages waiting in the replicator's queues.", ["queue"])
-
-# How long this process trusts what it wrote or verified in a replica without looking again: long
-# enough for the destination's notification of a copy to come back, short against an operator's
-# purge (`dss-ops replicas verify` finds what such a purge breaks at any time).
-RECENT_SECONDS = 300.0
-RECENT_ENTRIES = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,34 +56,6 @@ class Outcome:
     kind: str
     size: int
     copied: bool
-
-
-class MemoryBudget:
-    """Bytes of blob data all the copies of one process may hold; a copy waits for its share, in
-    arrival order (so a large copy is not starved by a stream of small ones)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.free = limit
-        self._waiting: collections.deque[tuple[int, Event]] = collections.deque()
-
-    @contextlib.contextmanager
-    def hold(self, amount: int):
-        amount = min(amount, self.limit)  # a copy larger than the budget runs alone
-        if self._waiting or self.free < amount:
-            turn = Event()
-            self._waiting.append((amount, turn))
-            turn.wait()  # the release that made room took our share for us
-        else:
-            self.free -= amount
-        try:
-            yield
-        finally:
-            self.free += amount
-            while self._waiting and self._waiting[0][0] <= self.free:
-                share, turn = self._waiting.popleft()
-                self.free -= share
-                turn.send()
 
 
 def _parse_time(value: str | None) -> datetime.datetime | None:
@@ -142,8 +102,8 @@ class _Run:
     def missing(self, key: str, dependency: bool) -> Exception:
         where = f"{key} is not in {self.source.replica}"
         if dependency:
-            return DependencyMissing(f"{where} (needed in {self.destination.replica})")
-        return SourceMissing(where)
+            return errors.dependency_missing(f"{where} (needed in {self.destination.replica})")
+        return errors.source_missing(where)
 
     def each(self, function, items: list) -> None:
         """``function`` over ``items``, ``DSS_REPLICATION_FANOUT`` at a time; the first error is
@@ -177,7 +137,7 @@ class _Run:
 
     def _blob(self, target: ReplicaKey, dependency: bool) -> int:
         if dependency and not self.deep:  # blobs never change: one seen intact lately still is
-            size = self.api.recently_intact(self.destination, target.key)
+            size = self.api.recent.intact_size(self.destination.replica, target.key)
             if size is not None:
                 self.counted(target, False)
                 return size
@@ -252,39 +212,22 @@ def _child(key: str, parent: ReplicaKey) -> ReplicaKey:
     except InvalidParameter:
         child = None
     if child is None:
-        raise Unprocessable(f"{parent.key} names `{key}`, not a key of the DSS layout", "invalid_document")
+        raise errors.foreign_reference(parent.key, key)
     return child
 
 
 class ReplicatorAPI:
+    """What the replicator's workers do with both replicas (injected by ``dependencies.ReplicaStore``,
+    whose budget, blob-copy flights and recent copies every worker of the process shares)."""
+
     def __init__(self, replicas: Replicas, settings, budget: MemoryBudget, metrics: MetricsAPI,
-                 blob_copies: SingleFlight | None = None, recent: ExpiringCache | None = None):
+                 blob_copies: SingleFlight | None = None, recent: RecentCopies | None = None):
         self.replicas = replicas
         self.settings = settings
         self.budget = budget
         self.metrics = metrics
         self.blob_copies = blob_copies or SingleFlight(share_failures=False)
-        # (replica, key) -> (revision, size) of an object this process wrote there or found intact
-        self.recent = recent if recent is not None else ExpiringCache(max_entries=RECENT_ENTRIES)
-
-    # --- what this process wrote or verified lately ----------------------------------------------
-    def remember(self, replica: ReplicaStorage, info: BlobInfo) -> None:
-        self.recent.put((replica.replica, info.key), (info.revision, info.size),
-                        until=self.recent.clock() + RECENT_SECONDS)
-
-    def recently_intact(self, replica: ReplicaStorage, key: str) -> int | None:
-        """The size of ``key`` if this process wrote or verified it in ``replica`` lately."""
-        known = self.recent.get((replica.replica, key))
-        return None if known is None else known[1]
-
-    def own_write(self, change: dict) -> bool:
-        """Whether a change notification reports an object as this process wrote it: the echo of a
-        copy, whose source holds the same (the revision is the GCS generation or the S3 ETag)."""
-        known = self.recent.get((change["replica"], change["key"]))
-        if known is None or change["kind"] != "created":
-            return False
-        revision = change["checksums"].get("generation" if change["replica"] == "gcp" else "etag")
-        return revision is not None and revision.lower() == str(known[0]).lower()
+        self.recent = recent if recent is not None else RecentCopies()
 
     # --- events ------------------------------------------------------------------------------------
     def ignored(self, change: dict) -> str | None:
@@ -300,7 +243,7 @@ class ReplicatorAPI:
                                key, replica)
         elif parse_key(key) is None:  # a malformed DSS key raises: dead-lettered for an operator
             reason = "not_dss_key"
-        elif self.own_write(change):
+        elif self.recent.is_own_write(change):
             reason = "own_copy"
         if reason is not None:
             IGNORED.labels(replica, reason).inc()
@@ -312,7 +255,7 @@ class ReplicatorAPI:
         ``deep``: a blob already there whose metadata cannot vouch for it is read and hashed."""
         target = parse_key(key)
         if target is None:
-            raise InvalidParameter(f"`{key}` is not a key of the DSS storage layout", "illegal_key")
+            raise errors.illegal_key(key)
         source = self.replicas[source_replica]
         destination = self.replicas[Replica(source_replica).other.value]
         run = _Run(self, source, destination, deep)
@@ -340,7 +283,7 @@ class ReplicatorAPI:
         if verdict is None:
             verdict = self.verify_blob(replica, target) if deep else True
         if verdict:
-            self.remember(replica, info)
+            self.recent.remember(replica.replica, info)
         return verdict
 
     def verify_blob(self, replica: ReplicaStorage, target: ReplicaKey) -> bool:
@@ -372,7 +315,7 @@ class ReplicatorAPI:
         def before_commit():
             wrong = target.checksums.mismatches(checksum_pass.result())
             if wrong:
-                raise SourceCorrupt(f"the bytes of {target.key} in {source.replica} do not match its "
+                raise errors.source_corrupt(f"the bytes of {target.key} in {source.replica} do not match its "
                                     f"{', '.join(wrong)}; not copied to {destination.replica}")
 
         with self.budget.hold(need), self.metrics.copy_in_progress():
@@ -381,12 +324,12 @@ class ReplicatorAPI:
                                              content_type=info.content_type or OCTET_STREAM, metadata=info.metadata,
                                              part_size=part, concurrency=concurrency, before_commit=before_commit)
             except BlobNotFound:
-                raise SourceMissing(f"{target.key} vanished from {source.replica} while being copied") from None
+                raise errors.source_missing(f"{target.key} vanished from {source.replica} while being copied") from None
         written = destination.store.stat(destination.bucket, target.key)
         if written.size != size or blob_verdict(written, target.checksums) is False:
-            raise CopyMismatch(f"{target.key} in {destination.replica} does not match what was sent "
+            raise errors.copy_mismatch(f"{target.key} in {destination.replica} does not match what was sent "
                                f"({written.size} of {size} bytes)")
-        self.remember(destination, written)
+        self.recent.remember(destination.replica, written)
         self.metrics.bytes_copied(destination.replica, BLOB, size)
 
     # --- documents ---------------------------------------------------------------------------------
@@ -407,8 +350,8 @@ class ReplicatorAPI:
             logger.warning("replaced %s in %s: it was not a valid document", target.key, replica.replica)
         written = store.stat(bucket, target.key)
         if not document_verdict(written, data):
-            raise CopyMismatch(f"{target.key} in {replica.replica} does not hold what was written")
-        self.remember(replica, written)
+            raise errors.copy_mismatch(f"{target.key} in {replica.replica} does not hold what was written")
+        self.recent.remember(replica.replica, written)
         self.metrics.bytes_copied(replica.replica, target.kind, len(data))
         return True
 
@@ -418,7 +361,7 @@ class ReplicatorAPI:
         """A (valid) source replaces a different destination document only if that one is damaged."""
         if is_valid_document(target, existing):
             where = f"{source.replica} and {destination.replica}" if source else "the two replicas"
-            raise ConflictingDocuments(f"{target.key} differs between {where}, and both are valid documents")
+            raise errors.conflicting_documents(f"{target.key} differs between {where}, and both are valid documents")
 
     # --- checks ------------------------------------------------------------------------------------
     def verify(self, key: str, deep: bool = False) -> dict:
@@ -443,92 +386,3 @@ def parse_key_quietly(key: str) -> ReplicaKey | None:
         return parse_key(key)
     except InvalidParameter:
         return None
-
-
-class ReplicaStore(StorageProvider):
-    """Injects a ``ReplicatorAPI`` over both replicas, sharing one memory budget among workers."""
-
-    api_class = ReplicatorAPI
-
-    def setup(self):
-        super().setup()
-        self.budget = MemoryBudget(self.settings.replication_memory_bytes)
-        self.metrics = MetricsAPI(self.container.service_name)
-        self.blob_copies = SingleFlight(share_failures=False)  # shared by all workers of the process
-        self.recent = ExpiringCache(max_entries=RECENT_ENTRIES)
-
-    def get_dependency(self, worker_ctx):
-        return self.api_class(self.replicas, self.settings, self.budget, self.metrics, self.blob_copies,
-                              self.recent)
-
-
-# --- queue depth -------------------------------------------------------------------------------------
-
-class QueueDepths:
-    """The last depths polled, for health()."""
-
-    def __init__(self, depths: dict[str, int], error: str | None):
-        self.depths = depths
-        self.error = error
-
-    def health(self) -> dict:
-        if self.error is not None:
-            return {"ok": False, "detail": f"broker unreachable: {self.error}"}
-        if not self.depths:
-            return {"ok": True, "detail": "not polled yet"}
-        return {"ok": True, "detail": ", ".join(f"{name}: {count}" for name, count in sorted(self.depths.items()))}
-
-
-class QueueMonitor(DependencyProvider):
-    """Polls the message count of the service's event-handler queues and their dead letters every
-    ``interval`` seconds (a passive declare: one cheap round trip each) into
-    ``dss_replication_queue_depth``. A broker outage only pauses it."""
-
-    interval = 5.0
-
-    def setup(self):
-        self.amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
-        self.depths: dict[str, int] = {}
-        self.error: str | None = None
-
-    def start(self):
-        self.container.spawn_managed_thread(self._run, identifier="queue_monitor")
-
-    def queue_names(self) -> list[str]:
-        names = []
-        for entrypoint in self.container.entrypoints:
-            if isinstance(entrypoint, EventHandler):
-                names += [entrypoint.queue.name, entrypoint.queue.name + DEAD_SUFFIX]
-        return names
-
-    def _run(self):
-        names = self.queue_names()
-        while True:
-            try:
-                with Connection(self.amqp_uri, connect_timeout=5) as connection:
-                    while True:
-                        for name in names:
-                            self._poll(connection, name)
-                        self.error = None
-                        eventlet.sleep(self.interval)
-            except Exception as error:  # noqa: BLE001 - the broker is away; try again later
-                if self.error is None:
-                    logger.warning("cannot poll queue depths: %s", error)
-                self.error = str(error) or type(error).__name__
-                eventlet.sleep(self.interval)
-
-    def _poll(self, connection: Connection, name: str) -> None:
-        from amqp.exceptions import NotFound as QueueNotFound
-
-        channel = connection.channel()
-        try:
-            _, count, _ = channel.queue_declare(queue=name, passive=True)
-        except QueueNotFound:  # the broker closed the channel; a dead-letter queue appears on first use
-            count = 0
-        else:
-            channel.close()
-        self.depths[name] = count
-        QUEUE_DEPTH.labels(name).set(count)
-
-    def get_dependency(self, worker_ctx):
-        return QueueDepths(dict(self.depths), self.error)
