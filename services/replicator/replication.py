@@ -13,13 +13,12 @@ import dataclasses
 import datetime
 import logging
 
-import eventlet
 from eventlet.event import Event
 from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound
 from shared.checksums import ChecksumPass, Checksums
-from shared.concurrency import SingleFlight
+from shared.concurrency import SingleFlight, green_map
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
@@ -108,20 +107,7 @@ class _Run:
     def each(self, function, items: list) -> None:
         """``function`` over ``items``, ``DSS_REPLICATION_FANOUT`` at a time; the first error is
         raised here, once all have finished (none is left running behind the caller's back)."""
-        errors = []
-
-        def attempt(item):
-            try:
-                function(item)
-            except Exception as error:  # noqa: BLE001 - re-raised below
-                errors.append(error)
-
-        pool = eventlet.GreenPool(self.api.settings.replication_fanout)
-        for item in items:
-            pool.spawn_n(attempt, item)
-        pool.waitall()
-        if errors:
-            raise errors[0]
+        green_map(function, items, self.api.settings.replication_fanout)
 
     # --- any key -----------------------------------------------------------------------------------
     def object(self, target: ReplicaKey) -> int:
