@@ -11,6 +11,8 @@ from services.bundles.manifests import BundleManifests
 
 
 class BundleStoreAPI:
+    """What a bundles worker is given: its parts, the settings and the replicas' health."""
+
     def __init__(self, replicas: Replicas, settings, owners: ExpiringCache | None = None):
         self.replicas = replicas
         self.settings = settings

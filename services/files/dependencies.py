@@ -12,6 +12,8 @@ from services.files.sources import IngestSources
 
 
 class FileStoreAPI:
+    """What a files worker is given: its parts, the settings and the replicas' health."""
+
     def __init__(self, replicas: Replicas, settings, sources: IngestSources):
         self.replicas = replicas
         self.settings = settings
