@@ -47,7 +47,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.files.dependencies import file_metadata_doc  # noqa: E402
+from services.files.metadata import file_metadata_doc  # noqa: E402
 from bench._common import RCLONE_INSTALL, PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
 from shared import events  # noqa: E402
 from shared.auth_local import mint_token_for_settings  # noqa: E402

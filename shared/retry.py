@@ -24,9 +24,11 @@ from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.contextdata import ContextDataProvider
 from nameko.events import SERVICE_POOL, EventHandler
+from marshmallow import ValidationError
 from prometheus_client import Counter
 
 from shared.config import Settings
+from shared.exceptions import InvalidParameter, Unprocessable
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,10 @@ ATTEMPT_HEADER = "x-dss-attempt"
 ERROR_HEADER = "x-dss-error"
 DEAD_SUFFIX = ".dead"
 DEFAULT_DELAYS = (1, 5, 30, 120, 600, 3600)  # seconds before attempts 2, 3, ...
+# What a handler of another service's events gives up on at once (``give_up_on=PERMANENT_ERRORS``):
+# an event that does not load, or that names something malformed or unusable. Another attempt
+# reads the same bytes. A handler that can fail permanently in more ways names its own tuple.
+PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
 
 RETRIES = Counter("dss_retries_total", "Failed deliveries scheduled for another attempt.", ["queue"])
 DEAD_LETTERS = Counter("dss_dead_letters_total", "Deliveries given up and dead-lettered.", ["queue"])

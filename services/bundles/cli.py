@@ -17,7 +17,7 @@ def run_owner_index_command(settings: Settings, replicas: tuple[str, ...], out: 
     out = out or sys.stdout
     store = BundleStoreAPI(open_replicas(settings), settings)
     for replica in replicas:
-        counts = store.rebuild_owner_index(replica)
+        counts = store.collections.rebuild_owner_index(replica)
         print(f"{replica}: {counts['indexed']} live collection(s) indexed by owner, "
               f"{counts['removed']} stale marker(s) removed", file=out)
     return 0

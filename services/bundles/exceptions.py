@@ -1,14 +1,14 @@
-"""The errors of the bundles service: the shared typed errors with this service's codes.
+"""The errors of the bundles service: factories of the typed errors of ``shared.exceptions``, each
+with this service's code.
 
-The project's error convention: factory functions returning the typed errors of
-``shared.exceptions``, no new exception classes. nameko rebuilds a remote error as its type only
-if the caller's process registered that type; every caller imports ``shared.exceptions``, so these
-stay typed (never a 500) whoever calls us, without importing this module
-(``services/gateway/errors.py`` maps their types to statuses).
+The convention of every service: no exception classes of its own, so an error reaches any RPC
+caller as its ``shared.exceptions`` type (registered with nameko there), which the gateway maps to
+an HTTP status in its one table (``services/gateway/errors.py``); the ``code`` tells the client
+which error it is. Errors more than one service reports (``bundle_not_found``) are defined once, in
+``shared.exceptions``.
 """
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unauthorized, \
     Unprocessable
-from shared.exceptions import bundle_not_found  # noqa: F401  (one definition per code)
 
 # Long lists are cut so that an error title stays readable.
 _SHOWN = 10

@@ -11,7 +11,7 @@ The markers are derived data, kept per replica: they are outside the replicated 
 (``shared.replication.PREFIXES``), so the replicator neither copies nor compares them. The bundles
 service writes a marker after each collection version it writes and removes it after the
 collection's tombstone; a collection copied in by the replicator is indexed from its
-``object_replicated`` event (``BundleStoreAPI.index_collection``). Stores written before the index
+``object_replicated`` event (``CollectionDocuments.index_collection``). Stores written before the index
 existed are indexed once by ``dss-ops collections index`` (``rebuild``), which also drops stale
 markers.
 """

@@ -1,6 +1,6 @@
 """The bundles service: bundle manifests (versions, paging, tombstones) and collections.
 
-The rules live in ``BundleStoreAPI`` (dependencies.py); the entrypoints here count the objects
+The rules live in ``manifests.py``, ``collection_documents.py`` and ``rules.py``; the entrypoints here count the objects
 written and announce them. Events are dispatched after the write, and again for an identical
 repeat, so a client retrying after a lost answer still gets its event out (at-least-once).
 
@@ -39,23 +39,23 @@ class BundlesService:
     # --- bundles -----------------------------------------------------------------------------------
     @rpc
     def put_bundle(self, replica, uuid, version, creator_uid, files, caller=None):
-        written = self.store.put_manifest(replica, uuid, version, creator_uid, files)
+        written = self.store.bundles.put_manifest(replica, uuid, version, creator_uid, files)
         self._bundle_created(replica, written)
         return {"status": written.status, "version": written.version, "manifest": written.doc}
 
     @rpc
     def get_bundle(self, replica, uuid, version=None, start_at=0, per_page=500):
-        return self.store.get_bundle_page(replica, uuid, version, start_at, per_page)
+        return self.store.bundles.get_bundle_page(replica, uuid, version, start_at, per_page)
 
     @rpc
     def patch_bundle(self, replica, uuid, version, add_files=None, remove_files=None, caller=None):
-        written = self.store.patch_manifest(replica, uuid, version, add_files, remove_files)
+        written = self.store.bundles.patch_manifest(replica, uuid, version, add_files, remove_files)
         self._bundle_created(replica, written)
         return {"uuid": written.uuid, "version": written.version}
 
     @rpc
     def delete_bundle(self, replica, uuid, version=None, reason=None, details=None, caller=None):
-        written = self.store.put_bundle_tombstone(replica, uuid, version, reason, details, caller)
+        written = self.store.bundles.put_bundle_tombstone(replica, uuid, version, reason, details, caller)
         self._count(replica, "bundle_tombstone", written)
         self.dispatch(events.BUNDLE_TOMBSTONED, BundleTombstoned().dump({
             "replica": replica, "uuid": written.uuid, "version": written.version, "key": written.key,
@@ -64,32 +64,33 @@ class BundlesService:
 
     @rpc
     def list_bundles(self, replica, prefix="", per_page=100, search_after=None):
-        return self.store.list_live_bundles(replica, prefix, per_page, search_after)
+        return self.store.bundles.list_live_bundles(replica, prefix, per_page, search_after)
 
     # --- collections -------------------------------------------------------------------------------
     @rpc
     def put_collection(self, replica, uuid, version, name, description, details, contents, caller=None):
-        written = self.store.put_collection(replica, uuid, version, name, description, details, contents, caller)
+        written = self.store.collections.put_collection(replica, uuid, version, name, description, details, contents,
+                                                        caller)
         self._collection_created(replica, written)
         return {"uuid": written.uuid, "version": written.version}
 
     @rpc
     def get_collection(self, replica, uuid, version=None, caller=None):
-        return self.store.get_collection(replica, uuid, version, caller)
+        return self.store.collections.get_collection(replica, uuid, version, caller)
 
     @rpc
     def list_collections(self, caller, per_page=100, start_at=0, replica=COLLECTIONS_REPLICA):
-        return self.store.list_owned_collections(replica, caller, per_page, start_at)
+        return self.store.collections.list_owned_collections(replica, caller, per_page, start_at)
 
     @rpc
     def patch_collection(self, replica, uuid, version, changes, caller=None):
-        written = self.store.patch_collection(replica, uuid, version, changes, caller)
+        written = self.store.collections.patch_collection(replica, uuid, version, changes, caller)
         self._collection_created(replica, written)
         return {"uuid": written.uuid, "version": written.version}
 
     @rpc
     def delete_collection(self, replica, uuid, caller=None):
-        written = self.store.put_collection_tombstone(replica, uuid, caller)
+        written = self.store.collections.put_collection_tombstone(replica, uuid, caller)
         self._count(replica, "collection_tombstone", written)
         self.dispatch(events.COLLECTION_TOMBSTONED, CollectionTombstoned().dump({
             "replica": replica, "uuid": written.uuid, "key": written.key, "owner": written.doc["email"]}))
@@ -101,7 +102,7 @@ class BundlesService:
         key = replicated["key"]
         if not key.startswith(Keys.collection_prefix()):
             return None
-        return self.store.index_collection(replicated["destination_replica"], parse_key(key).uuid)
+        return self.store.collections.index_collection(replicated["destination_replica"], parse_key(key).uuid)
 
     @rpc
     def health(self):

@@ -15,6 +15,16 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
+import time
+from typing import Callable
+
+from shared.blobstore import BlobAlreadyExists, BlobNotFound
+from shared.storage import JSON, ReplicaStorage, Replicas
+
+from services.files.metadata import file_identity
+
+logger = logging.getLogger(__name__)
 
 MARKER_PREFIX = "ingesting/"
 # How long a background copy may take before a repeat may start another: a floor (the broker's
@@ -69,3 +79,48 @@ class Claim:
             return None
         deadline = _epoch(doc.get("deadline"))
         return None if deadline is None else cls(doc["task_id"], doc["file"], deadline)
+
+
+class BackgroundCopyClaims:
+    """The claims of background copies in the main buckets of both replicas."""
+
+    def __init__(self, replicas: Replicas, clock: Callable[[], float] = time.time):
+        self.replicas = replicas
+        self.clock = clock
+
+    def claim(self, replica: str, uuid: str, doc: dict, task_id: str) -> Claim | None:
+        """Claim the background copy of file ``uuid`` version ``doc["version"]`` for ``task_id``:
+        None if claimed (the caller dispatches the copy), else the live claim of a copy under way.
+        A claim past its deadline, or unreadable, is replaced."""
+        storage = self.replicas[replica]
+        key = marker_key(uuid, doc["version"])
+        now = self.clock()
+        claim = Claim.new(task_id, file_identity(doc), doc["size"], now)
+        try:
+            storage.store.put_bytes(storage.bucket, key, claim.encode(now), content_type=JSON, if_absent=True)
+            return None
+        except BlobAlreadyExists:
+            pass
+        current = self._read_claim(storage, key)
+        if current is not None and current.live(now):
+            return current
+        # The copy that claimed it was lost. Two PUTs replacing the same lost claim at once may
+        # both start a copy; the second to finish finds the file written and copies nothing.
+        logger.warning("replacing the lapsed claim %s of task %s", key, current.task_id if current else "?")
+        storage.store.put_bytes(storage.bucket, key, claim.encode(now), content_type=JSON)
+        return None
+
+    def release(self, replica: str, uuid: str, version: str, task_id: str) -> None:
+        """Remove the claim of ``task_id`` (one that another task took over is left to it)."""
+        storage = self.replicas[replica]
+        key = marker_key(uuid, version)
+        current = self._read_claim(storage, key)
+        if current is None or current.task_id == task_id:
+            storage.store.delete(storage.bucket, key)
+
+    @staticmethod
+    def _read_claim(storage: ReplicaStorage, key: str) -> Claim | None:
+        try:
+            return Claim.decode(storage.store.get_bytes(storage.bucket, key))
+        except BlobNotFound:
+            return None

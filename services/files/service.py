@@ -22,14 +22,16 @@ from shared.metrics import Metrics, Progress
 from shared.retry import retrying_event_handler
 from shared.schemas import FileCreated, FileUploadAccepted
 
-from services.files.dependencies import FileStore, file_identity, file_metadata_doc
-from services.files.exceptions import FileAlreadyExists
+from services.files.dependencies import FileStore
+from services.files.exceptions import file_already_exists, source_changed
+from services.files.metadata import file_identity, file_metadata_doc
 from services.files.sources import parse_source_url
 
 logger = logging.getLogger(__name__)
 
-# Errors that another attempt of a background copy cannot cure.
-PERMANENT_ERRORS = (Unprocessable, Conflict, InvalidParameter, InvalidRequest, NotFound, Forbidden)
+# Errors that another attempt of a background copy cannot cure (more than a handler of another
+# service's events gives up on: shared.retry.PERMANENT_ERRORS).
+PERMANENT_COPY_ERRORS = (Unprocessable, Conflict, InvalidParameter, InvalidRequest, NotFound, Forbidden)
 
 
 def _task_id(uuid: str, version: str, source_url: str, checksums: Checksums) -> str:
@@ -47,18 +49,18 @@ class FilesService:
 
     @rpc
     def put_file(self, uuid, version, source_url, creator_uid, caller=None):
-        source = self.store.inspect_source(source_url)
+        source = self.store.ingest.inspect_source(source_url)
         checksums = source.checksums()
         doc = file_metadata_doc(version, creator_uid, source.content_type, source.size, checksums)
         if source.size > self.store.settings.async_copy_threshold:
             # A large repeat must not start a second background copy: look before accepting.
-            existing = self.store.find_file(source.replica, uuid, version)
+            existing = self.store.files.find(source.replica, uuid, version)
             if existing is not None:
                 return self._repeat(source.replica, uuid, doc, existing)
             return self._accept(source, uuid, doc, _task_id(uuid, version, source_url, checksums))
         return self._ingest(source, uuid, doc)
 
-    @retrying_event_handler("files", events.FILE_UPLOAD_ACCEPTED, give_up_on=PERMANENT_ERRORS,
+    @retrying_event_handler("files", events.FILE_UPLOAD_ACCEPTED, give_up_on=PERMANENT_COPY_ERRORS,
                             delays_setting="files_retry_delays")
     def handle_file_upload_accepted(self, payload):
         """Finish an accepted copy. Transient failures retry with backoff on the broker; permanent
@@ -70,20 +72,20 @@ class FilesService:
         replica, _, _ = parse_source_url(accepted["source_url"])
         try:
             self._finish_background_copy(accepted)
-        except PERMANENT_ERRORS:
+        except PERMANENT_COPY_ERRORS:
             # Given up: a repeat of the PUT may start over (with a corrected source, say).
-            self.store.release_background_copy(replica, accepted["uuid"], accepted["version"], accepted["task_id"])
+            self.store.claims.release(replica, accepted["uuid"], accepted["version"], accepted["task_id"])
             raise
-        self.store.release_background_copy(replica, accepted["uuid"], accepted["version"], accepted["task_id"])
+        self.store.claims.release(replica, accepted["uuid"], accepted["version"], accepted["task_id"])
 
     @rpc
     def head_file(self, replica, uuid, version=None):
-        return self.store.get_file(replica, uuid, version)
+        return self.store.files.get(replica, uuid, version)
 
     @rpc
     def get_file(self, replica, uuid, version=None, directurl=False, content_disposition=None):
-        doc = self.store.get_file(replica, uuid, version)
-        return {**doc, "url": self.store.blob_url(replica, doc, directurl, content_disposition)}
+        doc = self.store.files.get(replica, uuid, version)
+        return {**doc, "url": self.store.files.blob_url(replica, doc, directurl, content_disposition)}
 
     @rpc
     def health(self):
@@ -93,10 +95,10 @@ class FilesService:
     def _accept(self, source, uuid, doc, task_id):
         """Answer 202 for a large copy, starting it unless one of this file version is under way."""
         version = doc["version"]
-        current = self.store.claim_background_copy(source.replica, uuid, doc, task_id)
+        current = self.store.claims.claim(source.replica, uuid, doc, task_id)
         if current is not None:
             if current.file != file_identity(doc):
-                raise FileAlreadyExists(f"file {uuid} version {version} is being written with other content")
+                raise file_already_exists(uuid, version, "is being written")
             logger.info("%s is being copied already as task %s", source.url, current.task_id)
             return {"status": "accepted", "version": version, "task_id": current.task_id}
         try:
@@ -105,19 +107,19 @@ class FilesService:
                 "task_id": task_id, "checksums": Checksums.from_stored(doc).as_api()}))
         except Exception:
             # Not on its way: without the claim, a repeat starts it.
-            self.store.release_background_copy(source.replica, uuid, version, task_id)
+            self.store.claims.release(source.replica, uuid, version, task_id)
             raise
         logger.info("accepted %s (%d bytes) for background copy as task %s", source.url, source.size, task_id)
         return {"status": "accepted", "version": version, "task_id": task_id}
 
     def _finish_background_copy(self, accepted):
-        source = self.store.inspect_source(accepted["source_url"])
+        source = self.store.ingest.inspect_source(accepted["source_url"])
         checksums = Checksums.parse(accepted["checksums"])
         if source.checksums() != checksums:
-            raise Unprocessable(f"{accepted['source_url']} was re-tagged after it was accepted", "source_changed")
+            raise source_changed(f"{accepted['source_url']} was re-tagged after it was accepted")
         doc = file_metadata_doc(accepted["version"], accepted["creator_uid"], source.content_type, source.size,
                                 checksums)
-        existing = self.store.find_file(source.replica, accepted["uuid"], accepted["version"])
+        existing = self.store.files.find(source.replica, accepted["uuid"], accepted["version"])
         if existing is not None:
             self._repeat(source.replica, accepted["uuid"], doc, existing)
         else:
@@ -135,9 +137,9 @@ class FilesService:
                 progress.advance(count)
 
         with self.metrics.copy_in_progress():
-            if self.store.ingest_blob(source, checksums, on_chunk=on_chunk):
+            if self.store.ingest.ingest_blob(source, checksums, on_chunk=on_chunk):
                 self.metrics.bytes_copied(source.replica, "blob", source.size)
-        existing = self.store.put_file(source.replica, uuid, doc)
+        existing = self.store.files.put(source.replica, uuid, doc)
         if existing is not None:  # a concurrent PUT of the same uuid+version won the race
             return self._repeat(source.replica, uuid, doc, existing)
         self.metrics.object_written(source.replica, "file")
@@ -146,7 +148,7 @@ class FilesService:
 
     def _repeat(self, replica, uuid, doc, existing):
         if file_identity(existing) != file_identity(doc):
-            raise FileAlreadyExists(f"file {uuid} version {doc['version']} already exists with other content")
+            raise file_already_exists(uuid, doc["version"], "already exists")
         self._file_created(replica, uuid, existing)  # at-least-once: a retried write re-announces itself
         return {"status": "exists", "version": doc["version"]}
 

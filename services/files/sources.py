@@ -19,7 +19,7 @@ import urllib.parse
 
 from shared.identifiers import Replica
 
-from services.files.exceptions import SourceNotAllowed, UnknownSourceScheme
+from services.files.exceptions import source_not_allowed, unknown_source_scheme
 
 SCHEMES = ("s3", "gs")
 _DOT_SEGMENTS = {".", ".."}
@@ -42,10 +42,10 @@ def parse_source_url(url: str) -> tuple[str, str, str]:
     parts = _split(url)
     if parts is None or parts[0] not in SCHEMES:
         scheme = parts[0] if parts else url[:20]
-        raise UnknownSourceScheme(f"source_url must start with s3:// or gs://, not `{scheme}`")
+        raise unknown_source_scheme(f"source_url must start with s3:// or gs://, not `{scheme}`")
     scheme, bucket, key = parts
     if not bucket or not key:
-        raise UnknownSourceScheme("source_url must name a bucket and a key")
+        raise unknown_source_scheme("source_url must name a bucket and a key")
     return Replica.from_scheme(scheme).value, bucket, key
 
 
@@ -110,9 +110,9 @@ class IngestSources:
 
     def check(self, url: str) -> tuple[str, str, str]:
         """(replica, bucket, key) of ``url`` if it names an object in an allowed area; else
-        ``SourceNotAllowed``, whose title does not depend on ``url`` (nor on what exists)."""
+        ``source_not_allowed``, whose title does not depend on ``url`` (nor on what exists)."""
         replica, bucket, key = parse_source_url(url)
         if not _has_dot_segment(key) and any(area.contains(replica, bucket, key) for area in self.areas):
             return replica, bucket, key
-        raise SourceNotAllowed("source_url must name an object in a staging area this store ingests from: "
+        raise source_not_allowed("source_url must name an object in a staging area this store ingests from: "
                                + ", ".join(str(area) for area in self.areas))

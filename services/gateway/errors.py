@@ -12,9 +12,6 @@ import logging
 from nameko.exceptions import RemoteError
 from werkzeug.wrappers import Response
 
-# The files service raises its own subclasses of the shared errors; nameko rebuilds a remote error
-# as its type only in a process that imported the module registering it.
-import services.files.exceptions  # noqa: F401
 import shared.search  # noqa: F401  (ElasticsearchBadRequest, SearchUnavailable)
 from services.gateway.exceptions import MethodNotAllowed
 from shared.exceptions import (Conflict, DSSError, Forbidden, InvalidParameter, InvalidRequest, NotAcceptable,

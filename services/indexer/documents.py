@@ -29,10 +29,11 @@ from prometheus_client import Counter
 from shared.blobstore import BlobNotFound
 from shared.bundle_documents import CREATE, TOMBSTONE, event_document, index_document, index_key, \
     is_json_content_type
-from shared.exceptions import Unavailable, Unprocessable
 from shared.identifiers import Keys, fqid, is_uuid, is_version
 from shared.schemas import Tombstone
 from shared.storage import ReplicaStorage, Replicas, split_versions
+
+from services.indexer.exceptions import invalid_tombstone, not_readable
 
 logger = logging.getLogger(__name__)
 
@@ -87,12 +88,6 @@ class ListedVersion:
         if ALL_VERSIONS in self.dead:
             return Keys.bundle_tombstone(self.uuid)
         return None
-
-
-def not_readable(what: str, replica: str) -> Unavailable:
-    """What an event names is not (yet) in the replica: worth another attempt later (replication
-    may still be on its way), then a dead letter for an operator."""
-    return Unavailable(f"{what} is not readable in replica {replica}", "bundle_not_readable")
 
 
 class BundleSourceAPI:
@@ -261,7 +256,7 @@ class BundleSourceAPI:
         try:
             return _TOMBSTONE.dump(_TOMBSTONE.load(doc))
         except ValidationError as error:
-            raise Unprocessable(f"{key} is not a valid tombstone: {error.messages}", "invalid_document") from None
+            raise invalid_tombstone(key, error.messages) from None
 
 
 def _blob_key(entry: dict) -> str:

@@ -21,12 +21,12 @@ from eventlet.event import Event
 from eventlet.semaphore import Semaphore
 from prometheus_client import Counter
 
-from shared.exceptions import InvalidParameter
 from shared.identifiers import REPLICAS
 from shared.search import IndexBackend, SearchBusy, SearchTimeout, is_tombstone
 from shared.search.base import timed_out
 
 from services.indexer.documents import BundleSourceAPI
+from services.indexer.exceptions import unknown_replica
 from services.indexer.reindex import IDLE, ReindexJob
 
 logger = logging.getLogger(__name__)
@@ -208,8 +208,7 @@ class IndexState:
         try:
             return self.indexes[replica]
         except KeyError:
-            raise InvalidParameter(f"unknown replica `{replica}`; use one of {', '.join(REPLICAS)}",
-                                   "unknown_replica") from None
+            raise unknown_replica(replica, REPLICAS) from None
 
     def running_job(self, replica: str) -> ReindexJob | None:
         job = self.jobs.get(replica)

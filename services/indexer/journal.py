@@ -32,9 +32,11 @@ from prometheus_client import Counter
 
 from shared.concurrency import green_map
 from shared.bundle_documents import EVENT_TYPES
-from shared.exceptions import InvalidParameter
+from shared.exceptions import illegal_token
 from shared.identifiers import VERSION_FORMAT, fqid, is_version
 from shared.storage import Replicas
+
+from services.indexer.exceptions import illegal_date
 
 
 logger = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ def journal_stamp(value: str, what: str) -> str:
     try:
         moment = datetime.datetime.fromisoformat(value.strip())
     except (TypeError, ValueError, AttributeError):
-        raise InvalidParameter(f"{what} {value!r} is neither a DSS version (2017-06-20T214506.766634Z) nor an "
-                               "ISO 8601 date", "illegal_date") from None
+        raise illegal_date(what, value) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.astimezone(datetime.timezone.utc).strftime(VERSION_FORMAT)
@@ -68,7 +69,7 @@ def journal_stamp(value: str, what: str) -> str:
 
 def check_token(token: str) -> str:
     if not isinstance(token, str) or not _EVENT_ID.match(token):
-        raise InvalidParameter(f"token {token!r} is not one this API returned", "illegal_token")
+        raise illegal_token(f"token {token!r} is not one this API returned")
     return token
 
 

@@ -29,15 +29,15 @@ from nameko.rpc import rpc
 
 from shared import events
 from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
+from shared.exceptions import bundle_not_found
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
-from shared.retry import retrying_event_handler
+from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
                             load_arguments)
 from shared.search import is_tombstone
 
-from services.indexer import exceptions as errors
 from services.indexer.dependencies import BundleSource, EventJournal, SearchIndexes
 from services.indexer.documents import BundleVersion
 from services.indexer.schemas import GetEventCall, ListEventsCall, ReplicaCall, SearchCall
@@ -60,19 +60,19 @@ class IndexerService:
     dispatch = EventDispatcher()
 
     # --- events (payloads loaded leniently: a newer sender's extra fields are no reason to fail) ---
-    @retrying_event_handler("bundles", events.BUNDLE_CREATED, give_up_on=errors.PERMANENT_ERRORS,
+    @retrying_event_handler("bundles", events.BUNDLE_CREATED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="index_retry_delays")
     def handle_bundle_created(self, payload):
         created = BundleCreated(unknown=EXCLUDE).load(payload)
         return self._index_version(created["replica"], created["uuid"], created["version"])
 
-    @retrying_event_handler("bundles", events.BUNDLE_TOMBSTONED, give_up_on=errors.PERMANENT_ERRORS,
+    @retrying_event_handler("bundles", events.BUNDLE_TOMBSTONED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="index_retry_delays")
     def handle_bundle_tombstoned(self, payload):
         tombstoned = BundleTombstoned(unknown=EXCLUDE).load(payload)
         return self._tombstone(tombstoned["replica"], tombstoned["uuid"], tombstoned["version"])
 
-    @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=errors.PERMANENT_ERRORS,
+    @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="index_retry_delays")
     def handle_object_replicated(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
@@ -86,7 +86,7 @@ class IndexerService:
             return self._tombstone(replica, target.uuid, target.version)
         return []
 
-    @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=errors.PERMANENT_ERRORS,
+    @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="index_retry_delays")
     def handle_object_changed(self, payload):
         changed = ObjectChanged(unknown=EXCLUDE).load(payload)
@@ -130,7 +130,7 @@ class IndexerService:
         call = _arguments(GetEventCall, replica=replica, uuid=uuid, version=version)
         bundle = self.bundles.version(call["replica"], call["uuid"], call["version"])
         if bundle.manifest is None:
-            raise errors.bundle_not_found(call["replica"], call["uuid"], call["version"])
+            raise bundle_not_found(call["replica"], call["uuid"], call["version"])
         return self.bundles.event_document(call["replica"], bundle)
 
     # --- reindexing --------------------------------------------------------------------------------

@@ -1,42 +1,46 @@
-"""Errors of the replicator (typed, so they reach an RPC caller as themselves).
+"""The errors of the replicator: factories of the typed errors of ``shared.exceptions``, each with
+this service's code (the convention of every service: see ``services/bundles/exceptions.py``).
 
 The ``Unavailable`` ones are worth another attempt, which the broker schedules with backoff
-(``DSS_REPLICATION_RETRY_DELAYS``); the ``Unprocessable`` ones are not and are dead-lettered at once.
+(``DSS_REPLICATION_RETRY_DELAYS``); the ``Unprocessable`` and ``InvalidParameter`` ones are not and
+are dead-lettered at once (``shared.retry.PERMANENT_ERRORS``).
 """
-from nameko.exceptions import deserialize_to_instance
-
-from shared.exceptions import Unavailable, Unprocessable
+from shared.exceptions import InvalidParameter, Unavailable, Unprocessable
 
 
-@deserialize_to_instance
-class SourceMissing(Unavailable):
+def source_missing(title: str) -> Unavailable:
     """The changed object is not (yet) readable in the replica it was reported in."""
-    code = "source_missing"
+    return Unavailable(title, "source_missing")
 
 
-@deserialize_to_instance
-class DependencyMissing(Unavailable):
+def dependency_missing(title: str) -> Unavailable:
     """An object the changed one needs (a blob, a bundle's file) is in neither replica yet: the
     broker's delayed retry is the wait for it."""
-    code = "dependency_missing"
+    return Unavailable(title, "dependency_missing")
 
 
-@deserialize_to_instance
-class CopyMismatch(Unavailable):
+def copy_mismatch(title: str) -> Unavailable:
     """The destination does not hold what was sent once the write returned."""
-    code = "copy_mismatch"
+    return Unavailable(title, "copy_mismatch")
 
 
-@deserialize_to_instance
-class ConflictingDocuments(Unprocessable):
+def conflicting_documents(title: str) -> Unprocessable:
     """Both replicas hold a valid document under the key, with different bytes (two writes of one
     uuid and version, one per replica). Replacing either could flip back and forth between the
     replicas' events forever; an operator chooses (``dss-ops replicas verify --deep`` lists them)."""
-    code = "conflicting_documents"
+    return Unprocessable(title, "conflicting_documents")
 
 
-@deserialize_to_instance
-class SourceCorrupt(Unprocessable):
+def source_corrupt(title: str) -> Unprocessable:
     """The source's bytes do not match the checksums their key names: copying them would spread
     the damage. An operator repairs the source (``dss-ops replicas repair``) and replays."""
-    code = "source_corrupt"
+    return Unprocessable(title, "source_corrupt")
+
+
+def illegal_key(key: str) -> InvalidParameter:
+    return InvalidParameter(f"`{key}` is not a key of the DSS storage layout", "illegal_key")
+
+
+def foreign_reference(parent_key: str, key: str) -> Unprocessable:
+    """A document names something that is not a key of the DSS layout: it is not a valid document."""
+    return Unprocessable(f"{parent_key} names `{key}`, not a key of the DSS layout", "invalid_document")

@@ -11,14 +11,12 @@ at any point means the work is redone, never lost. Every success dispatches ``ob
 """
 import logging
 
-from marshmallow import ValidationError
 from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 
 from shared import events
-from shared.exceptions import InvalidParameter, Unprocessable
 from shared.metrics import Metrics
-from shared.retry import retrying_event_handler
+from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments
 
 from services.replicator.bridge import gcs_notifications, s3_notifications
@@ -26,9 +24,6 @@ from services.replicator.dependencies import QueueMonitor, ReplicaStore
 from services.replicator.schemas import ReplicateCall, VerifyCall
 
 logger = logging.getLogger(__name__)
-
-# Errors another attempt cannot cure: they go to the dead-letter queue at once.
-PERMANENT_ERRORS = (InvalidParameter, Unprocessable, ValidationError)
 
 
 def _arguments(schema, **values) -> dict:

@@ -23,7 +23,8 @@ from shared.checksums import checksum_bytes
 from shared.testing import StorageSpy
 
 from services.bundles import owner_index
-from services.bundles.dependencies import BundleStore, new_owner_cache
+from services.bundles.collection_documents import new_owner_cache
+from services.bundles.dependencies import BundleStore
 from services.bundles.service import BundlesService
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,10 @@ from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore, StorageSpy
 
-from services.bundles import dependencies, owner_index
-from services.bundles.dependencies import BundleStoreAPI, new_owner_cache
+from services.bundles import collection_documents, owner_index
+from services.bundles.collection_documents import new_owner_cache
+from services.bundles.dependencies import BundleStoreAPI
+from services.bundles.documents import version_groups
 from services.bundles.service import BundlesService
 
 OWNER = {"email": "owner@example.org", "groups": ["dbio"], "is_admin": False}
@@ -618,20 +620,20 @@ def test_rebuild_indexes_collections_written_before_the_index(world):
         del world.objects()[key]  # as a store written before the index: no markers
     assert world.service.list_collections(OWNER, 10, 0)["collections"] == []
 
-    assert world.new_worker().store.rebuild_owner_index("aws") == {"indexed": 4, "removed": 1}
+    assert world.new_worker().store.collections.rebuild_owner_index("aws") == {"indexed": 4, "removed": 1}
 
     assert [item["uuid"] for item in world.service.list_collections(OWNER, 10, 0)["collections"]] == mine
     assert [item["uuid"] for item in world.service.list_collections(OWNER | {"email": OTHER["email"]}, 10, 0)[
         "collections"]] == [theirs]
     assert stale not in world.objects()
-    assert world.new_worker().store.rebuild_owner_index("aws") == {"indexed": 4, "removed": 0}
+    assert world.new_worker().store.collections.rebuild_owner_index("aws") == {"indexed": 4, "removed": 0}
 
 
 def test_the_owner_cache_is_bounded(world, monkeypatch):
-    monkeypatch.setattr(dependencies, "OWNER_CACHE_ENTRIES", 3, raising=False)
-    store = BundleStoreAPI(world.replicas, world.settings)
+    monkeypatch.setattr(collection_documents, "OWNER_CACHE_ENTRIES", 3)
+    store = BundleStoreAPI(world.replicas, world.settings).collections
     for _ in range(5):
         put_collection(world, [])
-    for uuid, versions, _ in dependencies._groups(world.replicas["aws"], Keys.collection_prefix()):
+    for uuid, versions, _ in version_groups(world.replicas["aws"], Keys.collection_prefix()):
         assert store.collection_owner("aws", uuid, versions[-1]) == OWNER["email"]
     assert len(store.owners) == 3

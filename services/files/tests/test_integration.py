@@ -10,13 +10,11 @@ from nameko.testing.services import entrypoint_waiter
 from prometheus_client import REGISTRY
 
 from shared import events
-from shared.exceptions import NotFound, Unprocessable
+from shared.exceptions import Conflict, Forbidden, InvalidParameter, NotFound, Unprocessable
 from shared.identifiers import new_uuid, new_version
 from shared.testing import queue_state, stage_large_object, stage_object, wait_until
 from services.files.claims import MARKER_MIN_SECONDS, Claim, marker_key
-from services.files.dependencies import file_identity, file_metadata_doc
-from services.files.exceptions import (ChecksumMismatch, FileAlreadyExists, SourceNotAllowed, SourceNotFound,
-                                       UnknownSourceScheme)
+from services.files.metadata import file_identity, file_metadata_doc
 from services.files.service import FilesService
 
 MiB = 1024 * 1024
@@ -65,7 +63,7 @@ def test_put_head_get_and_idempotent_repeat(replica, files_rpc, blobstores, dss_
     assert files_rpc.get_file(replica, uuid, directurl=True)["url"] == f"{store.scheme}://{main}/{sums.blob_key()}"
 
     assert files_rpc.put_file(uuid, version, source_url, 42)["status"] == "exists"
-    with pytest.raises(FileAlreadyExists):
+    with pytest.raises(Conflict, match="^file_already_exists: "):
         files_rpc.put_file(uuid, version, source_url, 43)
     with pytest.raises(NotFound):
         files_rpc.head_file("gcp" if replica == "aws" else "aws", uuid)
@@ -96,7 +94,7 @@ def test_bytes_that_do_not_match_their_declared_checksums_are_refused(replica, f
     source_url, _ = stage_object(store, dss_settings.bucket(replica, "staging"), b"other bytes!",
                                  declared=other.as_api())
     uuid = new_uuid()
-    with pytest.raises(ChecksumMismatch) as error:
+    with pytest.raises(Unprocessable, match="^checksum_mismatch: ") as error:
         files_rpc.put_file(uuid, new_version(), source_url, 1)
     assert "sha256" in error.value.title
     assert not store.exists(dss_settings.bucket(replica), other.blob_key())
@@ -106,9 +104,9 @@ def test_bytes_that_do_not_match_their_declared_checksums_are_refused(replica, f
 
 def test_bad_sources_get_typed_errors(files_rpc, blobstores, dss_settings):
     staging = dss_settings.bucket("aws", "staging")
-    with pytest.raises(SourceNotFound):
+    with pytest.raises(Unprocessable, match="^source_not_found: "):
         files_rpc.put_file(new_uuid(), new_version(), f"s3://{staging}/no/such/key", 1)
-    with pytest.raises(UnknownSourceScheme):
+    with pytest.raises(InvalidParameter, match="^unknown_source_scheme: "):
         files_rpc.put_file(new_uuid(), new_version(), "ftp://host/key", 1)
     bare_key = "staging/unlabelled"
     blobstores["aws"].put_bytes(staging, bare_key, b"x")
@@ -182,7 +180,7 @@ def test_sources_outside_the_staging_areas_are_refused_alike(files_rpc, blobstor
     titles = set()
     for url in (f"s3://{main}/files/{uuid}.{version}", f"s3://{main}/{sums.blob_key()}",
                 f"s3://{main}/files/{new_uuid()}.{new_version()}"):
-        with pytest.raises(SourceNotAllowed) as refused:
+        with pytest.raises(Forbidden, match="^source_not_allowed: ") as refused:
             files_rpc.put_file(new_uuid(), new_version(), url, 1)
         titles.add(refused.value.title)
     assert len(titles) == 1
@@ -256,7 +254,7 @@ def test_a_copy_in_flight_elsewhere_is_answered_not_repeated(files_rpc, accepted
     store.put_bytes(main, key, Claim.new("task-elsewhere", file_identity(doc), size, now).encode(now))
     assert files_rpc.put_file(uuid, version, source_url, 5) == {"status": "accepted", "version": version,
                                                                 "task_id": "task-elsewhere"}
-    with pytest.raises(FileAlreadyExists):  # other content for the version being written
+    with pytest.raises(Conflict, match="^file_already_exists: "):  # other content for the version being written
         files_rpc.put_file(uuid, version, source_url, 6)
     assert accepted_events() == 0
     with pytest.raises(NotFound):

@@ -2,8 +2,8 @@
 import pytest
 
 from shared.config import Settings
+from shared.exceptions import Forbidden, InvalidParameter
 from services.files.claims import Claim, MARKER_MIN_SECONDS
-from services.files.exceptions import SourceNotAllowed, UnknownSourceScheme
 from services.files.sources import Area, IngestSources
 
 
@@ -17,7 +17,7 @@ def test_by_default_the_staging_bucket_of_each_replica_is_the_only_source():
     assert allowed.check("gs://up-gs/k") == ("gcp", "up-gs", "k")
     for refused in ("s3://up-gs/k", "gs://up-s3/k", "s3://dss-main/files/x", "gs://dss-main/blobs/x",
                     "s3://dss-checkout/blobs/x"):
-        with pytest.raises(SourceNotAllowed):
+        with pytest.raises(Forbidden, match="^source_not_allowed: "):
             allowed.check(refused)
 
 
@@ -29,21 +29,21 @@ def test_buckets_match_exactly_and_prefixes_on_whole_segments():
                     "s3://dss-staging@dss-main/x", "s3://dss-main:dss-staging/x", "s3://dss-main/dss-staging/x",
                     "gs://uploads/incoming-evil/x", "gs://uploads/incomingx", "gs://uploads/incoming/",
                     "gs://uploads/other/incoming/x", "s3://uploads/incoming/x"):
-        with pytest.raises(SourceNotAllowed):
+        with pytest.raises(Forbidden, match="^source_not_allowed: "):
             allowed.check(refused)
 
 
 @pytest.mark.parametrize("key", ["../dss-main/files/x", "a/../../dss-main/x", "./x", "a/./b", "a/..",
                                  "%2e%2e/dss-main/x", "a/%2E%2E/b", "a%2f..%2fb", "..\\dss-main\\x"])
 def test_dot_segments_raw_or_encoded_are_refused(key):
-    with pytest.raises(SourceNotAllowed):
+    with pytest.raises(Forbidden, match="^source_not_allowed: "):
         sources().check(f"s3://dss-staging/{key}")
 
 
 def test_the_refusal_does_not_depend_on_the_url():
     titles = set()
     for url in ("s3://dss-main/files/a", "s3://dss-main/does/not/exist", "gs://elsewhere/x"):
-        with pytest.raises(SourceNotAllowed) as refused:
+        with pytest.raises(Forbidden, match="^source_not_allowed: ") as refused:
             sources().check(url)
         assert refused.value.error_code == "source_not_allowed" and refused.value.title
         titles.add(refused.value.title)
@@ -51,7 +51,7 @@ def test_the_refusal_does_not_depend_on_the_url():
 
 
 def test_a_malformed_url_is_still_a_400():
-    with pytest.raises(UnknownSourceScheme):
+    with pytest.raises(InvalidParameter, match="^unknown_source_scheme: "):
         sources().check("ftp://dss-staging/x")
 
 

@@ -14,7 +14,7 @@ from openapi_spec_validator import OpenAPIV2SpecValidator
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-import services.bundles.dependencies as bundle_rules
+import services.bundles.rules as bundle_rules
 from services.gateway import apidoc
 from shared.config import Settings
 from shared.exceptions import InvalidParameter

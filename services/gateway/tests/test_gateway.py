@@ -20,13 +20,13 @@ from nameko.exceptions import ConfigurationError, RemoteError, UnknownService, d
 from nameko.testing.services import replace_dependencies
 from werkzeug.routing import Map
 
-from services.files.exceptions import FileAlreadyExists, SourceNotFound
 from services.gateway import apidoc, schemas
 from services.gateway.dependencies import TimedServiceProxy
 from services.gateway.service import PROBED_SERVICES, GatewayService
 from services.gateway.web import MAX_REQUEST_LINE, BundleIdConverter
 from shared.auth_local import ensure_local_issuer, mint_token
-from shared.exceptions import Forbidden, InvalidParameter, InvalidRequest, NotAcceptable, NotFound, Unavailable
+from shared.exceptions import (Conflict, Forbidden, InvalidParameter, InvalidRequest, NotAcceptable, NotFound,
+                               Unavailable, Unprocessable)
 from shared.identifiers import is_version
 
 ISSUER = "https://issuer.test/"
@@ -442,13 +442,13 @@ class TestAuth:
 # --- errors coming back from the services -------------------------------------------------------------
 class TestServiceErrors:
     def test_typed_errors_map_to_statuses(self, gateway, web_session, token):
-        gateway.files.put_file.side_effect = remote(FileAlreadyExists("file exists with other content"))
+        gateway.files.put_file.side_effect = remote(Conflict("file exists with other content", "file_already_exists"))
         response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
                                    json={"source_url": "s3://staging/key", "creator_uid": 1})
         body = assert_problem(response, 409, "file_already_exists")
         assert body["title"] == "file exists with other content"
 
-        gateway.files.put_file.side_effect = remote(SourceNotFound("no such object", "source_not_found"))
+        gateway.files.put_file.side_effect = remote(Unprocessable("no such object", "source_not_found"))
         response = web_session.put(f"/v1/files/{UUID}", headers=bearer(token()),
                                    json={"source_url": "s3://staging/key", "creator_uid": 1})
         assert_problem(response, 422, "source_not_found")

@@ -20,14 +20,13 @@ from shared.checksums import checksum_bytes
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, NotFound, Unavailable, Unprocessable
 from shared.identifiers import Keys, new_uuid, new_version
+from shared.retry import PERMANENT_ERRORS, RetryingEventHandler
 from shared.schemas import BUNDLE_FORMAT, Tombstone
 from shared.search import ElasticsearchBadRequest, SearchBusy, SearchTimeout, open_index_backend
 from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore, wait_until
 
-from services.indexer import exceptions as errors
 from services.indexer.documents import BundleSourceAPI
-from shared.retry import RetryingEventHandler
 from services.indexer.indexes import GuardedIndex, IndexesAPI, IndexState
 from services.indexer.journal import EventJournalAPI, JournalClock
 from services.indexer.service import IndexerService
@@ -280,7 +279,7 @@ def test_a_bundle_whose_manifest_or_file_is_not_readable_yet_is_retried(world):
     with pytest.raises(Unavailable) as missing:
         world.created(uuid, version)
     assert missing.value.error_code == "bundle_not_readable"
-    assert not isinstance(missing.value, errors.PERMANENT_ERRORS)
+    assert not isinstance(missing.value, PERMANENT_ERRORS)
 
     entry = world.entry("a.json", {"a": 1})
     del world.objects()[Keys.blob(entry["sha256"], entry["sha1"], entry["s3-etag"], entry["crc32c"])]
@@ -291,11 +290,11 @@ def test_a_bundle_whose_manifest_or_file_is_not_readable_yet_is_retried(world):
 
 
 def test_malformed_events_are_permanent_errors(world):
-    with pytest.raises(errors.PERMANENT_ERRORS):
+    with pytest.raises(PERMANENT_ERRORS):
         world.created("not-a-uuid", new_version())
-    with pytest.raises(errors.PERMANENT_ERRORS):
+    with pytest.raises(PERMANENT_ERRORS):
         world.service.handle_bundle_created({"replica": "azure", "uuid": new_uuid()})
-    with pytest.raises(errors.PERMANENT_ERRORS):
+    with pytest.raises(PERMANENT_ERRORS):
         world.replicated("bundles/not-a-uuid.2020")
 
 

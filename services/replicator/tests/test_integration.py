@@ -24,7 +24,7 @@ from shared.retry import DEAD_LETTERS, RETRIES, peek_dead_letters
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage
 
-from services.replicator.dependencies import IGNORED, OBJECTS
+from services.replicator.replication import IGNORED, OBJECTS
 from services.replicator.service import ReplicatorService
 
 MiB = 1024 * 1024

@@ -16,19 +16,19 @@ from shared import events, replication
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore
 from shared.blobstore.base import ChunkReader
 from shared.checksums import checksum_bytes
-from shared.concurrency import ExpiringCache
 from shared.config import Settings
-from shared.exceptions import InvalidParameter, Unprocessable
+from shared.exceptions import InvalidParameter, Unavailable, Unprocessable
 from shared.identifiers import Keys
 from shared.metrics import MetricsAPI
+from shared.retry import PERMANENT_ERRORS, RetryingEventHandler
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 
-from services.replicator.dependencies import RECENT_SECONDS, MemoryBudget, Outcome, ReplicatorAPI
-from shared.retry import RetryingEventHandler
-from services.replicator.exceptions import (ConflictingDocuments, CopyMismatch, DependencyMissing, SourceCorrupt,
-                                            SourceMissing)
-from services.replicator.service import PERMANENT_ERRORS, ReplicatorService
+from services.replicator import exceptions as errors
+from services.replicator.budget import MemoryBudget
+from services.replicator.recent import RECENT_SECONDS, RecentCopies
+from services.replicator.replication import Outcome, ReplicatorAPI
+from services.replicator.service import ReplicatorService
 
 UUIDS = [f"2b1e6e0a-0c55-4b5e-8f0f-1a2b3c4d{i:04x}" for i in range(200)]
 VERSION = "2026-11-25T010203.000004Z"
@@ -74,9 +74,10 @@ def test_a_malformed_change_is_permanent():
 
 
 @pytest.mark.parametrize("error,permanent", [
-    (SourceCorrupt("bytes differ"), True), (Unprocessable("bad doc", "invalid_document"), True),
-    (InvalidParameter("bad key", "illegal_key"), True), (DependencyMissing("later"), False),
-    (SourceMissing("later"), False), (CopyMismatch("again"), False), (ConnectionError(), False),
+    (errors.source_corrupt("bytes differ"), True), (Unprocessable("bad doc", "invalid_document"), True),
+    (errors.illegal_key("bad key"), True), (errors.conflicting_documents("both valid"), True),
+    (errors.dependency_missing("later"), False), (errors.source_missing("later"), False),
+    (errors.copy_mismatch("again"), False), (ConnectionError(), False),
 ])
 def test_only_what_another_attempt_cannot_cure_is_permanent(error, permanent):
     assert isinstance(error, PERMANENT_ERRORS) is permanent
@@ -172,7 +173,7 @@ class World:
     def __init__(self, clock=None):
         self.log = []
         self.stores = {name: MemoryStore(name, self.log) for name in ("aws", "gcp")}
-        recent = ExpiringCache(clock) if clock else None
+        recent = RecentCopies(clock) if clock else None
         self.api = ReplicatorAPI(Replicas({name: ReplicaStorage(name, store, SETTINGS)
                                            for name, store in self.stores.items()}),
                                  SETTINGS, MemoryBudget(SETTINGS.replication_memory_bytes), MetricsAPI("replicator"),
@@ -230,10 +231,10 @@ def test_a_bundle_is_written_after_its_files_and_each_file_after_its_blob():
 def test_a_missing_dependency_writes_nothing():
     world = World()
     world.put_file("aws", UUIDS[0], b"no blob", blob=False)
-    with pytest.raises(DependencyMissing):
+    with pytest.raises(Unavailable, match="^dependency_missing: "):
         world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws")
     assert world.log == []
-    with pytest.raises(SourceMissing):
+    with pytest.raises(Unavailable, match="^source_missing: "):
         world.api.replicate(Keys.file(UUIDS[1], VERSION), "aws")
 
 
@@ -244,7 +245,7 @@ def test_bytes_that_do_not_match_their_key_are_never_written(destination_has):
     world.put("gcp", sums.blob_key(), b"z" * 9)  # corrupt at the source
     if destination_has is not None:
         world.put("aws", sums.blob_key(), destination_has)
-    with pytest.raises(SourceCorrupt):
+    with pytest.raises(Unprocessable, match="^source_corrupt: "):
         world.api.replicate(sums.blob_key(), "gcp")
     assert world.log == []
 
@@ -291,7 +292,7 @@ def test_two_valid_documents_that_differ_are_a_conflict_for_an_operator():
     world = World()
     world.put_file("aws", UUIDS[0], b"one")
     world.put_file("gcp", UUIDS[0], b"two")  # the same uuid and version written in each replica
-    with pytest.raises(ConflictingDocuments) as error:
+    with pytest.raises(Unprocessable, match="^conflicting_documents: ") as error:
         world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws")
     assert isinstance(error.value, PERMANENT_ERRORS)  # else the two replicas' events would flip it forever
     assert world.log == []
