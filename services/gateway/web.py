@@ -29,7 +29,7 @@ from services.gateway.hosts import AllowedHosts
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 from shared.schemas import nested_deeper_than
-from shared.tls import ServerContext
+from services.gateway.tls import ServerContext
 
 logger = logging.getLogger(__name__)
 

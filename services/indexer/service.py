@@ -31,7 +31,7 @@ from shared import events
 from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
-from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
+from shared.keys import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
                             load_arguments)
 from shared.search import is_tombstone

@@ -28,8 +28,8 @@ from shared.concurrency import ExpiringCache
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
-from shared.replication import (BLOB, BUNDLE, COLLECTION, FILE, Comparer, ReplicaKey, blob_verdict,
-                                document_verdict, hash_object, is_valid_document, load_document, parse_key)
+from shared.keys import BLOB, BUNDLE, COLLECTION, FILE, ReplicaKey, is_valid_document, load_document, parse_key
+from shared.verdicts import Comparer, blob_verdict, document_verdict, hash_object
 from shared.retry import DEAD_SUFFIX
 from shared.storage import ReplicaStorage, Replicas, StorageProvider
 

@@ -1,6 +1,6 @@
 """Webhook payloads and delivery (shared.subscriptions, shared.webhooks) against a real local receiver.
 
-The receiver (``shared.testing.Receiver``) is a threaded http.server on 127.0.0.1 that verifies
+The receiver (``devtools.receivers.Receiver``) is a threaded http.server on 127.0.0.1 that verifies
 what it gets the way a subscriber would, independently of the code under test (both signatures
 recomputed, digests checked); a request whose signatures do not verify gets a 401, so a delivery
 only succeeds when they do. The only stand-ins are DNS answers (to give a name a chosen address).
@@ -21,7 +21,8 @@ from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
 from shared.subscriptions import (ATTACHMENT_MAX_BYTES, build_payload, evaluate_attachments, jmespath_matches,
                                   validate_attachments, validate_jmespath_query)
-from shared.testing import Receiver, issue_server_certificate
+from devtools.certificates import issue_server_certificate
+from devtools.receivers import Receiver
 from shared.webhooks import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
                              retry_schedule, validate_callback_url, validate_subscription)
 

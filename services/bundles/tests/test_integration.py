@@ -20,7 +20,7 @@ from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequ
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.checksums import checksum_bytes
-from shared.testing import StorageSpy
+from devtools.fakes import StorageSpy
 
 from services.bundles import owner_index
 from services.bundles.dependencies import BundleStore, new_owner_cache

@@ -14,7 +14,7 @@ from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequ
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore, StorageSpy
+from devtools.fakes import MemoryBlobStore, StorageSpy
 
 from services.bundles import dependencies, owner_index
 from services.bundles.dependencies import BundleStoreAPI, new_owner_cache

@@ -1,11 +1,12 @@
-"""Unit tests of shared.replication: keys, verdicts on stored copies, the merge-walk comparison of
+"""Unit tests of the key model (shared.keys), the verdicts (shared.verdicts) and ops.replicas: keys, verdicts on stored copies, the merge-walk comparison of
 two replicas and its progress line (over the recording in-memory stores of test_service)."""
 import io
 import json
 
 import pytest
 
-from shared import replication
+from ops import replicas
+from shared import keys, verdicts
 from shared.blobstore import BlobInfo
 from shared.checksums import checksum_bytes
 from shared.exceptions import InvalidParameter, Unprocessable
@@ -26,7 +27,7 @@ SUMS = checksum_bytes(b"some bytes")
     (Keys.collection_tombstone(UUIDS[0]), "tombstone", UUIDS[0], None),
 ])
 def test_keys_of_the_layout(key, kind, uuid, version):
-    target = replication.parse_key(key)
+    target = keys.parse_key(key)
     assert (target.key, target.kind, target.uuid, target.version) == (key, kind, uuid, version)
     assert (target.checksums == SUMS) is (kind == "blob")
 
@@ -38,13 +39,13 @@ def test_keys_of_the_layout(key, kind, uuid, version):
 ])
 def test_malformed_keys_under_the_layout_are_illegal(key):
     with pytest.raises(InvalidParameter) as error:
-        replication.parse_key(key)
+        keys.parse_key(key)
     assert error.value.error_code == "illegal_key"
 
 
 @pytest.mark.parametrize("key", ["tmp/compose/abc/00001", "README", "blobsx/abc", ""])
 def test_keys_outside_the_layout_are_none(key):
-    assert replication.parse_key(key) is None
+    assert keys.parse_key(key) is None
 
 
 def info(revision="etag", crc32c=None, size=10):
@@ -59,31 +60,31 @@ def info(revision="etag", crc32c=None, size=10):
     (info(revision="0" * 32 + "-2"), None),  # uploaded in parts: only reading tells
 ])
 def test_blob_verdict(stored, verdict):
-    assert replication.blob_verdict(stored, SUMS) is verdict
+    assert verdicts.blob_verdict(stored, SUMS) is verdict
 
 
 def test_blob_verdict_of_a_multipart_key():
     multipart = SUMS.__class__(SUMS.sha256, SUMS.sha1, "0" * 32 + "-3", SUMS.crc32c)
-    assert replication.blob_verdict(info(revision="1" * 32), multipart) is None
-    assert replication.blob_verdict(info(revision=multipart.s3_etag), multipart) is True
+    assert verdicts.blob_verdict(info(revision="1" * 32), multipart) is None
+    assert verdicts.blob_verdict(info(revision=multipart.s3_etag), multipart) is True
 
 
 def test_load_document():
-    target = replication.parse_key(Keys.bundle_tombstone(UUIDS[0]))
+    target = keys.parse_key(Keys.bundle_tombstone(UUIDS[0]))
     doc = {"email": "a@example.org", "reason": "gone", "details": None, "admin_deleted": True, "new_field": 1}
-    assert replication.load_document(target, json.dumps(doc).encode()) == doc  # unknown fields pass
+    assert keys.load_document(target, json.dumps(doc).encode()) == doc  # unknown fields pass
     for bad in (b"[1]", b"{", b'{"email": "a@example.org"}', b"\xff"):
         with pytest.raises(Unprocessable):
-            replication.load_document(target, bad)
-        assert not replication.is_valid_document(target, bad)
+            keys.load_document(target, bad)
+        assert not keys.is_valid_document(target, bad)
 
 
 def test_merge_walk():
-    walked = list(replication.merge_walk(["a", "c", "d", "f"], ["b", "c", "e", "f", "g"]))
+    walked = list(replicas.merge_walk(["a", "c", "d", "f"], ["b", "c", "e", "f", "g"]))
     assert walked == [("a", True, False), ("b", False, True), ("c", True, True), ("d", True, False),
                       ("e", False, True), ("f", True, True), ("g", False, True)]
-    assert list(replication.merge_walk([], [])) == []
-    assert list(replication.merge_walk(["a"], [])) == [("a", True, False)]
+    assert list(replicas.merge_walk([], [])) == []
+    assert list(replicas.merge_walk(["a"], [])) == [("a", True, False)]
 
 
 def test_compare_replicas_reports_each_difference_with_its_correct_side():
@@ -103,8 +104,8 @@ def test_compare_replicas_reports_each_difference_with_its_correct_side():
     world.put("gcp", doc, world.contents("aws")[doc].replace(b'"size": 3', b'"size": 4'))  # same length
     world.put("aws", "tmp/compose/x/00001", b"not walked")
 
-    summary = replication.Summary()
-    findings = {f.key: f for f in replication.compare_replicas(stores, buckets, summary=summary, workers=4)}
+    summary = replicas.Summary()
+    findings = {f.key: f for f in replicas.compare_replicas(stores, buckets, summary=summary, workers=4)}
 
     assert {key: (f.status, f.source) for key, f in findings.items()} == {
         bad_in_gcp.blob_key(): ("different", "aws"),
@@ -115,22 +116,22 @@ def test_compare_replicas_reports_each_difference_with_its_correct_side():
     assert (summary.compared, summary.differences) == (7, 4)
     assert findings[bad_in_gcp.blob_key()].remove is None  # the replicator sees it is damaged
     # Same-length documents are compared byte for byte only when deep; both are valid here.
-    deep = {f.key: f for f in replication.compare_replicas(stores, buckets, "files/", deep=True)}
+    deep = {f.key: f for f in replicas.compare_replicas(stores, buckets, "files/", deep=True)}
     assert deep[doc].status == "different" and deep[doc].source is None
-    assert replication.recheck(stores, buckets, [same.blob_key(), doc]) == []
+    assert replicas.recheck(stores, buckets, [same.blob_key(), doc]) == []
 
 
 def test_progress_line():
     stream = io.StringIO()
-    progress = replication.Progress(stream, replication.walk_prefixes(""), interval=0)
-    summary = replication.Summary(compared=10, different=1)
+    progress = replicas.Progress(stream, replicas.walk_prefixes(""), interval=0)
+    summary = replicas.Summary(compared=10, different=1)
     progress.update("bundles/8" + "0" * 7, summary)  # half way through the second of four prefixes
     progress.done(summary)
     first, last = stream.getvalue().splitlines()
     assert first.startswith("[" + "#" * 11 + "." * 19 + "]  38%") and "10 keys, 1 differences" in first
     assert last.startswith("[" + "#" * 30 + "] 100%")
-    assert replication.walk_prefixes("b") == ("blobs/", "bundles/")
-    assert replication.walk_prefixes("files/ab") == ("files/ab",)
+    assert replicas.walk_prefixes("b") == ("blobs/", "bundles/")
+    assert replicas.walk_prefixes("files/ab") == ("files/ab",)
 
 
 def test_damage_only_reading_shows_is_marked_for_removal():
@@ -141,8 +142,8 @@ def test_damage_only_reading_shows_is_marked_for_removal():
     world.put("aws", sums.blob_key(), b"evil")
     stores["aws"].etags[sums.blob_key()] = "0" * 32 + "-2"  # uploaded in parts: says nothing
 
-    summary = replication.Summary()
-    assert list(replication.compare_replicas(stores, buckets, "blobs/", summary=summary)) == []
+    summary = replicas.Summary()
+    assert list(replicas.compare_replicas(stores, buckets, "blobs/", summary=summary)) == []
     assert summary.unverified == 1
-    (finding,) = replication.compare_replicas(stores, buckets, "blobs/", deep=True)
+    (finding,) = replicas.compare_replicas(stores, buckets, "blobs/", deep=True)
     assert (finding.status, finding.source, finding.remove) == ("different", "gcp", "aws")
