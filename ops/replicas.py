@@ -8,6 +8,7 @@ correctly.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from shared.schemas import ObjectChanged
 from shared.verdicts import Comparer, Finding
 
 
+@dataclasses.dataclass
 class Summary:
     compared: int = 0
     missing_in_aws: int = 0

@@ -75,7 +75,6 @@ class Finding:
     remove: str | None = None
 
 
-@dataclasses.dataclass
 class Comparer:
     """Judges one key present in both replicas (``stores`` and ``buckets`` by replica name)."""
 
