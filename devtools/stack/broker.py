@@ -73,7 +73,7 @@ def _rabbit_env(uri: str) -> tuple[dict, int]:
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
     with os.fdopen(fd, "w") as handle:
         handle.write(
-            "# Written by deploy/local.py for the broker `make up` runs; default_* apply at first boot.\n"
+            "# Written by devtools.stack for the broker `make up` runs; default_* apply at first boot.\n"
             f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
             f"default_user = {user}\ndefault_pass = {password}\ndefault_vhost = {vhost}\n"
             "default_user_tags.administrator = true\n"

@@ -1,82 +1,12 @@
-"""Unit tests of the key model (shared.keys), the verdicts (shared.verdicts) and ops.replicas: keys, verdicts on stored copies, the merge-walk comparison of
-two replicas and its progress line (over the recording in-memory stores of test_service)."""
+"""ops.replicas (`dss-ops replicas`): the merge-walk comparison of two replicas, its findings and
+its progress line, over the recording in-memory stores of the replicator's unit tests."""
 import io
-import json
-
-import pytest
 
 from ops import replicas
-from shared import keys, verdicts
-from shared.blobstore import BlobInfo
 from shared.checksums import checksum_bytes
-from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import Keys
 
 from services.replicator.tests.test_service import UUIDS, VERSION, World
-
-SUMS = checksum_bytes(b"some bytes")
-
-
-@pytest.mark.parametrize("key,kind,uuid,version", [
-    (SUMS.blob_key(), "blob", None, None),
-    (Keys.file(UUIDS[0], VERSION), "file", UUIDS[0], VERSION),
-    (Keys.bundle(UUIDS[0], VERSION), "bundle", UUIDS[0], VERSION),
-    (Keys.bundle_tombstone(UUIDS[0], VERSION), "tombstone", UUIDS[0], VERSION),
-    (Keys.bundle_tombstone(UUIDS[0]), "tombstone", UUIDS[0], None),
-    (Keys.collection(UUIDS[0], VERSION), "collection", UUIDS[0], VERSION),
-    (Keys.collection_tombstone(UUIDS[0]), "tombstone", UUIDS[0], None),
-])
-def test_keys_of_the_layout(key, kind, uuid, version):
-    target = keys.parse_key(key)
-    assert (target.key, target.kind, target.uuid, target.version) == (key, kind, uuid, version)
-    assert (target.checksums == SUMS) is (kind == "blob")
-
-
-@pytest.mark.parametrize("key", [
-    "blobs/abc", SUMS.blob_key().upper().replace("BLOBS/", "blobs/"), SUMS.blob_key() + ".x",
-    f"files/{UUIDS[0]}", f"files/{UUIDS[0]}.yesterday", f"files/{UUIDS[0].upper()}.{VERSION}",
-    f"bundles/{UUIDS[0]}.{VERSION}.x", f"collections/{UUIDS[0]}.{VERSION}.dead", "files/",
-])
-def test_malformed_keys_under_the_layout_are_illegal(key):
-    with pytest.raises(InvalidParameter) as error:
-        keys.parse_key(key)
-    assert error.value.error_code == "illegal_key"
-
-
-@pytest.mark.parametrize("key", ["tmp/compose/abc/00001", "README", "blobsx/abc", ""])
-def test_keys_outside_the_layout_are_none(key):
-    assert keys.parse_key(key) is None
-
-
-def info(revision="etag", crc32c=None, size=10):
-    return BlobInfo("k", size, None, {}, revision, crc32c, None)
-
-
-@pytest.mark.parametrize("stored,verdict", [
-    (info(crc32c=SUMS.crc32c), True),
-    (info(crc32c="00000000"), False),
-    (info(revision=SUMS.s3_etag), True),
-    (info(revision="0" * 32), False),  # both the MD5 of the whole object
-    (info(revision="0" * 32 + "-2"), None),  # uploaded in parts: only reading tells
-])
-def test_blob_verdict(stored, verdict):
-    assert verdicts.blob_verdict(stored, SUMS) is verdict
-
-
-def test_blob_verdict_of_a_multipart_key():
-    multipart = SUMS.__class__(SUMS.sha256, SUMS.sha1, "0" * 32 + "-3", SUMS.crc32c)
-    assert verdicts.blob_verdict(info(revision="1" * 32), multipart) is None
-    assert verdicts.blob_verdict(info(revision=multipart.s3_etag), multipart) is True
-
-
-def test_load_document():
-    target = keys.parse_key(Keys.bundle_tombstone(UUIDS[0]))
-    doc = {"email": "a@example.org", "reason": "gone", "details": None, "admin_deleted": True, "new_field": 1}
-    assert keys.load_document(target, json.dumps(doc).encode()) == doc  # unknown fields pass
-    for bad in (b"[1]", b"{", b'{"email": "a@example.org"}', b"\xff"):
-        with pytest.raises(Unprocessable):
-            keys.load_document(target, bad)
-        assert not keys.is_valid_document(target, bad)
 
 
 def test_merge_walk():

@@ -1,4 +1,4 @@
-"""Checks that keep the repository's layout true (docs/architecture.md, "Layout"): what is installed,
+"""Checks that keep the repository's layout true (docs/architecture.md): what is installed,
 who may import whom, and that ``shared/`` holds only what is shared.
 
 Imports are read from the source with ``ast`` (nothing is imported), so the checks are cheap and
@@ -75,7 +75,8 @@ def test_the_installed_packages_leave_out_the_development_tooling():
 
 @pytest.mark.parametrize("top", ["shared", "services", "ops"])
 def test_nothing_installed_imports_the_development_tooling(top):
-    offenders = {str(path.relative_to(ROOT)): sorted(name for name in imported(path) if name.split(".")[0] == "devtools")
+    offenders = {str(path.relative_to(ROOT)): sorted(name for name in imported(path)
+                                                     if name.split(".")[0] == "devtools")
                  for path in python_files(top)}
     assert not {path: names for path, names in offenders.items() if names}
 

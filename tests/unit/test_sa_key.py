@@ -42,8 +42,8 @@ def run_sa_key(email: str, out: pathlib.Path, issuers: str, *extra: str) -> subp
     what the recipe adds (``--groups G`` for GROUPS=G)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DSS_")}
     env["DSS_AUTH_ISSUERS"] = issuers
-    return subprocess.run([sys.executable, "-m", "devtools.stack", "sa-key", "--email", email, "--out", str(out), *extra],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    return subprocess.run([sys.executable, "-m", "devtools.stack", "sa-key", "--email", email, "--out", str(out),
+                           *extra], env=env, cwd=ROOT, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
 
 
 def client_token(key_file: pathlib.Path, audience: str, group: str, **claims) -> str:
