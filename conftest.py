@@ -1,4 +1,4 @@
-"""Test fixtures shared by every test in the repository (the one place test helpers live).
+"""Test fixtures shared by every test in the repository (the tools they use are in devtools/).
 
 Integration tests run against the real RabbitMQ (nameko's `rabbit_config` gives each test its own
 vhost through the management API) and real emulators started here on free ports: moto for S3 (and

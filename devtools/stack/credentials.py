@@ -1,6 +1,6 @@
 """What `make up`, `make token` and `make cert` make for clients to be trusted and to trust: the
 local token issuer's key and JWKS, and the development CA and certificate the gateway serves with
-`make up TLS=1` (recorded in ``var/run/gateway-certificates.json`` until `make down`).
+`make up TLS=1` (recorded in ``var/run/gateway-tls.json`` until `make down`).
 """
 from __future__ import annotations
 

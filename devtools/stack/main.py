@@ -223,7 +223,7 @@ def cmd_sa_key(args) -> int:
 
 
 def cmd_cert(args) -> int:
-    """Make (once) the development CA and the gateway's certificate under var/certificates."""
+    """Make (once) the development CA and the gateway's certificate under var/tls."""
     certificate = ensure_tls(Settings.from_config({}))
     print(f"CA          {relative(certificate.ca_file)}   (trust it: REQUESTS_CA_BUNDLE, or the system store)\n"
           f"certificate {relative(certificate.cert_file)}   (DSS_TLS_CERT_FILE)\n"

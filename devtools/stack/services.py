@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 SERVICES = ("files", "bundles", "replicator", "indexer", "notifier", "checkout", "gateway")
 # Present while the gateway serves HTTPS with the development certificate (`make up TLS=1` until
 # `make down`), so `up`, `restart` and `status` keep to it.
-TLS_STATE = RUN_DIR / "gateway-certificates.json"
+TLS_STATE = RUN_DIR / "gateway-tls.json"
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:8080"
 HEALTH_TIMEOUT_S = 60
 VENV_BIN = pathlib.Path(sys.executable).parent  # not resolved: a venv's python is a symlink

@@ -203,6 +203,13 @@ def test_dss_ops_runs_from_the_image(app):
     assert "dead-letters" in done.stdout and "replicas" in done.stdout
 
 
+def test_the_setup_jobs_provisioning_and_no_development_tooling_is_in_the_image(app):
+    """The compose file's and the local Kubernetes overlay's setup jobs run ops.provision in the image."""
+    done = in_image(app, "-c", "from ops import provision; print(provision.create_buckets.__module__)")
+    assert done.returncode == 0 and done.stdout.strip() == "ops.provision", done.stderr
+    assert not (app / "devtools").exists()
+
+
 def test_the_runtime_dependencies_are_pinned_and_installable_as_the_build_lists_them():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {re.split(r"[=<>~!]", line)[0].strip().lower().replace("_", "-")
