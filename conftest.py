@@ -16,9 +16,9 @@ import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
-from shared.config import Settings  # noqa: E402
 from devtools import local_cloud  # noqa: E402
 from ops import provision  # noqa: E402
+from shared.config import Settings  # noqa: E402
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter

@@ -18,12 +18,12 @@ import uuid
 
 import pytest
 
-from services.replicator.service import ReplicatorService
 from devtools import local_cloud
-from ops import provision
-from shared.config import Settings
-from devtools.receivers import Receiver
 from devtools.certificates import ensure_dev_certificate
+from devtools.receivers import Receiver
+from ops import provision
+from services.replicator.service import ReplicatorService
+from shared.config import Settings
 from tests.compat.clients import CLIENTS, Cli, InstallError, install
 from tests.e2e.conftest import start_api
 

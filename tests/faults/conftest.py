@@ -26,14 +26,14 @@ import requests
 from kombu.exceptions import OperationalError
 
 from devtools import local_cloud
+from devtools.processes import ServiceProcess
+from devtools.waiting import queue_state, wait_until
 from ops import replicas
 from shared.checksums import checksum_bytes
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_SUFFIX
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage
-from devtools.processes import ServiceProcess
-from devtools.waiting import queue_state, wait_until
 
 HANDLER_QUEUE = replicas.HANDLER_QUEUE
 DEAD_LETTER_QUEUE = HANDLER_QUEUE + DEAD_SUFFIX

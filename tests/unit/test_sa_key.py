@@ -18,8 +18,8 @@ import uuid
 import pytest
 from google.oauth2 import service_account
 
-from services.gateway.auth import GRANTS_MEMBER, Authenticator
 from devtools.tokens import mint_service_account_token
+from services.gateway.auth import GRANTS_MEMBER, Authenticator
 from shared.config import Settings, describe
 from shared.exceptions import Forbidden, Unauthorized
 

@@ -12,7 +12,7 @@ from joserfc.jwk import RSAKey
 from services.gateway import auth
 from services.gateway.auth import Authenticator, JWKSSource, TrustedIssuers, issuer_jwks_file, parse_issuers
 from devtools.tokens import (create_service_account_key, ensure_local_issuer, jwks_document,
-                               mint_service_account_token, mint_token)
+                             mint_service_account_token, mint_token)
 from shared.config import Settings
 from shared.exceptions import Forbidden, Unauthorized, Unavailable
 
