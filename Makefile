@@ -30,32 +30,32 @@ $(STAMP): pyproject.toml constraints.txt
 
 # `make up TLS=1`: the gateway serves HTTPS with the development certificate of var/tls (until `make down`).
 up: install
-	@$(VPY) deploy/local.py up $(if $(TLS),--tls)
+	@$(VPY) -m devtools.stack up $(if $(TLS),--tls)
 
 down: install
-	@$(VPY) deploy/local.py down
+	@$(VPY) -m devtools.stack down
 
 # `make restart` restarts every service, `make restart SERVICE="files bundles"` only those named.
 restart: install
-	@$(VPY) deploy/local.py restart $(SERVICE)
+	@$(VPY) -m devtools.stack restart $(SERVICE)
 
 status: install
-	@$(VPY) deploy/local.py status
+	@$(VPY) -m devtools.stack status
 
 token: install
-	@$(VPY) deploy/local.py token --email '$(EMAIL)' --groups '$(GROUPS)' --lifetime '$(LIFETIME)'
+	@$(VPY) -m devtools.stack token --email '$(EMAIL)' --groups '$(GROUPS)' --lifetime '$(LIFETIME)'
 
 # A service-account key file for the dbio / hca clients, trusted by the running stack at once. GROUPS
 # given (GROUPS=dbio; GROUPS= for none) becomes the account's grant; not given, the grant is kept (a new
 # account gets none, not the `dbio` default of `make token`).
 sa-key: install
 	@test -n '$(OUT)' || { echo "make sa-key: give the key file to write, e.g. OUT=sa-key.json" >&2; exit 2; }
-	@$(VPY) deploy/local.py sa-key --email '$(EMAIL)' --out '$(OUT)' \
+	@$(VPY) -m devtools.stack sa-key --email '$(EMAIL)' --out '$(OUT)' \
 		$(if $(filter-out default file undefined,$(origin GROUPS)),--groups '$(GROUPS)')
 
 # The development CA and the gateway's certificate (var/tls); `make up TLS=1` makes them too.
 cert: install
-	@$(VPY) deploy/local.py cert
+	@$(VPY) -m devtools.stack cert
 
 test: install
 	@deploy/ensure-rabbitmq.sh

@@ -1,4 +1,4 @@
-"""Test fixtures shared by every test in the repository (the one place test helpers live).
+"""Test fixtures shared by every test in the repository (the tools they use are in devtools/).
 
 Integration tests run against the real RabbitMQ (nameko's `rabbit_config` gives each test its own
 vhost through the management API) and real emulators started here on free ports: moto for S3 (and
@@ -16,15 +16,16 @@ import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
+from devtools import local_cloud  # noqa: E402
+from ops import provision  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared import local_cloud  # noqa: E402
 
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 def _map_large_buffers_directly():
-    """The allocator rule `make up` gives every service (MALLOC_MMAP_THRESHOLD_ in deploy/local.py),
+    """The allocator rule `make up` gives every service (MALLOC_MMAP_THRESHOLD_ in devtools/stack/services.py),
     for this process too: buffers above 1 MiB are mapped and returned on free. Without it glibc's
     threshold rises after the first large frees and later part buffers stay in the heap, so the
     RSS bounds of the streaming tests would measure allocator history, not what the code holds."""
@@ -95,13 +96,13 @@ def local_cloud_settings(tmp_path_factory):
     event_args, env = (), None
     if pubsub:
         settings = Settings.from_config(overrides, environ={})
-        local_cloud.configure_gcs_notifications(settings)  # the topic first: fake-gcs publishes at once
+        provision.configure_gcs_notifications(settings)  # the topic first: fake-gcs publishes at once
         event_args, env = local_cloud.fake_gcs_event_args(settings), local_cloud.fake_gcs_event_env(settings)
     gcs = local_cloud.start_fake_gcs(log_path=str(logs / "fake-gcs.log"), extra_args=event_args, env=env)
     overrides["DSS_GCS_ENDPOINT"] = gcs.url
     settings = Settings.from_config(overrides, environ={})
-    local_cloud.create_buckets(settings)
-    local_cloud.configure_s3_notifications(settings)
+    provision.create_buckets(settings)
+    provision.configure_s3_notifications(settings)
     yield overrides
     moto.stop()
     gcs.stop()
@@ -126,11 +127,11 @@ def s3_notification_settings(local_cloud_settings):
     notified again afterwards), and a retry delay of 1 s."""
     settings = Settings.from_config(local_cloud_settings, environ={})
     queue = f"test-{uuid.uuid4().hex[:12]}"
-    url = local_cloud.configure_s3_notifications(
+    url = provision.configure_s3_notifications(
         Settings.from_config({**local_cloud_settings, "DSS_S3_NOTIFICATION_QUEUE": queue}, environ={}))
     yield {"DSS_S3_NOTIFICATION_QUEUE": queue, "DSS_NOTIFICATION_RETRY_DELAY": 1}
-    local_cloud.configure_s3_notifications(settings)
-    local_cloud.sqs_client(settings).delete_queue(QueueUrl=url)
+    provision.configure_s3_notifications(settings)
+    provision.sqs_client(settings).delete_queue(QueueUrl=url)
 
 
 @pytest.fixture
@@ -144,12 +145,12 @@ def bucket_notifications(local_cloud_settings):
         overrides = {"DSS_S3_BUCKET": bucket, "DSS_S3_NOTIFICATION_QUEUE": f"test-{uuid.uuid4().hex[:12]}",
                      "DSS_NOTIFICATION_RETRY_DELAY": 1}
         settings = Settings.from_config({**local_cloud_settings, **overrides}, environ={})
-        made.append((settings, local_cloud.configure_s3_notifications(settings)))
+        made.append((settings, provision.configure_s3_notifications(settings)))
         return overrides
 
     yield notify
     for settings, url in made:
-        local_cloud.sqs_client(settings).delete_queue(QueueUrl=url)
+        provision.sqs_client(settings).delete_queue(QueueUrl=url)
 
 
 @pytest.fixture
@@ -158,10 +159,10 @@ def gcs_notification_settings(local_cloud_settings, pubsub_emulator_host):
     session topic (so it sees only later events; deleted afterwards) and a retry delay of 1 s."""
     settings = Settings.from_config(local_cloud_settings, environ={})
     subscription = f"test-{uuid.uuid4().hex[:12]}"
-    local_cloud.ensure_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription,
+    provision.ensure_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription,
                                            settings.gcs_notification_topic)
     yield {"DSS_GCS_NOTIFICATION_SUBSCRIPTION": subscription, "DSS_NOTIFICATION_RETRY_DELAY": 1}
-    local_cloud.delete_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription)
+    provision.delete_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription)
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +174,7 @@ def dss_settings(local_cloud_settings):
 @pytest.fixture(scope="session")
 def local_issuer_settings(tmp_path_factory):
     """A token issuer of the tests' own (key + JWKS in a temp dir) that services under test trust."""
-    from shared.auth_local import ensure_local_issuer
+    from devtools.tokens import ensure_local_issuer
     directory = tmp_path_factory.mktemp("auth")
     key, jwks = directory / "issuer.pem", directory / "jwks.json"
     ensure_local_issuer(key, jwks)
@@ -183,7 +184,7 @@ def local_issuer_settings(tmp_path_factory):
 @pytest.fixture(scope="session")
 def mint_token(local_cloud_settings, local_issuer_settings):
     """``mint_token(email, groups, lifetime_s=3600)`` -> a bearer token the services under test accept."""
-    from shared.auth_local import mint_token_for_settings
+    from devtools.tokens import mint_token_for_settings
     settings = Settings.from_config({**local_cloud_settings, **local_issuer_settings}, environ={})
 
     def mint(email="user@example.org", groups=("dbio",), lifetime_s=3600):

@@ -58,13 +58,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
-from shared.auth_local import mint_token_for_settings  # noqa: E402
+from devtools.fakes import stage_large_object, stage_object  # noqa: E402
+from devtools.tokens import mint_token_for_settings  # noqa: E402
+from services.checkout.jobs import destination_allowed  # noqa: E402
 from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import new_uuid, new_version  # noqa: E402
 from shared.storage import open_replicas  # noqa: E402
-from services.checkout.jobs import destination_allowed  # noqa: E402
-from shared.testing import stage_large_object, stage_object  # noqa: E402
 
 MiB = 1024 * 1024
 TARGET_BUNDLE_CHECKOUT_RATIO = 1.5

@@ -30,11 +30,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import PeakRSS, percentile  # noqa: E402
-from shared.auth_local import mint_token_for_settings  # noqa: E402
+from devtools.fakes import stage_large_object, stage_object  # noqa: E402
+from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import new_uuid, new_version  # noqa: E402
-from shared.testing import stage_large_object, stage_object  # noqa: E402
 
 MiB = 1024 * 1024
 

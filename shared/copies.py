@@ -4,7 +4,7 @@ bucket), verified before they count.
 The store copies the bytes itself (S3 CopyObject / UploadPartCopy, GCS rewrite; pinned to the
 source's revision when it looked at the source first), so nothing passes through this process.
 The copy is then judged from the metadata in the store's answer (no second request) against the
-checksums its blob key names (``shared.replication.blob_verdict``: GCS CRC32C, S3 ETag). When that
+checksums its blob key names (``shared.verdicts.blob_verdict``: GCS CRC32C, S3 ETag). When that
 cannot tell (an S3 ETag of another part layout), an S3 copy made in one request whose ETag is the
 source's single-part ETag holds the source's bytes (both are the MD5 of the whole object), and the
 source is the blob, verified when it was written; only otherwise is the copy read and hashed. A
@@ -19,7 +19,7 @@ from typing import Mapping
 from shared.blobstore import BlobInfo, BlobStore
 from shared.checksums import Checksums
 from shared.exceptions import Unavailable
-from shared.replication import blob_verdict, hash_object
+from shared.verdicts import blob_verdict, hash_object
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ whose its latest version is are judged from the collection's own keys when listi
 marker (a crash between a tombstone and the marker's removal) is skipped, never shown.
 
 The markers are derived data, kept per replica: they are outside the replicated layout
-(``shared.replication.PREFIXES``), so the replicator neither copies nor compares them. The bundles
+(``shared.keys.PREFIXES``), so the replicator neither copies nor compares them. The bundles
 service writes a marker after each collection version it writes and removes it after the
 collection's tombstone; a collection copied in by the replicator is indexed from its
 ``object_replicated`` event (``CollectionDocuments.index_collection``). Stores written before the index

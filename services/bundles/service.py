@@ -17,7 +17,7 @@ from shared import events
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys
 from shared.metrics import Metrics
-from shared.replication import parse_key
+from shared.keys import parse_key
 from shared.retry import retrying_event_handler
 from shared.schemas import BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated
 

@@ -29,7 +29,7 @@ from shared.blobstore import BlobInfo
 from shared.checksums import Checksums
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import is_uuid, is_version
-from shared.replication import blob_verdict
+from shared.verdicts import blob_verdict
 
 from services.checkout.schemas import TokenFields
 

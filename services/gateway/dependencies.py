@@ -11,7 +11,7 @@ from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
 from nameko.rpc import RpcProxy
 
-from shared.auth import Authenticator
+from services.gateway.auth import Authenticator
 from shared.config import Settings
 from shared.exceptions import Unavailable
 

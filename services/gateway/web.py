@@ -29,9 +29,9 @@ from services.gateway import apidoc, errors
 from services.gateway.hosts import AllowedHosts
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from services.gateway.tls import ServerContext
 from shared.schemas import load_arguments, nested_deeper_than
 from shared.storage import JSON
-from shared.tls import ServerContext
 
 logger = logging.getLogger(__name__)
 

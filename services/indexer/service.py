@@ -32,8 +32,8 @@ from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
 from shared.exceptions import bundle_not_found
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
+from shared.keys import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
-from shared.replication import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
                             load_arguments)
 from shared.search import is_tombstone

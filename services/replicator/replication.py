@@ -22,9 +22,9 @@ from shared.concurrency import SingleFlight, green_map
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, Replica
 from shared.metrics import MetricsAPI
-from shared.replication import (BLOB, BUNDLE, COLLECTION, FILE, Comparer, ReplicaKey, blob_verdict,
-                                document_verdict, hash_object, is_valid_document, load_document, parse_key)
+from shared.keys import BLOB, BUNDLE, COLLECTION, FILE, ReplicaKey, is_valid_document, load_document, parse_key
 from shared.storage import ReplicaStorage, Replicas
+from shared.verdicts import Comparer, blob_verdict, document_verdict, hash_object
 
 from services.replicator import exceptions as errors
 from services.replicator.budget import MemoryBudget

@@ -1,6 +1,6 @@
 """Shapes the replicator reads from RPC callers. Its event payloads (``ObjectChanged``,
 ``ObjectReplicated``) and the stored documents it checks are in ``shared/schemas.py`` and
-``shared/replication.py``."""
+``shared/keys.py``."""
 from marshmallow import Schema, fields, validate
 
 from shared.identifiers import REPLICAS

@@ -1,4 +1,4 @@
-"""shared.mail against a real SMTP server (aiosmtpd in a process of its own, ``shared.testing.SmtpServer``):
+"""shared.mail against a real SMTP server (aiosmtpd in a process of its own, ``devtools.smtp.SmtpServer``):
 plain, STARTTLS and implicit TLS with a certificate from the test's own CA, a required login, refusals
 and an unreachable relay."""
 import logging
@@ -6,9 +6,10 @@ import logging
 import pytest
 
 from shared.config import Settings
-from shared.local_cloud import free_port
+from devtools.local_cloud import free_port
 from shared.mail import MailNotSent, Mailer, MailSettings, is_email_address
-from shared.testing import SmtpServer, issue_server_certificate
+from devtools.certificates import issue_server_certificate
+from devtools.smtp import SmtpServer
 
 PASSWORD = "relay-password-never-logged"
 

@@ -4,9 +4,9 @@ import pytest
 import requests
 from nameko.rpc import rpc
 
-from shared.local_cloud import free_port
+from devtools.local_cloud import free_port
 from shared.metrics import Metrics
-from shared.testing import wait_until
+from devtools.waiting import wait_until
 
 
 class Probed:

@@ -30,8 +30,8 @@ from urllib.parse import urljoin, urldefrag
 
 import requests
 
-from shared.auth import issuer_jwks_file
-from shared.auth_local import create_service_account_key
+from devtools.tokens import create_service_account_key
+from services.gateway.auth import issuer_jwks_file
 
 logger = logging.getLogger(__name__)
 

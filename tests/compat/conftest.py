@@ -18,11 +18,12 @@ import uuid
 
 import pytest
 
+from devtools import local_cloud
+from devtools.certificates import ensure_dev_certificate
+from devtools.receivers import Receiver
+from ops import provision
 from services.replicator.service import ReplicatorService
-from shared import local_cloud
 from shared.config import Settings
-from shared.testing import Receiver
-from shared.tls import ensure_dev_certificate
 from tests.compat.clients import CLIENTS, Cli, InstallError, install
 from tests.e2e.conftest import start_api
 
@@ -66,11 +67,11 @@ def compat_replication(local_cloud_settings, compat_bucket, bucket_notifications
     settings = Settings.from_config({**local_cloud_settings, **overrides}, environ={})
     emulator = local_cloud.pubsub_emulator_binary() is not None
     if emulator:
-        local_cloud.ensure_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription,
+        provision.ensure_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription,
                                                settings.gcs_notification_topic)
     yield overrides
     if emulator:
-        local_cloud.delete_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription)
+        provision.delete_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription)
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import uuid
 import pytest
 import requests
 
-from shared.auth_local import create_service_account_key
-from shared.testing import wait_until
+from devtools.tokens import create_service_account_key
+from devtools.waiting import wait_until
 from tests.compat.clients import CliFailed
 
 # The first test of a machine also installs both clients (the session fixture): more than the

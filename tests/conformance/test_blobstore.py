@@ -12,7 +12,7 @@ import psutil
 import pytest
 import requests
 
-from shared import local_cloud
+from devtools import local_cloud
 from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionFailed, BlobStoreError,
                               BlobStoreUnavailable, open_blobstore)
 from shared.blobstore.gcs import COMPOSE_PREFIX, GCSBlobStore

@@ -59,7 +59,7 @@ class PrivateBroker:
     The machine's broker is left as it is: enabling a plugin there would change it for everyone."""
 
     def __init__(self, root: pathlib.Path):
-        from shared.local_cloud import free_port
+        from devtools.local_cloud import free_port
         self.root = root
         self.amqp_port, self.management_port = free_port(), free_port()
         self.prometheus_port, self.dist_port = free_port(), free_port()
@@ -95,7 +95,7 @@ class PrivateBroker:
     def start(self, timeout: float = 90) -> "PrivateBroker":
         import requests
 
-        from shared.testing import wait_until
+        from devtools.waiting import wait_until
         if not os.access(RABBITMQ_SERVER, os.X_OK):
             pytest.fail(f"{RABBITMQ_SERVER} is missing (Debian's rabbitmq-server)", pytrace=False)
         log = open(self.root / "server.log", "ab")

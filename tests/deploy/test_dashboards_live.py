@@ -22,10 +22,13 @@ import pytest
 import requests
 import yaml
 
+from devtools.fakes import stage_object
+from devtools.local_cloud import free_port
+from devtools.processes import ServiceProcess
+from devtools.receivers import Receiver
+from devtools.waiting import wait_until
 from shared.config import Settings
 from shared.identifiers import new_uuid, new_version
-from shared.local_cloud import free_port
-from shared.testing import Receiver, ServiceProcess, stage_object, wait_until
 from tests.deploy.conftest import DEPLOY, ROOT
 
 SERVICES = ("files", "bundles", "replicator", "indexer", "notifier", "checkout", "gateway")

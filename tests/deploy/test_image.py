@@ -143,7 +143,8 @@ def test_the_context_leaves_out_what_the_image_does_not_need():
     files = context_files()
     assert not [path for path in files if "/tests/" in f"/{path}"], "tests are in the build context"
     assert not [path for path in files if path.startswith(("var/", ".venv/", ".git/", "bench/", "docs/"))]
-    assert "deploy/local.py" in files and "pyproject.toml" in files
+    assert not [path for path in files if path.startswith("devtools/")], "development tooling is in the build context"
+    assert "ops/cli.py" in files and "pyproject.toml" in files
 
 
 @pytest.fixture(scope="module")
@@ -197,21 +198,28 @@ def test_every_service_module_and_config_resolve_in_the_image(app, service):
 
 
 def test_dss_ops_runs_from_the_image(app):
-    done = in_image(app, "deploy/local.py", "--help")
+    done = in_image(app, "-m", "ops.cli", "--help")
     assert done.returncode == 0, done.stderr
     assert "dead-letters" in done.stdout and "replicas" in done.stdout
+
+
+def test_the_setup_jobs_provisioning_and_no_development_tooling_is_in_the_image(app):
+    """The compose file's and the local Kubernetes overlay's setup jobs run ops.provision in the image."""
+    done = in_image(app, "-c", "from ops import provision; print(provision.create_buckets.__module__)")
+    assert done.returncode == 0 and done.stdout.strip() == "ops.provision", done.stderr
+    assert not (app / "devtools").exists()
 
 
 def test_the_runtime_dependencies_are_pinned_and_installable_as_the_build_lists_them():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = {re.split(r"[=<>~!]", line)[0].strip().lower().replace("_", "-")
             for line in (ROOT / "constraints.txt").read_text().splitlines() if line and not line.startswith("#")}
-    for requirement in [*project["dependencies"], "psutil"]:
+    for requirement in project["dependencies"]:
         name = re.split(r"[=<>~!\[ ]", requirement)[0].lower().replace("_", "-")
         assert name in pins, f"{name}: not pinned in constraints.txt, so the image would not be reproducible"
     build = stages(DOCKERFILE.read_text())[0]
     runs = " ".join(arguments for keyword, arguments in build if keyword == "RUN")
-    assert "-c constraints.txt" in runs and "psutil" in runs
+    assert "-c constraints.txt" in runs
 
 
 def test_the_ports_exposed_are_those_of_the_service_configs():

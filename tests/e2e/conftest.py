@@ -9,7 +9,7 @@ from services.gateway.service import GatewayService
 from services.indexer.service import IndexerService
 from services.notifier.service import NotifierService
 from services.replicator.service import ReplicatorService
-from shared.testing import stage_object
+from devtools.fakes import stage_object
 
 
 # Every service the gateway's health report asks about (services/gateway/service.py PROBED_SERVICES).

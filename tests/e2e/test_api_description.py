@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from shared.testing import Receiver
+from devtools.receivers import Receiver
 from tests.e2e.conftest import start_api
 
 SEED = 20251111

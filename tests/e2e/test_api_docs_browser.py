@@ -1,6 +1,6 @@
 """The API documentation page at / in a real browser: headless Chromium (Debian's `chromium`, driven
 through its `chromedriver` by Selenium) against the e2e stack, over HTTP and over HTTPS (the
-development CA of shared.tls, as `make up TLS=1` serves; the browser trusts that one key only).
+development CA of devtools.certificates, as `make up TLS=1` serves; the browser trusts that one key only).
 
 The test opens /, authorizes with a bearer token pasted as `make token` prints it, runs "Try it out"
 on a write that needs it (PUT /v1/collections) and on GET /v1/bundles/{uuid} for a bundle it stored,
@@ -31,7 +31,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from shared import tls
+from devtools.certificates import ensure_dev_certificate
 from shared.identifiers import new_uuid, new_version
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import put_file
@@ -49,7 +49,7 @@ def served(request, service_config, web_config, runner_factory, tmp_path, monkey
     config = {**service_config, "DSS_MAX_REQUEST_BYTES": 64 * 1024}
     if request.param == "http":
         return start_api(config, web_config, runner_factory), None
-    certificate = tls.ensure_dev_certificate(tmp_path / "tls", names=("127.0.0.1",))
+    certificate = ensure_dev_certificate(tmp_path / "tls", names=("127.0.0.1",))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", certificate.ca_file)
     config.update(DSS_TLS_CERT_FILE=certificate.cert_file, DSS_TLS_KEY_FILE=certificate.key_file)
     api = start_api(config, web_config, runner_factory).replace("http://", "https://", 1)

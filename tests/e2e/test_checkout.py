@@ -12,7 +12,8 @@ import requests
 
 from services.checkout.tests.drs_spec import assert_valid
 from shared.identifiers import new_uuid, new_version
-from shared.testing import SmtpServer, wait_until
+from devtools.smtp import SmtpServer
+from devtools.waiting import wait_until
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
 

@@ -8,7 +8,7 @@ import json
 import requests
 
 from shared.identifiers import new_uuid, new_version
-from shared.testing import stage_object
+from devtools.fakes import stage_object
 
 PROBLEM = "application/problem+json"
 

@@ -6,7 +6,7 @@ import time
 import requests
 
 from shared.identifiers import new_uuid, new_version
-from shared.testing import wait_until
+from devtools.waiting import wait_until
 
 OTHER = {"aws": "gcp", "gcp": "aws"}
 

@@ -10,7 +10,8 @@ import pytest
 import requests
 
 from shared.identifiers import Keys, new_uuid, new_version
-from shared.testing import Receiver, wait_until
+from devtools.receivers import Receiver
+from devtools.waiting import wait_until
 from services.replicator.service import ReplicatorService
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file

@@ -9,8 +9,8 @@ minted as dbio / hca mint them.
 import pytest
 import requests
 
-from shared.auth import issuer_jwks_file
-from shared.auth_local import create_service_account_key, mint_service_account_token
+from services.gateway.auth import issuer_jwks_file
+from devtools.tokens import create_service_account_key, mint_service_account_token
 from shared.config import Settings
 from shared.identifiers import new_uuid, new_version
 from tests.e2e.conftest import start_api

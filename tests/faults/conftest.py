@@ -8,7 +8,7 @@ The whole notification path is live: the S3 main bucket notifies an SQS queue of
 notifications (a Pub/Sub subscription of the test's own) echo back as gcp -> aws events that must
 copy nothing. The tests inject a fault in the middle of that and then require that nothing was
 lost: every key present in gcp with its bytes, judged by our own hashes and by
-``shared.replication`` (the logic of ``dss-ops replicas verify --deep``), and no dead letters.
+``ops.replicas`` (the logic of ``dss-ops replicas verify --deep``), and no dead letters.
 """
 from __future__ import annotations
 
@@ -25,15 +25,17 @@ import pytest
 import requests
 from kombu.exceptions import OperationalError
 
-from shared import local_cloud, replication
+from devtools import local_cloud
+from devtools.processes import ServiceProcess
+from devtools.waiting import queue_state, wait_until
+from ops import replicas
 from shared.checksums import checksum_bytes
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_SUFFIX
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage
-from shared.testing import ServiceProcess, queue_state, wait_until
 
-HANDLER_QUEUE = replication.HANDLER_QUEUE
+HANDLER_QUEUE = replicas.HANDLER_QUEUE
 DEAD_LETTER_QUEUE = HANDLER_QUEUE + DEAD_SUFFIX
 # Short broker-side delays: a test waits seconds for a retry, not minutes. Their sum (7 s) is less
 # than the outages the tests cause, so a retry loop that burns attempts on an outage would show.
@@ -240,7 +242,7 @@ class Batch:
     # --- the oracle -----------------------------------------------------------------------------------
     def assert_nothing_lost(self) -> None:
         """Every key of the batch is in gcp with the bytes written to aws: by our own listing and
-        hashes, and by ``shared.replication``'s comparison of the replicas (``dss-ops replicas
+        hashes, and by ``ops.replicas``'s comparison of the replicas (``dss-ops replicas
         verify --deep``)."""
         gcp = self.stores["gcp"]
         assert len(self.keys) == self.total
@@ -259,12 +261,12 @@ class Batch:
         problems = [problem for problem in eventlet.GreenPool(16).imap(check, sorted(self.keys)) if problem]
         assert not problems, f"{len(problems)} damaged copies: {problems[:5]}"
 
-        # And the operators' oracle, `dss-ops replicas verify --deep`'s comparison (shared.replication
+        # And the operators' oracle, `dss-ops replicas verify --deep`'s comparison (ops.replicas
         # .Comparer) on our keys (the session's buckets hold other tests' objects too): every blob
         # hashed in both replicas and judged against its key, every document compared bytewise.
         # Key by key, 16 at a time: `recheck` alone walks them one after the other.
         findings = [finding for found in eventlet.GreenPool(16).imap(
-            lambda key: replication.recheck(self.stores, self.buckets, [key], deep=True), sorted(self.keys))
+            lambda key: replicas.recheck(self.stores, self.buckets, [key], deep=True), sorted(self.keys))
             for finding in found]
         assert findings == [], f"replicas verify --deep: {findings[:5]}"
 

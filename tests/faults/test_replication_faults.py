@@ -4,7 +4,7 @@ and a bundle naming them is written into the aws main bucket, and the bucket's o
 drive everything (S3 -> SQS -> the replicator's bridge -> ``object_changed`` -> the copy). A fault
 is injected once some but not all of the batch has arrived in gcp; the test then requires that
 nothing was lost (``Batch.assert_nothing_lost``: every key in gcp with the bytes written, by our
-hashes and by ``shared.replication``'s verify, metadata and --deep) and that nothing was
+hashes and by ``ops.replicas``'s verify, metadata and --deep) and that nothing was
 dead-lettered.
 
 A corrupted copy of unchanged size found by ``verify --deep`` and fixed by ``repair`` is covered by
@@ -14,7 +14,8 @@ services/replicator/tests/test_integration.py
 import time
 import urllib.parse
 
-from shared.testing import TcpProxy, child_listening_on, paused
+from devtools.processes import child_listening_on, paused
+from devtools.proxy import TcpProxy
 
 from tests.faults.conftest import RETRY_DELAYS, dead_letters
 

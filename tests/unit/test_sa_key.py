@@ -1,4 +1,4 @@
-"""`make sa-key`: the command the Makefile runs (deploy/local.py sa-key) writes a key file the dbio
+"""`make sa-key`: the command the Makefile runs (python -m devtools.stack sa-key) writes a key file the dbio
 and hca clients can use, refuses to overwrite one, and the tokens the clients mint from it pass the
 gateway's verifier. No stack is needed: the gateway re-reads per-account JWKS files on each token.
 
@@ -18,13 +18,12 @@ import uuid
 import pytest
 from google.oauth2 import service_account
 
-from shared.auth import GRANTS_MEMBER, Authenticator
-from shared.auth_local import mint_service_account_token
+from devtools.tokens import mint_service_account_token
+from services.gateway.auth import GRANTS_MEMBER, Authenticator
 from shared.config import Settings, describe
 from shared.exceptions import Forbidden, Unauthorized
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "deploy" / "local.py"
 GROUP_CLAIM = "https://auth.data.humancellatlas.org/group"
 HCA_AUDIENCE = "https://dev.data.humancellatlas.org/"  # fixed in hca 8.0.0, whatever the spec says
 SCRIPT_TIMEOUT_S = 60
@@ -43,8 +42,8 @@ def run_sa_key(email: str, out: pathlib.Path, issuers: str, *extra: str) -> subp
     what the recipe adds (``--groups G`` for GROUPS=G)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("DSS_")}
     env["DSS_AUTH_ISSUERS"] = issuers
-    return subprocess.run([sys.executable, str(SCRIPT), "sa-key", "--email", email, "--out", str(out), *extra],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+    return subprocess.run([sys.executable, "-m", "devtools.stack", "sa-key", "--email", email, "--out", str(out),
+                           *extra], env=env, cwd=ROOT, capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
 
 
 def client_token(key_file: pathlib.Path, audience: str, group: str, **claims) -> str:
@@ -58,7 +57,7 @@ def make_recipe(**variables: str) -> str:
                             capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.replace("\\\n", " ").splitlines()  # a recipe line continued with a backslash is one
-    return next(line for line in lines if "deploy/local.py sa-key" in line)
+    return next(line for line in lines if "-m devtools.stack sa-key" in line)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequ
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.checksums import checksum_bytes
-from shared.testing import StorageSpy
+from devtools.fakes import StorageSpy
 
 from services.bundles import owner_index
 from services.bundles.collection_documents import new_owner_cache
@@ -295,7 +295,7 @@ def test_listing_collections_reads_only_the_callers(replica, bus, monkeypatch):
 
 def test_the_index_command_indexes_collections_written_before_the_index(bus, local_cloud_settings, dss_settings,
                                                                         blobstores):
-    """`dss-ops collections index` (deploy/local.py) against the emulators: collections stored without
+    """`dss-ops collections index` (ops.cli) against the emulators: collections stored without
     markers, as before the index, are listed once it has run; a second run changes nothing."""
     caller = {**OWNER, "email": f"{new_uuid()}@example.org"}
     legacy = sorted(new_uuid() for _ in range(2))
@@ -308,8 +308,8 @@ def test_the_index_command_indexes_collections_written_before_the_index(bus, loc
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("DSS_")}
     env.update({name: str(value) for name, value in local_cloud_settings.items()})
-    runs = [subprocess.run([sys.executable, str(ROOT / "deploy" / "local.py"), "collections", "index", "--replica",
-                            "aws"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120) for _ in range(2)]
+    runs = [subprocess.run([sys.executable, "-m", "ops.cli", "collections", "index", "--replica", "aws"],
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=120) for _ in range(2)]
     assert [run.returncode for run in runs] == [0, 0], [run.stderr for run in runs]
     assert runs[0].stdout.startswith("aws: ") and runs[1].stdout.endswith(" 0 stale marker(s) removed\n")
 

@@ -14,7 +14,7 @@ from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequ
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore, StorageSpy
+from devtools.fakes import MemoryBlobStore, StorageSpy
 
 from services.bundles import collection_documents, owner_index
 from services.bundles.collection_documents import new_owner_cache

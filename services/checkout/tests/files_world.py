@@ -12,7 +12,7 @@ from shared.config import Settings
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore
+from devtools.fakes import MemoryBlobStore
 
 from services.checkout.dependencies import CheckoutState, FileCheckoutAPI
 from services.checkout.files import DAY

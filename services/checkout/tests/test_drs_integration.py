@@ -9,7 +9,7 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from shared.identifiers import new_uuid, new_version
-from shared.testing import stage_object
+from devtools.fakes import stage_object
 
 from services.bundles.service import BundlesService
 from services.checkout.service import CheckoutService

@@ -13,7 +13,7 @@ from shared.concurrency import ExpiringCache
 from shared.exceptions import InvalidParameter, NotFound, Unavailable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileCheckoutRequested
-from shared.testing import MemoryBlobStore
+from devtools.fakes import MemoryBlobStore
 
 from services.checkout.dependencies import MARKER_PREFIX
 from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime,

@@ -10,7 +10,8 @@ import requests
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from shared.identifiers import new_uuid, new_version
-from shared.testing import stage_object, wait_until
+from devtools.fakes import stage_object
+from devtools.waiting import wait_until
 
 from services.checkout.files import CHECKED_OUT_METADATA, parse_rfc3339, rfc3339
 from services.checkout.service import CheckoutService

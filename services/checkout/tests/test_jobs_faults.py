@@ -10,7 +10,9 @@ import uuid as uuid_module
 
 from nameko.standalone.rpc import ServiceRpcProxy
 
-from shared.testing import ServiceProcess, queue_state, store_bundle, wait_until
+from devtools.fakes import store_bundle
+from devtools.processes import ServiceProcess
+from devtools.waiting import queue_state, wait_until
 
 from services.checkout.jobs import job_key
 

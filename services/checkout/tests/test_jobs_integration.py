@@ -18,7 +18,9 @@ from nameko.testing.utils import get_container
 from shared.exceptions import Forbidden, InvalidParameter, Unauthorized
 from shared.checksums import Checksums
 from shared.identifiers import Keys, new_uuid, new_version
-from shared.testing import SmtpServer, stage_object, wait_until
+from devtools.fakes import stage_object
+from devtools.smtp import SmtpServer
+from devtools.waiting import wait_until
 
 from services.bundles.service import BundlesService
 from services.checkout.files import parse_rfc3339

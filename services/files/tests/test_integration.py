@@ -12,7 +12,8 @@ from prometheus_client import REGISTRY
 from shared import events
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, NotFound, Unprocessable
 from shared.identifiers import new_uuid, new_version
-from shared.testing import queue_state, stage_large_object, stage_object, wait_until
+from devtools.fakes import stage_large_object, stage_object
+from devtools.waiting import queue_state, wait_until
 from services.files.claims import MARKER_MIN_SECONDS, Claim, marker_key
 from services.files.metadata import file_identity, file_metadata_doc
 from services.files.service import FilesService

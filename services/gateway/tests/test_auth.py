@@ -1,4 +1,4 @@
-"""shared.auth without a server: issuers, key sources, claims."""
+"""services.gateway.auth without a server: issuers, key sources, claims."""
 import base64
 import json
 import os
@@ -9,10 +9,10 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from shared import auth
-from shared.auth import Authenticator, JWKSSource, TrustedIssuers, issuer_jwks_file, parse_issuers
-from shared.auth_local import (create_service_account_key, ensure_local_issuer, jwks_document,
-                               mint_service_account_token, mint_token)
+from services.gateway import auth
+from services.gateway.auth import Authenticator, JWKSSource, TrustedIssuers, issuer_jwks_file, parse_issuers
+from devtools.tokens import (create_service_account_key, ensure_local_issuer, jwks_document,
+                             mint_service_account_token, mint_token)
 from shared.config import Settings
 from shared.exceptions import Forbidden, Unauthorized, Unavailable
 

@@ -24,7 +24,7 @@ from services.gateway import apidoc, schemas
 from services.gateway.dependencies import TimedServiceProxy
 from services.gateway.service import PROBED_SERVICES, GatewayService
 from services.gateway.web import MAX_REQUEST_LINE, BundleIdConverter
-from shared.auth_local import ensure_local_issuer, mint_token
+from devtools.tokens import ensure_local_issuer, mint_token
 from shared.exceptions import (Conflict, Forbidden, InvalidParameter, InvalidRequest, NotAcceptable, NotFound,
                                Unavailable, Unprocessable)
 from shared.identifiers import is_version

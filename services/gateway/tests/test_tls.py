@@ -1,4 +1,4 @@
-"""The gateway over HTTPS (DSS_TLS_CERT_FILE), and the development CA of shared.tls."""
+"""The gateway over HTTPS (DSS_TLS_CERT_FILE), and the development CA of devtools.certificates."""
 import datetime
 import os
 import socket
@@ -9,13 +9,13 @@ import pytest
 import requests
 from cryptography import x509
 
+from devtools import certificates
 from services.gateway.tests.test_gateway import gateway_config, issuer, start_gateway  # noqa: F401 (fixtures)
-from shared import tls
 
 
 @pytest.fixture
 def certificate(tmp_path):
-    return tls.ensure_dev_certificate(tmp_path / "tls", names=("localhost", "127.0.0.1"))
+    return certificates.ensure_dev_certificate(tmp_path / "tls", names=("localhost", "127.0.0.1"))
 
 
 @pytest.fixture
@@ -65,18 +65,18 @@ def test_a_renewed_certificate_is_served_without_restart(https_gateway, certific
     before = served_serial()
     time.sleep(0.01)
     os.remove(certificate.cert_file)  # as a renewal replaces it, with the same CA
-    tls.ensure_dev_certificate(os.path.dirname(certificate.cert_file), names=("localhost", "127.0.0.1"))
+    certificates.ensure_dev_certificate(os.path.dirname(certificate.cert_file), names=("localhost", "127.0.0.1"))
     assert served_serial() != before
 
 
 def test_dev_certificate_is_made_once_and_reissued_for_new_names(tmp_path):
-    first = tls.ensure_dev_certificate(tmp_path, names=("localhost", "127.0.0.1"))
+    first = certificates.ensure_dev_certificate(tmp_path, names=("localhost", "127.0.0.1"))
     ca, cert = open(first.ca_file, "rb").read(), open(first.cert_file, "rb").read()
     assert os.stat(first.key_file).st_mode & 0o777 == 0o600
     assert os.stat(tmp_path / "ca-key.pem").st_mode & 0o777 == 0o600
-    tls.ensure_dev_certificate(tmp_path, names=("localhost", "127.0.0.1"))
+    certificates.ensure_dev_certificate(tmp_path, names=("localhost", "127.0.0.1"))
     assert open(first.cert_file, "rb").read() == cert  # idempotent
-    tls.ensure_dev_certificate(tmp_path, names=("localhost", "127.0.0.1", "dss.example.test"))
+    certificates.ensure_dev_certificate(tmp_path, names=("localhost", "127.0.0.1", "dss.example.test"))
     assert open(first.ca_file, "rb").read() == ca  # the CA is kept: trusting it once is enough
     leaf = x509.load_pem_x509_certificate(open(first.cert_file, "rb").read())
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

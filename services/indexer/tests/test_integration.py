@@ -26,7 +26,8 @@ from shared.exceptions import InvalidParameter, NotFound
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import BUNDLE_FORMAT, FileMetadata, ObjectReplicated
 from shared.search import ElasticsearchBadRequest
-from shared.testing import stage_object, wait_until
+from devtools.fakes import stage_object
+from devtools.waiting import wait_until
 
 from services.bundles.service import BundlesService
 from services.files.service import FilesService

@@ -1,5 +1,5 @@
 """Unit tests of the indexer: the service built with worker_factory over in-memory buckets
-(``shared.testing.MemoryBlobStore``) and real embedded search indexes in a temporary directory, so
+(``devtools.fakes.MemoryBlobStore``) and real embedded search indexes in a temporary directory, so
 only the clouds are faked; the documents, the journal, the indexes and the reindex job are real.
 ``dispatch`` is nameko's mock."""
 import collections
@@ -24,7 +24,8 @@ from shared.retry import PERMANENT_ERRORS, RetryingEventHandler
 from shared.schemas import BUNDLE_FORMAT, Tombstone
 from shared.search import ElasticsearchBadRequest, SearchBusy, SearchTimeout, open_index_backend
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore, wait_until
+from devtools.fakes import MemoryBlobStore
+from devtools.waiting import wait_until
 
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.indexes import GuardedIndex, IndexesAPI, IndexState

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from shared.testing import Receiver
+from devtools.receivers import Receiver
 
 SECRET = "integration-hmac-secret"
 KEY_ID = "subscriber-key"

@@ -1,6 +1,6 @@
 """Webhook payloads and delivery (``notifications``, ``delivery``) against a real local receiver.
 
-The receiver (``shared.testing.Receiver``) is a threaded http.server on 127.0.0.1 that verifies
+The receiver (``devtools.receivers.Receiver``) is a threaded http.server on 127.0.0.1 that verifies
 what it gets the way a subscriber would, independently of the code under test (both signatures
 recomputed, digests checked); a request whose signatures do not verify gets a 401, so a delivery
 only succeeds when they do. The only stand-ins are DNS answers (to give a name a chosen address).
@@ -18,7 +18,8 @@ import pytest
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
-from shared.testing import Receiver, issue_server_certificate
+from devtools.certificates import issue_server_certificate
+from devtools.receivers import Receiver
 
 from services.notifier.bounded_jmespath import JMESPathLimits
 from services.notifier.delivery import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,

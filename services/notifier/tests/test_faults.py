@@ -9,7 +9,8 @@ from nameko.standalone.rpc import ServiceRpcProxy
 from shared import events
 from shared.bundle_documents import event_document
 from shared.identifiers import new_uuid, new_version
-from shared.testing import ServiceProcess, queue_state, wait_until
+from devtools.processes import ServiceProcess
+from devtools.waiting import queue_state, wait_until
 
 from services.notifier.delivery import ATTEMPT_HEADER
 from services.notifier.tests.conftest import KEY_ID, SECRET

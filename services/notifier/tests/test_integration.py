@@ -1,6 +1,6 @@
 """The notifier on the real broker against both storage emulators, called over real RPC, fed
 ``bundle_indexed`` events dispatched here as the indexer would, delivering to a real local HTTP
-receiver that verifies both HMAC signatures (``shared.testing.Receiver``)."""
+receiver that verifies both HMAC signatures (``devtools.receivers.Receiver``)."""
 import json
 import pathlib
 import time
@@ -19,7 +19,7 @@ from shared.identifiers import new_uuid, new_version
 from shared.retry import DEAD_SUFFIX, peek_dead_letters
 from shared.search import ElasticsearchBadRequest
 from shared.storage import open_replicas
-from shared.testing import queue_state, wait_until
+from devtools.waiting import queue_state, wait_until
 
 from services.notifier.delivery import ATTEMPT_HEADER
 from services.notifier.service import NotifierService

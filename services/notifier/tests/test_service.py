@@ -1,5 +1,5 @@
 """Unit tests of the notifier: the service built with worker_factory over in-memory buckets
-(``shared.testing.MemoryBlobStore``) and real embedded search indexes in a temporary directory,
+(``devtools.fakes.MemoryBlobStore``) and real embedded search indexes in a temporary directory,
 so only the clouds are faked; the subscription store, matching and percolation are real. Webhook
 delivery is mocked here (its rules are tested in test_delivery.py), except where
 its outcome metrics are checked against a local receiver."""
@@ -18,7 +18,8 @@ from shared.exceptions import Forbidden, InvalidParameter, NotAcceptable, NotFou
 from shared.identifiers import new_uuid, new_version
 from shared.search import ElasticsearchBadRequest, open_index_backend
 from shared.storage import ReplicaStorage, Replicas
-from shared.testing import MemoryBlobStore, Receiver
+from devtools.fakes import MemoryBlobStore
+from devtools.receivers import Receiver
 
 from services.notifier import subscriptions
 from services.notifier.delivery import RetryableDeliveryError

@@ -13,7 +13,9 @@ import pytest
 from nameko.events import EventDispatcher, event_handler
 from prometheus_client import REGISTRY
 
-from shared import events, local_cloud
+from devtools import local_cloud
+from ops import provision
+from shared import events
 from shared.config import Settings
 from services.replicator.bridge import (MalformedNotification, gcs_notifications, normalise_gcs_notification,
                                         normalise_s3_notification, s3_notifications)
@@ -267,7 +269,7 @@ def start_bridge(container_factory):
 def sqs_messages_about(config, key, wait=2):
     """Messages of the notification queue that mention ``key`` (received and left in place)."""
     settings = Settings.from_config(config, environ={})
-    sqs = local_cloud.sqs_client(settings)
+    sqs = provision.sqs_client(settings)
     url = sqs.get_queue_url(QueueName=settings.s3_notification_queue)["QueueUrl"]
     bodies = [m["Body"] for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
                                                      VisibilityTimeout=1).get("Messages", [])]
@@ -309,7 +311,7 @@ def test_s3_other_buckets_are_not_bridged(start_bridge, s3_config, blobstores, d
 def test_s3_malformed_messages_are_dropped_and_free_their_slot(start_bridge, s3_config, blobstores, dss_settings):
     start_bridge(S3Bridge, {**s3_config, "max_workers": 1})
     settings = Settings.from_config(s3_config, environ={})
-    sqs = local_cloud.sqs_client(settings)
+    sqs = provision.sqs_client(settings)
     url = sqs.get_queue_url(QueueName=settings.s3_notification_queue)["QueueUrl"]
     labels = {"replica": "aws", "reason": "malformed"}
     dropped = REGISTRY.get_sample_value("dss_notifications_ignored_total", labels) or 0.0

@@ -16,7 +16,8 @@ from nameko.standalone.rpc import ServiceRpcProxy
 from nameko.testing.services import entrypoint_waiter, restrict_entrypoints
 from nameko.testing.utils import get_container
 
-from shared import events, replication
+from ops import replicas
+from shared import events, verdicts
 from shared.checksums import ChecksumPass, checksum_bytes
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, new_uuid, new_version
@@ -253,7 +254,7 @@ def test_a_corrupt_destination_blob_is_replaced(cluster):
 
 
 def dead_letter_of(cluster, key, timeout=10):
-    queue = replication.HANDLER_QUEUE
+    queue = replicas.HANDLER_QUEUE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for letter in peek_dead_letters(cluster.config["AMQP_URI"], queue, limit=100):
@@ -283,7 +284,7 @@ def test_a_corrupt_source_blob_is_never_made_visible(cluster):
     wrong = data[:-1] + bytes([data[-1] ^ 1])  # the last byte differs: seen only after every part was sent
     cluster.stores["aws"].put_stream(cluster.bucket("aws"), sums.blob_key(), iter([wrong]), len(wrong),
                                      part_size=64 * MiB)
-    dead = counter(DEAD_LETTERS, replication.HANDLER_QUEUE)
+    dead = counter(DEAD_LETTERS, replicas.HANDLER_QUEUE)
 
     with entrypoint_waiter(cluster.replicator, "handle_object_changed") as result:
         cluster.announce("aws", sums.blob_key())
@@ -292,7 +293,7 @@ def test_a_corrupt_source_blob_is_never_made_visible(cluster):
     assert not cluster.has("gcp", sums.blob_key())
     assert not list(cluster.stores["gcp"].list_keys(cluster.bucket("gcp"), "tmp/compose/"))
     dead_letter_of(cluster, sums.blob_key())
-    assert counter(DEAD_LETTERS, replication.HANDLER_QUEUE) == dead + 1
+    assert counter(DEAD_LETTERS, replicas.HANDLER_QUEUE) == dead + 1
 
 
 # --- retries -------------------------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def test_a_missing_dependency_is_retried_on_the_broker_until_it_arrives(cluster)
     data = b"the blob arrives late " + os.urandom(8)
     uuid, version, doc, sums = cluster.put_file("aws", data, with_blob=False)
     key = Keys.file(uuid, version)
-    retries = counter(RETRIES, replication.HANDLER_QUEUE)
+    retries = counter(RETRIES, replicas.HANDLER_QUEUE)
 
     with cluster.expect(key, timeout=30) as replicated:
         with entrypoint_waiter(cluster.replicator, "handle_object_changed") as first:
@@ -312,7 +313,7 @@ def test_a_missing_dependency_is_retried_on_the_broker_until_it_arrives(cluster)
         cluster.put_blob("aws", data)  # meanwhile, the delay queue holds the event for a second
 
     assert replicated.get()["copied"] is True
-    assert counter(RETRIES, replication.HANDLER_QUEUE) >= retries + 1
+    assert counter(RETRIES, replicas.HANDLER_QUEUE) >= retries + 1
     assert cluster.get("gcp", sums.blob_key()) == data
     assert cluster.has("gcp", key)
 
@@ -351,7 +352,7 @@ def test_replicate_verify_and_health_over_rpc(cluster):
             rpc.replicate(sums.blob_key(), "azure")
         health = rpc.health()
     assert health["aws"]["ok"] and health["gcp"]["ok"] and health["queues"]["ok"]
-    assert f"{replication.HANDLER_QUEUE}: " in health["queues"]["detail"]  # polled at start
+    assert f"{replicas.HANDLER_QUEUE}: " in health["queues"]["detail"]  # polled at start
 
 
 # --- dss-ops replicas verify | repair ------------------------------------------------------------------
@@ -360,7 +361,7 @@ def test_replicate_verify_and_health_over_rpc(cluster):
 def dss_ops(cluster, local_cloud_settings, monkeypatch, capsys):
     """``dss_ops(*args)`` -> (exit code, stdout lines): the command as an operator runs it, against the
     emulators and the test's broker vhost."""
-    from shared import cli
+    from ops import cli
 
     for name, value in local_cloud_settings.items():
         monkeypatch.setenv(name, value)
@@ -478,7 +479,7 @@ def test_512_mib_blob_both_ways_in_bounded_memory(cluster, blobstores):
         print(f"{source} -> {destination}: {size / MiB / took:.0f} MiB/s, RSS +{rss.growth_mib:.0f} MiB")
         assert replicated["copied"] is True and replicated["size"] == size
         assert rss.growth_mib < 200, f"RSS grew by {rss.growth_mib:.0f} MiB"
-        actual, copied = replication.hash_object(blobstores[destination], cluster.bucket(destination), key, 16 * MiB)
+        actual, copied = verdicts.hash_object(blobstores[destination], cluster.bucket(destination), key, 16 * MiB)
         assert (actual, copied) == (sums, size)
         if source == "aws":  # the way back starts from the copy alone
             blobstores["aws"].delete(cluster.bucket("aws"), key)

@@ -12,7 +12,8 @@ from nameko.containers import ServiceContainer
 from nameko.testing.services import worker_factory
 from nameko.testing.utils import get_extension
 
-from shared import events, replication
+from ops import replicas
+from shared import events, keys
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore
 from shared.blobstore.base import ChunkReader
 from shared.checksums import checksum_bytes
@@ -101,7 +102,7 @@ def test_handler_queue_and_retry_delays_come_from_config():
     container = ServiceContainer(ReplicatorService, {"AMQP_URI": "memory://", "DSS_REPLICATION_RETRY_DELAYS": "2, 3"})
     handler = get_extension(container, RetryingEventHandler)
     handler.setup()
-    assert handler.queue.name == replication.HANDLER_QUEUE  # what `dss-ops replicas repair` checks for
+    assert handler.queue.name == replicas.HANDLER_QUEUE  # what `dss-ops replicas repair` checks for
     assert handler.delays == (2, 3)
 
 
@@ -218,7 +219,7 @@ def test_a_bundle_is_written_after_its_files_and_each_file_after_its_blob():
     order = world.writes("gcp")
     assert order[-1] == bundle_key
     for uuid, doc in entries:
-        blob = replication.parse_key(f"blobs/{doc['sha256']}.{doc['sha1']}.{doc['s3-etag']}.{doc['crc32c']}")
+        blob = keys.parse_key(f"blobs/{doc['sha256']}.{doc['sha1']}.{doc['s3-etag']}.{doc['crc32c']}")
         assert order.index(blob.key) < order.index(Keys.file(uuid, VERSION))
     assert len(order) == len(set(order)) == 100 + 90 + 1  # each shared blob copied once
     assert world.contents("gcp") == world.contents("aws")

@@ -1,7 +1,7 @@
 """Print the four DSS checksums of a file, as a client must declare them on a staged object.
 
-    python -m shared.checksum_cli FILE             # JSON: {"sha256": ..., "sha1": ..., "s3_etag": ..., "crc32c": ...}
-    python -m shared.checksum_cli --tagging FILE   # S3 Tagging string: dss-sha256=...&dss-sha1=...&...
+    python -m ops.checksums FILE             # JSON: {"sha256": ..., "sha1": ..., "s3_etag": ..., "crc32c": ...}
+    python -m ops.checksums --tagging FILE   # S3 Tagging string: dss-sha256=...&dss-sha1=...&...
 
 Reads the file once, in chunks (memory stays bounded whatever its size).
 """
@@ -44,7 +44,7 @@ def staging_tags(checksums: Checksums) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.checksum_cli", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.checksums", description=__doc__.split("\n\n")[0])
     parser.add_argument("file")
     parser.add_argument("--tagging", action="store_true", help="print an S3 Tagging string instead of JSON")
     args = parser.parse_args(argv)

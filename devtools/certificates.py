@@ -1,5 +1,5 @@
-"""TLS of the gateway: its server context (re-read when the certificate files change), and the
-local development CA that `make cert` / `make up TLS=1` create for it.
+"""Certificates for development and tests: the local development CA that `make cert` / `make up
+TLS=1` create for the gateway, and throwaway CAs with server certificates for tests.
 
 The development CA lives in one directory (``var/tls`` for `make up`): ``ca.pem`` (what clients
 trust: REQUESTS_CA_BUNDLE, or the system store), ``ca-key.pem``, and the server certificate
@@ -15,8 +15,6 @@ import ipaddress
 import logging
 import os
 import pathlib
-import ssl
-import threading
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,44 +28,6 @@ CA_DAYS = 3650
 SERVER_DAYS = 397          # the longest validity browsers and Apple clients accept for a leaf
 RENEW_BEFORE_DAYS = 30
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
-
-
-# --- the server side ----------------------------------------------------------------------------
-
-class ServerContext:
-    """An ``SSLContext`` for serving ``cert_file`` (with ``key_file``, or the key inside
-    ``cert_file`` when that is empty), rebuilt when either file changes, so a renewed
-    certificate is served without a restart. A change that does not load (a half-written file)
-    keeps the previous context and is logged."""
-
-    def __init__(self, cert_file: str, key_file: str = "", context_class=ssl.SSLContext):
-        self.cert_file = cert_file
-        self.key_file = key_file or None
-        self._context_class = context_class
-        self._lock = threading.Lock()
-        self._stamp = self._file_stamp()
-        self._context = self._load()  # at start-up a bad certificate is an error, not a log line
-
-    def _file_stamp(self) -> tuple:
-        return tuple(os.stat(path).st_mtime_ns for path in (self.cert_file, self.key_file) if path)
-
-    def _load(self) -> ssl.SSLContext:
-        context = self._context_class(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(self.cert_file, self.key_file)
-        return context
-
-    def context(self) -> ssl.SSLContext:
-        with self._lock:
-            try:
-                stamp = self._file_stamp()
-                if stamp != self._stamp:
-                    self._context, self._stamp = self._load(), stamp
-                    logger.info("TLS certificate %s reloaded", self.cert_file)
-            except (OSError, ssl.SSLError) as error:
-                logger.error("TLS certificate %s unusable, still serving the previous one: %s",
-                             self.cert_file, error)
-            return self._context
 
 
 # --- the local development CA -------------------------------------------------------------------
@@ -178,3 +138,43 @@ def ensure_dev_certificate(directory: str | os.PathLike, names=DEFAULT_NAMES) ->
         _write(cert_path, certificate.public_bytes(serialization.Encoding.PEM))
         logger.info("issued the server certificate %s for %s", cert_path, ", ".join(names))
     return DevCertificate(str(ca_path), str(cert_path), str(key_path))
+
+
+# --- TLS certificates from a CA of the test's own ---------------------------------------------------
+
+def _certificate(subject, issuer, public_key, signing_key, *, ca, names=(), addresses=()):
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+               .public_key(public_key).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signing_key.public_key()),
+                              critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                                        critical=True)
+    else:
+        alternative_names = [x509.DNSName(name) for name in names]
+        alternative_names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
+def issue_server_certificate(directory, names=(), addresses=()) -> tuple[str, str]:
+    """A CA of the test's own and a server certificate it signed for ``names`` (DNS) and
+    ``addresses`` (IP), as PEM files in ``directory``: (the CA bundle, the certificate followed by
+    its private key, as ``SSLContext.load_cert_chain`` takes it)."""
+    directory = pathlib.Path(directory)
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("test CA", "test CA", ca_key.public_key(), ca_key, ca=True)
+    leaf = _certificate((list(names) + list(addresses))[0], "test CA", server_key.public_key(), ca_key, ca=False,
+                        names=names, addresses=addresses)
+    ca_path, server_path = directory / "ca.pem", directory / "server.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    server_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM) + server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(ca_path), str(server_path)

@@ -1,12 +1,11 @@
-"""Start and stop the local cloud emulators (moto for S3/SQS, fake-gcs-server for GCS, the Pub/Sub
-emulator for GCS notifications), and wire the main buckets' change notifications.
+"""Start and stop the local cloud emulators: moto for S3/SQS, fake-gcs-server for GCS, the Pub/Sub
+emulator for GCS notifications; and the free ports and probes they need.
 
-Used by `make up` (deploy/local.py) and by the test fixtures (conftest.py), so both run the
-emulators the same way. Notifications: moto's S3 main bucket notifies an SQS queue on moto itself
-(``configure_s3_notifications``); fake-gcs-server cannot be configured through the notifications
-API, so it is started with ``fake_gcs_event_args`` to publish to a topic of the Pub/Sub emulator
-(``configure_gcs_notifications`` creates the topic and subscription; the topic must exist before
-fake-gcs-server publishes, or the event is lost).
+Used by `make up` (devtools.stack) and by the test fixtures (conftest.py), so both run the
+emulators the same way. fake-gcs-server cannot be configured through the notifications API, so
+it is started with ``fake_gcs_event_args`` to publish to a topic of the Pub/Sub emulator (which
+``ops.provision.configure_gcs_notifications`` creates; the topic must exist before fake-gcs-server
+publishes, or the event is lost).
 """
 from __future__ import annotations
 
@@ -163,32 +162,6 @@ def start_pubsub_emulator(port: int | None = None, log_path: str | None = None, 
     return start_process("pubsub-emulator", pubsub_command(port), url, f"{url}/", log_path, detach=detach)
 
 
-def _pubsub_put(emulator_host: str, path: str, body: dict | None = None) -> None:
-    """Create a Pub/Sub resource on the emulator; one that exists already is fine."""
-    answer = requests.put(f"http://{emulator_host}/v1/{path}", json=body or {}, timeout=10)
-    if answer.status_code not in (200, 409):
-        raise RuntimeError(f"creating {path} on the Pub/Sub emulator at {emulator_host}: "
-                           f"HTTP {answer.status_code} {answer.text[:300]}")
-
-
-def subscription_path(project: str, subscription: str) -> str:
-    return subscription if subscription.startswith("projects/") else f"projects/{project}/subscriptions/{subscription}"
-
-
-def ensure_pubsub_topic(emulator_host: str, project: str, topic: str) -> None:
-    _pubsub_put(emulator_host, f"projects/{project}/topics/{topic}")
-
-
-def ensure_pubsub_subscription(emulator_host: str, project: str, subscription: str, topic: str,
-                               ack_deadline: int = 10) -> None:
-    _pubsub_put(emulator_host, subscription_path(project, subscription),
-                {"topic": f"projects/{project}/topics/{topic}", "ackDeadlineSeconds": ack_deadline})
-
-
-def delete_pubsub_subscription(emulator_host: str, project: str, subscription: str) -> None:
-    requests.delete(f"http://{emulator_host}/v1/{subscription_path(project, subscription)}", timeout=10)
-
-
 def fake_gcs_event_args(settings, events: tuple[str, ...] = ("finalize", "delete")) -> tuple[str, ...]:
     """fake-gcs-server flags that publish the main bucket's object events to the notification topic
     (run it with ``fake_gcs_event_env``). Metadata updates are left out: the bridge ignores them."""
@@ -199,61 +172,3 @@ def fake_gcs_event_args(settings, events: tuple[str, ...] = ("finalize", "delete
 def fake_gcs_event_env(settings, base: dict | None = None) -> dict:
     """The environment fake-gcs-server finds the Pub/Sub emulator through."""
     return {**(os.environ if base is None else base), "PUBSUB_EMULATOR_HOST": settings.pubsub_emulator_host}
-
-
-def configure_gcs_notifications(settings, ack_deadline: int = 10) -> None:
-    """Create the notification topic and subscription on the Pub/Sub emulator (idempotent).
-
-    Never touches real Pub/Sub: with ``DSS_PUBSUB_EMULATOR_HOST`` empty this raises ValueError."""
-    host = settings.pubsub_emulator_host
-    if not host:
-        raise ValueError("DSS_PUBSUB_EMULATOR_HOST is empty: real Pub/Sub is configured by hand (see README)")
-    ensure_pubsub_topic(host, settings.gcp_project, settings.gcs_notification_topic)
-    ensure_pubsub_subscription(host, settings.gcp_project, settings.gcs_notification_subscription,
-                               settings.gcs_notification_topic, ack_deadline)
-
-
-# --- S3 notifications to SQS (moto serves both) ----------------------------------------------------
-
-def _aws_client(service: str, endpoint: str, settings):
-    import boto3
-    key_id = settings.s3_access_key_id or "test"  # an emulator accepts any keys
-    secret = settings.s3_secret_access_key or "test"
-    return boto3.session.Session().client(service, endpoint_url=endpoint, region_name=settings.s3_region,
-                                          aws_access_key_id=key_id, aws_secret_access_key=secret)
-
-
-def sqs_client(settings):
-    """An SQS client for the emulator at ``DSS_SQS_ENDPOINT``."""
-    if not settings.sqs_endpoint:
-        raise ValueError("DSS_SQS_ENDPOINT is empty: real SQS is configured by hand (see README)")
-    return _aws_client("sqs", settings.sqs_endpoint, settings)
-
-
-def configure_s3_notifications(settings) -> str:
-    """Create the notification queue on the SQS emulator and make the S3 main bucket send its
-    ``s3:ObjectCreated:*`` and ``s3:ObjectRemoved:*`` events there (idempotent). Returns the
-    queue's URL. Refuses real AWS (empty endpoints): that is configured by hand (see README)."""
-    if not settings.s3_endpoint:
-        raise ValueError("DSS_S3_ENDPOINT is empty: real S3 notifications are configured by hand (see README)")
-    sqs = sqs_client(settings)
-    queue = settings.s3_notification_queue
-    if queue.startswith(("http://", "https://")):
-        url = queue
-    else:
-        url = sqs.create_queue(QueueName=queue)["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    s3 = _aws_client("s3", settings.s3_endpoint, settings)
-    s3.put_bucket_notification_configuration(Bucket=settings.s3_bucket, NotificationConfiguration={
-        "QueueConfigurations": [{"Id": "dss-replication", "QueueArn": arn,
-                                 "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]}]})
-    return url
-
-
-def create_buckets(settings) -> None:
-    """Create the main, checkout and staging buckets of both replicas (idempotent)."""
-    from shared.blobstore import open_blobstore
-    for replica in ("aws", "gcp"):
-        store = open_blobstore(replica, settings)
-        for kind in ("main", "checkout", "staging"):
-            store.create_bucket(settings.bucket(replica, kind))

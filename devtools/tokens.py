@@ -7,8 +7,8 @@ RFC 7638 thumbprint, so the JWKS and the tokens agree without storing the kid an
 
 `make sa-key` calls ``create_service_account_key``: a key file of the shape Google issues for a
 service account (what dbio / hca read from GOOGLE_APPLICATION_CREDENTIALS), whose public key is
-added to the JWKS file the gateway reads for that account (``shared.auth.issuer_jwks_file``), with
-the groups the operator grants the account in the same document (``shared.auth.GRANTS_MEMBER``).
+added to the JWKS file the gateway reads for that account (``services.gateway.auth.issuer_jwks_file``), with
+the groups the operator grants the account in the same document (``services.gateway.auth.GRANTS_MEMBER``).
 The grant lives with the keys rather than in a file beside them: one atomic write registers both,
 the gateway re-reads both on the same change of the file, and deleting the file revokes both.
 """
@@ -25,7 +25,7 @@ from typing import Iterable
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
-from shared.auth import GRANTS_MEMBER, parse_grants
+from services.gateway.auth import GRANTS_MEMBER, parse_grants
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,32 @@
+"""Waiting in tests: polling until a condition holds, and a queue as the broker sees it."""
+from __future__ import annotations
+
+import time
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, on_timeout=lambda: ""):
+    """Poll ``predicate`` until it returns something true (returned), at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout:g}s\n{on_timeout()}")
+        time.sleep(interval)
+
+
+def queue_state(amqp_uri: str, name: str) -> tuple[int, int] | None:
+    """(messages ready, consumers) of queue ``name``, or None if it does not exist (a passive
+    declare, which creates nothing). Raises if the broker cannot be reached."""
+    from amqp.exceptions import NotFound as QueueNotFound
+    from kombu import Connection
+
+    with Connection(amqp_uri, connect_timeout=5) as connection:
+        channel = connection.channel()
+        try:
+            _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+        except QueueNotFound:
+            return None
+        channel.close()
+        return messages, consumers
