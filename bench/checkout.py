@@ -63,7 +63,7 @@ from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import new_uuid, new_version  # noqa: E402
 from shared.storage import open_replicas  # noqa: E402
-from services.checkout.jobs import destination_allowed  # noqa: E402
+from services.checkout.bundle_jobs.jobs import destination_allowed  # noqa: E402
 from shared.testing import stage_large_object, stage_object  # noqa: E402
 
 MiB = 1024 * 1024

@@ -1,14 +1,16 @@
 """The checkout service: owns each replica's checkout bucket, from which clients read file bytes.
 
-Two parts, each with its own module:
+Its entrypoints, for its two parts (each in a package of its own):
 
-- file checkout (``files.py`` and ``dependencies.py``): GET /files and DRS are answered with
-  presigned URLs of verified copies of blobs in the checkout bucket; copies are made on demand
-  (inline for small blobs, in the background for large ones), warmed on ``file_created`` for small
-  files, refreshed when read near the end of their life and swept when expired;
-- bundle checkout jobs (``jobs.py``): a bundle copied, verified, to the checkout bucket or a
-  bucket the operator allowed, its job state durable in the checkout bucket, with an e-mail to
-  the caller when it ends (at most ``DSS_CHECKOUT_MAIL_PER_HOUR`` per caller).
+- file reads (``file_reads``): GET /files and DRS are answered with presigned URLs of verified
+  copies of blobs in the checkout bucket; copies are made on demand (inline for small blobs, in
+  the background for large ones), warmed on ``file_created`` for small files and refreshed when
+  read near the end of their life;
+- bundle checkout jobs (``bundle_jobs``): a bundle copied, verified, to the checkout bucket or a
+  bucket the operator allowed, its job state durable in the checkout bucket, with an e-mail to the
+  caller when it ends (at most ``DSS_CHECKOUT_MAIL_PER_HOUR`` per caller);
+
+and the sweeper of the bucket (``sweeping``), which deletes what expired of both.
 
 Every RPC answers an unreachable store with a generic 503 (``exceptions.hides_storage_details``):
 what callers are told never names another bucket's keys or carries a store's error text.
@@ -23,20 +25,20 @@ from nameko.rpc import rpc
 from shared import events
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
-from shared.mail import Mail, MailNotSent
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, FileCreated, ObjectReplicated,
                             load_arguments)
 
-from services.checkout import drs
-from services.checkout.dependencies import FileCheckouts
+from services.checkout.bundle_jobs.jobs import completion_email, job_view
+from services.checkout.bundle_jobs.mail import MailNotSent
+from services.checkout.dependencies import CheckoutJobs, FileCheckouts, Mail, Sweeps
 from services.checkout.exceptions import hides_storage_details
-from services.checkout.file_entrypoints import sweep_timer
-from services.checkout.files import Blob, file_version_of_key
-from services.checkout.jobs import CheckoutJobs, completion_email, job_view
-from services.checkout.jobs_schemas import BundleUrlsCall, CheckoutJobCall, StartBundleCheckoutCall
-from services.checkout.schemas import DrsAccessCall, DrsObjectCall, DrsServiceInfoCall, GetFileCall, SweepCall
+from services.checkout.file_reads import drs
+from services.checkout.file_reads.blobs import Blob, file_version_of_key
+from services.checkout.schemas import (BundleUrlsCall, CheckoutJobCall, DrsAccessCall, DrsObjectCall,
+                                       DrsServiceInfoCall, GetFileCall, StartBundleCheckoutCall, SweepCall)
+from services.checkout.sweeping import sweep_timer
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,9 @@ class CheckoutService:
     metrics = Metrics()
     dispatch = EventDispatcher()
 
-    # --- file checkout (GET /files, DRS) -------------------------------------------------------------
+    # --- file reads (GET /files, DRS) ----------------------------------------------------------------
     file_checkouts = FileCheckouts()
+    sweeper = Sweeps()
 
     @rpc
     @hides_storage_details
@@ -105,12 +108,12 @@ class CheckoutService:
         ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) copies examined after ``start_after``."""
         call = load_arguments(SweepCall(), {"replica": replica, "start_after": start_after, "limit": limit},
                               none_is_default=True)
-        return self.file_checkouts.sweep(call["replica"], call["start_after"], call["limit"])
+        return self.sweeper.sweep(call["replica"], call["start_after"], call["limit"])
 
     @sweep_timer
     def sweep_expired_copies(self):
         """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
-        return {replica: self.file_checkouts.sweep_next_batch(replica) for replica in REPLICAS}
+        return {replica: self.sweeper.sweep_next_batch(replica) for replica in REPLICAS}
 
     @retrying_event_handler("checkout", events.FILE_CHECKOUT_REQUESTED, delays_setting="checkout_copy_retry_delays",
                             give_up_on=(ValidationError, Unprocessable, InvalidParameter))

@@ -14,8 +14,7 @@ from urllib.parse import urlparse
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from shared.exceptions import InvalidParameter
-from shared.identifiers import REPLICAS
-from shared.mail import is_email_address
+from shared.identifiers import REPLICAS, is_email_address
 from shared.schemas import CollectionItem, UuidField, VersionField
 
 GENERIC_CODE = "illegal_arguments"

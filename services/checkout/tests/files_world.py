@@ -14,9 +14,10 @@ from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore
 
-from services.checkout.dependencies import CheckoutState, FileCheckoutAPI
-from services.checkout.files import DAY
+from services.checkout.file_reads.reads import CheckoutState, FileCheckoutAPI
+from services.checkout.lifetime import DAY
 from services.checkout.service import CheckoutService
+from services.checkout.sweeping import Sweeper
 
 KiB = 1024
 START = 1_800_000_000.0  # the fake clock's start (2027)
@@ -58,7 +59,8 @@ class FileWorld:
 
     def new_worker(self):
         """A fresh worker sharing the process state, as nameko gives each call."""
-        return worker_factory(CheckoutService, file_checkouts=self.api())
+        return worker_factory(CheckoutService, file_checkouts=self.api(),
+                              sweeper=Sweeper(self.replicas, self.settings, self.state))
 
     # --- buckets -----------------------------------------------------------------------------------
     def main(self, replica="aws") -> dict:

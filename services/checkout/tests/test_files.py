@@ -15,9 +15,10 @@ from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileCheckoutRequested
 from shared.testing import MemoryBlobStore
 
-from services.checkout.dependencies import MARKER_PREFIX
-from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime,
-                                     file_version_of_key, rfc3339)
+from services.checkout.file_reads.blobs import Blob, file_version_of_key
+from services.checkout.file_reads.reads import MARKER_PREFIX
+from services.checkout.file_reads.tokens import CheckoutToken
+from services.checkout.lifetime import CHECKED_OUT_METADATA, CopyState, Lifetime, rfc3339
 from services.checkout.tests.files_world import KiB, FileWorld
 
 LARGE = 100 * KiB  # above the world's inline threshold (64 KiB)

@@ -12,7 +12,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from shared.identifiers import new_uuid, new_version
 from shared.testing import stage_object, wait_until
 
-from services.checkout.files import CHECKED_OUT_METADATA, parse_rfc3339, rfc3339
+from services.checkout.lifetime import CHECKED_OUT_METADATA, parse_rfc3339, rfc3339
 from services.checkout.service import CheckoutService
 from services.files.service import FilesService
 

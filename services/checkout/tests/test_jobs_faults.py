@@ -12,7 +12,7 @@ from nameko.standalone.rpc import ServiceRpcProxy
 
 from shared.testing import ServiceProcess, queue_state, store_bundle, wait_until
 
-from services.checkout.jobs import job_key
+from services.checkout.bundle_jobs.jobs import job_key
 
 JOB_QUEUE = "evt-checkout-bundle_checkout_requested--checkout.handle_bundle_checkout_requested"
 FILES = 240

@@ -21,8 +21,8 @@ from shared.identifiers import Keys, new_uuid, new_version
 from shared.testing import SmtpServer, stage_object, wait_until
 
 from services.bundles.service import BundlesService
-from services.checkout.files import parse_rfc3339
-from services.checkout.jobs import job_key
+from services.checkout.bundle_jobs.jobs import job_key
+from services.checkout.lifetime import parse_rfc3339
 from services.checkout.service import CheckoutService
 from services.files.service import FilesService
 

@@ -1,9 +1,10 @@
 import pytest
 
 from shared.checksums import ChecksumPass
-from shared.copies import copy_verified, verify_copy
 from shared.exceptions import Unavailable
 from shared.testing import MemoryBlobStore
+
+from services.checkout.copies import copy_verified, verify_copy
 
 
 PROPS = {"content_type": "application/octet-stream", "metadata": {"dss-checked-out": "2027-01-15T08:00:00Z"}}
