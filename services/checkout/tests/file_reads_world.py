@@ -1,6 +1,6 @@
-"""The unit-test world of file checkout: both replicas in memory (main and checkout buckets), a
+"""The unit-test world of file reads: both replicas in memory (main and checkout buckets), a
 clock the test moves, and workers of the checkout service built with nameko's worker_factory over
-the real ``FileCheckoutAPI`` (only the cloud is faked)."""
+the real ``FileCheckoutAPI`` and ``Sweeper`` (only the cloud is faked)."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,9 @@ from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore
 
+from services.checkout.file_reads.blobs import Blob
 from services.checkout.file_reads.reads import CheckoutState, FileCheckoutAPI
-from services.checkout.lifetime import DAY
+from services.checkout.lifetime import CHECKED_OUT_METADATA, DAY, rfc3339
 from services.checkout.service import CheckoutService
 from services.checkout.sweeping import Sweeper
 
@@ -91,3 +92,16 @@ class FileWorld:
 
     def dispatched(self, worker, name: str) -> list[dict]:
         return [call.args[1] for call in worker.dispatch.call_args_list if call.args[0] == name]
+
+
+def copy_of(world, doc, replica="aws"):
+    """(bytes, content type, metadata) of a file's checkout copy, or None."""
+    return world.checkout(replica).get(Blob.of_file(doc).key)
+
+
+def make_old(world, doc, days, replica="aws"):
+    """Pretend the file's checkout copy was made ``days`` ago."""
+    key = Blob.of_file(doc).key
+    data, content_type, metadata = world.checkout(replica)[key]
+    world.checkout(replica)[key] = (data, content_type,
+                                    {**metadata, CHECKED_OUT_METADATA: rfc3339(world.clock.now - days * 86400)})
