@@ -51,7 +51,6 @@ class CheckoutService:
 
     # --- file reads (GET /files, DRS) ----------------------------------------------------------------
     file_checkouts = FileCheckouts()
-    sweeper = Sweeps()
 
     @rpc
     @hides_storage_details
@@ -99,21 +98,6 @@ class CheckoutService:
         answer, copy_request = self.file_checkouts.drs_access(call["object_id"], call["access_id"], call["version"])
         self._request_copy(copy_request)
         return answer
-
-    @rpc
-    @hides_storage_details
-    def sweep(self, replica, start_after=None, limit=None):
-        """Delete expired copies of ``replica``'s checkout bucket now (for operators and tests):
-        ``{"replica", "examined", "deleted", "kept", "markers_deleted", "next_start_after"}``, at most
-        ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) copies examined after ``start_after``."""
-        call = load_arguments(SweepCall(), {"replica": replica, "start_after": start_after, "limit": limit},
-                              none_is_default=True)
-        return self.sweeper.sweep(call["replica"], call["start_after"], call["limit"])
-
-    @sweep_timer
-    def sweep_expired_copies(self):
-        """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
-        return {replica: self.sweeper.sweep_next_batch(replica) for replica in REPLICAS}
 
     @retrying_event_handler("checkout", events.FILE_CHECKOUT_REQUESTED, delays_setting="checkout_copy_retry_delays",
                             give_up_on=(ValidationError, Unprocessable, InvalidParameter))
@@ -236,3 +220,21 @@ class CheckoutService:
             logger.error("checkout job %s: its notice to %s was not sent: %s", job["job_id"], job["email"], error)
             return self.checkout_jobs.email_outcome(job, "failed", str(error))
         return self.checkout_jobs.email_outcome(job, "sent" if sent else "disabled")
+
+    # --- the sweeper of the checkout buckets (what both parts leave expires) -------------------------
+    sweeper = Sweeps()
+
+    @rpc
+    @hides_storage_details
+    def sweep(self, replica, start_after=None, limit=None):
+        """Delete expired copies of ``replica``'s checkout bucket now (for operators and tests):
+        ``{"replica", "examined", "deleted", "kept", "markers_deleted", "next_start_after"}``, at most
+        ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) copies examined after ``start_after``."""
+        call = load_arguments(SweepCall(), {"replica": replica, "start_after": start_after, "limit": limit},
+                              none_is_default=True)
+        return self.sweeper.sweep(call["replica"], call["start_after"], call["limit"])
+
+    @sweep_timer
+    def sweep_expired_copies(self):
+        """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
+        return {replica: self.sweeper.sweep_next_batch(replica) for replica in REPLICAS}
