@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 from shared.blobstore import BlobInfo
 from shared.replication import blob_verdict
+from shared.storage import JSON
 
 if TYPE_CHECKING:
     from services.checkout.file_reads.blobs import Blob
 
 DAY = 86400.0
 CHECKED_OUT_METADATA = "dss-checked-out"  # when the verified copy was made (RFC 3339 UTC)
-JSON_MEDIA_TYPE = "application/json"
 STAMP_CLOCK_SKEW = 300.0   # a copy may be stamped by a process whose clock runs this much ahead
 
 
@@ -52,7 +52,7 @@ def parse_rfc3339(text: str | None) -> float | None:
 
 def is_small_json(content_type: str | None, size: int, limit: int) -> bool:
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    return media_type == JSON_MEDIA_TYPE and size <= limit
+    return media_type == JSON and size <= limit
 
 
 def checked_out_at(info: BlobInfo) -> float | None:

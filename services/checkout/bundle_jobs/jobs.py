@@ -62,7 +62,7 @@ from shared.config import Settings
 from shared.exceptions import DSSError, NotFound, bundle_not_found, illegal_token
 from shared.identifiers import REPLICAS, Keys, new_uuid
 from shared.metrics import MetricsAPI
-from shared.storage import ReplicaStorage, Replicas
+from shared.storage import JSON, ReplicaStorage, Replicas
 
 from services.checkout import exceptions as errors
 from services.checkout.bundle_jobs.mail_quota import MailQuota
@@ -76,7 +76,6 @@ ENDED = (SUCCEEDED, FAILED)
 REQUEST, URLS = "request", "urls"  # the two purposes of a job
 JOBS_PREFIX = "checkout-jobs/"
 PROBE_PREFIX = "bundles/.dss-write-probe-"
-JSON = "application/json"
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 TOKEN_PREFIX = "bundle-checkout:"
 # A bucket name as S3 and GCS allow them (GCS also allows underscores and dotted names up to 222).
