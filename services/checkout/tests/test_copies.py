@@ -1,3 +1,6 @@
+"""``copies``: server-side copies into a checkout bucket (or a bundle checkout's destination) are
+judged against the blob's checksums, and one that does not hold the right bytes is removed; over the
+in-memory store."""
 import pytest
 
 from shared.checksums import ChecksumPass
