@@ -1,4 +1,4 @@
-"""The checkout service's DependencyProviders: ``FileCheckouts`` for file reads (``file_reads``),
+"""The checkout service's DependencyProviders: ``FileReads`` for file reads (``file_reads``),
 ``CheckoutJobs`` and ``Mail`` for bundle checkout jobs (``bundle_jobs``), ``Sweeps`` for the sweeper
 of the checkout buckets (``sweeping``). Each opens what its API needs in ``setup()`` and injects
 that API; the logic is in the modules named."""
@@ -12,17 +12,17 @@ from shared.storage import StorageProvider
 
 from services.checkout.bundle_jobs.jobs import CheckoutJobsAPI
 from services.checkout.bundle_jobs.mail import Mailer, MailSettings
-from services.checkout.file_reads.reads import CheckoutState, FileCheckoutAPI
+from services.checkout.file_reads.reads import CheckoutState, FileReadsAPI
 from services.checkout.sweeping import Sweeper
 
 logger = logging.getLogger(__name__)
 
 
-class FileCheckouts(StorageProvider):
-    """Injects a ``FileCheckoutAPI`` over both replicas' main and checkout buckets, sharing one
+class FileReads(StorageProvider):
+    """Injects a ``FileReadsAPI`` over both replicas' main and checkout buckets, sharing one
     ``CheckoutState`` among the workers of the process."""
 
-    api_class = FileCheckoutAPI
+    api_class = FileReadsAPI
 
     def setup(self):
         super().setup()
@@ -34,14 +34,14 @@ class FileCheckouts(StorageProvider):
 
 class Sweeps(DependencyProvider):
     """Injects a ``Sweeper`` over the replicas and the process state of the service's
-    ``FileCheckouts``: a swept copy is forgotten by the file reads too."""
+    ``FileReads``: a swept copy is forgotten by the file reads too."""
 
     def setup(self):
-        self.file_checkouts = next(dependency for dependency in self.container.dependencies
-                                   if isinstance(dependency, FileCheckouts))
+        self.file_reads = next(dependency for dependency in self.container.dependencies
+                                   if isinstance(dependency, FileReads))
 
     def get_dependency(self, worker_ctx):
-        reads = self.file_checkouts
+        reads = self.file_reads
         return Sweeper(reads.replicas, reads.settings, reads.state)
 
 

@@ -32,7 +32,7 @@ from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, File
 
 from services.checkout.bundle_jobs.jobs import completion_email, job_view
 from services.checkout.bundle_jobs.mail import MailNotSent
-from services.checkout.dependencies import CheckoutJobs, FileCheckouts, Mail, Sweeps
+from services.checkout.dependencies import CheckoutJobs, FileReads, Mail, Sweeps
 from services.checkout.exceptions import hides_storage_details
 from services.checkout.file_reads import drs
 from services.checkout.file_reads.blobs import Blob, file_version_of_key
@@ -50,7 +50,7 @@ class CheckoutService:
     dispatch = EventDispatcher()
 
     # --- file reads (GET /files, DRS) ----------------------------------------------------------------
-    file_checkouts = FileCheckouts()
+    file_reads = FileReads()
 
     @rpc
     @hides_storage_details
@@ -62,7 +62,7 @@ class CheckoutService:
         call = load_arguments(GetFileCall(), {"replica": replica, "uuid": uuid, "version": version,
                                               "directurl": directurl, "content_disposition": content_disposition,
                                               "token": token}, none_is_default=True)
-        answer, copy_request = self.file_checkouts.read_file(call["replica"], call["uuid"], call["version"],
+        answer, copy_request = self.file_reads.read_file(call["replica"], call["uuid"], call["version"],
                                                              call["directurl"], call["content_disposition"],
                                                              call["token"])
         self._request_copy(copy_request)
@@ -84,7 +84,7 @@ class CheckoutService:
         the gateway (``DSS_PUBLIC_URL`` when None), for ``drs://`` URIs. 404; 400 ``illegal_object_id``."""
         call = load_arguments(DrsObjectCall(), {"replica": replica, "object_id": object_id, "version": version,
                                                 "base_url": base_url, "expand": expand}, none_is_default=True)
-        return self.file_checkouts.drs_object(call["replica"], call["object_id"], call["version"],
+        return self.file_reads.drs_object(call["replica"], call["object_id"], call["version"],
                                               call["base_url"])
 
     @rpc
@@ -95,7 +95,7 @@ class CheckoutService:
         the replica (``replica`` is only checked); 404 an unknown access id."""
         call = load_arguments(DrsAccessCall(), {"replica": replica, "object_id": object_id, "access_id": access_id,
                                                 "version": version}, none_is_default=True)
-        answer, copy_request = self.file_checkouts.drs_access(call["object_id"], call["access_id"], call["version"])
+        answer, copy_request = self.file_reads.drs_access(call["object_id"], call["access_id"], call["version"])
         self._request_copy(copy_request)
         return answer
 
@@ -104,7 +104,7 @@ class CheckoutService:
     def handle_file_checkout_requested(self, payload):
         """A large copy (or refresh) into the checkout bucket, acknowledged once made and verified."""
         request = FileCheckoutRequested(unknown=EXCLUDE).load(payload)
-        verdict = self.file_checkouts.copy_requested(request)
+        verdict = self.file_reads.copy_requested(request)
         return {"replica": request["replica"], "blob_key": request["blob_key"], "state": verdict.state.value}
 
     @retrying_event_handler("files", events.FILE_CREATED, delays_setting="checkout_copy_retry_delays",
@@ -113,7 +113,7 @@ class CheckoutService:
         """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
         created = FileCreated(unknown=EXCLUDE).load(payload)
         blob = Blob.from_key(created["blob_key"], created["size"], created["content_type"])
-        verdict = self.file_checkouts.warm(created["replica"], created["uuid"], created["version"], blob,
+        verdict = self.file_reads.warm(created["replica"], created["uuid"], created["version"], blob,
                                            created["metadata"])
         return None if verdict is None else {"replica": created["replica"], "blob_key": blob.key,
                                              "state": verdict.state.value}
@@ -123,20 +123,20 @@ class CheckoutService:
     @event_handler("files", events.FILE_CREATED, handler_type=BROADCAST, reliable_delivery=False)
     def note_file_version(self, payload):
         created = FileCreated(unknown=EXCLUDE).load(payload)
-        self.file_checkouts.announce_version(created["replica"], created["uuid"], created["version"])
+        self.file_reads.announce_version(created["replica"], created["uuid"], created["version"])
 
     @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False)
     def note_replicated_file_version(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
         file_version = file_version_of_key(replicated["key"])
         if file_version is not None:
-            self.file_checkouts.announce_version(replicated["destination_replica"], *file_version)
+            self.file_reads.announce_version(replicated["destination_replica"], *file_version)
 
     @rpc
     @hides_storage_details
     def health(self):
         """``{"ok", "aws": {"ok", "detail"}, "gcp": {...}}``: both replicas' main and checkout buckets."""
-        return self.file_checkouts.health()
+        return self.file_reads.health()
 
     def _request_copy(self, copy_request):
         if copy_request is None:
@@ -145,7 +145,7 @@ class CheckoutService:
             self.dispatch(events.FILE_CHECKOUT_REQUESTED, FileCheckoutRequested().dump(copy_request))
         except Exception:
             # Not on its way: without its marker, the client's next round asks again.
-            self.file_checkouts.withdraw_copy_request(copy_request["replica"], copy_request["blob_key"])
+            self.file_reads.withdraw_copy_request(copy_request["replica"], copy_request["blob_key"])
             raise
 
 

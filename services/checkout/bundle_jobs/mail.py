@@ -4,7 +4,8 @@ The checkout service declares ``mail = Mail()`` (``dependencies``) and gets the 
 ``Mailer``. It is configured from the ``DSS_SMTP_*`` settings and ``DSS_MAIL_SENDER``: an empty
 ``DSS_SMTP_HOST`` turns e-mail off (a send is logged and reports False), ``DSS_SMTP_TLS`` is
 ``none``, ``starttls`` or ``ssl`` (implicit TLS, "SMTPS"); TLS certificates are checked against the
-system CAs or ``DSS_SMTP_CA_BUNDLE``; with ``DSS_SMTP_USER`` the relay is logged in to. The password is never logged nor shown in a repr.
+system CAs or ``DSS_SMTP_CA_BUNDLE``; with ``DSS_SMTP_USER`` the relay is logged in to. The
+password is never logged nor shown in a repr.
 
 smtplib is blocking code, but under eventlet's monkey patching its sockets are green, so a send
 only waits for the relay; every socket operation has the ``DSS_SMTP_TIMEOUT``.

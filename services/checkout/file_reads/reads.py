@@ -107,7 +107,7 @@ class Checkout:
     copy_request: dict | None = None
 
 
-class FileCheckoutAPI:
+class FileReadsAPI:
     def __init__(self, replicas: Replicas, settings: Settings, state: CheckoutState):
         self.replicas = replicas
         self.settings = settings

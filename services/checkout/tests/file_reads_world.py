@@ -1,6 +1,6 @@
 """The unit-test world of file reads: both replicas in memory (main and checkout buckets), a
 clock the test moves, and workers of the checkout service built with nameko's worker_factory over
-the real ``FileCheckoutAPI`` and ``Sweeper`` (only the cloud is faked)."""
+the real ``FileReadsAPI`` and ``Sweeper`` (only the cloud is faked)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from shared.storage import ReplicaStorage, Replicas
 from shared.testing import MemoryBlobStore
 
 from services.checkout.file_reads.blobs import Blob
-from services.checkout.file_reads.reads import CheckoutState, FileCheckoutAPI
+from services.checkout.file_reads.reads import CheckoutState, FileReadsAPI
 from services.checkout.lifetime import CHECKED_OUT_METADATA, DAY, rfc3339
 from services.checkout.service import CheckoutService
 from services.checkout.sweeping import Sweeper
@@ -55,12 +55,12 @@ class FileWorld:
         self.state = CheckoutState(self.settings.checkout_cache_seconds, clock=self.clock)
         self.service = self.new_worker()
 
-    def api(self) -> FileCheckoutAPI:
-        return FileCheckoutAPI(self.replicas, self.settings, self.state)
+    def api(self) -> FileReadsAPI:
+        return FileReadsAPI(self.replicas, self.settings, self.state)
 
     def new_worker(self):
         """A fresh worker sharing the process state, as nameko gives each call."""
-        return worker_factory(CheckoutService, file_checkouts=self.api(),
+        return worker_factory(CheckoutService, file_reads=self.api(),
                               sweeper=Sweeper(self.replicas, self.settings, self.state))
 
     # --- buckets -----------------------------------------------------------------------------------
