@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 from bench._common import PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
 from devtools.fakes import stage_large_object, stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
-from services.checkout.jobs import destination_allowed  # noqa: E402
+from services.checkout.bundle_jobs.jobs import destination_allowed  # noqa: E402
 from shared.checksums import Checksums  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import new_uuid, new_version  # noqa: E402

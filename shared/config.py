@@ -220,7 +220,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_CHECKOUT_MAIL_PER_HOUR", 10,
             "Bundle checkout notices sent per caller and clock hour (counted in the checkout bucket, so across "
             "every checkout process); beyond it the job runs and its notice is not sent. 0: no notices.", int),
-    # --- e-mail (shared.mail) ---------------------------------------------------------------
+    # --- e-mail (services/checkout/bundle_jobs/mail.py) -------------------------------------
     Setting("DSS_SMTP_HOST", "", "SMTP relay that sends e-mail (bundle checkout notices). Empty: e-mail is off."),
     Setting("DSS_SMTP_PORT", 587, "Port of the SMTP relay.", int),
     Setting("DSS_SMTP_TLS", "starttls",

@@ -1,4 +1,5 @@
-"""Identifiers of the DSS: uuids, versions, replicas, fqids and the keys objects are stored under."""
+"""Identifiers of the DSS: uuids, versions, replicas, fqids, the keys objects are stored under, and
+the e-mail addresses callers give."""
 from __future__ import annotations
 
 import datetime
@@ -15,6 +16,10 @@ FIRST_VERSION_YEAR = 1970
 TOMBSTONE_SUFFIX = "dead"
 
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# One address, no display name: what an API client may give as a notification recipient.
+_EMAIL_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+MAX_EMAIL_ADDRESS_LENGTH = 254
 
 
 class Replica(str, enum.Enum):
@@ -131,6 +136,12 @@ class Keys:
     @staticmethod
     def collection_tombstone(uuid: str) -> str:
         return f"collections/{uuid}.{TOMBSTONE_SUFFIX}"
+
+
+def is_email_address(value) -> bool:
+    """Whether ``value`` is one plain e-mail address (``user@example.org``)."""
+    return (isinstance(value, str) and len(value) <= MAX_EMAIL_ADDRESS_LENGTH
+            and _EMAIL_ADDRESS.fullmatch(value) is not None)
 
 
 def new_uuid() -> str:

@@ -241,7 +241,7 @@ class SubscriptionMatched(Schema):
 
 class BundleCheckoutRequested(Schema):
     """A bundle checkout job was accepted (its record written in the replica's checkout bucket,
-    ``services/checkout/jobs.py``): the checkout service copies the bundle. The record is the job's
+    ``services/checkout/bundle_jobs/jobs.py``): the checkout service copies the bundle. The record is the job's
     truth; the bundle named here is for logs and queue inspection."""
     replica = ReplicaField()
     checkout_job_id = fields.String(required=True)

@@ -4,7 +4,7 @@ A blob's key names its four checksums, so a copy can be judged against its key a
 store's metadata when that says enough (GCS keeps a CRC32C; an S3 ETag is the key's ``s3_etag``
 when the part layouts agree), else by reading and hashing it. JSON documents are judged by their
 bytes and, when two copies differ, by which one is a valid document of its kind (the source of
-truth). Used by the replicator and checkout services (``shared.copies``) and `dss-ops replicas`.
+truth). Used by the replicator and checkout services (``services.checkout.copies``) and `dss-ops replicas`.
 """
 from __future__ import annotations
 

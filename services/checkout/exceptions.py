@@ -6,14 +6,14 @@ type only if its process registered that type, and it imports ``shared.exception
 What callers are told never carries what the store's buckets hold or what a store said (keys,
 listings, whether an object exists, the store's error text): ``hides_storage_details`` turns an
 unreachable store into a generic 503 at every RPC, and job failures are generic causes with a code
-(``jobs.JobFailure``); the details go to the log.
+(``bundle_jobs.jobs.JobFailure``); the details go to the log. The codes other services answer too
+(``bundle_not_found``, ``illegal_token``) come from their one factory in ``shared.exceptions``.
 """
 import functools
 import logging
 
 from shared.blobstore import BlobStoreUnavailable
 from shared.exceptions import Forbidden, InvalidParameter, NotFound, Unauthorized, Unavailable
-from shared.exceptions import bundle_not_found, illegal_token  # noqa: F401  (one definition per code)
 
 logger = logging.getLogger(__name__)
 

@@ -1,14 +1,16 @@
 """The checkout service: owns each replica's checkout bucket, from which clients read file bytes.
 
-Two parts, each with its own module:
+Its entrypoints, for its two parts (each in a package of its own):
 
-- file checkout (``files.py`` and ``dependencies.py``): GET /files and DRS are answered with
-  presigned URLs of verified copies of blobs in the checkout bucket; copies are made on demand
-  (inline for small blobs, in the background for large ones), warmed on ``file_created`` for small
-  files, refreshed when read near the end of their life and swept when expired;
-- bundle checkout jobs (``jobs.py``): a bundle copied, verified, to the checkout bucket or a
-  bucket the operator allowed, its job state durable in the checkout bucket, with an e-mail to
-  the caller when it ends (at most ``DSS_CHECKOUT_MAIL_PER_HOUR`` per caller).
+- file reads (``file_reads``): GET /files and DRS are answered with presigned URLs of verified
+  copies of blobs in the checkout bucket; copies are made on demand (inline for small blobs, in
+  the background for large ones), warmed on ``file_created`` for small files and refreshed when
+  read near the end of their life;
+- bundle checkout jobs (``bundle_jobs``): a bundle copied, verified, to the checkout bucket or a
+  bucket the operator allowed, its job state durable in the checkout bucket, with an e-mail to the
+  caller when it ends (at most ``DSS_CHECKOUT_MAIL_PER_HOUR`` per caller);
+
+and the sweeper of the bucket (``sweeping``), which deletes what expired of both.
 
 Every RPC answers an unreachable store with a generic 503 (``exceptions.hides_storage_details``):
 what callers are told never names another bucket's keys or carries a store's error text.
@@ -23,20 +25,20 @@ from nameko.rpc import rpc
 from shared import events
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
-from shared.mail import Mail, MailNotSent
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, FileCreated, ObjectReplicated,
                             load_arguments)
 
-from services.checkout import drs
-from services.checkout.dependencies import FileCheckouts
+from services.checkout.bundle_jobs.jobs import completion_email, job_view
+from services.checkout.bundle_jobs.mail import MailNotSent
+from services.checkout.dependencies import CheckoutJobs, FileReads, Mail, Sweeps
 from services.checkout.exceptions import hides_storage_details
-from services.checkout.file_entrypoints import sweep_timer
-from services.checkout.files import Blob, file_version_of_key
-from services.checkout.jobs import CheckoutJobs, completion_email, job_view
-from services.checkout.jobs_schemas import BundleUrlsCall, CheckoutJobCall, StartBundleCheckoutCall
-from services.checkout.schemas import DrsAccessCall, DrsObjectCall, DrsServiceInfoCall, GetFileCall, SweepCall
+from services.checkout.file_reads import drs
+from services.checkout.file_reads.blobs import Blob, file_version_of_key
+from services.checkout.schemas import (BundleUrlsCall, CheckoutJobCall, DrsAccessCall, DrsObjectCall,
+                                       DrsServiceInfoCall, GetFileCall, StartBundleCheckoutCall, SweepCall)
+from services.checkout.sweeping import sweep_timer
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,8 @@ class CheckoutService:
     metrics = Metrics()
     dispatch = EventDispatcher()
 
-    # --- file checkout (GET /files, DRS) -------------------------------------------------------------
-    file_checkouts = FileCheckouts()
+    # --- file reads (GET /files, DRS) ----------------------------------------------------------------
+    file_reads = FileReads()
 
     @rpc
     @hides_storage_details
@@ -60,7 +62,7 @@ class CheckoutService:
         call = load_arguments(GetFileCall(), {"replica": replica, "uuid": uuid, "version": version,
                                               "directurl": directurl, "content_disposition": content_disposition,
                                               "token": token}, none_is_default=True)
-        answer, copy_request = self.file_checkouts.read_file(call["replica"], call["uuid"], call["version"],
+        answer, copy_request = self.file_reads.read_file(call["replica"], call["uuid"], call["version"],
                                                              call["directurl"], call["content_disposition"],
                                                              call["token"])
         self._request_copy(copy_request)
@@ -82,7 +84,7 @@ class CheckoutService:
         the gateway (``DSS_PUBLIC_URL`` when None), for ``drs://`` URIs. 404; 400 ``illegal_object_id``."""
         call = load_arguments(DrsObjectCall(), {"replica": replica, "object_id": object_id, "version": version,
                                                 "base_url": base_url, "expand": expand}, none_is_default=True)
-        return self.file_checkouts.drs_object(call["replica"], call["object_id"], call["version"],
+        return self.file_reads.drs_object(call["replica"], call["object_id"], call["version"],
                                               call["base_url"])
 
     @rpc
@@ -93,31 +95,16 @@ class CheckoutService:
         the replica (``replica`` is only checked); 404 an unknown access id."""
         call = load_arguments(DrsAccessCall(), {"replica": replica, "object_id": object_id, "access_id": access_id,
                                                 "version": version}, none_is_default=True)
-        answer, copy_request = self.file_checkouts.drs_access(call["object_id"], call["access_id"], call["version"])
+        answer, copy_request = self.file_reads.drs_access(call["object_id"], call["access_id"], call["version"])
         self._request_copy(copy_request)
         return answer
-
-    @rpc
-    @hides_storage_details
-    def sweep(self, replica, start_after=None, limit=None):
-        """Delete expired copies of ``replica``'s checkout bucket now (for operators and tests):
-        ``{"replica", "examined", "deleted", "kept", "markers_deleted", "next_start_after"}``, at most
-        ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) copies examined after ``start_after``."""
-        call = load_arguments(SweepCall(), {"replica": replica, "start_after": start_after, "limit": limit},
-                              none_is_default=True)
-        return self.file_checkouts.sweep(call["replica"], call["start_after"], call["limit"])
-
-    @sweep_timer
-    def sweep_expired_copies(self):
-        """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
-        return {replica: self.file_checkouts.sweep_next_batch(replica) for replica in REPLICAS}
 
     @retrying_event_handler("checkout", events.FILE_CHECKOUT_REQUESTED, delays_setting="checkout_copy_retry_delays",
                             give_up_on=(ValidationError, Unprocessable, InvalidParameter))
     def handle_file_checkout_requested(self, payload):
         """A large copy (or refresh) into the checkout bucket, acknowledged once made and verified."""
         request = FileCheckoutRequested(unknown=EXCLUDE).load(payload)
-        verdict = self.file_checkouts.copy_requested(request)
+        verdict = self.file_reads.copy_requested(request)
         return {"replica": request["replica"], "blob_key": request["blob_key"], "state": verdict.state.value}
 
     @retrying_event_handler("files", events.FILE_CREATED, delays_setting="checkout_copy_retry_delays",
@@ -126,7 +113,7 @@ class CheckoutService:
         """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
         created = FileCreated(unknown=EXCLUDE).load(payload)
         blob = Blob.from_key(created["blob_key"], created["size"], created["content_type"])
-        verdict = self.file_checkouts.warm(created["replica"], created["uuid"], created["version"], blob,
+        verdict = self.file_reads.warm(created["replica"], created["uuid"], created["version"], blob,
                                            created["metadata"])
         return None if verdict is None else {"replica": created["replica"], "blob_key": blob.key,
                                              "state": verdict.state.value}
@@ -136,20 +123,20 @@ class CheckoutService:
     @event_handler("files", events.FILE_CREATED, handler_type=BROADCAST, reliable_delivery=False)
     def note_file_version(self, payload):
         created = FileCreated(unknown=EXCLUDE).load(payload)
-        self.file_checkouts.announce_version(created["replica"], created["uuid"], created["version"])
+        self.file_reads.announce_version(created["replica"], created["uuid"], created["version"])
 
     @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False)
     def note_replicated_file_version(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
         file_version = file_version_of_key(replicated["key"])
         if file_version is not None:
-            self.file_checkouts.announce_version(replicated["destination_replica"], *file_version)
+            self.file_reads.announce_version(replicated["destination_replica"], *file_version)
 
     @rpc
     @hides_storage_details
     def health(self):
         """``{"ok", "aws": {"ok", "detail"}, "gcp": {...}}``: both replicas' main and checkout buckets."""
-        return self.file_checkouts.health()
+        return self.file_reads.health()
 
     def _request_copy(self, copy_request):
         if copy_request is None:
@@ -158,7 +145,7 @@ class CheckoutService:
             self.dispatch(events.FILE_CHECKOUT_REQUESTED, FileCheckoutRequested().dump(copy_request))
         except Exception:
             # Not on its way: without its marker, the client's next round asks again.
-            self.file_checkouts.withdraw_copy_request(copy_request["replica"], copy_request["blob_key"])
+            self.file_reads.withdraw_copy_request(copy_request["replica"], copy_request["blob_key"])
             raise
 
 
@@ -233,3 +220,21 @@ class CheckoutService:
             logger.error("checkout job %s: its notice to %s was not sent: %s", job["job_id"], job["email"], error)
             return self.checkout_jobs.email_outcome(job, "failed", str(error))
         return self.checkout_jobs.email_outcome(job, "sent" if sent else "disabled")
+
+    # --- the sweeper of the checkout buckets (what both parts leave expires) -------------------------
+    sweeper = Sweeps()
+
+    @rpc
+    @hides_storage_details
+    def sweep(self, replica, start_after=None, limit=None):
+        """Delete expired copies of ``replica``'s checkout bucket now (for operators and tests):
+        ``{"replica", "examined", "deleted", "kept", "markers_deleted", "next_start_after"}``, at most
+        ``limit`` (``DSS_CHECKOUT_SWEEP_BATCH``) copies examined after ``start_after``."""
+        call = load_arguments(SweepCall(), {"replica": replica, "start_after": start_after, "limit": limit},
+                              none_is_default=True)
+        return self.sweeper.sweep(call["replica"], call["start_after"], call["limit"])
+
+    @sweep_timer
+    def sweep_expired_copies(self):
+        """Every ``DSS_CHECKOUT_SWEEP_INTERVAL`` seconds: the next batch of each replica's copies."""
+        return {replica: self.sweeper.sweep_next_batch(replica) for replica in REPLICAS}

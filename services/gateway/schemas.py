@@ -12,8 +12,7 @@ from urllib.parse import urlparse
 from marshmallow import Schema, ValidationError, fields, post_load, validate
 
 from shared.exceptions import InvalidParameter
-from shared.identifiers import SCHEMES
-from shared.mail import is_email_address
+from shared.identifiers import SCHEMES, is_email_address
 from shared.schemas import (MAX_CALLBACK_URL_LENGTH, MAX_JMESPATH_LENGTH, SUBSCRIPTION_TYPES,
                             WEBHOOK_ENCODINGS, WEBHOOK_METHODS, CollectionItem, ReplicaField, UuidField, VersionField)
 

@@ -2,7 +2,8 @@ import pytest
 
 from shared.config import Settings
 from shared.exceptions import InvalidParameter
-from shared.identifiers import Keys, Replica, is_version, new_version, normalize_uuid, parse_version, split_fqid
+from shared.identifiers import (Keys, Replica, is_email_address, is_version, new_version, normalize_uuid, parse_version,
+                                split_fqid)
 
 
 def test_uuids_are_lower_cased_and_validated():
@@ -59,3 +60,14 @@ def test_progress_reports_each_tenth_once(caplog):
             progress.advance(25)
     percents = [record.getMessage().split(": ")[1].split("%")[0] for record in caplog.records]
     assert percents == [str(p) for p in range(10, 101, 10)]
+
+
+@pytest.mark.parametrize("address, valid", [
+    ("user@example.org", True), ("first.last+tag@sub.example.co.uk", True),
+    ("user@localhost", False), ("no-at-sign", False), ("User <user@example.org>", False),
+    ("user@example.org\r\nBcc: victim@example.org", False), ("user@example.org\n", False), ("", False),
+    (None, False), (42, False),
+    ("a" * 250 + "@example.org", False),
+])
+def test_email_addresses(address, valid):
+    assert is_email_address(address) is valid

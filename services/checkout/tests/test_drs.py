@@ -10,10 +10,10 @@ from shared import events
 from shared.exceptions import InvalidParameter, NotFound
 from shared.identifiers import Keys, new_uuid
 
-from services.checkout import drs
-from services.checkout.files import Blob
+from services.checkout.file_reads import drs
+from services.checkout.file_reads.blobs import Blob
 from services.checkout.tests.drs_spec import assert_valid, is_uri, violations
-from services.checkout.tests.files_world import KiB, FileWorld
+from services.checkout.tests.file_reads_world import KiB, FileWorld
 
 BASE_URL = "https://dss.example.org"
 

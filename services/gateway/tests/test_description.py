@@ -18,8 +18,7 @@ import services.bundles.rules as bundle_rules
 from services.gateway import apidoc
 from shared.config import Settings
 from shared.exceptions import InvalidParameter
-from shared.identifiers import is_version, normalize_uuid, split_fqid
-from shared.mail import is_email_address
+from shared.identifiers import is_email_address, is_version, normalize_uuid, split_fqid
 from shared.search.documents import fqid_key
 
 PROBLEM = {"$ref": "#/definitions/Problem"}

@@ -14,7 +14,7 @@ from devtools.fakes import store_bundle
 from devtools.processes import ServiceProcess
 from devtools.waiting import queue_state, wait_until
 
-from services.checkout.jobs import job_key
+from services.checkout.bundle_jobs.jobs import job_key
 
 JOB_QUEUE = "evt-checkout-bundle_checkout_requested--checkout.handle_bundle_checkout_requested"
 FILES = 240

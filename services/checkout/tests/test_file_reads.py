@@ -1,5 +1,6 @@
-"""Unit tests of file checkout (GET /files): the checkout service built with worker_factory over
-in-memory buckets, so only the cloud is faked (see ``files_world``)."""
+"""Unit tests of file reads (GET /files): the checkout service built with worker_factory over
+in-memory buckets, so only the cloud is faked (see ``file_reads_world``). The sweeper's tests are in
+``test_sweeping``, DRS's in ``test_drs``."""
 import base64
 import json
 
@@ -15,10 +16,11 @@ from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileCheckoutRequested
 from devtools.fakes import MemoryBlobStore
 
-from services.checkout.dependencies import MARKER_PREFIX
-from services.checkout.files import (CHECKED_OUT_METADATA, Blob, CheckoutToken, CopyState, Lifetime,
-                                     file_version_of_key, rfc3339)
-from services.checkout.tests.files_world import KiB, FileWorld
+from services.checkout.file_reads.blobs import Blob, file_version_of_key
+from services.checkout.file_reads.reads import MARKER_PREFIX
+from services.checkout.file_reads.tokens import CheckoutToken
+from services.checkout.lifetime import CHECKED_OUT_METADATA, CopyState, Lifetime, rfc3339
+from services.checkout.tests.file_reads_world import KiB, FileWorld, copy_of, make_old
 
 LARGE = 100 * KiB  # above the world's inline threshold (64 KiB)
 
@@ -26,19 +28,6 @@ LARGE = 100 * KiB  # above the world's inline threshold (64 KiB)
 @pytest.fixture
 def world():
     return FileWorld()
-
-
-def copy_of(world, doc, replica="aws"):
-    """(bytes, content type, metadata) of a file's checkout copy, or None."""
-    return world.checkout(replica).get(Blob.of_file(doc).key)
-
-
-def make_old(world, doc, days, replica="aws"):
-    """Pretend the file's checkout copy was made ``days`` ago."""
-    key = Blob.of_file(doc).key
-    data, content_type, metadata = world.checkout(replica)[key]
-    world.checkout(replica)[key] = (data, content_type,
-                                    {**metadata, CHECKED_OUT_METADATA: rfc3339(world.clock.now - days * 86400)})
 
 
 # --- reads answered at once ---------------------------------------------------------------------------
@@ -158,16 +147,6 @@ def test_a_copy_stamped_in_the_future_is_neither_served_nor_kept(world):
     result = world.new_worker().sweep("aws")
     assert (result["deleted"], result["kept"]) == (2, 0)
     assert sorted(world.checkout()) == [key, "bundles/b.v/skewed.bin"]
-
-
-def test_the_sweeper_deletes_the_mail_quota_of_past_hours(world):
-    store, bucket = world.stores["aws"], world.settings.bucket("aws", "checkout")
-    hour = int(world.clock.now // 3600)
-    for window in (hour - 30, hour - 1, hour):
-        store.put_bytes(bucket, f"mail-quota/{window:010d}/caller/job", b"")
-    result = world.new_worker().sweep("aws")
-    assert result["markers_deleted"] == 2 and result["examined"] == 0
-    assert sorted(world.checkout()) == [f"mail-quota/{hour:010d}/caller/job"]
 
 
 def test_concurrent_reads_of_one_blob_make_one_copy(world):
@@ -304,7 +283,7 @@ def test_a_background_request_for_no_blob_key_is_given_up(world):
                                                       "content_type": "x", "reason": "read"})
 
 
-# --- expiry, refresh, sweeping ------------------------------------------------------------------------
+# --- expiry and refresh --------------------------------------------------------------------------------
 
 def test_lifetime_rules():
     lifetime = Lifetime(expiry=14 * 86400, refresh_margin=2 * 86400, keep_json_bytes=100)
@@ -373,77 +352,6 @@ def test_an_expired_copy_is_copied_again_on_read(world):
     world.clock.advance_days(15)
     world.new_worker().get_file("aws", doc["uuid"])
     assert copy_of(world, doc)[2][CHECKED_OUT_METADATA] == rfc3339(world.clock.now)
-
-
-def test_the_sweeper_deletes_expired_copies_and_keeps_small_json_and_fresh_ones(world):
-    old = world.add_file(b"old bytes")
-    fresh = world.add_file(b"fresh bytes")
-    small_json = world.add_file(b'{"a": 1}', content_type="application/json")
-    big_json = world.add_file(b'{"a": "' + b"j" * 3000 + b'"}', content_type="application/json")
-    for doc in (old, small_json, big_json):
-        world.service.get_file("aws", doc["uuid"])
-    world.clock.advance_days(15)
-    world.new_worker().get_file("aws", fresh["uuid"])
-    world.checkout()[MARKER_PREFIX + "blobs/lost"] = (json.dumps({"deadline": rfc3339(world.clock.now - 1)}).encode(),
-                                                      "application/json", {})
-    world.checkout()[MARKER_PREFIX + "blobs/running"] = (
-        json.dumps({"deadline": rfc3339(world.clock.now + 60)}).encode(), "application/json", {})
-
-    result = world.new_worker().sweep("aws")
-    assert result == {"replica": "aws", "examined": 4, "deleted": 2, "kept": 1, "markers_deleted": 1,
-                      "next_start_after": None}
-    assert copy_of(world, old) is None and copy_of(world, big_json) is None
-    assert copy_of(world, fresh) is not None and copy_of(world, small_json) is not None
-    assert MARKER_PREFIX + "blobs/running" in world.checkout()
-    # The swept copy is not served from memory: the next read copies again.
-    assert world.new_worker().get_file("aws", old["uuid"])["status"] == "ready"
-    assert copy_of(world, old) is not None
-
-
-def test_the_sweeper_expires_bundle_checkouts_and_old_job_records_too(world):
-    store, bucket = world.stores["aws"], world.settings.bucket("aws", "checkout")
-    store.put_bytes(bucket, "bundles/b.v/old.bin", b"a bundle's file")
-    store.put_bytes(bucket, "bundles/b.v/small.json", b'{"kept": true}', content_type="application/json")
-    store.put_bytes(bucket, "checkout-jobs/old.json", b'{"status": "SUCCEEDED"}', content_type="application/json")
-    world.clock.advance_days(15)
-    store.put_bytes(bucket, "bundles/c.v/new.bin", b"a newer bundle's file")
-    store.put_bytes(bucket, "checkout-jobs/new.json", b'{"status": "RUNNING"}', content_type="application/json")
-    result = world.new_worker().sweep("aws")
-    assert (result["examined"], result["deleted"], result["kept"]) == (5, 2, 1)
-    assert sorted(world.checkout()) == ["bundles/b.v/small.json", "bundles/c.v/new.bin", "checkout-jobs/new.json"]
-
-
-def test_the_sweeper_goes_through_a_bucket_in_bounded_batches(world):
-    docs = [world.add_file(f"file {i}".encode()) for i in range(5)]
-    for doc in docs:
-        world.service.get_file("aws", doc["uuid"])
-    world.clock.advance_days(15)
-    first = world.service.sweep("aws", limit=2)
-    assert first["examined"] == 2 and first["deleted"] == 2 and first["next_start_after"] is not None
-    second = world.service.sweep("aws", start_after=first["next_start_after"], limit=2)
-    assert second["examined"] == 2 and second["next_start_after"] > first["next_start_after"]
-    assert world.service.sweep("aws", start_after=second["next_start_after"], limit=2)["next_start_after"] is None
-    assert not any(key.startswith("blobs/") for key in world.checkout())
-
-
-def test_the_timer_sweeps_each_replica_from_where_it_stopped(world):
-    world = FileWorld(DSS_CHECKOUT_SWEEP_BATCH=2)
-    docs = [world.add_file(f"timer {i}".encode()) for i in range(3)]
-    for doc in docs:
-        world.service.get_file("aws", doc["uuid"])
-    world.clock.advance_days(15)
-    first = world.new_worker().sweep_expired_copies()
-    assert first["aws"]["deleted"] == 2 and first["gcp"]["examined"] == 0
-    second = world.new_worker().sweep_expired_copies()
-    assert second["aws"]["deleted"] == 1 and second["aws"]["next_start_after"] is None
-    assert not any(key.startswith("blobs/") for key in world.checkout())
-
-
-def test_sweep_arguments_are_checked(world):
-    with pytest.raises(InvalidParameter):
-        world.service.sweep("aws", limit=0)
-    with pytest.raises(InvalidParameter):
-        world.service.sweep("nowhere")
 
 
 # --- warming ------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ How a job never stays RUNNING forever:
 GET /bundles with URLs uses a job of its own per (replica, bundle version, checkout bucket), whose
 id is derived from them (``urls_job_id``), so every request for that bundle finds the same job.
 
-Copies are server-side (``shared.copies.copy_verified``): no file's bytes pass through this
+Copies are server-side (``copies.copy_verified``): no file's bytes pass through this
 process, so a job needs little memory whatever the bundle's size.
 """
 from __future__ import annotations
@@ -53,22 +53,21 @@ from typing import Callable
 
 import eventlet
 import eventlet.event
-from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge, Histogram
 
 from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionFailed, BlobStoreError,
                               BlobStoreUnavailable)
 from shared.checksums import Checksums
 from shared.config import Settings
-from shared.copies import copy_verified, verify_copy
-from shared.exceptions import DSSError, NotFound
+from shared.exceptions import DSSError, NotFound, bundle_not_found, illegal_token
 from shared.identifiers import REPLICAS, Keys, new_uuid
 from shared.metrics import MetricsAPI
-from shared.storage import ReplicaStorage, Replicas, open_replicas
+from shared.storage import JSON, ReplicaStorage, Replicas
 
 from services.checkout import exceptions as errors
-from services.checkout.files import copy_metadata
-from services.checkout.mail_quota import MailQuota
+from services.checkout.bundle_jobs.mail_quota import MailQuota
+from services.checkout.copies import copy_verified, verify_copy
+from services.checkout.lifetime import copy_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +76,6 @@ ENDED = (SUCCEEDED, FAILED)
 REQUEST, URLS = "request", "urls"  # the two purposes of a job
 JOBS_PREFIX = "checkout-jobs/"
 PROBE_PREFIX = "bundles/.dss-write-probe-"
-JSON = "application/json"
 STAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 TOKEN_PREFIX = "bundle-checkout:"
 # A bucket name as S3 and GCS allow them (GCS also allows underscores and dotted names up to 222).
@@ -126,7 +124,7 @@ def decode_token(token: str) -> str:
         text = ""
     job_id = text.removeprefix(TOKEN_PREFIX)
     if not text.startswith(TOKEN_PREFIX) or not _is_job_id(job_id):
-        raise errors.illegal_token("the token is not one this service gave out")
+        raise illegal_token("the token is not one this service gave out")
     return job_id
 
 
@@ -230,7 +228,7 @@ def live_bundle_version(storage: ReplicaStorage, uuid: str, version: str | None)
     """``version`` (the latest if None) when its manifest exists and no tombstone hides it; else 404."""
     live = storage.live_version(Keys.bundle_prefix(uuid), version)
     if live is None:
-        raise errors.bundle_not_found(storage.replica, uuid, version)
+        raise bundle_not_found(storage.replica, uuid, version)
     return live
 
 
@@ -320,7 +318,7 @@ class CheckoutJobsAPI:
         version = live_bundle_version(storage, uuid, version)
         job_id = urls_job_id(replica, uuid, version, storage.checkout_bucket)
         if followed is not None and followed != job_id:
-            raise errors.illegal_token("the token belongs to the checkout of another bundle version")
+            raise illegal_token("the token belongs to the checkout of another bundle version")
         record = self._find(storage, job_id)
         if record is not None:
             record, _ = self._unless_stalled(storage, record)
@@ -628,14 +626,3 @@ class _JobRun:
                          blob_key, name, self.storage.replica)
             raise JobFailure("file_missing", f"the bytes of file {name} are missing from replica "
                                              f"{self.storage.replica}")
-
-
-class CheckoutJobs(DependencyProvider):
-    """Injects ``CheckoutJobsAPI`` over both replicas, opened in ``setup()``."""
-
-    def setup(self):
-        self.settings = Settings.from_config(self.container.config)
-        self.replicas = open_replicas(self.settings)
-
-    def get_dependency(self, worker_ctx):
-        return CheckoutJobsAPI(self.replicas, self.settings, MetricsAPI(self.container.service_name))

@@ -1,10 +1,11 @@
 """E-mail through an SMTP relay, behind one small API: ``Mailer.send(recipient, subject, body)``.
 
-Services declare ``mail = Mail()`` and get the process's ``Mailer``. It is configured from the
-``DSS_SMTP_*`` settings and ``DSS_MAIL_SENDER``: an empty ``DSS_SMTP_HOST`` turns e-mail off (a
-send is logged and reports False), ``DSS_SMTP_TLS`` is ``none``, ``starttls`` or ``ssl`` (implicit
-TLS, "SMTPS"); TLS certificates are checked against the system CAs or ``DSS_SMTP_CA_BUNDLE``; with
-``DSS_SMTP_USER`` the relay is logged in to. The password is never logged nor shown in a repr.
+The checkout service declares ``mail = Mail()`` (``dependencies``) and gets the process's
+``Mailer``. It is configured from the ``DSS_SMTP_*`` settings and ``DSS_MAIL_SENDER``: an empty
+``DSS_SMTP_HOST`` turns e-mail off (a send is logged and reports False), ``DSS_SMTP_TLS`` is
+``none``, ``starttls`` or ``ssl`` (implicit TLS, "SMTPS"); TLS certificates are checked against the
+system CAs or ``DSS_SMTP_CA_BUNDLE``; with ``DSS_SMTP_USER`` the relay is logged in to. The
+password is never logged nor shown in a repr.
 
 smtplib is blocking code, but under eventlet's monkey patching its sockets are green, so a send
 only waits for the relay; every socket operation has the ``DSS_SMTP_TIMEOUT``.
@@ -15,26 +16,14 @@ import dataclasses
 import email.message
 import email.utils
 import logging
-import re
 import smtplib
 import ssl
-
-from nameko.extensions import DependencyProvider
 
 from shared.config import Settings
 
 logger = logging.getLogger(__name__)
 
 TLS_MODES = ("none", "starttls", "ssl")
-# One address, no display name: what an API client may give as a notification recipient.
-_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
-MAX_ADDRESS_LENGTH = 254
-
-
-def is_email_address(value) -> bool:
-    """Whether ``value`` is one plain e-mail address (``user@example.org``)."""
-    return isinstance(value, str) and len(value) <= MAX_ADDRESS_LENGTH and _ADDRESS.fullmatch(value) is not None
 
 
 class MailNotSent(Exception):
@@ -135,15 +124,3 @@ class Mailer:
             session.close()
             raise
         return session
-
-
-class Mail(DependencyProvider):
-    """Injects the process's ``Mailer``, configured in ``setup()``."""
-
-    def setup(self):
-        self.mailer = Mailer(MailSettings.from_settings(Settings.from_config(self.container.config)))
-        if not self.mailer.enabled:
-            logger.info("e-mail is disabled: DSS_SMTP_HOST is empty")
-
-    def get_dependency(self, worker_ctx):
-        return self.mailer

@@ -13,7 +13,7 @@ from shared.identifiers import new_uuid, new_version
 from devtools.fakes import stage_object
 from devtools.waiting import wait_until
 
-from services.checkout.files import CHECKED_OUT_METADATA, parse_rfc3339, rfc3339
+from services.checkout.lifetime import CHECKED_OUT_METADATA, parse_rfc3339, rfc3339
 from services.checkout.service import CheckoutService
 from services.files.service import FilesService
 

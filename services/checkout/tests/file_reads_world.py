@@ -1,6 +1,6 @@
-"""The unit-test world of file checkout: both replicas in memory (main and checkout buckets), a
+"""The unit-test world of file reads: both replicas in memory (main and checkout buckets), a
 clock the test moves, and workers of the checkout service built with nameko's worker_factory over
-the real ``FileCheckoutAPI`` (only the cloud is faked)."""
+the real ``FileReadsAPI`` and ``Sweeper`` (only the cloud is faked)."""
 from __future__ import annotations
 
 import json
@@ -14,9 +14,11 @@ from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage, Replicas
 from devtools.fakes import MemoryBlobStore
 
-from services.checkout.dependencies import CheckoutState, FileCheckoutAPI
-from services.checkout.files import DAY
+from services.checkout.file_reads.blobs import Blob
+from services.checkout.file_reads.reads import CheckoutState, FileReadsAPI
+from services.checkout.lifetime import CHECKED_OUT_METADATA, DAY, rfc3339
 from services.checkout.service import CheckoutService
+from services.checkout.sweeping import Sweeper
 
 KiB = 1024
 START = 1_800_000_000.0  # the fake clock's start (2027)
@@ -53,12 +55,13 @@ class FileWorld:
         self.state = CheckoutState(self.settings.checkout_cache_seconds, clock=self.clock)
         self.service = self.new_worker()
 
-    def api(self) -> FileCheckoutAPI:
-        return FileCheckoutAPI(self.replicas, self.settings, self.state)
+    def api(self) -> FileReadsAPI:
+        return FileReadsAPI(self.replicas, self.settings, self.state)
 
     def new_worker(self):
         """A fresh worker sharing the process state, as nameko gives each call."""
-        return worker_factory(CheckoutService, file_checkouts=self.api())
+        return worker_factory(CheckoutService, file_reads=self.api(),
+                              sweeper=Sweeper(self.replicas, self.settings, self.state))
 
     # --- buckets -----------------------------------------------------------------------------------
     def main(self, replica="aws") -> dict:
@@ -89,3 +92,16 @@ class FileWorld:
 
     def dispatched(self, worker, name: str) -> list[dict]:
         return [call.args[1] for call in worker.dispatch.call_args_list if call.args[0] == name]
+
+
+def copy_of(world, doc, replica="aws"):
+    """(bytes, content type, metadata) of a file's checkout copy, or None."""
+    return world.checkout(replica).get(Blob.of_file(doc).key)
+
+
+def make_old(world, doc, days, replica="aws"):
+    """Pretend the file's checkout copy was made ``days`` ago."""
+    key = Blob.of_file(doc).key
+    data, content_type, metadata = world.checkout(replica)[key]
+    world.checkout(replica)[key] = (data, content_type,
+                                    {**metadata, CHECKED_OUT_METADATA: rfc3339(world.clock.now - days * 86400)})

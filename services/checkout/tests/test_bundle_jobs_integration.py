@@ -23,8 +23,8 @@ from devtools.smtp import SmtpServer
 from devtools.waiting import wait_until
 
 from services.bundles.service import BundlesService
-from services.checkout.files import parse_rfc3339
-from services.checkout.jobs import job_key
+from services.checkout.bundle_jobs.jobs import job_key
+from services.checkout.lifetime import parse_rfc3339
 from services.checkout.service import CheckoutService
 from services.files.service import FilesService
 

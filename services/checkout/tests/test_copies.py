@@ -1,9 +1,13 @@
+"""``copies``: server-side copies into a checkout bucket (or a bundle checkout's destination) are
+judged against the blob's checksums, and one that does not hold the right bytes is removed; over the
+in-memory store."""
 import pytest
 
 from shared.checksums import ChecksumPass
-from shared.copies import copy_verified, verify_copy
 from shared.exceptions import Unavailable
 from devtools.fakes import MemoryBlobStore
+
+from services.checkout.copies import copy_verified, verify_copy
 
 
 PROPS = {"content_type": "application/octet-stream", "metadata": {"dss-checked-out": "2027-01-15T08:00:00Z"}}

@@ -1,8 +1,8 @@
 """Unit tests of bundle checkout jobs: the checkout service built with worker_factory over in-memory
 buckets (``devtools.fakes.MemoryBlobStore``) and a settable clock; the job store, the runner and the
-copies (``shared.copies``) are real, the broker is not: a test hands the dispatched
+copies (``copies``) are real, the broker is not: a test hands the dispatched
 ``bundle_checkout_requested`` payload to the handler itself, with the attempt number it chooses.
-E-mail is a mock here (shared/tests/test_mail.py and the integration tests use a real server)."""
+E-mail is a mock here (test_mail.py and the integration tests use a real server)."""
 import json
 
 import eventlet
@@ -16,12 +16,12 @@ from shared.checksums import checksum_bytes
 from shared.config import Settings
 from shared.exceptions import Forbidden, InvalidParameter, NotFound, Unauthorized, Unavailable
 from shared.identifiers import Keys, new_uuid, new_version
-from shared.mail import MailNotSent
 from shared.storage import ReplicaStorage, Replicas
 from devtools.fakes import MemoryBlobStore, store_bundle
 
-from services.checkout.jobs import (FAILED, RUNNING, SUCCEEDED, CheckoutJobsAPI, decode_token, destination_allowed,
-                                    encode_token, job_key, seconds_of, urls_job_id)
+from services.checkout.bundle_jobs.jobs import (FAILED, RUNNING, SUCCEEDED, CheckoutJobsAPI, decode_token,
+                                                destination_allowed, encode_token, job_key, seconds_of, urls_job_id)
+from services.checkout.bundle_jobs.mail import MailNotSent
 from services.checkout.service import CheckoutService
 
 EMAIL = "user@example.org"
