@@ -231,7 +231,7 @@ def test_an_unwritable_destination_is_a_400_and_an_unreachable_store_a_503():
      "invalid_email"),
     (lambda w, uuid: w.start_bundle_checkout("aws", "not-a-uuid", caller=CALLER), "illegal_uuid"),
     (lambda w, uuid: w.start_bundle_checkout("aws", uuid, "yesterday", caller=CALLER), "illegal_version"),
-    (lambda w, uuid: w.start_bundle_checkout("azure", uuid, caller=CALLER), "illegal_arguments"),
+    (lambda w, uuid: w.start_bundle_checkout("azure", uuid, caller=CALLER), "unknown_replica"),
     (lambda w, uuid: w.get_checkout_job("aws", "job-1"), "illegal_checkout_job_id"),
     (lambda w, uuid: w.bundle_urls("aws", uuid, None, "signed"), "illegal_arguments"),
 ])
