@@ -12,10 +12,10 @@ import logging
 import uuid as uuid_module
 
 from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
 from shared.checksums import Checksums
+from shared.entrypoints import rpc
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unprocessable
 from shared.identifiers import Keys
 from shared.metrics import Metrics, Progress

@@ -9,10 +9,10 @@ from kombu.exceptions import KombuError
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
-from nameko.rpc import RpcProxy
 
 from services.gateway.auth import Authenticator
 from shared.config import Settings
+from shared.entrypoints import RpcProxy
 from shared.exceptions import Unavailable
 
 logger = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ import logging
 
 from marshmallow import EXCLUDE, ValidationError
 from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
+from shared.entrypoints import rpc
 from shared.exceptions import InvalidParameter
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler
