@@ -1,5 +1,7 @@
-"""nameko's broker entrypoints (``rpc``, ``event_handler``) and RPC proxy, made to survive a broker
-connection dropped under a worker: every service uses these instead of nameko's own.
+"""nameko's broker extensions as every service uses them instead of nameko's own: the entrypoints
+``rpc`` and ``event_handler`` and the ``RpcProxy``, made to survive a broker connection dropped
+under a worker, and the ``EventDispatcher``, which declares its events' handler queues before it
+publishes.
 
 A worker that finishes just as the broker drops the connection (a broker restart, a node lost, a
 network cut) settles its message on a socket that is gone before the consumer thread has noticed.
@@ -20,7 +22,11 @@ import logging
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
+from kombu import Queue
 from nameko import events, messaging, rpc as nameko_rpc
+from nameko.standalone.events import get_event_exchange
+
+from shared.events import HANDLERS
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +85,23 @@ class Rpc(nameko_rpc.Rpc):
 rpc = Rpc.decorator
 
 
+def handler_queue(source_service: str, event_type: str, handler: str, config: dict) -> Queue:
+    """The durable queue of the ``handler`` (``"service.method"``) of ``source_service``'s
+    ``event_type`` events shared by all the handler service's instances, bound to the source's
+    event exchange: nameko's service-pool queue with reliable delivery."""
+    return Queue(f"evt-{source_service}-{event_type}--{handler}", exchange=get_event_exchange(source_service, config),
+                 routing_key=event_type, durable=True, auto_delete=False, exclusive=False)
+
+
 class EventHandler(events.EventHandler):
     queue_consumer = QueueConsumer()
+
+    def setup(self):
+        super().setup()
+        if self.handler_type is events.SERVICE_POOL and self.reliable_delivery:
+            # The very queue publishers declare (one definition of its name and arguments).
+            self.queue = handler_queue(self.source_service, self.event_type,
+                                       f"{self.container.service_name}.{self.method_name}", self.container.config)
 
 
 event_handler = EventHandler.decorator
@@ -94,3 +115,26 @@ class RpcProxy(nameko_rpc.RpcProxy):
     """nameko's ``RpcProxy``, its replies consumed by ``QueueConsumer``."""
 
     rpc_reply_listener = ReplyListener()
+
+
+class EventDispatcher(events.EventDispatcher):
+    """nameko's ``EventDispatcher``, declaring the handler queues (``shared.events.HANDLERS``) of
+    each event before publishing it."""
+
+    def setup(self):
+        super().setup()
+        service_name, config = self.container.service_name, self.container.config
+        self.handler_queues: dict[str, list[Queue]] = {}
+        for source, event_type, handler in HANDLERS:
+            if source == service_name:
+                self.handler_queues.setdefault(event_type, []).append(
+                    handler_queue(source, event_type, handler, config))
+
+    def get_dependency(self, worker_ctx):
+        extra_headers = self.get_message_headers(worker_ctx)
+
+        def dispatch(event_type, event_data):
+            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
+                                   extra_headers=extra_headers, declare=self.handler_queues.get(event_type, ()))
+
+        return dispatch
