@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import eventlet
 from kombu import Connection
@@ -23,6 +24,14 @@ HEALTH_TIMEOUT_S = 5
 # broker just closed is reopened), then 503 at once, rather than nameko's 2 + 4 + 6 s of retries.
 REQUEST_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0, "interval_max": 0.2}
 BROKER_UNAVAILABLE = ("the message broker is unreachable", "broker_unavailable")
+# A call waiting for its reply gives up with a 503 once the reply consumer has been disconnected
+# this long (a blip shorter than that is survived: the reply waits in its queue for the reconnect).
+BROKER_LOST_AFTER_S = 2.0
+BROKER_WATCH_INTERVAL_S = 0.25
+
+
+class BrokerLost(Exception):
+    """Thrown into a call waiting for a reply that the gateway's consumer cannot receive."""
 
 
 class GatewaySettings(DependencyProvider):
@@ -61,14 +70,17 @@ class TimedServiceProxy:
     """A nameko service proxy whose calls give up after ``timeout`` seconds.
 
     nameko 2's proxy waits for a reply for ever; a service that is down or stuck must instead
-    become a 503 the client can retry. Broker failures become 503s too.
+    become a 503 the client can retry. Broker failures become 503s too, quickly: with
+    ``broker_problem`` (what keeps the reply consumer from receiving, or None) a call is refused at
+    once while there is one, and a call waiting for its reply gives up once there has been one for
+    ``BROKER_LOST_AFTER_S``.
     """
 
-    def __init__(self, proxy, service_name: str, timeout: float, broker_problem=lambda: None):
+    def __init__(self, proxy, service_name: str, timeout: float, broker_problem=None):
         self._proxy = proxy
         self._service_name = service_name
         self._timeout = timeout
-        self._broker_problem = broker_problem
+        self._broker_problem = broker_problem  # None: not watched (a proxy without a broker of its own)
 
     def with_timeout(self, timeout: float) -> "TimedServiceProxy":
         return TimedServiceProxy(self._proxy, self._service_name, timeout, self._broker_problem)
@@ -83,14 +95,18 @@ class TimedServiceProxy:
 
     def _call(self, method_name, args, kwargs):
         name = self._service_name
-        problem = self._broker_problem()
-        if problem is not None:
+        problem = self._broker_problem and self._broker_problem()
+        if problem:
             # No reply could reach us: answer at once instead of waiting out the RPC timeout.
             logger.warning("RPC %s.%s refused: the gateway's broker consumer is %s", name, method_name, problem)
             raise Unavailable(*BROKER_UNAVAILABLE)
+        watcher = eventlet.spawn(self._watch, eventlet.getcurrent()) if self._broker_problem else None
         try:
             with eventlet.Timeout(self._timeout) as timer:
                 return getattr(self._proxy, method_name)(*args, **kwargs)
+        except BrokerLost:
+            logger.warning("RPC %s.%s abandoned: the gateway lost its broker connection", name, method_name)
+            raise Unavailable(*BROKER_UNAVAILABLE) from None
         except eventlet.Timeout as timeout:
             if timeout is not timer:
                 raise
@@ -101,6 +117,24 @@ class TimedServiceProxy:
         except (KombuError, OSError) as error:
             logger.warning("RPC %s.%s failed on the broker: %s", name, method_name, error)
             raise Unavailable(*BROKER_UNAVAILABLE) from None
+        finally:
+            if watcher is not None:
+                watcher.kill()
+
+    def _watch(self, caller) -> None:
+        """Beside a call: once the reply consumer has been disconnected for ``BROKER_LOST_AFTER_S``,
+        end the call's wait (the reply, if any, is dropped as after a timeout)."""
+        lost_since = None
+        while True:
+            eventlet.sleep(BROKER_WATCH_INTERVAL_S)
+            if not self._broker_problem():
+                lost_since = None
+                continue
+            now = time.monotonic()
+            lost_since = lost_since or now
+            if now - lost_since >= BROKER_LOST_AFTER_S:
+                caller.throw(BrokerLost())
+                return
 
 
 class ServiceRpc(RpcProxy):

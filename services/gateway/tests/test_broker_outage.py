@@ -18,6 +18,8 @@ from shared.entrypoints import rpc
 
 LISTING = "/v1/bundles/all?replica=aws"
 FAST_S = 1.0  # the most a request may take to be refused while the broker is away
+SLOW_S = 8.0  # how long the stand-in bundles service takes to answer when asked to be slow
+slow: list = []  # non-empty: the stand-in answers after SLOW_S
 
 
 class Bundles:
@@ -25,6 +27,8 @@ class Bundles:
 
     @rpc
     def list_bundles(self, replica, prefix, per_page, search_after):
+        if slow:
+            eventlet.sleep(SLOW_S)
         return {"bundles": [], "search_after": None}
 
 
@@ -75,3 +79,26 @@ def test_no_broker_is_a_quick_503_with_retry_after_and_the_gateway_recovers(gate
         assert time.monotonic() < deadline, "the gateway did not recover once the broker was back"
         eventlet.sleep(0.5)
     assert not gateway._died.ready()
+
+
+def test_a_request_waiting_when_the_broker_goes_is_answered_503_within_seconds(gateway, broker_proxy, web_session):
+    from services.gateway.dependencies import BROKER_LOST_AFTER_S
+    assert web_session.get(LISTING).status_code == 200
+    slow.append(True)
+    try:
+        waiting = eventlet.spawn(web_session.get, LISTING)
+        eventlet.sleep(1)  # the request is published; its reply is SLOW_S away
+        cut = time.monotonic()
+        broker_proxy.down()
+        response = waiting.wait()
+        took = time.monotonic() - cut
+    finally:
+        slow.clear()
+    assert_problem(response, 503, "broker_unavailable")
+    assert response.headers["Retry-After"]
+    assert took < BROKER_LOST_AFTER_S + 1.5 < SLOW_S - 1, f"answered {took:.1f}s after the cut"
+    broker_proxy.up()
+    deadline = time.monotonic() + 40
+    while web_session.get(LISTING).status_code != 200:
+        assert time.monotonic() < deadline, "the gateway did not recover once the broker was back"
+        eventlet.sleep(0.5)
