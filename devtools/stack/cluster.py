@@ -25,7 +25,7 @@ import requests
 from ops.broker import DEFAULT_AMQP_URI, amqp_uris, management_port, vhost_of
 
 from devtools.local_cloud import port_open
-from devtools.stack.broker import broker_error, ensure_epmd, node_env, rabbitmq_server, redact
+from devtools.stack.broker import broker_error, ensure_epmd, node_env, rabbitmq_server
 from devtools.stack.processes import LOG_DIR, VAR, Failed, log_file, owned_pid, spawn, stop, tail
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,3 @@ class Cluster:
 def _port_of(url: str) -> int:
     return urllib.parse.urlsplit(url).port or 15672
 
-
-def describe(cluster: Cluster) -> str:
-    return f"cluster of {cluster.size} at {redact(cluster.uri())}"
