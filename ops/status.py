@@ -101,6 +101,11 @@ def local_pid(port: int) -> int | None:
 def summarise(raw: dict, local_hosts=("127.0.0.1", "::1", "localhost")) -> dict:
     """The status document (what ``--json`` prints) from the management API's answers."""
     nodes = [{"name": node["name"], "running": bool(node.get("running"))} for node in raw["nodes"]]
+    # Consumers counted from /api/consumers, which is current; a queue's own statistics are sampled
+    # (every 5 s by default, and quorum queues report only from their leader) and lag behind.
+    consuming: dict[str, int] = {}
+    for consumer in raw["consumers"]:
+        consuming[consumer["queue"]["name"]] = consuming.get(consumer["queue"]["name"], 0) + 1
     queues, dead_letters, delayed = [], {}, {}
     for queue in sorted(raw["queues"], key=lambda q: q["name"]):
         name = queue["name"]
@@ -114,7 +119,7 @@ def summarise(raw: dict, local_hosts=("127.0.0.1", "::1", "localhost")) -> dict:
         queues.append({"name": name, "service": owner(name), "type": queue.get("type"),
                        "ready": queue.get("messages_ready") or 0,
                        "unacked": queue.get("messages_unacknowledged") or 0,
-                       "consumers": queue.get("consumers") or 0,
+                       "consumers": consuming.get(name, 0),
                        "leader": queue.get("leader") or queue.get("node")})
     connections: dict[str, dict[str, dict]] = {}
     for consumer in raw["consumers"]:

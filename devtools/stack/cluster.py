@@ -51,9 +51,9 @@ class Cluster:
     as ``<prefix>-<k>`` (var/run)."""
 
     def __init__(self, uri: str = DEFAULT_AMQP_URI, size: int = SIZE, directory: pathlib.Path = CLUSTER_DIR,
-                 prefix: str = "rabbitmq"):
+                 prefix: str = "rabbitmq", base_port: int | None = None):
         self.template = urllib.parse.urlsplit(amqp_uris(uri)[0])
-        self.base_port = self.template.port or 5672
+        self.base_port = base_port or self.template.port or 5672
         self.size, self.directory, self.prefix = size, directory, prefix
 
     # -- naming ------------------------------------------------------------------------------

@@ -62,20 +62,28 @@ def choose(args) -> tuple[int, str]:
     return scale, mode
 
 
+def running_cluster(state: dict) -> Cluster | None:
+    """The cluster the running stack's `up` started (on the ports it chose then), or None."""
+    if state.get("broker") != "cluster":
+        return None
+    return Cluster(amqp_uri(), base_port=state.get("cluster_port"))
+
+
 def cmd_up(args) -> int:
     with exclusive():
         check_services()  # before starting anything
         settings = Settings.from_config({})
         scale, mode = choose(args)
         if mode == "cluster":
-            cluster = Cluster(amqp_uri())
+            cluster = running_cluster(stack_state()) or Cluster(amqp_uri())
             uri = cluster.uri()
             broker = cluster.start()
         else:
             cluster = None
             uri = amqp_uri()
             broker = ensure_broker()
-        record_stack_state(scale=scale, broker=mode, amqp_uri=redact_all(uri))
+        record_stack_state(scale=scale, broker=mode, amqp_uri=redact_all(uri),
+                           **({"cluster_port": cluster.base_port} if cluster else {}))
         logger.info("RabbitMQ: %s", broker)
         s3 = ensure_emulator("moto", settings.s3_endpoint, answers_like_moto, launch_moto)
         logger.info("S3 (moto): %s", s3)
@@ -174,7 +182,7 @@ def cmd_restart(args) -> int:
         raise Failed(f"unknown service(s): {', '.join(unknown)} (known: {', '.join(SERVICES)})")
     state = stack_state()
     scale = state.get("scale", 1)
-    cluster = Cluster(amqp_uri()) if state.get("broker") == "cluster" else None
+    cluster = running_cluster(state)
     with exclusive():
         for name in stop(*(n for s in names for n in {*running_instances(s), *instance_names(s, scale)})):
             logger.info("%s: stopped", name)
@@ -196,16 +204,16 @@ def cmd_status(args) -> int:
     def line(name: str, state: str, ok: bool) -> None:
         nonlocal healthy
         healthy &= ok
-        print(f"  {name:<10} {state}")
+        print(f"  {name:<12} {state}")
 
     def owner(name: str) -> str:
         pid = owned_pid(name)
         return f"started by make up, pid {pid}" if pid else "not started by make up"
 
     state = stack_state()
-    if state.get("broker") == "cluster":
-        cluster = Cluster(uri)
-        print(f"  broker     BROKER=cluster: {cluster.size} nodes, SCALE={state.get('scale', 1)}")
+    cluster = running_cluster(state)
+    if cluster is not None:
+        print(f"  broker       BROKER=cluster: {cluster.size} nodes, SCALE={state.get('scale', 1)}")
         for k, name in enumerate(cluster.names()):
             error = broker_error(cluster.uris()[k])
             line(name, f"{'up' if error is None else 'DOWN'}: node {cluster.node(k)} at "
@@ -214,7 +222,7 @@ def cmd_status(args) -> int:
         line("cluster", f"running nodes: {', '.join(running) or 'none reachable'}", len(running) == cluster.size)
     else:
         if state:
-            print(f"  broker     BROKER=single, SCALE={state.get('scale', 1)}")
+            print(f"  broker       BROKER=single, SCALE={state.get('scale', 1)}")
         broker = broker_error(uri)
         line("rabbitmq", f"{'up' if broker is None else 'DOWN'} at {redact(uri)} ({owner('rabbitmq')})",
              broker is None)
