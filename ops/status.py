@@ -11,6 +11,9 @@ API: ``/api/nodes``, ``/api/queues``, ``/api/consumers``), so it works wherever 
   messages waiting in their retry delay queues; the broker keeps no age for messages of quorum
   queues, so no oldest-message age is given.
 
+The management API samples queue statistics (every 5 s by default; a quorum queue's only from
+its leader's node) and learns of new consumers a moment late: just after a start, a count can lag.
+
 Needs attention (exit 1): a node down, a queue holding messages with no consumer, dead letters
 present, or no management API answering (exit 2).
 """
