@@ -1,8 +1,8 @@
 """The gateway service: the DSS v1 HTTP API, answered by the other services over RPC.
 
-Each entrypoint authenticates (where the access policy asks for a token: ``access.py``), validates its query string and
-body, makes one RPC call and shapes the answer; errors of any kind become problem+json (see
-``errors.py``), or DRS error bodies on the GA4GH DRS routes.
+Each entrypoint authenticates (where the access policy asks for a token: ``access.py``),
+validates its query string and body, makes one RPC call and shapes the answer; errors of any kind
+become problem+json (see ``errors.py``), or DRS error bodies on the GA4GH DRS routes.
 """
 from __future__ import annotations
 
