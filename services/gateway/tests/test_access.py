@@ -132,7 +132,6 @@ def assert_refused(response, method, path, status, code):
 
 
 def assert_normal_answer(response, operation_id):
-    method, path, _, _ = request_for(operation_id)
     documented = next(op for op in description_operations() if op[0] == operation_id)[3]["responses"]
     assert response.status_code < 400 and str(response.status_code) in documented, \
         (operation_id, response.status_code, response.text)
