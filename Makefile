@@ -17,6 +17,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 TLS ?=
 OUT ?=
+SCALE ?=
+BROKER ?=
 
 .PHONY: install up down restart status token sa-key cert test test-compat lock bench
 
@@ -29,8 +31,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 # `make up TLS=1`: the gateway serves HTTPS with the development certificate of var/tls (until `make down`).
+# `make up SCALE=3`: three instances of each worker service. `make up BROKER=cluster`: three local
+# RabbitMQ nodes (quorum queues) instead of one. Both are kept until `make down`.
 up: install
-	@$(VPY) -m devtools.stack up $(if $(TLS),--tls)
+	@$(VPY) -m devtools.stack up $(if $(TLS),--tls) $(if $(SCALE),--scale $(SCALE)) $(if $(BROKER),--broker $(BROKER))
 
 down: install
 	@$(VPY) -m devtools.stack down

@@ -1,6 +1,7 @@
 """`dss-ops`: the operator commands of a running store, against the broker at AMQP_URI and the
 stores the DSS_* settings name (the same settings as the services).
 
+    dss-ops status [--json]                                    (ops.status)
     dss-ops dead-letters list | show QUEUE | replay QUEUE     (ops.dead_letters)
     dss-ops replicas verify | repair [--prefix P] [--deep]     (ops.replicas)
     dss-ops reindex --replica aws|gcp                          (the indexer's reindex RPCs)
@@ -13,9 +14,15 @@ import logging
 import sys
 import warnings
 
-from ops.broker import amqp_uri, management_url
+from ops.broker import amqp_uri, management_url, management_urls, vhost_of
 
 logger = logging.getLogger(__name__)
+
+
+def cmd_status(args) -> int:
+    """The broker's nodes, the services' instances and queues, replication backlog, dead letters."""
+    from ops import status
+    return status.run_command(management_urls(), vhost_of(), as_json=args.json)
 
 
 def cmd_dead_letters(args) -> int:
@@ -48,6 +55,9 @@ def cmd_collections(args) -> int:
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dss-ops", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    state = commands.add_parser("status", help="the live system at a glance (exit 1: something needs attention)")
+    state.add_argument("--json", action="store_true", help="print it as JSON")
+    state.set_defaults(run=cmd_status)
     letters = commands.add_parser("dead-letters", help="list, show or replay dead-lettered background work")
     letters.add_argument("action", choices=("list", "show", "replay"))
     letters.add_argument("queue", nargs="?", help="the handler queue, as `list` prints it")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import sys
-import urllib.parse
 from typing import TextIO
 
+from ops.broker import vhost_of
 from shared import retry
 
 
@@ -18,7 +18,7 @@ def run_command(action: str, amqp_uri: str, management_url: str, queue: str | No
     ``limit``) back into ``queue``. 2 when ``queue`` is needed and missing."""
     out, err = out or sys.stdout, err or sys.stderr
     if action == "list":
-        vhost = urllib.parse.unquote(urllib.parse.urlsplit(amqp_uri).path.lstrip("/")) or "/"
+        vhost = vhost_of(amqp_uri)  # of the first node when AMQP_URI lists a cluster's
         queues = retry.dead_letter_queues(management_url, vhost)
         for name, count in sorted(queues.items()):
             out.write(f"{count:8d}  {name}\n")

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.parse
 
-from ops.broker import amqp_uri
+from ops.broker import amqp_uri, management_port
 
 from devtools.local_cloud import port_open
 from devtools.stack.processes import (LOG_DIR, ROOT, VAR, Failed, log_file, owned_pid, spawn, stop, tail,
@@ -44,7 +44,7 @@ def broker_error(uri: str) -> str | None:
         return f"{type(error).__name__}: {error}"
 
 
-def _rabbitmq_server() -> str | None:
+def rabbitmq_server() -> str | None:
     # Debian's /usr/sbin/rabbitmq-server is a wrapper that switches to the rabbitmq user; the real
     # scripts under /usr/lib/rabbitmq/bin run as the caller, which a private instance needs.
     for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
@@ -60,44 +60,60 @@ def _epmd() -> str | None:
     return str(found) if found else None
 
 
-def _rabbit_env(uri: str) -> tuple[dict, int]:
-    """Environment of a private broker whose every file lives under var/ (no system config read)."""
+def node_env(directory: pathlib.Path, port: int, uri: str, node_name: str | None = None,
+             extra_conf: str = "") -> tuple[dict, int]:
+    """Environment of a broker node whose every file lives under ``directory`` (no system config
+    read), listening for AMQP on ``port`` with the user and vhost of ``uri``; and its management port.
+
+    Its distribution port is ``port`` + 20000, its management port ``ops.broker.management_port``,
+    its Prometheus port the management port + 20 (15692 for 5672, the default)."""
     parts = urllib.parse.urlsplit(uri)
-    port = parts.port or 5672
-    management_port = 15672 if port == 5672 else port + 10000  # the test fixtures expect 15672
+    management = management_port(port)
     user = urllib.parse.unquote(parts.username or "guest")
     password = urllib.parse.unquote(parts.password or "guest")
     vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    RABBIT_DIR.mkdir(parents=True, exist_ok=True)
-    conf = RABBIT_DIR / "rabbitmq.conf"
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "rabbitmq.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the password
     with os.fdopen(fd, "w") as handle:
         handle.write(
             "# Written by devtools.stack for the broker `make up` runs; default_* apply at first boot.\n"
-            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management_port}\n"
+            f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {management}\n"
             f"default_user = {user}\ndefault_pass = {password}\ndefault_vhost = {vhost}\n"
             "default_user_tags.administrator = true\n"
             # Its Prometheus plugin (deploy/prometheus/prometheus-local.yml scrapes it) on loopback only.
-            "prometheus.tcp.ip = 127.0.0.1\n")
-    (RABBIT_DIR / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
-    (RABBIT_DIR / "rabbitmq-env.conf").write_text("# Empty on purpose: keeps /etc/rabbitmq/rabbitmq-env.conf out.\n")
+            f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {management + 20}\n" + extra_conf)
+    (directory / "enabled_plugins").write_text("[rabbitmq_management,rabbitmq_prometheus].\n")
+    (directory / "rabbitmq-env.conf").write_text("# Empty on purpose: keeps /etc/rabbitmq/rabbitmq-env.conf out.\n")
     env = dict(os.environ)
     env.update({
-        "HOME": str(RABBIT_DIR),  # the Erlang cookie goes here, not into the caller's home
-        "RABBITMQ_NODENAME": f"dss{port}@localhost",
+        "HOME": str(directory),  # the Erlang cookie goes here, not into the caller's home
+        "RABBITMQ_NODENAME": node_name or f"dss{port}@localhost",
         "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
         "RABBITMQ_NODE_PORT": str(port),
         "RABBITMQ_DIST_PORT": str(port + 20000),
-        "RABBITMQ_CONF_ENV_FILE": str(RABBIT_DIR / "rabbitmq-env.conf"),
+        # rabbitmqctl's own distribution ports, clear of every node's (a cluster's are consecutive).
+        "RABBITMQ_CTL_DIST_PORT_MIN": str(port + 30000),
+        "RABBITMQ_CTL_DIST_PORT_MAX": str(port + 30009),
+        "RABBITMQ_CONF_ENV_FILE": str(directory / "rabbitmq-env.conf"),
         "RABBITMQ_CONFIG_FILE": str(conf),
-        "RABBITMQ_ADVANCED_CONFIG_FILE": str(RABBIT_DIR / "advanced.config"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(RABBIT_DIR / "enabled_plugins"),
-        "RABBITMQ_MNESIA_BASE": str(RABBIT_DIR / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(LOG_DIR / "rabbitmq"),
+        "RABBITMQ_ADVANCED_CONFIG_FILE": str(directory / "advanced.config"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(directory / "enabled_plugins"),
+        "RABBITMQ_MNESIA_BASE": str(directory / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(LOG_DIR / directory.name),
+        "RABBITMQ_PID_FILE": str(directory / "rabbitmq.pid"),
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         "ERL_EPMD_ADDRESS": "127.0.0.1",
     })
-    return env, management_port
+    return env, management
+
+
+def ensure_epmd() -> None:
+    """epmd on 127.0.0.1:4369, started by us (not by erl's own `-daemon`) so `down` can stop it."""
+    epmd = _epmd()
+    if epmd and not port_open("127.0.0.1", 4369) and not owned_pid("epmd"):
+        spawn("epmd", [epmd], env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"})
+        wait_for(lambda: port_open("127.0.0.1", 4369), 10, "epmd")
 
 
 def ensure_broker() -> str:
@@ -116,24 +132,20 @@ def ensure_broker() -> str:
         return "already running (not started by make up)"
     if host not in LOCAL_HOSTS:
         raise Failed(f"no RabbitMQ answers at {redact(uri)}. Start it there, or unset AMQP_URI to use a local one.")
-    server = _rabbitmq_server()
+    server = rabbitmq_server()
     if not server:
         raise Failed(f"no RabbitMQ answers at {redact(uri)} and rabbitmq-server is not installed. "
                      "Install it (as root: apt-get update && apt-get install -y rabbitmq-server) "
                      "or point AMQP_URI at a running broker.")
-    env, management_port = _rabbit_env(uri)
-    for busy in (management_port, port + 20000):
+    env, management = node_env(RABBIT_DIR, port, uri)
+    for busy in (management, port + 20000):
         if port_open("127.0.0.1", busy):
             raise Failed(f"cannot start RabbitMQ for {redact(uri)}: port {busy} is already in use.")
-    epmd = _epmd()
-    if epmd and not port_open("127.0.0.1", 4369) and not owned_pid("epmd"):
-        # Started by us (not by erl's own `-daemon`), so `down` can stop it again.
-        spawn("epmd", [epmd], env={**os.environ, "ERL_EPMD_ADDRESS": "127.0.0.1"})
-        wait_for(lambda: port_open("127.0.0.1", 4369), 10, "epmd")
+    ensure_epmd()
     logger.info("starting RabbitMQ on %s (private node, data in %s)", redact(uri), RABBIT_DIR.relative_to(ROOT))
     spawn("rabbitmq", [server], env=env)
     _wait_broker(uri)
-    return f"started by make up (management on 127.0.0.1:{management_port})"
+    return f"started by make up (management on 127.0.0.1:{management})"
 
 
 def _wait_broker(uri: str) -> None:

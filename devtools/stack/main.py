@@ -31,24 +31,59 @@ from shared.config import Settings
 
 from devtools import local_cloud, tokens
 from devtools.stack.broker import broker_error, ensure_broker, redact, stop_epmd
+from devtools.stack.cluster import Cluster
 from devtools.stack.credentials import ensure_issuer, ensure_tls, relative, tls_names, use_tls
 from devtools.stack.emulators import (GCS_EVENTS_OFF, answers_like_gcs, answers_like_moto, answers_like_pubsub,
                                       ensure_buckets, ensure_emulator, ensure_gcs, ensure_pubsub,
                                       ensure_s3_notifications, launch_moto, local_endpoint)
 from devtools.stack.processes import LOG_DIR, ROOT, RUN_DIR, Failed, exclusive, owned_pid, stop
-from devtools.stack.services import (HEALTH_TIMEOUT_S, SERVICES, TLS_STATE, check_services, gateway_url,
-                                     get_gateway, health_url, metrics_host, metrics_port, start_services,
-                                     wait_healthy)
+from devtools.stack.services import (HEALTH_TIMEOUT_S, METRICS_PORT_STEP, SERVICES, STACK_STATE, TLS_STATE, check_services,
+                                     gateway_url, get_gateway, health_url, instance_names, instance_number, metrics_host,
+                                     metrics_port, record_stack_state, running_instances, stack_state,
+                                     start_services, wait_healthy)
 
 logger = logging.getLogger(__name__)
+
+
+BROKER_MODES = ("single", "cluster")
+
+
+def choose(args) -> tuple[int, str]:
+    """SCALE and BROKER for `up`: as given, else as the running stack's `up` chose, else 1 and single.
+    A running stack keeps its broker mode until `down`."""
+    state = stack_state()
+    scale = args.scale or state.get("scale") or 1
+    mode = args.broker or state.get("broker") or "single"
+    if scale < 1:
+        raise Failed(f"SCALE must be 1 or more, not {scale}")
+    if state and state.get("broker", "single") != mode:
+        raise Failed(f"the stack runs with BROKER={state.get('broker', 'single')}: `make down` first to "
+                     f"switch to BROKER={mode}")
+    return scale, mode
+
+
+def running_cluster(state: dict) -> Cluster | None:
+    """The cluster the running stack's `up` started (on the ports it chose then), or None."""
+    if state.get("broker") != "cluster":
+        return None
+    return Cluster(amqp_uri(), base_port=state.get("cluster_port"))
 
 
 def cmd_up(args) -> int:
     with exclusive():
         check_services()  # before starting anything
         settings = Settings.from_config({})
-        uri = amqp_uri()
-        broker = ensure_broker()
+        scale, mode = choose(args)
+        if mode == "cluster":
+            cluster = running_cluster(stack_state()) or Cluster(amqp_uri())
+            uri = cluster.uri()
+            broker = cluster.start()
+        else:
+            cluster = None
+            uri = amqp_uri()
+            broker = ensure_broker()
+        record_stack_state(scale=scale, broker=mode, amqp_uri=redact_all(uri),
+                           **({"cluster_port": cluster.base_port} if cluster else {}))
         logger.info("RabbitMQ: %s", broker)
         s3 = ensure_emulator("moto", settings.s3_endpoint, answers_like_moto, launch_moto)
         logger.info("S3 (moto): %s", s3)
@@ -74,17 +109,29 @@ def cmd_up(args) -> int:
             if use_tls(certificate) and owned_pid("gateway"):
                 logger.info("gateway: restarting it to serve HTTPS")
                 stop("gateway")
-        states = start_services(uri)
+        # A SCALE lower than the last `up`'s: the instances above it go.
+        extra = [n for s in SERVICES for n in running_instances(s) if n not in instance_names(s, scale)]
+        for name in stop(*extra):
+            logger.info("%s: stopped (SCALE=%d)", name, scale)
+        states = start_services(uri, scale=scale)
         for name, state in states.items():
             logger.info("%s: %s", name, state)
         if not args.no_wait:
-            wait_healthy(timeout=args.timeout)
-    print_endpoints(settings, uri, broker, gcs_events)
+            wait_healthy(list(states), timeout=args.timeout)
+            if cluster is not None:
+                logger.info("delivery limit: %d queue(s) dead-letter into <queue>.dead", len(cluster.guard_queues()))
+    print_endpoints(settings, uri, broker, gcs_events, scale)
     return 0
 
 
-def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool = True) -> None:
+def redact_all(uri: str) -> str:
+    return ";".join(redact(part) for part in uri.split(";"))
+
+
+def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool = True, scale: int = 1) -> None:
     metrics = ", ".join(f"{n} {metrics_host()}:{metrics_port(n)}" for n in SERVICES)
+    if scale > 1:
+        metrics += f"; instance k of a worker: its port + {METRICS_PORT_STEP}*(k-1) (SCALE={scale})"
     subscription = f"subscription {settings.gcs_notification_subscription}: GCS main bucket notifications"
     if not settings.pubsub_emulator_host:
         pubsub = f"Google Cloud   ({subscription})"
@@ -103,7 +150,7 @@ def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool 
   GCS        {settings.gcs_endpoint or 'Google Cloud'}   (buckets {settings.gs_bucket}, {settings.gs_checkout_bucket}, {settings.gs_staging_bucket})
   SQS        {settings.sqs_endpoint or 'AWS'}   (queue {settings.s3_notification_queue}: S3 main bucket notifications)
   Pub/Sub    {pubsub}
-  AMQP       {redact(uri)}   ({broker})
+  AMQP       {redact_all(uri)}   ({broker})
   metrics    {metrics}
   logs       {LOG_DIR.relative_to(ROOT)}/
   token      TOKEN=$(make -s token EMAIL=you@example.org GROUPS=dbio)
@@ -113,12 +160,14 @@ def print_endpoints(settings: Settings, uri: str, broker: str, gcs_events: bool 
 
 def cmd_down(args) -> int:
     with exclusive():
-        infrastructure = ("fake-gcs", "pubsub", "moto", "rabbitmq", "epmd")
-        # Pid files of services dropped from SERVICES since the last `up` would otherwise be orphaned.
+        nodes = Cluster(amqp_uri()).names()  # the cluster's nodes, if BROKER=cluster runs
+        infrastructure = ("fake-gcs", "pubsub", "moto", "rabbitmq", *nodes, "epmd")
+        # Pid files of services (and instances) dropped since the last `up` would otherwise be orphaned.
         others = sorted(p.stem for p in RUN_DIR.glob("*.pid") if p.stem not in (*SERVICES, *infrastructure))
         # Services first (in parallel), so none of them sees its broker or storage vanish.
-        stopped = stop(*others, *SERVICES) + stop(*infrastructure[:-1])
+        stopped = stop(*others, *SERVICES) + stop(*infrastructure[:-1], timeout=60)
         TLS_STATE.unlink(missing_ok=True)  # the next `up` serves plain HTTP unless asked (TLS=1)
+        STACK_STATE.unlink(missing_ok=True)
         for name in stopped:
             logger.info("%s: stopped", name)
         stop_epmd()
@@ -131,13 +180,19 @@ def cmd_restart(args) -> int:
     unknown = sorted(set(names) - set(SERVICES))
     if unknown:
         raise Failed(f"unknown service(s): {', '.join(unknown)} (known: {', '.join(SERVICES)})")
+    state = stack_state()
+    scale = state.get("scale", 1)
+    cluster = running_cluster(state)
     with exclusive():
-        for name in stop(*names):
+        for name in stop(*(n for s in names for n in {*running_instances(s), *instance_names(s, scale)})):
             logger.info("%s: stopped", name)
-        for name, state in start_services(amqp_uri(), names).items():
-            logger.info("%s: %s", name, state)
-        wait_healthy(names)
-    print(f"restarted: {', '.join(names)}")
+        states = start_services(cluster.uri() if cluster else amqp_uri(), names, scale=scale)
+        for name, started in states.items():
+            logger.info("%s: %s", name, started)
+        wait_healthy(list(states))
+        if cluster is not None:
+            cluster.guard_queues()
+    print(f"restarted: {', '.join(states)}")
     return 0
 
 
@@ -149,14 +204,28 @@ def cmd_status(args) -> int:
     def line(name: str, state: str, ok: bool) -> None:
         nonlocal healthy
         healthy &= ok
-        print(f"  {name:<10} {state}")
+        print(f"  {name:<12} {state}")
 
     def owner(name: str) -> str:
         pid = owned_pid(name)
         return f"started by make up, pid {pid}" if pid else "not started by make up"
 
-    broker = broker_error(uri)
-    line("rabbitmq", f"{'up' if broker is None else 'DOWN'} at {redact(uri)} ({owner('rabbitmq')})", broker is None)
+    state = stack_state()
+    cluster = running_cluster(state)
+    if cluster is not None:
+        print(f"  broker       BROKER=cluster: {cluster.size} nodes, SCALE={state.get('scale', 1)}")
+        for k, name in enumerate(cluster.names()):
+            error = broker_error(cluster.uris()[k])
+            line(name, f"{'up' if error is None else 'DOWN'}: node {cluster.node(k)} at "
+                       f"{redact(cluster.uris()[k])} ({owner(name)})", error is None)
+        running = cluster.running_nodes()
+        line("cluster", f"running nodes: {', '.join(running) or 'none reachable'}", len(running) == cluster.size)
+    else:
+        if state:
+            print(f"  broker       BROKER=single, SCALE={state.get('scale', 1)}")
+        broker = broker_error(uri)
+        line("rabbitmq", f"{'up' if broker is None else 'DOWN'} at {redact(uri)} ({owner('rabbitmq')})",
+             broker is None)
     for name, endpoint, answers in (("moto", settings.s3_endpoint, answers_like_moto),
                                     ("fake-gcs", settings.gcs_endpoint, answers_like_gcs),
                                     ("pubsub", settings.pubsub_emulator_host and f"http://{settings.pubsub_emulator_host}",
@@ -170,9 +239,13 @@ def cmd_status(args) -> int:
             continue
         up = answers(endpoint.rstrip("/"))
         line(name, f"{'up' if up else 'DOWN'} at {endpoint} ({owner(name)})", up)
-    for name in SERVICES:
-        pid = owned_pid(name)
-        line(name, f"running, pid {pid}, metrics :{metrics_port(name)}" if pid else "stopped", bool(pid))
+    scale = state.get("scale", 1)
+    for service in SERVICES:
+        running = running_instances(service)
+        for name in dict.fromkeys([*instance_names(service, scale), *running]):
+            pid = running.get(name)
+            line(name, f"running, pid {pid}, metrics :{metrics_port(service, instance_number(name))}" if pid
+                 else "stopped", bool(pid))
     try:
         answer = get_gateway(health_url())
         line("health", f"HTTP {answer.status_code} {answer.text[:300]}", answer.status_code == 200)
@@ -240,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-wait", action="store_true", help="do not wait for the gateway's health check")
     up.add_argument("--timeout", type=float, default=HEALTH_TIMEOUT_S,
                     help="seconds to wait for the health check (default %(default)s)")
+    up.add_argument("--scale", type=int, default=None,
+                    help="instances of each worker service (default: as the running stack, else 1)")
+    up.add_argument("--broker", choices=BROKER_MODES, default=None,
+                    help="single: one RabbitMQ (AMQP_URI, started if local and absent); cluster: three local "
+                         "nodes from the port of AMQP_URI (default: as the running stack, else single)")
     up.add_argument("--tls", action="store_true",
                     help="serve HTTPS with the development certificate of var/tls (made if missing) until `down`")
     up.set_defaults(run=cmd_up)

@@ -1,5 +1,10 @@
-"""The services `make up` runs, one ``nameko run`` process each, their ports, and the gateway's
-health check.
+"""The services `make up` runs, ``SCALE`` ``nameko run`` processes (instances) of each worker and
+one gateway, their ports, what `up` chose (``var/run/stack.json``: scale and broker mode, kept
+until `down` so `restart` and `status` follow it), and the gateway's health check.
+
+Instance 1 of a service is named after it (``files``: ``var/run/files.pid``,
+``var/log/files.log``), instance k > 1 ``files-k``; instance k serves its metrics on the
+service's port + (k - 1) * ``METRICS_PORT_STEP``.
 """
 from __future__ import annotations
 
@@ -19,12 +24,17 @@ import yaml
 from shared.config import Settings
 
 from devtools.local_cloud import port_open
+from devtools.stack import processes
 from devtools.stack.processes import ROOT, RUN_DIR, Failed, log_file, owned_pid, spawn, tail
 
 logger = logging.getLogger(__name__)
 
 # The services `make up` runs, in start order. Adding a service is adding its name here.
 SERVICES = ("files", "bundles", "replicator", "indexer", "notifier", "checkout", "gateway")
+# Run as one instance whatever SCALE says: the gateway listens on one HTTP port.
+SINGLE_INSTANCE = ("gateway",)
+METRICS_PORT_STEP = 100
+STACK_STATE = RUN_DIR / "stack.json"
 # Present while the gateway serves HTTPS with the development certificate (`make up TLS=1` until
 # `make down`), so `up`, `restart` and `status` keep to it.
 TLS_STATE = RUN_DIR / "gateway-tls.json"
@@ -45,9 +55,53 @@ def config_value(service: str, key: str) -> str | None:
     return os.environ.get(match.group(1), match.group(2)) if match else str(raw)
 
 
-def metrics_port(service: str) -> int | None:
+def metrics_port(service: str, instance: int = 1) -> int | None:
+    """Instance ``instance``'s metrics port: the service's own (METRICS_PORT of its config.yml),
+    plus ``METRICS_PORT_STEP`` for each instance before it."""
     value = config_value(service, "METRICS_PORT")
-    return int(value) if value and value.strip().isdigit() else None
+    if not value or not value.strip().isdigit():
+        return None
+    return int(value) + (instance - 1) * METRICS_PORT_STEP
+
+
+def instance_name(service: str, instance: int) -> str:
+    return service if instance == 1 else f"{service}-{instance}"
+
+
+def instance_names(service: str, scale: int) -> list[str]:
+    """What `up` names the instances of ``service`` at ``scale`` (the gateway: one)."""
+    count = 1 if service in SINGLE_INSTANCE else scale
+    return [instance_name(service, k) for k in range(1, count + 1)]
+
+
+def running_instances(service: str) -> dict[str, int]:
+    """The instances of ``service`` that `up` started and that run, by name, with their pids."""
+    found = {}
+    for pid_file in sorted(processes.RUN_DIR.glob(f"{service}*.pid")):  # read at call time: tests move it
+        name = pid_file.stem
+        if name == service or re.fullmatch(rf"{re.escape(service)}-\d+", name):
+            if (pid := owned_pid(name)) is not None:
+                found[name] = pid
+    return dict(sorted(found.items(), key=lambda item: instance_number(item[0])))
+
+
+def instance_number(name: str) -> int:
+    head, _, number = name.rpartition("-")
+    return int(number) if head and number.isdigit() else 1
+
+
+def stack_state() -> dict:
+    """What the running stack's `up` chose: ``{"scale": N, "broker": "single"|"cluster", "amqp_uri": ...}``
+    (empty when `up` has not run since the last `down`)."""
+    try:
+        return json.loads(STACK_STATE.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def record_stack_state(**state) -> None:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    STACK_STATE.write_text(json.dumps(state, sort_keys=True) + "\n")
 
 
 def _reachable(host: str) -> str:
@@ -92,7 +146,7 @@ def _nameko() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("nameko") or "nameko")
 
 
-def service_env(uri: str, name: str | None = None) -> dict:
+def service_env(uri: str, name: str | None = None, instance: int = 1) -> dict:
     env = dict(os.environ)
     if name == "gateway" and TLS_STATE.exists() and not env.get("DSS_TLS_CERT_FILE"):
         state = json.loads(TLS_STATE.read_text())
@@ -102,6 +156,8 @@ def service_env(uri: str, name: str | None = None) -> dict:
     # A shared METRICS_PORT in the caller's environment would give every service that reads it the
     # same port; each takes its own default (or DSS_<SERVICE>_METRICS_PORT) from its config.yml.
     env.pop("METRICS_PORT", None)
+    if name and instance > 1 and (port := metrics_port(name, instance)):
+        env[f"DSS_{name.upper()}_METRICS_PORT"] = str(port)
     # glibc keeps freed multi-MiB part buffers in its heap arenas, so a replicator that once copied
     # large blobs stayed at ~370 MiB idle (bench/replication.py); buffers above 1 MiB mapped
     # directly are returned on free (peak 290 instead of 560 MiB at the same throughput).
@@ -116,23 +172,25 @@ def check_services(names=SERVICES) -> None:
             raise Failed(f"services/{name}/service.py or config.yml is missing: cannot run {name}.")
 
 
-def start_services(uri: str, names=SERVICES) -> dict[str, str]:
+def start_services(uri: str, names=SERVICES, scale: int = 1) -> dict[str, str]:
+    """Start the instances of ``names`` at ``scale`` that do not run yet; returns each instance's state."""
     check_services(names)
     states = {}
     for name in names:
-        if owned_pid(name):
-            states[name] = "running"
-            continue
-        port = metrics_port(name)
-        ports = [(metrics_host(), port)] if port else []
-        if name == "gateway":
-            ports.append(gateway_address())
-        busy = [f"{h}:{p}" for h, p in ports if port_open(h, p)]
-        if busy:
-            raise Failed(f"cannot start {name}: {busy[0]} is already in use by another process.")
-        command = [_nameko(), "run", "--config", f"services/{name}/config.yml", f"services.{name}.service"]
-        pid = spawn(name, command, env=service_env(uri, name))
-        states[name] = f"started (pid {pid})"
+        for number, instance in enumerate(instance_names(name, scale), start=1):
+            if owned_pid(instance):
+                states[instance] = "running"
+                continue
+            port = metrics_port(name, number)
+            ports = [(metrics_host(), port)] if port else []
+            if name == "gateway":
+                ports.append(gateway_address())
+            busy = [f"{h}:{p}" for h, p in ports if port_open(h, p)]
+            if busy:
+                raise Failed(f"cannot start {instance}: {busy[0]} is already in use by another process.")
+            command = [_nameko(), "run", "--config", f"services/{name}/config.yml", f"services.{name}.service"]
+            pid = spawn(instance, command, env=service_env(uri, name, number))
+            states[instance] = f"started (pid {pid}, metrics :{port})"
     return states
 
 

@@ -11,6 +11,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.exceptions import UnknownService
 from nameko.extensions import DependencyProvider
 
+from services.gateway.access import AccessPolicy
 from services.gateway.auth import Authenticator
 from shared.config import Settings
 from shared.entrypoints import RpcProxy
@@ -45,25 +46,39 @@ class GatewaySettings(DependencyProvider):
 
 
 class AuthAPI:
-    def __init__(self, authenticator: Authenticator):
-        self._authenticator = authenticator
+    """Each route's auth step: ``writer`` for writes, ``caller`` for operations that act for their
+    caller, ``reader`` for the others (a token only where the access policy asks for one)."""
 
-    def caller(self, request) -> dict:
-        """The authenticated caller of ``request`` (401 without a valid token)."""
+    def __init__(self, authenticator: Authenticator, policy: AccessPolicy):
+        self._authenticator = authenticator
+        self.policy = policy
+
+    def _authenticated(self, request) -> dict:
         return self._authenticator.authenticate(request.headers.get("Authorization"))
 
+    def caller(self, request) -> dict:
+        """The authenticated caller of ``request`` (401 without a valid token), allowed to read
+        (403 ``read_not_allowed`` outside ``DSS_AUTH_READ_GROUPS``)."""
+        return self.policy.require_reader(self._authenticated(request))
+
+    def reader(self, request, operation_id: str) -> dict | None:
+        """As ``caller`` where the access policy protects ``operation_id``; else None (anonymous)."""
+        return self.caller(request) if self.policy.needs_token(operation_id) else None
+
     def writer(self, request) -> dict:
-        """As ``caller``, and allowed to write (403 otherwise)."""
-        return self._authenticator.require_writer(self.caller(request))
+        """The authenticated caller, allowed to write (403 otherwise)."""
+        return self._authenticator.require_writer(self._authenticated(request))
 
 
 class Auth(DependencyProvider):
     def setup(self):
+        settings = Settings.from_config(self.container.config)
         # Built once per container: the key sets it holds cache their JWKS across requests.
-        self.authenticator = Authenticator.from_settings(Settings.from_config(self.container.config))
+        self.authenticator = Authenticator.from_settings(settings)
+        self.policy = AccessPolicy.from_settings(settings)  # an unknown operation stops the start here
 
     def get_dependency(self, worker_ctx):
-        return AuthAPI(self.authenticator)
+        return AuthAPI(self.authenticator, self.policy)
 
 
 class TimedServiceProxy:
