@@ -64,3 +64,46 @@ def test_two_indexer_containers_on_one_index_directory_one_consumes_at_a_time(co
         eventlet.sleep(0.2)
     with ServiceRpcProxy("indexer", config, timeout=30) as indexer:
         assert indexer.reindex_status("aws")["state"] == "idle"
+
+
+def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_config, local_cloud_settings, tmp_path):
+    """As `make up SCALE=2` runs them: two `nameko run` indexers on one DSS_INDEX_DIR; kill -9 the
+    one consuming, and the other consumes within seconds."""
+    import os
+
+    from devtools.processes import ServiceProcess
+
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("DSS_") and name not in ("AMQP_URI", "METRICS_PORT")}
+    env.update({name: str(value) for name, value in local_cloud_settings.items()})
+    env.update({"AMQP_URI": rabbit_config["AMQP_URI"], "DSS_INDEXER_METRICS_PORT": "0",
+                "DSS_INDEX_DIR": str(tmp_path / "index"), "DSS_LOG_LEVEL": "INFO"})
+    amqp_uri = rabbit_config["AMQP_URI"]
+    processes = [ServiceProcess("indexer", env, tmp_path / f"indexer-{n}.log") for n in (1, 2)]
+
+    def consumers():
+        try:
+            state = queue_state(amqp_uri, "rpc-indexer")
+        except OSError:
+            return 0
+        return state[1] if state else 0
+
+    def wait(predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"{what}:\n" + "\n".join(p.tail(20) for p in processes)
+            time.sleep(0.3)
+
+    try:
+        processes[0].start()
+        wait(lambda: consumers() == 1, "the first indexer consuming")
+        processes[1].start()
+        wait(lambda: "standing by" in processes[1].log(), "the second indexer standing by")
+        time.sleep(1)
+        assert consumers() == 1 and processes[1].alive
+        processes[0].kill()
+        wait(lambda: "took over" in processes[1].log() and consumers() == 1, "the standby taking over")
+        assert processes[1].alive
+    finally:
+        for process in processes:
+            process.stop()
