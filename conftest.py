@@ -12,6 +12,7 @@ eventlet.monkey_patch()  # must precede every other import (nameko >= 2.14 no lo
 
 import ctypes  # noqa: E402
 import ctypes.util  # noqa: E402
+import os  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -73,6 +74,41 @@ def pytest_runtest_protocol(item, nextitem):
         yield
     finally:
         timer.cancel()
+
+
+# --- what a run leaves out, and says so ---------------------------------------------------------
+# Without OPENSEARCH_URL the OpenSearch backend of tests/conformance/test_search_backends.py is
+# openmock, which cannot answer everything: the tests that would have nothing to check there are not
+# collected (rather than passing without checking), and the summary says how many and why.
+LEFT_OUT = pytest.StashKey[dict]()
+NO_OPENSEARCH_CLUSTER = ("on the OpenSearch backend they need a real cluster, which openmock cannot stand in for; "
+                         "set OPENSEARCH_URL=http://host:9200 to run them")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "opensearch: runs on the OpenSearch backend (openmock, or the cluster "
+                                       "at OPENSEARCH_URL)")
+    config.addinivalue_line("markers", "needs_real_opensearch: on the OpenSearch backend, checks what only a real "
+                                       "cluster answers: collected there only when OPENSEARCH_URL is set")
+    config.stash[LEFT_OUT] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("OPENSEARCH_URL"):
+        return
+    left_out = [item for item in items
+                if item.get_closest_marker("opensearch") and item.get_closest_marker("needs_real_opensearch")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [item for item in items if item not in dropped]
+        config.stash[LEFT_OUT][NO_OPENSEARCH_CLUSTER] = len(left_out)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for reason, count in config.stash.get(LEFT_OUT, {}).items():
+        terminalreporter.write_line(f"{count} tests not collected (counted in 'deselected'): {reason}",
+                                    yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -213,12 +249,13 @@ def service_config(rabbit_config, local_cloud_settings, local_issuer_settings, s
 @pytest.fixture
 def web_session(web_config_port):
     """nameko's ``web_session`` (which imports ``werkzeug.urls.url_join``, gone in werkzeug 3):
-    a requests session whose relative URLs go to the service under test."""
+    a requests session whose relative URLs go to the service under test, and whose calls time out
+    (devtools.http: a default well under pytest-timeout's, the error naming the call)."""
     from urllib.parse import urljoin
 
-    import requests
+    from devtools.http import TimeoutSession
 
-    class WebSession(requests.Session):
+    class WebSession(TimeoutSession):
         def request(self, method, url, *args, **kwargs):
             return super().request(method, urljoin(f"http://127.0.0.1:{web_config_port}/", url), *args, **kwargs)
 
