@@ -515,11 +515,15 @@ def test_bad_attachments(attachments, code):
 
 
 def test_good_attachments_validate():
-    validate_attachments(None)
-    validate_attachments({})
-    validate_attachments({"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[].organ"},
-                          "n-files.v2": {"type": "jmespath", "expression": "length(manifest.files)"},
-                          "merged": {"type": "jmespath", "expression": "merge(`{}`, bundle_info)"}})
+    good = {"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[].organ"},
+            "n-files.v2": {"type": "jmespath", "expression": "length(manifest.files)"},
+            "merged": {"type": "jmespath", "expression": "merge(`{}`, bundle_info)"}}
+    for attachments in (None, {}, good):
+        assert validate_attachments(attachments) is None  # accepted: refusals raise InvalidParameter
+    # ... and what was accepted evaluates, every attachment without an error.
+    document = {"files": {"cell_suspension_json": [{"organ": "heart"}]}, "manifest": {"files": [{}, {}]},
+                "bundle_info": {"uuid": "u"}}
+    assert evaluate_attachments(good, document) == {"organ": ["heart"], "n-files.v2": 2, "merged": {"uuid": "u"}}
 
 
 # --- payloads and attachments ---------------------------------------------------------------------------
