@@ -631,12 +631,14 @@ class Gate:
         self.source = source
         self.reached = eventlet.Event()
         self.opened = eventlet.Event()
+        self.built = []  # the fqids of the documents held
 
     def __getattr__(self, name):
         return getattr(self.source, name)
 
     def listed_document(self, replica, listed):
         document = self.source.listed_document(replica, listed)
+        self.built.append(listed.fqid)
         if not self.reached.ready():
             self.reached.send()
         self.opened.wait()
@@ -660,7 +662,8 @@ def test_a_reindex_rebuilds_the_index_while_writes_and_searches_go_on(world):
     assert status["started"] is True and status["state"] == "running"
     assert status["generation"] != live_generation
     gate.reached.wait()
-    eventlet.sleep(0.1)  # every document of the batch built
+    wait_until(lambda: f"{uuid}.{versions[1]}" in gate.built, timeout=10, interval=0.01,
+               what="the job to have built versions[1]'s document")
     assert world.service.start_reindex("aws")["started"] is False  # one at a time
     # Meanwhile: a new bundle, a tombstone of one the job has already read; searches answer.
     fresh, fresh_version, _ = world.bundle([world.entry("b.json", {"n": 7})])
@@ -727,7 +730,7 @@ def test_a_stopping_indexer_cancels_its_reindex_between_batches(world, monkeypat
     gate.reached.wait()
 
     stopping = eventlet.spawn(world.state.stop)
-    eventlet.sleep(0.05)
+    wait_until(lambda: world.state.jobs["aws"].cancelled, timeout=10, interval=0.01, what="stop() to cancel the job")
     gate.open()
     stopping.wait()
 
