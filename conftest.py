@@ -105,6 +105,25 @@ def pytest_collection_modifyitems(config, items):
         config.stash[LEFT_OUT][NO_OPENSEARCH_CLUSTER] = len(left_out)
 
 
+# The one prerequisite of the tests that neither `make` nor the virtualenv provides, and that CI
+# installs (.ci/run): the Pub/Sub emulator, for the GCS change notifications. Said once, up front.
+PUBSUB_EMULATOR_MISSING = (
+    "{count} collected tests need the Pub/Sub emulator, which is not installed (looked for at {paths} and "
+    "next to gcloud; it needs Java): apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless "
+    "(Google's apt repository, see .ci/run), or leave those tests out")
+
+
+def pytest_collection_finish(session):
+    """Stop before running anything when collected tests need the Pub/Sub emulator and it is missing:
+    one line, rather than those tests failing one by one among the others."""
+    if session.config.option.collectonly:
+        return
+    needing = [item for item in session.items if "pubsub_emulator_host" in getattr(item, "fixturenames", ())]
+    if needing and not local_cloud.pubsub_emulator_binary():
+        raise pytest.UsageError(PUBSUB_EMULATOR_MISSING.format(
+            count=len(needing), paths=", ".join(local_cloud.PUBSUB_EMULATOR_PATHS)))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for reason, count in config.stash.get(LEFT_OUT, {}).items():
         terminalreporter.write_line(f"{count} tests not collected (counted in 'deselected'): {reason}",
