@@ -97,7 +97,7 @@ def stored_bundle(api, auth, stage) -> tuple[str, str, str]:
     body = {"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version, "name": "donor.json",
                                          "indexed": False}]}
     response = http.put(f"{api}/bundles/{uuid}", params={"replica": "aws", "version": version},
-                            headers=auth, json=body, timeout=60)
+                        headers=auth, json=body, timeout=60)
     assert response.status_code == 201, response.text
     return uuid, version, "donor.json"
 

@@ -73,7 +73,7 @@ def test_a_large_first_read_is_redirected_until_its_copy_is_ready(checkout_api, 
     again, waits = download(f"{checkout_api}/files/{uuid}?replica=aws")
     assert not waits and again.content == data
     assert_problem(http.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "token": "%%%"},
-                                allow_redirects=False), 400, "illegal_token")
+                            allow_redirects=False), 400, "illegal_token")
 
 
 def test_a_small_read_needs_no_second_round_trip(checkout_api, auth, stage):
@@ -83,7 +83,7 @@ def test_a_small_read_needs_no_second_round_trip(checkout_api, auth, stage):
     assert first.status_code == 302, first.text
     assert hashlib.sha256(http.get(first.headers["Location"]).content).hexdigest() == sums.sha256
     direct = http.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "directurl": "true"},
-                          allow_redirects=False)
+                      allow_redirects=False)
     assert direct.status_code == 302 and direct.headers["Location"].startswith("s3://")
     assert "/blobs/" in direct.headers["Location"] and "dss-main" not in direct.headers["Location"]
 
@@ -95,7 +95,7 @@ def stored_bundle(api, auth, stage, contents):
         files.append({"uuid": uuid, "version": version, "name": name, "indexed": False})
     bundle_uuid, bundle_version = new_uuid(), new_version()
     created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json={"creator_uid": 1, "files": files}, timeout=60)
+                       headers=auth, json={"creator_uid": 1, "files": files}, timeout=60)
     assert created.status_code == 201, created.text
     return bundle_uuid, bundle_version
 
@@ -115,7 +115,7 @@ def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, 
     destination = f"{ALLOWED}{new_uuid()[:8]}"
     blobstores["aws"].create_bucket(destination)
     started = http.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
-                            json={"destination": destination}, timeout=60)
+                        json={"destination": destination}, timeout=60)
     assert started.status_code == 200, started.text
     status = checkout_ended(api, started.json()["checkout_job_id"])
     assert status["status"] == "SUCCEEDED", status
@@ -139,10 +139,10 @@ def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, 
         assert http.get(entry["url"]).content == contents[entry["name"]]
 
     assert_problem(http.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
-                                 json={"destination": f"{ALLOWED}missing-{new_uuid()[:8]}"}, timeout=60),
+                             json={"destination": f"{ALLOWED}missing-{new_uuid()[:8]}"}, timeout=60),
                    400, "invalid_destination")
     assert_problem(http.post(f"{api}/bundles/{new_uuid()}/checkout", params={"replica": "aws"}, headers=auth,
-                                 timeout=60), 404)
+                             timeout=60), 404)
     assert_problem(http.get(f"{api}/bundles/checkout/{new_uuid()}", params={"replica": "aws"}), 404)
 
 
@@ -162,16 +162,16 @@ def test_bundle_checkout_is_no_anonymous_write_nor_a_mail_relay(checkout_api, au
     # Authenticated: a bucket off the operator's list is refused whether it exists or not.
     for destination in (staging, f"s3://{staging}", f"nowhere-{new_uuid()[:8]}"):
         assert_problem(http.post(url, params={"replica": "aws"}, headers=auth, json={"destination": destination},
-                                     timeout=60), 403, "destination_not_allowed")
+                                 timeout=60), 403, "destination_not_allowed")
     # Notices reach the caller only (user@example.org here), unless an administrator asks.
     assert_problem(http.post(url, params={"replica": "aws"}, headers=auth, json={"email": "someone@example.org"},
-                                 timeout=60), 403, "email_not_allowed")
+                             timeout=60), 403, "email_not_allowed")
     assert not list(store.list_keys(staging, f"bundles/{bundle_uuid}."))
 
     allowed = f"{ALLOWED}mine"
     store.create_bucket(allowed)
     started = http.post(url, params={"replica": "aws"}, headers=auth,
-                            json={"destination": allowed, "email": "user@example.org"}, timeout=60)
+                        json={"destination": allowed, "email": "user@example.org"}, timeout=60)
     assert started.status_code == 200, started.text
     job = started.json()["checkout_job_id"]
     assert checkout_ended(api, job) == {
@@ -239,7 +239,7 @@ def test_a_drs_bundle_nests_its_directories(checkout_api, auth, stage):
         ids[name] = f"{uuid}.{version}"
     bundle_uuid, bundle_version = new_uuid(), new_version()
     created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json={"creator_uid": 1, "files": files})
+                       headers=auth, json={"creator_uid": 1, "files": files})
     assert created.status_code == 201, created.text
 
     response = http.get(f"{root}/ga4gh/drs/v1/objects/{bundle_uuid}", params={"expand": "true"})

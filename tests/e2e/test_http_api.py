@@ -15,7 +15,7 @@ PROBLEM = "application/problem+json"
 def put_file(api, auth, source_url, uuid=None, version=None):
     uuid, version = uuid or new_uuid(), version or new_version()
     response = http.put(f"{api}/files/{uuid}", params={"version": version}, headers=auth,
-                            json={"source_url": source_url, "creator_uid": 7}, timeout=60)
+                        json={"source_url": source_url, "creator_uid": 7}, timeout=60)
     return uuid, version, response
 
 
@@ -53,11 +53,11 @@ def test_file_and_bundle_round_trip(api, auth, admin, stage):
     body = {"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version, "name": "donor.json",
                                          "indexed": True}]}
     created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json=body)
+                       headers=auth, json=body)
     assert created.status_code == 201, created.text
     assert created.json()["version"] == bundle_version
     repeat = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                          headers=auth, json=body)
+                      headers=auth, json=body)
     assert repeat.status_code == 200
 
     bundle = http.get(f"{api}/bundles/{bundle_uuid.upper()}", params={"replica": "aws"})
@@ -71,21 +71,21 @@ def test_file_and_bundle_round_trip(api, auth, admin, stage):
     assert {"uuid": bundle_uuid, "version": bundle_version} in listing.json()["bundles"]
 
     patched = http.patch(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                             headers=auth, json={"remove_files": body["files"]})
+                         headers=auth, json={"remove_files": body["files"]})
     assert patched.status_code == 200, patched.text
     new_version_ = patched.json()["version"]
     assert new_version_ > bundle_version
     assert http.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}).json()["bundle"]["files"] == []
 
     forbidden = http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=auth,
-                                json={"reason": "test"})
+                            json={"reason": "test"})
     assert_problem(forbidden, 403)
     deleted = http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=admin,
-                              json={"reason": "test"})
+                          json={"reason": "test"})
     assert deleted.status_code == 200, deleted.text
     assert_problem(http.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}), 404)
     assert_problem(http.get(f"{api}/bundles/{bundle_uuid}",
-                                params={"replica": "aws", "version": bundle_version}), 404)
+                            params={"replica": "aws", "version": bundle_version}), 404)
     listing = http.get(f"{api}/bundles/all", params={"replica": "aws", "prefix": bundle_uuid[:8]})
     assert all(b["uuid"] != bundle_uuid for b in listing.json()["bundles"])
 
@@ -97,7 +97,7 @@ def test_bundle_files_are_paged_with_link_headers(api, auth, stage):
     files = [{"uuid": file_uuid, "version": file_version, "name": f"dir/f{i:02d}", "indexed": False}
              for i in range(25)]
     assert http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
-                        headers=auth, json={"creator_uid": 1, "files": files}).status_code == 201
+                    headers=auth, json={"creator_uid": 1, "files": files}).status_code == 201
     response = http.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "per_page": 10})
     assert response.status_code == 206
     assert response.headers["X-OpenAPI-Pagination"] == "true"
@@ -119,7 +119,7 @@ def test_links_are_never_built_from_a_forged_host(api, auth, stage):
     bundle_uuid = new_uuid()
     files = [{"uuid": file_uuid, "version": file_version, "name": f"f{i:02d}", "indexed": False} for i in range(12)]
     assert http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
-                        headers=auth, json={"creator_uid": 1, "files": files}, timeout=30).status_code == 201
+                    headers=auth, json={"creator_uid": 1, "files": files}, timeout=30).status_code == 201
     params = {"replica": "aws", "per_page": 10}
 
     forged = http.get(f"{api}/bundles/{bundle_uuid}", params=params, headers={"Host": "evil.example"}, timeout=30)
@@ -139,7 +139,7 @@ def test_collections_are_owned(api, auth, mint_token, stage):
     body = {"name": "c", "description": "d", "details": {"k": 1},
             "contents": [{"type": "file", "uuid": file_uuid, "version": file_version}] * 2}
     created = http.put(f"{api}/collections", params={"replica": "aws", "uuid": uuid, "version": version},
-                           headers=auth, json=body)
+                       headers=auth, json=body)
     assert created.status_code == 201, created.text
     got = http.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth)
     assert got.status_code == 200 and len(got.json()["contents"]) == 1  # de-duplicated
@@ -151,17 +151,17 @@ def test_collections_are_owned(api, auth, mint_token, stage):
     assert_problem(http.delete(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=stranger), 403)
 
     patched = http.patch(f"{api}/collections/{uuid}", params={"replica": "aws", "version": version},
-                             headers=auth, json={"name": "renamed"})
+                         headers=auth, json={"name": "renamed"})
     assert patched.status_code == 200, patched.text
     assert http.get(f"{api}/collections/{uuid}", params={"replica": "aws"},
-                        headers=auth).json()["name"] == "renamed"
+                    headers=auth).json()["name"] == "renamed"
     assert http.delete(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth).status_code == 200
     assert_problem(http.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth), 404)
 
     dangling = dict(body, contents=[{"type": "bundle", "uuid": new_uuid(), "version": new_version()}])
     assert_problem(http.put(f"{api}/collections", params={"replica": "aws", "uuid": new_uuid(),
-                                                              "version": new_version()},
-                                headers=auth, json=dangling), 422, "invalid_link")
+                                                          "version": new_version()},
+                            headers=auth, json=dangling), 422, "invalid_link")
 
 
 def test_authentication_and_authorisation(api, auth, mint_token, stage):
@@ -228,7 +228,7 @@ def test_bad_input_gets_problem_json(api, auth, stage, blobstores, dss_settings)
     staging = dss_settings.bucket("aws", "staging")
     blobstores["aws"].put_bytes(staging, "unlabelled", b"x")
     assert_problem(http.put(uuid_url, json={"source_url": f"s3://{staging}/unlabelled", "creator_uid": 1},
-                                headers=auth), 422, "missing_checksum")
+                            headers=auth), 422, "missing_checksum")
     assert_problem(http.put(uuid_url, data="{not json", headers={**auth, "Content-Type": "application/json"}),
                    400)
     assert_problem(http.put(uuid_url, data="source_url=x", headers={**auth, "Content-Type": "text/plain"}),

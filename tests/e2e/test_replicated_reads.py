@@ -27,11 +27,11 @@ def test_files_and_bundles_written_in_either_replica_become_readable_in_the_othe
         source_url, sums = stage(data, replica=replica)
         file_uuid, version = new_uuid(), new_version()
         put = http.put(f"{api}/files/{file_uuid}", params={"version": version}, headers=auth,
-                           json={"source_url": source_url, "creator_uid": 1})
+                       json={"source_url": source_url, "creator_uid": 1})
         assert put.status_code == 201, put.text
         bundle_uuid = new_uuid()
         put = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": replica, "version": version},
-                           headers=auth, json={"creator_uid": 1, "files": [
+                       headers=auth, json={"creator_uid": 1, "files": [
                                {"uuid": file_uuid, "version": version, "name": "a.txt", "indexed": False}]})
         assert put.status_code == 201, put.text
 
@@ -51,7 +51,7 @@ def test_a_collection_written_through_gcp_is_listed_from_aws(replicated_api, aut
     api = replicated_api
     uuid, version = new_uuid(), new_version()
     put = http.put(f"{api}/collections", params={"replica": "gcp", "uuid": uuid, "version": version},
-                       headers=auth, json={"name": "from gcp", "contents": []}, timeout=30)
+                   headers=auth, json={"name": "from gcp", "contents": []}, timeout=30)
     assert put.status_code == 201, put.text
 
     def listed():

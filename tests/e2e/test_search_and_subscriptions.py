@@ -9,9 +9,10 @@ import uuid
 import pytest
 
 from devtools import http
+from shared import events
 from shared.identifiers import Keys, new_uuid, new_version
 from devtools.receivers import Receiver
-from devtools.waiting import wait_until
+from devtools.waiting import record_settled_successes, wait_until
 from services.replicator.service import ReplicatorService
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
@@ -75,12 +76,14 @@ def put_bundle(api, auth, stage, documents):
         files.append({"uuid": file_uuid, "version": file_version, "name": name, "indexed": True})
     bundle_uuid, bundle_version = new_uuid(), new_version()
     response = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                            headers=auth, json={"creator_uid": 7, "files": files})
+                        headers=auth, json={"creator_uid": 7, "files": files})
     assert response.status_code == 201, response.text
     return bundle_uuid, bundle_version
 
 
-def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api, auth, admin, stage, receiver):
+def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api, auth, admin, stage, receiver,
+                                                                      monkeypatch):
+    succeeded = record_settled_successes(monkeypatch)
     api, title = search_api, f"liver atlas {uuid.uuid4().hex[:8]}"
     title_query = {"query": {"match_phrase": {"files.project_json.project_core.title": title}}}
 
@@ -91,7 +94,7 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
         "attachments": {"organ": {"type": "jmespath", "expression": "files.specimen_json[0].organ"}}})
     assert jmespath_sub.status_code == 201, jmespath_sub.text
     es_sub = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth,
-                          json={**signed, "es_query": title_query})
+                      json={**signed, "es_query": title_query})
     assert es_sub.status_code == 201, es_sub.text
     jmespath_id, es_id = jmespath_sub.json()["uuid"], es_sub.json()["uuid"]
 
@@ -116,7 +119,9 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
 
     # Webhooks: one accepted, verified delivery per subscription.
     wait_until(lambda: len(receiver.accepted()) >= 2, 30, "both notifications")
-    time.sleep(1)  # a duplicate would show up now
+    # Both deliveries acknowledged as successes (neither retried nor dead-lettered): no duplicate to come.
+    wait_until(lambda: len([q for q, _ in succeeded if events.SUBSCRIPTION_MATCHED in q]) >= 2, 30,
+               "both deliveries acknowledged")
     deliveries = {r.payload()["subscription_id"]: r for r in receiver.accepted()}
     assert set(deliveries) == {jmespath_id, es_id} and len(receiver.accepted()) == 2
     for delivery in deliveries.values():
@@ -130,7 +135,7 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
 
     # Subscriptions: listed by kind, never with their secret; owner only.
     listed = http.get(f"{api}/subscriptions", params={"replica": "aws", "subscription_type": "elasticsearch"},
-                          headers=auth)
+                      headers=auth)
     assert listed.status_code == 200 and [s["uuid"] for s in listed.json()["subscriptions"]] == [es_id]
     assert SECRET not in listed.text
     one = http.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=auth)
@@ -150,7 +155,7 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
 
     # Deleting the bundle: searches stop returning it; the journal records the tombstone.
     deleted = http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                              headers=admin, json={"reason": "withdrawn"})
+                          headers=admin, json={"reason": "withdrawn"})
     assert deleted.status_code == 200, deleted.text
     wait_until(lambda: search(api, title_query).json()["total_hits"] == 0, 30, "the bundle to leave the index")
 
@@ -159,7 +164,7 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
         return [e["event_type"] for e in streams["event_streams"] if e["bundle_fqid"] == fqid]
     wait_until(lambda: journaled_types() == ["CREATE", "TOMBSTONE"], 30, "the tombstone in the journal")
     assert http.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}
-                        ).json()["event_type"] == "TOMBSTONE"
+                    ).json()["event_type"] == "TOMBSTONE"
 
     # Deleting a subscription: gone, and its deletion is owner-only.
     assert_problem(http.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=admin), 403)
@@ -207,7 +212,7 @@ def test_bad_subscriptions_are_4xx_and_store_nothing(search_api, auth, receiver,
     assert_problem(response, status)
     for kind in ("jmespath", "elasticsearch"):
         listed = http.get(f"{search_api}/subscriptions", params={"replica": "aws", "subscription_type": kind},
-                              headers=auth)
+                          headers=auth)
         assert listed.json() == {"subscriptions": []}
 
 
@@ -215,7 +220,7 @@ def test_a_jmespath_subscription_that_can_grow_values_exponentially_is_refused(s
     for body, what in (({"jmespath_query": DOUBLING}, "jmespath_query"),
                        ({"attachments": {"big": {"type": "jmespath", "expression": DOUBLING}}}, "attachment 'big'")):
         response = http.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
-                                json={"callback_url": receiver.url("/ok"), **body})
+                            json={"callback_url": receiver.url("/ok"), **body})
         assert_problem(response, 400, "jmespath_too_costly")
         assert what in response.json()["title"] and "times" in response.json()["title"]
     listed = http.get(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30)
@@ -264,9 +269,9 @@ def test_subscriptions_stored_before_the_limits_are_disabled_while_the_others_ar
 
     # The way back: delete it and make a new one, which today's rules judge.
     assert http.delete(f"{api}/subscriptions/{doubling}", params={"replica": "aws"}, headers=auth,
-                           timeout=30).status_code == 200
+                       timeout=30).status_code == 200
     again = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
-                         json={"callback_url": receiver.url("/doubling"), "jmespath_query": STORED_DOUBLING})
+                     json={"callback_url": receiver.url("/doubling"), "jmespath_query": STORED_DOUBLING})
     assert_problem(again, 400, "jmespath_too_costly")
 
 
@@ -320,7 +325,7 @@ def test_queries_nested_too_deep_are_400s_never_500s(search_api, auth, receiver,
     subscription = '{"callback_url":%s,"es_query":{"query":%s}}' % (json.dumps(receiver.url("/deep")),
                                                                     nested_bools(depth))
     response = http.put(f"{api}/subscriptions", params={"replica": "aws"}, data=subscription,
-                            headers={**auth, **json_type}, timeout=30)
+                        headers={**auth, **json_type}, timeout=30)
     assert_problem(response, 400, code)
     # Within the limit, the same shape is searched.
     body = '{"es_query":{"query":%s}}' % nested_bools(32)
@@ -338,13 +343,13 @@ def test_a_pathological_wildcard_neither_stalls_searches_nor_other_subscriptions
     plain = {"query": {"term": {"files.sample_json.marker": marker}}}
     for es_query in (pathological, plain):
         response = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
-                                json={"callback_url": receiver.url("/ok"), "es_query": es_query})
+                            json={"callback_url": receiver.url("/ok"), "es_query": es_query})
         assert response.status_code == 201, response.text
     put_bundle(api, auth, stage, {"sample_0.json": {"name": "a" * 64, "marker": marker}})
     wait_until(lambda: len(receiver.accepted()) >= 1, 30, "the plain subscription's notification")
     assert [r.payload()["es_query"] for r in receiver.accepted()] == [plain]
     started = time.monotonic()
     response = http.post(f"{api}/search", params={"replica": "aws"}, json={"es_query": pathological},
-                             timeout=30)
+                         timeout=30)
     assert response.status_code == 200 and response.json()["total_hits"] == 0, response.text
     assert time.monotonic() - started < 5

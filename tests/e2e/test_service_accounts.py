@@ -54,18 +54,18 @@ def put_bundle(api, headers, stage):
     source_url, _ = stage(b"service accounts")
     file_uuid, file_version = new_uuid(), new_version()
     stored = http.put(f"{api}/files/{file_uuid}", params={"version": file_version}, headers=headers,
-                          json={"source_url": source_url, "creator_uid": 7}, timeout=HTTP_TIMEOUT_S)
+                      json={"source_url": source_url, "creator_uid": 7}, timeout=HTTP_TIMEOUT_S)
     bundle_uuid = new_uuid()
     created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
-                           headers=headers, timeout=HTTP_TIMEOUT_S,
-                           json={"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version,
+                       headers=headers, timeout=HTTP_TIMEOUT_S,
+                       json={"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version,
                                                               "name": "a.txt", "indexed": False}]})
     return stored, created, bundle_uuid
 
 
 def delete_bundle(api, headers, bundle_uuid):
     return http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=headers,
-                           json={"reason": "test"}, timeout=HTTP_TIMEOUT_S)
+                       json={"reason": "test"}, timeout=HTTP_TIMEOUT_S)
 
 
 def assert_problem(response, status, code):
@@ -92,7 +92,7 @@ def test_an_account_cannot_claim_to_be_the_administrator(accounts, auth, stage):
     # As itself, the account is a writer, not an administrator.
     assert_problem(delete_bundle(accounts.url, accounts.headers(key_file), bundle_uuid), 403, "forbidden")
     still_there = http.get(f"{accounts.url}/bundles/{bundle_uuid}", params={"replica": "aws"},
-                               timeout=HTTP_TIMEOUT_S)
+                           timeout=HTTP_TIMEOUT_S)
     assert still_there.status_code == 200, still_there.text
 
     # The administrator's own account is one by its identity (deleting is a write: granted dbio too).
