@@ -1,4 +1,5 @@
-"""Waiting in tests: polling until a condition holds, and a queue as the broker sees it."""
+"""Waiting in tests: polling until a condition holds, a queue as the broker sees it, and the messages
+settled as successes (what to wait for where a test would sleep to see that nothing more comes)."""
 from __future__ import annotations
 
 import time
