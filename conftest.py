@@ -12,6 +12,7 @@ eventlet.monkey_patch()  # must precede every other import (nameko >= 2.14 no lo
 
 import ctypes  # noqa: E402
 import ctypes.util  # noqa: E402
+import os  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
@@ -73,6 +74,60 @@ def pytest_runtest_protocol(item, nextitem):
         yield
     finally:
         timer.cancel()
+
+
+# --- what a run leaves out, and says so ---------------------------------------------------------
+# Without OPENSEARCH_URL the OpenSearch backend of tests/conformance/test_search_backends.py is
+# openmock, which cannot answer everything: the tests that would have nothing to check there are not
+# collected (rather than passing without checking), and the summary says how many and why.
+LEFT_OUT = pytest.StashKey[dict]()
+NO_OPENSEARCH_CLUSTER = ("on the OpenSearch backend they need a real cluster, which openmock cannot stand in for; "
+                         "set OPENSEARCH_URL=http://host:9200 to run them")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "opensearch: runs on the OpenSearch backend (openmock, or the cluster "
+                                       "at OPENSEARCH_URL)")
+    config.addinivalue_line("markers", "needs_real_opensearch: on the OpenSearch backend, checks what only a real "
+                                       "cluster answers: collected there only when OPENSEARCH_URL is set")
+    config.stash[LEFT_OUT] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("OPENSEARCH_URL"):
+        return
+    left_out = [item for item in items
+                if item.get_closest_marker("opensearch") and item.get_closest_marker("needs_real_opensearch")]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [item for item in items if item not in dropped]
+        config.stash[LEFT_OUT][NO_OPENSEARCH_CLUSTER] = len(left_out)
+
+
+# The one prerequisite of the tests that neither `make` nor the virtualenv provides, and that CI
+# installs (.ci/run): the Pub/Sub emulator, for the GCS change notifications. Said once, up front.
+PUBSUB_EMULATOR_MISSING = (
+    "{count} collected tests need the Pub/Sub emulator, which is not installed (looked for at {paths} and "
+    "next to gcloud; it needs Java): apt-get install google-cloud-cli-pubsub-emulator openjdk-17-jre-headless "
+    "(Google's apt repository, see .ci/run), or leave those tests out")
+
+
+def pytest_collection_finish(session):
+    """Stop before running anything when collected tests need the Pub/Sub emulator and it is missing:
+    one line, rather than those tests failing one by one among the others."""
+    if session.config.option.collectonly:
+        return
+    needing = [item for item in session.items if "pubsub_emulator_host" in getattr(item, "fixturenames", ())]
+    if needing and not local_cloud.pubsub_emulator_binary():
+        raise pytest.UsageError(PUBSUB_EMULATOR_MISSING.format(
+            count=len(needing), paths=", ".join(local_cloud.PUBSUB_EMULATOR_PATHS)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for reason, count in config.stash.get(LEFT_OUT, {}).items():
+        terminalreporter.write_line(f"{count} tests not collected (counted in 'deselected'): {reason}",
+                                    yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")
@@ -213,12 +268,13 @@ def service_config(rabbit_config, local_cloud_settings, local_issuer_settings, s
 @pytest.fixture
 def web_session(web_config_port):
     """nameko's ``web_session`` (which imports ``werkzeug.urls.url_join``, gone in werkzeug 3):
-    a requests session whose relative URLs go to the service under test."""
+    a requests session whose relative URLs go to the service under test, and whose calls time out
+    (devtools.http: a default well under pytest-timeout's, the error naming the call)."""
     from urllib.parse import urljoin
 
-    import requests
+    from devtools.http import TimeoutSession
 
-    class WebSession(requests.Session):
+    class WebSession(TimeoutSession):
         def request(self, method, url, *args, **kwargs):
             return super().request(method, urljoin(f"http://127.0.0.1:{web_config_port}/", url), *args, **kwargs)
 

@@ -1,4 +1,5 @@
-"""Waiting in tests: polling until a condition holds, and a queue as the broker sees it."""
+"""Waiting in tests: polling until a condition holds, a queue as the broker sees it, and the messages
+settled as successes (what to wait for where a test would sleep to see that nothing more comes)."""
 from __future__ import annotations
 
 import time
@@ -30,3 +31,20 @@ def queue_state(amqp_uri: str, name: str) -> tuple[int, int] | None:
             return None
         channel.close()
         return messages, consumers
+
+
+def record_settled_successes(monkeypatch) -> list[tuple[str, object]]:
+    """From now on, ``(queue name, payload)`` of each message a ``shared.retry.RetryingEventHandler``
+    settles as a success: acknowledged, neither retried nor dead-lettered. Where a test checks that
+    nothing more comes after a success, it waits for this rather than sleeping past a retry delay."""
+    from shared.retry import RetryingEventHandler
+
+    settled = []
+    settle = RetryingEventHandler._settle
+
+    def recording(handler, message, exc_info):
+        settle(handler, message, exc_info)
+        if exc_info is None:
+            settled.append((handler.queue.name, message.payload))
+    monkeypatch.setattr(RetryingEventHandler, "_settle", recording)
+    return settled

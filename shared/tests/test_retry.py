@@ -6,6 +6,7 @@ from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 from nameko.standalone.rpc import ServiceRpcProxy
 
+from devtools.waiting import record_settled_successes, wait_until
 from shared.exceptions import Unavailable, Unprocessable
 from shared.retry import AttemptNumber, RetryingEventHandler, dead_letter_queues, peek_dead_letters, \
     replay_dead_letters, retrying_event_handler
@@ -44,11 +45,12 @@ class Flaky:
             raise Unavailable("still down")
 
 
-def wait_until(predicate, timeout=20):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+WAIT = 20.0  # for the broker's retries of a few 1 s delays; far more than they take
+
+
+@pytest.fixture
+def succeeded(monkeypatch):
+    return record_settled_successes(monkeypatch)
 
 
 @pytest.fixture
@@ -59,14 +61,14 @@ def bus(rabbit_config, runner_factory):
         yield source
 
 
-def test_transient_failures_are_retried_with_backoff_until_they_succeed(bus):
+def test_transient_failures_are_retried_with_backoff_until_they_succeed(succeeded, bus):
     bus.happen("transient:2")
-    wait_until(lambda: len(attempts.get("transient:2", [])) == 3)
+    wait_until(lambda: len(attempts.get("transient:2", [])) == 3, WAIT, "the third attempt")
     first, second, third = attempts["transient:2"]
     assert second - first >= 0.9 and third - second >= 0.9  # waited on the broker, not hot-looped
     assert attempt_numbers["transient:2"] == [1, 2, 3]
-    time.sleep(1.5)
-    assert len(attempts["transient:2"]) == 3  # and then acked: no further delivery
+    wait_until(lambda: (QUEUE, {"key": "transient:2"}) in succeeded, WAIT, "the success acknowledged")
+    assert len(attempts["transient:2"]) == 3  # and acked, not retried: no further delivery
 
 
 def test_exhausted_and_permanent_failures_end_in_the_dead_letter_queue_and_can_be_replayed(bus, rabbit_config,
@@ -74,19 +76,21 @@ def test_exhausted_and_permanent_failures_end_in_the_dead_letter_queue_and_can_b
     amqp_uri = rabbit_config["AMQP_URI"]
     bus.happen("permanent")
     bus.happen("always")
-    wait_until(lambda: len(attempts.get("always", [])) == 3)  # first try + two delays
-    wait_until(lambda: len(peek_dead_letters(amqp_uri, QUEUE)) == 2)
+    wait_until(lambda: len(attempts.get("always", [])) == 3, WAIT, "three attempts")  # first try + two delays
+    wait_until(lambda: len(peek_dead_letters(amqp_uri, QUEUE)) == 2, WAIT, "two dead letters")
     assert len(attempts["permanent"]) == 1  # a permanent error is not retried
 
     letters = {letter["payload"]["key"]: letter for letter in peek_dead_letters(amqp_uri, QUEUE)}
     assert "Unprocessable" in letters["permanent"]["error"] and letters["permanent"]["attempts"] == 1
     assert "still down" in letters["always"]["error"] and letters["always"]["attempts"] == 3
     management = request.config.getoption("RABBIT_API_URI")
-    wait_until(lambda: dead_letter_queues(management, rabbit_config["vhost"]).get(QUEUE) == 2, timeout=15)
+    wait_until(lambda: dead_letter_queues(management, rabbit_config["vhost"]).get(QUEUE) == 2, 15,
+               "the dead-letter queue listed with two messages")
 
     assert replay_dead_letters(amqp_uri, QUEUE) == 2
     # replayed letters start a fresh round of attempts
-    wait_until(lambda: len(attempts["permanent"]) == 2 and len(attempts["always"]) >= 4)
+    wait_until(lambda: len(attempts["permanent"]) == 2 and len(attempts["always"]) >= 4, WAIT,
+               "the replayed messages attempted again")
 
 
 def test_the_attempt_number_comes_from_the_bare_header_only():

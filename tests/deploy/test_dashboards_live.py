@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import uuid as uuid_module
 
 import pytest
@@ -185,13 +184,13 @@ def test_every_panel_and_alert_runs_against_a_real_prometheus(stack, prometheus,
     up = {sample["metric"]["job"]: sample["value"][1] for sample in query(api, "up")["result"]}
     assert up == {job: "1" for job in (*SERVICES, "rabbitmq")}
 
-    # Rates need two samples of every counter since the traffic: a few more scrapes.
-    time.sleep(3)
-    empty = []
-    for dashboard, title, expression in panel_queries():
-        if not query(api, expression)["result"]:
-            empty.append(f"{dashboard} / {title}: {expression}")
-    assert not empty, "panels without data after the traffic:\n" + "\n".join(empty)
+    def empty_panels():
+        return [f"{dashboard} / {title}: {expression}" for dashboard, title, expression in panel_queries()
+                if not query(api, expression)["result"]]
+
+    # Rates need two samples of every counter since the traffic: a few more scrapes (one a second).
+    wait_until(lambda: not empty_panels(), 30, "every panel with data after the traffic", interval=1,
+               on_timeout=lambda: "panels without data:\n" + "\n".join(empty_panels()))
 
     for alert, expression in alert_expressions():
         query(api, expression)  # parses and evaluates

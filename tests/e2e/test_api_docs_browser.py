@@ -21,7 +21,6 @@ import shutil
 from urllib.parse import urlsplit
 
 import pytest
-import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from selenium import webdriver
@@ -31,6 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from devtools import http
 from devtools.certificates import ensure_dev_certificate
 from shared.identifiers import new_uuid, new_version
 from tests.e2e.conftest import start_api
@@ -96,8 +96,8 @@ def stored_bundle(api, auth, stage) -> tuple[str, str, str]:
     uuid, version = new_uuid(), new_version()
     body = {"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version, "name": "donor.json",
                                          "indexed": False}]}
-    response = requests.put(f"{api}/bundles/{uuid}", params={"replica": "aws", "version": version},
-                            headers=auth, json=body, timeout=60)
+    response = http.put(f"{api}/bundles/{uuid}", params={"replica": "aws", "version": version},
+                        headers=auth, json=body, timeout=60)
     assert response.status_code == 201, response.text
     return uuid, version, "donor.json"
 

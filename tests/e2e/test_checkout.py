@@ -8,8 +8,8 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 
+from devtools import http
 from services.checkout.tests.drs_spec import assert_valid
 from shared.identifiers import new_uuid, new_version
 from devtools.smtp import SmtpServer
@@ -41,14 +41,14 @@ def download(url, max_hops=60):
     then the 302 to the bytes. (response of the bytes, the 301s seen)"""
     waits = []
     for _ in range(max_hops):
-        response = requests.get(url, allow_redirects=False)
+        response = http.get(url, allow_redirects=False)
         if response.status_code == 301:
             waits.append(response)
             time.sleep(int(response.headers["Retry-After"]))
             url = response.headers["Location"]
             continue
         assert response.status_code == 302, response.text
-        return requests.get(response.headers["Location"]), waits
+        return http.get(response.headers["Location"]), waits
     raise AssertionError(f"still redirected after {max_hops} hops")
 
 
@@ -72,18 +72,18 @@ def test_a_large_first_read_is_redirected_until_its_copy_is_ready(checkout_api, 
     # Once copied, a read is one redirect; a tampered token is refused.
     again, waits = download(f"{checkout_api}/files/{uuid}?replica=aws")
     assert not waits and again.content == data
-    assert_problem(requests.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "token": "%%%"},
-                                allow_redirects=False), 400, "illegal_token")
+    assert_problem(http.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "token": "%%%"},
+                            allow_redirects=False), 400, "illegal_token")
 
 
 def test_a_small_read_needs_no_second_round_trip(checkout_api, auth, stage):
     data = b"4 KiB of metadata?" * 228
     uuid, _, sums = stored_file(checkout_api, auth, stage, data, "application/json")
-    first = requests.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws"}, allow_redirects=False)
+    first = http.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws"}, allow_redirects=False)
     assert first.status_code == 302, first.text
-    assert hashlib.sha256(requests.get(first.headers["Location"]).content).hexdigest() == sums.sha256
-    direct = requests.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "directurl": "true"},
-                          allow_redirects=False)
+    assert hashlib.sha256(http.get(first.headers["Location"]).content).hexdigest() == sums.sha256
+    direct = http.get(f"{checkout_api}/files/{uuid}", params={"replica": "aws", "directurl": "true"},
+                      allow_redirects=False)
     assert direct.status_code == 302 and direct.headers["Location"].startswith("s3://")
     assert "/blobs/" in direct.headers["Location"] and "dss-main" not in direct.headers["Location"]
 
@@ -94,15 +94,15 @@ def stored_bundle(api, auth, stage, contents):
         uuid, version, _ = stored_file(api, auth, stage, data)
         files.append({"uuid": uuid, "version": version, "name": name, "indexed": False})
     bundle_uuid, bundle_version = new_uuid(), new_version()
-    created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json={"creator_uid": 1, "files": files}, timeout=60)
+    created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                       headers=auth, json={"creator_uid": 1, "files": files}, timeout=60)
     assert created.status_code == 201, created.text
     return bundle_uuid, bundle_version
 
 
 def checkout_ended(api, job):
     def ended():
-        status = requests.get(f"{api}/bundles/checkout/{job}", params={"replica": "aws"}, timeout=30).json()
+        status = http.get(f"{api}/bundles/checkout/{job}", params={"replica": "aws"}, timeout=30).json()
         return status if status["status"] != "RUNNING" else None
     return wait_until(ended, 60, f"checkout job {job} ended", interval=0.5)
 
@@ -114,8 +114,8 @@ def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, 
 
     destination = f"{ALLOWED}{new_uuid()[:8]}"
     blobstores["aws"].create_bucket(destination)
-    started = requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
-                            json={"destination": destination}, timeout=60)
+    started = http.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
+                        json={"destination": destination}, timeout=60)
     assert started.status_code == 200, started.text
     status = checkout_ended(api, started.json()["checkout_job_id"])
     assert status["status"] == "SUCCEEDED", status
@@ -127,7 +127,7 @@ def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, 
     # Presigned bundle URLs: 301 + Retry-After until the bundle's checkout is done, then every URL works.
     url, hops = f"{api}/bundles/{bundle_uuid}?replica=aws&presignedurls=true", 0
     while True:
-        response = requests.get(url, allow_redirects=False)
+        response = http.get(url, allow_redirects=False)
         if response.status_code != 301:
             break
         hops += 1
@@ -136,14 +136,14 @@ def test_bundle_checkout_and_bundle_urls(checkout_api, auth, stage, blobstores, 
         url = response.headers["Location"]
     assert response.status_code == 200, response.text
     for entry in response.json()["bundle"]["files"]:
-        assert requests.get(entry["url"]).content == contents[entry["name"]]
+        assert http.get(entry["url"]).content == contents[entry["name"]]
 
-    assert_problem(requests.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
-                                 json={"destination": f"{ALLOWED}missing-{new_uuid()[:8]}"}, timeout=60),
+    assert_problem(http.post(f"{api}/bundles/{bundle_uuid}/checkout", params={"replica": "aws"}, headers=auth,
+                             json={"destination": f"{ALLOWED}missing-{new_uuid()[:8]}"}, timeout=60),
                    400, "invalid_destination")
-    assert_problem(requests.post(f"{api}/bundles/{new_uuid()}/checkout", params={"replica": "aws"}, headers=auth,
-                                 timeout=60), 404)
-    assert_problem(requests.get(f"{api}/bundles/checkout/{new_uuid()}", params={"replica": "aws"}), 404)
+    assert_problem(http.post(f"{api}/bundles/{new_uuid()}/checkout", params={"replica": "aws"}, headers=auth,
+                             timeout=60), 404)
+    assert_problem(http.get(f"{api}/bundles/checkout/{new_uuid()}", params={"replica": "aws"}), 404)
 
 
 def test_bundle_checkout_is_no_anonymous_write_nor_a_mail_relay(checkout_api, auth, stage, blobstores,
@@ -157,21 +157,21 @@ def test_bundle_checkout_is_no_anonymous_write_nor_a_mail_relay(checkout_api, au
     url = f"{api}/bundles/{bundle_uuid}/checkout"
     probe = {"destination": staging, "email": "someone@example.org"}
 
-    assert_problem(requests.post(url, params={"replica": "aws"}, json=probe, timeout=60), 401, "unauthorized")
-    assert_problem(requests.post(url, params={"replica": "aws"}, timeout=60), 401, "unauthorized")
+    assert_problem(http.post(url, params={"replica": "aws"}, json=probe, timeout=60), 401, "unauthorized")
+    assert_problem(http.post(url, params={"replica": "aws"}, timeout=60), 401, "unauthorized")
     # Authenticated: a bucket off the operator's list is refused whether it exists or not.
     for destination in (staging, f"s3://{staging}", f"nowhere-{new_uuid()[:8]}"):
-        assert_problem(requests.post(url, params={"replica": "aws"}, headers=auth, json={"destination": destination},
-                                     timeout=60), 403, "destination_not_allowed")
+        assert_problem(http.post(url, params={"replica": "aws"}, headers=auth, json={"destination": destination},
+                                 timeout=60), 403, "destination_not_allowed")
     # Notices reach the caller only (user@example.org here), unless an administrator asks.
-    assert_problem(requests.post(url, params={"replica": "aws"}, headers=auth, json={"email": "someone@example.org"},
-                                 timeout=60), 403, "email_not_allowed")
+    assert_problem(http.post(url, params={"replica": "aws"}, headers=auth, json={"email": "someone@example.org"},
+                             timeout=60), 403, "email_not_allowed")
     assert not list(store.list_keys(staging, f"bundles/{bundle_uuid}."))
 
     allowed = f"{ALLOWED}mine"
     store.create_bucket(allowed)
-    started = requests.post(url, params={"replica": "aws"}, headers=auth,
-                            json={"destination": allowed, "email": "user@example.org"}, timeout=60)
+    started = http.post(url, params={"replica": "aws"}, headers=auth,
+                        json={"destination": allowed, "email": "user@example.org"}, timeout=60)
     assert started.status_code == 200, started.text
     job = started.json()["checkout_job_id"]
     assert checkout_ended(api, job) == {
@@ -190,40 +190,40 @@ def test_drs_objects_and_access(checkout_api, auth, stage):
     data = os.urandom(INLINE_BYTES * 2)
     uuid, version, sums = stored_file(checkout_api, auth, stage, data, "text/plain")
     root = checkout_api[: -len("/v1")]
-    info = requests.get(f"{root}/ga4gh/drs/v1/service-info")
+    info = http.get(f"{root}/ga4gh/drs/v1/service-info")
     assert info.status_code == 200 and info.json()["type"]["artifact"] == "drs"
     assert_valid("service_info", info.json())
 
-    drs_object = requests.get(f"{root}/ga4gh/drs/v1/objects/{uuid}").json()
+    drs_object = http.get(f"{root}/ga4gh/drs/v1/objects/{uuid}").json()
     assert_valid("object", drs_object)
     # A DRS id names one content for good: the file's version is part of it.
     assert drs_object["id"] == f"{uuid}.{version}" and drs_object["size"] == len(data)
     assert drs_object["version"] == version
-    resolved = requests.get(f"{root}/ga4gh/drs/v1/objects/{drs_object['self_uri'].rsplit('/', 1)[1]}")
+    resolved = http.get(f"{root}/ga4gh/drs/v1/objects/{drs_object['self_uri'].rsplit('/', 1)[1]}")
     assert resolved.status_code == 200 and resolved.json() == drs_object
     assert {"type": "sha-256", "checksum": sums.sha256} in drs_object["checksums"]
     assert drs_object["self_uri"].startswith("drs://") and drs_object["self_uri"].endswith(drs_object["id"])
     [method] = [m for m in drs_object["access_methods"] if m["type"] == "s3"]
     access_url = f"{root}/ga4gh/drs/v1/objects/{uuid}/access/{method['access_id']}"
     for _ in range(60):
-        access = requests.get(access_url)
+        access = http.get(access_url)
         if access.status_code != 202:
             break
         time.sleep(int(access.headers["Retry-After"]))
     assert access.status_code == 200, access.text
     assert_valid("access_url", access.json())
-    assert hashlib.sha256(requests.get(access.json()["url"]).content).hexdigest() == sums.sha256
+    assert hashlib.sha256(http.get(access.json()["url"]).content).hexdigest() == sums.sha256
     # With its copy in place the object offers that URL directly.
-    copied = requests.get(f"{root}/ga4gh/drs/v1/objects/{drs_object['id']}").json()
+    copied = http.get(f"{root}/ga4gh/drs/v1/objects/{drs_object['id']}").json()
     assert_valid("object", copied)
     assert [m for m in copied["access_methods"] if m["type"] == "s3"][0]["access_url"]["url"]
 
-    missing = requests.get(f"{root}/ga4gh/drs/v1/objects/{new_uuid()}")
+    missing = http.get(f"{root}/ga4gh/drs/v1/objects/{new_uuid()}")
     assert missing.status_code == 404 and missing.json()["status_code"] == 404 and missing.json()["msg"]
     assert_valid("error", missing.json())
     for url, status in ((f"{root}/ga4gh/drs/v1/objects/{uuid}/access/aws.2001-01-01T000000.000000Z", 404),
                         (f"{root}/ga4gh/drs/v1/objects/not-a-drs-id", 400)):
-        error = requests.get(url)
+        error = http.get(url)
         assert error.status_code == status and error.json()["status_code"] == status, error.text
         assert_valid("error", error.json())
 
@@ -238,11 +238,11 @@ def test_a_drs_bundle_nests_its_directories(checkout_api, auth, stage):
         files.append({"uuid": uuid, "version": version, "name": name, "indexed": False})
         ids[name] = f"{uuid}.{version}"
     bundle_uuid, bundle_version = new_uuid(), new_version()
-    created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json={"creator_uid": 1, "files": files})
+    created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                       headers=auth, json={"creator_uid": 1, "files": files})
     assert created.status_code == 201, created.text
 
-    response = requests.get(f"{root}/ga4gh/drs/v1/objects/{bundle_uuid}", params={"expand": "true"})
+    response = http.get(f"{root}/ga4gh/drs/v1/objects/{bundle_uuid}", params={"expand": "true"})
     assert response.status_code == 200, response.text
     bundle = response.json()
     assert_valid("object", bundle)
@@ -256,7 +256,7 @@ def test_a_drs_bundle_nests_its_directories(checkout_api, auth, stage):
         content("top.json", "top.json")]
     # A nested file resolves through its drs_uri's id, a DRS object of its own.
     [[nested_uri]] = [item["drs_uri"] for item in bundle["contents"][0]["contents"][2]["contents"]]
-    nested = requests.get(f"{root}/ga4gh/drs/v1/objects/{nested_uri.rsplit('/', 1)[1]}")
+    nested = http.get(f"{root}/ga4gh/drs/v1/objects/{nested_uri.rsplit('/', 1)[1]}")
     assert nested.status_code == 200, nested.text
     assert_valid("object", nested.json())
     assert nested.json()["size"] == len(contents["dir/sub/x.json"])

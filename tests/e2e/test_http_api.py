@@ -5,8 +5,7 @@ Every request goes through a real socket to the gateway, which calls the service
 import hashlib
 import json
 
-import requests
-
+from devtools import http
 from shared.identifiers import new_uuid, new_version
 from devtools.fakes import stage_object
 
@@ -15,8 +14,8 @@ PROBLEM = "application/problem+json"
 
 def put_file(api, auth, source_url, uuid=None, version=None):
     uuid, version = uuid or new_uuid(), version or new_version()
-    response = requests.put(f"{api}/files/{uuid}", params={"version": version}, headers=auth,
-                            json={"source_url": source_url, "creator_uid": 7}, timeout=60)
+    response = http.put(f"{api}/files/{uuid}", params={"version": version}, headers=auth,
+                        json={"source_url": source_url, "creator_uid": 7}, timeout=60)
     return uuid, version, response
 
 
@@ -39,55 +38,55 @@ def test_file_and_bundle_round_trip(api, auth, admin, stage):
     _, _, again = put_file(api, auth, source_url, file_uuid, file_version)
     assert again.status_code == 200
 
-    head = requests.head(f"{api}/files/{file_uuid}", params={"replica": "aws"})
+    head = http.head(f"{api}/files/{file_uuid}", params={"replica": "aws"})
     assert head.status_code == 200
     assert head.headers["X-DSS-VERSION"] == file_version and head.headers["X-DSS-SHA256"] == sums.sha256
     assert head.headers["X-DSS-SIZE"] == str(len(data)) and head.headers["X-DSS-S3-ETAG"] == sums.s3_etag
     assert head.headers["X-DSS-CONTENT-TYPE"] == "application/json" and head.headers["X-DSS-CREATOR-UID"] == "7"
 
-    got = requests.get(f"{api}/files/{file_uuid}", params={"replica": "aws"}, allow_redirects=False)
+    got = http.get(f"{api}/files/{file_uuid}", params={"replica": "aws"}, allow_redirects=False)
     assert got.status_code == 302 and got.headers["X-DSS-CRC32C"] == sums.crc32c
-    downloaded = requests.get(got.headers["Location"]).content
+    downloaded = http.get(got.headers["Location"]).content
     assert hashlib.sha256(downloaded).hexdigest() == sums.sha256
 
     bundle_uuid, bundle_version = new_uuid(), new_version()
     body = {"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version, "name": "donor.json",
                                          "indexed": True}]}
-    created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                           headers=auth, json=body)
+    created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                       headers=auth, json=body)
     assert created.status_code == 201, created.text
     assert created.json()["version"] == bundle_version
-    repeat = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                          headers=auth, json=body)
+    repeat = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                      headers=auth, json=body)
     assert repeat.status_code == 200
 
-    bundle = requests.get(f"{api}/bundles/{bundle_uuid.upper()}", params={"replica": "aws"})
+    bundle = http.get(f"{api}/bundles/{bundle_uuid.upper()}", params={"replica": "aws"})
     assert bundle.status_code == 200, bundle.text
     files = bundle.json()["bundle"]["files"]
     assert bundle.json()["bundle"]["uuid"] == bundle_uuid and bundle.json()["bundle"]["version"] == bundle_version
     assert files[0]["name"] == "donor.json" and files[0]["s3_etag"] == sums.s3_etag and files[0]["indexed"] is True
 
-    listing = requests.get(f"{api}/bundles/all", params={"replica": "aws", "prefix": bundle_uuid[:8]})
+    listing = http.get(f"{api}/bundles/all", params={"replica": "aws", "prefix": bundle_uuid[:8]})
     assert listing.status_code == 200
     assert {"uuid": bundle_uuid, "version": bundle_version} in listing.json()["bundles"]
 
-    patched = requests.patch(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                             headers=auth, json={"remove_files": body["files"]})
+    patched = http.patch(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                         headers=auth, json={"remove_files": body["files"]})
     assert patched.status_code == 200, patched.text
     new_version_ = patched.json()["version"]
     assert new_version_ > bundle_version
-    assert requests.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}).json()["bundle"]["files"] == []
+    assert http.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}).json()["bundle"]["files"] == []
 
-    forbidden = requests.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=auth,
-                                json={"reason": "test"})
+    forbidden = http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=auth,
+                            json={"reason": "test"})
     assert_problem(forbidden, 403)
-    deleted = requests.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=admin,
-                              json={"reason": "test"})
+    deleted = http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=admin,
+                          json={"reason": "test"})
     assert deleted.status_code == 200, deleted.text
-    assert_problem(requests.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}), 404)
-    assert_problem(requests.get(f"{api}/bundles/{bundle_uuid}",
-                                params={"replica": "aws", "version": bundle_version}), 404)
-    listing = requests.get(f"{api}/bundles/all", params={"replica": "aws", "prefix": bundle_uuid[:8]})
+    assert_problem(http.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}), 404)
+    assert_problem(http.get(f"{api}/bundles/{bundle_uuid}",
+                            params={"replica": "aws", "version": bundle_version}), 404)
+    listing = http.get(f"{api}/bundles/all", params={"replica": "aws", "prefix": bundle_uuid[:8]})
     assert all(b["uuid"] != bundle_uuid for b in listing.json()["bundles"])
 
 
@@ -97,16 +96,16 @@ def test_bundle_files_are_paged_with_link_headers(api, auth, stage):
     bundle_uuid = new_uuid()
     files = [{"uuid": file_uuid, "version": file_version, "name": f"dir/f{i:02d}", "indexed": False}
              for i in range(25)]
-    assert requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
-                        headers=auth, json={"creator_uid": 1, "files": files}).status_code == 201
-    response = requests.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "per_page": 10})
+    assert http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
+                    headers=auth, json={"creator_uid": 1, "files": files}).status_code == 201
+    response = http.get(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "per_page": 10})
     assert response.status_code == 206
     assert response.headers["X-OpenAPI-Pagination"] == "true"
     assert response.headers["X-OpenAPI-Paginated-Content-Key"] == "bundle.files"
     names = [f["name"] for f in response.json()["bundle"]["files"]]
     while "next" in response.links:
         assert response.links["next"]["url"].startswith("http")
-        response = requests.get(response.links["next"]["url"])
+        response = http.get(response.links["next"]["url"])
         names += [f["name"] for f in response.json()["bundle"]["files"]]
     assert response.status_code == 200
     assert names == [f["name"] for f in files]
@@ -119,17 +118,17 @@ def test_links_are_never_built_from_a_forged_host(api, auth, stage):
     file_uuid, file_version, _ = put_file(api, auth, source_url)
     bundle_uuid = new_uuid()
     files = [{"uuid": file_uuid, "version": file_version, "name": f"f{i:02d}", "indexed": False} for i in range(12)]
-    assert requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
-                        headers=auth, json={"creator_uid": 1, "files": files}, timeout=30).status_code == 201
+    assert http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
+                    headers=auth, json={"creator_uid": 1, "files": files}, timeout=30).status_code == 201
     params = {"replica": "aws", "per_page": 10}
 
-    forged = requests.get(f"{api}/bundles/{bundle_uuid}", params=params, headers={"Host": "evil.example"}, timeout=30)
+    forged = http.get(f"{api}/bundles/{bundle_uuid}", params=params, headers={"Host": "evil.example"}, timeout=30)
     assert_problem(forged, 400, "illegal_host")
     assert "Link" not in forged.headers
-    assert_problem(requests.get(f"{api}/swagger.json", headers={"Host": "evil.example"}, timeout=30), 400,
+    assert_problem(http.get(f"{api}/swagger.json", headers={"Host": "evil.example"}, timeout=30), 400,
                    "illegal_host")
 
-    page = requests.get(f"{api}/bundles/{bundle_uuid}", params=params, timeout=30)
+    page = http.get(f"{api}/bundles/{bundle_uuid}", params=params, timeout=30)
     assert page.status_code == 206 and page.links["next"]["url"].startswith(f"{api}/bundles/{bundle_uuid}?")
 
 
@@ -139,30 +138,30 @@ def test_collections_are_owned(api, auth, mint_token, stage):
     uuid, version = new_uuid(), new_version()
     body = {"name": "c", "description": "d", "details": {"k": 1},
             "contents": [{"type": "file", "uuid": file_uuid, "version": file_version}] * 2}
-    created = requests.put(f"{api}/collections", params={"replica": "aws", "uuid": uuid, "version": version},
-                           headers=auth, json=body)
+    created = http.put(f"{api}/collections", params={"replica": "aws", "uuid": uuid, "version": version},
+                       headers=auth, json=body)
     assert created.status_code == 201, created.text
-    got = requests.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth)
+    got = http.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth)
     assert got.status_code == 200 and len(got.json()["contents"]) == 1  # de-duplicated
-    mine = requests.get(f"{api}/collections", headers=auth)
+    mine = http.get(f"{api}/collections", headers=auth)
     assert {"uuid": uuid, "version": version} in mine.json()["collections"]
 
     stranger = {"Authorization": f"Bearer {mint_token('stranger@example.org', ['dbio'])}"}
-    assert_problem(requests.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=stranger), 403)
-    assert_problem(requests.delete(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=stranger), 403)
+    assert_problem(http.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=stranger), 403)
+    assert_problem(http.delete(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=stranger), 403)
 
-    patched = requests.patch(f"{api}/collections/{uuid}", params={"replica": "aws", "version": version},
-                             headers=auth, json={"name": "renamed"})
+    patched = http.patch(f"{api}/collections/{uuid}", params={"replica": "aws", "version": version},
+                         headers=auth, json={"name": "renamed"})
     assert patched.status_code == 200, patched.text
-    assert requests.get(f"{api}/collections/{uuid}", params={"replica": "aws"},
-                        headers=auth).json()["name"] == "renamed"
-    assert requests.delete(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth).status_code == 200
-    assert_problem(requests.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth), 404)
+    assert http.get(f"{api}/collections/{uuid}", params={"replica": "aws"},
+                    headers=auth).json()["name"] == "renamed"
+    assert http.delete(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth).status_code == 200
+    assert_problem(http.get(f"{api}/collections/{uuid}", params={"replica": "aws"}, headers=auth), 404)
 
     dangling = dict(body, contents=[{"type": "bundle", "uuid": new_uuid(), "version": new_version()}])
-    assert_problem(requests.put(f"{api}/collections", params={"replica": "aws", "uuid": new_uuid(),
-                                                              "version": new_version()},
-                                headers=auth, json=dangling), 422, "invalid_link")
+    assert_problem(http.put(f"{api}/collections", params={"replica": "aws", "uuid": new_uuid(),
+                                                          "version": new_version()},
+                            headers=auth, json=dangling), 422, "invalid_link")
 
 
 def test_authentication_and_authorisation(api, auth, mint_token, stage):
@@ -170,15 +169,15 @@ def test_authentication_and_authorisation(api, auth, mint_token, stage):
     uuid = new_uuid()
     url = f"{api}/files/{uuid}?version={new_version()}"
     body = {"source_url": source_url, "creator_uid": 1}
-    response = requests.put(url, json=body)
+    response = http.put(url, json=body)
     assert_problem(response, 401)
     assert response.headers.get("WWW-Authenticate", "").startswith("Bearer")
-    assert_problem(requests.put(url, json=body, headers={"Authorization": "Bearer not.a.jwt"}), 401)
+    assert_problem(http.put(url, json=body, headers={"Authorization": "Bearer not.a.jwt"}), 401)
     expired = mint_token("user@example.org", ["dbio"], lifetime_s=-120)
-    assert_problem(requests.put(url, json=body, headers={"Authorization": f"Bearer {expired}"}), 401)
+    assert_problem(http.put(url, json=body, headers={"Authorization": f"Bearer {expired}"}), 401)
     outsider = mint_token("user@example.org", ["not-a-member"])
-    assert_problem(requests.put(url, json=body, headers={"Authorization": f"Bearer {outsider}"}), 403)
-    assert requests.put(url, json=body, headers=auth).status_code == 201
+    assert_problem(http.put(url, json=body, headers={"Authorization": f"Bearer {outsider}"}), 403)
+    assert http.put(url, json=body, headers=auth).status_code == 201
 
 
 def bad_requests(api, source_url, file_uuid, file_version):
@@ -215,7 +214,7 @@ def test_bad_input_gets_problem_json(api, auth, stage, blobstores, dss_settings)
     source_url, sums = stage(b"content")
     file_uuid, file_version, _ = put_file(api, auth, source_url)
     for name, method, url, body, status, code in bad_requests(api, source_url, file_uuid, file_version):
-        response = requests.request(method, url, json=body, headers=auth)
+        response = http.request(method, url, json=body, headers=auth)
         try:
             assert_problem(response, status, code)
         except AssertionError as error:
@@ -224,22 +223,22 @@ def test_bad_input_gets_problem_json(api, auth, stage, blobstores, dss_settings)
     uuid_url = f"{api}/files/{new_uuid()}?version={new_version()}"
     _, other = stage(b"declared")
     mismatched, _ = stage(b"different", declared=other.as_api())
-    assert_problem(requests.put(uuid_url, json={"source_url": mismatched, "creator_uid": 1}, headers=auth),
+    assert_problem(http.put(uuid_url, json={"source_url": mismatched, "creator_uid": 1}, headers=auth),
                    422, "checksum_mismatch")
     staging = dss_settings.bucket("aws", "staging")
     blobstores["aws"].put_bytes(staging, "unlabelled", b"x")
-    assert_problem(requests.put(uuid_url, json={"source_url": f"s3://{staging}/unlabelled", "creator_uid": 1},
-                                headers=auth), 422, "missing_checksum")
-    assert_problem(requests.put(uuid_url, data="{not json", headers={**auth, "Content-Type": "application/json"}),
+    assert_problem(http.put(uuid_url, json={"source_url": f"s3://{staging}/unlabelled", "creator_uid": 1},
+                            headers=auth), 422, "missing_checksum")
+    assert_problem(http.put(uuid_url, data="{not json", headers={**auth, "Content-Type": "application/json"}),
                    400)
-    assert_problem(requests.put(uuid_url, data="source_url=x", headers={**auth, "Content-Type": "text/plain"}),
+    assert_problem(http.put(uuid_url, data="source_url=x", headers={**auth, "Content-Type": "text/plain"}),
                    415)
     huge = {"source_url": source_url, "creator_uid": 1, "padding": "x" * 100_000}
-    assert_problem(requests.put(uuid_url, json=huge, headers=auth), 413)
+    assert_problem(http.put(uuid_url, json=huge, headers=auth), 413)
     conflict = put_file(api, auth, stage(b"other content")[0], file_uuid, file_version)[2]
     assert_problem(conflict, 409, "file_already_exists")
     # nothing stored was damaged by any of it
-    head = requests.head(f"{api}/files/{file_uuid}", params={"replica": "aws"})
+    head = http.head(f"{api}/files/{file_uuid}", params={"replica": "aws"})
     assert head.status_code == 200 and head.headers["X-DSS-SHA256"] == sums.sha256
 
 
@@ -276,14 +275,14 @@ def test_files_are_ingested_only_from_staging_areas(api, auth, stage, blobstores
 
 
 def test_api_description_and_health(api):
-    spec = requests.get(f"{api}/swagger.json")
+    spec = http.get(f"{api}/swagger.json")
     assert spec.status_code == 200
     document = spec.json()
     assert document["swagger"] == "2.0" and document["basePath"] == "/v1"
     assert "/files/{uuid}" in document["paths"] and "/bundles/{uuid}" in document["paths"]
     assert document["securityDefinitions"]
-    health = requests.get(api.replace("/v1", "/internal/health"))
+    health = http.get(api.replace("/v1", "/internal/health"))
     assert health.status_code == 200, health.text
     assert health.json()["status"] == "ok"
-    page = requests.get(api.replace("/v1", "/"))
+    page = http.get(api.replace("/v1", "/"))
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]

@@ -3,8 +3,7 @@ the replicator has copied it (bucket notifications -> bus -> replicator), and 40
 import hashlib
 import time
 
-import requests
-
+from devtools import http
 from shared.identifiers import new_uuid, new_version
 from devtools.waiting import wait_until
 
@@ -14,7 +13,7 @@ OTHER = {"aws": "gcp", "gcp": "aws"}
 def wait_for(url, params, timeout=60):
     deadline = time.monotonic() + timeout
     while True:
-        response = requests.get(url, params=params, allow_redirects=False)
+        response = http.get(url, params=params, allow_redirects=False)
         if response.status_code != 404:
             return response
         assert time.monotonic() < deadline, f"{url} {params} still 404 after {timeout}s"
@@ -27,12 +26,12 @@ def test_files_and_bundles_written_in_either_replica_become_readable_in_the_othe
         data = f"written through {replica}".encode()
         source_url, sums = stage(data, replica=replica)
         file_uuid, version = new_uuid(), new_version()
-        put = requests.put(f"{api}/files/{file_uuid}", params={"version": version}, headers=auth,
-                           json={"source_url": source_url, "creator_uid": 1})
+        put = http.put(f"{api}/files/{file_uuid}", params={"version": version}, headers=auth,
+                       json={"source_url": source_url, "creator_uid": 1})
         assert put.status_code == 201, put.text
         bundle_uuid = new_uuid()
-        put = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": replica, "version": version},
-                           headers=auth, json={"creator_uid": 1, "files": [
+        put = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": replica, "version": version},
+                       headers=auth, json={"creator_uid": 1, "files": [
                                {"uuid": file_uuid, "version": version, "name": "a.txt", "indexed": False}]})
         assert put.status_code == 201, put.text
 
@@ -41,9 +40,9 @@ def test_files_and_bundles_written_in_either_replica_become_readable_in_the_othe
         assert bundle.status_code == 200, bundle.text
         assert bundle.json()["bundle"]["files"][0]["sha256"] == sums.sha256
         # a bundle is copied only after its files, so the file is readable from there too
-        redirect = requests.get(f"{api}/files/{file_uuid}", params={"replica": other}, allow_redirects=False)
+        redirect = http.get(f"{api}/files/{file_uuid}", params={"replica": other}, allow_redirects=False)
         assert redirect.status_code == 302
-        assert hashlib.sha256(requests.get(redirect.headers["Location"]).content).hexdigest() == sums.sha256
+        assert hashlib.sha256(http.get(redirect.headers["Location"]).content).hexdigest() == sums.sha256
 
 
 def test_a_collection_written_through_gcp_is_listed_from_aws(replicated_api, auth):
@@ -51,16 +50,16 @@ def test_a_collection_written_through_gcp_is_listed_from_aws(replicated_api, aut
     appears there once the replicator has copied it and the bundles service indexed the copy."""
     api = replicated_api
     uuid, version = new_uuid(), new_version()
-    put = requests.put(f"{api}/collections", params={"replica": "gcp", "uuid": uuid, "version": version},
-                       headers=auth, json={"name": "from gcp", "contents": []}, timeout=30)
+    put = http.put(f"{api}/collections", params={"replica": "gcp", "uuid": uuid, "version": version},
+                   headers=auth, json={"name": "from gcp", "contents": []}, timeout=30)
     assert put.status_code == 201, put.text
 
     def listed():
-        answer = requests.get(f"{api}/collections", headers=auth, params={"per_page": 500}, timeout=30)
+        answer = http.get(f"{api}/collections", headers=auth, params={"per_page": 500}, timeout=30)
         assert answer.status_code == 200, answer.text
         return {"uuid": uuid, "version": version} in answer.json()["collections"]
 
     wait_until(listed, 60, f"collection {uuid} listed from aws")
-    delete = requests.delete(f"{api}/collections/{uuid}", params={"replica": "gcp"}, headers=auth, timeout=30)
+    delete = http.delete(f"{api}/collections/{uuid}", params={"replica": "gcp"}, headers=auth, timeout=30)
     assert delete.status_code == 200, delete.text
     wait_until(lambda: not listed(), 60, f"collection {uuid} gone from the aws listing")

@@ -7,11 +7,12 @@ import time
 import uuid
 
 import pytest
-import requests
 
+from devtools import http
+from shared import events
 from shared.identifiers import Keys, new_uuid, new_version
 from devtools.receivers import Receiver
-from devtools.waiting import wait_until
+from devtools.waiting import record_settled_successes, wait_until
 from services.replicator.service import ReplicatorService
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
@@ -62,7 +63,7 @@ def receiver():
 
 
 def search(api, es_query, **params):
-    return requests.post(f"{api}/search", params={"replica": "aws", **params}, json={"es_query": es_query})
+    return http.post(f"{api}/search", params={"replica": "aws", **params}, json={"es_query": es_query})
 
 
 def put_bundle(api, auth, stage, documents):
@@ -74,24 +75,26 @@ def put_bundle(api, auth, stage, documents):
         assert response.status_code == 201, response.text
         files.append({"uuid": file_uuid, "version": file_version, "name": name, "indexed": True})
     bundle_uuid, bundle_version = new_uuid(), new_version()
-    response = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                            headers=auth, json={"creator_uid": 7, "files": files})
+    response = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                        headers=auth, json={"creator_uid": 7, "files": files})
     assert response.status_code == 201, response.text
     return bundle_uuid, bundle_version
 
 
-def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api, auth, admin, stage, receiver):
+def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api, auth, admin, stage, receiver,
+                                                                      monkeypatch):
+    succeeded = record_settled_successes(monkeypatch)
     api, title = search_api, f"liver atlas {uuid.uuid4().hex[:8]}"
     title_query = {"query": {"match_phrase": {"files.project_json.project_core.title": title}}}
 
     # Two subscriptions of the caller: JMESPath (with an attachment) and Elasticsearch, both signed.
     signed = {"callback_url": receiver.url("/ok"), "hmac_secret_key": SECRET, "hmac_key_id": KEY_ID}
-    jmespath_sub = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
+    jmespath_sub = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
         **signed, "jmespath_query": f"event_type=='CREATE' && files.project_json[0].project_core.title=='{title}'",
         "attachments": {"organ": {"type": "jmespath", "expression": "files.specimen_json[0].organ"}}})
     assert jmespath_sub.status_code == 201, jmespath_sub.text
-    es_sub = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth,
-                          json={**signed, "es_query": title_query})
+    es_sub = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth,
+                      json={**signed, "es_query": title_query})
     assert es_sub.status_code == 201, es_sub.text
     jmespath_id, es_id = jmespath_sub.json()["uuid"], es_sub.json()["uuid"]
 
@@ -108,7 +111,7 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
     [hit] = found.json()["results"]
     assert hit["bundle_fqid"] == fqid and "metadata" not in hit
     assert hit["bundle_url"].endswith(f"/v1/bundles/{bundle_uuid}?version={bundle_version}&replica=aws")
-    assert requests.get(hit["bundle_url"]).status_code == 200
+    assert http.get(hit["bundle_url"]).status_code == 200
     [raw] = search(api, title_query, output_format="raw").json()["results"]
     assert raw["metadata"]["files"]["project_json"] == [{"project_core": {"title": title}}]
     assert raw["metadata"]["manifest"]["version"] == bundle_version
@@ -116,7 +119,9 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
 
     # Webhooks: one accepted, verified delivery per subscription.
     wait_until(lambda: len(receiver.accepted()) >= 2, 30, "both notifications")
-    time.sleep(1)  # a duplicate would show up now
+    # Both deliveries acknowledged as successes (neither retried nor dead-lettered): no duplicate to come.
+    wait_until(lambda: len([q for q, _ in succeeded if events.SUBSCRIPTION_MATCHED in q]) >= 2, 30,
+               "both deliveries acknowledged")
     deliveries = {r.payload()["subscription_id"]: r for r in receiver.accepted()}
     assert set(deliveries) == {jmespath_id, es_id} and len(receiver.accepted()) == 2
     for delivery in deliveries.values():
@@ -129,43 +134,43 @@ def test_a_bundle_is_found_notified_and_journaled_until_it_is_deleted(search_api
     assert deliveries[es_id].payload()["es_query"] == title_query
 
     # Subscriptions: listed by kind, never with their secret; owner only.
-    listed = requests.get(f"{api}/subscriptions", params={"replica": "aws", "subscription_type": "elasticsearch"},
-                          headers=auth)
+    listed = http.get(f"{api}/subscriptions", params={"replica": "aws", "subscription_type": "elasticsearch"},
+                      headers=auth)
     assert listed.status_code == 200 and [s["uuid"] for s in listed.json()["subscriptions"]] == [es_id]
     assert SECRET not in listed.text
-    one = requests.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=auth)
+    one = http.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=auth)
     assert one.status_code == 200 and one.json()["callback_url"] == receiver.url("/ok") and SECRET not in one.text
-    assert_problem(requests.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=admin),
+    assert_problem(http.get(f"{api}/subscriptions/{jmespath_id}", params={"replica": "aws"}, headers=admin),
                    403)
 
     # The event journal: the CREATE event, by uuid and in the dated listing.
-    event = requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version})
+    event = http.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version})
     assert event.status_code == 200, event.text
     assert event.json()["event_type"] == "CREATE"
     assert event.json()["bundle_info"] == {"uuid": bundle_uuid, "version": bundle_version}
     assert event.json()["files"]["specimen_json"] == [{"organ": "liver"}]
-    journal = requests.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version})
+    journal = http.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version})
     assert journal.status_code == 200, journal.text
     assert fqid in [e["bundle_fqid"] for e in journal.json()["event_streams"]]
 
     # Deleting the bundle: searches stop returning it; the journal records the tombstone.
-    deleted = requests.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
-                              headers=admin, json={"reason": "withdrawn"})
+    deleted = http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": bundle_version},
+                          headers=admin, json={"reason": "withdrawn"})
     assert deleted.status_code == 200, deleted.text
     wait_until(lambda: search(api, title_query).json()["total_hits"] == 0, 30, "the bundle to leave the index")
 
     def journaled_types():
-        streams = requests.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version}).json()
+        streams = http.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version}).json()
         return [e["event_type"] for e in streams["event_streams"] if e["bundle_fqid"] == fqid]
     wait_until(lambda: journaled_types() == ["CREATE", "TOMBSTONE"], 30, "the tombstone in the journal")
-    assert requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}
-                        ).json()["event_type"] == "TOMBSTONE"
+    assert http.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}
+                    ).json()["event_type"] == "TOMBSTONE"
 
     # Deleting a subscription: gone, and its deletion is owner-only.
-    assert_problem(requests.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=admin), 403)
-    gone = requests.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=auth)
+    assert_problem(http.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=admin), 403)
+    gone = http.delete(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=auth)
     assert gone.status_code == 200 and gone.json()["timeDeleted"]
-    assert_problem(requests.get(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=auth), 404)
+    assert_problem(http.get(f"{api}/subscriptions/{es_id}", params={"replica": "aws"}, headers=auth), 404)
 
 
 def test_search_pages_with_a_cursor(search_api, auth, stage):
@@ -176,7 +181,7 @@ def test_search_pages_with_a_cursor(search_api, auth, stage):
     wait_until(lambda: search(api, query).json().get("total_hits") == 12, 60, "twelve bundles indexed")
     first = search(api, query, per_page=10)
     assert first.status_code == 206 and first.json()["total_hits"] == 12
-    second = requests.post(first.links["next"]["url"], json={"es_query": query})
+    second = http.post(first.links["next"]["url"], json={"es_query": query})
     assert second.status_code == 200 and "next" not in second.links
     assert [h["bundle_fqid"] for h in first.json()["results"] + second.json()["results"]] == expected
 
@@ -188,7 +193,7 @@ def test_search_pages_with_a_cursor(search_api, auth, stage):
     ({}, "illegal_arguments"),
 ])
 def test_bad_searches_are_400(search_api, body, code):
-    response = requests.post(f"{search_api}/search", params={"replica": "aws"}, json=body)
+    response = http.post(f"{search_api}/search", params={"replica": "aws"}, json=body)
     assert_problem(response, 400, code)
 
 
@@ -203,22 +208,22 @@ def test_bad_searches_are_400(search_api, body, code):
 ])
 def test_bad_subscriptions_are_4xx_and_store_nothing(search_api, auth, receiver, change, status):
     body = {"callback_url": receiver.url("/ok"), **change}
-    response = requests.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, json=body)
+    response = http.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, json=body)
     assert_problem(response, status)
     for kind in ("jmespath", "elasticsearch"):
-        listed = requests.get(f"{search_api}/subscriptions", params={"replica": "aws", "subscription_type": kind},
-                              headers=auth)
+        listed = http.get(f"{search_api}/subscriptions", params={"replica": "aws", "subscription_type": kind},
+                          headers=auth)
         assert listed.json() == {"subscriptions": []}
 
 
 def test_a_jmespath_subscription_that_can_grow_values_exponentially_is_refused(search_api, auth, receiver):
     for body, what in (({"jmespath_query": DOUBLING}, "jmespath_query"),
                        ({"attachments": {"big": {"type": "jmespath", "expression": DOUBLING}}}, "attachment 'big'")):
-        response = requests.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
-                                json={"callback_url": receiver.url("/ok"), **body})
+        response = http.put(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
+                            json={"callback_url": receiver.url("/ok"), **body})
         assert_problem(response, 400, "jmespath_too_costly")
         assert what in response.json()["title"] and "times" in response.json()["title"]
-    listed = requests.get(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30)
+    listed = http.get(f"{search_api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30)
     assert listed.json() == {"subscriptions": []}
 
 
@@ -226,7 +231,7 @@ def test_subscriptions_stored_before_the_limits_are_disabled_while_the_others_ar
         search_stack, auth, stage, blobstores, receiver):
     (api, bucket), tag = search_stack, uuid.uuid4().hex
     query = f"files.sample_json[0].tag=='{tag}'"
-    good = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30, json={
+    good = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30, json={
         "callback_url": receiver.url("/good"), "jmespath_query": query,
         "attachments": {"tag": {"type": "jmespath", "expression": "files.sample_json[0].tag"}}})
     assert good.status_code == 201, good.text
@@ -252,21 +257,21 @@ def test_subscriptions_stored_before_the_limits_are_disabled_while_the_others_ar
 
     # The owner reads why the others were disabled; nothing was sent for them.
     for sub_id, what in ((doubling, "jmespath_query"), (attachment, "attachment 'big'")):
-        shown = requests.get(f"{api}/subscriptions/{sub_id}", params={"replica": "aws"}, headers=auth, timeout=30)
+        shown = http.get(f"{api}/subscriptions/{sub_id}", params={"replica": "aws"}, headers=auth, timeout=30)
         assert shown.status_code == 200, shown.text
         disabled = shown.json()["disabled"]
         assert disabled["code"] == "jmespath_too_costly" and f"{what} is too costly" in disabled["reason"]
         assert disabled["at"].endswith("Z")
-    listed = requests.get(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30).json()
+    listed = http.get(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30).json()
     assert {s["uuid"]: s.get("disabled", {}).get("code") for s in listed["subscriptions"]} == {
         good.json()["uuid"]: None, doubling: "jmespath_too_costly", attachment: "jmespath_too_costly"}
     assert [request.path for request in receiver.requests] == ["/good"]
 
     # The way back: delete it and make a new one, which today's rules judge.
-    assert requests.delete(f"{api}/subscriptions/{doubling}", params={"replica": "aws"}, headers=auth,
-                           timeout=30).status_code == 200
-    again = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
-                         json={"callback_url": receiver.url("/doubling"), "jmespath_query": STORED_DOUBLING})
+    assert http.delete(f"{api}/subscriptions/{doubling}", params={"replica": "aws"}, headers=auth,
+                       timeout=30).status_code == 200
+    again = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
+                     json={"callback_url": receiver.url("/doubling"), "jmespath_query": STORED_DOUBLING})
     assert_problem(again, 400, "jmespath_too_costly")
 
 
@@ -274,7 +279,7 @@ def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, 
     """An operator's purge (the manifest deleted from the main bucket, not tombstoned through the
     API): S3 notification -> bridge -> indexer -> journal and a JMESPath DELETE webhook."""
     (api, bucket), tag = purge_api, uuid.uuid4().hex
-    subscription = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
+    subscription = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, json={
         "callback_url": receiver.url("/ok"), "hmac_secret_key": SECRET, "hmac_key_id": KEY_ID,
         "jmespath_query": f"event_type=='DELETE' && files.sample_json[0].tag=='{tag}'"})
     assert subscription.status_code == 201, subscription.text
@@ -291,10 +296,10 @@ def test_a_bundle_removed_from_the_bucket_outright_is_a_delete_event(purge_api, 
     assert payload["event_type"] == "DELETE" and payload["subscription_id"] == subscription.json()["uuid"]
     assert payload["match"] == {"bundle_uuid": bundle_uuid, "bundle_version": bundle_version}
     assert search(api, query).json()["total_hits"] == 0
-    streams = requests.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version}).json()
+    streams = http.get(f"{api}/events", params={"replica": "aws", "from_date": bundle_version}).json()
     assert [e["event_type"] for e in streams["event_streams"]
             if e["bundle_fqid"] == f"{bundle_uuid}.{bundle_version}"] == ["CREATE", "DELETE"]
-    assert_problem(requests.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}),
+    assert_problem(http.get(f"{api}/events/{bundle_uuid}", params={"replica": "aws", "version": bundle_version}),
                    404)
 
 
@@ -315,16 +320,16 @@ def nested_bools(depth: int) -> str:
 def test_queries_nested_too_deep_are_400s_never_500s(search_api, auth, receiver, depth, code):
     api, json_type = search_api, {"Content-Type": "application/json"}
     body = '{"es_query":{"query":%s}}' % nested_bools(depth)
-    response = requests.post(f"{api}/search", params={"replica": "aws"}, data=body, headers=json_type, timeout=30)
+    response = http.post(f"{api}/search", params={"replica": "aws"}, data=body, headers=json_type, timeout=30)
     assert_problem(response, 400, code)
     subscription = '{"callback_url":%s,"es_query":{"query":%s}}' % (json.dumps(receiver.url("/deep")),
                                                                     nested_bools(depth))
-    response = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, data=subscription,
-                            headers={**auth, **json_type}, timeout=30)
+    response = http.put(f"{api}/subscriptions", params={"replica": "aws"}, data=subscription,
+                        headers={**auth, **json_type}, timeout=30)
     assert_problem(response, 400, code)
     # Within the limit, the same shape is searched.
     body = '{"es_query":{"query":%s}}' % nested_bools(32)
-    response = requests.post(f"{api}/search", params={"replica": "aws"}, data=body, headers=json_type, timeout=30)
+    response = http.post(f"{api}/search", params={"replica": "aws"}, data=body, headers=json_type, timeout=30)
     assert response.status_code == 200, response.text
 
 
@@ -337,14 +342,14 @@ def test_a_pathological_wildcard_neither_stalls_searches_nor_other_subscriptions
     pathological = {"query": {"wildcard": {"files.sample_json.name": "*?*?*?*?*?*?*?*?*?*!"}}}
     plain = {"query": {"term": {"files.sample_json.marker": marker}}}
     for es_query in (pathological, plain):
-        response = requests.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
-                                json={"callback_url": receiver.url("/ok"), "es_query": es_query})
+        response = http.put(f"{api}/subscriptions", params={"replica": "aws"}, headers=auth, timeout=30,
+                            json={"callback_url": receiver.url("/ok"), "es_query": es_query})
         assert response.status_code == 201, response.text
     put_bundle(api, auth, stage, {"sample_0.json": {"name": "a" * 64, "marker": marker}})
     wait_until(lambda: len(receiver.accepted()) >= 1, 30, "the plain subscription's notification")
     assert [r.payload()["es_query"] for r in receiver.accepted()] == [plain]
     started = time.monotonic()
-    response = requests.post(f"{api}/search", params={"replica": "aws"}, json={"es_query": pathological},
-                             timeout=30)
+    response = http.post(f"{api}/search", params={"replica": "aws"}, json={"es_query": pathological},
+                         timeout=30)
     assert response.status_code == 200 and response.json()["total_hits"] == 0, response.text
     assert time.monotonic() - started < 5

@@ -7,8 +7,8 @@ while the stack runs, trusted through a templated ``DSS_AUTH_ISSUERS`` entry; th
 minted as dbio / hca mint them.
 """
 import pytest
-import requests
 
+from devtools import http
 from services.gateway.auth import issuer_jwks_file
 from devtools.tokens import create_service_account_key, mint_service_account_token
 from shared.config import Settings
@@ -53,19 +53,19 @@ def put_bundle(api, headers, stage):
     """A bundle of one file written with ``headers``; (response, bundle uuid, file)."""
     source_url, _ = stage(b"service accounts")
     file_uuid, file_version = new_uuid(), new_version()
-    stored = requests.put(f"{api}/files/{file_uuid}", params={"version": file_version}, headers=headers,
-                          json={"source_url": source_url, "creator_uid": 7}, timeout=HTTP_TIMEOUT_S)
+    stored = http.put(f"{api}/files/{file_uuid}", params={"version": file_version}, headers=headers,
+                      json={"source_url": source_url, "creator_uid": 7}, timeout=HTTP_TIMEOUT_S)
     bundle_uuid = new_uuid()
-    created = requests.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
-                           headers=headers, timeout=HTTP_TIMEOUT_S,
-                           json={"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version,
+    created = http.put(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws", "version": new_version()},
+                       headers=headers, timeout=HTTP_TIMEOUT_S,
+                       json={"creator_uid": 7, "files": [{"uuid": file_uuid, "version": file_version,
                                                               "name": "a.txt", "indexed": False}]})
     return stored, created, bundle_uuid
 
 
 def delete_bundle(api, headers, bundle_uuid):
-    return requests.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=headers,
-                           json={"reason": "test"}, timeout=HTTP_TIMEOUT_S)
+    return http.delete(f"{api}/bundles/{bundle_uuid}", params={"replica": "aws"}, headers=headers,
+                       json={"reason": "test"}, timeout=HTTP_TIMEOUT_S)
 
 
 def assert_problem(response, status, code):
@@ -91,8 +91,8 @@ def test_an_account_cannot_claim_to_be_the_administrator(accounts, auth, stage):
     assert_problem(forged_sub, 401, "identity_mismatch")
     # As itself, the account is a writer, not an administrator.
     assert_problem(delete_bundle(accounts.url, accounts.headers(key_file), bundle_uuid), 403, "forbidden")
-    still_there = requests.get(f"{accounts.url}/bundles/{bundle_uuid}", params={"replica": "aws"},
-                               timeout=HTTP_TIMEOUT_S)
+    still_there = http.get(f"{accounts.url}/bundles/{bundle_uuid}", params={"replica": "aws"},
+                           timeout=HTTP_TIMEOUT_S)
     assert still_there.status_code == 200, still_there.text
 
     # The administrator's own account is one by its identity (deleting is a write: granted dbio too).
@@ -107,7 +107,7 @@ def test_an_account_writes_only_with_a_grant(accounts, stage):
     assert_problem(stored, 403, "forbidden")
     assert_problem(created, 403, "forbidden")
     # Reads need no grant.
-    listing = requests.get(f"{accounts.url}/collections", headers=accounts.headers(key_file), timeout=HTTP_TIMEOUT_S)
+    listing = http.get(f"{accounts.url}/collections", headers=accounts.headers(key_file), timeout=HTTP_TIMEOUT_S)
     assert listing.status_code == 200, listing.text
 
     # Another key, registered with GROUPS=dbio: the account's grant, for its earlier key too, at once.

@@ -18,6 +18,7 @@ from shared.exceptions import Forbidden, InvalidParameter, NotFound, Unauthorize
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.storage import ReplicaStorage, Replicas
 from devtools.fakes import MemoryBlobStore, store_bundle
+from devtools.waiting import wait_until
 
 from services.checkout.bundle_jobs.jobs import (FAILED, RUNNING, SUCCEEDED, CheckoutJobsAPI, decode_token,
                                                 destination_allowed, encode_token, job_key, seconds_of, urls_job_id)
@@ -556,7 +557,8 @@ def test_a_run_stops_when_its_job_is_ended_elsewhere():
     request = world.last_request()
 
     def end_it_as_stalled():
-        eventlet.sleep(0.1)
+        wait_until(lambda: world.checked_out(uuid, version), timeout=10, interval=0.005,
+                   what="the run under way (a file copied)")
         world.clock.now += 10_000
         world.worker().get_checkout_job("aws", job_id)
 

@@ -15,6 +15,7 @@ from shared.exceptions import InvalidParameter, NotFound, Unavailable
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileCheckoutRequested
 from devtools.fakes import MemoryBlobStore
+from devtools.waiting import wait_until
 
 from services.checkout.file_reads.blobs import Blob, file_version_of_key
 from services.checkout.file_reads.reads import MARKER_PREFIX
@@ -491,7 +492,9 @@ def test_the_announced_versions_document_is_read_while_the_latest_version_is_lis
     world.clock.advance(world.settings.checkout_cache_seconds)
     store.calls.clear()
     assert world.new_worker().get_file("aws", uuid)["metadata"]["version"] == latest["version"]
-    eventlet.sleep(0.05)  # the look-ahead finishes (not found: logged, nothing kept)
+    # The look-ahead (a green thread of its own) has read and finished: not found, logged, nothing kept.
+    wait_until(lambda: store.calls.get("get_bytes", 0) >= 1 and running[0] == 0, timeout=10, interval=0.005,
+               what="the look-ahead's read done")
     # The one read is the look-ahead's, which found nothing; v2's document was known already.
     assert store.calls["list_keys"] == 1 and store.calls["get_bytes"] == 1
 

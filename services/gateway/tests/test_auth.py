@@ -84,7 +84,8 @@ def test_small_clock_skew_is_tolerated(key_files):
     key, jwks = key_files
     token = mint_token(key, ISSUER, AUDIENCE, "x@example.org", ["dbio"], group_claim=GROUP_CLAIM,
                        now=time.time() + 20)  # issued "in the future" by a clock 20 s ahead
-    authenticator(jwks).authenticate(f"Bearer {token}")
+    assert authenticator(jwks).authenticate(f"Bearer {token}") == {
+        "email": "x@example.org", "groups": ["dbio"], "is_admin": False}
 
 
 def test_missing_jwks_file_is_unavailable(tmp_path, key_files):
@@ -98,10 +99,11 @@ def test_half_written_jwks_keeps_the_previous_keys(key_files):
     key, jwks = key_files
     a = authenticator(jwks)
     token = mint_token(key, ISSUER, AUDIENCE, "x@example.org", ["dbio"], group_claim=GROUP_CLAIM)
-    a.authenticate(f"Bearer {token}")
+    caller = a.authenticate(f"Bearer {token}")
+    assert caller["email"] == "x@example.org"
     jwks.write_text('{"keys": [')
     os.utime(jwks, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
-    a.authenticate(f"Bearer {token}")
+    assert a.authenticate(f"Bearer {token}") == caller  # still verified with the keys read before
 
 
 class FakeResponse:

@@ -6,6 +6,7 @@ they would over the broker.
 """
 import json
 import logging
+import os
 import time
 import types
 import uuid as uuid_module
@@ -416,8 +417,12 @@ class TestAuth:
 
     def test_rotated_key_is_trusted_without_restart(self, gateway, web_session, issuer, tmp_path):
         new_key = tmp_path / "rotated.pem"
-        time.sleep(0.01)  # a distinct mtime
+        old_mtime = os.stat(issuer.jwks).st_mtime_ns
         ensure_local_issuer(new_key, issuer.jwks)  # replaces the JWKS file
+        # The gateway notices a new JWKS by its mtime; a file system's clock may tick coarser than
+        # the rewrite took, so the new file is dated a second on rather than slept for.
+        later = max(old_mtime, os.stat(issuer.jwks).st_mtime_ns) + 10**9
+        os.utime(issuer.jwks, ns=(later, later))
         value = mint_token(new_key, ISSUER, AUDIENCE, "w@example.org", ["dbio"], group_claim=GROUP_CLAIM)
         gateway.files.put_file.return_value = {"status": "created", "version": VERSION}
         assert self.put_file(web_session, bearer(value)).status_code == 201
@@ -486,9 +491,8 @@ class TestServiceErrors:
 
     def test_rpc_timeout_is_503(self, gateway, web_session):
         gateway.checkout.get_file.side_effect = lambda *args: eventlet.sleep(RPC_TIMEOUT + 2)
-        began = time.monotonic()
+        # The code tells the timeout from the answer that comes 2 s later (no clock needed to say so).
         assert_problem(web_session.get(f"/v1/files/{UUID}?replica=aws"), 503, "service_timeout")
-        assert time.monotonic() - began < RPC_TIMEOUT + 1.5
 
     def test_service_not_running_is_503(self, gateway, web_session):
         gateway.bundles.list_bundles.side_effect = UnknownService("bundles")
@@ -1150,7 +1154,9 @@ class TestDocuments:
 
     def test_swagger_is_valid(self, gateway, web_session):
         from openapi_spec_validator import OpenAPIV2SpecValidator
-        OpenAPIV2SpecValidator(web_session.get("/v1/swagger.json").json()).validate()
+        response = web_session.get("/v1/swagger.json")
+        assert response.status_code == 200
+        assert [error.message for error in OpenAPIV2SpecValidator(response.json()).iter_errors()] == []
 
     def test_swagger_parameters(self, gateway, web_session):
         doc = web_session.get("/v1/swagger.json").json()

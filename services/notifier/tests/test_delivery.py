@@ -9,6 +9,7 @@ import datetime
 import email.utils
 import json
 import logging
+import select
 import socket
 import ssl
 import time
@@ -20,6 +21,7 @@ from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
 from devtools.certificates import issue_server_certificate
 from devtools.receivers import Receiver
+from devtools.waiting import wait_until
 
 from services.notifier.bounded_jmespath import JMESPathLimits
 from services.notifier.delivery import (ATTEMPT_HEADER, PermanentDeliveryError, RetryableDeliveryError, deliver,
@@ -194,12 +196,10 @@ def test_non_2xx_answers_are_retryable(receiver, status):
 
 
 def test_a_slow_answer_times_out_and_is_retryable(receiver):
-    sub = subscription(receiver.url("/slow"))
-    started = time.monotonic()
+    sub = subscription(receiver.url("/slow"))  # answers 200 after 1.5 s
     with pytest.raises(RetryableDeliveryError) as failure:
         deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_READ_TIMEOUT=0.3))
-    assert failure.value.code == "read_timeout"
-    assert time.monotonic() - started < 1.2
+    assert failure.value.code == "read_timeout"  # not the 200 sent at 1.5 s: the read timeout ended the attempt
 
 
 def test_an_answer_trickled_past_the_attempt_deadline_is_cut_off_and_retryable(receiver):
@@ -210,7 +210,7 @@ def test_an_answer_trickled_past_the_attempt_deadline_is_cut_off_and_retryable(r
     with pytest.raises(RetryableDeliveryError) as failure:
         deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_READ_TIMEOUT=2, DSS_NOTIFY_ATTEMPT_TIMEOUT=1))
     assert failure.value.code == "attempt_timeout" and failure.value.retryable
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5  # generous (a loaded machine), still well short of the 6 s answer
     # The same receiver within a deadline it can meet: delivered.
     result = deliver(subscription(receiver.url("/trickle/0.5")), payload_for(sub), 1,
                      settings(DSS_NOTIFY_ATTEMPT_TIMEOUT=5))
@@ -233,13 +233,15 @@ def test_a_connect_timeout_is_retryable():
             except BlockingIOError:
                 pass
             fillers.append(filler)
-        time.sleep(0.1)
+        # With a backlog of 0 one connection fills the queue (Linux): from then on SYNs are dropped.
+        wait_until(lambda: select.select([], fillers, [], 0)[1], timeout=5, interval=0.01,
+                   what="a connection in the listener's backlog")
         sub = subscription(f"http://127.0.0.1:{port}/hook")
         started = time.monotonic()
         with pytest.raises(RetryableDeliveryError) as failure:
             deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_CONNECT_TIMEOUT=0.3))
         assert failure.value.code == "connect_timeout"
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 5  # generous (a loaded machine): the 0.3 s given, not the default 10 s
     finally:
         for filler in fillers:
             filler.close()
@@ -321,7 +323,9 @@ def test_non_public_addresses_are_refused(url, category):
         deliver(sub, payload_for(sub), 1, settings(DSS_NOTIFY_ALLOWED_HOSTS="localhost"))
     assert failure.value.code == "callback_url_forbidden_address"
     assert f"a {category} address" in failure.value.title
-    assert time.monotonic() - started < 0.5  # refused before any connection attempt
+    # Refused before any connection attempt (the code says so; the bound, generous for a loaded
+    # machine, is far below the 10 s default connect timeout an attempt could wait).
+    assert time.monotonic() - started < 5
     with pytest.raises(InvalidParameter) as invalid:
         validate_callback_url(url, settings(DSS_NOTIFY_ALLOWED_HOSTS=""))
     assert invalid.value.error_code == "callback_url_forbidden_address"
@@ -515,11 +519,15 @@ def test_bad_attachments(attachments, code):
 
 
 def test_good_attachments_validate():
-    validate_attachments(None)
-    validate_attachments({})
-    validate_attachments({"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[].organ"},
-                          "n-files.v2": {"type": "jmespath", "expression": "length(manifest.files)"},
-                          "merged": {"type": "jmespath", "expression": "merge(`{}`, bundle_info)"}})
+    good = {"organ": {"type": "jmespath", "expression": "files.cell_suspension_json[].organ"},
+            "n-files.v2": {"type": "jmespath", "expression": "length(manifest.files)"},
+            "merged": {"type": "jmespath", "expression": "merge(`{}`, bundle_info)"}}
+    for attachments in (None, {}, good):
+        assert validate_attachments(attachments) is None  # accepted: refusals raise InvalidParameter
+    # ... and what was accepted evaluates, every attachment without an error.
+    document = {"files": {"cell_suspension_json": [{"organ": "heart"}]}, "manifest": {"files": [{}, {}]},
+                "bundle_info": {"uuid": "u"}}
+    assert evaluate_attachments(good, document) == {"organ": ["heart"], "n-files.v2": 2, "merged": {"uuid": "u"}}
 
 
 # --- payloads and attachments ---------------------------------------------------------------------------

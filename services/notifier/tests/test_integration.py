@@ -3,7 +3,6 @@
 receiver that verifies both HMAC signatures (``devtools.receivers.Receiver``)."""
 import json
 import pathlib
-import time
 
 import pytest
 from nameko.standalone.events import event_dispatcher
@@ -19,7 +18,7 @@ from shared.identifiers import new_uuid, new_version
 from shared.retry import DEAD_SUFFIX, peek_dead_letters
 from shared.search import ElasticsearchBadRequest
 from shared.storage import open_replicas
-from devtools.waiting import queue_state, wait_until
+from devtools.waiting import queue_state, record_settled_successes, wait_until
 
 from services.notifier.delivery import ATTEMPT_HEADER
 from services.notifier.service import NotifierService
@@ -137,11 +136,14 @@ def test_a_matching_bundle_is_notified_signed_with_its_attachments(notifier, rec
     assert matched == [form]
 
 
-def test_a_failing_receiver_gets_one_accepted_delivery_after_retries(notifier, receiver):
+def test_a_failing_receiver_gets_one_accepted_delivery_after_retries(notifier, receiver, monkeypatch):
+    succeeded = record_settled_successes(monkeypatch)
     notifier.subscribe(receiver.url("/flaky/2/500"), hmac_secret_key=SECRET, hmac_key_id=KEY_ID)
     notifier.matched()
     wait_until(lambda: receiver.accepted(), 20, "the third attempt accepted")
-    time.sleep(1.5)  # longer than a retry delay: nothing more comes
+    # The delivery acknowledged as a success, so neither retried nor dead-lettered: nothing more comes.
+    wait_until(lambda: [queue for queue, _ in succeeded if events.SUBSCRIPTION_MATCHED in queue], 20,
+               "the accepted delivery acknowledged")
     assert [request.status for request in receiver.requests] == [500, 500, 200]
     assert attempts(receiver.requests) == ["1", "2", "3"]
     assert len({request.payload()["transaction_id"] for request in receiver.requests}) == 1
