@@ -39,6 +39,7 @@ import warnings
 # eventlet (imported by the blob stores) warns about its own deprecation on import: noise here.
 warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
 
+import psutil  # noqa: E402
 import requests  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -49,6 +50,7 @@ from bench.replication import BusWatch, distribution  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
+from shared import events  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.identifiers import Keys, new_version  # noqa: E402
 
@@ -57,6 +59,10 @@ SCRATCH_BUCKET = "dss-bench-scaling"
 CONFIGS = ("1:single", "3:single", "1:cluster", "3:cluster")
 # What is not a service of the store: the emulators, the broker, this script.
 NOT_SERVICES = ("moto", "fake-gcs", "gcs", "pubsub", "rabbitmq", "epmd", "bench")
+
+
+def busy_seconds(times) -> float:
+    return sum(times) - times.idle - getattr(times, "iowait", 0)
 
 
 def stack(command: list[str], amqp_uri: str) -> None:
@@ -75,8 +81,8 @@ def stack(command: list[str], amqp_uri: str) -> None:
 class Run:
     """One measured run of the scenario against the stack running now."""
 
-    def __init__(self, args, settings: Settings, events: BusWatch, token: str):
-        self.args, self.settings, self.events = args, settings, events
+    def __init__(self, args, settings: Settings, watch: BusWatch, token: str):
+        self.args, self.settings, self.events = args, settings, watch
         self.gateway = args.gateway.rstrip("/")
         self.s3 = open_blobstore("aws", settings)
         self.gcs = open_blobstore("gcp", settings)
@@ -113,6 +119,7 @@ class Run:
         """Run ``work`` over ``items`` with --writers threads; seconds, CPU seconds per service,
         per instance, peak RSS per service, results."""
         processes = StackProcesses(RUN_DIR)
+        machine_before = psutil.cpu_times()
         before, before_instances = processes.cpu(), processes.instance_cpu()
         with StackPeakRSS(processes) as rss:
             started = time.monotonic()
@@ -124,7 +131,10 @@ class Run:
                     r["verified"] = arrived[r["key"]][0]
             elapsed = time.monotonic() - started
         after, after_instances = processes.cpu(), processes.instance_cpu()
+        machine_after = psutil.cpu_times()
         cpu = {name: after[name] - before.get(name, 0.0) for name in after}
+        # Busy CPU of the whole machine, ours and everyone else's, as "cores" in the last entry.
+        cpu["(machine busy)"] = busy_seconds(machine_after) - busy_seconds(machine_before)
         instances = {name: (after_instances[name] - before_instances.get(name, 0.0)) / elapsed
                      for name in after_instances}
         return elapsed, cpu, instances, rss.peak, results
@@ -137,20 +147,32 @@ class Run:
         load_before = machine_load()
         elapsed, cpu, cores, peak, writes = self.measure(self.put_file, sources)
         lags = [w["verified"] - w["written"] for w in writes]
+        # Where the lag goes: until the file document's S3 notification is on the bus as
+        # object_changed (moto -> SQS -> the replicator's bridge), then until its copy is verified.
+        notified = [self.events.first(events.OBJECT_CHANGED, w["key"]) for w in writes]
+        to_bus = [n[0] - w["written"] for n, w in zip(notified, writes) if n is not None]
+        to_verified = [w["verified"] - n[0] for n, w in zip(notified, writes) if n is not None]
+        machine = cpu.pop("(machine busy)")
+        stack_cpu = sum(cpu.values())
         first = min(w["started"] for w in writes)
         write_span = max(w["written"] for w in writes) - first
         base_elapsed, base_cpu, _, _, _ = self.measure(self.baseline_one, payloads)
+        base_machine = base_cpu.pop("(machine busy)")
         load_after = machine_load()
         span = max(w["verified"] for w in writes) - first
         return {
             "files": count, "kib": self.args.kib, "writers": self.args.writers, "run_prefix": self.run,
             "files_per_s": count / span, "put_per_s": count / write_span, "span_s": span,
-            "lag": distribution(lags),
+            "lag": distribution(lags), "lag_to_object_changed": distribution(to_bus),
+            "lag_object_changed_to_verified": distribution(to_verified),
+            "machine_busy_cores": machine / elapsed, "stack_cores": stack_cpu / elapsed,
+            "other_cores": max(0.0, (machine - stack_cpu) / elapsed),
             "cpu_s_per_file": {name: seconds / count for name, seconds in sorted(cpu.items())},
             "services_cpu_s_per_file": sum(s for n, s in cpu.items() if n not in NOT_SERVICES) / count,
             "instance_cores": {name: round(value, 3) for name, value in sorted(cores.items())},
             "peak_rss_mib": {name: round(value / 2**20, 1) for name, value in sorted(peak.items())},
             "baseline": {"files_per_s": count / base_elapsed, "span_s": base_elapsed,
+                         "machine_busy_cores": base_machine / base_elapsed,
                          "cpu_s_per_file": {name: seconds / count for name, seconds in sorted(base_cpu.items())
                                             if seconds > 0}},
             "ratio_vs_baseline": span / base_elapsed,
@@ -170,14 +192,14 @@ def run_config(args, scale: int, mode: str, results: list) -> None:
     if not gcs.bucket_exists(SCRATCH_BUCKET):
         gcs.create_bucket(SCRATCH_BUCKET)
     token = mint_token_for_settings(settings, "bench@example.org", ["dbio"])
-    events = BusWatch(uri.split(";")[0]).start()
+    watch = BusWatch(uri.split(";")[0]).start()
     try:
         if args.warmup:  # first requests of fresh processes (imports, connections) are not the steady state
-            Run(argparse.Namespace(**{**vars(args), "files": args.warmup}), settings, events, token)()
+            Run(argparse.Namespace(**{**vars(args), "files": args.warmup}), settings, watch, token)()
         for repeat in range(args.repeat):
             print(f"SCALE={scale} BROKER={mode} run {repeat + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
             try:
-                result = Run(args, settings, events, token)()
+                result = Run(args, settings, watch, token)()
             except (RuntimeError, TimeoutError) as error:
                 print(f"  failed: {error}", file=sys.stderr, flush=True)
                 result = {"error": str(error), "load_before": machine_load()}
@@ -186,7 +208,7 @@ def run_config(args, scale: int, mode: str, results: list) -> None:
             if "error" not in result:
                 print(f"  {row(result)}", file=sys.stderr, flush=True)
     finally:
-        events.stop()
+        watch.stop()
 
 
 def row(r: dict) -> str:
@@ -194,13 +216,19 @@ def row(r: dict) -> str:
     services = sorted((n for n in cpu if n not in NOT_SERVICES), key=lambda n: -cpu[n])
     busiest = max(((n, c) for n, c in r["instance_cores"].items() if n != "bench"), key=lambda item: item[1])
     return (f"{r['files_per_s']:.1f} files/s (PUT {r['put_per_s']:.1f}/s), lag p50 {r['lag']['p50_s'] * 1000:.0f} ms "
-            f"p99 {r['lag']['p99_s'] * 1000:.0f} ms; baseline {r['baseline']['files_per_s']:.0f} files/s "
+            f"p99 {r['lag']['p99_s'] * 1000:.0f} ms (p50 {_ms(r['lag_to_object_changed'])} to the bus, "
+            f"{_ms(r['lag_object_changed_to_verified'])} to verified); machine {r['machine_busy_cores']:.2f} cores "
+            f"busy, stack {r['stack_cores']:.2f}; baseline {r['baseline']['files_per_s']:.0f} files/s "
             f"(x{r['ratio_vs_baseline']:.1f}); CPU ms/file: "
             + ", ".join(f"{n} {cpu[n] * 1000:.1f}" for n in services)
             + f"; moto {cpu.get('moto', 0) * 1000:.1f}, gcs {cpu.get('fake-gcs', cpu.get('gcs', 0)) * 1000:.1f}, "
               f"broker {(cpu.get('rabbitmq', 0)) * 1000:.1f}; busiest process "
               f"{busiest[0]} {busiest[1]:.2f} cores; load {r['load_before']['load_1m']:.1f}->"
               f"{r['load_after']['load_1m']:.1f}")
+
+
+def _ms(dist: dict | None) -> str:
+    return f"{dist['p50_s'] * 1000:.0f} ms" if dist else "-"
 
 
 def main(argv=None):
@@ -249,8 +277,9 @@ def main(argv=None):
 def print_table(results: list[dict]) -> None:
     """The markdown table docs/scaling.md shows: one row per run."""
     print("| SCALE | broker | run | files/s | PUT/s | lag p50 | lag p99 | baseline files/s | ratio | "
-          "services CPU ms/file | moto | gcs | broker | busiest process (cores) | load 1m |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "services CPU ms/file | moto | gcs | pubsub | broker | stack cores | machine cores | "
+          "busiest process (cores) | load 1m |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['scale']} | {r['broker']} | {r['repeat']} | failed: {r['error'][:80]} |")
@@ -262,8 +291,8 @@ def print_table(results: list[dict]) -> None:
               f"{r['baseline']['files_per_s']:.0f} | {r['ratio_vs_baseline']:.1f}x | "
               f"{r['services_cpu_s_per_file'] * 1000:.1f} | {cpu.get('moto', 0) * 1000:.1f} | "
               f"{cpu.get('fake-gcs', cpu.get('gcs', 0)) * 1000:.1f} | "
-              f"{(cpu.get('rabbitmq', 0)) * 1000:.1f} | "
-              f"{busiest[0]} ({busiest[1]:.2f}) | {r['load_before']['load_1m']:.1f} |")
+              f"{cpu.get('pubsub', 0) * 1000:.1f} | {(cpu.get('rabbitmq', 0)) * 1000:.1f} | "
+              f"{r['stack_cores']:.2f} | {r['machine_busy_cores']:.2f} | {busiest[0]} ({busiest[1]:.2f}) | {r['load_before']['load_1m']:.1f} |")
     print()
     print("CPU ms per file by service (mean over runs):")
     by_config: dict = {}
