@@ -1,7 +1,8 @@
 """Scale-out benchmark: the small-file ingest + replication scenario with SCALE=1 and SCALE=3, on a
 one-node and a three-node broker, each against a baseline of raw PUT + copy of the same files
 measured in the same run. It starts and stops the stack itself (`python -m devtools.stack up|down`
-with --scale / --broker), so nothing else of this worktree's stack may be running.
+with --scale / --broker); a stack of this worktree already running is stopped first and started
+again, as it was, at the end.
 
     .venv/bin/python bench/scaling.py                       # 4 configurations x 2 runs x 300 files
     .venv/bin/python bench/scaling.py --config 3:cluster --repeat 1 --files 100
@@ -46,7 +47,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import StackPeakRSS, StackProcesses, check_stack_health, machine_load  # noqa: E402
-from bench.replication import BusWatch, distribution  # noqa: E402
+from bench.replication import DEFAULT_AMQP_URI, BusWatch, distribution  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
@@ -59,6 +60,19 @@ SCRATCH_BUCKET = "dss-bench-scaling"
 CONFIGS = ("1:single", "3:single", "1:cluster", "3:cluster")
 # What is not a service of the store: the emulators, the broker, this script.
 NOT_SERVICES = ("moto", "fake-gcs", "gcs", "pubsub", "rabbitmq", "epmd", "bench")
+
+
+def running_stack() -> dict | None:
+    """The scale, broker mode and AMQP_URI of this worktree's running stack (var/run/stack.json and
+    the caller's environment), or None when none runs."""
+    if not (RUN_DIR / "gateway.pid").exists():
+        return None
+    try:
+        state = json.loads((RUN_DIR / "stack.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    return {"scale": state.get("scale", 1), "broker": state.get("broker", "single"),
+            "amqp_uri": os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)}
 
 
 def busy_seconds(times) -> float:
@@ -246,12 +260,17 @@ def main(argv=None):
                         help="AMQP_URI of the one-node broker (a private one is started there)")
     parser.add_argument("--cluster-uri", default="amqp://guest:guest@127.0.0.1:5681/",
                         help="AMQP_URI of the three-node cluster (its first node; the next two ports follow)")
-    parser.add_argument("--keep-up", action="store_true", help="leave the last configuration's stack running")
+    parser.add_argument("--keep-up", action="store_true",
+                        help="leave the last configuration's stack running (unless one ran before)")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # relative settings (the token issuer's key) resolve against the repo root
-    if (RUN_DIR / "gateway.pid").exists():
-        raise SystemExit("a stack of this worktree is running (var/run/gateway.pid): `make down` first; "
-                         "this benchmark starts and stops its own")
+    # A stack already running (`make bench` starts one) is stopped first and brought back at the
+    # end as it was: this benchmark needs the stack of each configuration to itself.
+    before = running_stack()
+    if before:
+        print(f"stopping the running stack (SCALE={before['scale']} BROKER={before['broker']}); it is "
+              f"started again at the end", file=sys.stderr, flush=True)
+        stack(["down"], before["amqp_uri"])
     configs = [(int(c.split(":")[0]), c.split(":")[1]) for c in (args.config or CONFIGS)]
     results: list[dict] = []
     report = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(), "args": vars(args),
@@ -267,8 +286,10 @@ def main(argv=None):
             run_config(args, scale, mode, results)
             out.write_text(json.dumps(report, indent=2))
     finally:
-        if mode_up and not args.keep_up:
+        if mode_up and (not args.keep_up or before):
             stack(["down"], args.cluster_uri if mode_up == "cluster" else args.single_uri)
+        if before:
+            stack(["up", "--scale", str(before["scale"]), "--broker", before["broker"]], before["amqp_uri"])
         out.write_text(json.dumps(report, indent=2))
     print_table(results)
     print(f"results: {out}")
