@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench._common import StackPeakRSS, StackProcesses, check_stack_health, machine_load  # noqa: E402
 from bench.replication import DEFAULT_AMQP_URI, BusWatch, distribution  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
+from ops.broker import management_urls  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared import events  # noqa: E402
@@ -73,6 +74,16 @@ def running_stack() -> dict | None:
         state = {}
     return {"scale": state.get("scale", 1), "broker": state.get("broker", "single"),
             "amqp_uri": os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)}
+
+
+def broker_messages(uri: str) -> dict[str, int]:
+    """The broker's cumulative message counts (/api/overview of the first node's management API:
+    the whole cluster's). Its statistics lag by up to 5 s (the collection interval)."""
+    try:
+        stats = requests.get(f"{management_urls(uri)[0]}/api/overview", timeout=10).json().get("message_stats", {})
+    except (requests.RequestException, ValueError):
+        return {}
+    return {name: stats.get(name, 0) for name in ("publish", "deliver_get", "ack")}
 
 
 def busy_seconds(times) -> float:
@@ -159,6 +170,7 @@ class Run:
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             sources = list(pool.map(lambda data: stage_object(self.s3, self.staging, data)[0], payloads))
         load_before = machine_load()
+        messages_before = broker_messages(self.args.amqp_uri)
         elapsed, cpu, cores, peak, writes = self.measure(self.put_file, sources)
         lags = [w["verified"] - w["written"] for w in writes]
         # Where the lag goes: until the file document's S3 notification is on the bus as
@@ -173,6 +185,9 @@ class Run:
         base_elapsed, base_cpu, _, _, _ = self.measure(self.baseline_one, payloads)
         base_machine = base_cpu.pop("(machine busy)")
         load_after = machine_load()
+        # Read after the baseline, which does not use the broker: by then the statistics of the run
+        # have been collected.
+        messages_after = broker_messages(self.args.amqp_uri)
         span = max(w["verified"] for w in writes) - first
         return {
             "files": count, "kib": self.args.kib, "writers": self.args.writers, "run_prefix": self.run,
@@ -190,6 +205,8 @@ class Run:
                          "cpu_s_per_file": {name: seconds / count for name, seconds in sorted(base_cpu.items())
                                             if seconds > 0}},
             "ratio_vs_baseline": span / base_elapsed,
+            "broker_messages_per_file": {name: (messages_after[name] - messages_before.get(name, 0)) / count
+                                         for name in messages_after},
             "load_before": load_before, "load_after": load_after,
             "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
             "measured_s": elapsed,
@@ -200,6 +217,7 @@ def run_config(args, scale: int, mode: str, results: list) -> None:
     uri = args.cluster_uri if mode == "cluster" else args.single_uri
     os.environ["AMQP_URI"] = uri  # Settings and the token issuer of this process follow the stack's
     stack(["up", "--scale", str(scale), "--broker", mode], uri)
+    args = argparse.Namespace(**{**vars(args), "amqp_uri": uri})
     settings = Settings.from_config({})
     check_stack_health(args.gateway.rstrip("/"))
     gcs = open_blobstore("gcp", settings)
@@ -258,7 +276,7 @@ def main(argv=None):
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--single-uri", default="amqp://guest:guest@127.0.0.1:5691/",
                         help="AMQP_URI of the one-node broker (a private one is started there)")
-    parser.add_argument("--cluster-uri", default="amqp://guest:guest@127.0.0.1:5681/",
+    parser.add_argument("--cluster-uri", default="amqp://guest:guest@127.0.0.1:5741/",
                         help="AMQP_URI of the three-node cluster (its first node; the next two ports follow)")
     parser.add_argument("--keep-up", action="store_true",
                         help="leave the last configuration's stack running (unless one ran before)")
