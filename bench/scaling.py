@@ -213,6 +213,17 @@ class Run:
         }
 
 
+def idle_cores(seconds: float) -> dict[str, float]:
+    """The CPU each service uses with no work (cores, over ``seconds``): pollers, timers, heartbeats."""
+    if seconds <= 0:
+        return {}
+    processes = StackProcesses(RUN_DIR)
+    before = processes.cpu()
+    time.sleep(seconds)
+    after = processes.cpu()
+    return {name: round((after[name] - before.get(name, 0.0)) / seconds, 4) for name in after}
+
+
 def run_config(args, scale: int, mode: str, results: list) -> None:
     uri = args.cluster_uri if mode == "cluster" else args.single_uri
     os.environ["AMQP_URI"] = uri  # Settings and the token issuer of this process follow the stack's
@@ -228,6 +239,7 @@ def run_config(args, scale: int, mode: str, results: list) -> None:
     try:
         if args.warmup:  # first requests of fresh processes (imports, connections) are not the steady state
             Run(argparse.Namespace(**{**vars(args), "files": args.warmup}), settings, watch, token)()
+        idle = idle_cores(args.idle)
         for repeat in range(args.repeat):
             print(f"SCALE={scale} BROKER={mode} run {repeat + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
             try:
@@ -235,7 +247,12 @@ def run_config(args, scale: int, mode: str, results: list) -> None:
             except (RuntimeError, TimeoutError) as error:
                 print(f"  failed: {error}", file=sys.stderr, flush=True)
                 result = {"error": str(error), "load_before": machine_load()}
-            result.update(scale=scale, broker=mode, repeat=repeat + 1)
+            result.update(scale=scale, broker=mode, repeat=repeat + 1, idle_cores=idle)
+            if "error" not in result:
+                # Without what the processes burn when nothing happens (timers, heartbeats, pollers).
+                result["net_cpu_s_per_file"] = {
+                    name: max(0.0, value - idle.get(name, 0.0) * result["measured_s"] / result["files"])
+                    for name, value in result["cpu_s_per_file"].items()}
             results.append(result)
             if "error" not in result:
                 print(f"  {row(result)}", file=sys.stderr, flush=True)
@@ -272,6 +289,8 @@ def main(argv=None):
     parser.add_argument("--kib", type=int, default=4, help="size of each file")
     parser.add_argument("--writers", type=int, default=8, help="concurrent PUTs (and baseline threads)")
     parser.add_argument("--warmup", type=int, default=20, help="files written, unmeasured, after each `up`")
+    parser.add_argument("--idle", type=float, default=15,
+                        help="seconds the idle stack's CPU is measured after each `up` (0: not at all)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for a run's replication")
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--single-uri", default="amqp://guest:guest@127.0.0.1:5691/",
