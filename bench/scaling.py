@@ -299,7 +299,12 @@ def main(argv=None):
                         help="AMQP_URI of the three-node cluster (its first node; the next two ports follow)")
     parser.add_argument("--keep-up", action="store_true",
                         help="leave the last configuration's stack running (unless one ran before)")
+    parser.add_argument("--table", nargs="+", type=pathlib.Path, metavar="JSON",
+                        help="print the table of earlier runs (var/bench/scaling-*.json) and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print_table([run for path in args.table for run in json.loads(path.read_text())["runs"]])
+        return
     os.chdir(ROOT)  # relative settings (the token issuer's key) resolve against the repo root
     # A stack already running (`make bench` starts one) is stopped first and brought back at the
     # end as it was: this benchmark needs the stack of each configuration to itself.
@@ -334,10 +339,10 @@ def main(argv=None):
 
 def print_table(results: list[dict]) -> None:
     """The markdown table docs/scaling.md shows: one row per run."""
-    print("| SCALE | broker | run | files/s | PUT/s | lag p50 | lag p99 | baseline files/s | ratio | "
+    print("| SCALE | broker | run | files/s | PUT/s | lag p50 | lag p99 | p50 to the bus | baseline files/s | ratio | "
           "services CPU ms/file | moto | gcs | pubsub | broker | stack cores | machine cores | "
           "busiest process (cores) | load 1m |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['scale']} | {r['broker']} | {r['repeat']} | failed: {r['error'][:80]} |")
@@ -346,7 +351,7 @@ def print_table(results: list[dict]) -> None:
         busiest = max(((n, c) for n, c in r["instance_cores"].items() if n != "bench"), key=lambda item: item[1])
         print(f"| {r['scale']} | {r['broker']} | {r['repeat']} | {r['files_per_s']:.1f} | {r['put_per_s']:.1f} | "
               f"{r['lag']['p50_s'] * 1000:.0f} ms | {r['lag']['p99_s'] * 1000:.0f} ms | "
-              f"{r['baseline']['files_per_s']:.0f} | {r['ratio_vs_baseline']:.1f}x | "
+              f"{_ms(r.get('lag_to_object_changed'))} | {r['baseline']['files_per_s']:.0f} | {r['ratio_vs_baseline']:.1f}x | "
               f"{r['services_cpu_s_per_file'] * 1000:.1f} | {cpu.get('moto', 0) * 1000:.1f} | "
               f"{cpu.get('fake-gcs', cpu.get('gcs', 0)) * 1000:.1f} | "
               f"{cpu.get('pubsub', 0) * 1000:.1f} | {(cpu.get('rabbitmq', 0)) * 1000:.1f} | "
@@ -363,6 +368,15 @@ def print_table(results: list[dict]) -> None:
         rss = {n: max(r["peak_rss_mib"].get(n, 0) for r in runs) for n in names}
         print(f"  SCALE={scale} {mode}: " + ", ".join(f"{n} {mean[n]:.1f} ({rss[n]:.0f} MiB)"
                                                    for n in sorted(names, key=lambda n: -mean[n])))
+        if all("net_cpu_s_per_file" in r for r in runs):
+            net = {n: sum(r["net_cpu_s_per_file"].get(n, 0) for r in runs) / len(runs) * 1000 for n in names}
+            idle = runs[0]["idle_cores"]
+            print("    net of idle: " + ", ".join(f"{n} {net[n]:.1f} (idle {idle.get(n, 0):.3f} cores)"
+                                                for n in sorted(names, key=lambda n: -net[n])))
+        messages = [r["broker_messages_per_file"] for r in runs if r.get("broker_messages_per_file")]
+        if messages:
+            print("    broker messages per file: " + ", ".join(
+                f"{k} {sum(m.get(k, 0) for m in messages) / len(messages):.1f}" for k in messages[0]))
 
 
 if __name__ == "__main__":
