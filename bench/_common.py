@@ -114,3 +114,104 @@ class Rclone:
     def purge(self, path: str) -> None:
         """Remove a remote path (``gcslocal:bucket/prefix``) and everything under it."""
         self._run(["purge", path])
+
+
+# --- the processes of a running stack: CPU seconds and peak RSS per service ------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and of its children it has waited for, from
+    /proc/<pid>/stat (fields 14-17); 0.0 when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = text[text.rindex(")") + 2:].split()
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
+def service_of(instance: str) -> str:
+    """`files-3` -> `files`, `rabbitmq-cluster-2` -> `rabbitmq-cluster`: the name a pid file of
+    var/run has without its instance number."""
+    head, _, tail = instance.rpartition("-")
+    return head if head and tail.isdigit() else instance
+
+
+class StackProcesses:
+    """The processes `python -m devtools.stack up` recorded in ``run_dir`` (``<name>.pid``), each with
+    its descendants (rabbitmq-server's beam.smp, a shell's child), grouped by service; and this script.
+    ``cpu()`` is the CPU seconds each service used so far, summed over its instances; ``rss()`` its
+    resident memory now."""
+
+    def __init__(self, run_dir: pathlib.Path):
+        self.instances: dict[str, psutil.Process] = {}
+        for pid_file in sorted(run_dir.glob("*.pid")):
+            try:
+                self.instances[pid_file.stem] = psutil.Process(int(pid_file.read_text().split()[0]))
+            except (OSError, ValueError, IndexError, psutil.Error):
+                pass
+        self.instances["bench"] = psutil.Process()
+
+    def _tree(self, process: psutil.Process) -> list[psutil.Process]:
+        try:
+            return [process, *process.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def instance_cpu(self) -> dict[str, float]:
+        return {name: sum(proc_cpu_seconds(p.pid) for p in self._tree(process))
+                for name, process in self.instances.items()}
+
+    def cpu(self) -> dict[str, float]:
+        return _by_service(self.instance_cpu())
+
+    def rss(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for name, process in self.instances.items():
+            for member in self._tree(process):
+                try:
+                    sizes[name] = sizes.get(name, 0) + member.memory_info().rss
+                except psutil.Error:  # ended between listing and reading
+                    pass
+        return _by_service(sizes)
+
+
+def _by_service(per_instance: dict) -> dict:
+    total: dict = {}
+    for name, value in per_instance.items():
+        total[service_of(name)] = total.get(service_of(name), 0) + value
+    return total
+
+
+class StackPeakRSS:
+    """Samples ``StackProcesses.rss()`` in a thread; ``peak`` is each service's highest total (bytes)."""
+
+    def __init__(self, processes: StackProcesses, interval: float = 0.25):
+        self.processes, self.interval = processes, interval
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stack-rss", daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for name, size in self.processes.rss().items():
+                self.peak[name] = max(self.peak.get(name, 0), size)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def machine_load() -> dict:
+    """The load average (as `uptime` shows it) and the CPU count: how busy the machine was."""
+    one, five, fifteen = os.getloadavg()
+    return {"load_1m": one, "load_5m": five, "load_15m": fifteen, "cpus": os.cpu_count()}

@@ -51,7 +51,6 @@ from services.files.metadata import file_metadata_doc  # noqa: E402
 from bench._common import RCLONE_INSTALL, PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
 from devtools.fakes import stage_large_object, stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
-from services.files.dependencies import file_metadata_doc  # noqa: E402
 from shared import events  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared.config import Settings  # noqa: E402
