@@ -40,11 +40,11 @@ def record_settled_successes(monkeypatch) -> list[tuple[str, object]]:
     from shared.retry import RetryingEventHandler
 
     settled = []
-    settle = RetryingEventHandler._settle
+    processed = RetryingEventHandler.handle_message_processed
 
-    def recording(handler, message, exc_info):
-        settle(handler, message, exc_info)
+    def recording(handler, message, result=None, exc_info=None):
+        processed(handler, message, result, exc_info)
         if exc_info is None:
             settled.append((handler.queue.name, message.payload))
-    monkeypatch.setattr(RetryingEventHandler, "_settle", recording)
+    monkeypatch.setattr(RetryingEventHandler, "handle_message_processed", recording)
     return settled
