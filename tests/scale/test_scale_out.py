@@ -48,9 +48,9 @@ def _count(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-SMALL_FILES = _count("FAULT_SMALL_FILES", 150)
+SMALL_FILES = _count("FAULT_SMALL_FILES", 100)
 LARGE_FILES = _count("FAULT_LARGE_FILES", 4)
-BUNDLES = _count("FAULT_BUNDLES", 30)
+BUNDLES = _count("FAULT_BUNDLES", 20)
 SCALE = _count("FAULT_SCALE", 3)
 # Large files are this size, above the threshold the test sets: they take the background path.
 ASYNC_THRESHOLD = 64 * 1024
@@ -255,6 +255,18 @@ def journal(api: str, replica: str, since: str) -> list[tuple[str, str]]:
         answer = requests.get(answer.links["next"]["url"], timeout=60)
 
 
+def log_lines(text: str) -> str:
+    """The lines of every service instance's log that mention ``text``, by instance (for a report)."""
+    found = []
+    for name in (n for s in SERVICES for n in instance_names(s, SCALE)):
+        try:
+            lines = processes.log_file(name).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            continue
+        found += [f"\n  {name}: {line}" for line in lines if text in line]
+    return f"\n{text} in the logs:" + "".join(found)
+
+
 def differences(blobstores, bucket: str, deep: bool) -> list:
     """``dss-ops replicas verify [--deep]`` over the test's main bucket: the findings."""
     return list(replicas.compare_replicas(blobstores, {"aws": bucket, "gcp": bucket}, deep=deep))
@@ -362,7 +374,8 @@ def test_nothing_lost_nothing_twice_when_an_instance_of_every_service_and_a_brok
             repeated = {f: n for f, n in creates.items() if n > 1}
             if missing or repeated:
                 problems.append(f"the {replica} event journal (GET /events) has {len(missing)} of {len(work.bundles)} "
-                                f"bundle versions without a CREATE event and these with more than one: {repeated}")
+                                f"bundle versions without a CREATE event and these with more than one: {repeated}"
+                                + "".join(log_lines(fqid) for fqid in repeated))
 
         # Nothing parked: no dead letters in any queue of the cluster.
         dead = {q: n for q, n in retry.dead_letter_queues(cluster.management()[(k + 1) % cluster.size], "/").items()
