@@ -275,6 +275,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_LOCAL_ISSUER_KEY", "var/auth/local-issuer.pem",
             "Private key of the local development issuer (`make up` creates it, `make token` signs with it)."),
     Setting("DSS_LOCAL_ISSUER", "https://dss.local/", "Issuer (`iss`) of the tokens `make token` mints."),
+    Setting("DSS_ACCESS_POLICY", "public",
+            "Which /v1 operations need a token: `public` (writes and the caller's own subscriptions, collections "
+            "and checkouts; every other read is anonymous), `private` (every operation but GET /v1/swagger.json, "
+            "DRS included), or a comma-separated list of operationIds of the description that need one besides "
+            "those (e.g. `search,getFile,headFile`). An unknown name stops the gateway at start-up."),
+    Setting("DSS_AUTH_READ_GROUPS", "",
+            "Groups whose members may use the operations that need a token but write nothing (comma-separated; "
+            "members of DSS_AUTH_ALLOWED_GROUPS may too); any other caller gets 403 `read_not_allowed`. "
+            "Empty: any valid token.", _as_list),
 )
 
 _BY_NAME = {s.name: s for s in SETTINGS}

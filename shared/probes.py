@@ -36,7 +36,7 @@ def watch(container, port: int) -> None:
         _watched.setdefault(port, []).append(container)
 
 
-def _consuming(consumer: QueueConsumer) -> str | None:
+def consumer_problem(consumer: QueueConsumer) -> str | None:
     """None when the queue consumer is connected and consuming, else why not."""
     if not consumer._consumers_ready.ready():
         return "connecting to the broker"
@@ -59,7 +59,7 @@ def not_ready(container) -> str | None:
         return "not started"
     for extension in container.subextensions:
         if isinstance(extension, QueueConsumer):
-            reason = _consuming(extension)
+            reason = consumer_problem(extension)
             if reason:
                 return reason
     return None

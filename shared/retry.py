@@ -23,11 +23,12 @@ from kombu import Connection, Queue
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.contextdata import ContextDataProvider
-from nameko.events import SERVICE_POOL, EventHandler
+from nameko.events import SERVICE_POOL
 from marshmallow import ValidationError
 from prometheus_client import Counter
 
 from shared.config import Settings
+from shared.entrypoints import EventHandler
 from shared.exceptions import InvalidParameter, Unprocessable
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,9 @@ def dead_letter_queue(queue_name: str) -> Queue:
 
 
 class RetryingEventHandler(EventHandler):
-    """``delays``: seconds before attempts 2, 3, ...; or ``delays_setting``: the name of a
+    """``shared.entrypoints``' event handler (service pool, reliable delivery) with retries.
+
+    ``delays``: seconds before attempts 2, 3, ...; or ``delays_setting``: the name of a
     ``shared.config.Settings`` attribute that gives them, read when the container starts (so that a
     deployment, or a test, changes a service's schedule without a code change)."""
 
@@ -91,18 +94,8 @@ class RetryingEventHandler(EventHandler):
         return context_data
 
     def handle_message_processed(self, message, result=None, exc_info=None):
-        # A worker that finishes just as the broker drops the connection (a broker restart), before
-        # the consumer thread has noticed, acks or requeues on a dead socket. nameko's QueueConsumer
-        # swallows only amqp's ConnectionError there, not the socket's own (ConnectionResetError,
-        # BrokenPipeError), and an error raised here kills the container: `nameko run` exits. The
-        # broker took the message back when the connection dropped and delivers it again.
-        try:
-            self._settle(message, exc_info)
-        except OSError as error:
-            logger.warning("could not settle a message of %s: its broker connection is gone (%s); "
-                           "the broker delivers it again", self.queue.name, error)
-
-    def _settle(self, message, exc_info) -> None:
+        # Settling on a connection the broker just dropped is logged, not fatal: the queue consumer
+        # of shared.entrypoints sees to it, and the broker delivers the message again.
         if exc_info is None:
             self.queue_consumer.ack_message(message)
             return

@@ -24,6 +24,7 @@ import yaml
 from shared.config import Settings
 
 from devtools.local_cloud import port_open
+from devtools.stack import processes
 from devtools.stack.processes import ROOT, RUN_DIR, Failed, log_file, owned_pid, spawn, tail
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def instance_names(service: str, scale: int) -> list[str]:
 def running_instances(service: str) -> dict[str, int]:
     """The instances of ``service`` that `up` started and that run, by name, with their pids."""
     found = {}
-    for pid_file in sorted(RUN_DIR.glob(f"{service}*.pid")):
+    for pid_file in sorted(processes.RUN_DIR.glob(f"{service}*.pid")):  # read at call time: tests move it
         name = pid_file.stem
         if name == service or re.fullmatch(rf"{re.escape(service)}-\d+", name):
             if (pid := owned_pid(name)) is not None:

@@ -10,10 +10,9 @@ line with the collections the replicator copies into it (retried on the broker; 
 import logging
 
 from marshmallow import EXCLUDE, ValidationError
-from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
+from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys
 from shared.metrics import Metrics

@@ -19,10 +19,10 @@ import importlib.metadata
 import logging
 
 from marshmallow import EXCLUDE, ValidationError
-from nameko.events import BROADCAST, EventDispatcher, event_handler
-from nameko.rpc import rpc
+from nameko.events import BROADCAST
 
 from shared import events
+from shared.entrypoints import EventDispatcher, event_handler, rpc
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
 from shared.metrics import Metrics

@@ -11,11 +11,10 @@ than being lost. One such copy runs per file version at a time (``claims.py``).
 import logging
 import uuid as uuid_module
 
-from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
 from shared.checksums import Checksums
+from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unprocessable
 from shared.identifiers import Keys
 from shared.metrics import Metrics, Progress

@@ -1,9 +1,11 @@
 """The API description (swagger.yml) as served at /v1/swagger.json.
 
-The document differs between deployments only in where clients reach the gateway and in the token
-settings, so each variant is built and serialised once per process (``swagger_json``) and served
-with an ETag: the description is answered about as fast as a static file, and a client holding it
-gets a 304. The interactive page at / that reads it is ``swagger_ui.py``.
+The document differs between deployments only in where clients reach the gateway, in the token
+settings and in the access policy (``access.py``: which operations declare ``security``, so that
+the dbio and hca clients send their token to exactly those), so each variant is built and
+serialised once per process (``swagger_json``) and served with an ETag: the description is
+answered about as fast as a static file, and a client holding it gets a 304. The interactive page
+at / that reads it is ``swagger_ui.py``.
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ SERVED_VARIANTS = 32
 
 
 @functools.lru_cache(maxsize=1)
-def _template() -> dict:
+def template() -> dict:
+    """swagger.yml as written: the `public` access policy's description (read-only: copy it to change it)."""
     with open(SWAGGER_PATH, encoding="utf-8") as handle:
         return yaml.safe_load(handle)
 
@@ -39,9 +42,10 @@ def base_url(settings, request) -> str:
     return request.host_url.rstrip("/")
 
 
-def swagger_document(settings, request) -> dict:
-    """The Swagger 2.0 document for this deployment, as seen by the client of ``request``."""
-    return _build(*_variant(settings, request))
+def swagger_document(settings, request, policy=None) -> dict:
+    """The Swagger 2.0 document for this deployment, as seen by the client of ``request``, under
+    the ``access.AccessPolicy`` ``policy`` (None: the description as written, the public one)."""
+    return _build(*_variant(settings, request, policy))
 
 
 class SerializedDocument(NamedTuple):
@@ -49,25 +53,30 @@ class SerializedDocument(NamedTuple):
     etag: str
 
 
-def swagger_json(settings, request) -> SerializedDocument:
+def swagger_json(settings, request, policy=None) -> SerializedDocument:
     """``swagger_document`` as JSON bytes with their ETag, built once per variant per process."""
-    return _serialized(*_variant(settings, request))
+    return _serialized(*_variant(settings, request, policy))
 
 
-def _variant(settings, request) -> tuple[str, str, str, str]:
-    """What the served document depends on: the base URL and the token settings."""
+def _variant(settings, request, policy) -> tuple[str, str, str, str, frozenset, bool]:
+    """What the served document depends on: the base URL, the token settings, the access policy."""
+    protected = frozenset() if policy is None else policy.protected
+    restricted_reads = policy is not None and bool(policy.read_groups)
     return (base_url(settings, request), _first(settings.auth_audience), settings.auth_email_claim,
-            settings.auth_group_claim)
+            settings.auth_group_claim, protected, restricted_reads)
 
 
 @functools.lru_cache(maxsize=SERVED_VARIANTS)
-def _serialized(base: str, audience: str, email_claim: str, group_claim: str) -> SerializedDocument:
-    body = json.dumps(_build(base, audience, email_claim, group_claim)).encode()
+def _serialized(base: str, audience: str, email_claim: str, group_claim: str, protected: frozenset,
+                restricted_reads: bool) -> SerializedDocument:
+    body = json.dumps(_build(base, audience, email_claim, group_claim, protected, restricted_reads)).encode()
     return SerializedDocument(body, hashlib.sha256(body).hexdigest()[:32])
 
 
-def _build(base: str, audience: str, email_claim: str, group_claim: str) -> dict:
-    doc = copy.deepcopy(_template())
+def _build(base: str, audience: str, email_claim: str, group_claim: str, protected: frozenset = frozenset(),
+           restricted_reads: bool = False) -> dict:
+    doc = copy.deepcopy(template())
+    _declare_security(doc, protected, restricted_reads)
     url = urlparse(base)
     doc["host"] = url.netloc
     doc["schemes"] = [url.scheme or "https"]
@@ -83,9 +92,37 @@ def _build(base: str, audience: str, email_claim: str, group_claim: str) -> dict
     return doc
 
 
+def _declare_security(doc: dict, protected: frozenset, restricted_reads: bool) -> None:
+    """``security`` on every operation of ``protected`` (besides those swagger.yml marks), and
+    the 401 and 403 answers each protected operation can then give, in the body its route
+    answers errors with (problem+json; DRS's own on the DRS routes; none for HEAD)."""
+    opened = False
+    for path, method, operation in operations(doc):
+        if operation["operationId"] in protected and not operation.get("security"):
+            operation["security"] = [{SECURITY_NAME: []}]
+            opened = True
+            statuses = ("401", "403") if restricted_reads else ("401",)
+        elif operation.get("security") and restricted_reads:
+            statuses = ("403",)
+        else:
+            continue
+        kind = "Drs" if path.startswith("/ga4gh/") else "Bodyless" if method == "head" else ""
+        for status in statuses:
+            operation["responses"].setdefault(status, {"$ref": f"#/responses/{AUTH_RESPONSES[kind, status]}"})
+    if opened:
+        doc["info"]["description"] += ("In this deployment reads need a token too: every operation that "
+                                       "declares `security`.\n")
+
+
+# (body kind, status) -> the response of swagger.yml's `responses` a protected operation gains
+AUTH_RESPONSES = {("", "401"): "Unauthorized", ("", "403"): "Forbidden",
+                  ("Drs", "401"): "DrsUnauthorized", ("Drs", "403"): "DrsForbidden",
+                  ("Bodyless", "401"): "BodylessUnauthorized", ("Bodyless", "403"): "BodylessForbidden"}
+
+
 def title() -> str:
     """The API's name and version, as the description's `info` gives them."""
-    info = _template()["info"]
+    info = template()["info"]
     return f"{info['title']} API {info['version']}"
 
 

@@ -1,8 +1,8 @@
 """The gateway service: the DSS v1 HTTP API, answered by the other services over RPC.
 
-Each entrypoint authenticates (where the API asks for a token), validates its query string and
-body, makes one RPC call and shapes the answer; errors of any kind become problem+json (see
-``errors.py``), or DRS error bodies on the GA4GH DRS routes.
+Each entrypoint authenticates (where the access policy asks for a token: ``access.py``),
+validates its query string and body, makes one RPC call and shapes the answer; errors of any kind
+become problem+json (see ``errors.py``), or DRS error bodies on the GA4GH DRS routes.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class GatewayService:
     @api("GET", "/v1/swagger.json")
     def swagger(self, request):
         query(request, schemas.NoQuery())
-        document = apidoc.swagger_json(self.settings, request)
+        document = apidoc.swagger_json(self.settings, request, self.auth.policy)
         return swagger_ui.static_response(request, document.body, JSON, document.etag)
 
     @api("GET", "/internal/application_secrets")
@@ -119,6 +119,7 @@ class GatewayService:
 
     @api("GET", "/v1/files/<uuid>")  # werkzeug routes HEAD to GET rules
     def get_file(self, request, uuid):
+        self.auth.reader(request, "headFile" if request.method == "HEAD" else "getFile")
         uuid = normalize_uuid(uuid)
         if request.method == "HEAD":
             params = query(request, schemas.HeadFileQuery())
@@ -140,6 +141,7 @@ class GatewayService:
     # --- bundles ---------------------------------------------------------------------------------
     @api("GET", "/v1/bundles/all")
     def list_bundles(self, request):
+        self.auth.reader(request, "listBundles")
         params = query(request, schemas.ListBundlesQuery())
         result = self.bundles.list_bundles(params["replica"], params["prefix"], params["per_page"],
                                            params.get("search_after"))
@@ -165,6 +167,7 @@ class GatewayService:
 
     @api("GET", "/v1/bundles/<bundle_id:uuid>")
     def get_bundle(self, request, uuid):
+        self.auth.reader(request, "getBundle")
         uuid = normalize_uuid(uuid)
         params = query(request, schemas.GetBundleQuery())
         if params["directurls"] and params["presignedurls"]:
@@ -257,6 +260,7 @@ class GatewayService:
     # --- search (the indexer) --------------------------------------------------------------------
     @api("POST", "/v1/search")
     def search(self, request):
+        self.auth.reader(request, "search")
         params = query(request, schemas.SearchQuery())
         body = json_body(request, schemas.SearchBody(), self.settings.max_request_bytes)
         replica = params["replica"]
@@ -303,6 +307,7 @@ class GatewayService:
     # --- the bundle event journal (the indexer) --------------------------------------------------
     @api("GET", "/v1/events")
     def events(self, request):
+        self.auth.reader(request, "listEvents")
         params = query(request, schemas.ListEventsQuery())
         result = self.indexer.list_events(params["replica"], params.get("from_date"), params.get("to_date"),
                                           params["per_page"], params.get("token"))
@@ -311,6 +316,7 @@ class GatewayService:
 
     @api("GET", "/v1/events/<uuid>")
     def event(self, request, uuid):
+        self.auth.reader(request, "getEvent")
         uuid = normalize_uuid(uuid)
         params = query(request, schemas.GetEventQuery())
         return json_response(self.indexer.get_event(params["replica"], uuid, params["version"]))
@@ -328,6 +334,7 @@ class GatewayService:
 
     @api("GET", "/v1/bundles/checkout/<checkout_job_id>")
     def checkout_status(self, request, checkout_job_id):
+        self.auth.reader(request, "getCheckoutJob")
         params = query(request, schemas.CheckoutJobQuery())
         return json_response(self.checkout.get_checkout_job(params["replica"], checkout_job_id))
 
@@ -335,12 +342,14 @@ class GatewayService:
     @drs_api("GET", "/ga4gh/drs/v1/service-info")
     @drs_api("GET", "/v1/ga4gh/drs/v1/service-info")
     def drs_service_info(self, request):
+        self.auth.reader(request, "getDrsServiceInfo")
         query(request, schemas.NoQuery())
         return json_response(self.checkout.drs_service_info(apidoc.base_url(self.settings, request)))
 
     @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>")
     @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>")
     def drs_object(self, request, object_id):
+        self.auth.reader(request, "getDrsObject")
         # `{uuid}` or `{uuid}.{version}`: the checkout service parses DRS ids.
         params = query(request, schemas.DrsObjectQuery())
         return json_response(self.checkout.drs_object(params["replica"], object_id, params.get("version"),
@@ -349,6 +358,7 @@ class GatewayService:
     @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
     @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
     def drs_access(self, request, object_id, access_id):
+        self.auth.reader(request, "getDrsAccessUrl")
         params = query(request, schemas.DrsAccessQuery())
         result = self.checkout.drs_access(params["replica"], object_id, access_id, params.get("version"))
         if result["status"] == "pending":

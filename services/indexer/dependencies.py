@@ -4,7 +4,8 @@
   (``documents.BundleSourceAPI``);
 - ``EventJournal``: the bundle event journal in each replica's main bucket (``journal.EventJournalAPI``);
 - ``SearchIndexes``: each replica's search index (``shared.search``), with the reindex jobs
-  (``indexes.IndexesAPI``).
+  (``indexes.IndexesAPI``), opened once this process leads the index directory
+  (``leadership.LeaderLock``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shared.storage import StorageProvider
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.indexes import IndexesAPI, IndexState
 from services.indexer.journal import EventJournalAPI, JournalClock
+from services.indexer.leadership import LeaderLock
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,13 @@ class EventJournal(StorageProvider):
 
 class SearchIndexes(DependencyProvider):
     """Opens both replicas' indexes when the container starts (the embedded engine's writer is
-    taken on the first write) and releases them when it stops."""
+    taken on the first write) and releases them when it stops. The container starts only once this
+    process leads the index directory: until then its setup waits, and nothing is consumed."""
 
     def setup(self):
         settings = Settings.from_config(self.container.config)
+        self.leader = LeaderLock(settings.index_dir)
+        self.leader.acquire()
         backends = {replica: open_index_backend(settings, replica) for replica in REPLICAS}
         self.state = IndexState(backends, offload=settings.index_backend == "embedded", spawn=self._spawn,
                                 search_slots=settings.search_concurrency,
@@ -57,10 +62,14 @@ class SearchIndexes(DependencyProvider):
         return self.container.spawn_managed_thread(function, identifier=name)
 
     def stop(self):
-        self.state.stop()
+        if hasattr(self, "state"):
+            self.state.stop()
+        self.leader.release()
 
     def kill(self):
-        self.state.kill()
+        if hasattr(self, "state"):  # else killed while standing by
+            self.state.kill()
+        self.leader.release()
 
     def get_dependency(self, worker_ctx):
         return IndexesAPI(self.state)

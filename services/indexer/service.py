@@ -24,11 +24,10 @@ index write and the dispatch is redone by the redelivery, and echoes of replicat
 import logging
 
 from marshmallow import EXCLUDE
-from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
 from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
+from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import bundle_not_found
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics

@@ -19,10 +19,9 @@ meanwhile is dropped. Delivery is at least once: a subscriber deduplicates by tr
 import logging
 
 from marshmallow import EXCLUDE, ValidationError
-from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
+from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import InvalidParameter
 from shared.metrics import Metrics
 from shared.retry import AttemptNumber, retrying_event_handler

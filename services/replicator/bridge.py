@@ -47,9 +47,6 @@ from botocore.config import Config
 from eventlet.semaphore import Semaphore
 from greenlet import GreenletExit
 from marshmallow import ValidationError
-from kombu import Connection
-from nameko.constants import AMQP_URI_CONFIG_KEY
-from nameko.events import EventHandler
 from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import Entrypoint
 from prometheus_client import Counter
@@ -274,31 +271,7 @@ class _NotificationEntrypoint(Entrypoint):
             logger.debug("closing %s failed", self, exc_info=True)
 
     # --- the polling thread -----------------------------------------------------------------
-    def _declare_handler_queues(self) -> None:
-        """Declare (idempotently) the queues of this container's event handlers before the first
-        fetch. On a fresh broker an event dispatched before its handler's queue exists is
-        unroutable and silently dropped; the queues are declared by the container's consumer, which
-        starts concurrently with this entrypoint, so the first notifications could beat it."""
-        queues = [entrypoint.queue for entrypoint in self.container.entrypoints
-                  if isinstance(entrypoint, EventHandler) and getattr(entrypoint, "queue", None) is not None]
-        if not queues:
-            return
-        failures = 0
-        while not self._stopping:
-            try:
-                with Connection(self.container.config[AMQP_URI_CONFIG_KEY], connect_timeout=10) as connection:
-                    channel = connection.default_channel
-                    for queue in queues:
-                        queue(channel).declare()
-                return
-            except Exception as error:  # the broker is not there yet: consumers will need it too
-                failures += 1
-                if failures == 1:
-                    logger.warning("%s: cannot declare the handler queues (%s); retrying with backoff", self, error)
-                eventlet.sleep(min(BACKOFF_MAX, BACKOFF_INITIAL * 2 ** (failures - 1)))
-
     def _poll(self):
-        self._declare_handler_queues()
         failures = 0
         while not self._stopping:
             self._fetching = True

@@ -11,10 +11,9 @@ at any point means the work is redone, never lost. Every success dispatches ``ob
 """
 import logging
 
-from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 
 from shared import events
+from shared.entrypoints import EventDispatcher, rpc
 from shared.metrics import Metrics
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments

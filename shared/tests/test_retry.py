@@ -89,21 +89,6 @@ def test_exhausted_and_permanent_failures_end_in_the_dead_letter_queue_and_can_b
     wait_until(lambda: len(attempts["permanent"]) == 2 and len(attempts["always"]) >= 4)
 
 
-def test_settling_on_a_dropped_connection_is_logged_not_fatal(caplog):
-    """An ack on a socket the broker has just dropped raises a plain OSError, which nameko would let
-    kill the container; the handler logs it and leaves the redelivery to the broker."""
-    from unittest import mock
-
-    handler = RetryingEventHandler("source", "thing_happened")
-    handler.queue = mock.Mock()
-    handler.queue.name = "evt-source-thing_happened--flaky.handle_thing_happened"
-    handler.queue_consumer = mock.Mock()
-    handler.queue_consumer.ack_message.side_effect = BrokenPipeError("socket closed")
-    with caplog.at_level("WARNING", logger="shared.retry"):
-        handler.handle_message_processed(mock.Mock(headers={}), result=None, exc_info=None)
-    assert "broker connection is gone" in caplog.text
-
-
 def test_the_attempt_number_comes_from_the_bare_header_only():
     """A retried upstream worker propagates its context (``nameko.x-dss-attempt``) into the events
     it dispatches; that is its attempt, not the attempt of the event it dispatched."""

@@ -74,12 +74,24 @@ def compat_replication(local_cloud_settings, compat_bucket, bucket_notifications
         provision.delete_pubsub_subscription(settings.pubsub_emulator_host, settings.gcp_project, subscription)
 
 
+# The access policies the clients are run against (DSS_ACCESS_POLICY, services/gateway/access.py):
+# in `private` every operation but the description needs a token, and reading one of the read
+# groups (or of the writers', which the clients' accounts are in).
+ACCESS_MODES = {"public": {}, "private": {"DSS_ACCESS_POLICY": "private", "DSS_AUTH_READ_GROUPS": "dbio,hca"}}
+
+
+@pytest.fixture(params=sorted(ACCESS_MODES))
+def access_mode(request):
+    return request.param
+
+
 @pytest.fixture
-def compat_stack(service_config, web_config, compat_bucket, compat_replication, runner_factory, tmp_path):
+def compat_stack(service_config, web_config, compat_bucket, compat_replication, runner_factory, tmp_path,
+                 access_mode):
     """The API over HTTPS with a main bucket and search index of this test's own (subscriptions
     and listings are per bucket) and the replicator, large files made to take the asynchronous
     paths: a copy above 1 MiB answers PUT /files 202, a GET /files of a blob above 512 KiB answers
-    301 + Retry-After."""
+    301 + Retry-After; under each access policy of ACCESS_MODES."""
     # runner_factory is asked for after compat_replication so that it is torn down first: the
     # replicator stops before its queue is deleted.
     bucket = compat_bucket
@@ -92,7 +104,7 @@ def compat_stack(service_config, web_config, compat_bucket, compat_replication, 
               "DSS_ADMIN_EMAILS": "dbio-compat@dss-local.iam.example.org,hca-compat@dss-local.iam.example.org",
               "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1", "DSS_NOTIFY_RETRY_DELAYS": "1,1,1",
               "DSS_ASYNC_COPY_THRESHOLD": MiB, "DSS_CHECKOUT_WARM_BYTES": 0,
-              "DSS_CHECKOUT_INLINE_BYTES": MiB // 2, "DSS_CHECKOUT_RETRY_AFTER": 1}
+              "DSS_CHECKOUT_INLINE_BYTES": MiB // 2, "DSS_CHECKOUT_RETRY_AFTER": 1, **ACCESS_MODES[access_mode]}
     start_api(config, web_config, runner_factory, ReplicatorService)
     return CompatStack(url=f"https://{web_config['WEB_SERVER_ADDRESS']}", ca_file=certificate.ca_file,
                        settings=Settings.from_config(config, environ={}), service_accounts=config["DSS_AUTH_ISSUERS"])

@@ -211,3 +211,16 @@ def test_an_untrusted_service_account_is_refused(cli, tmp_path):
     assert result.returncode != 0 and "401" in result.stderr, result.stderr
     secret = json.loads(stranger.read_text())["private_key"]
     assert secret not in result.stderr + result.stdout
+
+
+def test_reads_follow_the_access_policy(compat_stack, access_mode):
+    """Without a token, a read is answered in the public mode and refused (401) in the private one,
+    where the description stays open: clients read it to learn where to send their token."""
+    anonymous = requests.get(f"{compat_stack.url}/v1/bundles/all", params={"replica": "aws"},
+                             verify=compat_stack.ca_file, timeout=30)
+    assert anonymous.status_code == (401 if access_mode == "private" else 200), anonymous.text
+    description = requests.get(f"{compat_stack.url}/v1/swagger.json", verify=compat_stack.ca_file, timeout=30)
+    assert description.status_code == 200
+    secured = {op["operationId"] for path in description.json()["paths"].values() for op in path.values()
+               if isinstance(op, dict) and op.get("security")}
+    assert ("getFile" in secured) == (access_mode == "private")

@@ -39,10 +39,15 @@ def webhooks():
     server.stop()
 
 
-@pytest.fixture
-def fuzzed_api(service_config, web_config, runner_factory, webhooks):
-    return start_api({**service_config, "DSS_MAX_REQUEST_BYTES": 64 * 1024, "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1"},
-                     web_config, runner_factory)
+# The description as each access policy serves it (services/gateway/access.py); in `private`
+# every operation declares `security`, so the `ignored_auth` check asks each for its 401.
+ACCESS_MODES = {"public": {}, "private": {"DSS_ACCESS_POLICY": "private", "DSS_AUTH_READ_GROUPS": "readers"}}
+
+
+@pytest.fixture(params=sorted(ACCESS_MODES))
+def fuzzed_api(service_config, web_config, runner_factory, webhooks, request):
+    return start_api({**service_config, "DSS_MAX_REQUEST_BYTES": 64 * 1024, "DSS_NOTIFY_ALLOWED_HOSTS": "127.0.0.1",
+                      **ACCESS_MODES[request.param]}, web_config, runner_factory)
 
 
 def config_file(tmp_path, token: str, callback_url: str) -> pathlib.Path:

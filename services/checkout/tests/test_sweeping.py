@@ -96,3 +96,28 @@ def test_sweep_arguments_are_checked(world):
         world.service.sweep("aws", limit=0)
     with pytest.raises(InvalidParameter):
         world.service.sweep("nowhere")
+
+
+def test_two_instances_sweeping_the_same_batch_at_once_delete_each_expired_copy_once(world):
+    """Every checkout instance runs the sweeper timer: two of them walking the same keys at the same
+    time must neither fail nor delete what is fresh (deletes are idempotent, each stat taken anew;
+    the store's own idempotent delete is tests/conformance/test_blobstore.py's)."""
+    import eventlet
+
+    from services.checkout.file_reads.reads import CheckoutState
+    from services.checkout.sweeping import Sweeper
+
+    docs = [world.add_file(f"swept {i}".encode()) for i in range(6)]
+    for doc in docs:
+        world.service.get_file("aws", doc["uuid"])
+    world.clock.advance_days(15)
+    fresh = world.add_file(b"fresh")
+    world.new_worker().get_file("aws", fresh["uuid"])
+    instances = [Sweeper(world.replicas, world.settings, CheckoutState(world.settings.checkout_cache_seconds,
+                                                                       clock=world.clock)) for _ in range(2)]
+    runs = [eventlet.spawn(instance.sweep_next_batch, "aws") for instance in instances]
+    results = [run.wait() for run in runs]
+    assert all(result["examined"] >= 1 for result in results)
+    assert sum(result["deleted"] for result in results) >= len(docs)
+    assert len([key for key in world.checkout() if key.startswith("blobs/")]) == 1
+    assert copy_of(world, fresh) is not None and not any(copy_of(world, doc) for doc in docs)

@@ -16,6 +16,7 @@ from werkzeug.wrappers import Request
 
 import services.bundles.rules as bundle_rules
 from services.gateway import apidoc
+from services.gateway.access import AccessPolicy
 from shared.config import Settings
 from shared.exceptions import InvalidParameter
 from shared.identifiers import is_email_address, is_version, normalize_uuid, split_fqid
@@ -27,11 +28,18 @@ DRS_ERROR = {"$ref": "#/definitions/DrsError"}
 LOCAL_OPERATIONS = {"getSwagger"}
 
 
-@pytest.fixture(scope="module")
-def doc():
-    settings = Settings.from_config({"DSS_AUTH_AUDIENCE": "https://dss.test/"}, environ={})
-    request = Request(EnvironBuilder(base_url="http://dss.test:8080/").get_environ())
-    return apidoc.swagger_document(settings, request)
+# The description as each access policy serves it (access.py): every rule below holds in each.
+POLICIES = {"public": {}, "private": {"DSS_ACCESS_POLICY": "private"},
+            "private-read-groups": {"DSS_ACCESS_POLICY": "private", "DSS_AUTH_READ_GROUPS": "readers"},
+            "listed": {"DSS_ACCESS_POLICY": "search,headFile,getDrsObject"}}
+
+
+@pytest.fixture(scope="module", params=sorted(POLICIES))
+def doc(request):
+    settings = Settings.from_config({"DSS_AUTH_AUDIENCE": "https://dss.test/", **POLICIES[request.param]},
+                                    environ={})
+    http_request = Request(EnvironBuilder(base_url="http://dss.test:8080/").get_environ())
+    return apidoc.swagger_document(settings, http_request, AccessPolicy.from_settings(settings))
 
 
 def operations(doc):

@@ -10,13 +10,13 @@ import uuid
 import eventlet
 import google_crc32c
 import pytest
-from nameko.events import EventDispatcher, event_handler
 from prometheus_client import REGISTRY
 
 from devtools import local_cloud
 from ops import provision
 from shared import events
 from shared.config import Settings
+from shared.entrypoints import EventDispatcher, event_handler
 from services.replicator.bridge import (MalformedNotification, gcs_notifications, normalise_gcs_notification,
                                         normalise_s3_notification, s3_notifications)
 
@@ -449,16 +449,18 @@ def test_gcs_unreachable_subscription_is_retried_without_crashing(start_bridge, 
 
 
 class SelfBridge:
-    """A bridge whose own container consumes what it dispatches, as the replicator does."""
-    name = "bridge_self_test"
+    """A bridge whose own container consumes what it dispatches, as the replicator does: named as
+    the replicator and its handler, so that the dispatcher declares that handler's queue from
+    ``shared.events.HANDLERS``."""
+    name = "replicator"
     dispatch = EventDispatcher()
 
     @s3_notifications
     def on_s3_change(self, change):
         self.dispatch(events.OBJECT_CHANGED, change)
 
-    @event_handler("bridge_self_test", events.OBJECT_CHANGED)
-    def collect(self, payload):
+    @event_handler("replicator", events.OBJECT_CHANGED)
+    def handle_object_changed(self, payload):
         COLLECTED.append(payload)
 
 
@@ -466,7 +468,7 @@ def test_notifications_waiting_at_the_first_start_are_not_lost(container_factory
                                                                dss_settings, monkeypatch):
     """Each test has a fresh vhost, so the handler's queue does not exist yet: a notification already
     waiting in SQS is fetched at once, and its event must not be published before that queue is
-    declared (it would be unroutable, and dropped). The consumer is made slow to start, as on a
+    declared (it would be unroutable, and dropped): the dispatcher declares it with the event. The consumer is made slow to start, as on a
     loaded machine, so that the fetch wins the race."""
     from nameko.messaging import QueueConsumer
     original_start = QueueConsumer.start

@@ -1,0 +1,140 @@
+"""nameko's broker extensions as every service uses them instead of nameko's own: the entrypoints
+``rpc`` and ``event_handler`` and the ``RpcProxy``, made to survive a broker connection dropped
+under a worker, and the ``EventDispatcher``, which declares its events' handler queues before it
+publishes.
+
+A worker that finishes just as the broker drops the connection (a broker restart, a node lost, a
+network cut) settles its message on a socket that is gone before the consumer thread has noticed.
+nameko's ``QueueConsumer`` swallows only amqp's ``ConnectionError`` there, not the socket's own
+(``ConnectionResetError``, ``BrokenPipeError``), and an RPC reply that cannot be published raises
+kombu's ``OperationalError``; an error raised while settling ends the container, and ``nameko run``
+exits. Here both are logged instead: the broker took the unsettled message back when the connection
+dropped and delivers it again (handlers are idempotent), and a caller whose reply was lost times
+out and retries.
+
+One mechanism for every consumer of a container: ``QueueConsumer`` (nameko's, settling guarded) is
+the queue consumer of ``Rpc``, ``EventHandler`` (also the base of ``shared.retry``'s handler) and
+``RpcProxy``'s reply listener, so a container keeps one consumer connection.
+"""
+from __future__ import annotations
+
+import logging
+
+from amqp.exceptions import AMQPError
+from kombu.exceptions import KombuError
+from kombu import Queue
+from nameko import events, messaging, rpc as nameko_rpc
+from nameko.standalone.events import get_event_exchange
+
+from shared.events import HANDLERS
+
+logger = logging.getLogger(__name__)
+
+# What settling a message or publishing a reply raises when the broker connection is gone: the
+# socket's own errors (ConnectionResetError, BrokenPipeError, ...), amqp's protocol and connection
+# errors, and kombu's OperationalError once its publish retries are spent.
+DROPPED_CONNECTION_ERRORS = (OSError, AMQPError, KombuError)
+
+
+def _queue_name(message) -> str:
+    try:
+        return message.delivery_info.get("routing_key") or "?"
+    except Exception:  # a log line must not fail
+        return "?"
+
+
+class QueueConsumer(messaging.QueueConsumer):
+    """nameko's queue consumer, whose acks and requeues on a dropped connection are logged, not fatal."""
+
+    def ack_message(self, message):
+        try:
+            super().ack_message(message)
+        except DROPPED_CONNECTION_ERRORS as error:
+            logger.warning("could not acknowledge a message (%s): its broker connection is gone (%r); "
+                           "the broker delivers it again", _queue_name(message), error)
+
+    def requeue_message(self, message):
+        try:
+            super().requeue_message(message)
+        except DROPPED_CONNECTION_ERRORS as error:
+            logger.warning("could not requeue a message (%s): its broker connection is gone (%r); "
+                           "the broker delivers it again", _queue_name(message), error)
+
+
+class RpcConsumer(nameko_rpc.RpcConsumer):
+    """nameko's RPC consumer on ``QueueConsumer``, whose reply, when it cannot be published, is
+    logged and dropped: the request is still acknowledged (a retry of it is the caller's choice,
+    after its timeout, not a redelivery running it twice)."""
+
+    queue_consumer = QueueConsumer()
+
+    def handle_result(self, message, result, exc_info):
+        try:
+            return super().handle_result(message, result, exc_info)
+        except DROPPED_CONNECTION_ERRORS as error:
+            logger.warning("could not send the reply of an RPC (%s): the broker is unreachable (%r); "
+                           "its caller times out", _queue_name(message), error)
+            self.queue_consumer.ack_message(message)
+            return result, exc_info
+
+
+class Rpc(nameko_rpc.Rpc):
+    rpc_consumer = RpcConsumer()
+
+
+rpc = Rpc.decorator
+
+
+def handler_queue(source_service: str, event_type: str, handler: str, config: dict) -> Queue:
+    """The durable queue of the ``handler`` (``"service.method"``) of ``source_service``'s
+    ``event_type`` events shared by all the handler service's instances, bound to the source's
+    event exchange: nameko's service-pool queue with reliable delivery."""
+    return Queue(f"evt-{source_service}-{event_type}--{handler}", exchange=get_event_exchange(source_service, config),
+                 routing_key=event_type, durable=True, auto_delete=False, exclusive=False)
+
+
+class EventHandler(events.EventHandler):
+    queue_consumer = QueueConsumer()
+
+    def setup(self):
+        super().setup()
+        if self.handler_type is events.SERVICE_POOL and self.reliable_delivery:
+            # The very queue publishers declare (one definition of its name and arguments).
+            self.queue = handler_queue(self.source_service, self.event_type,
+                                       f"{self.container.service_name}.{self.method_name}", self.container.config)
+
+
+event_handler = EventHandler.decorator
+
+
+class ReplyListener(nameko_rpc.ReplyListener):
+    queue_consumer = QueueConsumer()
+
+
+class RpcProxy(nameko_rpc.RpcProxy):
+    """nameko's ``RpcProxy``, its replies consumed by ``QueueConsumer``."""
+
+    rpc_reply_listener = ReplyListener()
+
+
+class EventDispatcher(events.EventDispatcher):
+    """nameko's ``EventDispatcher``, declaring the handler queues (``shared.events.HANDLERS``) of
+    each event before publishing it."""
+
+    def setup(self):
+        super().setup()
+        service_name, config = self.container.service_name, self.container.config
+        self.handler_queues: dict[str, list[Queue]] = {}
+        for source, event_type, handler in HANDLERS:
+            if source == service_name:
+                self.handler_queues.setdefault(event_type, []).append(
+                    handler_queue(source, event_type, handler, config))
+
+    def get_dependency(self, worker_ctx):
+        extra_headers = self.get_message_headers(worker_ctx)
+
+        def dispatch(event_type, event_data):
+            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
+                                   extra_headers=extra_headers, declare=self.handler_queues.get(event_type, ()))
+
+        return dispatch
