@@ -269,7 +269,8 @@ def log_lines(text: str) -> str:
 
 def differences(blobstores, bucket: str, deep: bool) -> list:
     """``dss-ops replicas verify [--deep]`` over the test's main bucket: the findings."""
-    return list(replicas.compare_replicas(blobstores, {"aws": bucket, "gcp": bucket}, deep=deep))
+    # 8 workers: the session's blob stores keep 10 connections each (more only warn and reconnect).
+    return list(replicas.compare_replicas(blobstores, {"aws": bucket, "gcp": bucket}, deep=deep, workers=8))
 
 
 @pytest.mark.timeout(1800)
