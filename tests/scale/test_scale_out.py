@@ -35,7 +35,7 @@ from devtools.fakes import stage_object
 from devtools.local_cloud import free_port, port_open
 from devtools.receivers import Receiver
 from devtools.stack import processes
-from devtools.stack.services import METRICS_PORT_STEP, SERVICES, instance_names, start_services, wait_healthy
+from devtools.stack.services import METRICS_PORT_STEP, SERVICES, instance_names, start_services
 from devtools.waiting import wait_until
 from ops import replicas
 from shared import retry
@@ -62,6 +62,7 @@ WRITERS = 6
 # How long one write may keep failing (the gateway away, the broker electing leaders) before the test gives up.
 WRITE_PATIENCE_S = 120
 SETTLE_S = _count("FAULT_SETTLE_S", 300)
+HEALTH_S = 300
 RETRY_DELAYS = "1,2,4,8,16,30"
 KEY_ID, SECRET = "scale-key", "scale-secret"
 # Who killed what: the test's kills, and the processes found dead besides (issue 13 item 3).
@@ -102,7 +103,19 @@ def store(cluster, tmp_path, monkeypatch, local_cloud_settings, local_issuer_set
 
     def start():
         states = start_services(uri, scale=SCALE)
-        wait_healthy(list(states), timeout=180)
+        started = [n for n, state in states.items() if state.startswith("started")]
+
+        def healthy():
+            dead = [n for n in started if processes.owned_pid(n) is None]
+            assert not dead, f"exited while starting: {dead}\n" + "\n".join(
+                f"--- {n} ---\n{processes.tail(processes.log_file(n), 60)}" for n in dead)
+            try:
+                return requests.get(f"http://{gateway}/internal/health", timeout=10).status_code == 200
+            except requests.RequestException:
+                return False
+        # Not services.wait_healthy: its report names logs relative to the checkout, and ours are elsewhere.
+        wait_until(healthy, HEALTH_S, "the gateway healthy", interval=1, on_timeout=lambda: "\n".join(
+            f"--- {n} ---\n{processes.tail(processes.log_file(n), 30)}" for n in started))
         cluster.guard_queues()  # each queue its delivery limit, as `make up` does
         return states
 
