@@ -29,6 +29,15 @@ class Failed(Exception):
     """`up` cannot continue; the message says why and what to do."""
 
 
+def shown(path: pathlib.Path) -> str:
+    """``path`` as a person reads it: relative to the repository when inside it (tests keep their
+    pid files and logs elsewhere)."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _pid_file(name: str) -> pathlib.Path:
     return RUN_DIR / f"{name}.pid"
 

@@ -215,4 +215,4 @@ def wait_healthy(names=SERVICES, timeout: float | None = None) -> None:
 
 
 def _log_tails(names) -> str:
-    return "\n".join(f"--- tail of {log_file(n).relative_to(ROOT)} ---\n{tail(log_file(n))}" for n in names)
+    return "\n".join(f"--- tail of {processes.shown(log_file(n))} ---\n{tail(log_file(n))}" for n in names)
