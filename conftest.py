@@ -18,6 +18,7 @@ import uuid  # noqa: E402
 import pytest  # noqa: E402
 
 from devtools import local_cloud  # noqa: E402
+from devtools.smtp import SmtpServer  # noqa: E402
 from ops import provision  # noqa: E402
 from shared.config import Settings  # noqa: E402
 
@@ -218,6 +219,15 @@ def gcs_notification_settings(local_cloud_settings, pubsub_emulator_host):
                                            settings.gcs_notification_topic)
     yield {"DSS_GCS_NOTIFICATION_SUBSCRIPTION": subscription, "DSS_NOTIFICATION_RETRY_DELAY": 1}
     provision.delete_pubsub_subscription(pubsub_emulator_host, settings.gcp_project, subscription)
+
+
+@pytest.fixture
+def smtp_server(tmp_path):
+    """A real SMTP relay (aiosmtpd in a process of its own) for the test; ``.settings`` points
+    ``DSS_MAIL_*`` at it."""
+    server = SmtpServer(tmp_path / "smtp").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

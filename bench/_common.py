@@ -11,6 +11,8 @@ import uuid as uuid_module
 
 import psutil
 
+from shared.identifiers import Keys
+
 RCLONE_INSTALL = ("rclone is not installed: the rclone baselines and ratios are skipped. Install it with "
                   "`apt-get install -y rclone` (Debian/Ubuntu) or see https://rclone.org/install/, then run again.")
 
@@ -27,30 +29,37 @@ def check_stack_health(gateway: str) -> None:
                          f"{answer.text[:500]}")
 
 
+def put_file_via_gateway(session, gateway: str, uuid: str, version: str, source_url: str) -> dict:
+    """PUT /files through the gateway, timed: the file's key and when the request started and was
+    answered (monotonic seconds); anything but 201 raises."""
+    started = time.monotonic()
+    response = session.put(f"{gateway}/v1/files/{uuid}", params={"version": version},
+                           json={"source_url": source_url, "creator_uid": 1}, timeout=120)
+    written = time.monotonic()
+    if response.status_code != 201:
+        raise RuntimeError(f"PUT /files answered {response.status_code}: {response.text[:500]}")
+    return {"key": Keys.file(uuid, version), "started": started, "written": written}
+
+
 def percentile(values, pct):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-class PeakRSS:
-    """Samples the RSS of a process and its children in a thread; ``peak`` in bytes."""
+class _Sampler:
+    """Calls ``sample()`` every ``interval`` seconds in a thread while the ``with`` block runs."""
 
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.process = psutil.Process(pid)
-        self.interval, self.peak, self.samples = interval, 0, 0
+    def __init__(self, interval: float, name: str):
+        self.interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rss", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def current(self) -> int:
-        return self.process.memory_info().rss + sum(c.memory_info().rss for c in self.process.children(True))
+    def sample(self) -> None:
+        raise NotImplementedError
 
     def _run(self):
         while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, self.current())
-                self.samples += 1
-            except psutil.Error:  # a child that ended between listing and reading
-                pass
+            self.sample()
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -60,6 +69,25 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class PeakRSS(_Sampler):
+    """Samples the RSS of a process and its children in a thread; ``peak`` in bytes."""
+
+    def __init__(self, pid: int, interval: float = 0.02):
+        super().__init__(interval, "rss")
+        self.process = psutil.Process(pid)
+        self.peak, self.samples = 0, 0
+
+    def current(self) -> int:
+        return self.process.memory_info().rss + sum(c.memory_info().rss for c in self.process.children(True))
+
+    def sample(self) -> None:
+        try:
+            self.peak = max(self.peak, self.current())
+            self.samples += 1
+        except psutil.Error:  # a child that ended between listing and reading
+            pass
 
 
 def open_rclone(args, settings, workdir: pathlib.Path) -> "Rclone | None":
@@ -187,28 +215,17 @@ def _by_service(per_instance: dict) -> dict:
     return total
 
 
-class StackPeakRSS:
+class StackPeakRSS(_Sampler):
     """Samples ``StackProcesses.rss()`` in a thread; ``peak`` is each service's highest total (bytes)."""
 
     def __init__(self, processes: StackProcesses, interval: float = 0.25):
-        self.processes, self.interval = processes, interval
+        super().__init__(interval, "stack-rss")
+        self.processes = processes
         self.peak: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stack-rss", daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            for name, size in self.processes.rss().items():
-                self.peak[name] = max(self.peak.get(name, 0), size)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        for name, size in self.processes.rss().items():
+            self.peak[name] = max(self.peak.get(name, 0), size)
 
 
 def machine_load() -> dict:

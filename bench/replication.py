@@ -48,7 +48,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from services.files.metadata import file_metadata_doc  # noqa: E402
-from bench._common import RCLONE_INSTALL, PeakRSS, check_stack_health, open_rclone, percentile  # noqa: E402
+from bench._common import (RCLONE_INSTALL, PeakRSS, check_stack_health, open_rclone, percentile,  # noqa: E402
+                           put_file_via_gateway)
 from devtools.fakes import stage_large_object, stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared import events  # noqa: E402
@@ -306,14 +307,7 @@ class Bench:
 
     def put_file(self, source_url: str) -> dict:
         """PUT /files through the gateway; returns the file's key, its blob key and when it was written."""
-        uuid, version = self.new_uuid(), new_version()
-        started = time.monotonic()
-        response = self.http().put(f"{self.gateway}/v1/files/{uuid}", params={"version": version},
-                                   json={"source_url": source_url, "creator_uid": 1})
-        written = time.monotonic()
-        if response.status_code != 201:
-            raise RuntimeError(f"PUT /files answered {response.status_code}: {response.text[:500]}")
-        return {"key": Keys.file(uuid, version), "started": started, "written": written}
+        return put_file_via_gateway(self.http(), self.gateway, self.new_uuid(), new_version(), source_url)
 
     def write_small(self, sources: list[str], writers: int) -> list[dict]:
         with concurrent.futures.ThreadPoolExecutor(writers) as pool:

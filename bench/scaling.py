@@ -46,7 +46,8 @@ import requests  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import StackPeakRSS, StackProcesses, check_stack_health, machine_load  # noqa: E402
+from bench._common import (StackPeakRSS, StackProcesses, check_stack_health, machine_load,  # noqa: E402
+                           put_file_via_gateway)
 from bench.replication import DEFAULT_AMQP_URI, BusWatch, distribution  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
 from ops.broker import management_urls  # noqa: E402
@@ -54,7 +55,7 @@ from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared import events  # noqa: E402
 from shared.config import Settings  # noqa: E402
-from shared.identifiers import Keys, new_version  # noqa: E402
+from shared.identifiers import new_version  # noqa: E402
 
 RUN_DIR = ROOT / "var" / "run"
 SCRATCH_BUCKET = "dss-bench-scaling"
@@ -124,14 +125,8 @@ class Run:
         return session
 
     def put_file(self, source_url: str) -> dict:
-        uuid, version = f"{self.run}{str(uuid_module.uuid4())[8:]}", new_version()
-        started = time.monotonic()
-        response = self.http().put(f"{self.gateway}/v1/files/{uuid}", params={"version": version},
-                                   json={"source_url": source_url, "creator_uid": 1})
-        written = time.monotonic()
-        if response.status_code != 201:
-            raise RuntimeError(f"PUT /files answered {response.status_code}: {response.text[:500]}")
-        return {"key": Keys.file(uuid, version), "started": started, "written": written}
+        uuid = f"{self.run}{str(uuid_module.uuid4())[8:]}"
+        return put_file_via_gateway(self.http(), self.gateway, uuid, new_version(), source_url)
 
     def baseline_one(self, data: bytes) -> None:
         """What ingest + replication of one file must do at least, without the store: PUT it to S3,

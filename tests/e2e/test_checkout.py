@@ -12,20 +12,12 @@ import pytest
 from devtools import http
 from services.checkout.tests.drs_spec import assert_valid
 from shared.identifiers import new_uuid, new_version
-from devtools.smtp import SmtpServer
 from devtools.waiting import wait_until
 from tests.e2e.conftest import start_api
 from tests.e2e.test_http_api import assert_problem, put_file
 
 INLINE_BYTES = 64 * 1024  # above it, a first read waits for a background copy
 ALLOWED = "e2e-checkout-"  # the operator allows bundle checkouts into buckets named so
-
-
-@pytest.fixture
-def smtp_server(tmp_path):
-    server = SmtpServer(tmp_path / "smtp").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

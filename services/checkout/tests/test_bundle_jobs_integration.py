@@ -19,7 +19,6 @@ from shared.exceptions import Forbidden, InvalidParameter, Unauthorized
 from shared.checksums import Checksums
 from shared.identifiers import Keys, new_uuid, new_version
 from devtools.fakes import stage_object
-from devtools.smtp import SmtpServer
 from devtools.waiting import wait_until
 
 from services.bundles.service import BundlesService
@@ -32,13 +31,6 @@ EMAIL = "researcher@example.org"
 USER = {"email": EMAIL, "groups": ["dbio"], "is_admin": False}  # notices go to the caller's own address
 SCRATCH = "checkout-dest-"  # the buckets the tests make, allowed as destinations
 RPC_ENTRYPOINTS = ("start_bundle_checkout", "get_checkout_job", "bundle_urls")
-
-
-@pytest.fixture
-def smtp_server(tmp_path):
-    server = SmtpServer(tmp_path / "smtp").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

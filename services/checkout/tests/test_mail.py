@@ -26,7 +26,7 @@ def certificate(tmp_path):
 
 
 @pytest.fixture
-def smtp_server(tmp_path, request):
+def start_smtp_server(tmp_path):
     servers = []
 
     def start(**options):
@@ -38,8 +38,8 @@ def smtp_server(tmp_path, request):
         server.stop()
 
 
-def test_a_plain_message_is_delivered(smtp_server):
-    server = smtp_server()
+def test_a_plain_message_is_delivered(start_smtp_server):
+    server = start_smtp_server()
     assert mailer(**server.settings).send("user@example.org", "Bundle checkout SUCCEEDED", "All copied.\n")
     [message] = server.messages()
     assert message["From"] == "dss@store.example" and message["To"] == "user@example.org"
@@ -48,9 +48,9 @@ def test_a_plain_message_is_delivered(smtp_server):
     assert message.get_content() == "All copied.\n"
 
 
-def test_starttls_with_a_login(smtp_server, certificate, caplog):
+def test_starttls_with_a_login(start_smtp_server, certificate, caplog):
     ca_bundle, server_certificate = certificate
-    server = smtp_server(tls="starttls", certificate=server_certificate, login=("dss", PASSWORD))
+    server = start_smtp_server(tls="starttls", certificate=server_certificate, login=("dss", PASSWORD))
     sender = mailer(**server.settings, DSS_SMTP_CA_BUNDLE=ca_bundle)
     with caplog.at_level(logging.DEBUG):
         assert sender.send("user@example.org", "over TLS", "secret-free body\n")
@@ -62,24 +62,24 @@ def test_starttls_with_a_login(smtp_server, certificate, caplog):
     assert not refused.value.permanent and "refused the login" in str(refused.value)
 
 
-def test_starttls_checks_the_certificate(smtp_server, certificate):
+def test_starttls_checks_the_certificate(start_smtp_server, certificate):
     _, server_certificate = certificate
-    server = smtp_server(tls="starttls", certificate=server_certificate)
+    server = start_smtp_server(tls="starttls", certificate=server_certificate)
     with pytest.raises(MailNotSent) as untrusted:  # the system CAs do not know the test's CA
         mailer(**server.settings).send("user@example.org", "x", "y")
     assert "SSL" in str(untrusted.value) and server.messages() == []
 
 
-def test_implicit_tls(smtp_server, certificate):
+def test_implicit_tls(start_smtp_server, certificate):
     ca_bundle, server_certificate = certificate
-    server = smtp_server(tls="ssl", certificate=server_certificate)
+    server = start_smtp_server(tls="ssl", certificate=server_certificate)
     assert mailer(**server.settings, DSS_SMTP_CA_BUNDLE=ca_bundle).send("user@example.org", "SMTPS", "body\n")
     assert [m["Subject"] for m in server.messages()] == ["SMTPS"]
 
 
-def test_a_relay_requiring_starttls_refuses_a_plain_session(smtp_server, certificate):
+def test_a_relay_requiring_starttls_refuses_a_plain_session(start_smtp_server, certificate):
     _, server_certificate = certificate
-    server = smtp_server(tls="starttls", certificate=server_certificate)
+    server = start_smtp_server(tls="starttls", certificate=server_certificate)
     with pytest.raises(MailNotSent) as refused:
         mailer(**{**server.settings, "DSS_SMTP_TLS": "none"}).send("user@example.org", "x", "y")
     assert refused.value.permanent and server.messages() == []
