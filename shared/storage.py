@@ -41,6 +41,10 @@ def split_versions(suffixes: Iterable[str]) -> tuple[list[str], set[str]]:
     return versions, dead
 
 
+def _json_bytes(doc: dict) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
 class ReplicaStorage:
     """One replica's main and checkout buckets."""
 
@@ -67,12 +71,18 @@ class ReplicaStorage:
 
     def write_json_once(self, key: str, doc: dict) -> dict | None:
         """Write ``doc`` unless the key exists. Returns None if written, else the document already there."""
-        data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        data = _json_bytes(doc)
         try:
             self.store.put_bytes(self.bucket, key, data, content_type=JSON, if_absent=True)
             return None
         except BlobAlreadyExists:
             return self.read_json(key)
+
+    def write_json(self, key: str, doc: dict) -> None:
+        """Write ``doc``, replacing what is there. Only for keys outside the write-once layout
+        (e.g. the indexer's ``announced/`` markers)."""
+        data = _json_bytes(doc)
+        self.store.put_bytes(self.bucket, key, data, content_type=JSON)
 
     def exists(self, key: str) -> bool:
         return self.store.exists(self.bucket, key)

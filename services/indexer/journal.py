@@ -5,10 +5,18 @@ replicated, so each replica's indexer keeps the journal of what it indexed.
 | key | content |
 |---|---|
 | ``events/{stamp}.{uuid}.{version}.{event_type}`` | ``{event_id, event_type, event_timestamp, bundle_fqid, document}`` |
-| ``announced/{uuid}.{version}.{event_type}`` | ``{event_id}``: that event was journaled and dispatched |
+| ``announced/{uuid}.{version}.{event_type}`` | ``{event_id, dispatched}``: the version's latest event of that type |
 
 An entry whose document lacks indexed files (``documents.py``: the document's cap, files too large
 or unparseable) says how many, by reason: ``files_left_out: {reason: count}``.
+
+An event is journaled once however often its announcement is redone. The ``announced/`` marker is
+written (``dispatched: false``) before the entry, and set to ``dispatched: true`` once the event is on
+the bus. A redo (a redelivery after a crash or a failed dispatch, possibly in another indexer
+process) that finds an undispatched marker whose entry exists dispatches that entry again instead of
+journaling a second one. A marker whose entry is missing was left by a writer that died before the
+entry was written: the event takes a new stamp, since pollers may already have passed the old one.
+A marker written before markers had ``dispatched`` counts as dispatched.
 
 ``stamp`` is the moment of journaling in the DSS version format (``2017-06-20T214506.766634Z``),
 which sorts lexicographically in time order. So a listing of ``events/`` is the journal in time
@@ -112,8 +120,18 @@ class EventJournalAPI:
 
     def append(self, replica: str, event_type: str, uuid: str, version: str, document: dict,
                files_left_out: dict[str, int] | None = None) -> dict:
-        """Journal one event; returns the entry (its ``event_timestamp`` is the stamp's ISO form).
+        """Journal one event, or return the entry an earlier attempt journaled and did not mark
+        dispatched (see above); its ``event_timestamp`` is the stamp's ISO form.
         ``files_left_out``: indexed files the document lacks, by reason (see ``documents.py``)."""
+        storage = self.replicas[replica]
+        marker_key = self._announced_key(uuid, version, event_type)
+        marker = storage.find_json(marker_key)
+        if marker is not None and not marker.get("dispatched", True):
+            earlier = storage.find_json(JOURNAL_PREFIX + marker["event_id"])
+            if earlier is not None:
+                logger.info("%s of %s in %s was journaled by an earlier attempt: announcing that entry",
+                            event_type, earlier["bundle_fqid"], replica)
+                return earlier
         with self.clock.stamp(replica) as (moment, stamp):
             event_id = f"{stamp}.{uuid}.{version}.{event_type}"
             entry = {"event_id": event_id, "event_type": event_type,
@@ -121,16 +139,20 @@ class EventJournalAPI:
                      "bundle_fqid": fqid(uuid, version), "document": document}
             if files_left_out:
                 entry["files_left_out"] = dict(files_left_out)
-            self.replicas[replica].write_json_once(JOURNAL_PREFIX + event_id, entry)
+            storage.write_json(marker_key, {"event_id": event_id, "dispatched": False})
+            storage.write_json_once(JOURNAL_PREFIX + event_id, entry)
         EVENTS_JOURNALED.labels(replica, event_type).inc()
         logger.info("journaled %s of %s in %s", event_type, entry["bundle_fqid"], replica)
         return entry
 
     def announced(self, replica: str, uuid: str, version: str, event_type: str) -> bool:
-        return self.replicas[replica].exists(self._announced_key(uuid, version, event_type))
+        """Whether the version's latest event of that type is journaled and on the bus."""
+        marker = self.replicas[replica].find_json(self._announced_key(uuid, version, event_type))
+        return marker is not None and marker.get("dispatched", True)
 
     def mark_announced(self, replica: str, uuid: str, version: str, event_type: str, event_id: str) -> None:
-        self.replicas[replica].write_json_once(self._announced_key(uuid, version, event_type), {"event_id": event_id})
+        self.replicas[replica].write_json(self._announced_key(uuid, version, event_type),
+                                          {"event_id": event_id, "dispatched": True})
 
     @staticmethod
     def _announced_key(uuid: str, version: str, event_type: str) -> str:

@@ -277,6 +277,41 @@ def test_a_failure_after_the_index_write_is_announced_by_the_next_attempt(world)
     assert world.created(uuid, version) == []
 
 
+def journaled(world, uuid, version, replica="aws") -> list[tuple[str, str]]:
+    return [(e["event_type"], e["event_timestamp"]) for e in world.service.list_events(replica)["event_streams"]
+            if e["bundle_fqid"] == f"{uuid}.{version}"]
+
+
+def test_an_announcement_redone_after_a_failed_dispatch_journals_the_event_once(world):
+    uuid, version, _ = world.bundle([world.entry("a.json", {"a": 1})])
+    world.service.dispatch.side_effect = ConnectionError("broker gone")
+    with pytest.raises(ConnectionError):
+        world.created(uuid, version)
+    [(kind, stamp)] = journaled(world, uuid, version)
+
+    world.service.dispatch.side_effect = None
+    redo = world.new_worker()  # as another indexer process taking over would
+    [payload] = redo.handle_bundle_created({"replica": "aws", "uuid": uuid, "version": version,
+                                            "key": Keys.bundle(uuid, version), "file_count": 1})
+
+    assert journaled(world, uuid, version) == [(CREATE, stamp)]
+    assert payload["event_timestamp"] == stamp  # the same event: receivers can tell the repeat
+    assert world.created(uuid, version) == []
+
+
+def test_a_writer_that_died_before_journaling_leaves_the_event_to_a_new_stamp(world):
+    """The marker says an event was being journaled, but its entry was never written: the redo
+    journals it afresh with a stamp of its own (a poller may have passed the dead writer's)."""
+    uuid, version, _ = world.bundle([world.entry("a.json", {"a": 1})])
+    world.replicas["aws"].write_json(f"announced/{uuid}.{version}.{CREATE}",
+                                     {"event_id": f"2020-01-01T000000.000000Z.{uuid}.{version}.{CREATE}",
+                                      "dispatched": False})
+    [payload] = world.created(uuid, version)
+    [(kind, stamp)] = journaled(world, uuid, version)
+    assert kind == CREATE and payload["event_timestamp"] == stamp and not stamp.startswith("2020")
+    assert world.created(uuid, version) == []
+
+
 def test_a_bundle_whose_manifest_or_file_is_not_readable_yet_is_retried(world):
     uuid, version = new_uuid(), new_version()
     with pytest.raises(Unavailable) as missing:
@@ -495,6 +530,7 @@ def test_a_version_written_back_after_its_deletion_is_indexed_and_announced_agai
     assert payload["event_type"] == CREATE and world.found(uuid) == [f"{uuid}.{version}"]
     [deleted] = world.purged(uuid, version)
     assert deleted["event_type"] == DELETE and world.found(uuid) == []
+    assert [kind for kind, _ in journaled(world, uuid, version)] == [CREATE, DELETE, CREATE, DELETE]
 
 
 # --- search ---------------------------------------------------------------------------------------------
