@@ -5,6 +5,8 @@ API: ``/api/nodes``, ``/api/queues``, ``/api/consumers``), so it works wherever 
 - instances per service: the distinct broker connections consuming from the service's queues
   (``rpc-<service>``, ``evt-<source>-<event>--<service>.<method>``, ``rpc.reply-<service>-<id>``:
   one connection per ``nameko run`` process), with the pid when the instance runs on this machine;
+  an instance that stands by (an indexer waiting for the leader lock) consumes only a queue of its
+  own, ``standby-<service>.<id>`` (``shared.entrypoints.standby_queue``), and is listed as standing by;
 - each service queue's depth, unacknowledged count, consumers and leader node;
 - dead letters per handler queue (``<queue>.dead``, as ``dss-ops dead-letters list``);
 - replication lag: the backlog (ready + unacknowledged) of the replicator's queues, and of the
@@ -28,12 +30,14 @@ from typing import TextIO
 
 import requests
 
+from shared.entrypoints import STANDBY_QUEUE_PREFIX
 from shared.retry import DEAD_SUFFIX
 
 RETRY_QUEUE = re.compile(r"\.retry-[0-9]+s$")
 REPLY_QUEUE = re.compile(r"^rpc\.reply-(?P<service>.+)-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}$")
 RPC_QUEUE = re.compile(r"^rpc-(?P<service>[^.]+)$")
 EVENT_QUEUE = re.compile(r"^evt-.+--(?P<service>[^.]+)\.")
+STANDBY_QUEUE = re.compile(rf"^{re.escape(STANDBY_QUEUE_PREFIX)}(?P<service>[^.]+)\.[0-9a-f]+$")
 REPLICATOR = "replicator"
 TIMEOUT_S = 10
 
@@ -44,7 +48,7 @@ class Unreachable(Exception):
 
 def owner(queue: str) -> str | None:
     """The service that consumes ``queue`` (None for a dead-letter or delay queue or a foreign one)."""
-    for pattern in (REPLY_QUEUE, RPC_QUEUE, EVENT_QUEUE):
+    for pattern in (REPLY_QUEUE, RPC_QUEUE, EVENT_QUEUE, STANDBY_QUEUE):
         if match := pattern.match(queue):
             return match.group("service")
     return None
@@ -137,7 +141,8 @@ def summarise(raw: dict, local_hosts=("127.0.0.1", "::1", "localhost")) -> dict:
         if "pid" not in instance:
             local = channel.get("peer_host") in local_hosts and channel.get("peer_port")
             instance["pid"] = local_pid(channel["peer_port"]) if local else None
-    services = {service: [{**instance, "queues": sorted(instance["queues"])}
+    services = {service: [{**instance, "queues": sorted(instance["queues"]),
+                           "standby": all(STANDBY_QUEUE.match(q) for q in instance["queues"])}
                           for _, instance in sorted(found.items())]
                 for service, found in sorted(connections.items())}
     replication = [q for q in queues if q["service"] == REPLICATOR and not q["name"].startswith("rpc")]
@@ -162,11 +167,13 @@ def render(status: dict, source: str, out: TextIO) -> None:
     out.write("services (instances = broker connections consuming):\n")
     for service, instances in status["services"].items():
         pids = ", ".join(sorted((str(i["pid"]) if i["pid"] else "?") for i in instances))
-        out.write(f"  {service:<12} {len(instances)} instance(s)  pids {pids}\n")
+        standing_by = sum(i["standby"] for i in instances)
+        roles = f" ({len(instances) - standing_by} active, {standing_by} standing by)" if standing_by else ""
+        out.write(f"  {service:<12} {len(instances)} instance(s){roles}  pids {pids}\n")
     out.write(f"queues:{'':<76} ready  unacked  consumers  leader\n")
     for queue in status["queues"]:
-        if REPLY_QUEUE.match(queue["name"]):
-            continue  # one per RPC client process; counted as instances above
+        if REPLY_QUEUE.match(queue["name"]) or STANDBY_QUEUE.match(queue["name"]):
+            continue  # one per process; counted as instances above
         out.write(f"  {queue['name'][:80]:<81} {queue['ready']:>5}  {queue['unacked']:>7}  "
                   f"{queue['consumers']:>9}  {queue['leader'] or '-'}\n")
     lag = status["replication"]

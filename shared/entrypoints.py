@@ -19,6 +19,7 @@ the queue consumer of ``Rpc``, ``EventHandler`` (also the base of ``shared.retry
 from __future__ import annotations
 
 import logging
+import uuid
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
@@ -91,6 +92,17 @@ def handler_queue(source_service: str, event_type: str, handler: str, config: di
     event exchange: nameko's service-pool queue with reliable delivery."""
     return Queue(f"evt-{source_service}-{event_type}--{handler}", exchange=get_event_exchange(source_service, config),
                  routing_key=event_type, durable=True, auto_delete=False, exclusive=False)
+
+
+STANDBY_QUEUE_PREFIX = "standby-"
+
+
+def standby_queue(service_name: str) -> Queue:
+    """A queue of its own for an instance that stands by, consuming nothing of its service (an
+    indexer waiting for the leader lock), so that operators see it (``dss-ops status``): exclusive to
+    its connection, gone with it, never holding a message."""
+    return Queue(f"{STANDBY_QUEUE_PREFIX}{service_name}.{uuid.uuid4().hex}", exclusive=True, auto_delete=True,
+                 durable=False)
 
 
 class EventHandler(events.EventHandler):

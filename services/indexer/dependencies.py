@@ -5,12 +5,13 @@
 - ``EventJournal``: the bundle event journal in each replica's main bucket (``journal.EventJournalAPI``);
 - ``SearchIndexes``: each replica's search index (``shared.search``), with the reindex jobs
   (``indexes.IndexesAPI``), opened once this process leads the index directory
-  (``leadership.LeaderLock``).
+  (``leadership.LeaderLock``; a standby meanwhile shows itself on the broker, ``leadership.StandbyPresence``).
 """
 from __future__ import annotations
 
 import logging
 
+from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from shared.config import Settings
@@ -21,7 +22,7 @@ from shared.storage import StorageProvider
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.indexes import IndexesAPI, IndexState
 from services.indexer.journal import EventJournalAPI, JournalClock
-from services.indexer.leadership import LeaderLock
+from services.indexer.leadership import LeaderLock, StandbyPresence
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ class SearchIndexes(DependencyProvider):
     def setup(self):
         settings = Settings.from_config(self.container.config)
         self.leader = LeaderLock(settings.index_dir)
-        self.leader.acquire()
+        presence = StandbyPresence(self.container.config[AMQP_URI_CONFIG_KEY], self.container.service_name)
+        try:
+            self.leader.acquire(while_waiting=presence.keep)  # the presence opens only if another leads
+        finally:
+            presence.close()
         backends = {replica: open_index_backend(settings, replica) for replica in REPLICAS}
         self.state = IndexState(backends, offload=settings.index_backend == "embedded", spawn=self._spawn,
                                 search_slots=settings.search_concurrency,

@@ -7,7 +7,9 @@ import time
 import eventlet
 from nameko.standalone.rpc import ServiceRpcProxy
 
-from devtools.waiting import queue_state
+from devtools.waiting import queue_state, wait_until
+from ops import status
+from ops.broker import vhost_of
 from services.indexer.leadership import LeaderLock
 from services.indexer.service import IndexerService
 
@@ -66,9 +68,10 @@ def test_two_indexer_containers_on_one_index_directory_one_consumes_at_a_time(co
         assert indexer.reindex_status("aws")["state"] == "idle"
 
 
-def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_config, local_cloud_settings, tmp_path):
+def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_config, local_cloud_settings, tmp_path,
+                                                                      request):
     """As `make up SCALE=2` runs them: two `nameko run` indexers on one DSS_INDEX_DIR; kill -9 the
-    one consuming, and the other consumes within seconds."""
+    one consuming, and the other consumes within seconds. dss-ops status sees both, the standby as such."""
     import os
 
     from devtools.processes import ServiceProcess
@@ -88,6 +91,15 @@ def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_con
             return 0
         return state[1] if state else 0
 
+    def instances(count):
+        """The indexer instances dss-ops status lists, leaders first, once there are ``count``."""
+        found = status.summarise(status.fetch([request.config.getoption("RABBIT_API_URI")],
+                                              vhost_of(amqp_uri))[1])["services"].get("indexer", [])
+        if len(found) != count:
+            return None
+        assert sum(i["standby"] for i in found) == count - 1
+        return sorted(found, key=lambda i: i["standby"])
+
     def wait(predicate, what, timeout=60):
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -99,11 +111,47 @@ def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_con
         wait(lambda: consumers() == 1, "the first indexer consuming")
         processes[1].start()
         wait(lambda: "standing by" in processes[1].log(), "the second indexer standing by")
-        time.sleep(1)
+        [leading, standing_by] = wait_until(lambda: instances(2), 30, "both indexers in dss-ops status")
+        assert (leading["pid"], standing_by["pid"]) == (processes[0].pid, processes[1].pid)
         assert consumers() == 1 and processes[1].alive
         processes[0].kill()
         wait(lambda: "took over" in processes[1].log() and consumers() == 1, "the standby taking over")
         assert processes[1].alive
+        [leading] = wait_until(lambda: instances(1), 30, "the new leader alone in dss-ops status")
+        assert leading["pid"] == processes[1].pid
     finally:
         for process in processes:
             process.stop()
+
+
+def test_a_standby_shows_itself_again_after_its_broker_connection_drops(rabbit_config, request):
+    from urllib.parse import quote
+
+    import requests
+
+    from services.indexer.leadership import StandbyPresence
+
+    management = request.config.getoption("RABBIT_API_URI").rstrip("/")
+    vhost = vhost_of(rabbit_config["AMQP_URI"])
+
+    def standby_connections():
+        consumers = requests.get(f"{management}/api/consumers/{quote(vhost, safe='')}", timeout=10).json()
+        return [c["channel_details"]["connection_name"] for c in consumers
+                if c["queue"]["name"].startswith("standby-indexer.")]
+
+    presence = StandbyPresence(rabbit_config["AMQP_URI"], "indexer")
+    try:
+        presence.keep()
+        [first] = wait_until(standby_connections, 20, "the standby's queue consumed")
+        dropped = requests.delete(f"{management}/api/connections/{quote(first, safe='')}", timeout=10)
+        assert dropped.status_code == 204
+        wait_until(lambda: first not in standby_connections(), 20, "the dropped connection gone")
+
+        def reopened():
+            presence.keep()  # the first call after the drop notices it, a later one reopens
+            return [c for c in standby_connections() if c != first]
+        [second] = wait_until(reopened, 20, "the standby's queue consumed again")
+        presence.close()
+        wait_until(lambda: not standby_connections(), 20, "the presence gone once closed")
+    finally:
+        presence.close()
