@@ -1,5 +1,6 @@
 """`dss-ops status [--json]`: the live system at a glance, as the broker sees it (its management
-API: ``/api/nodes``, ``/api/queues``, ``/api/consumers``), so it works wherever the services run.
+API: ``/api/nodes``, ``/api/queues``, ``/api/consumers``, the vhost's connections), so it works
+wherever the services run.
 
 - broker nodes, and which are up;
 - instances per service: the distinct broker connections consuming from the service's queues
@@ -72,14 +73,16 @@ def fetch(management_urls: list[str], vhost: str) -> tuple[str, dict]:
             return url, {"nodes": _get(url, "nodes?columns=name,running"),
                          "queues": _get(url, f"queues/{quoted}?columns=name,type,messages,messages_ready,"
                                              "messages_unacknowledged,consumers,leader,node,members,online"),
-                         "consumers": _get(url, f"consumers/{quoted}")}
+                         "consumers": _get(url, f"consumers/{quoted}"),
+                         "connections": _get(url, f"vhosts/{quoted}/connections?columns=name,port")}
         except (requests.RequestException, ValueError) as error:
             errors.append(f"{urllib.parse.urlsplit(url).netloc.rpartition('@')[2]}: {type(error).__name__}")
     raise Unreachable("no management API answered (" + "; ".join(errors) + ")")
 
 
-def local_pid(port: int) -> int | None:
-    """The pid of the process on this machine whose TCP socket has local ``port`` (Linux /proc;
+def local_pid(port: int, remote_port: int | None = None) -> int | None:
+    """The pid of the process on this machine whose TCP socket has local ``port`` (and, when given,
+    ``remote_port``: one ephemeral port may serve connections to several broker nodes) (Linux /proc;
     None elsewhere, or when the process is another user's)."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -88,7 +91,8 @@ def local_pid(port: int) -> int | None:
                 next(handle, None)
                 for line in handle:
                     fields = line.split()
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and (
+                            remote_port is None or int(fields[2].rsplit(":", 1)[1], 16) == remote_port):
                         inodes.add(fields[9])
         except (OSError, ValueError, IndexError):
             continue
@@ -128,6 +132,7 @@ def summarise(raw: dict, local_hosts=("127.0.0.1", "::1", "localhost")) -> dict:
                        "unacked": queue.get("messages_unacknowledged") or 0,
                        "consumers": consuming.get(name, 0),
                        "leader": queue.get("leader") or queue.get("node")})
+    broker_ports = {c["name"]: c.get("port") for c in raw.get("connections", [])}
     connections: dict[str, dict[str, dict]] = {}
     for consumer in raw["consumers"]:
         service = owner(consumer["queue"]["name"])
@@ -140,7 +145,7 @@ def summarise(raw: dict, local_hosts=("127.0.0.1", "::1", "localhost")) -> dict:
         instance["queues"].add(consumer["queue"]["name"])
         if "pid" not in instance:
             local = channel.get("peer_host") in local_hosts and channel.get("peer_port")
-            instance["pid"] = local_pid(channel["peer_port"]) if local else None
+            instance["pid"] = local_pid(channel["peer_port"], broker_ports.get(connection)) if local else None
     services = {service: [{**instance, "queues": sorted(instance["queues"]),
                            "standby": all(STANDBY_QUEUE.match(q) for q in instance["queues"])}
                           for _, instance in sorted(found.items())]
