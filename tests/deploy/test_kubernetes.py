@@ -158,7 +158,7 @@ def work_queues(service: str) -> set[str]:
 def test_every_worker_scales_on_its_own_queues_unacknowledged_messages_included(objects, service):
     scaled = one(objects, "ScaledObject", service)
     assert scaled["spec"]["scaleTargetRef"]["name"] == service
-    (trigger,) = scaled["spec"]["triggers"]
+    (trigger,) = [t for t in scaled["spec"]["triggers"] if t["type"] == "rabbitmq"]
     meta = trigger["metadata"]
     assert trigger["type"] == "rabbitmq" and meta["protocol"] == "http" and meta["mode"] == "QueueLength"
     assert meta["excludeUnacknowledged"] == "false" and meta["useRegex"] == "true" and meta["operation"] == "sum"
@@ -173,6 +173,36 @@ def test_every_worker_scales_on_its_own_queues_unacknowledged_messages_included(
     workers = int(re.search(r"max_workers: \$\{\w+:(\d+)\}", (ROOT / "services" / service / "config.yml").read_text()
                             ).group(1)) if "max_workers" in (ROOT / "services" / service / "config.yml").read_text() else 10
     assert int(meta["value"]) >= workers, "a target below one instance's prefetch would scale an idle-looking backlog"
+
+
+def test_against_the_clouds_the_replicator_also_scales_on_the_notification_backlogs(kubectl):
+    """Notifications wait in SQS and Pub/Sub before the replicator bridges them onto the bus: in the
+    aws-gcp overlay its ScaledObject counts them too, on the queue and subscription the services
+    read, authenticated by objects that exist; elsewhere the rabbitmq trigger is the only one."""
+    objects = rendered(kubectl, "overlays/aws-gcp")
+    config = one(objects, "ConfigMap", "dss-config")["data"]
+    scaled = one(objects, "ScaledObject", "replicator")
+    triggers = {t["type"]: t for t in scaled["spec"]["triggers"]}
+    assert sorted(triggers) == ["aws-sqs-queue", "gcp-pubsub", "rabbitmq"]
+    sqs, pubsub = triggers["aws-sqs-queue"]["metadata"], triggers["gcp-pubsub"]["metadata"]
+    assert sqs["queueURL"] == config["DSS_S3_NOTIFICATION_QUEUE"] and sqs["awsRegion"] == config["DSS_S3_REGION"]
+    assert pubsub["subscriptionName"] == (f"projects/{config['DSS_GCP_PROJECT']}/subscriptions/"
+                                          f"{config['DSS_GCS_NOTIFICATION_SUBSCRIPTION']}")
+    assert sqs["scaleOnInFlight"] == "true", "notifications being bridged are work too"
+    for trigger in triggers.values():
+        assert one(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    assert scaled["spec"]["maxReplicaCount"] >= 80 and one(objects, "ScaledObject", "files")["spec"]["maxReplicaCount"] >= 20
+    for target in ("base", "overlays/local"):
+        assert [t["type"] for t in one(rendered(kubectl, target), "ScaledObject", "replicator")["spec"]["triggers"]] \
+            == ["rabbitmq"]
+
+    schema = json.loads(schema_file(scaled).read_text())
+    for mutate in (lambda o: o["spec"]["triggers"][1]["metadata"].update(queueLenght="10"),
+                   lambda o: o["spec"]["triggers"][1]["metadata"].pop("awsRegion"),
+                   lambda o: o["spec"]["triggers"][2]["metadata"].update(mode="Backlog")):
+        broken = json.loads(json.dumps(scaled))
+        mutate(broken)
+        assert list(jsonschema.Draft202012Validator(schema).iter_errors(broken)), "a broken trigger passed"
 
 
 def test_the_broker_is_three_nodes_with_quorum_queues_and_scraped_per_object(objects):
