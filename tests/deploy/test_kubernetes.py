@@ -205,6 +205,14 @@ def test_against_the_clouds_the_replicator_also_scales_on_the_notification_backl
         assert list(jsonschema.Draft202012Validator(schema).iter_errors(broken)), "a broken trigger passed"
 
 
+def test_the_indexer_never_runs_twice(objects):
+    """The journal and the per-bundle order of index writes have one writer, and the leader lock
+    (services/indexer/leadership.py) is a file lock, which pods on different nodes do not share."""
+    assert one(objects, "ScaledObject", "indexer")["spec"]["maxReplicaCount"] == 1
+    strategy = one(objects, "Deployment", "indexer")["spec"]["strategy"]
+    assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxSurge"] == 0
+
+
 def test_the_broker_is_three_nodes_with_quorum_queues_and_scraped_per_object(objects):
     broker = one(objects, "RabbitmqCluster", "dss-broker")
     assert broker["spec"]["replicas"] == 3
