@@ -136,8 +136,9 @@ def test_a_standby_shows_itself_again_after_its_broker_connection_drops(rabbit_c
 
     def standby_connections():
         consumers = requests.get(f"{management}/api/consumers/{quote(vhost, safe='')}", timeout=10).json()
-        return [c["channel_details"]["connection_name"] for c in consumers
-                if c["queue"]["name"].startswith("standby-indexer.")]
+        # channel_details is [] for a consumer whose channel is going away
+        return [(c["channel_details"] or {}).get("connection_name") for c in consumers
+                if c["queue"]["name"].startswith("standby-indexer.") and c["channel_details"]]
 
     presence = StandbyPresence(rabbit_config["AMQP_URI"], "indexer")
     try:
