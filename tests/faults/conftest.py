@@ -136,17 +136,20 @@ def replicator(replicator_factory):
 # --- a batch of objects in the real storage layout -------------------------------------------------------
 
 class Batch:
-    """``files`` files written into the aws main bucket as the files and bundles services write
-    them (each blob under its content-address key before the ``files/`` document naming it), and
+    """``files`` files written into the ``source`` replica's main bucket (aws unless said) as the
+    files and bundles services write them (each blob under its content-address key before the ``files/`` document naming it), and
     one bundle naming them all, written last. The replicator learns of them only through the
     bucket's notifications. ``large`` of the blobs are 20 MiB, above the replicator's 16 MiB part
     size, so that a fault can hit a copy streamed in parallel parts (S3 multipart / GCS compose);
-    they are the files at 10%, 20%, ... of the batch, around where the tests inject their faults."""
+    they are the files at 10%, 20%, ... of the batch, around where the tests inject their faults.
+    The oracle looks for them in the other replica (``destination``)."""
 
-    def __init__(self, blobstores, settings, files: int = 500, large: int = 0, small_bytes: int = 2048):
+    def __init__(self, blobstores, settings, files: int = 500, large: int = 0, small_bytes: int = 2048,
+                 source: str = "aws"):
         self.stores = blobstores
         self.buckets = {name: settings.bucket(name) for name in ("aws", "gcp")}
-        self.aws = ReplicaStorage("aws", blobstores["aws"], settings)
+        self.source, self.destination = source, {"aws": "gcp", "gcp": "aws"}[source]
+        self.writer_storage = ReplicaStorage(source, blobstores[source], settings)
         self.files, self.small_bytes = files, small_bytes
         self.large = {files * (k + 1) // 10 for k in range(large)}
         self.blobs: dict[str, str] = {}  # blob key -> sha256 of the bytes written
@@ -167,13 +170,13 @@ class Batch:
         data = f"fault test file {index}\n".encode() + os.urandom(size)
         sums = checksum_bytes(data)
         blob_key = sums.blob_key()
-        self.stores["aws"].put_bytes(self.buckets["aws"], blob_key, data, if_absent=True)
+        self.stores[self.source].put_bytes(self.buckets[self.source], blob_key, data, if_absent=True)
         self.blobs[blob_key] = hashlib.sha256(data).hexdigest()
         uuid, version = new_uuid(), new_version()
         doc = FileMetadata().dump({"creator_uid": 1, "version": version, "content_type": "application/octet-stream",
                                    "size": len(data), **sums.as_api()})
         key = Keys.file(uuid, version)
-        assert self.aws.write_json_once(key, doc) is None
+        assert self.writer_storage.write_json_once(key, doc) is None
         self.documents[key] = doc
         return uuid, version, doc
 
@@ -187,7 +190,7 @@ class Batch:
              "sha1": doc["sha1"], "s3-etag": doc["s3-etag"], "crc32c": doc["crc32c"]}
             for i, (file_uuid, file_version, doc) in enumerate(files)]}
         key = Keys.bundle(uuid, version)
-        assert self.aws.write_json_once(key, manifest) is None
+        assert self.writer_storage.write_json_once(key, manifest) is None
         self.documents[key] = manifest
         self.written_at = time.monotonic()
 
@@ -202,15 +205,15 @@ class Batch:
 
     # --- arrival --------------------------------------------------------------------------------------
     def arrived(self) -> set[str]:
-        """Our keys the gcp main bucket lists (present, not yet judged)."""
-        gcp, bucket = self.stores["gcp"], self.buckets["gcp"]
+        """Our keys the destination's main bucket lists (present, not yet judged)."""
+        destination, bucket = self.stores[self.destination], self.buckets[self.destination]
         listed = set()
         for prefix in ("blobs/", "bundles/", "files/"):
-            listed.update(gcp.list_keys(bucket, prefix))
+            listed.update(destination.list_keys(bucket, prefix))
         return listed & self.keys
 
     def wait_arrived(self, minimum: int, timeout: float, replicator: Replicator | None = None) -> int:
-        """Wait until at least ``minimum`` of our keys are in gcp; returns how many are. ``timeout``
+        """Wait until at least ``minimum`` of our keys are in the destination; returns how many are. ``timeout``
         bounds a wait without progress: while keys keep arriving the wait goes on (a loaded machine
         is slow, not wrong), up to ``STALL_FACTOR`` times ``timeout`` in all."""
         progress = {"count": -1, "at": time.monotonic()}
@@ -224,16 +227,19 @@ class Batch:
             if count > progress["count"]:
                 progress.update(count=count, at=now)
             elif now - progress["at"] > timeout:
-                raise AssertionError(f"{minimum} of {self.total} objects arriving in gcp: {count} arrived, and "
+                raise AssertionError(f"{minimum} of {self.total} objects arriving in {self.destination}: {count} "
+                                     f"arrived, and "
                                      f"none for {timeout:g}s\n" + (replicator.process.tail() if replicator else ""))
             return 0
 
-        return wait_until(enough, STALL_FACTOR * timeout, f"{minimum} of {self.total} objects arriving in gcp",
+        return wait_until(enough, STALL_FACTOR * timeout,
+                          f"{minimum} of {self.total} objects arriving in {self.destination}",
                           interval=0.5, on_timeout=lambda: (f"{len(self.arrived())} arrived, slowly\n"
                                                             + (replicator.process.tail() if replicator else "")))
 
     def wait_all_arrived(self, timeout: float, replicator: Replicator | None = None) -> float:
-        """Wait until the batch is written and every key of it is in gcp; returns the seconds it took."""
+        """Wait until the batch is written and every key of it is in the destination; returns the
+        seconds it took."""
         started = time.monotonic()
         self.wait_written(timeout)
         self.wait_arrived(self.total, max(1.0, timeout - (time.monotonic() - started)), replicator)
@@ -241,21 +247,22 @@ class Batch:
 
     # --- the oracle -----------------------------------------------------------------------------------
     def assert_nothing_lost(self) -> None:
-        """Every key of the batch is in gcp with the bytes written to aws: by our own listing and
+        """Every key of the batch is in the destination with the bytes written: by our own listing and
         hashes, and by ``ops.replicas``'s comparison of the replicas (``dss-ops replicas
         verify --deep``)."""
-        gcp = self.stores["gcp"]
+        destination = self.stores[self.destination]
         assert len(self.keys) == self.total
         missing = self.keys - self.arrived()
-        assert not missing, f"{len(missing)} objects never arrived in gcp, e.g. {sorted(missing)[:5]}"
+        assert not missing, (f"{len(missing)} objects never arrived in {self.destination}, "
+                             f"e.g. {sorted(missing)[:5]}")
 
         def check(key):
-            data = gcp.get_bytes(self.buckets["gcp"], key)
+            data = destination.get_bytes(self.buckets[self.destination], key)
             if key in self.blobs:
                 if hashlib.sha256(data).hexdigest() != self.blobs[key]:
-                    return f"{key}: the gcp copy's sha256 is not that of the bytes written"
-            elif json.loads(data) != self.documents[key]:  # --deep below compares the bytes with aws's
-                return f"{key}: the gcp document differs from the one written"
+                    return f"{key}: the {self.destination} copy's sha256 is not that of the bytes written"
+            elif json.loads(data) != self.documents[key]:  # --deep below compares the bytes with the source's
+                return f"{key}: the {self.destination} document differs from the one written"
             return None
 
         problems = [problem for problem in eventlet.GreenPool(16).imap(check, sorted(self.keys)) if problem]
@@ -273,8 +280,8 @@ class Batch:
 
 @pytest.fixture
 def batch_factory(blobstores, dss_settings):
-    def make(files: int = 500, large: int = 0) -> Batch:
-        return Batch(blobstores, dss_settings, files=files, large=large)
+    def make(files: int = 500, large: int = 0, source: str = "aws") -> Batch:
+        return Batch(blobstores, dss_settings, files=files, large=large, source=source)
     return make
 
 
