@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 
 import boto3
@@ -415,6 +416,23 @@ def test_unreachable_endpoint_is_unavailable_quickly(replica, local_cloud_settin
         assert time.monotonic() - started < 10
 
 
+def assert_v4_signed(url: str, public_key) -> None:
+    """Check a GCS V4 signed URL (query-string authentication) as GCS does: the canonical request
+    rebuilt from the URL, its string to sign verified with the service account's public key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    parts = urllib.parse.urlsplit(url)
+    query, _, signature = parts.query.rpartition("&X-Goog-Signature=")  # the signature comes last
+    params = dict(urllib.parse.parse_qsl(query))
+    assert params["X-Goog-SignedHeaders"] == "host"
+    canonical_request = "\n".join(["GET", parts.path, query, f"host:{parts.netloc}", "", "host", "UNSIGNED-PAYLOAD"])
+    scope = params["X-Goog-Credential"].split("/", 1)[1]
+    string_to_sign = "\n".join(["GOOG4-RSA-SHA256", params["X-Goog-Date"], scope,
+                                hashlib.sha256(canonical_request.encode()).hexdigest()])
+    public_key.verify(bytes.fromhex(signature), string_to_sign.encode(), padding.PKCS1v15(), hashes.SHA256())
+
+
 def test_gcs_presigned_url_with_real_gcs_is_a_v4_signature():
     """Without an emulator endpoint the URL is signed with the credentials' key (offline)."""
     from cryptography.hazmat.primitives import serialization
@@ -430,10 +448,20 @@ def test_gcs_presigned_url_with_real_gcs_is_a_v4_signature():
         "private_key_id": "1", "token_uri": "https://oauth2.googleapis.com/token", "project_id": "project"})
     store = GCSBlobStore(storage.Client(project="project", credentials=credentials))
 
-    url = store.presigned_url(BUCKET, "blobs/a b", 600, content_disposition='attachment; filename="a"')
+    disposition = 'attachment; filename="a b.json"'
+    url = store.presigned_url(BUCKET, "blobs/a b", 600, content_disposition=disposition)
     assert url.startswith("https://storage.googleapis.com/dss-main/blobs/a%20b?")
-    assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=600" in url
-    assert "X-Goog-Signature=" in url and "response-content-disposition=attachment" in url
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert (query["X-Goog-Algorithm"], query["X-Goog-Expires"]) == ("GOOG4-RSA-SHA256", "600")
+    # GCS answers with the Content-Disposition the URL asks for, and the key's signature covers it:
+    # a reader cannot change it without invalidating the URL.
+    assert query["response-content-disposition"] == disposition
+    assert_v4_signed(url, key.public_key())
+    from cryptography.exceptions import InvalidSignature
+    asked = "response-content-disposition=" + urllib.parse.quote(disposition, safe="")
+    assert asked in url
+    with pytest.raises(InvalidSignature):  # the check is real: another disposition breaks it
+        assert_v4_signed(url.replace(asked, "response-content-disposition=inline"), key.public_key())
 
 
 def test_s3_presigned_url_with_real_aws_is_virtual_hosted():

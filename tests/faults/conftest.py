@@ -47,44 +47,59 @@ MiB = 1024 * 1024
 
 # --- the broker, as the test's vhost sees it ----------------------------------------------------------
 
-def dead_letters(amqp_uri: str) -> int:
-    """Messages in the replicator's dead-letter queue (which exists only once one was sent there)."""
-    state = queue_state(amqp_uri, DEAD_LETTER_QUEUE)
+def dead_letters(amqp_uri: str, queue: str = HANDLER_QUEUE) -> int:
+    """Messages in the dead-letter queue of handler queue ``queue`` (the replicator's unless said),
+    which exists only once one was sent there."""
+    state = queue_state(amqp_uri, queue + DEAD_SUFFIX)
     return state[0] if state else 0
 
 
-# --- the replicator process ---------------------------------------------------------------------------
+# --- service processes -----------------------------------------------------------------------------------
+
+def handler_queue(source: str, event: str, service: str, method: str) -> str:
+    """The durable queue of an event handler, as nameko names it."""
+    return f"evt-{source}-{event}--{service}.{method}"
+
 
 @dataclasses.dataclass
-class Replicator:
-    """The replicator as `make up` runs it: ``nameko run`` in a process of its own."""
+class Worker:
+    """A service as `make up` runs it: ``nameko run`` in a process of its own, up once it consumes
+    ``queue``."""
     process: ServiceProcess
     amqp_uri: str
+    queue: str = HANDLER_QUEUE
 
-    def start(self, timeout: float = 60.0) -> "Replicator":
-        """Start it and wait until it consumes its queue (its bridges poll from then on too)."""
+    @property
+    def name(self) -> str:
+        return self.process.service
+
+    def start(self, timeout: float = 60.0) -> "Worker":
+        """Start it and wait until it consumes its queue (the replicator's bridges poll from then on too)."""
         self.process.start()
 
         def consuming():
             if not self.process.alive:
-                raise AssertionError(f"the replicator exited ({self.process.returncode}) while starting:\n"
+                raise AssertionError(f"the {self.name} exited ({self.process.returncode}) while starting:\n"
                                      f"{self.process.tail()}")
             try:
-                state = queue_state(self.amqp_uri, HANDLER_QUEUE)
+                state = queue_state(self.amqp_uri, self.queue)
             except (OSError, OperationalError):  # the broker is away (a restart test's outage)
                 return False
             return state is not None and state[1] >= 1
 
-        wait_until(consuming, timeout, "the replicator consuming its queue", on_timeout=self.process.tail)
+        wait_until(consuming, timeout, f"the {self.name} consuming {self.queue}", on_timeout=self.process.tail)
         return self
 
     def assert_alive(self, during: str) -> None:
-        assert self.process.alive, (f"the replicator process died {during} (exit {self.process.returncode}):\n"
+        assert self.process.alive, (f"the {self.name} process died {during} (exit {self.process.returncode}):\n"
                                     f"{self.process.tail(120)}")
 
     def count(self, text: str) -> int:
         """How many lines of its log contain ``text`` (retries, reconnections: for the report)."""
         return sum(text in line for line in self.process.log().splitlines())
+
+
+Replicator = Worker
 
 
 @pytest.fixture
@@ -100,7 +115,7 @@ def replicator_env(rabbit_config, local_cloud_settings, s3_notification_settings
     env.update({name: str(value) for name, value in gcs_notification_settings.items()})
     env.update({
         "AMQP_URI": rabbit_config["AMQP_URI"],
-        "DSS_REPLICATOR_METRICS_PORT": "0",
+        **{f"DSS_{service.upper()}_METRICS_PORT": "0" for service in ("replicator", "files", "bundles", "indexer")},
         "DSS_REPLICATION_RETRY_DELAYS": RETRY_DELAYS,
         "DSS_LOG_LEVEL": "INFO",
     })
@@ -125,6 +140,27 @@ def replicator_factory(replicator_env, rabbit_config, tmp_path):
     finally:
         for replicator in started:
             replicator.process.stop()
+
+
+@pytest.fixture
+def service_factory(replicator_env, rabbit_config, tmp_path):
+    """``service_factory(service, queue, **env)`` -> that service as a ``nameko run`` process in the
+    replicator's environment (the test's vhost, the emulators) plus ``env``, started and consuming
+    ``queue``; every one is stopped after the test (before the test's vhost goes)."""
+    started = []
+
+    def start(service: str, queue: str, **env) -> Worker:
+        log = tmp_path / f"{service}-{len(started)}.log"
+        worker = Worker(ServiceProcess(service, {**replicator_env, **{k: str(v) for k, v in env.items()}}, log),
+                        rabbit_config["AMQP_URI"], queue)
+        started.append(worker)
+        return worker.start()
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.process.stop()
 
 
 @pytest.fixture
