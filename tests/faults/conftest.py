@@ -99,9 +99,6 @@ class Worker:
         return sum(text in line for line in self.process.log().splitlines())
 
 
-Replicator = Worker
-
-
 @pytest.fixture
 def replicator_env(rabbit_config, local_cloud_settings, s3_notification_settings, gcs_notification_settings):
     """The environment of the replicator process: the test's vhost, the emulators, the test's own
@@ -129,9 +126,9 @@ def replicator_factory(replicator_env, rabbit_config, tmp_path):
     test's vhost goes)."""
     started = []
 
-    def start(**env) -> Replicator:
+    def start(**env) -> Worker:
         log = tmp_path / f"replicator-{len(started)}.log"
-        replicator = Replicator(ServiceProcess("replicator", {**replicator_env, **env}, log), rabbit_config["AMQP_URI"])
+        replicator = Worker(ServiceProcess("replicator", {**replicator_env, **env}, log), rabbit_config["AMQP_URI"])
         started.append(replicator)
         return replicator.start()
 
@@ -248,7 +245,7 @@ class Batch:
             listed.update(destination.list_keys(bucket, prefix))
         return listed & self.keys
 
-    def wait_arrived(self, minimum: int, timeout: float, replicator: Replicator | None = None) -> int:
+    def wait_arrived(self, minimum: int, timeout: float, replicator: Worker | None = None) -> int:
         """Wait until at least ``minimum`` of our keys are in the destination; returns how many are. ``timeout``
         bounds a wait without progress: while keys keep arriving the wait goes on (a loaded machine
         is slow, not wrong), up to ``STALL_FACTOR`` times ``timeout`` in all."""
@@ -273,7 +270,7 @@ class Batch:
                           interval=0.5, on_timeout=lambda: (f"{len(self.arrived())} arrived, slowly\n"
                                                             + (replicator.process.tail() if replicator else "")))
 
-    def wait_all_arrived(self, timeout: float, replicator: Replicator | None = None) -> float:
+    def wait_all_arrived(self, timeout: float, replicator: Worker | None = None) -> float:
         """Wait until the batch is written and every key of it is in the destination; returns the
         seconds it took."""
         started = time.monotonic()
