@@ -101,8 +101,9 @@ class Worker:
 
 @pytest.fixture
 def replicator_env(rabbit_config, local_cloud_settings, s3_notification_settings, gcs_notification_settings):
-    """The environment of the replicator process: the test's vhost, the emulators, the test's own
-    notification queue and subscription, short retry delays, no metrics port."""
+    """The environment of the replicator process (and of the other service processes, which
+    ``service_factory`` starts): the test's vhost, the emulators, the test's own notification queue
+    and subscription, short retry delays, no metrics ports."""
     # Settings come from the environment in a `nameko run` process; a developer's own DSS_* (or a
     # shared METRICS_PORT) must not leak in and point it at a `make up` stack.
     env = {name: value for name, value in os.environ.items()
