@@ -12,6 +12,7 @@ lost: every key present in gcp with its bytes, judged by our own hashes and by
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ from devtools import local_cloud
 from devtools.processes import ServiceProcess
 from devtools.waiting import queue_state, wait_until
 from ops import replicas
+from shared import events
 from shared.checksums import checksum_bytes
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_SUFFIX
@@ -317,6 +319,35 @@ def batch_factory(blobstores, dss_settings):
     def make(files: int = 500, large: int = 0, source: str = "aws") -> Batch:
         return Batch(blobstores, dss_settings, files=files, large=large, source=source)
     return make
+
+
+# --- the indexer, as its clients see it --------------------------------------------------------------
+
+INDEXER_QUEUES = (handler_queue("bundles", events.BUNDLE_CREATED, "indexer", "handle_bundle_created"),
+                  handler_queue("replicator", events.OBJECT_REPLICATED, "indexer", "handle_object_replicated"))
+
+
+def search_fqids(client, replica: str, tag: str) -> list[str]:
+    """Every bundle fqid a search for ``tag`` returns in ``replica``, duplicates kept."""
+    query = {"query": {"term": {"files.sample_json.tag": tag}}}
+    found, cursor = [], None
+    while True:
+        page = client.search(replica, query, "summary", 500, cursor)
+        found += [hit["bundle_fqid"] for hit in page["results"]]
+        cursor = page["search_after"]
+        if cursor is None:
+            return found
+
+
+def journal_creates(client, replica: str, since: str) -> collections.Counter:
+    """CREATE events per bundle fqid in ``replica``'s journal (GET /events) from ``since`` on."""
+    creates, token = collections.Counter(), None
+    while True:
+        page = client.list_events(replica, since, None, 500, token)
+        creates.update(e["bundle_fqid"] for e in page["event_streams"] if e["event_type"] == "CREATE")
+        token = page["token"]
+        if token is None:
+            return creates
 
 
 # --- the system RabbitMQ ----------------------------------------------------------------------------------

@@ -26,12 +26,11 @@ from shared.identifiers import Keys, new_uuid, new_version
 from shared.schemas import FileMetadata
 from shared.storage import ReplicaStorage
 
-from tests.faults.conftest import RETRY_DELAYS, dead_letters, handler_queue
+from tests.faults.conftest import (INDEXER_QUEUES, RETRY_DELAYS, dead_letters, handler_queue, journal_creates,
+                                   search_fqids)
 
 MiB = 1024 * 1024
 FILES_QUEUE = handler_queue("files", events.FILE_UPLOAD_ACCEPTED, "files", "handle_file_upload_accepted")
-INDEXER_QUEUES = (handler_queue("bundles", events.BUNDLE_CREATED, "indexer", "handle_bundle_created"),
-                  handler_queue("replicator", events.OBJECT_REPLICATED, "indexer", "handle_object_replicated"))
 RPC_TIMEOUT = 60
 # Large enough that the copy takes seconds (checksummed while read, then copied server-side), so
 # that the kill falls in the middle of it on any machine; small enough for the emulators' pace.
@@ -137,29 +136,6 @@ def write_file(storage: ReplicaStorage, store, bucket: str, document: dict) -> t
                                "size": len(data), **sums.as_api()})
     assert storage.write_json_once(Keys.file(uuid, version), doc) is None
     return uuid, version
-
-
-def search_fqids(client, replica: str, tag: str) -> list[str]:
-    """Every bundle fqid a search for ``tag`` returns in ``replica``, duplicates kept."""
-    query = {"query": {"term": {"files.sample_json.tag": tag}}}
-    found, cursor = [], None
-    while True:
-        page = client.search(replica, query, "summary", 500, cursor)
-        found += [hit["bundle_fqid"] for hit in page["results"]]
-        cursor = page["search_after"]
-        if cursor is None:
-            return found
-
-
-def journal_creates(client, replica: str, since: str) -> collections.Counter:
-    """CREATE events per bundle fqid in ``replica``'s journal (GET /events) from ``since`` on."""
-    creates, token = collections.Counter(), None
-    while True:
-        page = client.list_events(replica, since, None, 500, token)
-        creates.update(e["bundle_fqid"] for e in page["event_streams"] if e["event_type"] == "CREATE")
-        token = page["token"]
-        if token is None:
-            return creates
 
 
 def indexer_lines(indexer, fqid: str) -> str:

@@ -32,8 +32,8 @@ from services.files.service import FilesService
 from shared import entrypoints, events
 from shared.identifiers import Keys, new_uuid, new_version
 
-from tests.faults.conftest import RETRY_DELAYS, dead_letters
-from tests.faults.test_crashes import INDEXER_QUEUES, journal_creates, search_fqids
+from tests.faults.conftest import INDEXER_QUEUES, RETRY_DELAYS, dead_letters, journal_creates, search_fqids
+
 
 # Longer than nameko's publisher retries (2 + 4 + 6 s), so that the dispatch fails rather than
 # waiting the outage out.
