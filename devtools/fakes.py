@@ -10,7 +10,8 @@ import json
 import os
 import uuid as uuid_module
 
-from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound, BlobStore, BlobStoreUnavailable
+from shared.blobstore import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
+                              BlobStoreError, BlobStoreUnavailable)
 from shared.checksums import Checksums, checksum_bytes
 
 
@@ -89,15 +90,30 @@ def store_bundle(store, bucket: str, contents: dict[str, bytes], content_type: s
 
 class MemoryBlobStore(BlobStore):
     """A replica's buckets in a dict, counting calls; ``unavailable`` makes every call fail as an
-    unreachable endpoint would."""
+    unreachable endpoint would.
+
+    Held to the blob-store conformance suite (tests/conformance/test_blobstore.py) like the real
+    stores, so that unit tests cannot pass on behaviour no real store has: every write of new
+    content makes a new revision (conditional reads and copies check it), metadata keys are
+    lower-cased, a stream of the wrong size or refused by ``before_commit`` writes nothing,
+    ``if_absent`` refuses an existing key, writes are stamped (``clock``, epoch seconds, else the
+    time). Revisions are those of the replica's cloud: on aws the S3 ETag (the MD5, or the multipart
+    ETag of an upload or copy in parts of ``part_size``), which the checkout service's copy
+    verification relies on; on gcp a generation per write, with the CRC32C GCS keeps. ``buckets`` maps bucket -> key -> (bytes, content type, metadata); tests may edit it
+    (a key removed there is gone; one added there gets a revision when first looked at)."""
 
     def __init__(self, replica: str, clock=None):
+        import itertools
+        import time
         self.replica = replica
         self.scheme = {"aws": "s3", "gcp": "gs"}[replica]
         self.buckets: dict[str, dict[str, tuple[bytes, str, dict]]] = {}
-        # With a clock (epoch seconds), writes through the API are stamped and `stat` reports it.
-        self.clock = clock
+        self.clock = clock or time.time
         self.modified: dict[tuple[str, str], float] = {}
+        # (bucket, key) -> (revision, the stored tuple it names): a tuple replaced behind the
+        # store's back (a test editing ``buckets``) is a new revision too.
+        self._revisions: dict[tuple[str, str], tuple[str, tuple]] = {}
+        self._generations = itertools.count(1)
         self.calls = collections.Counter()
         self.unavailable = False
 
@@ -116,12 +132,47 @@ class MemoryBlobStore(BlobStore):
         except KeyError:
             raise BlobNotFound(f"{bucket}/{key}") from None
 
-    def stat(self, bucket, key):
-        data, content_type, metadata = self._object(bucket, key, "stat")
+    def _store(self, bucket: str, key: str, data: bytes, content_type: str, metadata,
+               part_size: int | None = None) -> BlobInfo:
+        stored = (bytes(data), content_type, {name.lower(): value for name, value in (metadata or {}).items()})
+        self.buckets[bucket][key] = stored
+        self._revisions[(bucket, key)] = (self._new_revision(stored[0], part_size), stored)
+        self.modified[(bucket, key)] = self.clock()
+        return self._info(bucket, key, stored)
+
+    def _new_revision(self, data: bytes, part_size: int | None) -> str:
+        if self.replica == "gcp":
+            return str(next(self._generations))
+        if part_size is None or len(data) <= part_size:
+            return hashlib.md5(data).hexdigest()
+        part_size = max(part_size, -(-len(data) // 10_000))  # as S3BlobStore grows it for 10,000 parts
+        digests = [hashlib.md5(data[start:start + part_size]).digest() for start in range(0, len(data), part_size)]
+        return hashlib.md5(b"".join(digests)).hexdigest() + f"-{len(digests)}"
+
+    def _revision(self, bucket: str, key: str, stored: tuple) -> str:
+        known = self._revisions.get((bucket, key))
+        if known is None or known[1] is not stored:
+            known = self._revisions[(bucket, key)] = (self._new_revision(stored[0], None), stored)
+        return known[0]
+
+    def _info(self, bucket: str, key: str, stored: tuple) -> BlobInfo:
+        data, content_type, metadata = stored
         stamp = self.modified.get((bucket, key))
-        last_modified = None if stamp is None else datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
-        return BlobInfo(key, len(data), content_type, dict(metadata), hashlib.md5(data).hexdigest(), None,
+        last_modified = datetime.datetime.fromtimestamp(self.clock() if stamp is None else stamp,
+                                                        datetime.timezone.utc)
+        crc32c = None
+        if self.replica == "gcp":  # GCS keeps every object's CRC32C; S3 only when asked to
+            import google_crc32c
+            crc32c = google_crc32c.Checksum(data).digest().hex()
+        return BlobInfo(key, len(data), content_type, dict(metadata), self._revision(bucket, key, stored), crc32c,
                         last_modified)
+
+    def _check_revision(self, bucket: str, key: str, stored: tuple, revision: str | None) -> None:
+        if revision is not None and self._revision(bucket, key, stored) != revision:
+            raise BlobPreconditionFailed(f"{bucket}/{key} is no longer revision {revision}")
+
+    def stat(self, bucket, key):
+        return self._info(bucket, key, self._object(bucket, key, "stat"))
 
     def get_tags(self, bucket, key):
         self._object(bucket, key, "get_tags")
@@ -131,7 +182,9 @@ class MemoryBlobStore(BlobStore):
         return self._object(bucket, key, "get_bytes")[0]
 
     def iter_chunks(self, bucket, key, chunk_size, revision=None):
-        data = self._object(bucket, key, "iter_chunks")[0]
+        stored = self._object(bucket, key, "iter_chunks")
+        self._check_revision(bucket, key, stored, revision)
+        data = stored[0]  # the revision the read began with, whatever replaces it meanwhile
         return iter([data[start:start + chunk_size] for start in range(0, len(data), chunk_size)])
 
     def list_keys(self, bucket, prefix="", start_after=None):
@@ -143,30 +196,42 @@ class MemoryBlobStore(BlobStore):
         objects = self._objects(bucket, "put_bytes")
         if if_absent and key in objects:
             raise BlobAlreadyExists(f"{bucket}/{key}")
-        objects[key] = (bytes(data), content_type, dict(metadata or {}))
-        if self.clock is not None:
-            self.modified[(bucket, key)] = self.clock()
+        self._store(bucket, key, data, content_type, metadata)
 
     def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
-                   part_size=64 * 1024 * 1024):
-        self.put_bytes(bucket, key, b"".join(chunks), content_type, metadata)
+                   part_size=64 * 1024 * 1024, *, concurrency=1, before_commit=None):
+        self._objects(bucket, "put_stream")
+        data = bytearray()
+        for chunk in chunks:
+            data += chunk
+            if len(data) > size:
+                raise BlobStoreError(f"the stream of {bucket}/{key} has more than the {size} bytes announced")
+        if len(data) != size:
+            raise BlobStoreError(f"the stream of {bucket}/{key} ended after {len(data)} of {size} bytes")
+        if before_commit is not None:
+            before_commit()  # raising: nothing is written
+        self._store(bucket, key, data, content_type, metadata, part_size)
 
     def copy(self, src_bucket, src_key, dst_bucket, dst_key, *, if_source_revision=None, content_type=None,
              metadata=None, part_size=64 * 1024 * 1024, source_size=None):
-        data, source_type, source_metadata = self._object(src_bucket, src_key, "copy")
-        new_type, new_metadata = content_type or source_type, source_metadata if metadata is None else metadata
+        stored = self._object(src_bucket, src_key, "copy")
+        self._check_revision(src_bucket, src_key, stored, if_source_revision)
+        data, source_type, source_metadata = stored
         if dst_bucket not in self.buckets:
             raise BlobNotFound(dst_bucket)
-        self.buckets[dst_bucket][dst_key] = (data, new_type, dict(new_metadata))
-        if self.clock is not None:
-            self.modified[(dst_bucket, dst_key)] = self.clock()
-        return BlobInfo(dst_key, len(data), new_type, dict(new_metadata), hashlib.md5(data).hexdigest(), None, None)
+        return self._store(dst_bucket, dst_key, data, content_type or source_type,
+                           source_metadata if metadata is None else metadata, part_size)
 
     def delete(self, bucket, key):
         self._objects(bucket, "delete").pop(key, None)
+        self._revisions.pop((bucket, key), None)
+        self.modified.pop((bucket, key), None)
 
     def presigned_url(self, bucket, key, expires_in, content_disposition=None):
-        return f"memory://{bucket}/{key}?expires_in={expires_in}"
+        from urllib.parse import quote, urlencode
+        query = {"expires_in": expires_in, **({"response-content-disposition": content_disposition}
+                                              if content_disposition else {})}
+        return f"memory://{bucket}/{quote(key)}?{urlencode(query)}"
 
     def bucket_exists(self, bucket):
         try:

@@ -2,7 +2,7 @@
 
 Implementations: ``S3BlobStore`` (boto3; S3 or an S3 emulator) and ``GCSBlobStore``
 (google-cloud-storage; GCS or fake-gcs-server). Both are checked by the conformance suite in
-``tests/conformance/test_blobstore.py``. All transfers stream: memory stays bounded by the part
+``tests/conformance/test_blobstore.py``, and so is the unit tests' in-memory store. All transfers stream: memory stays bounded by the part
 size whatever the object size.
 """
 from __future__ import annotations

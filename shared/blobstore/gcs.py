@@ -302,8 +302,13 @@ class GCSBlobStore(BlobStore):
                       content_disposition: str | None = None) -> str:
         if self._endpoint:
             # An emulator runs with anonymous credentials: there is no key to sign with, and
-            # fake-gcs-server serves any object at its plain download URL without one.
-            return f"{self._endpoint}/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
+            # fake-gcs-server serves any object at its plain download URL without one. The
+            # disposition is asked for as of GCS itself (fake-gcs-server ignores it), so that the
+            # URL says what the reader asked for on either.
+            url = f"{self._endpoint}/download/storage/v1/b/{bucket}/o/{quote(key, safe='')}?alt=media"
+            if content_disposition:
+                url += f"&response-content-disposition={quote(content_disposition, safe='')}"
+            return url
         credentials = self._client._credentials
         signer = {}
         if not isinstance(credentials, google.auth.credentials.Signing):

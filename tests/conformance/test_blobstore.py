@@ -1,8 +1,13 @@
-"""One behaviour for both blob stores: every test runs against moto (S3) and fake-gcs-server (GCS)."""
+"""One behaviour for every blob store: each test of the interface runs against moto (S3),
+fake-gcs-server (GCS) and the in-memory store the unit tests use (``devtools.fakes.MemoryBlobStore``,
+as each replica), so that a unit test cannot pass on behaviour no real store has. What only a real
+store can show (presigned URLs fetched over HTTP, paging of the clients, unreachable endpoints,
+memory while streaming) runs on the real ones (``real_store``)."""
 import hashlib
 import os
 import threading
 import time
+import urllib.parse
 import uuid
 
 import boto3
@@ -13,6 +18,7 @@ import pytest
 import requests
 
 from devtools import local_cloud
+from devtools.fakes import MemoryBlobStore
 from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionFailed, BlobStoreError,
                               BlobStoreUnavailable, open_blobstore)
 from shared.blobstore.gcs import COMPOSE_PREFIX, GCSBlobStore
@@ -31,8 +37,24 @@ def replica(request):
 
 
 @pytest.fixture
-def store(blobstores, replica):
+def real_store(blobstores, replica):
     return blobstores[replica]
+
+
+@pytest.fixture(params=["s3", "gcs", "memory-aws", "memory-gcp"])
+def kind(request):
+    """Which store: the real ones on their emulators, or the in-memory one as either replica."""
+    return request.param
+
+
+@pytest.fixture
+def store(blobstores, kind):
+    if kind.startswith("memory-"):
+        memory = MemoryBlobStore(kind.removeprefix("memory-"))
+        for bucket in (BUCKET, "dss-checkout"):
+            memory.create_bucket(bucket)
+        return memory
+    return blobstores[{"s3": "aws", "gcs": "gcp"}[kind]]
 
 
 @pytest.fixture
@@ -66,6 +88,8 @@ def test_put_and_get_bytes_with_metadata_and_content_type(store, prefix):
         assert info.crc32c == google_crc32c.Checksum(b'{"a": 1}').digest().hex()
     else:
         assert info.crc32c is None  # put without an S3 CRC32C checksum
+    store.put_bytes(BUCKET, key, b'{"a": 2}', content_type="application/json")
+    assert store.stat(BUCKET, key).revision != info.revision  # every write a new revision
 
 
 def test_put_if_absent_refuses_to_overwrite(store, prefix):
@@ -90,19 +114,20 @@ def test_missing_objects_raise_not_found(store, prefix):
     assert not store.exists(BUCKET, key)
 
 
-def test_get_tags(store, prefix, dss_settings):
+def test_get_tags(store, kind, prefix, dss_settings):
     key = prefix + "tagged"
     store.put_bytes(BUCKET, key, b"x")
-    if store.replica == "gcp":
-        assert store.get_tags(BUCKET, key) == {}  # GCS has no tags
+    if kind != "s3":
+        assert store.get_tags(BUCKET, key) == {}  # GCS has no tags, nor does the memory store
         return
     tags = {"TagSet": [{"Key": "hca-dss-sha256", "Value": "abc"}]}
     s3_client(dss_settings).put_object_tagging(Bucket=BUCKET, Key=key, Tagging=tags)
     assert store.get_tags(BUCKET, key) == {"hca-dss-sha256": "abc"}
 
 
-def test_list_keys_orders_filters_and_pages(store, prefix, dss_settings):
-    paged = type(store).from_settings(dss_settings, list_page_size=7)
+def test_list_keys_orders_filters_and_pages(store, kind, prefix, dss_settings):
+    # The real stores' clients page their listings: pages of 7 show the joins.
+    paged = store if kind.startswith("memory-") else type(store).from_settings(dss_settings, list_page_size=7)
     names = [f"k{i:03d}" for i in range(25)] + ["k010.dead", "k010.x", "a", "z"]
     keys = sorted(prefix + "items/" + name for name in names)
     outside = [prefix + "itemsx", prefix + "item"]
@@ -174,7 +199,7 @@ def test_put_stream_multipart_matches_byte_for_byte(store, prefix):
     info = store.stat(BUCKET, key)
     assert (info.size, info.content_type, info.metadata) == (len(data), "application/x-test", {"part": "yes"})
     assert store.get_bytes(BUCKET, key) == data
-    if store.replica == "aws":
+    if store.replica == "aws":  # S3's ETag, which the memory store makes as S3 does
         assert info.revision.endswith(f"-{-(-len(data) // part)}")  # really uploaded in parts
 
 
@@ -190,24 +215,25 @@ def test_put_stream_single_request(store, prefix, size):
 
 @pytest.mark.parametrize("actual,announced", [(10 * MiB, 10 * MiB + 1), (10 * MiB + 1, 10 * MiB),
                                                (1000, 1001), (1001, 1000)])
-def test_put_stream_of_the_wrong_size_writes_nothing(store, prefix, actual, announced, dss_settings):
+def test_put_stream_of_the_wrong_size_writes_nothing(store, kind, prefix, actual, announced, dss_settings):
     key = prefix + "wrong"
     with pytest.raises(BlobStoreError):
         store.put_stream(BUCKET, key, pieces(b"x" * actual, MiB), announced, part_size=SMALL_PART[store.replica])
     assert not store.exists(BUCKET, key)
-    if store.replica == "aws":  # the multipart upload was aborted, not left behind
+    if kind == "s3":  # the multipart upload was aborted, not left behind
         assert "Uploads" not in s3_client(dss_settings).list_multipart_uploads(Bucket=BUCKET, Prefix=key)
 
 
-def leftovers(store, dss_settings, key):
-    """What an interrupted upload could leave behind: S3 multipart uploads, GCS composite parts."""
-    if store.replica == "aws":
+def leftovers(store, kind, dss_settings, key):
+    """What an interrupted upload could leave behind: S3 multipart uploads, GCS composite parts (and
+    anything the memory store would have put there)."""
+    if kind == "s3":
         return s3_client(dss_settings).list_multipart_uploads(Bucket=BUCKET, Prefix=key).get("Uploads", [])
     return list(store.list_keys(BUCKET, COMPOSE_PREFIX))
 
 
 @pytest.mark.parametrize("size", [12 * MiB + 123, 40 * MiB + 5])  # GCS: one compose, then rounds of 32
-def test_put_stream_in_parallel_parts(store, prefix, size, dss_settings):
+def test_put_stream_in_parallel_parts(store, kind, prefix, size, dss_settings):
     key = prefix + "parallel"
     data = os.urandom(size)
     part = SMALL_PART[store.replica]
@@ -228,14 +254,14 @@ def test_put_stream_in_parallel_parts(store, prefix, size, dss_settings):
     assert store.get_bytes(BUCKET, key) == data
     if store.replica == "aws":
         assert info.revision.endswith(f"-{-(-size // part)}")
-    else:
+    if store.replica == "gcp":
         assert info.crc32c == google_crc32c.Checksum(data).digest().hex()
-    assert leftovers(store, dss_settings, key) == []
+    assert leftovers(store, kind, dss_settings, key) == []
 
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 @pytest.mark.parametrize("size", [1000, 12 * MiB + 1])
-def test_put_stream_refused_before_commit_writes_nothing(store, prefix, size, concurrency, dss_settings):
+def test_put_stream_refused_before_commit_writes_nothing(store, kind, prefix, size, concurrency, dss_settings):
     key = prefix + "refused"
 
     def refuse():
@@ -245,10 +271,10 @@ def test_put_stream_refused_before_commit_writes_nothing(store, prefix, size, co
         store.put_stream(BUCKET, key, pieces(os.urandom(size), MiB), size, part_size=SMALL_PART[store.replica],
                          concurrency=concurrency, before_commit=refuse)
     assert not store.exists(BUCKET, key)
-    assert leftovers(store, dss_settings, key) == []
+    assert leftovers(store, kind, dss_settings, key) == []
 
 
-def test_put_stream_failing_source_in_parallel_writes_nothing(store, prefix, dss_settings):
+def test_put_stream_failing_source_in_parallel_writes_nothing(store, kind, prefix, dss_settings):
     key = prefix + "broken"
 
     def chunks():
@@ -258,7 +284,7 @@ def test_put_stream_failing_source_in_parallel_writes_nothing(store, prefix, dss
     with pytest.raises(BlobStoreUnavailable):
         store.put_stream(BUCKET, key, chunks(), 20 * MiB, part_size=SMALL_PART[store.replica], concurrency=3)
     assert not store.exists(BUCKET, key)
-    assert leftovers(store, dss_settings, key) == []
+    assert leftovers(store, kind, dss_settings, key) == []
 
 
 def test_copy_small_keeps_content_type_and_metadata(store, prefix):
@@ -317,7 +343,8 @@ def test_copy_answers_what_a_stat_of_the_copy_says(store, prefix, size):
             assert answered.crc32c is not None
 
 
-def test_a_copy_of_known_size_with_new_properties_does_not_look_at_its_source_first(store, prefix, monkeypatch):
+def test_a_copy_of_known_size_with_new_properties_does_not_look_at_its_source_first(store, kind, prefix,
+                                                                                    monkeypatch):
     data = os.urandom(3 * KiB)
     store.put_bytes(BUCKET, prefix + "src", data, content_type="text/csv", metadata={"k": "v"})
 
@@ -325,7 +352,7 @@ def test_a_copy_of_known_size_with_new_properties_does_not_look_at_its_source_fi
         raise AssertionError("looked at the source")
 
     monkeypatch.setattr(store, "stat", no_look)
-    if store.replica == "aws":
+    if kind == "s3":
         monkeypatch.setattr(store, "_head", no_look)
     answered = store.copy(BUCKET, prefix + "src", "dss-checkout", prefix + "dst", content_type="text/plain",
                           metadata={"made": "now"}, source_size=len(data))
@@ -346,7 +373,8 @@ def test_delete_is_idempotent(store, prefix):
     store.delete(BUCKET, key)
 
 
-def test_presigned_url_downloads_with_plain_requests(store, prefix):
+def test_presigned_url_downloads_with_plain_requests(real_store, prefix):
+    store = real_store
     key = prefix + "needs quoting/ä+b.txt"
     store.put_bytes(BUCKET, key, b"presigned bytes", content_type="text/plain")
 
@@ -388,6 +416,23 @@ def test_unreachable_endpoint_is_unavailable_quickly(replica, local_cloud_settin
         assert time.monotonic() - started < 10
 
 
+def assert_v4_signed(url: str, public_key) -> None:
+    """Check a GCS V4 signed URL (query-string authentication) as GCS does: the canonical request
+    rebuilt from the URL, its string to sign verified with the service account's public key."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    parts = urllib.parse.urlsplit(url)
+    query, _, signature = parts.query.rpartition("&X-Goog-Signature=")  # the signature comes last
+    params = dict(urllib.parse.parse_qsl(query))
+    assert params["X-Goog-SignedHeaders"] == "host"
+    canonical_request = "\n".join(["GET", parts.path, query, f"host:{parts.netloc}", "", "host", "UNSIGNED-PAYLOAD"])
+    scope = params["X-Goog-Credential"].split("/", 1)[1]
+    string_to_sign = "\n".join(["GOOG4-RSA-SHA256", params["X-Goog-Date"], scope,
+                                hashlib.sha256(canonical_request.encode()).hexdigest()])
+    public_key.verify(bytes.fromhex(signature), string_to_sign.encode(), padding.PKCS1v15(), hashes.SHA256())
+
+
 def test_gcs_presigned_url_with_real_gcs_is_a_v4_signature():
     """Without an emulator endpoint the URL is signed with the credentials' key (offline)."""
     from cryptography.hazmat.primitives import serialization
@@ -403,10 +448,20 @@ def test_gcs_presigned_url_with_real_gcs_is_a_v4_signature():
         "private_key_id": "1", "token_uri": "https://oauth2.googleapis.com/token", "project_id": "project"})
     store = GCSBlobStore(storage.Client(project="project", credentials=credentials))
 
-    url = store.presigned_url(BUCKET, "blobs/a b", 600, content_disposition='attachment; filename="a"')
+    disposition = 'attachment; filename="a b.json"'
+    url = store.presigned_url(BUCKET, "blobs/a b", 600, content_disposition=disposition)
     assert url.startswith("https://storage.googleapis.com/dss-main/blobs/a%20b?")
-    assert "X-Goog-Algorithm=GOOG4-RSA-SHA256" in url and "X-Goog-Expires=600" in url
-    assert "X-Goog-Signature=" in url and "response-content-disposition=attachment" in url
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert (query["X-Goog-Algorithm"], query["X-Goog-Expires"]) == ("GOOG4-RSA-SHA256", "600")
+    # GCS answers with the Content-Disposition the URL asks for, and the key's signature covers it:
+    # a reader cannot change it without invalidating the URL.
+    assert query["response-content-disposition"] == disposition
+    assert_v4_signed(url, key.public_key())
+    from cryptography.exceptions import InvalidSignature
+    asked = "response-content-disposition=" + urllib.parse.quote(disposition, safe="")
+    assert asked in url
+    with pytest.raises(InvalidSignature):  # the check is real: another disposition breaks it
+        assert_v4_signed(url.replace(asked, "response-content-disposition=inline"), key.public_key())
 
 
 def test_s3_presigned_url_with_real_aws_is_virtual_hosted():
@@ -418,8 +473,9 @@ def test_s3_presigned_url_with_real_aws_is_virtual_hosted():
     assert "X-Amz-Expires=600" in url and "response-content-disposition=attachment" in url
 
 
-def test_streaming_256_mib_keeps_memory_bounded(store, prefix):
+def test_streaming_256_mib_keeps_memory_bounded(real_store, prefix):
     """put_stream and iter_chunks of a 256 MiB object hold a few chunks, never the object."""
+    store = real_store
     chunk, size = 16 * MiB, 256 * MiB
     key = prefix + "huge"
     process = psutil.Process()

@@ -12,6 +12,7 @@ lost: every key present in gcp with its bytes, judged by our own hashes and by
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -29,6 +30,7 @@ from devtools import local_cloud
 from devtools.processes import ServiceProcess
 from devtools.waiting import queue_state, wait_until
 from ops import replicas
+from shared import events
 from shared.checksums import checksum_bytes
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_SUFFIX
@@ -47,39 +49,51 @@ MiB = 1024 * 1024
 
 # --- the broker, as the test's vhost sees it ----------------------------------------------------------
 
-def dead_letters(amqp_uri: str) -> int:
-    """Messages in the replicator's dead-letter queue (which exists only once one was sent there)."""
-    state = queue_state(amqp_uri, DEAD_LETTER_QUEUE)
+def dead_letters(amqp_uri: str, queue: str = HANDLER_QUEUE) -> int:
+    """Messages in the dead-letter queue of handler queue ``queue`` (the replicator's unless said),
+    which exists only once one was sent there."""
+    state = queue_state(amqp_uri, queue + DEAD_SUFFIX)
     return state[0] if state else 0
 
 
-# --- the replicator process ---------------------------------------------------------------------------
+# --- service processes -----------------------------------------------------------------------------------
+
+def handler_queue(source: str, event: str, service: str, method: str) -> str:
+    """The durable queue of an event handler, as nameko names it."""
+    return f"evt-{source}-{event}--{service}.{method}"
+
 
 @dataclasses.dataclass
-class Replicator:
-    """The replicator as `make up` runs it: ``nameko run`` in a process of its own."""
+class Worker:
+    """A service as `make up` runs it: ``nameko run`` in a process of its own, up once it consumes
+    ``queue``."""
     process: ServiceProcess
     amqp_uri: str
+    queue: str = HANDLER_QUEUE
 
-    def start(self, timeout: float = 60.0) -> "Replicator":
-        """Start it and wait until it consumes its queue (its bridges poll from then on too)."""
+    @property
+    def name(self) -> str:
+        return self.process.service
+
+    def start(self, timeout: float = 60.0) -> "Worker":
+        """Start it and wait until it consumes its queue (the replicator's bridges poll from then on too)."""
         self.process.start()
 
         def consuming():
             if not self.process.alive:
-                raise AssertionError(f"the replicator exited ({self.process.returncode}) while starting:\n"
+                raise AssertionError(f"the {self.name} exited ({self.process.returncode}) while starting:\n"
                                      f"{self.process.tail()}")
             try:
-                state = queue_state(self.amqp_uri, HANDLER_QUEUE)
+                state = queue_state(self.amqp_uri, self.queue)
             except (OSError, OperationalError):  # the broker is away (a restart test's outage)
                 return False
             return state is not None and state[1] >= 1
 
-        wait_until(consuming, timeout, "the replicator consuming its queue", on_timeout=self.process.tail)
+        wait_until(consuming, timeout, f"the {self.name} consuming {self.queue}", on_timeout=self.process.tail)
         return self
 
     def assert_alive(self, during: str) -> None:
-        assert self.process.alive, (f"the replicator process died {during} (exit {self.process.returncode}):\n"
+        assert self.process.alive, (f"the {self.name} process died {during} (exit {self.process.returncode}):\n"
                                     f"{self.process.tail(120)}")
 
     def count(self, text: str) -> int:
@@ -89,8 +103,9 @@ class Replicator:
 
 @pytest.fixture
 def replicator_env(rabbit_config, local_cloud_settings, s3_notification_settings, gcs_notification_settings):
-    """The environment of the replicator process: the test's vhost, the emulators, the test's own
-    notification queue and subscription, short retry delays, no metrics port."""
+    """The environment of the replicator process (and of the other service processes, which
+    ``service_factory`` starts): the test's vhost, the emulators, the test's own notification queue
+    and subscription, short retry delays, no metrics ports."""
     # Settings come from the environment in a `nameko run` process; a developer's own DSS_* (or a
     # shared METRICS_PORT) must not leak in and point it at a `make up` stack.
     env = {name: value for name, value in os.environ.items()
@@ -100,7 +115,7 @@ def replicator_env(rabbit_config, local_cloud_settings, s3_notification_settings
     env.update({name: str(value) for name, value in gcs_notification_settings.items()})
     env.update({
         "AMQP_URI": rabbit_config["AMQP_URI"],
-        "DSS_REPLICATOR_METRICS_PORT": "0",
+        **{f"DSS_{service.upper()}_METRICS_PORT": "0" for service in ("replicator", "files", "bundles", "indexer")},
         "DSS_REPLICATION_RETRY_DELAYS": RETRY_DELAYS,
         "DSS_LOG_LEVEL": "INFO",
     })
@@ -114,9 +129,9 @@ def replicator_factory(replicator_env, rabbit_config, tmp_path):
     test's vhost goes)."""
     started = []
 
-    def start(**env) -> Replicator:
+    def start(**env) -> Worker:
         log = tmp_path / f"replicator-{len(started)}.log"
-        replicator = Replicator(ServiceProcess("replicator", {**replicator_env, **env}, log), rabbit_config["AMQP_URI"])
+        replicator = Worker(ServiceProcess("replicator", {**replicator_env, **env}, log), rabbit_config["AMQP_URI"])
         started.append(replicator)
         return replicator.start()
 
@@ -128,6 +143,27 @@ def replicator_factory(replicator_env, rabbit_config, tmp_path):
 
 
 @pytest.fixture
+def service_factory(replicator_env, rabbit_config, tmp_path):
+    """``service_factory(service, queue, **env)`` -> that service as a ``nameko run`` process in the
+    replicator's environment (the test's vhost, the emulators) plus ``env``, started and consuming
+    ``queue``; every one is stopped after the test (before the test's vhost goes)."""
+    started = []
+
+    def start(service: str, queue: str, **env) -> Worker:
+        log = tmp_path / f"{service}-{len(started)}.log"
+        worker = Worker(ServiceProcess(service, {**replicator_env, **{k: str(v) for k, v in env.items()}}, log),
+                        rabbit_config["AMQP_URI"], queue)
+        started.append(worker)
+        return worker.start()
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.process.stop()
+
+
+@pytest.fixture
 def replicator(replicator_factory):
     """The replicator process as the defaults and ``replicator_env`` make it."""
     return replicator_factory()
@@ -136,17 +172,20 @@ def replicator(replicator_factory):
 # --- a batch of objects in the real storage layout -------------------------------------------------------
 
 class Batch:
-    """``files`` files written into the aws main bucket as the files and bundles services write
-    them (each blob under its content-address key before the ``files/`` document naming it), and
+    """``files`` files written into the ``source`` replica's main bucket (aws unless said) as the
+    files and bundles services write them (each blob under its content-address key before the ``files/`` document naming it), and
     one bundle naming them all, written last. The replicator learns of them only through the
     bucket's notifications. ``large`` of the blobs are 20 MiB, above the replicator's 16 MiB part
     size, so that a fault can hit a copy streamed in parallel parts (S3 multipart / GCS compose);
-    they are the files at 10%, 20%, ... of the batch, around where the tests inject their faults."""
+    they are the files at 10%, 20%, ... of the batch, around where the tests inject their faults.
+    The oracle looks for them in the other replica (``destination``)."""
 
-    def __init__(self, blobstores, settings, files: int = 500, large: int = 0, small_bytes: int = 2048):
+    def __init__(self, blobstores, settings, files: int = 500, large: int = 0, small_bytes: int = 2048,
+                 source: str = "aws"):
         self.stores = blobstores
         self.buckets = {name: settings.bucket(name) for name in ("aws", "gcp")}
-        self.aws = ReplicaStorage("aws", blobstores["aws"], settings)
+        self.source, self.destination = source, {"aws": "gcp", "gcp": "aws"}[source]
+        self.writer_storage = ReplicaStorage(source, blobstores[source], settings)
         self.files, self.small_bytes = files, small_bytes
         self.large = {files * (k + 1) // 10 for k in range(large)}
         self.blobs: dict[str, str] = {}  # blob key -> sha256 of the bytes written
@@ -167,13 +206,13 @@ class Batch:
         data = f"fault test file {index}\n".encode() + os.urandom(size)
         sums = checksum_bytes(data)
         blob_key = sums.blob_key()
-        self.stores["aws"].put_bytes(self.buckets["aws"], blob_key, data, if_absent=True)
+        self.stores[self.source].put_bytes(self.buckets[self.source], blob_key, data, if_absent=True)
         self.blobs[blob_key] = hashlib.sha256(data).hexdigest()
         uuid, version = new_uuid(), new_version()
         doc = FileMetadata().dump({"creator_uid": 1, "version": version, "content_type": "application/octet-stream",
                                    "size": len(data), **sums.as_api()})
         key = Keys.file(uuid, version)
-        assert self.aws.write_json_once(key, doc) is None
+        assert self.writer_storage.write_json_once(key, doc) is None
         self.documents[key] = doc
         return uuid, version, doc
 
@@ -187,7 +226,7 @@ class Batch:
              "sha1": doc["sha1"], "s3-etag": doc["s3-etag"], "crc32c": doc["crc32c"]}
             for i, (file_uuid, file_version, doc) in enumerate(files)]}
         key = Keys.bundle(uuid, version)
-        assert self.aws.write_json_once(key, manifest) is None
+        assert self.writer_storage.write_json_once(key, manifest) is None
         self.documents[key] = manifest
         self.written_at = time.monotonic()
 
@@ -202,15 +241,15 @@ class Batch:
 
     # --- arrival --------------------------------------------------------------------------------------
     def arrived(self) -> set[str]:
-        """Our keys the gcp main bucket lists (present, not yet judged)."""
-        gcp, bucket = self.stores["gcp"], self.buckets["gcp"]
+        """Our keys the destination's main bucket lists (present, not yet judged)."""
+        destination, bucket = self.stores[self.destination], self.buckets[self.destination]
         listed = set()
         for prefix in ("blobs/", "bundles/", "files/"):
-            listed.update(gcp.list_keys(bucket, prefix))
+            listed.update(destination.list_keys(bucket, prefix))
         return listed & self.keys
 
-    def wait_arrived(self, minimum: int, timeout: float, replicator: Replicator | None = None) -> int:
-        """Wait until at least ``minimum`` of our keys are in gcp; returns how many are. ``timeout``
+    def wait_arrived(self, minimum: int, timeout: float, replicator: Worker | None = None) -> int:
+        """Wait until at least ``minimum`` of our keys are in the destination; returns how many are. ``timeout``
         bounds a wait without progress: while keys keep arriving the wait goes on (a loaded machine
         is slow, not wrong), up to ``STALL_FACTOR`` times ``timeout`` in all."""
         progress = {"count": -1, "at": time.monotonic()}
@@ -224,16 +263,19 @@ class Batch:
             if count > progress["count"]:
                 progress.update(count=count, at=now)
             elif now - progress["at"] > timeout:
-                raise AssertionError(f"{minimum} of {self.total} objects arriving in gcp: {count} arrived, and "
+                raise AssertionError(f"{minimum} of {self.total} objects arriving in {self.destination}: {count} "
+                                     f"arrived, and "
                                      f"none for {timeout:g}s\n" + (replicator.process.tail() if replicator else ""))
             return 0
 
-        return wait_until(enough, STALL_FACTOR * timeout, f"{minimum} of {self.total} objects arriving in gcp",
+        return wait_until(enough, STALL_FACTOR * timeout,
+                          f"{minimum} of {self.total} objects arriving in {self.destination}",
                           interval=0.5, on_timeout=lambda: (f"{len(self.arrived())} arrived, slowly\n"
                                                             + (replicator.process.tail() if replicator else "")))
 
-    def wait_all_arrived(self, timeout: float, replicator: Replicator | None = None) -> float:
-        """Wait until the batch is written and every key of it is in gcp; returns the seconds it took."""
+    def wait_all_arrived(self, timeout: float, replicator: Worker | None = None) -> float:
+        """Wait until the batch is written and every key of it is in the destination; returns the
+        seconds it took."""
         started = time.monotonic()
         self.wait_written(timeout)
         self.wait_arrived(self.total, max(1.0, timeout - (time.monotonic() - started)), replicator)
@@ -241,21 +283,22 @@ class Batch:
 
     # --- the oracle -----------------------------------------------------------------------------------
     def assert_nothing_lost(self) -> None:
-        """Every key of the batch is in gcp with the bytes written to aws: by our own listing and
+        """Every key of the batch is in the destination with the bytes written: by our own listing and
         hashes, and by ``ops.replicas``'s comparison of the replicas (``dss-ops replicas
         verify --deep``)."""
-        gcp = self.stores["gcp"]
+        destination = self.stores[self.destination]
         assert len(self.keys) == self.total
         missing = self.keys - self.arrived()
-        assert not missing, f"{len(missing)} objects never arrived in gcp, e.g. {sorted(missing)[:5]}"
+        assert not missing, (f"{len(missing)} objects never arrived in {self.destination}, "
+                             f"e.g. {sorted(missing)[:5]}")
 
         def check(key):
-            data = gcp.get_bytes(self.buckets["gcp"], key)
+            data = destination.get_bytes(self.buckets[self.destination], key)
             if key in self.blobs:
                 if hashlib.sha256(data).hexdigest() != self.blobs[key]:
-                    return f"{key}: the gcp copy's sha256 is not that of the bytes written"
-            elif json.loads(data) != self.documents[key]:  # --deep below compares the bytes with aws's
-                return f"{key}: the gcp document differs from the one written"
+                    return f"{key}: the {self.destination} copy's sha256 is not that of the bytes written"
+            elif json.loads(data) != self.documents[key]:  # --deep below compares the bytes with the source's
+                return f"{key}: the {self.destination} document differs from the one written"
             return None
 
         problems = [problem for problem in eventlet.GreenPool(16).imap(check, sorted(self.keys)) if problem]
@@ -273,9 +316,38 @@ class Batch:
 
 @pytest.fixture
 def batch_factory(blobstores, dss_settings):
-    def make(files: int = 500, large: int = 0) -> Batch:
-        return Batch(blobstores, dss_settings, files=files, large=large)
+    def make(files: int = 500, large: int = 0, source: str = "aws") -> Batch:
+        return Batch(blobstores, dss_settings, files=files, large=large, source=source)
     return make
+
+
+# --- the indexer, as its clients see it --------------------------------------------------------------
+
+INDEXER_QUEUES = (handler_queue("bundles", events.BUNDLE_CREATED, "indexer", "handle_bundle_created"),
+                  handler_queue("replicator", events.OBJECT_REPLICATED, "indexer", "handle_object_replicated"))
+
+
+def search_fqids(client, replica: str, tag: str) -> list[str]:
+    """Every bundle fqid a search for ``tag`` returns in ``replica``, duplicates kept."""
+    query = {"query": {"term": {"files.sample_json.tag": tag}}}
+    found, cursor = [], None
+    while True:
+        page = client.search(replica, query, "summary", 500, cursor)
+        found += [hit["bundle_fqid"] for hit in page["results"]]
+        cursor = page["search_after"]
+        if cursor is None:
+            return found
+
+
+def journal_creates(client, replica: str, since: str) -> collections.Counter:
+    """CREATE events per bundle fqid in ``replica``'s journal (GET /events) from ``since`` on."""
+    creates, token = collections.Counter(), None
+    while True:
+        page = client.list_events(replica, since, None, 500, token)
+        creates.update(e["bundle_fqid"] for e in page["event_streams"] if e["event_type"] == "CREATE")
+        token = page["token"]
+        if token is None:
+            return creates
 
 
 # --- the system RabbitMQ ----------------------------------------------------------------------------------

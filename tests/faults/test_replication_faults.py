@@ -22,8 +22,11 @@ from tests.faults.conftest import RETRY_DELAYS, dead_letters
 # Each fault hits the batch once at least this share of it is in gcp (and before all of it is).
 FAULT_AT = 0.2
 # Files of the batches of the broker and emulator outages: the emulators copy ~15-25 objects/s on a
-# 2-core machine, so 200 files (401 objects) keep each test around a minute, outage included.
+# 2-core machine, so 200 files (401 objects) keep each test around a minute, outage included. The
+# outages of SQS and Pub/Sub hold up the notifications too, so what arrived in the meantime is
+# copied at once after them: half of it is enough.
 OUTAGE_BATCH = 200
+NOTIFIED_OUTAGE_BATCH = OUTAGE_BATCH // 2
 BROKER_DOWN_SECONDS = 5
 EMULATOR_DOWN_SECONDS = 15
 
@@ -133,25 +136,26 @@ def test_gcs_hung_for_15s_mid_batch_replication_catches_up(replicator, batch_fac
           f"verified after {took:.1f}s; {replicator.count('retrying in')} broker retries")
 
 
-def test_gcs_refusing_connections_for_15s_mid_batch_replication_catches_up(replicator_factory, batch_factory,
-                                                                           local_cloud_settings):
-    # The replicator reaches GCS through a proxy that goes down: open connections reset, new ones
-    # refused, as when the endpoint crashed or its address is unreachable. Requests fail fast, so
-    # the copies fail (after the GCS client's own 5 s of retries) and go round the broker's delay
-    # queues. The bucket's data and its notifications are untouched, and this test still lists it.
-    target = urllib.parse.urlsplit(local_cloud_settings["DSS_GCS_ENDPOINT"])
-    proxy = TcpProxy(target.hostname, target.port).up()
+def replicate_through_an_outage(replicator_factory, batch_factory, proxy, env: dict, what: str, source: str = "aws",
+                                files: int = OUTAGE_BATCH):
+    """The replicator reaches ``what`` through ``proxy`` (``env``: its settings naming ``proxy.url``
+    or ``proxy.address``), which goes down for ``EMULATOR_DOWN_SECONDS`` once a share of a batch
+    written into ``source`` has arrived in the other replica: open connections reset, new ones
+    refused, as when the endpoint crashed or its address is unreachable. The stores' data and their
+    notifications are untouched (the test and the emulators reach each other directly). Afterwards
+    the whole batch arrives, verified, with nothing dead-lettered, and without restarting the
+    replicator. Returns (the replicator, a report line)."""
     try:
-        replicator = replicator_factory(DSS_GCS_ENDPOINT=proxy.url)
-        batch = batch_factory(files=OUTAGE_BATCH).start_writing()
+        replicator = replicator_factory(**env)
+        batch = batch_factory(files=files, source=source).start_writing()
         started = time.monotonic()
         batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
 
         proxy.down()
         arrived = len(batch.arrived())
         assert_mid_batch(batch, arrived)
-        time.sleep(EMULATOR_DOWN_SECONDS)
-        replicator.assert_alive("while GCS refused connections")
+        time.sleep(EMULATOR_DOWN_SECONDS)  # the outage itself: its length is what is under test
+        replicator.assert_alive(f"while {what} refused connections")
         during = len(batch.arrived()) - arrived
         proxy.up()
 
@@ -162,8 +166,59 @@ def test_gcs_refusing_connections_for_15s_mid_batch_replication_catches_up(repli
     batch.assert_nothing_lost()
     retries = replicator.count("retrying in")
     assert dead_letters(replicator.amqp_uri) == 0, (
-        f"dead letters after a {EMULATOR_DOWN_SECONDS}s outage ({retries} retries with delays {RETRY_DELAYS}):\n"
+        f"dead letters after a {EMULATOR_DOWN_SECONDS}s outage of {what} ({retries} retries):\n"
         f"{replicator.process.tail()}")
-    assert retries > 0, "the outage failed no copy: it tested nothing"
-    print(f"GCS refused connections at {arrived}/{batch.total} arrived for {EMULATOR_DOWN_SECONDS}s "
-          f"({during} arrived meanwhile); all {batch.total} verified after {took:.1f}s; {retries} broker retries")
+    return replicator, (f"{what} refused connections at {arrived}/{batch.total} arrived for {EMULATOR_DOWN_SECONDS}s "
+            f"({during} arrived meanwhile); all {batch.total} verified after {took:.1f}s; {retries} broker retries; "
+            f"{proxy.accepted} connections through the proxy")
+
+
+def proxy_to(url: str) -> TcpProxy:
+    target = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    return TcpProxy(target.hostname, target.port).up()
+
+
+def test_gcs_refusing_connections_for_15s_mid_batch_replication_catches_up(replicator_factory, batch_factory,
+                                                                           local_cloud_settings):
+    # The copies fail (after the GCS client's own 5 s of retries) and go round the broker's delay
+    # queues; this test still lists the bucket directly.
+    proxy = proxy_to(local_cloud_settings["DSS_GCS_ENDPOINT"])
+    replicator, report = replicate_through_an_outage(replicator_factory, batch_factory, proxy,
+                                                     {"DSS_GCS_ENDPOINT": proxy.url}, "GCS")
+    assert replicator.count("retrying in") > 0, f"the outage failed no copy: it tested nothing ({report})"
+    print(report)
+
+
+def test_s3_and_sqs_refusing_connections_for_15s_mid_batch_replication_catches_up(
+        replicator_factory, batch_factory, local_cloud_settings):
+    # moto serves both S3 and SQS on one endpoint: the outage takes both from the replicator, the
+    # source of the copies and the queue of their notifications. Reads of the source fail (the
+    # copies go round the delay queues), the bridge's long polls fail and are retried, and what the
+    # bucket notified meanwhile waits in SQS: its messages were never deleted.
+    # A refused S3 connection fails an attempt at once (the GCS client retries for 5 s first), so
+    # the attempts of a copy are spent as fast as the delays allow: the schedule here outlasts the
+    # outage (1+2+4+8+16 s), as the default one (about 76 min) outlasts a real one. With the other
+    # tests' 1,2,4 s, copies in flight are dead-lettered after 7 s of outage.
+    proxy = proxy_to(local_cloud_settings["DSS_S3_ENDPOINT"])
+    assert local_cloud_settings["DSS_SQS_ENDPOINT"] == local_cloud_settings["DSS_S3_ENDPOINT"]
+    replicator, report = replicate_through_an_outage(
+        replicator_factory, batch_factory, proxy, {"DSS_S3_ENDPOINT": proxy.url, "DSS_SQS_ENDPOINT": proxy.url,
+                                                   "DSS_REPLICATION_RETRY_DELAYS": "1,2,4,8,16"}, "S3 and SQS",
+        files=NOTIFIED_OUTAGE_BATCH)
+    assert replicator.count("retrying in") > 0, f"the outage failed no copy: it tested nothing ({report})"
+    assert replicator.count("cannot fetch notifications") > 0, f"the bridge never missed SQS ({report})"
+    print(report)
+
+
+def test_pubsub_refusing_connections_for_15s_mid_batch_replication_catches_up(
+        replicator_factory, batch_factory, local_cloud_settings, pubsub_emulator_host):
+    # A batch written into gcp reaches the replicator only through the GCS bucket's Pub/Sub
+    # notifications; the outage cuts the replicator's pulls and acknowledgements. fake-gcs-server
+    # publishes to the emulator directly, so the notifications of what is written meanwhile wait in
+    # the subscription; those pulled but not acknowledged come again after their deadline.
+    proxy = proxy_to(pubsub_emulator_host)
+    replicator, report = replicate_through_an_outage(replicator_factory, batch_factory, proxy,
+                                                     {"DSS_PUBSUB_EMULATOR_HOST": proxy.address}, "Pub/Sub",
+                                                     source="gcp", files=NOTIFIED_OUTAGE_BATCH)
+    assert replicator.count("cannot fetch notifications") > 0, f"the bridge never missed Pub/Sub ({report})"
+    print(report)
