@@ -19,6 +19,7 @@ from services.gateway.web import (JSON, api, bodyless_response, drs_api, file_he
 from shared.exceptions import DSSError, InvalidParameter, NotFound
 from shared.identifiers import bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
+from shared.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class GatewayService:
     checkout = ServiceRpc("checkout")
     broker = Broker()
     metrics = Metrics()
+    tracing = Tracing()
 
     # --- documentation and health --------------------------------------------------------------
     @api("GET", "/")

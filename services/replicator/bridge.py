@@ -51,6 +51,7 @@ from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import Entrypoint
 from prometheus_client import Counter
 
+from shared import tracing
 from shared.config import Settings
 from shared.schemas import ObjectChanged
 
@@ -324,6 +325,7 @@ class _NotificationEntrypoint(Entrypoint):
         for index, change in enumerate(changes):
             try:
                 self.container.spawn_worker(self, (change,), {},
+                                            context_data=self._trace_context(message, change) if tracing.enabled else None,
                                             handle_result=functools.partial(self._handle_result, delivery))
             except ContainerBeingKilled:
                 # The rest of this message is left to redelivery; the slot is freed once.
@@ -364,7 +366,22 @@ class _NotificationEntrypoint(Entrypoint):
         finally:
             self._slots.release()
 
+    def _trace_context(self, message, change: dict) -> dict:
+        """The trace of the write a change comes from, which its writer put in the object's metadata
+        (``shared.tracing.object_metadata``): the worker's span continues it. A lookup that fails
+        only leaves the change a trace of its own."""
+        if change["kind"] != "created":
+            return {}
+        try:
+            return tracing.parent_from_metadata(self._object_metadata(message, change))
+        except Exception as error:
+            logger.debug("%s: no trace context for %s: %s", self, change["key"], error)
+            return {}
+
     # --- the source -------------------------------------------------------------------------
+    def _object_metadata(self, message, change: dict) -> dict:
+        raise NotImplementedError
+
     def _source_name(self) -> str:
         raise NotImplementedError
 
@@ -404,6 +421,8 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
             key_id, secret = "test", "test"  # an emulator accepts any keys
         if key_id:
             credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        self._credentials = credentials
+        self._s3 = None  # for the trace context of a change (tracing on only)
         config = Config(region_name=settings.s3_region, connect_timeout=3, read_timeout=SQS_WAIT_SECONDS + 10,
                         retries={"mode": "standard", "max_attempts": 2})
         # A session of its own: boto3's default session is not safe to share between threads.
@@ -414,6 +433,16 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
 
     def _source_name(self) -> str:
         return f"SQS queue {self.settings.s3_notification_queue}"
+
+    def _object_metadata(self, message, change: dict) -> dict:
+        # S3's notifications carry no user metadata: one HEAD per change, only with tracing on.
+        if self._s3 is None:
+            settings = self.settings
+            self._s3 = boto3.session.Session().client(
+                "s3", endpoint_url=settings.s3_endpoint or None, region_name=settings.s3_region,
+                config=Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 2}),
+                **self._credentials)
+        return self._s3.head_object(Bucket=change["bucket"], Key=change["key"]).get("Metadata", {})
 
     def _fetch(self, max_messages: int) -> list:
         if self._queue_url is None:
@@ -434,6 +463,8 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
 
     def _close(self) -> None:
         self.sqs.close()
+        if self._s3 is not None:
+            self._s3.close()
 
 
 class GCSNotificationsEntrypoint(_NotificationEntrypoint):
@@ -485,6 +516,11 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
     def _normalise(self, message) -> list[dict]:
         change = normalise_gcs_notification(message.get("message") or {}, self.bucket)
         return [change] if change else []
+
+    def _object_metadata(self, message, change: dict) -> dict:
+        # The object resource of the notification (JSON_API_V1) has the metadata.
+        resource = json.loads(base64.b64decode((message.get("message") or {}).get("data") or b"e30="))
+        return resource.get("metadata") or {}
 
     def _describe(self, message) -> str:
         return json.dumps(message.get("message"))
