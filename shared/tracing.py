@@ -173,6 +173,24 @@ def parent_from_metadata(metadata: Mapping[str, str] | None) -> dict:
 
 # --- spans ------------------------------------------------------------------------------------------
 
+def carry(function):
+    """``function`` run in the trace context current here, for a green thread it is handed to (a new
+    green thread starts with an empty context): its outbound calls stay children of this worker."""
+    if not enabled:
+        return function
+    from opentelemetry import context
+    current = context.get_current()
+
+    def in_context(*args, **kwargs):
+        token = context.attach(current)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            context.detach(token)
+
+    return in_context
+
+
 class _NoSpan:
     """What ``span()`` yields when tracing is off."""
 

@@ -209,7 +209,7 @@ class GCSBlobStore(BlobStore):
                     if failures:
                         break
                     written.append(f"{prefix}{number:05d}")
-                    pool.spawn_n(upload, written[-1], reader.read(part_size))  # blocks while the pool is full
+                    pool.spawn_n(tracing.carry(upload), written[-1], reader.read(part_size))  # blocks while the pool is full
             finally:
                 pool.waitall()
             if failures:

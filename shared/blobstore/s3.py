@@ -223,7 +223,7 @@ class S3BlobStore(BlobStore):
             for number in range(1, count + 1):
                 if failures:
                     break
-                pool.spawn_n(upload, number, reader.read(part_size))
+                pool.spawn_n(tracing.carry(upload), number, reader.read(part_size))
         finally:
             pool.waitall()  # no part upload may still be running when the upload is aborted
         if failures:
@@ -292,7 +292,7 @@ class S3BlobStore(BlobStore):
         with self._multipart_upload(dst_bucket, dst_key, new_type, new_metadata) as upload_id:
             pool = eventlet.GreenPool(COPY_CONCURRENCY)
             try:
-                parts = list(pool.imap(copy_part, range(1, -(-size // part_size) + 1)))
+                parts = list(pool.imap(tracing.carry(copy_part), range(1, -(-size // part_size) + 1)))
             finally:
                 pool.waitall()  # no part copy may still be running when the upload is aborted
             result = self._complete(dst_bucket, dst_key, upload_id, parts)
