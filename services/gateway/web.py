@@ -83,14 +83,16 @@ class ProblemWsgiApp(WsgiApp):
 
         method = environ.get("REQUEST_METHOD", "GET")
         parent = tracing.extract({name: environ.get(f"HTTP_{name.upper()}") for name in tracing.TRACE_HEADERS})
+        # Named by the route once one matched; the method alone for what matched none (scans of
+        # made-up paths must not make a name each).
         request_span = trace.get_tracer("dss").start_span(
-            f"{method} {environ.get('PATH_INFO', '')}", context=parent, kind=SpanKind.SERVER,
+            method, context=parent, kind=SpanKind.SERVER,
             attributes={"http.request.method": method, "url.path": environ.get("PATH_INFO", "")})
         token = context.attach(trace.set_span_in_context(request_span))
         try:
             response = self._respond(environ)
             route = environ.get("dss.route")
-            if route:  # the route's pattern, not the path: a low-cardinality name
+            if route:
                 request_span.update_name(f"{method} {route}")
                 request_span.set_attribute("http.route", route)
             request_span.set_attribute("http.response.status_code", response.status_code)
