@@ -68,8 +68,9 @@ class QueueConsumer(messaging.QueueConsumer):
 
 
 class TraceContextDecoder:
-    """The trace context of a message is its own bare headers': never one a worker upstream
-    propagated through nameko's context headers (``nameko.traceparent``)."""
+    """A worker's trace context is the one in its message's bare headers, never what a worker
+    upstream propagated through nameko's context headers (``nameko.traceparent``: the context of
+    the message that started that worker)."""
 
     def unpack_message_headers(self, message):
         context_data = super().unpack_message_headers(message)
