@@ -258,7 +258,13 @@ class Tracing(DependencyProvider):
         attempt = worker_ctx.data.get("x-dss-attempt")
         if attempt:
             attributes["dss.attempt"] = int(attempt)
-        worker_span = _tracer.start_span(name, context=extract(worker_ctx.data), kind=SpanKind[kind],
+        carrier = worker_ctx.data
+        # An entrypoint whose messages carry no headers may know where to look (the replicator's
+        # bridge: the metadata of the object a notification reports).
+        lookup = getattr(worker_ctx.entrypoint, "trace_context", None)
+        if lookup is not None and not carrier.get(TRACEPARENT):
+            carrier = {**carrier, **lookup(worker_ctx)}
+        worker_span = _tracer.start_span(name, context=extract(carrier), kind=SpanKind[kind],
                                          attributes=attributes)
         # Worker setup, the method and teardown run in the worker's own green thread, whose context
         # this is (greenlets keep one context each).

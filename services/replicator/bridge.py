@@ -325,7 +325,7 @@ class _NotificationEntrypoint(Entrypoint):
         for index, change in enumerate(changes):
             try:
                 self.container.spawn_worker(self, (change,), {},
-                                            context_data=self._trace_context(message, change) if tracing.enabled else None,
+                                            context_data=self._carried_trace(message, change) if tracing.enabled else None,
                                             handle_result=functools.partial(self._handle_result, delivery))
             except ContainerBeingKilled:
                 # The rest of this message is left to redelivery; the slot is freed once.
@@ -366,22 +366,29 @@ class _NotificationEntrypoint(Entrypoint):
         finally:
             self._slots.release()
 
-    def _trace_context(self, message, change: dict) -> dict:
-        """The trace of the write a change comes from, which its writer put in the object's metadata
-        (``shared.tracing.object_metadata``): the worker's span continues it. A lookup that fails
-        only leaves the change a trace of its own."""
+    # --- the trace of the write a change reports (tracing on only) ------------------------------
+    # Its writer put its ``traceparent`` in the object's metadata (``shared.tracing.object_metadata``);
+    # the worker's span continues that trace. A lookup that fails only leaves the change a trace of
+    # its own.
+    def _carried_trace(self, message, change: dict) -> dict:
+        """What the notification itself tells (the poller's thread: no I/O here)."""
+        return {}
+
+    def trace_context(self, worker_ctx) -> dict:
+        """What needs a request to learn, asked by ``shared.tracing.Tracing`` in the worker's own
+        green thread (so lookups run in parallel, not one by one in the poller's)."""
+        return {}
+
+    def _lookup(self, change: dict, read) -> dict:
         if change["kind"] != "created":
             return {}
         try:
-            return tracing.parent_from_metadata(self._object_metadata(message, change))
+            return tracing.parent_from_metadata(read())
         except Exception as error:
             logger.debug("%s: no trace context for %s: %s", self, change["key"], error)
             return {}
 
     # --- the source -------------------------------------------------------------------------
-    def _object_metadata(self, message, change: dict) -> dict:
-        raise NotImplementedError
-
     def _source_name(self) -> str:
         raise NotImplementedError
 
@@ -434,15 +441,20 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
     def _source_name(self) -> str:
         return f"SQS queue {self.settings.s3_notification_queue}"
 
-    def _object_metadata(self, message, change: dict) -> dict:
-        # S3's notifications carry no user metadata: one HEAD per change, only with tracing on.
+    def trace_context(self, worker_ctx) -> dict:
+        # S3's notifications carry no user metadata: one HEAD per created object, only with tracing on.
+        change = worker_ctx.args[0]
+        return self._lookup(change, lambda: self._s3_client().head_object(
+            Bucket=change["bucket"], Key=change["key"]).get("Metadata", {}))
+
+    def _s3_client(self):
         if self._s3 is None:
             settings = self.settings
             self._s3 = boto3.session.Session().client(
                 "s3", endpoint_url=settings.s3_endpoint or None, region_name=settings.s3_region,
                 config=Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 2}),
                 **self._credentials)
-        return self._s3.head_object(Bucket=change["bucket"], Key=change["key"]).get("Metadata", {})
+        return self._s3
 
     def _fetch(self, max_messages: int) -> list:
         if self._queue_url is None:
@@ -517,10 +529,10 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
         change = normalise_gcs_notification(message.get("message") or {}, self.bucket)
         return [change] if change else []
 
-    def _object_metadata(self, message, change: dict) -> dict:
+    def _carried_trace(self, message, change: dict) -> dict:
         # The object resource of the notification (JSON_API_V1) has the metadata.
-        resource = json.loads(base64.b64decode((message.get("message") or {}).get("data") or b"e30="))
-        return resource.get("metadata") or {}
+        return self._lookup(change, lambda: json.loads(
+            base64.b64decode((message.get("message") or {}).get("data") or b"e30=")).get("metadata") or {})
 
     def _describe(self, message) -> str:
         return json.dumps(message.get("message"))
