@@ -18,7 +18,9 @@ span of an event dispatch and put that span's context in the message headers
 every attempt is a consumer span of the same dispatch. The replicator's work begins with a change
 notification of a bucket, which carries no headers: the writer puts its ``traceparent`` in the
 object's metadata (``object_metadata``) and the notification bridge reads it back
-(``parent_from_metadata``), so replication joins the trace of the write that caused it.
+(``parent_from_metadata``; an entrypoint's ``trace_context(worker_ctx)``, when it has one, is asked
+in the worker's thread), so replication joins the trace of the write that caused it. Green threads
+start with an empty context: work handed to one keeps the trace through ``carry``.
 
 ``TraceIdFilter`` gives every log record a ``trace_id`` (``-`` outside a trace), which the
 services' log format shows.
