@@ -43,6 +43,9 @@ def test_tracing_off_installs_nothing_and_hooks_do_nothing():
         headers = {"nameko.call_id_stack": ["a"], "nameko.traceparent": "stale"}
         assert tracing.message_headers(headers) == {"nameko.call_id_stack": ["a"]}
         assert tracing.object_metadata({"a": "b"}) == {"a": "b"} and tracing.object_metadata(None) is None
+        from shared.search import opensearch
+        [connection] = opensearch._client("http://127.0.0.1:9").transport.connection_pool.connections
+        assert type(connection).__name__ == "Urllib3HttpConnection"  # opensearch-py's own, as before
         record = logging.LogRecord("x", logging.INFO, "test", 1, "m", (), None)
         assert tracing.TraceIdFilter().filter(record) and record.trace_id == "-"
         print("ok")
@@ -87,6 +90,11 @@ def test_tracing_on_puts_the_current_span_in_headers_and_metadata_and_exports_it
         # The consumer side continues the same trace below the span that sent it.
         parent = trace.get_current_span(tracing.extract(headers)).get_span_context()
         assert (parent.trace_id, parent.span_id) == (context.trace_id, context.span_id)
+
+        # OpenSearch over requests, whose instrumentation makes its calls spans.
+        from shared.search import opensearch
+        [connection] = opensearch._client("http://127.0.0.1:9").transport.connection_pool.connections
+        assert type(connection).__name__ == "RequestsHttpConnection"
 
         tracing.flush()
         [exported] = wait_until(lambda: receiver.spans, 10, "the span exported")
