@@ -27,6 +27,7 @@ services' log format shows.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any, Mapping
@@ -211,11 +212,35 @@ NO_SPAN = _NoSpan()
 
 def span(name: str, kind: str = "INTERNAL", attributes: Mapping[str, Any] | None = None):
     """A context manager: a child span of the current one, current inside the block (``NO_SPAN``
-    when tracing is off). ``kind``: ``INTERNAL``, ``CLIENT``, ``SERVER``, ``PRODUCER``, ``CONSUMER``."""
+    when tracing is off). ``kind``: ``INTERNAL``, ``CLIENT``, ``SERVER``, ``PRODUCER``, ``CONSUMER``.
+    An exception leaving the block is recorded on it (``record_error``)."""
     if not enabled:
         return NO_SPAN
+    return _current_span(name, kind, attributes)
+
+
+@contextlib.contextmanager
+def _current_span(name: str, kind: str, attributes):
     from opentelemetry.trace import SpanKind
-    return _tracer.start_as_current_span(name, kind=SpanKind[kind], attributes=dict(attributes or {}))
+    with _tracer.start_as_current_span(name, kind=SpanKind[kind], attributes=dict(attributes or {}),
+                                       record_exception=False, set_status_on_exception=False) as current:
+        try:
+            yield current
+        except BaseException as error:
+            record_error(current, error)
+            raise
+
+
+def record_error(target, error: BaseException) -> None:
+    """``error`` as an event of the span ``target``, which it marks failed unless it is an answer
+    about the request (a typed error of ``shared.exceptions`` other than ``Unavailable``: a 404 is
+    the right answer to a read of nothing, not a fault to look for in a trace)."""
+    from opentelemetry.trace import Status, StatusCode
+    from shared.exceptions import DSSError, Unavailable
+
+    target.record_exception(error)
+    if not isinstance(error, DSSError) or isinstance(error, Unavailable):
+        target.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:300]))
 
 
 def _worker_span_of(entrypoint, service_name: str) -> tuple[str, str, dict]:
@@ -278,9 +303,7 @@ class Tracing(DependencyProvider):
             return
         entry = self.spans.get(worker_ctx)
         if entry is not None:
-            from opentelemetry.trace import Status, StatusCode
-            entry[0].record_exception(exc_info[1])
-            entry[0].set_status(Status(StatusCode.ERROR, f"{type(exc_info[1]).__name__}: {exc_info[1]}"[:300]))
+            record_error(entry[0], exc_info[1])
 
     def worker_teardown(self, worker_ctx):
         if not self.on:

@@ -91,13 +91,24 @@ def test_tracing_on_puts_the_current_span_in_headers_and_metadata_and_exports_it
         parent = trace.get_current_span(tracing.extract(headers)).get_span_context()
         assert (parent.trace_id, parent.span_id) == (context.trace_id, context.span_id)
 
+        # A typed answer (404) is recorded but is no failure; anything else is.
+        from shared.exceptions import NotFound
+        for error, failed in ((NotFound("no such bundle", "not_found"), False), (RuntimeError("bug"), True)):
+            try:
+                with tracing.span("bundles.get", "SERVER") as call:
+                    raise error
+            except type(error):
+                pass
+            assert (call.status.status_code.name == "ERROR") is failed and call.events[0].name == "exception"
+
         # OpenSearch over requests, whose instrumentation makes its calls spans.
         from shared.search import opensearch
         [connection] = opensearch._client("http://127.0.0.1:9").transport.connection_pool.connections
         assert type(connection).__name__ == "RequestsHttpConnection"
 
         tracing.flush()
-        [exported] = wait_until(lambda: receiver.spans, 10, "the span exported")
+        [exported] = wait_until(lambda: [span for span in receiver.spans if span.name == "files.put_file"], 10,
+                                "the span exported")
         assert (exported.service, exported.name, exported.kind, exported.trace_id) == (
             "files", "files.put_file", "SERVER", trace_id)
         print("ok")
