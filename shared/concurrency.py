@@ -9,6 +9,8 @@ from typing import Any, Callable, Hashable, Iterable
 import eventlet
 import eventlet.event
 
+from shared import tracing
+
 
 def green_map(function: Callable, items: Iterable, concurrency: int) -> list:
     """``[function(item) for item in items]`` with up to ``concurrency`` calls at once, in order; the
@@ -20,7 +22,7 @@ def green_map(function: Callable, items: Iterable, concurrency: int) -> list:
         except Exception as error:  # noqa: BLE001 - handed back to the caller below
             return None, error
 
-    outcomes = list(eventlet.GreenPool(concurrency).imap(attempt, items))
+    outcomes = list(eventlet.GreenPool(concurrency).imap(tracing.carry(attempt), items))
     for _, error in outcomes:
         if error is not None:
             raise error

@@ -252,6 +252,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_METRICS_ADDRESS", "127.0.0.1",
             "Address every service's Prometheus exporter listens on (its port: METRICS_PORT). `0.0.0.0` for a "
             "scraper on another host, e.g. in a pod."),
+    # --- tracing (shared/tracing.py) ---------------------------------------------------------
+    Setting("DSS_TRACING_ENDPOINT", "",
+            "OTLP/HTTP endpoint every service exports its trace spans to (a collector's base URL such as "
+            "`http://jaeger:4318`, or its full `/v1/traces` URL). Empty: tracing is off and costs nothing."),
+    Setting("DSS_TRACING_SAMPLE_RATIO", 1.0,
+            "Share of traces recorded (0 to 1), decided where a trace begins (a request, or a message without "
+            "trace context); every service follows that decision.", float),
     # --- auth -------------------------------------------------------------------------------
     Setting("DSS_AUTH_AUDIENCE", "https://dss.local/,https://dev.data.humancellatlas.org/",
             "Accepted `aud` of bearer tokens (comma-separated). The first is published as the spec's x-audience "

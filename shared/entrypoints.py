@@ -15,6 +15,11 @@ out and retries.
 One mechanism for every consumer of a container: ``QueueConsumer`` (nameko's, settling guarded) is
 the queue consumer of ``Rpc``, ``EventHandler`` (also the base of ``shared.retry``'s handler) and
 ``RpcProxy``'s reply listener, so a container keeps one consumer connection.
+
+Tracing (``shared.tracing``): the entrypoints hand the ``traceparent`` / ``tracestate`` headers of
+their message to the worker's context (its span's parent); ``RpcProxy`` calls and
+``EventDispatcher`` dispatches are client and producer spans whose context travels in the
+message's headers. With tracing off each costs one test of a flag.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from kombu import Queue
 from nameko import events, messaging, rpc as nameko_rpc
 from nameko.standalone.events import get_event_exchange
 
+from shared import tracing
 from shared.events import HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -62,6 +68,19 @@ class QueueConsumer(messaging.QueueConsumer):
                            "the broker delivers it again", _queue_name(message), error)
 
 
+class TraceContextDecoder:
+    """A worker's trace context is the one in its message's bare headers, never what a worker
+    upstream propagated through nameko's context headers (``nameko.traceparent``: the context of
+    the message that started that worker)."""
+
+    def unpack_message_headers(self, message):
+        context_data = super().unpack_message_headers(message)
+        for name in tracing.TRACE_HEADERS:
+            context_data.pop(name, None)
+        context_data.update(tracing.context_of_message(message))
+        return context_data
+
+
 class RpcConsumer(nameko_rpc.RpcConsumer):
     """nameko's RPC consumer on ``QueueConsumer``, whose reply, when it cannot be published, is
     logged and dropped: the request is still acknowledged (a retry of it is the caller's choice,
@@ -79,7 +98,7 @@ class RpcConsumer(nameko_rpc.RpcConsumer):
             return result, exc_info
 
 
-class Rpc(nameko_rpc.Rpc):
+class Rpc(TraceContextDecoder, nameko_rpc.Rpc):
     rpc_consumer = RpcConsumer()
 
 
@@ -105,7 +124,7 @@ def standby_queue(service_name: str) -> Queue:
                  durable=False)
 
 
-class EventHandler(events.EventHandler):
+class EventHandler(TraceContextDecoder, events.EventHandler):
     queue_consumer = QueueConsumer()
 
     def setup(self):
@@ -123,10 +142,33 @@ class ReplyListener(nameko_rpc.ReplyListener):
     queue_consumer = QueueConsumer()
 
 
+class MethodProxy(nameko_rpc.MethodProxy):
+    """nameko's method proxy, each call a client span whose context its request message carries."""
+
+    def __call__(self, *args, **kwargs):
+        if not tracing.enabled:
+            return super().__call__(*args, **kwargs)
+        with tracing.span(f"{self.service_name}.{self.method_name}", "CLIENT",
+                          {"rpc.system": "nameko", "rpc.service": self.service_name, "rpc.method": self.method_name}):
+            return super().__call__(*args, **kwargs)
+
+    def get_message_headers(self, worker_ctx):
+        headers = super().get_message_headers(worker_ctx)
+        return tracing.message_headers(headers) if tracing.enabled else headers
+
+
+class ServiceProxy(nameko_rpc.ServiceProxy):
+    def __getattr__(self, name):
+        return MethodProxy(self.worker_ctx, self.service_name, name, self.reply_listener, **self.options)
+
+
 class RpcProxy(nameko_rpc.RpcProxy):
-    """nameko's ``RpcProxy``, its replies consumed by ``QueueConsumer``."""
+    """nameko's ``RpcProxy``, its replies consumed by ``QueueConsumer``, its calls traced."""
 
     rpc_reply_listener = ReplyListener()
+
+    def get_dependency(self, worker_ctx):
+        return ServiceProxy(worker_ctx, self.target_service, self.rpc_reply_listener, **self.options)
 
 
 class EventDispatcher(events.EventDispatcher):
@@ -144,9 +186,18 @@ class EventDispatcher(events.EventDispatcher):
 
     def get_dependency(self, worker_ctx):
         extra_headers = self.get_message_headers(worker_ctx)
+        service_name = self.container.service_name
+
+        def publish(event_type, event_data, headers):
+            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
+                                   extra_headers=headers, declare=self.handler_queues.get(event_type, ()))
 
         def dispatch(event_type, event_data):
-            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
-                                   extra_headers=extra_headers, declare=self.handler_queues.get(event_type, ()))
+            if not tracing.enabled:
+                return publish(event_type, event_data, extra_headers)
+            with tracing.span(f"{service_name}.{event_type} publish", "PRODUCER",
+                              {"messaging.system": "rabbitmq", "messaging.operation.type": "publish",
+                               "messaging.destination.name": f"{service_name}.{event_type}"}):
+                return publish(event_type, event_data, tracing.message_headers(extra_headers))
 
         return dispatch

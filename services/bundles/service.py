@@ -16,6 +16,7 @@ from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys
 from shared.metrics import Metrics
+from shared.tracing import Tracing
 from shared.keys import parse_key
 from shared.retry import retrying_event_handler
 from shared.schemas import BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated
@@ -33,6 +34,7 @@ class BundlesService:
 
     store = BundleStore()
     metrics = Metrics()
+    tracing = Tracing()
     dispatch = EventDispatcher()
 
     # --- bundles -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from shared.entrypoints import EventDispatcher, event_handler, rpc
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
 from shared.metrics import Metrics
+from shared.tracing import Tracing
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, FileCreated, ObjectReplicated,
                             load_arguments)
@@ -47,6 +48,7 @@ class CheckoutService:
     name = "checkout"
 
     metrics = Metrics()
+    tracing = Tracing()
     dispatch = EventDispatcher()
 
     # --- file reads (GET /files, DRS) ----------------------------------------------------------------

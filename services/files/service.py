@@ -18,6 +18,7 @@ from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import Conflict, Forbidden, InvalidParameter, InvalidRequest, NotFound, Unprocessable
 from shared.identifiers import Keys
 from shared.metrics import Metrics, Progress
+from shared.tracing import Tracing
 from shared.retry import retrying_event_handler
 from shared.schemas import FileCreated, FileUploadAccepted
 
@@ -44,6 +45,7 @@ class FilesService:
 
     store = FileStore()
     metrics = Metrics()
+    tracing = Tracing()
     dispatch = EventDispatcher()
 
     @rpc

@@ -19,6 +19,8 @@ from services.gateway.web import (JSON, api, bodyless_response, drs_api, file_he
 from shared.exceptions import DSSError, InvalidParameter, NotFound
 from shared.identifiers import bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
+from shared import tracing
+from shared.tracing import Tracing
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ class GatewayService:
     checkout = ServiceRpc("checkout")
     broker = Broker()
     metrics = Metrics()
+    tracing = Tracing()
 
     # --- documentation and health --------------------------------------------------------------
     @api("GET", "/")
@@ -95,7 +98,8 @@ class GatewayService:
                 logger.warning("%s health check failed: %s", name, error.exc_type)
                 return {"ok": False, "detail": f"the health check failed ({error.exc_type})"}
 
-        probes = {name: eventlet.spawn(probe, getattr(self, name), name) for name in PROBED_SERVICES}
+        # Carried: each probe's RPC is a span of this request, not a trace of its own.
+        probes = {name: eventlet.spawn(tracing.carry(probe), getattr(self, name), name) for name in PROBED_SERVICES}
         dependencies = {"broker": self.broker.health(), **{name: done.wait() for name, done in probes.items()}}
         failing = sorted(name for name, report in dependencies.items() if not _healthy(report))
         if not failing:

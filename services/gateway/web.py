@@ -27,6 +27,7 @@ from werkzeug.wrappers import Request, Response
 
 from services.gateway import apidoc, errors
 from services.gateway.hosts import AllowedHosts
+from shared import tracing
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 from services.gateway.tls import ServerContext
@@ -59,13 +60,49 @@ class BundleIdConverter(BaseConverter):
 
 class ProblemWsgiApp(WsgiApp):
     def __call__(self, environ, start_response):
+        if tracing.enabled:
+            return self._traced(environ, start_response)
+        response = self._respond(environ)
+        return response(environ, start_response)
+
+    def _respond(self, environ):
         try:
             response = self._dispatch(environ)
         except Exception:  # a bug in routing or a handler: still no HTML, no traceback
             logger.exception("unhandled error serving %s", environ.get("PATH_INFO"))
             response = errors.internal_error()
         RESPONSES.labels(str(response.status_code)).inc()
-        return response(environ, start_response)
+        return response
+
+    def _traced(self, environ, start_response):
+        """The request as a server span, continuing the client's trace (its ``traceparent``), its
+        context handed to the worker (``GatewayWebServer.context_data_from_headers``) and named in
+        the answer's ``traceparent``."""
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        method = environ.get("REQUEST_METHOD", "GET")
+        parent = tracing.extract({name: environ.get(f"HTTP_{name.upper()}") for name in tracing.TRACE_HEADERS})
+        # Named by the route once one matched; the method alone for what matched none (scans of
+        # made-up paths must not make a name each).
+        request_span = trace.get_tracer("dss").start_span(
+            method, context=parent, kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": environ.get("PATH_INFO", "")})
+        token = context.attach(trace.set_span_in_context(request_span))
+        try:
+            response = self._respond(environ)
+            route = environ.get("dss.route")
+            if route:
+                request_span.update_name(f"{method} {route}")
+                request_span.set_attribute("http.route", route)
+            request_span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                request_span.set_status(Status(StatusCode.ERROR))
+            response.headers.update(tracing.current_headers())
+            return response(environ, start_response)
+        finally:
+            request_span.end()
+            context.detach(token)
 
     def _dispatch(self, environ):
         # shallow: nothing reads the body before the worker does (see nameko's WsgiApp)
@@ -94,6 +131,7 @@ class ProblemWsgiApp(WsgiApp):
         except HTTPException as error:
             return errors.problem(error.code or 400, "bad_request", error.name)
         request.path_values = values
+        environ["dss.route"] = provider.url
         return provider.handle_request(request)
 
 
@@ -117,6 +155,10 @@ class GatewayWebServer(WebServer):
 
     def get_wsgi_app(self):
         return ProblemWsgiApp(self)
+
+    def context_data_from_headers(self, request):
+        # The worker's span is a child of the request's (current in this green thread): see ProblemWsgiApp.
+        return tracing.current_headers()
 
     def make_url_map(self):
         url_map = Map(converters={"bundle_id": BundleIdConverter})

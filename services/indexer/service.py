@@ -31,6 +31,7 @@ from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import bundle_not_found
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
+from shared.tracing import Tracing
 from shared.keys import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
@@ -56,6 +57,7 @@ class IndexerService:
     journal = EventJournal()
     indexes = SearchIndexes()
     metrics = Metrics()
+    tracing = Tracing()
     dispatch = EventDispatcher()
 
     # --- events (payloads loaded leniently: a newer sender's extra fields are no reason to fail) ---

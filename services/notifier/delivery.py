@@ -68,6 +68,7 @@ from prometheus_client import Counter, Histogram
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NewConnectionError, ProtocolError,
                                 ReadTimeoutError, SSLError)
 
+from shared import tracing
 from shared.config import Settings
 from shared.exceptions import InvalidParameter, Unavailable
 from shared.schemas import (DEFAULT_WEBHOOK_ENCODING, DEFAULT_WEBHOOK_METHOD, MAX_CALLBACK_URL_LENGTH,
@@ -540,14 +541,21 @@ def deliver(subscription: Mapping[str, Any], payload: Any, attempt: int, setting
         request = build_request(subscription, payload, attempt, target, now=now)
         # Timeouts of urllib3 bound each wait; a receiver trickling its answer a byte at a time
         # would pass them all. The deadline bounds the whole attempt (green I/O under eventlet).
-        deadline = eventlet.Timeout(settings.notify_attempt_timeout, _AttemptDeadline())
-        try:
-            status, location, excerpt, address = _exchange(target, request, settings, resolve)
-        except _AttemptDeadline:
-            raise RetryableDeliveryError(f"the attempt took more than {settings.notify_attempt_timeout}s in all",
-                                         "attempt_timeout") from None
-        finally:
-            deadline.cancel()
+        # The attempt as a client span of the worker (urllib3 pools of our own: no instrumentation
+        # sees them), its context sent along as a receiver that traces would expect.
+        with tracing.span(f"webhook {request.method}", "CLIENT",
+                          {"http.request.method": request.method, "url.full": safe_url, "dss.attempt": attempt,
+                           "dss.subscription": str(subscription_id)}) as span:
+            request.headers.update(tracing.current_headers())
+            deadline = eventlet.Timeout(settings.notify_attempt_timeout, _AttemptDeadline())
+            try:
+                status, location, excerpt, address = _exchange(target, request, settings, resolve)
+            except _AttemptDeadline:
+                raise RetryableDeliveryError(f"the attempt took more than {settings.notify_attempt_timeout}s in all",
+                                             "attempt_timeout") from None
+            finally:
+                deadline.cancel()
+            span.set_attribute("http.response.status_code", status)
         if 300 <= status < 400:
             # Following it would send the payload (and signature) to a destination never checked.
             raise RetryableDeliveryError(f"the receiver redirected ({status}) to {_safe_location(location)}; "

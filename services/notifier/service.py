@@ -24,6 +24,7 @@ from shared import events
 from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import InvalidParameter
 from shared.metrics import Metrics
+from shared.tracing import Tracing
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import BundleIndexed, SubscriptionMatched, load_arguments
 
@@ -53,6 +54,7 @@ class NotifierService:
     webhooks = Webhooks()
     attempt = AttemptNumber()
     metrics = Metrics()
+    tracing = Tracing()
     dispatch = EventDispatcher()
 
     # --- subscriptions -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import Entrypoint
 from prometheus_client import Counter
 
+from shared import tracing
 from shared.config import Settings
 from shared.schemas import ObjectChanged
 
@@ -324,6 +325,7 @@ class _NotificationEntrypoint(Entrypoint):
         for index, change in enumerate(changes):
             try:
                 self.container.spawn_worker(self, (change,), {},
+                                            context_data=self._carried_trace(message, change) if tracing.enabled else None,
                                             handle_result=functools.partial(self._handle_result, delivery))
             except ContainerBeingKilled:
                 # The rest of this message is left to redelivery; the slot is freed once.
@@ -363,6 +365,28 @@ class _NotificationEntrypoint(Entrypoint):
             logger.warning("%s: could not acknowledge an ignored notification (%s)", self, error)
         finally:
             self._slots.release()
+
+    # --- the trace of the write a change reports (tracing on only) ------------------------------
+    # Its writer put its ``traceparent`` in the object's metadata (``shared.tracing.object_metadata``);
+    # the worker's span continues that trace. A lookup that fails only leaves the change a trace of
+    # its own.
+    def _carried_trace(self, message, change: dict) -> dict:
+        """What the notification itself tells (the poller's thread: no I/O here)."""
+        return {}
+
+    def trace_context(self, worker_ctx) -> dict:
+        """What needs a request to learn, asked by ``shared.tracing.Tracing`` in the worker's own
+        green thread (so lookups run in parallel, not one by one in the poller's)."""
+        return {}
+
+    def _lookup(self, change: dict, read) -> dict:
+        if change["kind"] != "created":
+            return {}
+        try:
+            return tracing.parent_from_metadata(read())
+        except Exception as error:
+            logger.debug("%s: no trace context for %s: %s", self, change["key"], error)
+            return {}
 
     # --- the source -------------------------------------------------------------------------
     def _source_name(self) -> str:
@@ -404,6 +428,8 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
             key_id, secret = "test", "test"  # an emulator accepts any keys
         if key_id:
             credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        self._credentials = credentials
+        self._s3 = None  # for the trace context of a change (tracing on only)
         config = Config(region_name=settings.s3_region, connect_timeout=3, read_timeout=SQS_WAIT_SECONDS + 10,
                         retries={"mode": "standard", "max_attempts": 2})
         # A session of its own: boto3's default session is not safe to share between threads.
@@ -414,6 +440,21 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
 
     def _source_name(self) -> str:
         return f"SQS queue {self.settings.s3_notification_queue}"
+
+    def trace_context(self, worker_ctx) -> dict:
+        # S3's notifications carry no user metadata: one HEAD per created object, only with tracing on.
+        change = worker_ctx.args[0]
+        return self._lookup(change, lambda: self._s3_client().head_object(
+            Bucket=change["bucket"], Key=change["key"]).get("Metadata", {}))
+
+    def _s3_client(self):
+        if self._s3 is None:
+            settings = self.settings
+            self._s3 = boto3.session.Session().client(
+                "s3", endpoint_url=settings.s3_endpoint or None, region_name=settings.s3_region,
+                config=Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 2}),
+                **self._credentials)
+        return self._s3
 
     def _fetch(self, max_messages: int) -> list:
         if self._queue_url is None:
@@ -434,6 +475,8 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
 
     def _close(self) -> None:
         self.sqs.close()
+        if self._s3 is not None:
+            self._s3.close()
 
 
 class GCSNotificationsEntrypoint(_NotificationEntrypoint):
@@ -485,6 +528,11 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
     def _normalise(self, message) -> list[dict]:
         change = normalise_gcs_notification(message.get("message") or {}, self.bucket)
         return [change] if change else []
+
+    def _carried_trace(self, message, change: dict) -> dict:
+        # The object resource of the notification (JSON_API_V1) has the metadata.
+        return self._lookup(change, lambda: json.loads(
+            base64.b64decode((message.get("message") or {}).get("data") or b"e30=")).get("metadata") or {})
 
     def _describe(self, message) -> str:
         return json.dumps(message.get("message"))

@@ -15,6 +15,7 @@ import logging
 from shared import events
 from shared.entrypoints import EventDispatcher, rpc
 from shared.metrics import Metrics
+from shared.tracing import Tracing
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments
 
@@ -35,6 +36,7 @@ class ReplicatorService:
     replicator = ReplicaStore()
     queues = QueueMonitor()
     metrics = Metrics()
+    tracing = Tracing()
     dispatch = EventDispatcher()
 
     # The notification bridge: each cloud's change notifications become one `object_changed`

@@ -22,6 +22,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from shared import tracing
 from shared.blobstore.base import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
                                    BlobStoreError, BlobStoreUnavailable, ChunkReader)
 
@@ -149,6 +150,7 @@ class GCSBlobStore(BlobStore):
     # --- writing -----------------------------------------------------------------------------
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
                   metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+        metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         blob = self._blob(bucket, key)
         blob.metadata = dict(metadata or {})
         with _errors(f"put gs://{bucket}/{key}", precondition=BlobAlreadyExists):
@@ -159,6 +161,7 @@ class GCSBlobStore(BlobStore):
                    content_type: str = "application/octet-stream",
                    metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
                    concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
+        metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         chunk_size = -(-part_size // RESUMABLE_CHUNK_MULTIPLE) * RESUMABLE_CHUNK_MULTIPLE
         reader = ChunkReader(chunks, size, before_last=before_commit)
         if concurrency > 1 and size > part_size:
@@ -206,7 +209,7 @@ class GCSBlobStore(BlobStore):
                     if failures:
                         break
                     written.append(f"{prefix}{number:05d}")
-                    pool.spawn_n(upload, written[-1], reader.read(part_size))  # blocks while the pool is full
+                    pool.spawn_n(tracing.carry(upload), written[-1], reader.read(part_size))  # blocks while the pool is full
             finally:
                 pool.waitall()
             if failures:
@@ -262,6 +265,8 @@ class GCSBlobStore(BlobStore):
              if_source_revision: str | None = None, content_type: str | None = None,
              metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024,
              source_size: int | None = None) -> BlobInfo:
+        if metadata is not None:  # new properties: with the writer's trace (None keeps the source's)
+            metadata = tracing.object_metadata(metadata)
         # A rewrite is server-side and chunked by the server (``part_size`` has no say): loop on its
         # token until done; the last answer describes the copy. The destination's properties, when
         # set, replace the source's.

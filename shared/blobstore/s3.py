@@ -12,6 +12,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from shared import tracing
 from shared.blobstore.base import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
                                    BlobStoreError, BlobStoreUnavailable, ChunkReader)
 
@@ -172,6 +173,7 @@ class S3BlobStore(BlobStore):
     # --- writing -----------------------------------------------------------------------------
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
                   metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+        metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         conditions = {"IfNoneMatch": "*"} if if_absent else {}
         with _errors(f"put s3://{bucket}/{key}", precondition=BlobAlreadyExists):
             self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
@@ -181,6 +183,7 @@ class S3BlobStore(BlobStore):
                    content_type: str = "application/octet-stream",
                    metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
                    concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
+        metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         reader = ChunkReader(chunks, size, before_last=before_commit)
         if size <= part_size:
             self.put_bytes(bucket, key, reader.read(), content_type, metadata)
@@ -220,7 +223,7 @@ class S3BlobStore(BlobStore):
             for number in range(1, count + 1):
                 if failures:
                     break
-                pool.spawn_n(upload, number, reader.read(part_size))
+                pool.spawn_n(tracing.carry(upload), number, reader.read(part_size))
         finally:
             pool.waitall()  # no part upload may still be running when the upload is aborted
         if failures:
@@ -252,6 +255,8 @@ class S3BlobStore(BlobStore):
              if_source_revision: str | None = None, content_type: str | None = None,
              metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024,
              source_size: int | None = None) -> BlobInfo:
+        if metadata is not None:  # new properties: with the writer's trace (None keeps the source's)
+            metadata = tracing.object_metadata(metadata)
         # The HEAD checks the revision (moto ignores CopySourceIfMatch), gives the size and the
         # properties to keep; every later request is pinned to the ETag it saw so the copy is of
         # one consistent content. An unchanging source of known size and new properties needs none.
@@ -287,7 +292,7 @@ class S3BlobStore(BlobStore):
         with self._multipart_upload(dst_bucket, dst_key, new_type, new_metadata) as upload_id:
             pool = eventlet.GreenPool(COPY_CONCURRENCY)
             try:
-                parts = list(pool.imap(copy_part, range(1, -(-size // part_size) + 1)))
+                parts = list(pool.imap(tracing.carry(copy_part), range(1, -(-size // part_size) + 1)))
             finally:
                 pool.waitall()  # no part copy may still be running when the upload is aborted
             result = self._complete(dst_bucket, dst_key, upload_id, parts)

@@ -35,6 +35,7 @@ import logging
 import re
 from typing import Any, Iterable
 
+from shared import tracing
 from shared.search.base import IndexBackend, Refused, SearchPage, SearchUnavailable, timed_out
 from shared.search.documents import RESERVED_FIELDS, date_micros, is_tombstone, number_value
 from shared.search.query import ElasticsearchBadRequest, QueryLimits, parse_search
@@ -75,6 +76,8 @@ _GENERATION_RE = re.compile(r"^g\d{20}$")
 
 def _client(url: str, **options):
     import opensearchpy  # looked up at call time: openmock patches opensearchpy.OpenSearch
+    if tracing.enabled:  # over requests, whose instrumentation makes each call a span of its worker
+        options.setdefault("connection_class", opensearchpy.RequestsHttpConnection)
     return opensearchpy.OpenSearch(hosts=[url], **options)
 
 

@@ -62,6 +62,15 @@ def test_every_service_runs_from_the_one_image(compose, service):
         assert re.search(rf"(//|^|@){url}:", env[name]), f"{name}={env[name]} is not the compose service {url}"
 
 
+def test_every_service_sends_its_traces_to_the_jaeger_of_the_compose_file(compose):
+    jaeger = compose["services"]["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one:")
+    assert jaeger["environment"]["COLLECTOR_OTLP_ENABLED"] == "true"
+    assert "127.0.0.1:16686:16686" in jaeger["ports"]  # the UI; OTLP (4318) stays inside the network
+    for service in SERVICES:
+        assert compose["services"][service]["environment"]["DSS_TRACING_ENDPOINT"] == "http://jaeger:4318"
+
+
 def mounts(spec: dict) -> list[tuple[str, str]]:
     return [tuple(volume.split(":")[:2]) for volume in spec.get("volumes", []) if volume.startswith((".", "/"))]
 

@@ -55,6 +55,7 @@ import eventlet
 import eventlet.event
 from prometheus_client import Counter, Gauge, Histogram
 
+from shared import tracing
 from shared.blobstore import (BlobAlreadyExists, BlobNotFound, BlobPreconditionFailed, BlobStoreError,
                               BlobStoreUnavailable)
 from shared.checksums import Checksums
@@ -516,7 +517,7 @@ class _JobRun:
             for entry in sorted(manifest["files"], key=lambda entry: -entry["size"]):
                 if self.error is not None:
                     break
-                pool.spawn_n(self._copy_file, entry)  # waits while the pool is full
+                pool.spawn_n(tracing.carry(self._copy_file), entry)  # waits while the pool is full
             pool.waitall()
         finally:
             self._stopped.send(True)  # wait() answers None on a timeout, True once stopped

@@ -26,6 +26,7 @@ from typing import Callable
 import eventlet
 from prometheus_client import Counter, Histogram
 
+from shared import tracing
 from shared.blobstore import BlobAlreadyExists, BlobNotFound, BlobStoreUnavailable
 from shared.concurrency import ExpiringCache, SingleFlight
 from shared.config import Settings
@@ -141,7 +142,7 @@ class FileReadsAPI:
             return
         document = (replica, uuid, announced)
         if self.state.documents.get(document) is None and not self.state.flights.running(("document",) + document):
-            eventlet.spawn_n(self._prime, self.file_metadata, replica, uuid, announced)
+            eventlet.spawn_n(tracing.carry(self._prime), self.file_metadata, replica, uuid, announced)
 
     def _read_document(self, storage: ReplicaStorage, uuid: str, version: str) -> dict:
         doc = storage.find_json(Keys.file(uuid, version))
@@ -388,9 +389,9 @@ class FileReadsAPI:
         ``document``: the file document the event carried, kept instead of read back."""
         if blob.size > self.settings.checkout_warm_bytes:
             return None
-        lookups = [eventlet.spawn(self._prime, self.latest_version, replica, uuid)]
+        lookups = [eventlet.spawn(tracing.carry(self._prime), self.latest_version, replica, uuid)]
         if not self.remember_document(replica, uuid, version, blob, document):
-            lookups.append(eventlet.spawn(self._prime, self.file_metadata, replica, uuid, version))
+            lookups.append(eventlet.spawn(tracing.carry(self._prime), self.file_metadata, replica, uuid, version))
         try:
             return self.ensure_copy(replica, blob, "warm", look_first=False)
         finally:
@@ -440,7 +441,8 @@ class FileReadsAPI:
             region = self.settings.s3_region if name == "aws" else None
             return drs.access_method(name, metadata["version"], region, url)
 
-        return [found for found in eventlet.GreenPool(len(order)).imap(method, order) if found is not None]
+        return [found for found in eventlet.GreenPool(len(order)).imap(tracing.carry(method), order)
+                if found is not None]
 
     def drs_access(self, object_id: str, access_id: str, version: str | None) -> tuple[dict, dict | None]:
         uuid, version = drs.parse_object_id(object_id, version)
