@@ -69,8 +69,9 @@ def test_damage_only_reading_shows_is_marked_for_removal():
     stores, buckets = world.stores, {"aws": "dss-main", "gcp": "dss-main"}
     sums = checksum_bytes(b"good")
     world.put("gcp", sums.blob_key(), b"good")
-    world.put("aws", sums.blob_key(), b"evil")
-    stores["aws"].etags[sums.blob_key()] = "0" * 32 + "-2"  # uploaded in parts: says nothing
+    # Uploaded in parts: its ETag ("<md5 of the parts' md5s>-2") says nothing of the content.
+    stores["aws"].put_stream("dss-main", sums.blob_key(), [b"evil"], 4, part_size=2)
+    assert stores["aws"].stat("dss-main", sums.blob_key()).revision.endswith("-2")
 
     summary = replicas.Summary()
     assert list(replicas.compare_replicas(stores, buckets, "blobs/", summary=summary)) == []
