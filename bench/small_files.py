@@ -73,8 +73,10 @@ NOT_SERVICES = ("moto", "fake-gcs", "pubsub", "rabbitmq", "epmd", "proxy", "benc
 SERVICE_METRICS = ("FILES", "BUNDLES", "REPLICATOR", "INDEXER", "NOTIFIER", "CHECKOUT", "GATEWAY")
 TARGETS = {"throughput_ratio": 0.5, "put_p50_ratio": 3.0, "s3_per_file": 7}
 
-# moto (werkzeug) logs each request: `127.0.0.1 - - [date] "GET /bucket/key?x HTTP/1.1" 200 -`.
+# moto (werkzeug) logs each request: `127.0.0.1 - - [date] "GET /bucket/key?x HTTP/1.1" 200 -`, the
+# request of an answer other than 200 in ANSI colours (removed before matching).
 _MOTO_LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3})')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def classify_moto(method: str, path: str) -> str | None:
@@ -112,7 +114,7 @@ class MotoLog:
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
             for line in handle.read().decode("utf-8", "replace").splitlines():
-                match = _MOTO_LINE.search(line)
+                match = _MOTO_LINE.search(_ANSI.sub("", line))
                 if match:
                     label = classify_moto(match.group(1), match.group(2))
                     if label:

@@ -40,13 +40,16 @@ class ReplicatorService:
     # The notification bridge: each cloud's change notifications become one `object_changed`
     # fact on the bus. The cloud message is acknowledged only once this worker has returned,
     # i.e. once the event is on the bus (the dispatcher waits for the broker's confirm).
+    # The echo of a copy this process made (the destination's notification of it) stops here.
     @s3_notifications
     def handle_s3_notification(self, change):
-        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+        if not self.replicator.is_echo(change):
+            self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
 
     @gcs_notifications
     def handle_gcs_notification(self, change):
-        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+        if not self.replicator.is_echo(change):
+            self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
 
     @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="replication_retry_delays")
@@ -54,7 +57,7 @@ class ReplicatorService:
         change = ObjectChanged().load(payload)
         if self.replicator.ignored(change):
             return None
-        outcome = self.replicator.replicate(change["key"], change["replica"])
+        outcome = self.replicator.replicate(change["key"], change["replica"], size=change.get("size"))
         return self._replicated(outcome, change["event_time"])
 
     @rpc

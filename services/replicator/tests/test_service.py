@@ -57,9 +57,10 @@ def test_a_replicated_change_is_announced_with_its_lag():
     service.replicator.replicate.return_value = Outcome("aws", "gcp", "files/x", "file", 12, True)
     service.replicator.observe_lag.return_value = 1.5
 
-    service.handle_object_changed(change())
+    service.handle_object_changed(change(size=12))
 
-    service.replicator.replicate.assert_called_once_with("files/x", "aws")
+    # The notification's size goes along: a blob is looked for in the destination first.
+    service.replicator.replicate.assert_called_once_with("files/x", "aws", size=12)
     assert service.replicator.observe_lag.call_args[0][1] == "2026-11-25T01:02:03+00:00"
     name, payload = service.dispatch.call_args[0]
     assert name == events.OBJECT_REPLICATED
@@ -358,11 +359,16 @@ def test_a_blob_this_process_saw_intact_lately_is_not_looked_at_again_as_a_depen
     _, sums = world.put_file("aws", UUIDS[0], b"seen")
     stats = []
     for store in world.stores.values():
-        store.stat = (lambda original: lambda bucket, key: stats.append(key) or original(bucket, key))(store.stat)
+        store.stat = (lambda original, name: lambda bucket, key: stats.append((name, key)) or original(bucket, key))(
+            store.stat, store.replica)
+
+    def looked_at(key):
+        return {replica for replica, seen in stats if seen == key}
+
     world.api.replicate(sums.blob_key(), "aws")  # the blob's own event: copied
     stats.clear()
     assert world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws").copied is True
-    assert sums.blob_key() not in stats
+    assert looked_at(sums.blob_key()) == set()
     assert world.writes("gcp") == [sums.blob_key(), Keys.file(UUIDS[0], VERSION)]
 
     other = Keys.file(UUIDS[1], VERSION)  # a second file of the same bytes, once the memory aged out
@@ -370,12 +376,14 @@ def test_a_blob_this_process_saw_intact_lately_is_not_looked_at_again_as_a_depen
     now[0] += RECENT_SECONDS
     stats.clear()
     assert world.api.replicate(other, "aws").copied is True
-    assert stats.count(sums.blob_key()) == 2  # looked at in both replicas again
-    # A deep run always looks (the blob was just seen again).
+    # Looked at again, in the destination only: the file document gives its size, and the copy
+    # there is intact, so the source is not read.
+    assert looked_at(sums.blob_key()) == {"gcp"}
+    # A deep run always looks, in both replicas (the blob was just seen again).
     world.stores["gcp"].delete("dss-main", other)
     stats.clear()
     assert world.api.replicate(other, "aws", deep=True).copied is True
-    assert stats.count(sums.blob_key()) == 2
+    assert looked_at(sums.blob_key()) == {"aws", "gcp"}
 
 
 def test_a_malformed_dss_key_is_an_error_not_ignored():
