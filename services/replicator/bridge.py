@@ -72,8 +72,8 @@ PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 # How long the first settled message waits for others to share its acknowledgement request: short
-# against any visibility timeout or ack deadline, long against the workers of one fetched batch.
-ACK_LINGER_SECONDS = 0.02
+# against any visibility timeout or ack deadline (seconds), long against a worker (milliseconds).
+ACK_LINGER_SECONDS = 0.2
 SQS_MAX_DELETE_BATCH = 10  # SQS's DeleteMessageBatch limit
 PUBSUB_MAX_ACK_BATCH = 1000
 

@@ -17,7 +17,7 @@ from eventlet.event import Event
 from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound
-from shared.checksums import ChecksumPass, Checksums
+from shared.checksums import ChecksumPass, Checksums, checksum_bytes
 from shared.concurrency import SingleFlight, green_map
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, Replica
@@ -123,20 +123,29 @@ class _Run:
             flight, lambda: self._blob(target, dependency, size)))
 
     def _blob(self, target: ReplicaKey, dependency: bool, size: int | None) -> int:
-        """``size``: the blob's size as its file document or notification says; with it the
-        destination is looked at first, and the source is not touched when the copy is there."""
+        """``size``: the blob's size as its file document or notification says; with it a small
+        dependency is copied in two requests (read, write if absent), and a blob's own event looks
+        at the destination first, not touching the source when the copy is there."""
         same, judged = None, None
-        if not self.deep:
-            # Blobs never change: one seen intact lately still is.
+        if dependency and not self.deep:
+            # Blobs never change: one seen intact lately still is. (A blob's own event always looks:
+            # it may be a repair of a copy this process wrote before.)
             known = self.api.recent.intact_size(self.destination.replica, target.key)
             if known is not None and size in (None, known):
                 self.counted(target, False)
                 return known
-            if size is not None:
-                same, judged = self.api.blob_present(self.destination, target, size, deep=False), size
-                if same:
-                    self.counted(target, False)
-                    return size
+            if size is not None and size <= self.api.settings.replication_part_bytes:
+                # A small dependency not seen lately is most likely new: read it and write it if
+                # absent, rather than look at the destination first.
+                copied = self.api.copy_small_blob(self.source, self.destination, target, size,
+                                                  lambda: self.missing(target.key, dependency))
+                self.counted(target, copied)
+                return size
+        if not self.deep and size is not None:
+            same, judged = self.api.blob_present(self.destination, target, size, deep=False), size
+            if same:
+                self.counted(target, False)
+                return size
         try:
             # A small blob is read whole with its properties, in one request.
             info, data = self.source.store.read_small(self.source.bucket, target.key,
@@ -167,6 +176,12 @@ class _Run:
         except BlobNotFound:
             raise self.missing(target.key, dependency) from None
         doc = load_document(target, data)  # the source is the truth only if it is a valid document
+        if target.kind == FILE:
+            # One dependency, looked at cheaply (its size is in the document): no read of the
+            # destination first; a write-if-absent finds a document already there.
+            self.dependencies(target, doc, ancestors | {target.key})
+            self.counted(target, self.api.write_document(self.destination, target, data, replace=False))
+            return len(data)
         try:
             existing = self.destination.store.get_bytes(self.destination.bucket, target.key)
         except BlobNotFound:
@@ -307,6 +322,44 @@ class ReplicatorAPI:
             actual, _ = hash_object(replica.store, replica.bucket, target.key, chunk,
                                     on_chunk=lambda count: self.metrics.bytes_hashed(replica.replica, count))
         return actual == target.checksums
+
+    def copy_small_blob(self, source: ReplicaStorage, destination: ReplicaStorage, target: ReplicaKey, size: int,
+                        missing) -> bool:
+        """Copy a blob of at most one part read whole, written only if absent: whether it was
+        written. One already there is judged (replaced if it does not match its key); ``missing()``
+        is the error to raise when the source has no such blob."""
+        try:
+            info, data = source.store.read_small(source.bucket, target.key, self.settings.replication_part_bytes)
+        except BlobNotFound:
+            raise missing() from None
+        if data is None:  # larger than its document said: the general path judges it
+            same = self.blob_present(destination, target, info.size, deep=False)
+            if same:
+                return False
+            self.copy_blob(source, destination, target, info)
+            return True
+        self.metrics.bytes_hashed(source.replica, len(data))
+        wrong = target.checksums.mismatches(checksum_bytes(data))
+        if wrong:
+            raise errors.source_corrupt(f"the bytes of {target.key} in {source.replica} do not match its "
+                                        f"{', '.join(wrong)}; not copied to {destination.replica}")
+        store, bucket = destination.store, destination.bucket
+        properties = {"content_type": info.content_type or OCTET_STREAM, "metadata": info.metadata}
+        try:
+            written = store.put_bytes(bucket, target.key, data, if_absent=True, **properties)
+        except BlobAlreadyExists:
+            same = self.blob_present(destination, target, len(data), deep=False)
+            if same:
+                return False
+            logger.warning("replacing %s in %s: it does not match its key", target.key, destination.replica)
+            written = store.put_bytes(bucket, target.key, data, **properties)
+        written = written or store.stat(bucket, target.key)
+        if written.size != len(data) or blob_verdict(written, target.checksums) is False:
+            raise errors.copy_mismatch(f"{target.key} in {destination.replica} does not match what was sent "
+                                       f"({written.size} of {len(data)} bytes)")
+        self.recent.remember(destination.replica, written)
+        self.metrics.bytes_copied(destination.replica, BLOB, len(data))
+        return True
 
     def copy_blob(self, source: ReplicaStorage, destination: ReplicaStorage, target: ReplicaKey,
                   info: BlobInfo, data: bytes | None = None) -> None:

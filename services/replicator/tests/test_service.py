@@ -297,7 +297,10 @@ def test_two_valid_documents_that_differ_are_a_conflict_for_an_operator():
     with pytest.raises(Unprocessable, match="^conflicting_documents: ") as error:
         world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws")
     assert isinstance(error.value, PERMANENT_ERRORS)  # else the two replicas' events would flip it forever
-    assert world.log == []
+    # Neither document was replaced. (The blob the aws one names was copied first, as a file's blob
+    # always is before its document is tried: content-addressed, it is right wherever it lands.)
+    assert world.log == [("gcp", checksum_bytes(b"one").blob_key())]
+    assert world.contents("gcp")[Keys.file(UUIDS[0], VERSION)] != world.contents("aws")[Keys.file(UUIDS[0], VERSION)]
 
 
 def test_collections_naming_each_other_terminate():
@@ -375,10 +378,12 @@ def test_a_blob_this_process_saw_intact_lately_is_not_looked_at_again_as_a_depen
     world.put("aws", other, world.contents("aws")[Keys.file(UUIDS[0], VERSION)])
     now[0] += RECENT_SECONDS
     stats.clear()
+    written = len(world.writes("gcp"))
     assert world.api.replicate(other, "aws").copied is True
-    # Looked at again, in the destination only: the file document gives its size, and the copy
-    # there is intact, so the source is not read.
-    assert looked_at(sums.blob_key()) == {"gcp"}
+    # Looked at again: a small blob is read and written if absent; the write finds the copy there,
+    # which is judged intact and kept.
+    assert looked_at(sums.blob_key()) == {"aws", "gcp"}
+    assert world.writes("gcp")[written:] == [other]
     # A deep run always looks, in both replicas (the blob was just seen again).
     world.stores["gcp"].delete("dss-main", other)
     stats.clear()
