@@ -71,8 +71,9 @@ PUBSUB_API = "https://pubsub.googleapis.com"
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
-# How long the first settled message waits for others to share its acknowledgement request: short
-# against any visibility timeout or ack deadline (seconds), long against a worker (milliseconds).
+# How long the first settled message waits for others to share its acknowledgement request: long
+# against a worker (milliseconds), and at most a twentieth of the visibility timeout / ack deadline
+# (DSS_NOTIFICATION_RETRY_DELAY) that an acknowledgement must beat.
 ACK_LINGER_SECONDS = 0.2
 SQS_MAX_DELETE_BATCH = 10  # SQS's DeleteMessageBatch limit
 PUBSUB_MAX_ACK_BATCH = 1000
@@ -250,6 +251,7 @@ class _NotificationEntrypoint(Entrypoint):
         self._fetching = True  # until the poller dispatches, stop() may simply kill it
         self._poller = None
         self._acks = LightQueue()  # settled messages waiting for their acknowledgement
+        self._linger = min(ACK_LINGER_SECONDS, max(1, self.retry_delay) / 20)
 
     def start(self):
         self._poller = self.container.spawn_managed_thread(self._poll, identifier=f"{self}.poll")
@@ -400,7 +402,7 @@ class _NotificationEntrypoint(Entrypoint):
             first = self._acks.get()
             if first is _ACKS_END:
                 return
-            eventlet.sleep(ACK_LINGER_SECONDS)  # let the workers of the same fetch settle too
+            eventlet.sleep(self._linger)  # let the workers of the same fetch settle too
             if self._flush_acks([first]):
                 return
 
