@@ -251,6 +251,10 @@ class _NotificationEntrypoint(Entrypoint):
         self._fetching = True  # until the poller dispatches, stop() may simply kill it
         self._poller = None
         self._acks = LightQueue()  # settled messages waiting for their acknowledgement
+        # A dependency provider of the service that knows its own writes (``is_echo(change)``)
+        # lets the bridge drop their echoes before any worker runs.
+        self._echo_checks = [provider.is_echo for provider in self.container.dependencies
+                             if callable(getattr(provider, "is_echo", None))]
         self._linger = min(ACK_LINGER_SECONDS, max(1, self.retry_delay) / 20)
 
     def start(self):
@@ -349,6 +353,10 @@ class _NotificationEntrypoint(Entrypoint):
             return
         if not changes:
             self._ignore(message, "irrelevant")
+            return
+        changes = [change for change in changes if not any(is_echo(change) for is_echo in self._echo_checks)]
+        if not changes:  # the echo of the service's own write: no worker for it
+            self._ignore(message, "echo")
             return
         delivery = _Delivery(message, len(changes))
         for index, change in enumerate(changes):

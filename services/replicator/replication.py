@@ -269,14 +269,6 @@ class ReplicatorAPI:
             logger.debug("ignoring %s of %s in %s/%s: %s", change["kind"], key, replica, change["bucket"], reason)
         return reason
 
-    def is_echo(self, change: dict) -> bool:
-        """Whether a change notification reports a copy this process made (counted as ignored, like
-        ``ignored``): the bridge keeps it off the bus."""
-        if change["kind"] == "created" and self.recent.is_own_write(change):
-            IGNORED.labels(change["replica"], "own_copy").inc()
-            return True
-        return False
-
     def replicate(self, key: str, source_replica: str, deep: bool = False, size: int | None = None) -> Outcome:
         """Make the other replica hold ``key`` as ``source_replica`` does, dependencies first.
         ``deep``: a blob already there whose metadata cannot vouch for it is read and hashed.

@@ -40,16 +40,15 @@ class ReplicatorService:
     # The notification bridge: each cloud's change notifications become one `object_changed`
     # fact on the bus. The cloud message is acknowledged only once this worker has returned,
     # i.e. once the event is on the bus (the dispatcher waits for the broker's confirm).
-    # The echo of a copy this process made (the destination's notification of it) stops here.
+    # The echo of a copy this process made (the destination's notification of it) is dropped by
+    # the bridge before a worker runs (``ReplicaStore.is_echo``).
     @s3_notifications
     def handle_s3_notification(self, change):
-        if not self.replicator.is_echo(change):
-            self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
 
     @gcs_notifications
     def handle_gcs_notification(self, change):
-        if not self.replicator.is_echo(change):
-            self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
 
     @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="replication_retry_delays")

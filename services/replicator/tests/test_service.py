@@ -27,6 +27,7 @@ from shared.storage import ReplicaStorage, Replicas
 
 from services.replicator import exceptions as errors
 from services.replicator.budget import MemoryBudget
+from services.replicator.dependencies import ReplicaStore
 from services.replicator.recent import RECENT_SECONDS, RecentCopies
 from services.replicator.replication import Outcome, ReplicatorAPI
 from services.replicator.service import ReplicatorService
@@ -350,6 +351,13 @@ def test_the_notification_of_a_copy_this_process_made_is_ignored_and_any_other_r
         assert world.api.ignored(echo) == "own_copy"
         assert world.api.ignored({**echo, "checksums": {revision_field: "1" + written}}) is None
         assert world.api.ignored({**echo, "checksums": {}}) is None
+        # The dependency provider answers the notification bridge the same (it drops echoes
+        # before any worker runs).
+        provider = ReplicaStore()
+        provider.recent = world.api.recent
+        assert provider.is_echo(echo) is True
+        assert provider.is_echo({**echo, "checksums": {revision_field: "1" + written}}) is False
+        assert provider.is_echo({**echo, "kind": "deleted"}) is False
         assert world.api.ignored({**echo, "kind": "deleted"}) == "deleted"
     # Its source's own notifications are no echo.
     source_revision = world.stores[source].stat("dss-main", file_key).revision
