@@ -415,6 +415,41 @@ def print_summary(r: dict) -> None:
           f"{r['load_before']['load_1m']:.1f} -> {store['load_1m']:.1f}")
 
 
+def print_table(runs: list[dict]) -> None:
+    """The markdown table docs/scaling.md shows: one column per run (``--table`` of saved results)."""
+    def services(r):
+        return {n: v for n, v in r["store"]["cpu_s_per_file"].items() if _service(n) not in NOT_SERVICES}
+
+    names = sorted({n for r in runs for n in services(r)}, key=lambda n: -max(services(r).get(n, 0) for r in runs))
+    kinds = sorted({k for r in runs for k in r["store"]["requests_per_file"]})
+    rows = [
+        ("run", lambda r: f"{r.get('args', {}).get('label') or ''} ({r.get('commit', '')})"),
+        ("store files/s (8 writers, until verified in gcp)", lambda r: f"{r['store']['files_per_s']:.1f}"),
+        ("floor files/s (8 threads; mean of before and after)", lambda r: f"{r['floor_files_per_s']:.1f}"),
+        ("**ratio store / floor** (target >= 0.5)", lambda r: f"**{r['throughput_ratio']:.2f}**"),
+        ("one writer: PUT /files p50", lambda r: f"{r['one_writer_put']['p50_ms']:.0f} ms"),
+        ("floor, one thread: time per file p50", lambda r: f"{r['one_thread_floor']['per_file']['p50_ms']:.0f} ms"),
+        ("**PUT p50 / floor per file** (target <= 3)", lambda r: f"**{r['put_p50_ratio']:.2f}**"),
+        *((f"{'**S3**' if k == 'S3' else k} requests per file" + (" (target <= 7)" if k == "S3" else ""),
+           (lambda k: lambda r: f"{r['store']['requests_per_file'].get(k, 0):.2f}")(k)) for k in kinds),
+        ("**services CPU ms per file**", lambda r: f"**{r['store']['services_cpu_s_per_file'] * 1000:.1f}**"),
+        *((f"  {n}", (lambda n: lambda r: f"{services(r).get(n, 0) * 1000:.1f}")(n)) for n in names),
+        *((f"  {n} (not a service)", (lambda n: lambda r: f"{r['store']['cpu_s_per_file'].get(n, 0) * 1000:.1f}")(n))
+          for n in ("moto", "pubsub", "rabbitmq", "fake-gcs")),
+        ("floor CPU ms per file (its client, moto, fake-gcs)", lambda r: ", ".join(
+            f"{r['floor_cpu_s_per_file'].get(n, 0) * 1000:.1f}" for n in ("bench", "moto", "fake-gcs"))),
+        ("store lag p50 (PUT answered to verified in gcp)", lambda r: f"{r['store']['lag']['p50_s'] * 1000:.0f} ms"),
+        ("peak RSS MiB: replicator, files, checkout", lambda r: ", ".join(
+            f"{r['store']['peak_rss_mib'].get(n, 0):.0f}" for n in ("replicator", "files", "checkout"))),
+        ("machine: cores busy during the store; load 1m", lambda r: f"{r['store']['machine_busy_cores']:.2f}; "
+                                                                    f"{r['store']['load_1m']:.1f}"),
+    ]
+    print("| | " + " | ".join(str(i + 1) for i in range(len(runs))) + " |")
+    print("|---|" + "---|" * len(runs))
+    for title, cell in rows:
+        print(f"| {title} | " + " | ".join(cell(r) for r in runs) + " |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=300, help="files of the 8-writer store and of each floor pass")
@@ -427,7 +462,12 @@ def main(argv=None):
                         help="the private broker the stack is started with (and its RabbitMQ if none answers)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. the commit measured)")
+    parser.add_argument("--table", nargs="+", type=pathlib.Path, metavar="JSON",
+                        help="print the table of earlier runs (var/bench/small-files-*.json) and stop")
     args = parser.parse_args(argv)
+    if args.table:
+        print_table([json.loads(path.read_text()) for path in args.table])
+        return
     os.chdir(ROOT)  # relative settings (the token issuer's key) resolve against the repo root
     before = running_stack()
     if before:
