@@ -4,8 +4,10 @@ which change events need no copy; and the comparison of one key in both replicas
 
 Order is what keeps a reader of the destination from ever seeing a dangling reference: a blob
 before the file document naming it, a bundle's files before its manifest, a collection's items
-before the collection. Documents already present with the same bytes are taken as proof that
-their dependencies are there too (they were written first), so a repeated event costs two reads.
+before the collection. Bundles and collections already present with the same bytes are taken as
+proof that their dependencies are there too (they were written first), so a repeated event costs
+two reads. A file document, whose one dependency is cheap to look at, is written if absent right
+after its blob: a new file (the usual event) costs no read of the destination.
 """
 from __future__ import annotations
 
