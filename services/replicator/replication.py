@@ -126,8 +126,8 @@ class _Run:
 
     def _blob(self, target: ReplicaKey, dependency: bool, size: int | None) -> int:
         """``size``: the blob's size as its file document or notification says; with it a small
-        dependency is copied in two requests (read, write if absent), and a blob's own event looks
-        at the destination first, not touching the source when the copy is there."""
+        blob is copied in two requests (read, write if absent), and a larger one is looked for in
+        the destination first, not touching the source when the copy is there."""
         same, judged = None, None
         if dependency and not self.deep:
             # Blobs never change: one seen intact lately still is. (A blob's own event always looks:
@@ -136,13 +136,13 @@ class _Run:
             if known is not None and size in (None, known):
                 self.counted(target, False)
                 return known
-            if size is not None and size <= self.api.settings.replication_part_bytes:
-                # A small dependency not seen lately is most likely new: read it and write it if
-                # absent, rather than look at the destination first.
-                copied = self.api.copy_small_blob(self.source, self.destination, target, size,
-                                                  lambda: self.missing(target.key, dependency))
-                self.counted(target, copied)
-                return size
+        if not self.deep and size is not None and size <= self.api.settings.replication_part_bytes:
+            # A small blob not seen lately is most likely new (its own event usually comes before
+            # its file document's): read it and write it if absent, rather than look first.
+            copied = self.api.copy_small_blob(self.source, self.destination, target, size,
+                                              lambda: self.missing(target.key, dependency))
+            self.counted(target, copied)
+            return size
         if not self.deep and size is not None:
             same, judged = self.api.blob_present(self.destination, target, size, deep=False), size
             if same:
