@@ -196,7 +196,7 @@ class MemoryBlobStore(BlobStore):
         objects = self._objects(bucket, "put_bytes")
         if if_absent and key in objects:
             raise BlobAlreadyExists(f"{bucket}/{key}")
-        self._store(bucket, key, data, content_type, metadata)
+        return self._store(bucket, key, data, content_type, metadata)
 
     def put_stream(self, bucket, key, chunks, size, content_type="application/octet-stream", metadata=None,
                    part_size=64 * 1024 * 1024, *, concurrency=1, before_commit=None):
@@ -210,7 +210,7 @@ class MemoryBlobStore(BlobStore):
             raise BlobStoreError(f"the stream of {bucket}/{key} ended after {len(data)} of {size} bytes")
         if before_commit is not None:
             before_commit()  # raising: nothing is written
-        self._store(bucket, key, data, content_type, metadata, part_size)
+        return self._store(bucket, key, data, content_type, metadata, part_size)
 
     def copy(self, src_bucket, src_key, dst_bucket, dst_key, *, if_source_revision=None, content_type=None,
              metadata=None, part_size=64 * 1024 * 1024, source_size=None):

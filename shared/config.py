@@ -175,9 +175,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DSS_CHECKOUT_INLINE_BYTES", 64 * MiB,
             "Blobs up to this size are copied into the checkout bucket during the GET /files (or DRS access) "
             "that needs them; larger ones in the background while the client is told to come back.", int),
-    Setting("DSS_CHECKOUT_WARM_BYTES", 1 * MiB,
+    Setting("DSS_CHECKOUT_WARM_BYTES", 0,
             "Files up to this size are copied into the checkout bucket as soon as they are created, so that "
-            "their first GET /files is a plain redirect.", int),
+            "their first GET /files needs no copy. 0: none; a file is copied by its first read (a copy and "
+            "a listing per new file saved for files nobody reads).", int),
     Setting("DSS_CHECKOUT_EXPIRY_DAYS", 14,
             "Days a checked-out copy lives after it was made or last refreshed; then the sweeper deletes it.", float),
     Setting("DSS_CHECKOUT_REFRESH_DAYS", 2,

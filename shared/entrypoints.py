@@ -124,8 +124,30 @@ def standby_queue(service_name: str) -> Queue:
                  durable=False)
 
 
+def key_not_under(*prefixes: str):
+    """A ``skip`` test for ``event_handler`` / ``retrying_event_handler``: the event names a ``key``
+    outside ``prefixes`` (a payload without a string key is not skipped: the worker judges it)."""
+    def skip(payload) -> bool:
+        key = payload.get("key") if isinstance(payload, dict) else None
+        return isinstance(key, str) and not key.startswith(prefixes)
+    return skip
+
+
 class EventHandler(TraceContextDecoder, events.EventHandler):
+    """nameko's event handler on ``QueueConsumer``. ``skip``: a test of the raw payload, True for an
+    event the handler would do nothing with; such a message is settled as a success at once,
+    without a worker (a worker costs more than the little a handler does to ignore an event)."""
     queue_consumer = QueueConsumer()
+
+    def __init__(self, source_service, event_type, *args, skip=None, **kwargs):
+        self.skip = skip
+        super().__init__(source_service, event_type, *args, **kwargs)
+
+    def handle_message(self, body, message):
+        if self.skip is not None and self.skip(body):
+            self.handle_message_processed(message)
+            return
+        super().handle_message(body, message)
 
     def setup(self):
         super().setup()

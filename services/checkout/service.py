@@ -22,7 +22,7 @@ from marshmallow import EXCLUDE, ValidationError
 from nameko.events import BROADCAST
 
 from shared import events
-from shared.entrypoints import EventDispatcher, event_handler, rpc
+from shared.entrypoints import EventDispatcher, event_handler, key_not_under, rpc
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
 from shared.metrics import Metrics
@@ -127,7 +127,8 @@ class CheckoutService:
         created = FileCreated(unknown=EXCLUDE).load(payload)
         self.file_reads.announce_version(created["replica"], created["uuid"], created["version"])
 
-    @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False)
+    @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False,
+                   skip=key_not_under("files/"))
     def note_replicated_file_version(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
         file_version = file_version_of_key(replicated["key"])

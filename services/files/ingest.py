@@ -29,6 +29,8 @@ class Source:
     key: str
     info: BlobInfo
     declared: dict[str, str]
+    # The whole object, when it fit in the read that inspected it (at most DSS_STREAM_CHUNK_BYTES).
+    data: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -84,13 +86,15 @@ class Ingester:
         replica, bucket, key = self.sources.check(url)
         store = self.replicas[replica].store
         try:
-            info = store.stat(bucket, key)
+            # A small object comes whole with its properties (one request on S3): the bytes that
+            # are verified and stored are those of the revision inspected.
+            info, data = store.read_small(bucket, key, self.settings.stream_chunk_bytes)
             declared = _declared_checksums(info.metadata)
             if len(declared) < len(CHECKSUM_NAMES):
                 declared = _declared_checksums(info.metadata, store.get_tags(bucket, key))
         except BlobNotFound:
             raise source_not_found(url) from None
-        return Source(url, replica, bucket, key, info, declared)
+        return Source(url, replica, bucket, key, info, declared, data)
 
     def checksum_source(self, source: Source, on_chunk=lambda count: None) -> Checksums:
         """Read the source once and compute its four checksums (bounded memory)."""
@@ -123,7 +127,7 @@ class Ingester:
             self.verify_source(source, checksums, on_chunk)
             return self._copy_blob(source, checksums)
         replica = self.replicas[source.replica]
-        data = self._read_whole(source)
+        data = source.data if source.data is not None else self._read_whole(source)
         on_chunk(len(data))
         _check(source, checksums, checksum_bytes(data))
         try:

@@ -27,7 +27,7 @@ from marshmallow import EXCLUDE
 
 from shared import events
 from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
-from shared.entrypoints import EventDispatcher, rpc
+from shared.entrypoints import EventDispatcher, key_not_under, rpc
 from shared.exceptions import bundle_not_found
 from shared.identifiers import fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
@@ -73,8 +73,9 @@ class IndexerService:
         tombstoned = BundleTombstoned(unknown=EXCLUDE).load(payload)
         return self._tombstone(tombstoned["replica"], tombstoned["uuid"], tombstoned["version"])
 
+    # Only bundles concern the index: the events of every other key are settled without a worker.
     @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=PERMANENT_ERRORS,
-                            delays_setting="index_retry_delays")
+                            delays_setting="index_retry_delays", skip=key_not_under("bundles/"))
     def handle_object_replicated(self, payload):
         replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
         key, replica = replicated["key"], replicated["destination_replica"]
@@ -88,7 +89,7 @@ class IndexerService:
         return []
 
     @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
-                            delays_setting="index_retry_delays")
+                            delays_setting="index_retry_delays", skip=key_not_under("bundles/"))
     def handle_object_changed(self, payload):
         changed = ObjectChanged(unknown=EXCLUDE).load(payload)
         if changed["kind"] != "deleted" or not changed["key"].startswith("bundles/"):

@@ -17,7 +17,10 @@ a ``shared.schemas.ObjectChanged`` dict and handed to the decorated method as it
 
 Delivery is at-least-once: a message is deleted (SQS) / acknowledged (Pub/Sub) only after every
 worker it started has returned without error; when one raises, the message comes back after
-``DSS_NOTIFICATION_RETRY_DELAY`` seconds. Duplicates are not filtered: S3 may notify one upload
+``DSS_NOTIFICATION_RETRY_DELAY`` seconds. Settled messages are acknowledged in batches (SQS's
+``DeleteMessageBatch`` of up to 10, one Pub/Sub ``acknowledge`` of many ack ids), gathered for
+``ACK_LINGER_SECONDS`` by one sending thread: a request per batch rather than per message; an
+acknowledgement that is lost only means a duplicate, which handlers tolerate. Duplicates are not filtered: S3 may notify one upload
 twice (moto sends ``ObjectCreated:Put`` and ``ObjectCreated:CompleteMultipartUpload`` for a
 multipart upload) and both queues redeliver, so handlers must be idempotent (the replicator is).
 Notifications are not ordered either (fake-gcs-server may publish a delete before the finalize of
@@ -44,6 +47,7 @@ import boto3
 import eventlet
 import requests
 from botocore.config import Config
+from eventlet.queue import LightQueue
 from eventlet.semaphore import Semaphore
 from greenlet import GreenletExit
 from marshmallow import ValidationError
@@ -68,6 +72,12 @@ PUBSUB_API = "https://pubsub.googleapis.com"
 PUBSUB_SCOPE = "https://www.googleapis.com/auth/pubsub"
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
+# How long the first settled message waits for others to share its acknowledgement request: long
+# against a worker (milliseconds), and at most a twentieth of the visibility timeout / ack deadline
+# (DSS_NOTIFICATION_RETRY_DELAY) that an acknowledgement must beat.
+ACK_LINGER_SECONDS = 0.2
+SQS_MAX_DELETE_BATCH = 10  # SQS's DeleteMessageBatch limit
+PUBSUB_MAX_ACK_BATCH = 1000
 
 NOTIFICATIONS_RECEIVED = Counter(
     "dss_notifications_received_total", "Change notification messages fetched from SQS / Pub/Sub.", ["replica"])
@@ -79,6 +89,9 @@ NOTIFICATIONS_IGNORED = Counter(
     "dss_notifications_ignored_total", "Notification messages acknowledged without a worker.", ["replica", "reason"])
 NOTIFICATION_POLL_ERRORS = Counter(
     "dss_notification_poll_errors_total", "Failed fetches from SQS / Pub/Sub (retried with backoff).", ["replica"])
+
+
+_ACKS_END = object()  # put on the queue of acknowledgements by stop(): send the rest, then end
 
 
 class MalformedNotification(ValueError):
@@ -224,7 +237,9 @@ class _NotificationEntrypoint(Entrypoint):
 
     replica = ""
     max_batch = 1
+    max_ack_batch = 1
     _poller = None
+    _acker = None
     _slots = None
 
     def setup(self):
@@ -236,9 +251,16 @@ class _NotificationEntrypoint(Entrypoint):
         self._stopping = False
         self._fetching = True  # until the poller dispatches, stop() may simply kill it
         self._poller = None
+        self._acks = LightQueue()  # settled messages waiting for their acknowledgement
+        # A dependency provider of the service that knows its own writes (``is_echo(change)``)
+        # lets the bridge drop their echoes before any worker runs.
+        self._echo_checks = [provider.is_echo for provider in self.container.dependencies
+                             if callable(getattr(provider, "is_echo", None))]
+        self._linger = min(ACK_LINGER_SECONDS, max(1, self.retry_delay) / 20)
 
     def start(self):
         self._poller = self.container.spawn_managed_thread(self._poll, identifier=f"{self}.poll")
+        self._acker = self.container.spawn_managed_thread(self._send_acks, identifier=f"{self}.acks")
 
     def stop(self):
         self._stopping = True
@@ -257,6 +279,15 @@ class _NotificationEntrypoint(Entrypoint):
             return
         for _ in range(self.limit):  # every slot back: every in-flight message settled
             self._slots.acquire()
+        acker, self._acker = self._acker, None
+        self._acks.put(_ACKS_END)  # the acker sends what is settled, then ends
+        if acker is not None:
+            try:
+                acker.wait()
+            except GreenletExit:  # killed meanwhile (by kill())
+                pass
+        else:
+            self._flush_acks([])
         self._close()
 
     def kill(self):
@@ -264,6 +295,9 @@ class _NotificationEntrypoint(Entrypoint):
         poller, self._poller = self._poller, None
         if poller is not None:
             poller.kill()
+        acker, self._acker = self._acker, None
+        if acker is not None:  # what it had not acknowledged is delivered again
+            acker.kill()
         if self._slots is None:
             return
         try:
@@ -321,6 +355,10 @@ class _NotificationEntrypoint(Entrypoint):
         if not changes:
             self._ignore(message, "irrelevant")
             return
+        changes = [change for change in changes if not any(is_echo(change) for is_echo in self._echo_checks)]
+        if not changes:  # the echo of the service's own write: no worker for it
+            self._ignore(message, "echo")
+            return
         delivery = _Delivery(message, len(changes))
         for index, change in enumerate(changes):
             try:
@@ -361,8 +399,6 @@ class _NotificationEntrypoint(Entrypoint):
         NOTIFICATIONS_IGNORED.labels(self.replica, reason).inc()
         try:
             self._ack(message)
-        except Exception as error:
-            logger.warning("%s: could not acknowledge an ignored notification (%s)", self, error)
         finally:
             self._slots.release()
 
@@ -388,6 +424,40 @@ class _NotificationEntrypoint(Entrypoint):
             logger.debug("%s: no trace context for %s: %s", self, change["key"], error)
             return {}
 
+    # --- acknowledgements, in batches ---------------------------------------------------------
+    def _ack(self, message) -> None:
+        """Acknowledge a settled message (with others settled meanwhile: ``_send_acks``)."""
+        self._acks.put(message)
+
+    def _send_acks(self):
+        while True:
+            first = self._acks.get()
+            if first is _ACKS_END:
+                return
+            eventlet.sleep(self._linger)  # let the workers of the same fetch settle too
+            if self._flush_acks([first]):
+                return
+
+    def _flush_acks(self, batch: list) -> bool:
+        """Acknowledge ``batch`` and everything settled meanwhile, ``max_ack_batch`` messages per
+        request; True once the end marker (put by ``stop``) was taken."""
+        ended = False
+        while True:
+            while len(batch) < self.max_ack_batch and not ended and not self._acks.empty():
+                message = self._acks.get_nowait()
+                if message is _ACKS_END:
+                    ended = True
+                else:
+                    batch.append(message)
+            if not batch:
+                return ended
+            try:
+                self._acknowledge(batch)
+            except Exception as error:  # they will be redelivered: duplicates, which handlers tolerate
+                logger.warning("%s: could not acknowledge %d notification(s) (%s); they will be delivered again",
+                               self, len(batch), error)
+            batch = []
+
     # --- the source -------------------------------------------------------------------------
     def _source_name(self) -> str:
         raise NotImplementedError
@@ -401,7 +471,8 @@ class _NotificationEntrypoint(Entrypoint):
     def _describe(self, message) -> str:
         return repr(message)
 
-    def _ack(self, message) -> None:
+    def _acknowledge(self, messages: list) -> None:
+        """Acknowledge ``messages`` (at most ``max_ack_batch``) in one request."""
         raise NotImplementedError
 
     def _retry_later(self, message) -> None:
@@ -418,6 +489,7 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
 
     replica = "aws"
     max_batch = SQS_MAX_BATCH
+    max_ack_batch = SQS_MAX_DELETE_BATCH
 
     def setup(self):
         super().setup()
@@ -470,8 +542,12 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
     def _describe(self, message) -> str:
         return message.get("Body", "")
 
-    def _ack(self, message) -> None:
-        self.sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
+    def _acknowledge(self, messages: list) -> None:
+        answer = self.sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=[
+            {"Id": str(number), "ReceiptHandle": message["ReceiptHandle"]} for number, message in enumerate(messages)])
+        if answer.get("Failed"):
+            logger.warning("%s: %d of %d deletes failed (%s); those notifications will be delivered again", self,
+                           len(answer["Failed"]), len(messages), answer["Failed"][0].get("Message", ""))
 
     def _close(self) -> None:
         self.sqs.close()
@@ -486,6 +562,7 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
 
     replica = "gcp"
     max_batch = PUBSUB_MAX_BATCH
+    max_ack_batch = PUBSUB_MAX_ACK_BATCH
 
     def setup(self):
         super().setup()
@@ -537,8 +614,8 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
     def _describe(self, message) -> str:
         return json.dumps(message.get("message"))
 
-    def _ack(self, message) -> None:
-        self._call("acknowledge", {"ackIds": [message["ackId"]]})
+    def _acknowledge(self, messages: list) -> None:
+        self._call("acknowledge", {"ackIds": [message["ackId"] for message in messages]})
 
     def _retry_later(self, message) -> None:
         self._call("modifyAckDeadline", {"ackIds": [message["ackId"]], "ackDeadlineSeconds": min(self.retry_delay, 600)})

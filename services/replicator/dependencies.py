@@ -20,7 +20,7 @@ from shared.storage import StorageProvider
 
 from services.replicator.budget import MemoryBudget
 from services.replicator.recent import RecentCopies
-from services.replicator.replication import ReplicatorAPI
+from services.replicator.replication import IGNORED, ReplicatorAPI
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ class ReplicaStore(StorageProvider):
     def get_dependency(self, worker_ctx):
         return self.api_class(self.replicas, self.settings, self.budget, self.metrics, self.blob_copies,
                               self.recent)
+
+    def is_echo(self, change: dict) -> bool:
+        """Whether a change notification reports a copy this process made (counted as ignored
+        ``own_copy``): the notification bridge drops it before a worker, so it never goes on the bus."""
+        if change["kind"] == "created" and self.recent.is_own_write(change):
+            IGNORED.labels(change["replica"], "own_copy").inc()
+            return True
+        return False
 
 
 # --- queue depth -------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ which change events need no copy; and the comparison of one key in both replicas
 
 Order is what keeps a reader of the destination from ever seeing a dangling reference: a blob
 before the file document naming it, a bundle's files before its manifest, a collection's items
-before the collection. Documents already present with the same bytes are taken as proof that
-their dependencies are there too (they were written first), so a repeated event costs two reads.
+before the collection. Bundles and collections already present with the same bytes are taken as
+proof that their dependencies are there too (they were written first), so a repeated event costs
+two reads. A file document, whose one dependency is cheap to look at, is written if absent right
+after its blob: a new file (the usual event) costs no read of the destination.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from eventlet.event import Event
 from prometheus_client import Counter, Histogram
 
 from shared.blobstore import BlobAlreadyExists, BlobInfo, BlobNotFound
-from shared.checksums import ChecksumPass, Checksums
+from shared.checksums import ChecksumPass, Checksums, checksum_bytes
 from shared.concurrency import SingleFlight, green_map
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, Replica
@@ -110,37 +112,59 @@ class _Run:
         green_map(function, items, self.api.settings.replication_fanout)
 
     # --- any key -----------------------------------------------------------------------------------
-    def object(self, target: ReplicaKey) -> int:
+    def object(self, target: ReplicaKey, size: int | None = None) -> int:
         """Make the destination hold ``target`` as the source does; returns its size."""
         if target.kind == BLOB:
-            return self.blob(target, dependency=False)
+            return self.blob(target, dependency=False, size=size)
         return self.document(target, dependency=False)
 
     # --- blobs -------------------------------------------------------------------------------------
-    def blob(self, target: ReplicaKey, dependency: bool) -> int:
+    def blob(self, target: ReplicaKey, dependency: bool, size: int | None = None) -> int:
         flight = (self.destination.replica, target.key)
-        return self.once(target.key, lambda: self.api.blob_copies.run(flight, lambda: self._blob(target, dependency)))
+        return self.once(target.key, lambda: self.api.blob_copies.run(
+            flight, lambda: self._blob(target, dependency, size)))
 
-    def _blob(self, target: ReplicaKey, dependency: bool) -> int:
-        if dependency and not self.deep:  # blobs never change: one seen intact lately still is
-            size = self.api.recent.intact_size(self.destination.replica, target.key)
-            if size is not None:
+    def _blob(self, target: ReplicaKey, dependency: bool, size: int | None) -> int:
+        """``size``: the blob's size as its file document or notification says; with it a small
+        blob is copied in two requests (read, write if absent), and a larger one is looked for in
+        the destination first, not touching the source when the copy is there."""
+        same, judged = None, None
+        if dependency and not self.deep:
+            # Blobs never change: one seen intact lately still is. (A blob's own event always looks:
+            # it may be a repair of a copy this process wrote before.)
+            known = self.api.recent.intact_size(self.destination.replica, target.key)
+            if known is not None and size in (None, known):
+                self.counted(target, False)
+                return known
+        if not self.deep and size is not None and size <= self.api.settings.replication_part_bytes:
+            # A small blob not seen lately is most likely new (its own event usually comes before
+            # its file document's): read it and write it if absent, rather than look first.
+            copied = self.api.copy_small_blob(self.source, self.destination, target, size,
+                                              lambda: self.missing(target.key, dependency))
+            self.counted(target, copied)
+            return size
+        if not self.deep and size is not None:
+            same, judged = self.api.blob_present(self.destination, target, size, deep=False), size
+            if same:
                 self.counted(target, False)
                 return size
         try:
-            info = self.source.store.stat(self.source.bucket, target.key)
+            # A small blob is read whole with its properties, in one request.
+            info, data = self.source.store.read_small(self.source.bucket, target.key,
+                                                      self.api.settings.replication_part_bytes)
         except BlobNotFound:
             raise self.missing(target.key, dependency) from None
-        # An S3 copy whose ETag cannot be judged is taken on its size, unless asked to read it:
-        # repeated events would otherwise re-read large blobs each time, doubling the transfer.
-        # `dss-ops replicas verify --deep` finds such damage.
-        same = self.api.blob_present(self.destination, target, info.size, deep=self.deep and not dependency)
-        if same:
-            self.counted(target, False)
-            return info.size
+        if judged != info.size:
+            # An S3 copy whose ETag cannot be judged is taken on its size, unless asked to read it:
+            # repeated events would otherwise re-read large blobs each time, doubling the transfer.
+            # `dss-ops replicas verify --deep` finds such damage.
+            same = self.api.blob_present(self.destination, target, info.size, deep=self.deep and not dependency)
+            if same:
+                self.counted(target, False)
+                return info.size
         if same is False:
             logger.warning("replacing %s in %s: it does not match its key", target.key, self.destination.replica)
-        self.api.copy_blob(self.source, self.destination, target, info)
+        self.api.copy_blob(self.source, self.destination, target, info, data)
         self.counted(target, True)
         return info.size
 
@@ -154,6 +178,12 @@ class _Run:
         except BlobNotFound:
             raise self.missing(target.key, dependency) from None
         doc = load_document(target, data)  # the source is the truth only if it is a valid document
+        if target.kind == FILE:
+            # One dependency, looked at cheaply (its size is in the document): no read of the
+            # destination first; a write-if-absent finds a document already there.
+            self.dependencies(target, doc, ancestors | {target.key})
+            self.counted(target, self.api.write_document(self.destination, target, data, replace=False))
+            return len(data)
         try:
             existing = self.destination.store.get_bytes(self.destination.bucket, target.key)
         except BlobNotFound:
@@ -170,7 +200,7 @@ class _Run:
     def dependencies(self, target: ReplicaKey, doc: dict, ancestors: frozenset) -> None:
         if target.kind == FILE:
             blob_key = Checksums.from_stored(doc).blob_key()
-            self.blob(parse_key(blob_key), dependency=True)
+            self.blob(parse_key(blob_key), dependency=True, size=_size(doc))
         elif target.kind == BUNDLE:
             files = [_child(Keys.file(entry["uuid"], entry["version"]), target) for entry in doc["files"]]
             self.each(lambda child: self.document(child, dependency=True), files)
@@ -180,6 +210,11 @@ class _Run:
             items = [item for item in items if item.key not in ancestors]
             self.each(lambda child: self.document(child, dependency=True, ancestors=ancestors), items)
         # Tombstones need nothing: a reader finds the versions they cover, or nothing to hide.
+
+
+def _size(doc: dict) -> int | None:
+    size = doc.get("size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
 
 
 def _item_key(item: dict) -> str:
@@ -236,16 +271,18 @@ class ReplicatorAPI:
             logger.debug("ignoring %s of %s in %s/%s: %s", change["kind"], key, replica, change["bucket"], reason)
         return reason
 
-    def replicate(self, key: str, source_replica: str, deep: bool = False) -> Outcome:
+    def replicate(self, key: str, source_replica: str, deep: bool = False, size: int | None = None) -> Outcome:
         """Make the other replica hold ``key`` as ``source_replica`` does, dependencies first.
-        ``deep``: a blob already there whose metadata cannot vouch for it is read and hashed."""
+        ``deep``: a blob already there whose metadata cannot vouch for it is read and hashed.
+        ``size``: the object's size as its change notification gave it, so that a blob is looked
+        for in the destination before the source is read."""
         target = parse_key(key)
         if target is None:
             raise errors.illegal_key(key)
         source = self.replicas[source_replica]
         destination = self.replicas[Replica(source_replica).other.value]
         run = _Run(self, source, destination, deep)
-        size = run.object(target)
+        size = run.object(target, size)
         return Outcome(source.replica, destination.replica, key, target.kind, size, run.writes > 0)
 
     def observe_lag(self, outcome: Outcome, event_time: str | None) -> float | None:
@@ -280,11 +317,50 @@ class ReplicatorAPI:
                                     on_chunk=lambda count: self.metrics.bytes_hashed(replica.replica, count))
         return actual == target.checksums
 
+    def copy_small_blob(self, source: ReplicaStorage, destination: ReplicaStorage, target: ReplicaKey, size: int,
+                        missing) -> bool:
+        """Copy a blob of at most one part read whole, written only if absent: whether it was
+        written. One already there is judged (replaced if it does not match its key); ``missing()``
+        is the error to raise when the source has no such blob."""
+        try:
+            info, data = source.store.read_small(source.bucket, target.key, self.settings.replication_part_bytes)
+        except BlobNotFound:
+            raise missing() from None
+        if data is None:  # larger than its document said: the general path judges it
+            same = self.blob_present(destination, target, info.size, deep=False)
+            if same:
+                return False
+            self.copy_blob(source, destination, target, info)
+            return True
+        self.metrics.bytes_hashed(source.replica, len(data))
+        wrong = target.checksums.mismatches(checksum_bytes(data))
+        if wrong:
+            raise errors.source_corrupt(f"the bytes of {target.key} in {source.replica} do not match its "
+                                        f"{', '.join(wrong)}; not copied to {destination.replica}")
+        store, bucket = destination.store, destination.bucket
+        properties = {"content_type": info.content_type or OCTET_STREAM, "metadata": info.metadata}
+        try:
+            written = store.put_bytes(bucket, target.key, data, if_absent=True, **properties)
+        except BlobAlreadyExists:
+            same = self.blob_present(destination, target, len(data), deep=False)
+            if same:
+                return False
+            logger.warning("replacing %s in %s: it does not match its key", target.key, destination.replica)
+            written = store.put_bytes(bucket, target.key, data, **properties)
+        written = written or store.stat(bucket, target.key)
+        if written.size != len(data) or blob_verdict(written, target.checksums) is False:
+            raise errors.copy_mismatch(f"{target.key} in {destination.replica} does not match what was sent "
+                                       f"({written.size} of {len(data)} bytes)")
+        self.recent.remember(destination.replica, written)
+        self.metrics.bytes_copied(destination.replica, BLOB, len(data))
+        return True
+
     def copy_blob(self, source: ReplicaStorage, destination: ReplicaStorage, target: ReplicaKey,
-                  info: BlobInfo) -> None:
+                  info: BlobInfo, data: bytes | None = None) -> None:
         """Stream the blob across clouds in parallel parts, hashing it on the way; the destination
         object becomes visible only if the bytes match the key (``before_commit``), and its size
-        and checksum are checked once it is."""
+        and checksum are checked once it is (from the store's answer to the write when it tells
+        them). ``data``: the whole blob, when it was read already."""
         part, concurrency = self.settings.replication_part_bytes, self.settings.replication_concurrency
         size = info.size
         # Parts in flight, the one being read and the one being hashed; a small blob is one read.
@@ -293,7 +369,9 @@ class ReplicatorAPI:
 
         def chunks():
             # Reads of exactly one part: the upload sends each chunk as it is, without a copy.
-            for chunk in source.store.iter_chunks(source.bucket, target.key, part, revision=info.revision):
+            read = [data] if data is not None else source.store.iter_chunks(source.bucket, target.key, part,
+                                                                              revision=info.revision)
+            for chunk in read:
                 checksum_pass.update(chunk)
                 self.metrics.bytes_hashed(source.replica, len(chunk))
                 yield chunk
@@ -306,12 +384,12 @@ class ReplicatorAPI:
 
         with self.budget.hold(need), self.metrics.copy_in_progress():
             try:
-                destination.store.put_stream(destination.bucket, target.key, chunks(), size,
-                                             content_type=info.content_type or OCTET_STREAM, metadata=info.metadata,
-                                             part_size=part, concurrency=concurrency, before_commit=before_commit)
+                written = destination.store.put_stream(
+                    destination.bucket, target.key, chunks(), size, content_type=info.content_type or OCTET_STREAM,
+                    metadata=info.metadata, part_size=part, concurrency=concurrency, before_commit=before_commit)
             except BlobNotFound:
                 raise errors.source_missing(f"{target.key} vanished from {source.replica} while being copied") from None
-        written = destination.store.stat(destination.bucket, target.key)
+        written = written or destination.store.stat(destination.bucket, target.key)
         if written.size != size or blob_verdict(written, target.checksums) is False:
             raise errors.copy_mismatch(f"{target.key} in {destination.replica} does not match what was sent "
                                f"({written.size} of {size} bytes)")
@@ -324,17 +402,18 @@ class ReplicatorAPI:
         identical one appeared meanwhile."""
         store, bucket = replica.store, replica.bucket
         try:
-            store.put_bytes(bucket, target.key, data, content_type=JSON, if_absent=not replace)
+            written = store.put_bytes(bucket, target.key, data, content_type=JSON, if_absent=not replace)
         except BlobAlreadyExists:  # a concurrent write won
             existing = store.get_bytes(bucket, target.key)
             if existing == data:
                 return False
             self.check_replaceable(None, replica, target, existing)
             replace = True
-            store.put_bytes(bucket, target.key, data, content_type=JSON)
+            written = store.put_bytes(bucket, target.key, data, content_type=JSON)
         if replace:
             logger.warning("replaced %s in %s: it was not a valid document", target.key, replica.replica)
-        written = store.stat(bucket, target.key)
+        # Judged from the write's answer when it describes the object, else from a stat.
+        written = written or store.stat(bucket, target.key)
         if not document_verdict(written, data):
             raise errors.copy_mismatch(f"{target.key} in {replica.replica} does not hold what was written")
         self.recent.remember(replica.replica, written)

@@ -42,6 +42,8 @@ class ReplicatorService:
     # The notification bridge: each cloud's change notifications become one `object_changed`
     # fact on the bus. The cloud message is acknowledged only once this worker has returned,
     # i.e. once the event is on the bus (the dispatcher waits for the broker's confirm).
+    # The echo of a copy this process made (the destination's notification of it) is dropped by
+    # the bridge before a worker runs (``ReplicaStore.is_echo``).
     @s3_notifications
     def handle_s3_notification(self, change):
         self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
@@ -56,7 +58,7 @@ class ReplicatorService:
         change = ObjectChanged().load(payload)
         if self.replicator.ignored(change):
             return None
-        outcome = self.replicator.replicate(change["key"], change["replica"])
+        outcome = self.replicator.replicate(change["key"], change["replica"], size=change.get("size"))
         return self._replicated(outcome, change["event_time"])
 
     @rpc

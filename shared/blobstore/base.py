@@ -82,6 +82,15 @@ class BlobStore(abc.ABC):
     def get_bytes(self, bucket: str, key: str) -> bytes:
         """The whole object; for small objects (metadata JSON). Raises BlobNotFound."""
 
+    def read_small(self, bucket: str, key: str, limit: int) -> tuple[BlobInfo, bytes | None]:
+        """The object's BlobInfo and, when it has at most ``limit`` bytes, its content (of that
+        revision); None for the content of a larger one. Stores that can answer both at once (S3:
+        one ranged GET) do so. Raises BlobNotFound."""
+        info = self.stat(bucket, key)
+        if info.size > limit:
+            return info, None
+        return info, b"".join(self.iter_chunks(bucket, key, max(1, limit), revision=info.revision))
+
     @abc.abstractmethod
     def iter_chunks(self, bucket: str, key: str, chunk_size: int, revision: str | None = None) -> Iterator[bytes]:
         """Stream the object in chunks of at most ``chunk_size`` bytes, all of one revision.
@@ -99,15 +108,19 @@ class BlobStore(abc.ABC):
     # --- writing -----------------------------------------------------------------------------
     @abc.abstractmethod
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
-        """Write a small object. With ``if_absent``, raise BlobAlreadyExists rather than overwrite."""
+                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> BlobInfo | None:
+        """Write a small object. With ``if_absent``, raise BlobAlreadyExists rather than overwrite.
+        Returns the written object as the store's answer describes it (revision, and the CRC32C
+        where the store keeps one), so that it can be judged without a stat; None when the answer
+        does not tell."""
 
     @abc.abstractmethod
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
                    metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
-                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
-        """Write ``size`` bytes from an iterable of chunks (multipart / resumable above ``part_size``).
+                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> BlobInfo | None:
+        """Write ``size`` bytes from an iterable of chunks (multipart / resumable above ``part_size``);
+        the written object as ``put_bytes`` returns it, or None.
 
         ``concurrency`` > 1 uploads that many parts in parallel (S3 multipart parts; GCS parts
         composed into the object), holding up to ``concurrency + 1`` parts in memory.

@@ -149,30 +149,39 @@ class GCSBlobStore(BlobStore):
 
     # --- writing -----------------------------------------------------------------------------
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> BlobInfo | None:
         metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         blob = self._blob(bucket, key)
         blob.metadata = dict(metadata or {})
         with _errors(f"put gs://{bucket}/{key}", precondition=BlobAlreadyExists):
             blob.upload_from_string(data, content_type=content_type, if_generation_match=0 if if_absent else None,
                                     timeout=TIMEOUT, retry=RETRY)
+        return self._written(key, blob)
+
+    @classmethod
+    def _written(cls, key: str, blob) -> BlobInfo | None:
+        """The object an upload's answer describes (the library keeps its resource on ``blob``),
+        or None when that answer lacks what judging it needs (a generation and a CRC32C)."""
+        if blob.generation is None or not blob.crc32c or blob.size is None:
+            return None
+        return cls._info(key, blob)
 
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
                    metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
-                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
+                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> BlobInfo | None:
         metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         chunk_size = -(-part_size // RESUMABLE_CHUNK_MULTIPLE) * RESUMABLE_CHUNK_MULTIPLE
         reader = ChunkReader(chunks, size, before_last=before_commit)
         if concurrency > 1 and size > part_size:
             self._put_composite(bucket, key, reader, size, part_size, concurrency, content_type, metadata)
-            return
+            return None
         blob = self._blob(bucket, key, chunk_size=chunk_size)
         blob.metadata = dict(metadata or {})
         with _errors(f"put gs://{bucket}/{key}"):
             if size <= chunk_size:
                 blob.upload_from_file(reader, size=size, content_type=content_type, timeout=TIMEOUT, retry=RETRY)
-                return
+                return self._written(key, blob)
             # A resumable upload reading one chunk per request. Driven here rather than by
             # upload_from_file, whose loop keeps each response (and through it the chunk sent)
             # alive while it reads the next chunk: one chunk more in memory. The request carrying

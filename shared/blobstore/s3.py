@@ -128,6 +128,31 @@ class S3BlobStore(BlobStore):
             last_modified=head.get("LastModified"),
         )
 
+    def read_small(self, bucket: str, key: str, limit: int) -> tuple[BlobInfo, bytes | None]:
+        # One ranged GET answers the size (Content-Range), the properties and, for an object within
+        # ``limit``, every byte of that revision. A larger object's body is dropped unread.
+        try:
+            with _errors(f"get s3://{bucket}/{key}"):
+                answer = self._client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{max(0, limit - 1)}")
+        except BlobStoreError as error:
+            if "InvalidRange" not in str(error) and "416" not in str(error):
+                raise
+            return super().read_small(bucket, key, limit)  # an empty object has no byte 0
+        content_range = answer.get("ContentRange") or ""
+        size = int(content_range.rpartition("/")[2]) if "/" in content_range else answer["ContentLength"]
+        info = BlobInfo(key=key, size=size, content_type=answer.get("ContentType"),
+                        metadata={k.lower(): v for k, v in answer.get("Metadata", {}).items()},
+                        revision=answer["ETag"].strip('"'), crc32c=None, last_modified=answer.get("LastModified"))
+        body = answer["Body"]
+        if size > limit:
+            body.close()
+            return info, None
+        with contextlib.closing(body), _errors(f"read s3://{bucket}/{key}"):
+            data = body.read()
+        if len(data) != size:
+            raise BlobStoreUnavailable(f"read s3://{bucket}/{key}: {len(data)} of {size} bytes")
+        return info, data
+
     def get_tags(self, bucket: str, key: str) -> dict[str, str]:
         with _errors(f"get tags of s3://{bucket}/{key}"):
             tag_set = self._client.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
@@ -172,22 +197,24 @@ class S3BlobStore(BlobStore):
 
     # --- writing -----------------------------------------------------------------------------
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream",
-                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> None:
+                  metadata: Mapping[str, str] | None = None, if_absent: bool = False) -> BlobInfo:
         metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         conditions = {"IfNoneMatch": "*"} if if_absent else {}
         with _errors(f"put s3://{bucket}/{key}", precondition=BlobAlreadyExists):
-            self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                                    Metadata=dict(metadata or {}), **conditions)
+            answer = self._client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                                             Metadata=dict(metadata or {}), **conditions)
+        return BlobInfo(key=key, size=len(data), content_type=content_type,
+                        metadata={k.lower(): v for k, v in (metadata or {}).items()},
+                        revision=answer["ETag"].strip('"'), crc32c=None, last_modified=None)
 
     def put_stream(self, bucket: str, key: str, chunks: Iterable[bytes], size: int,
                    content_type: str = "application/octet-stream",
                    metadata: Mapping[str, str] | None = None, part_size: int = 64 * 1024 * 1024, *,
-                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> None:
+                   concurrency: int = 1, before_commit: Callable[[], None] | None = None) -> BlobInfo | None:
         metadata = tracing.object_metadata(metadata)  # the writer's trace, for its replication
         reader = ChunkReader(chunks, size, before_last=before_commit)
         if size <= part_size:
-            self.put_bytes(bucket, key, reader.read(), content_type, metadata)
-            return
+            return self.put_bytes(bucket, key, reader.read(), content_type, metadata)
         part_size = _part_size(size, part_size)
         count = -(-size // part_size)
         with self._multipart_upload(bucket, key, content_type, metadata) as upload_id:

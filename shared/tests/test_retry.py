@@ -7,6 +7,7 @@ from nameko.rpc import rpc
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from devtools.waiting import record_settled_successes, wait_until
+from shared.entrypoints import key_not_under
 from shared.exceptions import Unavailable, Unprocessable
 from shared.retry import AttemptNumber, RetryingEventHandler, dead_letter_queues, peek_dead_letters, \
     replay_dead_letters, retrying_event_handler
@@ -104,3 +105,31 @@ def test_the_attempt_number_comes_from_the_bare_header_only():
     assert handler.unpack_message_headers(first)["x-dss-attempt"] == 1
     assert handler.unpack_message_headers(retried)["x-dss-attempt"] == 2
     assert AttemptNumber().get_dependency(mock.Mock(data={})) == 1
+
+
+# --- skip: events a handler ignores, settled without a worker -----------------------------------------
+
+skipped_workers: list = []
+
+
+class Picky:
+    """Handles only the events of keys under `wanted/`: the others are settled without a worker."""
+    name = "picky"
+
+    @retrying_event_handler("source", "thing_happened", delays=(1,), skip=key_not_under("wanted/"))
+    def handle_thing_happened(self, payload):
+        skipped_workers.append(payload["key"])
+
+
+def test_an_event_the_handler_skips_is_settled_without_a_worker(succeeded, rabbit_config, runner_factory):
+    runner = runner_factory(rabbit_config, Source, Picky)
+    runner.start()
+    queue = "evt-source-thing_happened--picky.handle_thing_happened"
+    with ServiceRpcProxy("source", rabbit_config) as source:
+        source.happen("other/1")
+        source.happen("wanted/1")
+        wait_until(lambda: (queue, {"key": "wanted/1"}) in succeeded, WAIT, "the wanted event handled")
+        wait_until(lambda: (queue, {"key": "other/1"}) in succeeded, WAIT, "the other event settled")
+    assert skipped_workers == ["wanted/1"]
+    # A payload without a string key is not skipped: the worker judges it.
+    assert key_not_under("wanted/")({"key": 3}) is False and key_not_under("wanted/")(["x"]) is False

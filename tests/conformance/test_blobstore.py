@@ -158,6 +158,41 @@ def test_iter_chunks_reassembles_the_object(store, prefix):
     assert list(store.iter_chunks(BUCKET, prefix + "empty", MiB)) == []
 
 
+@pytest.mark.parametrize("size", [0, 1, 4 * KiB, 64 * KiB, 64 * KiB + 1, MiB])
+def test_read_small_answers_the_properties_and_a_small_object_whole(store, prefix, size):
+    key = prefix + "blob"
+    data = os.urandom(size)
+    store.put_bytes(BUCKET, key, data, content_type="text/plain", metadata={"Dss-Sha1": "abc"})
+    stat = store.stat(BUCKET, key)
+
+    info, content = store.read_small(BUCKET, key, 64 * KiB)
+
+    assert (info.key, info.size, info.content_type, info.metadata, info.revision) == \
+        (key, size, "text/plain", {"dss-sha1": "abc"}, stat.revision)
+    assert content == (data if size <= 64 * KiB else None)
+    with pytest.raises(BlobNotFound):
+        store.read_small(BUCKET, prefix + "missing", 64 * KiB)
+
+
+@pytest.mark.parametrize("size", [0, 4 * KiB])
+def test_a_write_answers_what_a_stat_of_the_object_says(store, prefix, size):
+    data = os.urandom(size)
+    for key, written in (
+            (prefix + "bytes", lambda key: store.put_bytes(BUCKET, key, data, content_type="text/csv",
+                                                           metadata={"k": "v"}, if_absent=True)),
+            (prefix + "stream", lambda key: store.put_stream(BUCKET, key, pieces(data, 1000), size,
+                                                             content_type="text/csv", metadata={"k": "v"}))):
+        answered = written(key)
+        stat = store.stat(BUCKET, key)
+        # A store may answer nothing (None); what it answers is what a stat says.
+        if answered is not None:
+            assert (answered.key, answered.size, answered.revision, answered.content_type, answered.metadata) == \
+                (stat.key, stat.size, stat.revision, stat.content_type, stat.metadata)
+            assert answered.crc32c in (None, stat.crc32c)
+        if store.replica == "gcp":  # GCS answers the object resource, CRC32C included
+            assert answered is not None and answered.crc32c == stat.crc32c
+
+
 def test_revision_conditions_fail_once_the_object_changed(store, prefix):
     key = prefix + "changing"
     store.put_bytes(BUCKET, key, b"one" * 1000)

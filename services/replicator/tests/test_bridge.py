@@ -291,12 +291,12 @@ def wait_until_every_message_is_deleted(config):
 def gcs_acked(monkeypatch):
     """The keys of the Pub/Sub messages a GCS bridge acknowledged (after the emulator accepted it)."""
     acked = []
-    acknowledge = GCSNotificationsEntrypoint._ack
+    acknowledge = GCSNotificationsEntrypoint._acknowledge
 
-    def recording(bridge, message):
-        acknowledge(bridge, message)
-        acked.extend(change["key"] for change in bridge._normalise(message))
-    monkeypatch.setattr(GCSNotificationsEntrypoint, "_ack", recording)
+    def recording(bridge, messages):  # a batch: one acknowledge request for all of them
+        acknowledge(bridge, messages)
+        acked.extend(change["key"] for message in messages for change in bridge._normalise(message))
+    monkeypatch.setattr(GCSNotificationsEntrypoint, "_acknowledge", recording)
     return acked
 
 

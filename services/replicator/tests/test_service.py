@@ -24,6 +24,7 @@ from shared.storage import ReplicaStorage, Replicas
 
 from services.replicator import exceptions as errors
 from services.replicator.budget import MemoryBudget
+from services.replicator.dependencies import ReplicaStore
 from services.replicator.recent import RECENT_SECONDS, RecentCopies
 from services.replicator.replication import Outcome, ReplicatorAPI
 from services.replicator.service import ReplicatorService
@@ -54,9 +55,10 @@ def test_a_replicated_change_is_announced_with_its_lag():
     service.replicator.replicate.return_value = Outcome("aws", "gcp", "files/x", "file", 12, True)
     service.replicator.observe_lag.return_value = 1.5
 
-    service.handle_object_changed(change())
+    service.handle_object_changed(change(size=12))
 
-    service.replicator.replicate.assert_called_once_with("files/x", "aws")
+    # The notification's size goes along: a blob is looked for in the destination first.
+    service.replicator.replicate.assert_called_once_with("files/x", "aws", size=12)
     assert service.replicator.observe_lag.call_args[0][1] == "2026-11-25T01:02:03+00:00"
     name, payload = service.dispatch.call_args[0]
     assert name == events.OBJECT_REPLICATED
@@ -255,7 +257,10 @@ def test_two_valid_documents_that_differ_are_a_conflict_for_an_operator():
     with pytest.raises(Unprocessable, match="^conflicting_documents: ") as error:
         world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws")
     assert isinstance(error.value, PERMANENT_ERRORS)  # else the two replicas' events would flip it forever
-    assert world.log == []
+    # Neither document was replaced. (The blob the aws one names was copied first, as a file's blob
+    # always is before its document is tried: content-addressed, it is right wherever it lands.)
+    assert world.log == [("gcp", checksum_bytes(b"one").blob_key())]
+    assert world.contents("gcp")[Keys.file(UUIDS[0], VERSION)] != world.contents("aws")[Keys.file(UUIDS[0], VERSION)]
 
 
 def test_collections_naming_each_other_terminate():
@@ -305,6 +310,13 @@ def test_the_notification_of_a_copy_this_process_made_is_ignored_and_any_other_r
         assert world.api.ignored(echo) == "own_copy"
         assert world.api.ignored({**echo, "checksums": {revision_field: "1" + written}}) is None
         assert world.api.ignored({**echo, "checksums": {}}) is None
+        # The dependency provider answers the notification bridge the same (it drops echoes
+        # before any worker runs).
+        provider = ReplicaStore()
+        provider.recent = world.api.recent
+        assert provider.is_echo(echo) is True
+        assert provider.is_echo({**echo, "checksums": {revision_field: "1" + written}}) is False
+        assert provider.is_echo({**echo, "kind": "deleted"}) is False
         assert world.api.ignored({**echo, "kind": "deleted"}) == "deleted"
     # Its source's own notifications are no echo.
     source_revision = world.stores[source].stat("dss-main", file_key).revision
@@ -317,24 +329,33 @@ def test_a_blob_this_process_saw_intact_lately_is_not_looked_at_again_as_a_depen
     _, sums = world.put_file("aws", UUIDS[0], b"seen")
     stats = []
     for store in world.stores.values():
-        store.stat = (lambda original: lambda bucket, key: stats.append(key) or original(bucket, key))(store.stat)
+        store.stat = (lambda original, name: lambda bucket, key: stats.append((name, key)) or original(bucket, key))(
+            store.stat, store.replica)
+
+    def looked_at(key):
+        return {replica for replica, seen in stats if seen == key}
+
     world.api.replicate(sums.blob_key(), "aws")  # the blob's own event: copied
     stats.clear()
     assert world.api.replicate(Keys.file(UUIDS[0], VERSION), "aws").copied is True
-    assert sums.blob_key() not in stats
+    assert looked_at(sums.blob_key()) == set()
     assert world.writes("gcp") == [sums.blob_key(), Keys.file(UUIDS[0], VERSION)]
 
     other = Keys.file(UUIDS[1], VERSION)  # a second file of the same bytes, once the memory aged out
     world.put("aws", other, world.contents("aws")[Keys.file(UUIDS[0], VERSION)])
     now[0] += RECENT_SECONDS
     stats.clear()
+    written = len(world.writes("gcp"))
     assert world.api.replicate(other, "aws").copied is True
-    assert stats.count(sums.blob_key()) == 2  # looked at in both replicas again
-    # A deep run always looks (the blob was just seen again).
+    # Looked at again: a small blob is read and written if absent; the write finds the copy there,
+    # which is judged intact and kept.
+    assert looked_at(sums.blob_key()) == {"aws", "gcp"}
+    assert world.writes("gcp")[written:] == [other]
+    # A deep run always looks, in both replicas (the blob was just seen again).
     world.stores["gcp"].delete("dss-main", other)
     stats.clear()
     assert world.api.replicate(other, "aws", deep=True).copied is True
-    assert stats.count(sums.blob_key()) == 2
+    assert looked_at(sums.blob_key()) == {"aws", "gcp"}
 
 
 def test_a_malformed_dss_key_is_an_error_not_ignored():
