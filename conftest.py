@@ -132,6 +132,52 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.fixture(scope="session")
+def vhost_pipeline(request, rabbit_manager):
+    """nameko's fixture of this name (one fresh vhost per `rabbit_config`, made ahead by a green
+    thread), with creation retried: nameko's creating thread dies on the first error of the
+    management API (a connection reset or a 5xx under load), and every later `rabbit_config` then
+    waits forever, which ends the whole run at the first test's timeout."""
+    import random
+    import string
+    from collections.abc import Iterable
+    from urllib.parse import urlparse
+
+    from kombu.pools import connections
+    from nameko.testing.utils import ResourcePipeline
+
+    username = urlparse(request.config.getoption("RABBIT_AMQP_URI")).username
+
+    def attempts(what, call, tries=10):
+        for attempt in range(1, tries + 1):
+            try:
+                return call()
+            except Exception as error:  # noqa: BLE001 -- the management API's errors are not typed
+                if attempt == tries:
+                    raise
+                print(f"vhost_pipeline: {what} failed ({error!r}); attempt {attempt + 1} of {tries}")
+                eventlet.sleep(min(0.5 * 2 ** attempt, 5))
+
+    def create():
+        vhost = "nameko_test_" + "".join(random.choice(string.ascii_lowercase) for _ in range(10))
+        attempts(f"creating vhost {vhost}", lambda: (rabbit_manager.create_vhost(vhost),
+                                                     rabbit_manager.set_vhost_permissions(vhost, username, ".*",
+                                                                                          ".*", ".*")))
+        return vhost
+
+    def destroy(vhost):
+        try:
+            attempts(f"deleting vhost {vhost}", lambda: rabbit_manager.delete_vhost(vhost))
+        except Exception as error:  # noqa: BLE001 -- a vhost left behind harms no later test
+            print(f"vhost_pipeline: vhost {vhost} left behind ({error!r})")
+        for key, pool in list(connections.items()):  # the vhost's pooled connections are dead now
+            if isinstance(key, Iterable) and key[4] == vhost:
+                pool.force_close_all()
+
+    with ResourcePipeline(create, destroy).run() as vhosts:
+        yield vhosts
+
+
+@pytest.fixture(scope="session")
 def local_cloud_settings(tmp_path_factory):
     """Start moto, the Pub/Sub emulator (if installed) and fake-gcs-server for the session, with
     the main buckets' notifications wired; yield the settings that point at them."""
