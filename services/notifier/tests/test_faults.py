@@ -67,9 +67,14 @@ def test_a_delivery_waiting_for_its_retry_survives_a_notifier_crash(notifier_con
         wait_until(lambda: queue_state(amqp_uri, DELIVERY_QUEUE) == (0, 1), 10, "the delivery acknowledged")
     finally:
         notifier.stop()
-    assert [request.status for request in receiver.requests] == [500, 200]
-    assert [request.headers[ATTEMPT_HEADER.lower()] for request in receiver.requests] == ["1", "2"]
-    [accepted] = receiver.accepted()
-    assert accepted.key_ids == (KEY_ID, KEY_ID) and accepted.payload()["subscription_id"] == subscription
-    assert accepted.payload()["transaction_id"] == receiver.requests[0].payload()["transaction_id"]
+    # At least once: a kill between scheduling the retry and acknowledging the first delivery (the
+    # ack is the last thing the handler sends) brings that delivery back too, beside the retry.
+    statuses = [request.status for request in receiver.requests]
+    attempts = [request.headers[ATTEMPT_HEADER.lower()] for request in receiver.requests]
+    assert (statuses, attempts) in (([500, 200], ["1", "2"]), ([500, 200, 200], ["1", "1", "2"]),
+                                    ([500, 200, 200], ["1", "2", "1"])), (statuses, attempts)
+    transaction = receiver.requests[0].payload()["transaction_id"]
+    for accepted in receiver.accepted():  # each one the receiver can tell is the same notification
+        assert accepted.key_ids == (KEY_ID, KEY_ID) and accepted.payload()["subscription_id"] == subscription
+        assert accepted.payload()["transaction_id"] == transaction
     assert "subscription_matched" in notifier.log() and SECRET not in notifier.log()
