@@ -232,3 +232,15 @@ def machine_load() -> dict:
     """The load average (as `uptime` shows it) and the CPU count: how busy the machine was."""
     one, five, fifteen = os.getloadavg()
     return {"load_1m": one, "load_5m": five, "load_15m": fifteen, "cpus": os.cpu_count()}
+
+
+def thread_session(local, token: str):
+    """The calling writer thread's own session with the gateway (a ``requests.Session`` is not meant
+    to be shared between threads), kept in ``local`` (a ``threading.local``)."""
+    import requests
+
+    session = getattr(local, "session", None)
+    if session is None:
+        session = local.session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {token}"
+    return session

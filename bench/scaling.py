@@ -46,7 +46,7 @@ import requests  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import (StackPeakRSS, StackProcesses, check_stack_health, machine_load,  # noqa: E402
+from bench._common import (thread_session, StackPeakRSS, StackProcesses, check_stack_health, machine_load,  # noqa: E402
                            put_file_via_gateway)
 from bench.replication import DEFAULT_AMQP_URI, BusWatch, distribution  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
@@ -118,11 +118,7 @@ class Run:
         self.run = uuid_module.uuid4().hex[:8]
 
     def http(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:  # one per writer thread: a Session is not meant to be shared
-            session = self._local.session = requests.Session()
-            session.headers["Authorization"] = f"Bearer {self.token}"
-        return session
+        return thread_session(self._local, self.token)
 
     def put_file(self, source_url: str) -> dict:
         uuid = f"{self.run}{str(uuid_module.uuid4())[8:]}"

@@ -52,7 +52,7 @@ import requests  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import (StackPeakRSS, StackProcesses, check_stack_health, machine_load, percentile,  # noqa: E402
+from bench._common import (thread_session, StackPeakRSS, StackProcesses, check_stack_health, machine_load, percentile,  # noqa: E402
                            put_file_via_gateway)
 from bench.replication import BusWatch, distribution  # noqa: E402
 from bench.scaling import running_stack, stack  # noqa: E402
@@ -250,11 +250,7 @@ class Bench:
         return time.monotonic() - started
 
     def http(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:  # one per writer thread: a Session is not meant to be shared
-            session = self._local.session = requests.Session()
-            session.headers["Authorization"] = f"Bearer {self.token}"
-        return session
+        return thread_session(self._local, self.token)
 
     def put_file(self, source_url: str) -> dict:
         uuid = f"{self.run}{str(uuid_module.uuid4())[8:]}"
