@@ -282,7 +282,9 @@ class Tracing(DependencyProvider):
         from opentelemetry.trace import SpanKind
 
         name, kind, attributes = _worker_span_of(worker_ctx.entrypoint, self.container.service_name)
-        attempt = worker_ctx.data.get("x-dss-attempt")
+        from shared.retry import ATTEMPT_HEADER  # here: shared.retry imports this module's users
+
+        attempt = worker_ctx.data.get(ATTEMPT_HEADER)
         if attempt:
             attributes["dss.attempt"] = int(attempt)
         carrier = worker_ctx.data

@@ -9,6 +9,7 @@ from nameko.standalone.rpc import ServiceRpcProxy
 
 from devtools.waiting import queue_state, wait_until
 from ops import status
+from shared.entrypoints import STANDBY_QUEUE_PREFIX
 from ops.broker import vhost_of
 from services.indexer.leadership import LeaderLock
 from services.indexer.service import IndexerService
@@ -138,7 +139,7 @@ def test_a_standby_shows_itself_again_after_its_broker_connection_drops(rabbit_c
         consumers = requests.get(f"{management}/api/consumers/{quote(vhost, safe='')}", timeout=10).json()
         # channel_details is [] for a consumer whose channel is going away
         return [(c["channel_details"] or {}).get("connection_name") for c in consumers
-                if c["queue"]["name"].startswith("standby-indexer.") and c["channel_details"]]
+                if c["queue"]["name"].startswith(f"{STANDBY_QUEUE_PREFIX}indexer.") and c["channel_details"]]
 
     presence = StandbyPresence(rabbit_config["AMQP_URI"], "indexer")
     try:

@@ -29,7 +29,7 @@ from devtools.waiting import wait_until
 
 from services.indexer.documents import BundleSourceAPI
 from services.indexer.indexes import GuardedIndex, IndexesAPI, IndexState
-from services.indexer.journal import EventJournalAPI, JournalClock
+from services.indexer.journal import ANNOUNCED_PREFIX, EventJournalAPI, JournalClock
 from services.indexer.service import IndexerService
 
 ADMIN_TOMBSTONE = {"email": "admin@example.org", "reason": "withdrawn", "details": None, "admin_deleted": True}
@@ -303,7 +303,7 @@ def test_a_writer_that_died_before_journaling_leaves_the_event_to_a_new_stamp(wo
     """The marker says an event was being journaled, but its entry was never written: the redo
     journals it afresh with a stamp of its own (a poller may have passed the dead writer's)."""
     uuid, version, _ = world.bundle([world.entry("a.json", {"a": 1})])
-    world.replicas["aws"].write_json(f"announced/{uuid}.{version}.{CREATE}",
+    world.replicas["aws"].write_json(f"{ANNOUNCED_PREFIX}{uuid}.{version}.{CREATE}",
                                      {"event_id": f"2020-01-01T000000.000000Z.{uuid}.{version}.{CREATE}",
                                       "dispatched": False})
     [payload] = world.created(uuid, version)
