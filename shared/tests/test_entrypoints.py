@@ -5,7 +5,6 @@ itself, to hit the moment exactly) takes down and brings back: every open connec
 when the broker restarts. Workers finishing then reply and acknowledge on sockets that are gone;
 the container must survive that, reconnect, and serve again.
 """
-import time
 import urllib.parse
 from unittest import mock
 
@@ -15,12 +14,15 @@ from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from devtools.proxy import TcpProxy
+from devtools.waiting import wait_until
 from shared.entrypoints import QueueConsumer, event_handler, rpc
 
 proxy: TcpProxy | None = None  # the broker's proxy of the running test
 handled: list = []
 REPLY_RETRIES_SECONDS = 12  # how long nameko's publisher retries a reply (max_retries 3: 2 + 4 + 6 s)
 cuts: list = []  # values whose worker cut the connection: once each (their redelivery must not cut again)
+slow_started: list = []  # values of slow workers that began
+slow_finished: list = []  # values of slow workers that returned
 
 
 class Fragile:
@@ -43,7 +45,9 @@ class Fragile:
             cuts.append(value)
             proxy.down()  # no yield between this and the reply / ack below: they hit reset sockets
         elif how == "slow":
+            slow_started.append(value)
             eventlet.sleep(1)
+            slow_finished.append(value)
         return value
 
 
@@ -53,20 +57,13 @@ def through(amqp_uri: str, port: int) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def wait_until(predicate, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met within {timeout}s"
-        eventlet.sleep(0.1)
-
-
 @pytest.fixture
 def fragile(rabbit_config, container_factory):
     global proxy
     target = urllib.parse.urlsplit(rabbit_config["AMQP_URI"])
     proxy = TcpProxy(target.hostname, target.port or 5672).up()
-    handled.clear()
-    cuts.clear()
+    for record in (handled, cuts, slow_started, slow_finished):
+        record.clear()
     config = {**rabbit_config, "AMQP_URI": through(rabbit_config["AMQP_URI"], proxy.port)}
     container = container_factory(Fragile, config)
     container.start()
@@ -90,7 +87,7 @@ def assert_alive(container):
 def test_rpc_workers_finishing_on_a_dropped_connection_leave_the_service_running(fragile, rabbit_config):
     assert answers(rabbit_config, "before") == "before"
     calls = [eventlet.spawn(answers, rabbit_config, f"slow-{n}", "slow", 3) for n in range(4)]
-    eventlet.sleep(0.3)  # the slow workers are running
+    wait_until(lambda: len(slow_started) >= 4, 10, "the slow workers running")
     # The reply of the cutting worker is published on a reset connection, then its request is
     # acknowledged on one; the slow workers settle after the drop too. Their callers may get their
     # answer from a redelivery or time out: what matters is that the container lives on.
@@ -119,10 +116,10 @@ def _answers_or_none(rabbit_config):
 def test_event_workers_finishing_on_a_dropped_connection_leave_the_service_running(fragile, rabbit_config):
     dispatch = event_dispatcher(rabbit_config)  # straight to the broker, not through the proxy
     dispatch("elsewhere", "happened", {"value": "slow", "how": "slow"})
-    eventlet.sleep(0.3)
+    wait_until(lambda: slow_started, 10, "the slow worker running")
     dispatch("elsewhere", "happened", {"value": "cut", "how": "cut"})
     wait_until(lambda: cuts, 10, "the cutting worker running")
-    eventlet.sleep(1.5)  # the slow one finished on the dropped connection too
+    wait_until(lambda: slow_finished, 10, "the slow worker finished on the dropped connection")
     assert_alive(fragile)
     proxy.up()
     # Unacknowledged when the connection dropped, both come again; and new events are handled.

@@ -12,6 +12,7 @@ import eventlet
 import pytest
 
 from devtools.proxy import TcpProxy
+from devtools.waiting import wait_until
 from services.gateway.service import GatewayService
 from services.gateway.tests.test_gateway import assert_problem, gateway_config, issuer  # noqa: F401 (fixtures)
 from shared.entrypoints import rpc
@@ -20,6 +21,7 @@ LISTING = "/v1/bundles/all?replica=aws"
 FAST_S = 1.0  # the most a request may take to be refused while the broker is away
 SLOW_S = 8.0  # how long the stand-in bundles service takes to answer when asked to be slow
 slow: list = []  # non-empty: the stand-in answers after SLOW_S
+asked: list = []  # one entry per list_bundles the stand-in began
 
 
 class Bundles:
@@ -27,6 +29,7 @@ class Bundles:
 
     @rpc
     def list_bundles(self, replica, prefix, per_page, search_after):
+        asked.append(replica)
         if slow:
             eventlet.sleep(SLOW_S)
         return {"bundles": [], "search_after": None}
@@ -86,8 +89,9 @@ def test_a_request_waiting_when_the_broker_goes_is_answered_503_within_seconds(g
     assert web_session.get(LISTING).status_code == 200
     slow.append(True)
     try:
+        asked.clear()
         waiting = eventlet.spawn(web_session.get, LISTING)
-        eventlet.sleep(1)  # the request is published; its reply is SLOW_S away
+        wait_until(lambda: asked, SLOW_S / 2, "the request reaching the bundles service")  # its reply is SLOW_S away
         cut = time.monotonic()
         broker_proxy.down()
         response = waiting.wait()

@@ -2,9 +2,10 @@
 when it ends (services/indexer/leadership.py)."""
 import subprocess
 import sys
-import time
+from urllib.parse import quote
 
 import eventlet
+import requests
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from devtools.waiting import queue_state, wait_until
@@ -13,6 +14,14 @@ from shared.entrypoints import STANDBY_QUEUE_PREFIX
 from ops.broker import vhost_of
 from services.indexer.leadership import LeaderLock
 from services.indexer.service import IndexerService
+
+def standby_connections(management: str, vhost: str) -> list[str]:
+    """The broker connections consuming an indexer's standby queue in ``vhost``."""
+    consumers = requests.get(f"{management}/api/consumers/{quote(vhost, safe='')}", timeout=10).json()
+    # channel_details is [] for a consumer whose channel is going away
+    return [c["channel_details"]["connection_name"] for c in consumers
+            if c["queue"]["name"].startswith(f"{STANDBY_QUEUE_PREFIX}indexer.") and c["channel_details"]]
+
 
 HOLDER = """
 import sys, time
@@ -30,8 +39,9 @@ def test_a_standby_takes_over_when_the_leader_process_is_killed(tmp_path):
         assert leader.stdout.readline().strip() == "leading"
         standby = LeaderLock(tmp_path, poll_seconds=0.1)
         assert not standby.try_acquire()
-        waiting = eventlet.spawn(standby.acquire)
-        eventlet.sleep(0.5)
+        polls = []
+        waiting = eventlet.spawn(standby.acquire, while_waiting=lambda: polls.append(1))
+        wait_until(lambda: len(polls) >= 3, 10, "the standby polling the held lock")
         assert not waiting.dead and not standby.held
         leader.kill()  # SIGKILL: no code of the leader runs, the kernel drops its lock
         leader.wait(10)
@@ -45,13 +55,15 @@ def test_a_standby_takes_over_when_the_leader_process_is_killed(tmp_path):
 
 
 def test_two_indexer_containers_on_one_index_directory_one_consumes_at_a_time(container_factory, service_config,
-                                                                              tmp_path):
+                                                                              tmp_path, request):
     config = {**service_config, "DSS_INDEX_DIR": str(tmp_path / "index")}
     first = container_factory(IndexerService, config)
     first.start()
     second = container_factory(IndexerService, config)
     starting = eventlet.spawn(second.start)
-    eventlet.sleep(1.5)
+    management = request.config.getoption("RABBIT_API_URI").rstrip("/")
+    vhost = vhost_of(config["AMQP_URI"])
+    wait_until(lambda: standby_connections(management, vhost), 20, "the second indexer standing by")
     assert not starting.dead, "the second indexer started beside the leader"
     amqp_uri = config["AMQP_URI"]
     assert queue_state(amqp_uri, "rpc-indexer")[1] == 1
@@ -61,10 +73,7 @@ def test_two_indexer_containers_on_one_index_directory_one_consumes_at_a_time(co
     first.kill()  # as if its process died: its lock goes
     with eventlet.Timeout(30):
         starting.wait()
-    deadline = time.monotonic() + 30
-    while queue_state(amqp_uri, handler_queue)[1] != 1:
-        assert time.monotonic() < deadline, "the standby never consumed"
-        eventlet.sleep(0.2)
+    wait_until(lambda: queue_state(amqp_uri, handler_queue)[1] == 1, 30, "the standby consuming")
     with ServiceRpcProxy("indexer", config, timeout=30) as indexer:
         assert indexer.reindex_status("aws")["state"] == "idle"
 
@@ -102,10 +111,7 @@ def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_con
         return sorted(found, key=lambda i: i["standby"])
 
     def wait(predicate, what, timeout=60):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"{what}:\n" + "\n".join(p.tail(20) for p in processes)
-            time.sleep(0.3)
+        wait_until(predicate, timeout, what, on_timeout=lambda: "\n".join(p.tail(20) for p in processes))
 
     try:
         processes[0].start()
@@ -126,34 +132,23 @@ def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_con
 
 
 def test_a_standby_shows_itself_again_after_its_broker_connection_drops(rabbit_config, request):
-    from urllib.parse import quote
-
-    import requests
-
     from services.indexer.leadership import StandbyPresence
 
     management = request.config.getoption("RABBIT_API_URI").rstrip("/")
     vhost = vhost_of(rabbit_config["AMQP_URI"])
-
-    def standby_connections():
-        consumers = requests.get(f"{management}/api/consumers/{quote(vhost, safe='')}", timeout=10).json()
-        # channel_details is [] for a consumer whose channel is going away
-        return [(c["channel_details"] or {}).get("connection_name") for c in consumers
-                if c["queue"]["name"].startswith(f"{STANDBY_QUEUE_PREFIX}indexer.") and c["channel_details"]]
-
     presence = StandbyPresence(rabbit_config["AMQP_URI"], "indexer")
     try:
         presence.keep()
-        [first] = wait_until(standby_connections, 20, "the standby's queue consumed")
+        [first] = wait_until(lambda: standby_connections(management, vhost), 20, "the standby's queue consumed")
         dropped = requests.delete(f"{management}/api/connections/{quote(first, safe='')}", timeout=10)
         assert dropped.status_code == 204
-        wait_until(lambda: first not in standby_connections(), 20, "the dropped connection gone")
+        wait_until(lambda: first not in standby_connections(management, vhost), 20, "the dropped connection gone")
 
         def reopened():
             presence.keep()  # the first call after the drop notices it, a later one reopens
-            return [c for c in standby_connections() if c != first]
+            return [c for c in standby_connections(management, vhost) if c != first]
         [second] = wait_until(reopened, 20, "the standby's queue consumed again")
         presence.close()
-        wait_until(lambda: not standby_connections(), 20, "the presence gone once closed")
+        wait_until(lambda: not standby_connections(management, vhost), 20, "the presence gone once closed")
     finally:
         presence.close()
