@@ -178,7 +178,11 @@ class Batch:
     bucket's notifications. ``large`` of the blobs are 20 MiB, above the replicator's 16 MiB part
     size, so that a fault can hit a copy streamed in parallel parts (S3 multipart / GCS compose);
     they are the files at 10%, 20%, ... of the batch, around where the tests inject their faults.
-    The oracle looks for them in the other replica (``destination``)."""
+    The oracle looks for them in the other replica (``destination``).
+
+    ``start_writing(hold_after=n)`` writes the first ``n`` files and then waits for ``release()``:
+    a test injects its fault before releasing the rest, so the fault lands mid-batch however fast
+    the replicator copies, and the rest (the bundle last) is written while it lasts."""
 
     def __init__(self, blobstores, settings, files: int = 500, large: int = 0, small_bytes: int = 2048,
                  source: str = "aws"):
@@ -192,6 +196,8 @@ class Batch:
         self.documents: dict[str, dict] = {}  # document key -> the document written
         self.writer = None
         self.written_at: float | None = None
+        self.hold_after: int | None = None
+        self._released = eventlet.event.Event()
 
     @property
     def keys(self) -> set[str]:
@@ -218,7 +224,11 @@ class Batch:
 
     def _write_all(self) -> None:
         pool = eventlet.GreenPool(16)
-        files = list(pool.imap(self._write_file, range(self.files)))
+        held = self.files if self.hold_after is None else min(self.hold_after, self.files)
+        files = list(pool.imap(self._write_file, range(held)))
+        if held < self.files:
+            self._released.wait()
+            files += pool.imap(self._write_file, range(held, self.files))
         uuid, version = new_uuid(), new_version()
         manifest = {"format": "0.0.1", "version": version, "creator_uid": 1, "files": [
             {"name": f"file-{i}.bin", "uuid": file_uuid, "version": file_version,
@@ -230,12 +240,20 @@ class Batch:
         self.documents[key] = manifest
         self.written_at = time.monotonic()
 
-    def start_writing(self) -> "Batch":
-        """Write the batch in the background, so that faults can hit it while it is being written."""
+    def start_writing(self, hold_after: int | None = None) -> "Batch":
+        """Write the batch in the background, so that faults can hit it while it is being written;
+        with ``hold_after``, only that many files until ``release()``."""
+        self.hold_after = hold_after
         self.writer = eventlet.spawn(self._write_all)
         return self
 
+    def release(self) -> None:
+        """Write the rest of a batch held by ``start_writing(hold_after=...)``."""
+        if not self._released.ready():
+            self._released.send()
+
     def wait_written(self, timeout: float = 120.0) -> None:
+        assert self.hold_after is None or self._released.ready(), "the batch is held: release() it first"
         with eventlet.Timeout(timeout, AssertionError(f"writing the batch took more than {timeout}s")):
             self.writer.wait()  # re-raises a write's failure
 

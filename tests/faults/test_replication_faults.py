@@ -16,6 +16,7 @@ import urllib.parse
 
 from devtools.processes import child_listening_on, paused
 from devtools.proxy import TcpProxy
+from devtools.waiting import wait_until
 
 from tests.faults.conftest import RETRY_DELAYS, dead_letters
 
@@ -35,16 +36,23 @@ def fault_point(batch) -> int:
     return int(batch.total * FAULT_AT)
 
 
+def held_batch(batch_factory, files: int, **options):
+    """A batch of which half the files are written at once and the rest only once ``release()``d,
+    after the fault is in place: the fault cannot miss the batch, however fast it is copied
+    (``fault_point`` is well inside the first half)."""
+    return batch_factory(files=files, **options).start_writing(hold_after=files // 2)
+
+
 def assert_mid_batch(batch, arrived: int) -> None:
-    # A fault after the last copy would prove nothing: the batch is sized so that this never happens.
-    assert arrived < batch.total, f"the whole batch ({batch.total}) had arrived before the fault: make it larger"
+    # A fault after the last copy would prove nothing; a held batch makes sure it cannot be.
+    assert arrived < batch.total, f"the whole batch ({batch.total}) had arrived before the fault"
 
 
 def test_replicator_killed_mid_batch_then_restarted_loses_nothing(replicator, batch_factory):
     # Three 20 MiB blobs among the small ones (at 10, 20 and 30% of the batch): the kill aims at one
     # of their copies streamed in parts, whose parts are visible under tmp/compose/ in gcp until
     # they are composed; else it falls once 30% of the batch has arrived.
-    batch = batch_factory(files=500, large=3).start_writing()
+    batch = batch_factory(files=500, large=3).start_writing(hold_after=400)
     gcp, bucket = batch.stores["gcp"], batch.buckets["gcp"]
     stale = set(gcp.list_keys(bucket, "tmp/compose/"))  # an earlier kill's leftovers, if any
     started = time.monotonic()
@@ -66,6 +74,7 @@ def test_replicator_killed_mid_batch_then_restarted_loses_nothing(replicator, ba
     replicator.process.kill()  # SIGKILL: no shutdown, in-flight copies and unacked messages abandoned
     arrived = len(batch.arrived())
     assert_mid_batch(batch, arrived)
+    batch.release()
     # Parts of a composite upload the kill interrupted stay under tmp/compose/ (documented: a
     # lifecycle rule removes them in real buckets); the copy is redone from the start.
     orphans = len(parts_in_flight())
@@ -81,20 +90,21 @@ def test_replicator_killed_mid_batch_then_restarted_loses_nothing(replicator, ba
 
 def test_rabbitmq_restarted_mid_batch_the_replicator_reconnects_and_loses_nothing(replicator, batch_factory,
                                                                                   system_broker):
-    batch = batch_factory(files=OUTAGE_BATCH).start_writing()
+    batch = held_batch(batch_factory, OUTAGE_BATCH)
     started = time.monotonic()
     batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
 
     # The whole broker goes away (every connection closed, nothing answers) while copies, their
     # acks, the bridge's dispatches and retries are in flight. What the bridge had already put on
-    # the bus waits in the durable queue (persistent messages); what is written meanwhile is
-    # notified to SQS, but the bridge cannot dispatch it until the broker is back.
+    # the bus waits in the durable queue (persistent messages); what is written meanwhile (the
+    # held half of the batch) is notified to SQS, but the bridge cannot dispatch it until the
+    # broker is back.
     system_broker.stop_app()
     down_at = time.monotonic()
     arrived = len(batch.arrived())
     assert_mid_batch(batch, arrived)
-    during = batch_factory(files=OUTAGE_BATCH // 10).start_writing()
-    during.wait_written(timeout=60)
+    batch.release()
+    batch.wait_written(timeout=60)
     time.sleep(max(0.0, BROKER_DOWN_SECONDS - (time.monotonic() - down_at)))
     replicator.assert_alive("while RabbitMQ was down")
     system_broker.start_app()
@@ -103,13 +113,12 @@ def test_rabbitmq_restarted_mid_batch_the_replicator_reconnects_and_loses_nothin
 
     # No restart of the replicator: it must reconnect by itself, its consumer and its bridge alike.
     batch.wait_all_arrived(timeout=150, replicator=replicator)
-    during.wait_all_arrived(timeout=60, replicator=replicator)
     took = time.monotonic() - started
     replicator.assert_alive("after RabbitMQ came back")
     batch.assert_nothing_lost()
-    during.assert_nothing_lost()
     assert dead_letters(replicator.amqp_uri) == 0
-    print(f"broker stopped at {arrived}/{batch.total} arrived, {during.total} more written while it was down, "
+    print(f"broker stopped at {arrived}/{batch.total} arrived, {batch.files - batch.hold_after} files more written "
+          f"while it was down, "
           f"back {outage:.1f}s after the first write; all verified after {took:.1f}s; the replicator logged "
           f"{replicator.count('Connection to broker lost')} lost broker connections")
 
@@ -119,12 +128,13 @@ def test_gcs_hung_for_15s_mid_batch_replication_catches_up(replicator, batch_fac
     # `make up` stack's). Stopped, it still accepts connections (the kernel does) but answers
     # nothing: every request to it hangs, as behind a black-holed network path.
     gcs = child_listening_on(urllib.parse.urlsplit(local_cloud_settings["DSS_GCS_ENDPOINT"]).port)
-    batch = batch_factory(files=OUTAGE_BATCH).start_writing()
+    batch = held_batch(batch_factory, OUTAGE_BATCH)
     started = time.monotonic()
     arrived = batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
     assert_mid_batch(batch, arrived)  # counted just before: gcp cannot be listed while it is stopped
 
     with paused(gcs):
+        batch.release()  # the rest is written into aws and notified while its copies hang
         time.sleep(EMULATOR_DOWN_SECONDS)
         replicator.assert_alive("while GCS hung")
 
@@ -136,33 +146,49 @@ def test_gcs_hung_for_15s_mid_batch_replication_catches_up(replicator, batch_fac
           f"verified after {took:.1f}s; {replicator.count('retrying in')} broker retries")
 
 
-def replicate_through_an_outage(replicator_factory, batch_factory, proxy, env: dict, what: str, source: str = "aws",
+def replicate_through_an_outage(replicator_factory, batch_factory, env: dict, what: str, cut: list[TcpProxy],
+                                cut_once_failing: tuple[TcpProxy, ...] = (), source: str = "aws",
                                 files: int = OUTAGE_BATCH):
-    """The replicator reaches ``what`` through ``proxy`` (``env``: its settings naming ``proxy.url``
-    or ``proxy.address``), which goes down for ``EMULATOR_DOWN_SECONDS`` once a share of a batch
-    written into ``source`` has arrived in the other replica: open connections reset, new ones
-    refused, as when the endpoint crashed or its address is unreachable. The stores' data and their
-    notifications are untouched (the test and the emulators reach each other directly). Afterwards
-    the whole batch arrives, verified, with nothing dead-lettered, and without restarting the
-    replicator. Returns (the replicator, a report line)."""
+    """The replicator reaches ``what`` through the proxies ``cut`` (and ``cut_once_failing``;
+    ``env``: its settings naming their ``url`` or ``address``), which go down for
+    ``EMULATOR_DOWN_SECONDS`` once a share of a batch written into ``source`` has arrived in the
+    other replica: open connections reset, new ones refused, as when the endpoint crashed or its
+    address is unreachable. The held rest of the batch is written once ``cut`` is down; the proxies
+    ``cut_once_failing`` go down only after a copy has failed on the first cut (a retry logged), so
+    that the outage surely hits copies in flight. The stores' data and their notifications are
+    untouched (the test and the emulators reach each other directly). Afterwards the whole batch
+    arrives, verified, with nothing dead-lettered, and without restarting the replicator. Returns
+    (the replicator, a report line)."""
+    proxies = [*cut, *cut_once_failing]
     try:
         replicator = replicator_factory(**env)
-        batch = batch_factory(files=files, source=source).start_writing()
+        batch = held_batch(batch_factory, files, source=source)
         started = time.monotonic()
         batch.wait_arrived(fault_point(batch), timeout=90, replicator=replicator)
 
-        proxy.down()
+        for proxy in cut:
+            proxy.down()
+        down_at = time.monotonic()
         arrived = len(batch.arrived())
         assert_mid_batch(batch, arrived)
-        time.sleep(EMULATOR_DOWN_SECONDS)  # the outage itself: its length is what is under test
+        batch.release()
+        if cut_once_failing:
+            wait_until(lambda: replicator.count("retrying in"), EMULATOR_DOWN_SECONDS,
+                       f"a copy failing while {what} refused connections", on_timeout=replicator.process.tail)
+            for proxy in cut_once_failing:
+                proxy.down()
+        # The outage itself: its length is what is under test.
+        time.sleep(max(0.0, EMULATOR_DOWN_SECONDS - (time.monotonic() - down_at)))
         replicator.assert_alive(f"while {what} refused connections")
         during = len(batch.arrived()) - arrived
-        proxy.up()
+        for proxy in proxies:
+            proxy.up()
 
         batch.wait_all_arrived(timeout=150, replicator=replicator)
         took = time.monotonic() - started
     finally:
-        proxy.close()
+        for proxy in proxies:
+            proxy.close()
     batch.assert_nothing_lost()
     retries = replicator.count("retrying in")
     assert dead_letters(replicator.amqp_uri) == 0, (
@@ -170,7 +196,7 @@ def replicate_through_an_outage(replicator_factory, batch_factory, proxy, env: d
         f"{replicator.process.tail()}")
     return replicator, (f"{what} refused connections at {arrived}/{batch.total} arrived for {EMULATOR_DOWN_SECONDS}s "
             f"({during} arrived meanwhile); all {batch.total} verified after {took:.1f}s; {retries} broker retries; "
-            f"{proxy.accepted} connections through the proxy")
+            f"{sum(proxy.accepted for proxy in proxies)} connections through the proxies")
 
 
 def proxy_to(url: str) -> TcpProxy:
@@ -183,28 +209,30 @@ def test_gcs_refusing_connections_for_15s_mid_batch_replication_catches_up(repli
     # The copies fail (after the GCS client's own 5 s of retries) and go round the broker's delay
     # queues; this test still lists the bucket directly.
     proxy = proxy_to(local_cloud_settings["DSS_GCS_ENDPOINT"])
-    replicator, report = replicate_through_an_outage(replicator_factory, batch_factory, proxy,
-                                                     {"DSS_GCS_ENDPOINT": proxy.url}, "GCS")
+    replicator, report = replicate_through_an_outage(replicator_factory, batch_factory,
+                                                     {"DSS_GCS_ENDPOINT": proxy.url}, "GCS", [proxy])
     assert replicator.count("retrying in") > 0, f"the outage failed no copy: it tested nothing ({report})"
     print(report)
 
 
 def test_s3_and_sqs_refusing_connections_for_15s_mid_batch_replication_catches_up(
         replicator_factory, batch_factory, local_cloud_settings):
-    # moto serves both S3 and SQS on one endpoint: the outage takes both from the replicator, the
-    # source of the copies and the queue of their notifications. Reads of the source fail (the
-    # copies go round the delay queues), the bridge's long polls fail and are retried, and what the
-    # bucket notified meanwhile waits in SQS: its messages were never deleted.
+    # moto serves both S3 and SQS on one endpoint, reached here through a proxy each: the outage
+    # takes both from the replicator, the source of the copies and the queue of their
+    # notifications. S3 goes first, so that the notifications of the rest of the batch still reach
+    # the bridge and their copies fail on the source (they go round the delay queues); then SQS:
+    # the bridge's long polls fail and are retried, and what the bucket notified meanwhile waits in
+    # SQS: its messages were never deleted.
     # A refused S3 connection fails an attempt at once (the GCS client retries for 5 s first), so
     # the attempts of a copy are spent as fast as the delays allow: the schedule here outlasts the
     # outage (1+2+4+8+16 s), as the default one (about 76 min) outlasts a real one. With the other
     # tests' 1,2,4 s, copies in flight are dead-lettered after 7 s of outage.
-    proxy = proxy_to(local_cloud_settings["DSS_S3_ENDPOINT"])
     assert local_cloud_settings["DSS_SQS_ENDPOINT"] == local_cloud_settings["DSS_S3_ENDPOINT"]
+    s3, sqs = proxy_to(local_cloud_settings["DSS_S3_ENDPOINT"]), proxy_to(local_cloud_settings["DSS_SQS_ENDPOINT"])
     replicator, report = replicate_through_an_outage(
-        replicator_factory, batch_factory, proxy, {"DSS_S3_ENDPOINT": proxy.url, "DSS_SQS_ENDPOINT": proxy.url,
-                                                   "DSS_REPLICATION_RETRY_DELAYS": "1,2,4,8,16"}, "S3 and SQS",
-        files=NOTIFIED_OUTAGE_BATCH)
+        replicator_factory, batch_factory, {"DSS_S3_ENDPOINT": s3.url, "DSS_SQS_ENDPOINT": sqs.url,
+                                            "DSS_REPLICATION_RETRY_DELAYS": "1,2,4,8,16"}, "S3 and SQS",
+        [s3], cut_once_failing=(sqs,), files=NOTIFIED_OUTAGE_BATCH)
     assert replicator.count("retrying in") > 0, f"the outage failed no copy: it tested nothing ({report})"
     assert replicator.count("cannot fetch notifications") > 0, f"the bridge never missed SQS ({report})"
     print(report)
@@ -217,8 +245,8 @@ def test_pubsub_refusing_connections_for_15s_mid_batch_replication_catches_up(
     # publishes to the emulator directly, so the notifications of what is written meanwhile wait in
     # the subscription; those pulled but not acknowledged come again after their deadline.
     proxy = proxy_to(pubsub_emulator_host)
-    replicator, report = replicate_through_an_outage(replicator_factory, batch_factory, proxy,
-                                                     {"DSS_PUBSUB_EMULATOR_HOST": proxy.address}, "Pub/Sub",
+    replicator, report = replicate_through_an_outage(replicator_factory, batch_factory,
+                                                     {"DSS_PUBSUB_EMULATOR_HOST": proxy.address}, "Pub/Sub", [proxy],
                                                      source="gcp", files=NOTIFIED_OUTAGE_BATCH)
     assert replicator.count("cannot fetch notifications") > 0, f"the bridge never missed Pub/Sub ({report})"
     print(report)
