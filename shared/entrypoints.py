@@ -33,6 +33,7 @@ from nameko import events, messaging, rpc as nameko_rpc
 from nameko.standalone.events import get_event_exchange
 
 from shared import tracing
+from shared.config import Settings
 from shared.events import HANDLERS
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,18 @@ def standby_queue(service_name: str) -> Queue:
                  durable=False)
 
 
+def size_above_setting(setting: str):
+    """A ``skip`` test for ``event_handler`` / ``retrying_event_handler`` that needs the service's
+    settings (bound when the container sets up): the event's ``size`` is above the value of the
+    ``shared.config.Settings`` attribute ``setting`` (a payload without an integer size is not
+    skipped)."""
+    def skip(payload, settings) -> bool:
+        size = payload.get("size") if isinstance(payload, dict) else None
+        return isinstance(size, int) and size > getattr(settings, setting)
+    skip.needs_settings = True
+    return skip
+
+
 def key_not_under(*prefixes: str):
     """A ``skip`` test for ``event_handler`` / ``retrying_event_handler``: the event names a ``key``
     outside ``prefixes`` (a payload without a string key is not skipped: the worker judges it)."""
@@ -140,6 +153,7 @@ class EventHandler(TraceContextDecoder, events.EventHandler):
     queue_consumer = QueueConsumer()
 
     def __init__(self, source_service, event_type, *args, skip=None, **kwargs):
+        self.skip_test = skip
         self.skip = skip
         super().__init__(source_service, event_type, *args, **kwargs)
 
@@ -151,6 +165,9 @@ class EventHandler(TraceContextDecoder, events.EventHandler):
 
     def setup(self):
         super().setup()
+        if getattr(self.skip_test, "needs_settings", False):
+            test, settings = self.skip_test, Settings.from_config(self.container.config)
+            self.skip = lambda payload: test(payload, settings)
         if self.handler_type is events.SERVICE_POOL and self.reliable_delivery:
             # The very queue publishers declare (one definition of its name and arguments).
             self.queue = handler_queue(self.source_service, self.event_type,

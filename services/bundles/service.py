@@ -19,7 +19,8 @@ from shared.metrics import Metrics
 from shared.tracing import Tracing
 from shared.keys import parse_key
 from shared.retry import retrying_event_handler
-from shared.schemas import BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated
+from shared.schemas import (BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated,
+                            schema_instance)
 
 from services.bundles.dependencies import BundleStore
 
@@ -101,7 +102,7 @@ class BundlesService:
     @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=(InvalidParameter, ValidationError),
                             skip=key_not_under(Keys.collection_prefix()))
     def handle_object_replicated(self, payload):
-        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         key = replicated["key"]
         if not key.startswith(Keys.collection_prefix()):
             return None

@@ -35,7 +35,7 @@ from shared.tracing import Tracing
 from shared.keys import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
-                            load_arguments)
+                            load_arguments, schema_instance)
 from shared.search import is_tombstone
 
 from services.indexer.dependencies import BundleSource, EventJournal, SearchIndexes
@@ -77,7 +77,7 @@ class IndexerService:
     @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="index_retry_delays", skip=key_not_under("bundles/"))
     def handle_object_replicated(self, payload):
-        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         key, replica = replicated["key"], replicated["destination_replica"]
         if not key.startswith("bundles/"):
             return []
@@ -91,7 +91,7 @@ class IndexerService:
     @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="index_retry_delays", skip=key_not_under("bundles/"))
     def handle_object_changed(self, payload):
-        changed = ObjectChanged(unknown=EXCLUDE).load(payload)
+        changed = schema_instance(ObjectChanged).load(payload, unknown=EXCLUDE)
         if changed["kind"] != "deleted" or not changed["key"].startswith("bundles/"):
             return []
         target = parse_key(changed["key"])
