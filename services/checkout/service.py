@@ -22,7 +22,7 @@ from marshmallow import EXCLUDE, ValidationError
 from nameko.events import BROADCAST
 
 from shared import events
-from shared.entrypoints import EventDispatcher, event_handler, key_not_under, rpc, size_above_setting
+from shared.entrypoints import EventDispatcher, event_handler, rpc, size_above_setting
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
 from shared.metrics import Metrics
@@ -130,7 +130,7 @@ class CheckoutService:
         self.file_reads.announce_version(created["replica"], created["uuid"], created["version"])
 
     @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False,
-                   skip=key_not_under("files/"))
+                   key_prefixes=("files/",))
     def note_replicated_file_version(self, payload):
         replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         file_version = file_version_of_key(replicated["key"])
