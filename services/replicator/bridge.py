@@ -58,6 +58,7 @@ from prometheus_client import Counter
 from shared import tracing
 from shared.config import Settings
 from shared.schemas import ObjectChanged
+from shared.sessions import read_environment_once
 
 logger = logging.getLogger(__name__)
 
@@ -577,12 +578,12 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
     def _session(self) -> requests.Session:
         if self.session is None:
             if self.settings.pubsub_emulator_host:
-                self.session = requests.Session()
+                self.session = read_environment_once(requests.Session())
             else:
                 import google.auth
                 from google.auth.transport.requests import AuthorizedSession
                 credentials, _ = google.auth.default(scopes=[PUBSUB_SCOPE])
-                self.session = AuthorizedSession(credentials)
+                self.session = read_environment_once(AuthorizedSession(credentials))
         return self.session
 
     def _call(self, verb: str, body: dict, timeout=PUBSUB_CALL_TIMEOUT) -> dict:
