@@ -504,7 +504,7 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
         self._credentials = credentials
         self._s3 = None  # for the trace context of a change (tracing on only)
         config = Config(region_name=settings.s3_region, connect_timeout=3, read_timeout=SQS_WAIT_SECONDS + 10,
-                        retries={"mode": "standard", "max_attempts": 2})
+                        retries={"mode": "standard", "max_attempts": 2}, parameter_validation=False)
         # A session of its own: boto3's default session is not safe to share between threads.
         self.sqs = boto3.session.Session().client("sqs", endpoint_url=settings.sqs_endpoint or None,
                                                   config=config, **credentials)
