@@ -27,8 +27,8 @@ ROUTED_BY_FOLDER = (OBJECT_CHANGED, OBJECT_REPLICATED)
 
 # Every handler that consumes an event from a queue shared by all its instances:
 # (source service, event, "handler service.method", the top folders of the keys it takes of a
-# ROUTED_BY_FOLDER event, empty for all). Each publisher declares the queues of its own
-# events' handlers (with the same bindings) before it publishes (``shared.entrypoints.EventDispatcher``), so an event
+# ROUTED_BY_FOLDER event, empty for all). Each publisher declares the queues of its own events'
+# handlers, with the same bindings, before it publishes (``shared.entrypoints.EventDispatcher``), so an event
 # dispatched before its handler's service ever started waits in the queue instead of being dropped
 # (a topic exchange routes nothing to a queue that does not exist yet). A test keeps this table
 # equal to the services' handlers. Broadcast handlers (per-instance queues of cache notes) are not here.
