@@ -55,6 +55,7 @@ from devtools.tokens import mint_token_for_settings  # noqa: E402
 from shared import events  # noqa: E402
 from shared.blobstore import open_blobstore  # noqa: E402
 from shared.config import Settings  # noqa: E402
+from shared.entrypoints import binding_keys  # noqa: E402
 from shared.identifiers import Keys, new_version  # noqa: E402
 from shared.storage import open_replicas  # noqa: E402
 
@@ -100,7 +101,8 @@ class BusWatch:
         exchange = get_event_exchange("replicator", {})
         name = f"bench-replication-{uuid_module.uuid4().hex}"
         self._queues = [Queue(name, bindings=[binding(exchange, routing_key=routing_key)
-                                              for routing_key in (events.OBJECT_CHANGED, events.OBJECT_REPLICATED)],
+                                              for event in (events.OBJECT_CHANGED, events.OBJECT_REPLICATED)
+                                              for routing_key in binding_keys(event)],
                               durable=True, queue_arguments={"x-expires": self.EXPIRES_MS})]
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
 
@@ -109,7 +111,7 @@ class BusWatch:
         message.ack()
         if not isinstance(body, dict):
             return
-        kind = message.delivery_info.get("routing_key")
+        kind = message.delivery_info.get("routing_key", "").partition(".")[0]  # the event, not its folder
         replica = body.get("source_replica") if kind == events.OBJECT_REPLICATED else body.get("replica")
         with self._changed:
             self.seen.setdefault((kind, body.get("key"), replica), (now, body))

@@ -24,16 +24,18 @@ message's headers. With tracing off each costs one test of a flag.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from amqp.exceptions import AMQPError
 from kombu.exceptions import KombuError
-from kombu import Queue
+from kombu import Queue, binding
 from nameko import events, messaging, rpc as nameko_rpc
 from nameko.standalone.events import get_event_exchange
 
 from shared import tracing
-from shared.events import HANDLERS
+from shared.config import Settings
+from shared.events import HANDLERS, ROUTED_BY_FOLDER
 
 logger = logging.getLogger(__name__)
 
@@ -105,12 +107,49 @@ class Rpc(TraceContextDecoder, nameko_rpc.Rpc):
 rpc = Rpc.decorator
 
 
-def handler_queue(source_service: str, event_type: str, handler: str, config: dict) -> Queue:
+_FOLDER = re.compile(r"[A-Za-z0-9_-]+")
+OTHER_FOLDER = "_"  # the routing word of a key without a plain top folder
+
+
+def routing_key(event_type: str, payload) -> str:
+    """The routing key of an event: its type, and for an event about one object of a main bucket
+    (``ROUTED_BY_FOLDER``) the top folder of its ``key`` as a second word (``object_changed.blobs``)."""
+    if event_type not in ROUTED_BY_FOLDER:
+        return event_type
+    key = payload.get("key") if isinstance(payload, dict) else None
+    folder, slash, _ = key.partition("/") if isinstance(key, str) else ("", "", "")
+    return f"{event_type}.{folder if slash and _FOLDER.fullmatch(folder) else OTHER_FOLDER}"
+
+
+def binding_keys(event_type: str, key_prefixes: tuple[str, ...] = ()) -> list[str]:
+    """What a handler of ``event_type`` binds its queue with: every event of the type, or, for a
+    ``ROUTED_BY_FOLDER`` event and some top folders (``key_prefixes``: ``"bundles/"``), only
+    theirs plus the bare type (what a publisher that names no folder sends: an operator's repair
+    event, a version before routing), whose other keys the handler's ``skip`` test settles
+    without a worker."""
+    if event_type not in ROUTED_BY_FOLDER:
+        return [event_type]
+    if not key_prefixes:
+        return [f"{event_type}.#"]  # `#` matches no word too: the bare type as well
+    for prefix in key_prefixes:
+        if not (prefix.endswith("/") and _FOLDER.fullmatch(prefix[:-1])):
+            raise ValueError(f"{prefix!r} is not the prefix of one top folder, like 'bundles/'")
+    return [event_type, *(f"{event_type}.{prefix[:-1]}" for prefix in key_prefixes)]
+
+
+def _bound_queue(name: str, exchange, keys: list[str], **options) -> Queue:
+    if len(keys) == 1:
+        return Queue(name, exchange=exchange, routing_key=keys[0], **options)
+    return Queue(name, bindings=[binding(exchange, routing_key=key) for key in keys], **options)
+
+
+def handler_queue(source_service: str, event_type: str, handler: str, config: dict,
+                  key_prefixes: tuple[str, ...] = ()) -> Queue:
     """The durable queue of the ``handler`` (``"service.method"``) of ``source_service``'s
     ``event_type`` events shared by all the handler service's instances, bound to the source's
-    event exchange: nameko's service-pool queue with reliable delivery."""
-    return Queue(f"evt-{source_service}-{event_type}--{handler}", exchange=get_event_exchange(source_service, config),
-                 routing_key=event_type, durable=True, auto_delete=False, exclusive=False)
+    event exchange (``binding_keys``): nameko's service-pool queue with reliable delivery."""
+    return _bound_queue(f"evt-{source_service}-{event_type}--{handler}", get_event_exchange(source_service, config),
+                        binding_keys(event_type, key_prefixes), durable=True, auto_delete=False, exclusive=False)
 
 
 STANDBY_QUEUE_PREFIX = "standby-"
@@ -122,6 +161,18 @@ def standby_queue(service_name: str) -> Queue:
     its connection, gone with it, never holding a message."""
     return Queue(f"{STANDBY_QUEUE_PREFIX}{service_name}.{uuid.uuid4().hex}", exclusive=True, auto_delete=True,
                  durable=False)
+
+
+def size_above_setting(setting: str):
+    """A ``skip`` test for ``event_handler`` / ``retrying_event_handler`` that needs the service's
+    settings (bound when the container sets up): the event's ``size`` is above the value of the
+    ``shared.config.Settings`` attribute ``setting`` (a payload without an integer size is not
+    skipped)."""
+    def skip(payload, settings) -> bool:
+        size = payload.get("size") if isinstance(payload, dict) else None
+        return isinstance(size, int) and size > getattr(settings, setting)
+    skip.needs_settings = True
+    return skip
 
 
 def key_not_under(*prefixes: str):
@@ -136,10 +187,18 @@ def key_not_under(*prefixes: str):
 class EventHandler(TraceContextDecoder, events.EventHandler):
     """nameko's event handler on ``QueueConsumer``. ``skip``: a test of the raw payload, True for an
     event the handler would do nothing with; such a message is settled as a success at once,
-    without a worker (a worker costs more than the little a handler does to ignore an event)."""
+    without a worker (a worker costs more than the little a handler does to ignore an event).
+    ``key_prefixes``: for a ``ROUTED_BY_FOLDER`` event, the top folders (``"bundles/"``) of the
+    keys the handler takes; the queue is bound to those only (``binding_keys``), and the others
+    that still arrive (published without a folder) are skipped."""
     queue_consumer = QueueConsumer()
 
-    def __init__(self, source_service, event_type, *args, skip=None, **kwargs):
+    def __init__(self, source_service, event_type, *args, skip=None, key_prefixes: tuple[str, ...] = (), **kwargs):
+        binding_keys(event_type, key_prefixes)  # a malformed prefix fails at import, not at start
+        if key_prefixes and skip is None:
+            skip = key_not_under(*key_prefixes)
+        self.key_prefixes = tuple(key_prefixes)
+        self.skip_test = skip
         self.skip = skip
         super().__init__(source_service, event_type, *args, **kwargs)
 
@@ -151,10 +210,18 @@ class EventHandler(TraceContextDecoder, events.EventHandler):
 
     def setup(self):
         super().setup()
+        if getattr(self.skip_test, "needs_settings", False):
+            test, settings = self.skip_test, Settings.from_config(self.container.config)
+            self.skip = lambda payload: test(payload, settings)
         if self.handler_type is events.SERVICE_POOL and self.reliable_delivery:
-            # The very queue publishers declare (one definition of its name and arguments).
+            # The very queue publishers declare (one definition of its name, arguments and bindings).
             self.queue = handler_queue(self.source_service, self.event_type,
-                                       f"{self.container.service_name}.{self.method_name}", self.container.config)
+                                       f"{self.container.service_name}.{self.method_name}", self.container.config,
+                                       self.key_prefixes)
+        elif self.event_type in ROUTED_BY_FOLDER:  # nameko's own queue (broadcast, singleton), rebound
+            queue = self.queue
+            self.queue = _bound_queue(queue.name, queue.exchange, binding_keys(self.event_type, self.key_prefixes),
+                                      durable=queue.durable, auto_delete=queue.auto_delete, exclusive=queue.exclusive)
 
 
 event_handler = EventHandler.decorator
@@ -201,17 +268,17 @@ class EventDispatcher(events.EventDispatcher):
         super().setup()
         service_name, config = self.container.service_name, self.container.config
         self.handler_queues: dict[str, list[Queue]] = {}
-        for source, event_type, handler in HANDLERS:
+        for source, event_type, handler, key_prefixes in HANDLERS:
             if source == service_name:
                 self.handler_queues.setdefault(event_type, []).append(
-                    handler_queue(source, event_type, handler, config))
+                    handler_queue(source, event_type, handler, config, key_prefixes))
 
     def get_dependency(self, worker_ctx):
         extra_headers = self.get_message_headers(worker_ctx)
         service_name = self.container.service_name
 
         def publish(event_type, event_data, headers):
-            self.publisher.publish(event_data, exchange=self.exchange, routing_key=event_type,
+            self.publisher.publish(event_data, exchange=self.exchange, routing_key=routing_key(event_type, event_data),
                                    extra_headers=headers, declare=self.handler_queues.get(event_type, ()))
 
         def dispatch(event_type, event_data):

@@ -13,7 +13,7 @@ from marshmallow import INCLUDE, ValidationError
 from shared.checksums import Checksums
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import TOMBSTONE_SUFFIX, split_fqid
-from shared.schemas import BundleManifest, CollectionDocument, FileMetadata, Tombstone
+from shared.schemas import BundleManifest, CollectionDocument, FileMetadata, Tombstone, schema_instance
 
 BLOB, FILE, BUNDLE, COLLECTION, TOMBSTONE = "blob", "file", "bundle", "collection", "tombstone"
 # Every DSS key lives under one of these, in listing order. Anything else in a main bucket (the
@@ -76,7 +76,7 @@ def load_document(target: ReplicaKey, data: bytes) -> dict:
         doc = json.loads(data)
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
-        _SCHEMAS[target.kind]().load(doc, unknown=INCLUDE)
+        schema_instance(_SCHEMAS[target.kind]).load(doc, unknown=INCLUDE)
     except (ValueError, ValidationError) as error:  # json.JSONDecodeError is a ValueError
         raise Unprocessable(f"{target.key} is not a valid {target.kind} document: {error}",
                             "invalid_document") from None

@@ -8,6 +8,7 @@ services dispatch ("Events").
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterator, Mapping
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
@@ -258,6 +259,16 @@ class FileCheckoutRequested(Schema):
     size = fields.Integer(required=True, validate=validate.Range(min=0))
     content_type = fields.String(required=True)
     reason = fields.String(required=True, validate=validate.OneOf(("read", "refresh")))
+
+
+# --- one instance per schema ---------------------------------------------------------------------------
+
+@functools.cache
+def schema_instance(schema_class: type[Schema]) -> Schema:
+    """The process's one instance of ``schema_class``, for hot paths: building a schema deep-copies
+    its fields, which costs more than loading a small payload, and an instance keeps no state
+    between loads and dumps. Options of one load (``unknown=EXCLUDE``) go to ``load`` itself."""
+    return schema_class()
 
 
 # --- loading: marshmallow's refusals as one 400 -------------------------------------------------------

@@ -12,14 +12,15 @@ import logging
 from marshmallow import EXCLUDE, ValidationError
 
 from shared import events
-from shared.entrypoints import EventDispatcher, key_not_under, rpc
+from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys
 from shared.metrics import Metrics
 from shared.tracing import Tracing
 from shared.keys import parse_key
 from shared.retry import retrying_event_handler
-from shared.schemas import BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated
+from shared.schemas import (BundleCreated, BundleTombstoned, CollectionCreated, CollectionTombstoned, ObjectReplicated,
+                            schema_instance)
 
 from services.bundles.dependencies import BundleStore
 
@@ -97,11 +98,11 @@ class BundlesService:
             "replica": replica, "uuid": written.uuid, "key": written.key, "owner": written.doc["email"]}))
         return {"status": written.status}
 
-    # Only collections concern the owner index: other keys' events are settled without a worker.
+    # Only collections concern the owner index: the broker routes no other key's event here.
     @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=(InvalidParameter, ValidationError),
-                            skip=key_not_under(Keys.collection_prefix()))
+                            key_prefixes=(Keys.collection_prefix(),))
     def handle_object_replicated(self, payload):
-        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         key = replicated["key"]
         if not key.startswith(Keys.collection_prefix()):
             return None

@@ -22,14 +22,14 @@ from marshmallow import EXCLUDE, ValidationError
 from nameko.events import BROADCAST
 
 from shared import events
-from shared.entrypoints import EventDispatcher, event_handler, key_not_under, rpc
+from shared.entrypoints import EventDispatcher, event_handler, rpc, size_above_setting
 from shared.exceptions import InvalidParameter, Unprocessable
 from shared.identifiers import REPLICAS
 from shared.metrics import Metrics
 from shared.tracing import Tracing
 from shared.retry import AttemptNumber, retrying_event_handler
 from shared.schemas import (BundleCheckoutRequested, FileCheckoutRequested, FileCreated, ObjectReplicated,
-                            load_arguments)
+                            load_arguments, schema_instance)
 
 from services.checkout.bundle_jobs.jobs import completion_email, job_view
 from services.checkout.bundle_jobs.mail import MailNotSent
@@ -105,15 +105,17 @@ class CheckoutService:
                             give_up_on=(ValidationError, Unprocessable, InvalidParameter))
     def handle_file_checkout_requested(self, payload):
         """A large copy (or refresh) into the checkout bucket, acknowledged once made and verified."""
-        request = FileCheckoutRequested(unknown=EXCLUDE).load(payload)
+        request = schema_instance(FileCheckoutRequested).load(payload, unknown=EXCLUDE)
         verdict = self.file_reads.copy_requested(request)
         return {"replica": request["replica"], "blob_key": request["blob_key"], "state": verdict.state.value}
 
+    # A file above DSS_CHECKOUT_WARM_BYTES (every file, by default) is not warmed: no worker for it.
     @retrying_event_handler("files", events.FILE_CREATED, delays_setting="checkout_copy_retry_delays",
-                            give_up_on=(ValidationError, Unprocessable, InvalidParameter))
+                            give_up_on=(ValidationError, Unprocessable, InvalidParameter),
+                            skip=size_above_setting("checkout_warm_bytes"))
     def handle_file_created(self, payload):
         """Warm the checkout bucket with a small new file, so that its first GET is a plain 302."""
-        created = FileCreated(unknown=EXCLUDE).load(payload)
+        created = schema_instance(FileCreated).load(payload, unknown=EXCLUDE)
         blob = Blob.from_key(created["blob_key"], created["size"], created["content_type"])
         verdict = self.file_reads.warm(created["replica"], created["uuid"], created["version"], blob,
                                            created["metadata"])
@@ -124,13 +126,13 @@ class CheckoutService:
     # one as the latest from its memory.
     @event_handler("files", events.FILE_CREATED, handler_type=BROADCAST, reliable_delivery=False)
     def note_file_version(self, payload):
-        created = FileCreated(unknown=EXCLUDE).load(payload)
+        created = schema_instance(FileCreated).load(payload, unknown=EXCLUDE)
         self.file_reads.announce_version(created["replica"], created["uuid"], created["version"])
 
     @event_handler("replicator", events.OBJECT_REPLICATED, handler_type=BROADCAST, reliable_delivery=False,
-                   skip=key_not_under("files/"))
+                   key_prefixes=("files/",))
     def note_replicated_file_version(self, payload):
-        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         file_version = file_version_of_key(replicated["key"])
         if file_version is not None:
             self.file_reads.announce_version(replicated["destination_replica"], *file_version)
@@ -145,7 +147,7 @@ class CheckoutService:
         if copy_request is None:
             return
         try:
-            self.dispatch(events.FILE_CHECKOUT_REQUESTED, FileCheckoutRequested().dump(copy_request))
+            self.dispatch(events.FILE_CHECKOUT_REQUESTED, schema_instance(FileCheckoutRequested).dump(copy_request))
         except Exception:
             # Not on its way: without its marker, the client's next round asks again.
             self.file_reads.withdraw_copy_request(copy_request["replica"], copy_request["blob_key"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shared.checksums import Checksums
 from shared.exceptions import NotFound
 from shared.identifiers import Keys
-from shared.schemas import FileMetadata
+from shared.schemas import FileMetadata, schema_instance
 from shared.storage import Replicas
 
 # Fields that make two PUTs of one uuid+version the same file.
@@ -13,8 +13,8 @@ IDENTITY_FIELDS = ("creator_uid", "content-type", "size", "sha256", "sha1", "s3-
 
 
 def file_metadata_doc(version: str, creator_uid: int, content_type: str, size: int, checksums: Checksums) -> dict:
-    return FileMetadata().dump({"creator_uid": creator_uid, "version": version, "content_type": content_type,
-                                "size": size, **checksums.as_api()})
+    return schema_instance(FileMetadata).dump({"creator_uid": creator_uid, "version": version,
+                                               "content_type": content_type, "size": size, **checksums.as_api()})
 
 
 def file_identity(doc: dict) -> dict:

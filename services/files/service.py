@@ -20,7 +20,7 @@ from shared.identifiers import Keys
 from shared.metrics import Metrics, Progress
 from shared.tracing import Tracing
 from shared.retry import retrying_event_handler
-from shared.schemas import FileCreated, FileUploadAccepted
+from shared.schemas import FileCreated, FileUploadAccepted, schema_instance
 
 from services.files.dependencies import FileStore
 from services.files.exceptions import file_already_exists, source_changed
@@ -69,7 +69,7 @@ class FilesService:
         an operator to inspect (`dss-ops dead-letters`); HEAD stays 404 for the client. The claim
         of the copy is released when the file is written or the copy is given up, not while a
         retry is pending."""
-        accepted = FileUploadAccepted().load(payload)
+        accepted = schema_instance(FileUploadAccepted).load(payload)
         replica, _, _ = parse_source_url(accepted["source_url"])
         try:
             self._finish_background_copy(accepted)
@@ -103,7 +103,7 @@ class FilesService:
             logger.info("%s is being copied already as task %s", source.url, current.task_id)
             return {"status": "accepted", "version": version, "task_id": current.task_id}
         try:
-            self.dispatch(events.FILE_UPLOAD_ACCEPTED, FileUploadAccepted().dump({
+            self.dispatch(events.FILE_UPLOAD_ACCEPTED, schema_instance(FileUploadAccepted).dump({
                 "uuid": uuid, "version": version, "source_url": source.url, "creator_uid": doc["creator_uid"],
                 "task_id": task_id, "checksums": Checksums.from_stored(doc).as_api()}))
         except Exception:
@@ -154,7 +154,7 @@ class FilesService:
         return {"status": "exists", "version": doc["version"]}
 
     def _file_created(self, replica, uuid, doc):
-        self.dispatch(events.FILE_CREATED, FileCreated().dump({
+        self.dispatch(events.FILE_CREATED, schema_instance(FileCreated).dump({
             "replica": replica, "uuid": uuid, "version": doc["version"], "key": Keys.file(uuid, doc["version"]),
             "blob_key": Checksums.from_stored(doc).blob_key(), "size": doc["size"],
             "content_type": doc["content-type"], "metadata": doc}))

@@ -27,15 +27,15 @@ from marshmallow import EXCLUDE
 
 from shared import events
 from shared.bundle_documents import CREATE, DELETE, TOMBSTONE, event_document
-from shared.entrypoints import EventDispatcher, key_not_under, rpc
+from shared.entrypoints import EventDispatcher, rpc
 from shared.exceptions import bundle_not_found
-from shared.identifiers import fqid, normalize_uuid, normalize_version
+from shared.identifiers import Keys, fqid, normalize_uuid, normalize_version
 from shared.metrics import Metrics
 from shared.tracing import Tracing
 from shared.keys import BUNDLE, TOMBSTONE as TOMBSTONE_KEY, parse_key
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
 from shared.schemas import (BundleCreated, BundleIndexed, BundleTombstoned, ObjectChanged, ObjectReplicated,
-                            load_arguments)
+                            load_arguments, schema_instance)
 from shared.search import is_tombstone
 
 from services.indexer.dependencies import BundleSource, EventJournal, SearchIndexes
@@ -73,11 +73,12 @@ class IndexerService:
         tombstoned = BundleTombstoned(unknown=EXCLUDE).load(payload)
         return self._tombstone(tombstoned["replica"], tombstoned["uuid"], tombstoned["version"])
 
-    # Only bundles concern the index: the events of every other key are settled without a worker.
+    # Only bundles concern the index: the broker routes no other key's event here (others, published
+    # without a folder, are settled without a worker).
     @retrying_event_handler("replicator", events.OBJECT_REPLICATED, give_up_on=PERMANENT_ERRORS,
-                            delays_setting="index_retry_delays", skip=key_not_under("bundles/"))
+                            delays_setting="index_retry_delays", key_prefixes=(Keys.bundle_prefix(),))
     def handle_object_replicated(self, payload):
-        replicated = ObjectReplicated(unknown=EXCLUDE).load(payload)
+        replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         key, replica = replicated["key"], replicated["destination_replica"]
         if not key.startswith("bundles/"):
             return []
@@ -89,9 +90,9 @@ class IndexerService:
         return []
 
     @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
-                            delays_setting="index_retry_delays", skip=key_not_under("bundles/"))
+                            delays_setting="index_retry_delays", key_prefixes=(Keys.bundle_prefix(),))
     def handle_object_changed(self, payload):
-        changed = ObjectChanged(unknown=EXCLUDE).load(payload)
+        changed = schema_instance(ObjectChanged).load(payload, unknown=EXCLUDE)
         if changed["kind"] != "deleted" or not changed["key"].startswith("bundles/"):
             return []
         target = parse_key(changed["key"])

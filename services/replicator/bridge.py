@@ -58,6 +58,7 @@ from prometheus_client import Counter
 from shared import tracing
 from shared.config import Settings
 from shared.schemas import ObjectChanged
+from shared.sessions import read_environment_once
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +504,7 @@ class S3NotificationsEntrypoint(_NotificationEntrypoint):
         self._credentials = credentials
         self._s3 = None  # for the trace context of a change (tracing on only)
         config = Config(region_name=settings.s3_region, connect_timeout=3, read_timeout=SQS_WAIT_SECONDS + 10,
-                        retries={"mode": "standard", "max_attempts": 2})
+                        retries={"mode": "standard", "max_attempts": 2}, parameter_validation=False)
         # A session of its own: boto3's default session is not safe to share between threads.
         self.sqs = boto3.session.Session().client("sqs", endpoint_url=settings.sqs_endpoint or None,
                                                   config=config, **credentials)
@@ -577,12 +578,12 @@ class GCSNotificationsEntrypoint(_NotificationEntrypoint):
     def _session(self) -> requests.Session:
         if self.session is None:
             if self.settings.pubsub_emulator_host:
-                self.session = requests.Session()
+                self.session = read_environment_once(requests.Session())
             else:
                 import google.auth
                 from google.auth.transport.requests import AuthorizedSession
                 credentials, _ = google.auth.default(scopes=[PUBSUB_SCOPE])
-                self.session = AuthorizedSession(credentials)
+                self.session = read_environment_once(AuthorizedSession(credentials))
         return self.session
 
     def _call(self, verb: str, body: dict, timeout=PUBSUB_CALL_TIMEOUT) -> dict:

@@ -17,7 +17,7 @@ from shared.entrypoints import EventDispatcher, rpc
 from shared.metrics import Metrics
 from shared.tracing import Tracing
 from shared.retry import PERMANENT_ERRORS, retrying_event_handler
-from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments
+from shared.schemas import ObjectChanged, ObjectReplicated, load_arguments, schema_instance
 
 from services.replicator.bridge import gcs_notifications, s3_notifications
 from services.replicator.dependencies import QueueMonitor, ReplicaStore
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def _arguments(schema, **values) -> dict:
-    return load_arguments(schema(), values)
+    return load_arguments(schema_instance(schema), values)
 
 
 class ReplicatorService:
@@ -46,16 +46,16 @@ class ReplicatorService:
     # the bridge before a worker runs (``ReplicaStore.is_echo``).
     @s3_notifications
     def handle_s3_notification(self, change):
-        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+        self.dispatch(events.OBJECT_CHANGED, schema_instance(ObjectChanged).dump(change))
 
     @gcs_notifications
     def handle_gcs_notification(self, change):
-        self.dispatch(events.OBJECT_CHANGED, ObjectChanged().dump(change))
+        self.dispatch(events.OBJECT_CHANGED, schema_instance(ObjectChanged).dump(change))
 
     @retrying_event_handler("replicator", events.OBJECT_CHANGED, give_up_on=PERMANENT_ERRORS,
                             delays_setting="replication_retry_delays")
     def handle_object_changed(self, payload):
-        change = ObjectChanged().load(payload)
+        change = schema_instance(ObjectChanged).load(payload)
         if self.replicator.ignored(change):
             return None
         outcome = self.replicator.replicate(change["key"], change["replica"], size=change.get("size"))
@@ -80,7 +80,7 @@ class ReplicatorService:
 
     def _replicated(self, outcome, event_time):
         lag = self.replicator.observe_lag(outcome, event_time)
-        payload = ObjectReplicated().dump({
+        payload = schema_instance(ObjectReplicated).dump({
             "source_replica": outcome.source, "destination_replica": outcome.destination, "key": outcome.key,
             "size": outcome.size, "copied": outcome.copied, "lag_seconds": lag})
         self.dispatch(events.OBJECT_REPLICATED, payload)

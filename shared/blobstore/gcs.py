@@ -23,6 +23,7 @@ from google.cloud.storage.exceptions import DataCorruption
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from shared import tracing
+from shared.sessions import read_environment_once
 from shared.blobstore.base import (BlobAlreadyExists, BlobInfo, BlobNotFound, BlobPreconditionFailed, BlobStore,
                                    BlobStoreError, BlobStoreUnavailable, ChunkReader)
 
@@ -79,6 +80,7 @@ class GCSBlobStore(BlobStore):
                                     client_options={"api_endpoint": endpoint})
         else:
             client = storage.Client(project=settings.gcp_project or None)
+        read_environment_once(client._http)  # the client's own session (credentials, mTLS), made now
         return cls(client, endpoint, **kwargs)
 
     @property

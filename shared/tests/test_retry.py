@@ -7,7 +7,7 @@ from nameko.rpc import rpc
 from nameko.standalone.rpc import ServiceRpcProxy
 
 from devtools.waiting import record_settled_successes, wait_until
-from shared.entrypoints import key_not_under
+from shared.entrypoints import key_not_under, size_above_setting
 from shared.exceptions import Unavailable, Unprocessable
 from shared.retry import AttemptNumber, RetryingEventHandler, dead_letter_queues, peek_dead_letters, \
     replay_dead_letters, retrying_event_handler
@@ -133,3 +133,39 @@ def test_an_event_the_handler_skips_is_settled_without_a_worker(succeeded, rabbi
     assert skipped_workers == ["wanted/1"]
     # A payload without a string key is not skipped: the worker judges it.
     assert key_not_under("wanted/")({"key": 3}) is False and key_not_under("wanted/")(["x"]) is False
+
+
+warmed: list = []
+
+
+class SizedSource:
+    name = "sized_source"
+    dispatch = EventDispatcher()
+
+    @rpc
+    def create(self, key, size):
+        self.dispatch("thing_created", {"key": key, "size": size})
+
+
+class Warmer:
+    """Handles only the events of things up to DSS_CHECKOUT_WARM_BYTES, a setting of its container."""
+    name = "warmer"
+
+    @retrying_event_handler("sized_source", "thing_created", delays=(1,),
+                            skip=size_above_setting("checkout_warm_bytes"))
+    def handle_thing_created(self, payload):
+        warmed.append(payload["key"])
+
+
+def test_a_skip_test_reads_the_settings_of_its_container(succeeded, rabbit_config, runner_factory):
+    runner = runner_factory({**rabbit_config, "DSS_CHECKOUT_WARM_BYTES": 10}, SizedSource, Warmer)
+    runner.start()
+    queue = "evt-sized_source-thing_created--warmer.handle_thing_created"
+    with ServiceRpcProxy("sized_source", rabbit_config) as source:
+        source.create("large", 11)
+        source.create("small", 10)
+        wait_until(lambda: (queue, {"key": "small", "size": 10}) in succeeded, WAIT, "the small thing handled")
+        wait_until(lambda: (queue, {"key": "large", "size": 11}) in succeeded, WAIT, "the large thing settled")
+    assert warmed == ["small"]
+    # A payload without an integer size is not skipped: the worker judges it.
+    assert size_above_setting("checkout_warm_bytes")({"size": "11"}, None) is False

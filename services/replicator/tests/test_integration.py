@@ -10,7 +10,6 @@ import time
 import eventlet
 import psutil
 import pytest
-from nameko.events import event_handler
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
 from nameko.testing.services import entrypoint_waiter, restrict_entrypoints
@@ -19,6 +18,7 @@ from nameko.testing.utils import get_container
 from ops import replicas
 from shared import events, verdicts
 from shared.checksums import ChecksumPass, checksum_bytes
+from shared.entrypoints import event_handler
 from shared.exceptions import InvalidParameter
 from shared.identifiers import Keys, new_uuid, new_version
 from shared.retry import DEAD_LETTERS, RETRIES, peek_dead_letters
