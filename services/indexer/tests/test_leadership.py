@@ -102,10 +102,11 @@ def test_two_indexer_processes_the_leader_killed_the_standby_consumes(rabbit_con
         return state[1] if state else 0
 
     def instances(count):
-        """The indexer instances dss-ops status lists, leaders first, once there are ``count``."""
+        """The indexer instances dss-ops status lists, leaders first, once there are ``count`` and
+        each has its pid (a connection the management API lists a moment before its details)."""
         found = status.summarise(status.fetch([request.config.getoption("RABBIT_API_URI")],
                                               vhost_of(amqp_uri))[1])["services"].get("indexer", [])
-        if len(found) != count:
+        if len(found) != count or any(i["pid"] is None for i in found):
             return None
         assert sum(i["standby"] for i in found) == count - 1
         return sorted(found, key=lambda i: i["standby"])
