@@ -80,7 +80,7 @@ class IndexerService:
     def handle_object_replicated(self, payload):
         replicated = schema_instance(ObjectReplicated).load(payload, unknown=EXCLUDE)
         key, replica = replicated["key"], replicated["destination_replica"]
-        if not key.startswith("bundles/"):
+        if not key.startswith(Keys.bundle_prefix()):
             return []
         target = parse_key(key)
         if target.kind == BUNDLE:
@@ -93,7 +93,7 @@ class IndexerService:
                             delays_setting="index_retry_delays", key_prefixes=(Keys.bundle_prefix(),))
     def handle_object_changed(self, payload):
         changed = schema_instance(ObjectChanged).load(payload, unknown=EXCLUDE)
-        if changed["kind"] != "deleted" or not changed["key"].startswith("bundles/"):
+        if changed["kind"] != "deleted" or not changed["key"].startswith(Keys.bundle_prefix()):
             return []
         target = parse_key(changed["key"])
         if target.kind != BUNDLE:

@@ -18,7 +18,7 @@ from devtools.processes import child_listening_on, paused
 from devtools.proxy import TcpProxy
 from devtools.waiting import wait_until
 
-from tests.faults.conftest import RETRY_DELAYS, dead_letters
+from tests.faults.conftest import dead_letters
 
 # Each fault hits the batch once at least this share of it is in gcp (and before all of it is).
 FAULT_AT = 0.2
