@@ -56,6 +56,7 @@ from bench._common import (thread_session, StackPeakRSS, StackProcesses, check_s
                            put_file_via_gateway)
 from bench.replication import BusWatch, distribution  # noqa: E402
 from bench.scaling import running_stack, stack  # noqa: E402
+from bench.service_profiles import CLOUD, ServiceProfiles, totals  # noqa: E402
 from devtools import local_cloud  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402
@@ -155,11 +156,12 @@ class Environment:
     """Free ports for everything, the GCS and Pub/Sub emulators behind counting proxies (started
     here: `up` reuses what answers at an endpoint), and the stack started with that environment."""
 
-    def __init__(self, args, workdir: pathlib.Path):
+    def __init__(self, args, workdir: pathlib.Path, profile_dir: pathlib.Path | None = None):
         self.args = args
         self.workdir = workdir
         self.processes: dict[str, subprocess.Popen | psutil.Process] = {}
         self.emulators: list = []
+        self.profiles = ServiceProfiles(profile_dir) if profile_dir else None
 
     def start(self) -> None:
         free = local_cloud.free_port
@@ -170,6 +172,8 @@ class Environment:
                "DSS_PUBSUB_EMULATOR_HOST": f"127.0.0.1:{pubsub_proxy}",
                "DSS_GATEWAY_ADDRESS": f"127.0.0.1:{gateway}", "AMQP_URI": self.args.amqp_uri}
         env.update({f"DSS_{name}_METRICS_PORT": str(free()) for name in SERVICE_METRICS})
+        if self.profiles:  # the services load the sampler at start-up (bench/sampling)
+            env.update(self.profiles.environment())
         os.environ.update(env)  # Settings and the token issuer of this process follow the stack's
         self.gateway = f"http://127.0.0.1:{gateway}"
         self.settings = Settings.from_config({})
@@ -299,7 +303,7 @@ class Bench:
 
     def store(self, sources: list[str], writers: int) -> dict:
         result: dict = {"files": len(sources), "writers": writers}
-        with self.window(result, len(sources)):
+        with self.window(result, len(sources)), self.profiled(result):
             with concurrent.futures.ThreadPoolExecutor(writers) as pool:
                 writes = list(pool.map(self.put_file, sources))
             arrived = self.events.wait([w["key"] for w in writes], self.args.timeout)
@@ -312,6 +316,22 @@ class Bench:
                       put=_summary([w["written"] - w["started"] for w in writes]),
                       lag=distribution([arrived[w["key"]][0] - w["written"] for w in writes]))
         return result
+
+    @contextlib.contextmanager
+    def profiled(self, result: dict):
+        """With ``--profile``: the services sampled meanwhile; the shares are turned into CPU ms per
+        file by category once ``window`` (the outer context) has measured the CPU."""
+        profiles = self.env.profiles
+        if profiles is None:
+            yield
+            return
+        processes = list(self.env.stack_processes().instances.values())
+        profiles.start(processes)
+        try:
+            yield
+        finally:
+            profiles.stop(processes)
+            result["profile_samples"] = profiles.samples()
 
     def settle(self, quiet_s: float = 1.5, limit_s: float = 30) -> None:
         """Wait until the echoes of the copies have been handled: no request to moto or the proxies
@@ -367,6 +387,12 @@ def run(args, env: Environment) -> dict:
         single_floor = bench.floor(sets[4], 1)
     finally:
         bench.events.stop()
+    if env.profiles:
+        per_service: dict[str, float] = {}
+        for name, value in store["cpu_s_per_file"].items():
+            per_service[_service(name)] = per_service.get(_service(name), 0.0) + value
+        store["profile_ms_per_file"] = env.profiles.breakdown(
+            {name: value for name, value in per_service.items() if name not in NOT_SERVICES})
     floor_rate = (floor_before["files_per_s"] + floor_after["files_per_s"]) / 2
     floor_cpu = {name: (floor_before["cpu_s_per_file"].get(name, 0) + floor_after["cpu_s_per_file"].get(name, 0)) / 2
                  for name in set(floor_before["cpu_s_per_file"]) | set(floor_after["cpu_s_per_file"])}
@@ -378,7 +404,38 @@ def run(args, env: Environment) -> dict:
         "throughput_ratio": store["files_per_s"] / floor_rate,
         "put_p50_ratio": single_put["p50_ms"] / single_floor["per_file"]["p50_ms"],
         "s3_requests_per_file": store["requests_per_file"].get("S3", 0.0),
+        "moto": _moto_load(floor_before, floor_after, store),
+        "client_bound": _client_bound(floor_before, floor_after, store),
     }
+
+
+def _client_bound(floor_before: dict, floor_after: dict, store: dict) -> dict | None:
+    """The least CPU the services can spend per file with the floor's client libraries: the floor
+    client's CPU per S3 or GCS request (checksums included) times the S3 and GCS requests a file of
+    the store must make (the floor's, plus the replicator's reads). No HTTP, no bus, no SQS or
+    Pub/Sub counted: a bound from below."""
+    def requests_of(result):
+        return sum(result["requests_per_file"].get(kind, 0.0) for kind in ("S3", "GCS"))
+    floor_requests = (requests_of(floor_before) + requests_of(floor_after)) / 2
+    floor_client = (floor_before["cpu_s_per_file"].get("bench", 0.0) + floor_after["cpu_s_per_file"].get("bench", 0.0)) / 2
+    if not floor_requests or not floor_client:
+        return None
+    per_request = floor_client / floor_requests
+    return {"floor_client_ms_per_request": round(per_request * 1000, 3), "store_requests_per_file": round(
+        requests_of(store), 2), "ms_per_file": round(per_request * requests_of(store) * 1000, 2)}
+
+
+def _moto_load(floor_before: dict, floor_after: dict, store: dict) -> dict | None:
+    """How busy moto was in each phase (CPU per file x files per second): the same figure in the
+    floor and the store means moto bounds both, and the throughput ratio follows its work per file."""
+    def cpu(result):
+        return result["cpu_s_per_file"].get("moto", 0.0)
+    floor_cpu = (cpu(floor_before) + cpu(floor_after)) / 2
+    if not floor_cpu or not cpu(store):
+        return None
+    floor_cores = (cpu(floor_before) * floor_before["files_per_s"] + cpu(floor_after) * floor_after["files_per_s"]) / 2
+    return {"floor_cores": round(floor_cores, 3), "store_cores": round(cpu(store) * store["files_per_s"], 3),
+            "work_ratio": round(floor_cpu / cpu(store), 3)}
 
 
 def print_summary(r: dict) -> None:
@@ -406,9 +463,32 @@ def print_summary(r: dict) -> None:
           + "); others " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in cpu.items()
                                     if _service(n) in NOT_SERVICES and v > 0))
     print("  floor: " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in r["floor_cpu_s_per_file"].items() if v > 0))
+    bound = r.get("client_bound")
+    if bound:
+        print(f"services' least CPU with these clients: {bound['store_requests_per_file']:.2f} S3 and GCS requests per "
+              f"file x the floor client's {bound['floor_client_ms_per_request']:.2f} ms per request = "
+              f"{bound['ms_per_file']:.1f} ms per file (the services: {store['services_cpu_s_per_file'] * 1000:.1f})")
+    moto = r.get("moto")
+    if moto:
+        print(f"moto (one Python process, on the path of both): {moto['floor_cores']:.2f} cores busy during the floor, "
+              f"{moto['store_cores']:.2f} during the store; its CPU per file floor / store {moto['work_ratio']:.2f} "
+              f"(against the throughput ratio {r['throughput_ratio']:.2f})")
+    if "profile_ms_per_file" in store:
+        _print_profile(store["profile_ms_per_file"])
     print("peak RSS MiB: " + ", ".join(f"{n} {v:.0f}" for n, v in store["peak_rss_mib"].items()))
     print(f"machine: {store['machine_busy_cores']:.2f} of {os.cpu_count()} cores busy during the store, load "
           f"{r['load_before']['load_1m']:.1f} -> {store['load_1m']:.1f}")
+
+
+def _print_profile(breakdown: dict[str, dict[str, float]]) -> None:
+    summed = totals(breakdown)
+    cloud = sum(v for k, v in summed.items() if k in CLOUD)
+    print(f"services' CPU ms per file by kind of work (sampled; the sampler itself costs ~1 ms): cloud client calls "
+          f"{cloud:.1f} of {sum(summed.values()):.1f}")
+    print("  all services: " + ", ".join(f"{k} {v:.1f}" for k, v in summed.items() if v >= 0.05))
+    for service, categories in sorted(breakdown.items(), key=lambda item: -sum(item[1].values())):
+        if sum(categories.values()) >= 0.5:
+            print(f"  {service}: " + ", ".join(f"{k} {v:.1f}" for k, v in categories.items() if v >= 0.05))
 
 
 def print_table(runs: list[dict]) -> None:
@@ -457,6 +537,9 @@ def main(argv=None):
     parser.add_argument("--amqp-uri", default="amqp://guest:guest@127.0.0.1:5697/",
                         help="the private broker the stack is started with (and its RabbitMQ if none answers)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the services' stacks during the 8-writer store (bench/sampling) and split their "
+                             "CPU by kind of work; the samples are kept beside the results")
     parser.add_argument("--label", default="", help="a note stored with the results (e.g. the commit measured)")
     parser.add_argument("--table", nargs="+", type=pathlib.Path, metavar="JSON",
                         help="print the table of earlier runs (var/bench/small-files-*.json) and stop")
@@ -471,12 +554,14 @@ def main(argv=None):
               "again at the end", file=sys.stderr, flush=True)
         stack(["down"], before["amqp_uri"])
     saved_environ = dict(os.environ)
+    stamp = time.strftime('%Y%m%dT%H%M%S')
+    profile_dir = ROOT / "var" / "bench" / f"small-files-{stamp}-profile" if args.profile else None
     results = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(), "args": vars(args),
                "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                         text=True).stdout.strip(),
                "command": " ".join([os.path.relpath(sys.executable, ROOT), *sys.argv]), "load_before": machine_load()}
     with tempfile.TemporaryDirectory(prefix="dss-bench-small-") as workdir:
-        env = Environment(args, pathlib.Path(workdir))
+        env = Environment(args, pathlib.Path(workdir), profile_dir)
         try:
             env.start()
             check_stack_health(env.gateway)
@@ -487,7 +572,7 @@ def main(argv=None):
             os.environ.update(saved_environ)
             if before:
                 stack(["up", "--scale", str(before["scale"]), "--broker", before["broker"]], before["amqp_uri"])
-    out = ROOT / "var" / "bench" / f"small-files-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out = ROOT / "var" / "bench" / f"small-files-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     if args.json:

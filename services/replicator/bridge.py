@@ -20,7 +20,8 @@ worker it started has returned without error; when one raises, the message comes
 ``DSS_NOTIFICATION_RETRY_DELAY`` seconds. Settled messages are acknowledged in batches (SQS's
 ``DeleteMessageBatch`` of up to 10, one Pub/Sub ``acknowledge`` of many ack ids), gathered for
 ``ACK_LINGER_SECONDS`` by one sending thread: a request per batch rather than per message; an
-acknowledgement that is lost only means a duplicate, which handlers tolerate. Duplicates are not filtered: S3 may notify one upload
+acknowledgement that is lost only means a duplicate, which handlers tolerate. Fetches are gathered
+the same way: one that drains the queue is followed by a pause of ``FETCH_LINGER_SECONDS``. Duplicates are not filtered: S3 may notify one upload
 twice (moto sends ``ObjectCreated:Put`` and ``ObjectCreated:CompleteMultipartUpload`` for a
 multipart upload) and both queues redeliver, so handlers must be idempotent (the replicator is).
 Notifications are not ordered either (fake-gcs-server may publish a delete before the finalize of
@@ -77,6 +78,11 @@ BACKOFF_MAX = 30.0
 # against a worker (milliseconds), and at most a twentieth of the visibility timeout / ack deadline
 # (DSS_NOTIFICATION_RETRY_DELAY) that an acknowledgement must beat.
 ACK_LINGER_SECONDS = 0.2
+# After a fetch that emptied the queue (fewer messages than asked for), wait this long before the
+# next one, so that it takes what arrived meanwhile in one request rather than one or two messages
+# per request. bench/small_files.py, 8 writers: SQS requests per file 0.94 -> 0.54, Pub/Sub 0.70 ->
+# 0.37, for at most this much more replication lag.
+FETCH_LINGER_SECONDS = 0.05
 SQS_MAX_DELETE_BATCH = 10  # SQS's DeleteMessageBatch limit
 PUBSUB_MAX_ACK_BATCH = 1000
 
@@ -333,12 +339,16 @@ class _NotificationEntrypoint(Entrypoint):
                     logger.info("%s: fetching notifications from %s again", self, self._source_name())
                     failures = 0
                 self._fetching = False
+                asked = taken
                 for message in messages:
                     taken -= 1  # each message holds one slot until it is settled
                     self._handle(message)
             finally:
                 for _ in range(taken):
                     self._slots.release()
+            if 0 < len(messages) < asked:  # the queue is drained: let the next fetch gather more
+                self._fetching = True
+                eventlet.sleep(FETCH_LINGER_SECONDS)
         self._fetching = True
 
     def _handle(self, message) -> None:

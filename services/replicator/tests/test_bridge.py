@@ -18,8 +18,10 @@ from ops import provision
 from shared import events
 from shared.config import Settings
 from shared.entrypoints import EventDispatcher, event_handler
-from services.replicator.bridge import (GCSNotificationsEntrypoint, MalformedNotification, gcs_notifications,
-                                        normalise_gcs_notification, normalise_s3_notification, s3_notifications)
+from services.replicator import bridge as bridge_module
+from services.replicator.bridge import (GCSNotificationsEntrypoint, MalformedNotification, S3NotificationsEntrypoint,
+                                        gcs_notifications, normalise_gcs_notification, normalise_s3_notification,
+                                        s3_notifications)
 
 MAIN = "dss-main"
 
@@ -413,6 +415,33 @@ def test_s3_concurrency_is_bounded_by_max_workers(start_bridge, s3_config, blobs
         blobstores["aws"].put_bytes(dss_settings.bucket("aws"), key, b"n")
     wait_until(lambda: all(collected(k) for k in keys), timeout=WAIT, what="every change")
     assert ACTIVE["peak"] == 2
+
+
+def test_s3_a_fetch_that_drains_the_queue_lets_the_next_one_gather(start_bridge, s3_config, blobstores, dss_settings,
+                                                                    monkeypatch):
+    """After a fetch that got fewer messages than it asked for, the bridge waits (FETCH_LINGER_SECONDS)
+    before fetching again: notifications that arrive meanwhile come in one receive, not one each."""
+    monkeypatch.setattr(bridge_module, "FETCH_LINGER_SECONDS", 2.0)  # long against the writes below
+    fetched = []  # the keys of each fetch that returned messages
+    fetch = S3NotificationsEntrypoint._fetch
+
+    def recording(bridge, max_messages):
+        messages = fetch(bridge, max_messages)
+        if messages:
+            fetched.append(sorted(c["key"] for m in messages for c in bridge._normalise(m)))
+        return messages
+    monkeypatch.setattr(S3NotificationsEntrypoint, "_fetch", recording)
+    start_bridge(S3Bridge, s3_config)
+    store, main, prefix = blobstores["aws"], dss_settings.bucket("aws"), unique_prefix()
+
+    store.put_bytes(main, f"{prefix}/first", b"1")
+    wait_until(lambda: collected(f"{prefix}/first"), timeout=WAIT, what="the first change")
+    burst = [f"{prefix}/burst-{n}" for n in range(5)]
+    for key in burst:  # while the bridge lingers after the fetch of the first
+        store.put_bytes(main, key, b"n")
+    wait_until(lambda: all(collected(k) for k in burst), timeout=WAIT, what="the burst's changes")
+    assert fetched[0] == [f"{prefix}/first"]
+    assert fetched[1:] == [sorted(burst)]  # one receive for the five
 
 
 def test_s3_unreachable_queue_is_retried_without_crashing(start_bridge, s3_config, caplog):
