@@ -496,6 +496,12 @@ def print_table(runs: list[dict]) -> None:
     def services(r):
         return {n: v for n, v in r["store"]["cpu_s_per_file"].items() if _service(n) not in NOT_SERVICES}
 
+    def bound(r):  # from the phases, so that results saved before these figures existed show them too
+        return _client_bound(r["floor_before"], r["floor_after"], r["store"])
+
+    def moto(r):
+        return _moto_load(r["floor_before"], r["floor_after"], r["store"])
+
     names = sorted({n for r in runs for n in services(r)}, key=lambda n: -max(services(r).get(n, 0) for r in runs))
     kinds = sorted({k for r in runs for k in r["store"]["requests_per_file"]})
     rows = [
@@ -512,6 +518,10 @@ def print_table(runs: list[dict]) -> None:
         *((f"  {n}", (lambda n: lambda r: f"{services(r).get(n, 0) * 1000:.1f}")(n)) for n in names),
         *((f"  {n} (not a service)", (lambda n: lambda r: f"{r['store']['cpu_s_per_file'].get(n, 0) * 1000:.1f}")(n))
           for n in ("moto", "pubsub", "rabbitmq", "fake-gcs")),
+        ("**services' least CPU ms per file with these clients** (floor client per request x S3 + GCS requests)",
+         lambda r: f"**{bound(r)['ms_per_file']:.1f}**"),
+        ("moto cores busy: floor; store", lambda r: f"{moto(r)['floor_cores']:.2f}; {moto(r)['store_cores']:.2f}"),
+        ("moto CPU per file, floor / store", lambda r: f"{moto(r)['work_ratio']:.2f}"),
         ("floor CPU ms per file (its client, moto, fake-gcs)", lambda r: ", ".join(
             f"{r['floor_cpu_s_per_file'].get(n, 0) * 1000:.1f}" for n in ("bench", "moto", "fake-gcs"))),
         ("store lag p50 (PUT answered to verified in gcp)", lambda r: f"{r['store']['lag']['p50_s'] * 1000:.0f} ms"),
