@@ -56,7 +56,7 @@ from bench._common import (thread_session, StackPeakRSS, StackProcesses, check_s
                            put_file_via_gateway)
 from bench.replication import BusWatch, distribution  # noqa: E402
 from bench.scaling import busy_seconds, running_stack, stack  # noqa: E402
-from bench.service_profiles import CLOUD, ServiceProfiles, totals  # noqa: E402
+from bench._service_profiles import CLOUD, ServiceProfiles, totals  # noqa: E402
 from devtools import local_cloud  # noqa: E402
 from devtools.fakes import stage_object  # noqa: E402
 from devtools.tokens import mint_token_for_settings  # noqa: E402

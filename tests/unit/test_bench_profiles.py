@@ -1,4 +1,4 @@
-"""The services' sampling profiler of the benchmarks (bench/sampling, bench/service_profiles.py): a
+"""The services' sampling profiler of the benchmarks (bench/sampling, bench/_service_profiles.py): a
 `nameko run services.*` process started with its environment samples between SIGUSR1 and SIGUSR2
 and writes folded stacks; the stacks are sorted into kinds of work and scaled to CPU per file."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import textwrap
 import psutil
 import pytest
 
-from bench.service_profiles import REST, ServiceProfiles, categorise, read_folded, totals
+from bench._service_profiles import REST, ServiceProfiles, categorise, read_folded, totals
 from devtools.waiting import wait_until
 
 # A stand-in for `nameko run --config ... services.fake.service`: the sampler only looks at argv.
