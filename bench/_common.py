@@ -195,7 +195,7 @@ class StackProcesses:
                 for name, process in self.instances.items()}
 
     def cpu(self) -> dict[str, float]:
-        return _by_service(self.instance_cpu())
+        return by_service(self.instance_cpu())
 
     def rss(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -205,10 +205,11 @@ class StackProcesses:
                     sizes[name] = sizes.get(name, 0) + member.memory_info().rss
                 except psutil.Error:  # ended between listing and reading
                     pass
-        return _by_service(sizes)
+        return by_service(sizes)
 
 
-def _by_service(per_instance: dict) -> dict:
+def by_service(per_instance: dict) -> dict:
+    """Per-instance figures (`files-2`) summed per service (`files`)."""
     total: dict = {}
     for name, value in per_instance.items():
         total[service_of(name)] = total.get(service_of(name), 0) + value

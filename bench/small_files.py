@@ -1,7 +1,7 @@
 """Small files against the floor: what the store costs per 4 KiB file next to the least work that
 ingest + replication of the same files needs, on the same emulators, in one run (issue 15).
 
-    .venv/bin/python bench/small_files.py                  # 300 files, ~3 min with start and stop
+    .venv/bin/python bench/small_files.py                  # 300 files, ~80 s with start and stop
     .venv/bin/python bench/small_files.py --files 100 --json
 
 It starts a stack of its own (`python -m devtools.stack up`, as bench/scaling.py does, on free
@@ -52,8 +52,8 @@ import requests  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import (thread_session, StackPeakRSS, StackProcesses, check_stack_health, machine_load, percentile,  # noqa: E402
-                           put_file_via_gateway)
+from bench._common import (thread_session, StackPeakRSS, StackProcesses, by_service, check_stack_health,  # noqa: E402
+                           machine_load, percentile, put_file_via_gateway, service_of)
 from bench.replication import BusWatch, distribution  # noqa: E402
 from bench.scaling import busy_seconds, running_stack, stack  # noqa: E402
 from bench._service_profiles import CLOUD, ServiceProfiles, totals  # noqa: E402
@@ -268,14 +268,13 @@ class Bench:
         self.env.moto_log.mark()
         self.env.proxy_counts.mark()
         before = processes.instance_cpu()
-        machine_before = psutil.cpu_times()
+        machine_before = _machine_busy()
         with StackPeakRSS(processes) as rss:
             started = time.monotonic()
             yield
             elapsed = time.monotonic() - started
         after = processes.instance_cpu()
-        machine_after = psutil.cpu_times()
-        busy = busy_seconds(machine_after) - busy_seconds(machine_before)
+        busy = _machine_busy() - machine_before
         cpu = {name: (after[name] - before.get(name, 0.0)) / count for name in after}
         requests_by_label = {**self.env.moto_log.counts(), **self.env.proxy_counts.counts()}
         kinds: dict[str, float] = collections.Counter()
@@ -284,7 +283,7 @@ class Bench:
         result.update(
             window_s=elapsed,
             cpu_s_per_file={name: round(value, 5) for name, value in sorted(cpu.items(), key=lambda i: -i[1])},
-            services_cpu_s_per_file=sum(v for n, v in cpu.items() if _service(n) not in NOT_SERVICES),
+            services_cpu_s_per_file=sum(v for n, v in cpu.items() if service_of(n) not in NOT_SERVICES),
             peak_rss_mib={name: round(value / 2**20, 1) for name, value in sorted(rss.peak.items())},
             requests_per_file=dict(sorted(kinds.items())),
             requests_per_file_by_operation={k: round(v / count, 2) for k, v in sorted(requests_by_label.items())},
@@ -314,7 +313,7 @@ class Bench:
         span = verified_at - first
         # The window's own figure takes in the quieter tail (the copies' echoes, the settling): this
         # one is the machine while files were being written and replicated.
-        result["machine_busy_cores_until_verified"] = busy_until_verified / (verified_at - first)
+        result["machine_busy_cores_until_verified"] = busy_until_verified / span
         result.update(seconds=span, files_per_s=len(sources) / span,
                       put_per_s=len(sources) / (max(w["written"] for w in writes) - first),
                       put=_summary([w["written"] - w["started"] for w in writes]),
@@ -371,11 +370,6 @@ def _machine_busy() -> float:
     return busy_seconds(psutil.cpu_times())
 
 
-def _service(instance: str) -> str:
-    head, _, tail = instance.rpartition("-")
-    return head if head and tail.isdigit() else instance
-
-
 def _summary(seconds: list[float]) -> dict:
     return {"p50_ms": percentile(seconds, 50) * 1000, "p99_ms": percentile(seconds, 99) * 1000,
             "mean_ms": statistics.fmean(seconds) * 1000, "n": len(seconds)}
@@ -397,11 +391,8 @@ def run(args, env: Environment) -> dict:
     finally:
         bench.events.stop()
     if env.profiles:
-        per_service: dict[str, float] = {}
-        for name, value in store["cpu_s_per_file"].items():
-            per_service[_service(name)] = per_service.get(_service(name), 0.0) + value
         store["profile_ms_per_file"] = env.profiles.breakdown(
-            {name: value for name, value in per_service.items() if name not in NOT_SERVICES})
+            {name: value for name, value in by_service(store["cpu_s_per_file"]).items() if name not in NOT_SERVICES})
     floor_rate = (floor_before["files_per_s"] + floor_after["files_per_s"]) / 2
     floor_cpu = {name: (floor_before["cpu_s_per_file"].get(name, 0) + floor_after["cpu_s_per_file"].get(name, 0)) / 2
                  for name in set(floor_before["cpu_s_per_file"]) | set(floor_after["cpu_s_per_file"])}
@@ -454,9 +445,9 @@ def print_summary(r: dict) -> None:
     print("  store by operation: " + ", ".join(f"{k} {v}" for k, v in store["requests_per_file_by_operation"].items()))
     cpu = store["cpu_s_per_file"]
     print(f"CPU ms per file: services {store['services_cpu_s_per_file'] * 1000:.1f} ("
-          + ", ".join(f"{n} {v * 1000:.1f}" for n, v in cpu.items() if _service(n) not in NOT_SERVICES and v > 0)
+          + ", ".join(f"{n} {v * 1000:.1f}" for n, v in cpu.items() if service_of(n) not in NOT_SERVICES and v > 0)
           + "); others " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in cpu.items()
-                                    if _service(n) in NOT_SERVICES and v > 0))
+                                    if service_of(n) in NOT_SERVICES and v > 0))
     print("  floor: " + ", ".join(f"{n} {v * 1000:.1f}" for n, v in r["floor_cpu_s_per_file"].items() if v > 0))
     print(f"  all processes: store {sum(cpu.values()) * 1000:.1f}, floor {sum(r['floor_cpu_s_per_file'].values()) * 1000:.1f}")
     bound = r.get("client_bound")
@@ -488,7 +479,7 @@ def _print_profile(breakdown: dict[str, dict[str, float]]) -> None:
 def print_table(runs: list[dict]) -> None:
     """The markdown table docs/scaling.md shows: one column per run (``--table`` of saved results)."""
     def services(r):
-        return {n: v for n, v in r["store"]["cpu_s_per_file"].items() if _service(n) not in NOT_SERVICES}
+        return {n: v for n, v in r["store"]["cpu_s_per_file"].items() if service_of(n) not in NOT_SERVICES}
 
     def bound(r):  # from the phases, so that results saved before these figures existed show them too
         return _client_bound(r["floor_before"], r["floor_after"], r["store"])

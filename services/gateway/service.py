@@ -19,7 +19,6 @@ from services.gateway.web import (JSON, api, bodyless_response, drs_api, file_he
 from shared.exceptions import DSSError, InvalidParameter, NotFound
 from shared.identifiers import bundle_url, new_version, normalize_uuid, split_fqid
 from shared.metrics import Metrics
-from shared.schemas import schema_instance
 from shared import tracing
 from shared.tracing import Tracing
 
@@ -75,7 +74,7 @@ class GatewayService:
 
     @api("GET", "/v1/swagger.json")
     def swagger(self, request):
-        query(request, schema_instance(schemas.NoQuery))
+        query(request, schemas.NoQuery)
         document = apidoc.swagger_json(self.settings, request, self.auth.policy)
         return swagger_ui.static_response(request, document.body, JSON, document.etag)
 
@@ -85,7 +84,7 @@ class GatewayService:
         # first authenticated call and read `installed.client_id` to open their OAuth2 session,
         # even when they mint the token themselves from a service-account key. Interactive
         # `login` (Google's installed-app flow) is not offered, so no auth_uri / token_uri.
-        query(request, schema_instance(schemas.NoQuery))
+        query(request, schemas.NoQuery)
         return json_response({"installed": {"client_id": self.settings.oauth_client_id}})
 
     @api("GET", "/internal/health")
@@ -113,8 +112,8 @@ class GatewayService:
     def put_file(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.PutFileQuery))
-        body = json_body(request, schema_instance(schemas.PutFileBody), self.settings.max_request_bytes)
+        params = query(request, schemas.PutFileQuery)
+        body = json_body(request, schemas.PutFileBody, self.settings.max_request_bytes)
         version = params.get("version") or new_version()
         result = self.files.put_file(uuid, version, body["source_url"], body["creator_uid"], caller)
         answer = {"version": result["version"]}
@@ -127,10 +126,10 @@ class GatewayService:
         self.auth.reader(request, "headFile" if request.method == "HEAD" else "getFile")
         uuid = normalize_uuid(uuid)
         if request.method == "HEAD":
-            params = query(request, schema_instance(schemas.HeadFileQuery))
+            params = query(request, schemas.HeadFileQuery)
             metadata = self.files.head_file(params["replica"], uuid, params.get("version"))
             return bodyless_response(200, file_headers(metadata))
-        params = query(request, schema_instance(schemas.GetFileQuery))
+        params = query(request, schemas.GetFileQuery)
         result = self.checkout.get_file(params["replica"], uuid, params.get("version"), params["directurl"],
                                         params.get("content_disposition"), params.get("token"))
         headers = file_headers(result["metadata"])
@@ -147,7 +146,7 @@ class GatewayService:
     @api("GET", "/v1/bundles/all")
     def list_bundles(self, request):
         self.auth.reader(request, "listBundles")
-        params = query(request, schema_instance(schemas.ListBundlesQuery))
+        params = query(request, schemas.ListBundlesQuery)
         result = self.bundles.list_bundles(params["replica"], params["prefix"], params["per_page"],
                                            params.get("search_after"))
         cursor = result.get("search_after")
@@ -163,8 +162,8 @@ class GatewayService:
     def put_bundle(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.PutBundleQuery))
-        body = json_body(request, schema_instance(schemas.PutBundleBody), self.settings.max_request_bytes)
+        params = query(request, schemas.PutBundleQuery)
+        body = json_body(request, schemas.PutBundleBody, self.settings.max_request_bytes)
         result = self.bundles.put_bundle(params["replica"], uuid, params.get("version") or new_version(),
                                          body["creator_uid"], body["files"], caller)
         return json_response({"version": result["version"], "manifest": result["manifest"]},
@@ -174,7 +173,7 @@ class GatewayService:
     def get_bundle(self, request, uuid):
         self.auth.reader(request, "getBundle")
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.GetBundleQuery))
+        params = query(request, schemas.GetBundleQuery)
         if params["directurls"] and params["presignedurls"]:
             raise InvalidParameter("ask for directurls or presignedurls, not both", "only_one_urltype")
         replica = params["replica"]
@@ -201,8 +200,8 @@ class GatewayService:
     def patch_bundle(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.PatchBundleQuery))
-        body = json_body(request, schema_instance(schemas.PatchBundleBody), self.settings.max_request_bytes)
+        params = query(request, schemas.PatchBundleQuery)
+        body = json_body(request, schemas.PatchBundleBody, self.settings.max_request_bytes)
         result = self.bundles.patch_bundle(params["replica"], uuid, params["version"], body["add_files"],
                                            body["remove_files"], caller)
         return json_response({"uuid": result["uuid"], "version": result["version"]})
@@ -211,8 +210,8 @@ class GatewayService:
     def delete_bundle(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.DeleteBundleQuery))
-        body = json_body(request, schema_instance(schemas.DeleteBundleBody), self.settings.max_request_bytes)
+        params = query(request, schemas.DeleteBundleQuery)
+        body = json_body(request, schemas.DeleteBundleBody, self.settings.max_request_bytes)
         self.bundles.delete_bundle(params["replica"], uuid, params.get("version"), body["reason"],
                                    body["details"], caller)
         return json_response({})
@@ -221,8 +220,8 @@ class GatewayService:
     @api("PUT", "/v1/collections")
     def put_collection(self, request):
         caller = self.auth.writer(request)
-        params = query(request, schema_instance(schemas.PutCollectionQuery))
-        body = json_body(request, schema_instance(schemas.PutCollectionBody), self.settings.max_request_bytes)
+        params = query(request, schemas.PutCollectionQuery)
+        body = json_body(request, schemas.PutCollectionBody, self.settings.max_request_bytes)
         result = self.bundles.put_collection(params["replica"], params["uuid"], params.get("version") or new_version(),
                                              body["name"], body["description"], body["details"], body["contents"],
                                              caller)
@@ -231,7 +230,7 @@ class GatewayService:
     @api("GET", "/v1/collections")
     def list_collections(self, request):
         caller = self.auth.caller(request)
-        params = query(request, schema_instance(schemas.ListCollectionsQuery))
+        params = query(request, schemas.ListCollectionsQuery)
         result = self.bundles.list_collections(caller, params["per_page"], params["start_at"])
         link = None
         if result.get("next_start_at") is not None:
@@ -242,15 +241,15 @@ class GatewayService:
     def get_collection(self, request, uuid):
         caller = self.auth.caller(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.GetCollectionQuery))
+        params = query(request, schemas.GetCollectionQuery)
         return json_response(self.bundles.get_collection(params["replica"], uuid, params.get("version"), caller))
 
     @api("PATCH", "/v1/collections/<uuid>")
     def patch_collection(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.PatchCollectionQuery))
-        changes = json_body(request, schema_instance(schemas.PatchCollectionBody), self.settings.max_request_bytes)
+        params = query(request, schemas.PatchCollectionQuery)
+        changes = json_body(request, schemas.PatchCollectionBody, self.settings.max_request_bytes)
         result = self.bundles.patch_collection(params["replica"], uuid, params["version"], changes, caller)
         return json_response({"uuid": result["uuid"], "version": result["version"]})
 
@@ -258,7 +257,7 @@ class GatewayService:
     def delete_collection(self, request, uuid):
         caller = self.auth.writer(request)
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.DeleteCollectionQuery))
+        params = query(request, schemas.DeleteCollectionQuery)
         self.bundles.delete_collection(params["replica"], uuid, caller)
         return json_response({})
 
@@ -266,8 +265,8 @@ class GatewayService:
     @api("POST", "/v1/search")
     def search(self, request):
         self.auth.reader(request, "search")
-        params = query(request, schema_instance(schemas.SearchQuery))
-        body = json_body(request, schema_instance(schemas.SearchBody), self.settings.max_request_bytes)
+        params = query(request, schemas.SearchQuery)
+        body = json_body(request, schemas.SearchBody, self.settings.max_request_bytes)
         replica = params["replica"]
         result = self.indexer.search(replica, body["es_query"], params["output_format"], params["per_page"],
                                      params.get("search_after"))
@@ -290,11 +289,11 @@ class GatewayService:
     def subscriptions(self, request):
         caller = self.auth.caller(request)
         if request.method == "PUT":
-            params = query(request, schema_instance(schemas.PutSubscriptionQuery))
-            body = json_body(request, schema_instance(schemas.PutSubscriptionBody), self.settings.max_request_bytes)
+            params = query(request, schemas.PutSubscriptionQuery)
+            body = json_body(request, schemas.PutSubscriptionBody, self.settings.max_request_bytes)
             result = self.notifier.put_subscription(params["replica"], body, caller)
             return json_response({"uuid": result["uuid"]}, 201)
-        params = query(request, schema_instance(schemas.SubscriptionsQuery))
+        params = query(request, schemas.SubscriptionsQuery)
         result = self.notifier.list_subscriptions(params["replica"], caller, params["subscription_type"])
         return json_response({"subscriptions": result["subscriptions"]})
 
@@ -303,7 +302,7 @@ class GatewayService:
         caller = self.auth.caller(request)
         uuid = normalize_uuid(uuid)
         # subscription_type is accepted for compatibility; a uuid names one subscription of either kind.
-        params = query(request, schema_instance(schemas.SubscriptionsQuery))
+        params = query(request, schemas.SubscriptionsQuery)
         if request.method == "DELETE":
             result = self.notifier.delete_subscription(params["replica"], uuid, caller)
             return json_response({"timeDeleted": result["timeDeleted"]})
@@ -313,7 +312,7 @@ class GatewayService:
     @api("GET", "/v1/events")
     def events(self, request):
         self.auth.reader(request, "listEvents")
-        params = query(request, schema_instance(schemas.ListEventsQuery))
+        params = query(request, schemas.ListEventsQuery)
         result = self.indexer.list_events(params["replica"], params.get("from_date"), params.get("to_date"),
                                           params["per_page"], params.get("token"))
         link = next_link(self.settings, request, token=result["token"]) if result.get("token") else None
@@ -323,7 +322,7 @@ class GatewayService:
     def event(self, request, uuid):
         self.auth.reader(request, "getEvent")
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.GetEventQuery))
+        params = query(request, schemas.GetEventQuery)
         return json_response(self.indexer.get_event(params["replica"], uuid, params["version"]))
 
     # --- bundle checkout (the checkout service) --------------------------------------------------
@@ -331,8 +330,8 @@ class GatewayService:
     def checkout_bundle(self, request, uuid):
         caller = self.auth.caller(request)  # it writes into a bucket and may send e-mail: never anonymous
         uuid = normalize_uuid(uuid)
-        params = query(request, schema_instance(schemas.CheckoutBundleQuery))
-        body = optional_json_body(request, schema_instance(schemas.CheckoutBundleBody), self.settings.max_request_bytes)
+        params = query(request, schemas.CheckoutBundleQuery)
+        body = optional_json_body(request, schemas.CheckoutBundleBody, self.settings.max_request_bytes)
         result = self.checkout.start_bundle_checkout(params["replica"], uuid, params.get("version"),
                                                      body.get("destination"), body.get("email"), caller)
         return json_response({"checkout_job_id": result["checkout_job_id"]})
@@ -340,7 +339,7 @@ class GatewayService:
     @api("GET", "/v1/bundles/checkout/<checkout_job_id>")
     def checkout_status(self, request, checkout_job_id):
         self.auth.reader(request, "getCheckoutJob")
-        params = query(request, schema_instance(schemas.CheckoutJobQuery))
+        params = query(request, schemas.CheckoutJobQuery)
         return json_response(self.checkout.get_checkout_job(params["replica"], checkout_job_id))
 
     # --- GA4GH DRS 1.4 (the checkout service): at the standard root, and under /v1 as published -----
@@ -348,7 +347,7 @@ class GatewayService:
     @drs_api("GET", "/v1/ga4gh/drs/v1/service-info")
     def drs_service_info(self, request):
         self.auth.reader(request, "getDrsServiceInfo")
-        query(request, schema_instance(schemas.NoQuery))
+        query(request, schemas.NoQuery)
         return json_response(self.checkout.drs_service_info(apidoc.base_url(self.settings, request)))
 
     @drs_api("GET", "/ga4gh/drs/v1/objects/<object_id>")
@@ -356,7 +355,7 @@ class GatewayService:
     def drs_object(self, request, object_id):
         self.auth.reader(request, "getDrsObject")
         # `{uuid}` or `{uuid}.{version}`: the checkout service parses DRS ids.
-        params = query(request, schema_instance(schemas.DrsObjectQuery))
+        params = query(request, schemas.DrsObjectQuery)
         return json_response(self.checkout.drs_object(params["replica"], object_id, params.get("version"),
                                                       apidoc.base_url(self.settings, request), params["expand"]))
 
@@ -364,7 +363,7 @@ class GatewayService:
     @drs_api("GET", "/v1/ga4gh/drs/v1/objects/<object_id>/access/<access_id>")
     def drs_access(self, request, object_id, access_id):
         self.auth.reader(request, "getDrsAccessUrl")
-        params = query(request, schema_instance(schemas.DrsAccessQuery))
+        params = query(request, schemas.DrsAccessQuery)
         result = self.checkout.drs_access(params["replica"], object_id, access_id, params.get("version"))
         if result["status"] == "pending":
             return bodyless_response(202, {"Retry-After": str(result["retry_after"])})

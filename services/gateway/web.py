@@ -31,7 +31,7 @@ from shared import tracing
 from shared.config import Settings
 from shared.exceptions import DSSError, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 from services.gateway.tls import ServerContext
-from shared.schemas import load_arguments, nested_deeper_than
+from shared.schemas import load_arguments, nested_deeper_than, schema_instance
 from shared.storage import JSON
 
 logger = logging.getLogger(__name__)
@@ -226,18 +226,19 @@ drs_api = DrsEndpoint.decorator
 
 # --- request and response helpers ------------------------------------------------------------------
 
-def query(request, schema) -> dict:
-    """The validated query string. A parameter given twice with different values is ambiguous, so
+def query(request, schema: type) -> dict:
+    """The query string validated by ``schema`` (a class: one instance per process). A parameter given twice with different values is ambiguous, so
     an error; given twice with the same value it is taken once: the dbio and hca CLIs follow a
     ``Link`` (which carries the request's parameters) and send their own parameters again."""
     repeated = sorted(name for name, values in request.args.lists() if len(set(values)) > 1)
     if repeated:
         raise InvalidParameter(f"query parameter(s) given more than once: {', '.join(repeated)}")
-    return load_arguments(schema, request.args.to_dict(), where="query")
+    return load_arguments(schema_instance(schema), request.args.to_dict(), where="query")
 
 
-def json_body(request, schema, limit: int) -> dict:
-    """The validated JSON body, read at most ``limit`` bytes far (413 beyond)."""
+def json_body(request, schema: type, limit: int) -> dict:
+    """The JSON body validated by ``schema`` (a class: one instance per process), read at most
+    ``limit`` bytes far (413 beyond)."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes", "payload_too_large")
     if request.mimetype != JSON:
@@ -262,13 +263,13 @@ def json_body(request, schema, limit: int) -> dict:
     if too_deep:  # no service could take it: encoding it for an RPC would overflow the stack
         raise InvalidParameter(f"the request body nests JSON more than {MAX_JSON_DEPTH} levels deep",
                                "invalid_json")
-    return load_arguments(schema, document, where="body")
+    return load_arguments(schema_instance(schema), document, where="body")
 
 
-def optional_json_body(request, schema, limit: int) -> dict:
+def optional_json_body(request, schema: type, limit: int) -> dict:
     """As ``json_body``, for a body that may be left out entirely (no bytes: no fields)."""
     if not request.content_length and "Transfer-Encoding" not in request.headers:
-        return load_arguments(schema, {}, where="body")
+        return load_arguments(schema_instance(schema), {}, where="body")
     return json_body(request, schema, limit)
 
 

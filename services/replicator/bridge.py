@@ -21,9 +21,10 @@ worker it started has returned without error; when one raises, the message comes
 ``DeleteMessageBatch`` of up to 10, one Pub/Sub ``acknowledge`` of many ack ids), gathered for
 ``ACK_LINGER_SECONDS`` by one sending thread: a request per batch rather than per message; an
 acknowledgement that is lost only means a duplicate, which handlers tolerate. Fetches are gathered
-the same way: one that drains the queue is followed by a pause of ``FETCH_LINGER_SECONDS``. Duplicates are not filtered: S3 may notify one upload
-twice (moto sends ``ObjectCreated:Put`` and ``ObjectCreated:CompleteMultipartUpload`` for a
-multipart upload) and both queues redeliver, so handlers must be idempotent (the replicator is).
+the same way: one that drains the queue is followed by a pause of ``FETCH_LINGER_SECONDS``.
+Duplicates are not filtered: S3 may notify one upload twice (moto sends ``ObjectCreated:Put`` and
+``ObjectCreated:CompleteMultipartUpload`` for a multipart upload) and both queues redeliver, so
+handlers must be idempotent (the replicator is).
 Notifications are not ordered either (fake-gcs-server may publish a delete before the finalize of
 the same generation), so a handler should look at the object's current state.
 
@@ -58,7 +59,7 @@ from prometheus_client import Counter
 
 from shared import tracing
 from shared.config import Settings
-from shared.schemas import ObjectChanged
+from shared.schemas import ObjectChanged, schema_instance
 from shared.sessions import read_environment_once
 
 logger = logging.getLogger(__name__)
@@ -107,12 +108,9 @@ class MalformedNotification(ValueError):
 
 # --- normalisers ------------------------------------------------------------------------------------
 
-_SCHEMA = ObjectChanged()
-
-
 def _object_changed(**fields) -> dict:
     try:
-        return _SCHEMA.load(fields)
+        return schema_instance(ObjectChanged).load(fields)
     except ValidationError as error:
         raise MalformedNotification(f"not an object change: {error.messages}") from None
 
